@@ -1,0 +1,44 @@
+# lsync developer entry points. `make demo` and `make test` are the two
+# commands a fresh machine needs (see README.md).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+CARGO   ?= cargo
+# Debian's python: the pyenv `python3` on PATH cannot load SQLite extensions.
+PYTHON  := /usr/bin/python3
+APT_PKGS := libclang-dev sqlite3 python3-pytest
+SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: deps build test lint demo bench
+
+# Install only what is missing, so this works offline once set up.
+deps:
+	@missing=""; \
+	for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi; \
+	command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+
+build:
+	$(CARGO) build --release --workspace
+
+test: deps build
+	$(CARGO) test --release --workspace
+	PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/python
+	bash tests/shell/run.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --release -- -D warnings
+
+demo: deps build
+	bash sql/examples/demo.sh
+
+bench: build
+	$(CARGO) run --release -p lsync-replicator -- bench capture --rows 1000000

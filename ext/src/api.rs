@@ -1,0 +1,182 @@
+//! The SQL surface: every function `liblsync.so` registers, with the
+//! strictest flags that still work (docs/sql-api.md documents each one).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::sql::{Db, Value, DETERMINISTIC, DIRECTONLY, INNOCUOUS};
+use crate::track::{self, Mode};
+use crate::{bail, flush, schema};
+
+/// Per-connection state shared by the functions registered on it.
+#[derive(Default)]
+pub struct Conn {
+    /// False while this connection applies remote changes, so that the
+    /// triggers do not echo them as local changes.
+    pub capturing: AtomicBool,
+}
+
+/// Registers everything on a connection. Called from the entry point.
+pub fn register(db: Db) -> Result<()> {
+    let conn = Arc::new(Conn {
+        capturing: AtomicBool::new(true),
+    });
+    let pure = DETERMINISTIC | INNOCUOUS;
+
+    db.create_function("lsync_version", 0, pure, |_, _| {
+        Ok(env!("CARGO_PKG_VERSION").into())
+    })?;
+    db.create_function("lsync_debug", 0, INNOCUOUS, |db, _| {
+        debug_info(db).map(Value::from)
+    })?;
+    db.create_function("lsync_device_id", 0, INNOCUOUS, |db, _| {
+        schema::ensure(db)?;
+        schema::get(db, "device_id")
+    })?;
+    db.create_function("lsync_library_id", 0, INNOCUOUS, |db, _| {
+        schema::ensure(db)?;
+        schema::get(db, "library_id")
+    })?;
+    db.create_function("lsync_library_id", 1, DIRECTONLY, |db, args| {
+        let id = uuid_arg("lsync_library_id", &args[0])?;
+        join_library(db, &id).map(Value::from)
+    })?;
+    db.create_function("lsync_hlc_now", 0, DIRECTONLY, |db, _| {
+        schema::ensure(db)?;
+        schema::next_hlc(db).map(Value::from)
+    })?;
+    db.create_function("lsync_hlc_text", 1, pure, |_, args| {
+        let h = int_arg("lsync_hlc_text", "hlc", &args[0])?;
+        Ok(lsync_wire::hlc::to_text(h).into())
+    })?;
+    for n in [0, 1] {
+        db.create_function("lsync_uuid", n, INNOCUOUS, |_, args| new_uuid(args.first()))?;
+    }
+    for n in [2, 3] {
+        db.create_function("lsync_track", n, DIRECTONLY, |db, args| {
+            let table = text_arg("lsync_track", "table", &args[0])?;
+            let mode = Mode::parse(&text_arg("lsync_track", "mode", &args[1])?)?;
+            let options = match args.get(2) {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(text_arg("lsync_track", "options", v)?),
+            };
+            track::track(db, &table, mode, options.as_deref()).map(Value::from)
+        })?;
+    }
+    db.create_function("lsync_untrack", 1, DIRECTONLY, |db, args| {
+        let table = text_arg("lsync_untrack", "table", &args[0])?;
+        track::untrack(db, &table).map(|b| Value::Integer(b.into()))
+    })?;
+    db.create_function("lsync_flush", 0, DIRECTONLY, |db, _| {
+        flush::flush(db).map(Value::from)
+    })?;
+
+    // Called by the generated triggers, so INNOCUOUS (trusted_schema=OFF).
+    let c = conn.clone();
+    db.create_function("lsync_capturing", 0, INNOCUOUS, move |_, _| {
+        Ok(Value::Integer(c.capturing.load(Ordering::Relaxed).into()))
+    })?;
+    db.create_function("lsync_hlc_wall", 0, INNOCUOUS, |_, _| {
+        Ok(lsync_wire::hlc::wall().into())
+    })?;
+    db.create_function("lsync_deny_owned", 3, INNOCUOUS, |db, args| {
+        let id = int_arg("lsync_deny_owned", "table id", &args[0])?;
+        let rowid = int_arg("lsync_deny_owned", "rowid", &args[1])?;
+        let owner = int_arg("lsync_deny_owned", "owner", &args[2])?;
+        track::deny_owned(db, id, rowid, owner)
+    })?;
+    db.create_function("lsync_debug_set_device_id", 1, DIRECTONLY, |db, args| {
+        let id = uuid_arg("lsync_debug_set_device_id", &args[0])?;
+        set_device_id_for_testing(db, &id).map(Value::from)
+    })?;
+
+    sqlite_loadable::define_table_function::<crate::vtab::ChangesTable>(
+        db.raw(),
+        "lsync_changes",
+        None,
+    )
+    .map_err(|_| Error::msg("lsync: cannot register lsync_changes"))?;
+    Ok(())
+}
+
+fn text_arg(func: &str, what: &str, v: &Value) -> Result<String> {
+    match v {
+        Value::Text(s) => Ok(s.clone()),
+        Value::Null => bail!("{func}: {what} must not be NULL"),
+        other => bail!("{func}: {what} must be text, got {other:?}"),
+    }
+}
+
+fn int_arg(func: &str, what: &str, v: &Value) -> Result<i64> {
+    match v {
+        Value::Integer(i) => Ok(*i),
+        Value::Null => bail!("{func}: {what} must not be NULL"),
+        other => bail!("{func}: {what} must be an INTEGER, got {other:?}"),
+    }
+}
+
+fn uuid_arg(func: &str, v: &Value) -> Result<String> {
+    let s = text_arg(func, "id", v)?;
+    uuid::Uuid::parse_str(&s)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|e| Error::msg(format!("{func}: '{s}' is not a UUID ({e})")))
+}
+
+fn new_uuid(format: Option<&Value>) -> Result<Value> {
+    let u = uuid::Uuid::now_v7();
+    match format {
+        None | Some(Value::Null) => Ok(u.hyphenated().to_string().into()),
+        Some(Value::Text(f)) if f == "text" => Ok(u.hyphenated().to_string().into()),
+        Some(Value::Text(f)) if f == "blob" => Ok(u.as_bytes().to_vec().into()),
+        Some(other) => bail!("lsync_uuid: format must be 'text' or 'blob', got {other:?}"),
+    }
+}
+
+fn debug_info(db: Db) -> Result<String> {
+    let sqlite = db
+        .query_text("SELECT sqlite_version()", &[])?
+        .unwrap_or_default();
+    Ok(format!(
+        "lsync {} ({} build, {}-{}), sqlite-loadable 0.0.6-alpha.6, host SQLite {sqlite}",
+        env!("CARGO_PKG_VERSION"),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+    ))
+}
+
+/// Joins another library: allowed until changes from a library have been
+/// applied here.
+fn join_library(db: Db, id: &str) -> Result<String> {
+    schema::ensure(db)?;
+    let current = schema::get_text(db, "library_id")?;
+    if current != id && schema::get_i64(db, "library_locked")? != 0 {
+        bail!(
+            "lsync_library_id: this database already holds changes applied from library {current}; \
+             it cannot join library {id}. Start from a fresh database file to join another library"
+        );
+    }
+    schema::set(db, "library_id", id.into())?;
+    Ok(id.to_owned())
+}
+
+/// Test-only: gives this database another device id, after folding pending
+/// captures under the old one. Refused unless `LSYNC_TESTING=1`, because two
+/// databases sharing a device id breaks ownership.
+fn set_device_id_for_testing(db: Db, id: &str) -> Result<String> {
+    if std::env::var("LSYNC_TESTING").as_deref() != Ok("1") {
+        bail!("lsync_debug_set_device_id: test-only; set LSYNC_TESTING=1 in the process environment to use it");
+    }
+    flush::flush(db)?;
+    db.savepoint("lsync_device", || {
+        let idx = schema::device_idx(db, id)?;
+        schema::set(db, "device_id", id.into())?;
+        schema::set(db, "device_idx", idx.into())?;
+        Ok(id.to_owned())
+    })
+}

@@ -1,0 +1,255 @@
+//! Reading the change clock: the changes after a cursor, in cursor order,
+//! with FK columns turned into the target rows' UUIDs.
+//!
+//! Reads are set-based: a range entry is one range scan of the table, and
+//! FK ids are resolved with one query per FK column per batch.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::error::Result;
+use crate::flush::{OP_DELETE, OP_INSERT};
+use crate::ident::q;
+use crate::schema;
+use crate::sql::{Db, Value};
+use crate::track::{self, Mode, Table};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Op {
+    fn from_code(c: i64) -> Op {
+        match c {
+            OP_INSERT => Op::Insert,
+            OP_DELETE => Op::Delete,
+            _ => Op::Update,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// One change: a row's state (or some of its columns), or a tombstone.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub seq: i64,
+    pub hlc: i64,
+    pub origin: String,
+    pub tbl: String,
+    pub pk: Value,
+    pub op: Op,
+    /// Column values; FK columns to tracked tables hold the target's uuid.
+    pub data: Vec<(String, Value)>,
+}
+
+struct Entry {
+    seq: i64,
+    tbl: i64,
+    lo: Option<i64>,
+    hi: i64,
+    col: Option<String>,
+    op: i64,
+    hlc: i64,
+    origin: i64,
+    uuid: Value,
+}
+
+/// Up to `limit` changes with cursor greater than `since`, in cursor order.
+/// The caller flushes first if pending captures should be included.
+pub fn read(db: Db, since: i64, limit: usize) -> Result<Vec<Change>> {
+    let tables: HashMap<i64, Table> = track::load_all(db)?
+        .into_iter()
+        .map(|t| (t.id, t))
+        .collect();
+    let mut origins: HashMap<i64, String> = HashMap::new();
+    let mut out: Vec<Change> = Vec::new();
+    let mut s = db.prepare(
+        "SELECT seq, tbl, lo, hi, col, op, hlc, origin, uuid FROM lsync_clock
+         WHERE seq > ?1 ORDER BY seq",
+    )?;
+    s.bind(1, &since.into())?;
+    while out.len() < limit && s.step()? {
+        let e = Entry {
+            seq: s.i64(0),
+            tbl: s.i64(1),
+            lo: s.value(2).as_i64(),
+            hi: s.i64(3),
+            col: s.text(4),
+            op: s.i64(5),
+            hlc: s.i64(6),
+            origin: s.i64(7),
+            uuid: s.value(8),
+        };
+        let Some(t) = tables.get(&e.tbl) else {
+            continue;
+        };
+        if !origins.contains_key(&e.origin) {
+            origins.insert(e.origin, schema::device_uuid(db, e.origin)?);
+        }
+        let origin = origins[&e.origin].clone();
+        read_entry(db, t, &e, since, limit - out.len(), origin, &mut out)?;
+    }
+    drop(s);
+    resolve_fks(db, &tables, &mut out)?;
+    Ok(out)
+}
+
+fn read_entry(
+    db: Db,
+    t: &Table,
+    e: &Entry,
+    since: i64,
+    room: usize,
+    origin: String,
+    out: &mut Vec<Change>,
+) -> Result<()> {
+    let change = |seq: i64, pk: Value, data: Vec<(String, Value)>| Change {
+        seq,
+        hlc: e.hlc,
+        origin: origin.clone(),
+        tbl: t.name.clone(),
+        pk,
+        op: Op::from_code(e.op),
+        data,
+    };
+    let Some(lo) = e.lo else {
+        out.push(change(e.seq, e.uuid.clone(), Vec::new()));
+        return Ok(());
+    };
+    // Row r of the entry has cursor seq - (hi - r): skip rows at or below `since`.
+    let first = lo.max(e.hi - (e.seq - since) + 1);
+    let cols: Vec<&String> = match &e.col {
+        Some(c) => t.columns.iter().filter(|x| *x == c).collect(),
+        None => t.columns.iter().collect(),
+    };
+    let overridden = match (&e.col, t.mode) {
+        (None, Mode::Shared) => column_entries(db, t.id, first, e.hi)?,
+        _ => HashMap::new(),
+    };
+    let select: Vec<String> = cols.iter().map(|c| q(c)).collect();
+    let mut s = db.prepare(&format!(
+        "SELECT rowid, {u}{sep}{cols} FROM {t} WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid LIMIT ?3",
+        u = q(&t.uuid_col),
+        sep = if select.is_empty() { "" } else { ", " },
+        cols = select.join(", "),
+        t = q(&t.name),
+    ))?;
+    s.bind_all(&[first.into(), e.hi.into(), (room as i64).into()])?;
+    while s.step()? {
+        let rid = s.i64(0);
+        let skip = overridden.get(&rid);
+        let data = cols
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| skip.is_none_or(|set| !set.contains(c.as_str())))
+            .map(|(i, c)| ((*c).clone(), s.value(i + 2)))
+            .collect();
+        out.push(change(e.seq - (e.hi - rid), s.value(1), data));
+    }
+    Ok(())
+}
+
+/// Columns of rows in `lo..=hi` that have their own newer column entries
+/// (shared tables); a row entry does not speak for them.
+fn column_entries(db: Db, tbl: i64, lo: i64, hi: i64) -> Result<HashMap<i64, HashSet<String>>> {
+    let mut s = db.prepare(
+        "SELECT lo, col FROM lsync_clock WHERE tbl = ?1 AND col IS NOT NULL AND lo BETWEEN ?2 AND ?3",
+    )?;
+    s.bind_all(&[tbl.into(), lo.into(), hi.into()])?;
+    let mut out: HashMap<i64, HashSet<String>> = HashMap::new();
+    while s.step()? {
+        out.entry(s.i64(0))
+            .or_default()
+            .insert(s.text(1).unwrap_or_default());
+    }
+    Ok(out)
+}
+
+/// Replaces local FK ids with the target rows' uuids: one query per
+/// (table, FK column) for the whole batch. A dangling id becomes NULL.
+fn resolve_fks(db: Db, tables: &HashMap<i64, Table>, changes: &mut [Change]) -> Result<()> {
+    let by_name: HashMap<&str, &Table> = tables.values().map(|t| (t.name.as_str(), t)).collect();
+    // (source table, column) -> target table
+    let mut wanted: BTreeMap<(String, String), &Table> = BTreeMap::new();
+    for c in changes.iter() {
+        let Some(t) = by_name.get(c.tbl.as_str()) else {
+            continue;
+        };
+        for (col, _) in &c.data {
+            if let Some(target) = t.fks.get(col).and_then(|n| by_name.get(n.as_str())) {
+                wanted.insert((c.tbl.clone(), col.clone()), target);
+            }
+        }
+    }
+    for ((tbl, col), target) in wanted {
+        let ids: Vec<i64> = changes
+            .iter()
+            .filter(|c| c.tbl == tbl)
+            .flat_map(|c| c.data.iter())
+            .filter(|(k, _)| *k == col)
+            .filter_map(|(_, v)| v.as_i64())
+            .collect();
+        let map = uuids_of(db, target, &ids)?;
+        for c in changes.iter_mut().filter(|c| c.tbl == tbl) {
+            for (_, v) in c.data.iter_mut().filter(|(k, _)| *k == col) {
+                if let Some(id) = v.as_i64() {
+                    *v = map.get(&id).cloned().unwrap_or(Value::Null);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Local id -> uuid for a set of ids of one table, in one query.
+pub fn uuids_of(db: Db, t: &Table, ids: &[i64]) -> Result<HashMap<i64, Value>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+    let mut s = db.prepare(&format!(
+        "SELECT rowid, {u} FROM {t} WHERE rowid IN (SELECT value FROM json_each(?1))",
+        u = q(&t.uuid_col),
+        t = q(&t.name)
+    ))?;
+    s.bind(1, &json.into())?;
+    let mut map = HashMap::new();
+    while s.step()? {
+        map.insert(s.i64(0), s.value(1));
+    }
+    Ok(map)
+}
+
+/// A value as JSON: blobs as lowercase hex text.
+pub fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Integer(i) => (*i).into(),
+        Value::Real(f) => {
+            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+        }
+        Value::Text(s) => s.clone().into(),
+        Value::Blob(b) => b
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+            .into(),
+    }
+}
+
+/// The `data` column of `lsync_changes`.
+pub fn data_json(data: &[(String, Value)]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = data
+        .iter()
+        .map(|(k, v)| (k.clone(), value_json(v)))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}

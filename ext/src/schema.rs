@@ -1,0 +1,100 @@
+//! lsync's metadata tables (`sql/schema.sql`) and the settings kept in them:
+//! device id, library id and the persisted HLC.
+
+use crate::error::Result;
+use crate::sql::{Db, Value};
+
+const SCHEMA_SQL: &str = include_str!("../../sql/schema.sql");
+
+/// Default maximum clock drift accepted from a peer, in milliseconds.
+pub const DEFAULT_MAX_DRIFT_MS: i64 = 60_000;
+
+/// Creates the metadata tables and this database's identity on first use.
+/// Idempotent, and safe when two connections race: both run in a write
+/// transaction and `INSERT OR IGNORE` keeps the first identity.
+pub fn ensure(db: Db) -> Result<()> {
+    if db
+        .query_i64("SELECT 1 FROM lsync_config WHERE key = 'device_idx'", &[])
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        return Ok(());
+    }
+    db.savepoint("lsync_schema", || {
+        db.exec(SCHEMA_SQL)?;
+        let device = uuid::Uuid::now_v7().to_string();
+        let library = uuid::Uuid::now_v7().to_string();
+        db.run(
+            "INSERT OR IGNORE INTO lsync_config(key, value) VALUES
+               ('device_id', ?1), ('library_id', ?2), ('hlc', 0),
+               ('max_drift_ms', ?3), ('library_locked', 0)",
+            &[device.into(), library.into(), DEFAULT_MAX_DRIFT_MS.into()],
+        )?;
+        let id = get_text(db, "device_id")?;
+        let idx = device_idx(db, &id)?;
+        db.run(
+            "INSERT OR IGNORE INTO lsync_config(key, value) VALUES ('device_idx', ?1)",
+            &[idx.into()],
+        )
+    })
+}
+
+pub fn get(db: Db, key: &str) -> Result<Value> {
+    Ok(db
+        .query_value(
+            "SELECT value FROM lsync_config WHERE key = ?1",
+            &[key.into()],
+        )?
+        .unwrap_or(Value::Null))
+}
+
+pub fn get_text(db: Db, key: &str) -> Result<String> {
+    match get(db, key)? {
+        Value::Text(s) => Ok(s),
+        other => Err(crate::error::Error::msg(format!(
+            "lsync: setting '{key}' is missing or corrupt ({other:?})"
+        ))),
+    }
+}
+
+pub fn get_i64(db: Db, key: &str) -> Result<i64> {
+    Ok(get(db, key)?.as_i64().unwrap_or(0))
+}
+
+pub fn set(db: Db, key: &str, value: Value) -> Result<()> {
+    db.run(
+        "INSERT INTO lsync_config(key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        &[key.into(), value],
+    )
+}
+
+/// The local alias of a device UUID in `lsync_devices`, created if new.
+pub fn device_idx(db: Db, id: &str) -> Result<i64> {
+    db.run(
+        "INSERT OR IGNORE INTO lsync_devices(id) VALUES (?1)",
+        &[id.into()],
+    )?;
+    db.query_i64("SELECT idx FROM lsync_devices WHERE id = ?1", &[id.into()])?
+        .ok_or_else(|| crate::error::Error::msg("lsync: device table is corrupt"))
+}
+
+/// The device UUID behind a local alias.
+pub fn device_uuid(db: Db, idx: i64) -> Result<String> {
+    Ok(db
+        .query_text("SELECT id FROM lsync_devices WHERE idx = ?1", &[idx.into()])?
+        .unwrap_or_else(|| format!("unknown-device-{idx}")))
+}
+
+/// Issues a new HLC: strictly greater than every HLC this database has issued
+/// or applied, in any connection or process, because it is persisted in the
+/// same write transaction.
+pub fn next_hlc(db: Db) -> Result<i64> {
+    let wall = lsync_wire::hlc::wall();
+    db.query_i64(
+        "UPDATE lsync_config SET value = max(value + 1, ?1) WHERE key = 'hlc' RETURNING value",
+        &[wall.into()],
+    )?
+    .ok_or_else(|| crate::error::Error::msg("lsync: the HLC setting is missing"))
+}

@@ -1,0 +1,497 @@
+//! The only module that touches the raw SQLite C API.
+//!
+//! Everything else in the extension works on the safe `Db`, `Stmt` and
+//! `Value` types defined here. SQLite hands us a table of function pointers
+//! (`sqlite3_api_routines`) when the extension is loaded; we keep it and call
+//! through it, which works both for the `.so` and for static registration.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+pub use sqlite_loadable::ext::{
+    sqlite3, sqlite3_api_routines, sqlite3_context, sqlite3_stmt, sqlite3_value, sqlite3_vtab,
+    sqlite3_vtab_cursor,
+};
+
+use crate::error::{Error, Result};
+
+const SQLITE_OK: c_int = 0;
+const SQLITE_ROW: c_int = 100;
+const SQLITE_DONE: c_int = 101;
+const SQLITE_INTEGER: c_int = 1;
+const SQLITE_FLOAT: c_int = 2;
+const SQLITE_TEXT: c_int = 3;
+const SQLITE_BLOB: c_int = 4;
+const SQLITE_UTF8: c_int = 1;
+
+/// Function flags (sqlite3.h).
+pub const DETERMINISTIC: c_int = 0x0000_0800;
+pub const DIRECTONLY: c_int = 0x0008_0000;
+pub const INNOCUOUS: c_int = 0x0020_0000;
+
+/// `SQLITE_TRANSIENT`: SQLite copies the buffer before the call returns.
+fn transient() -> Option<unsafe extern "C" fn(*mut c_void)> {
+    // SAFETY: SQLite defines SQLITE_TRANSIENT as the destructor value -1; it is
+    // compared by value and never called.
+    unsafe { std::mem::transmute::<isize, Option<unsafe extern "C" fn(*mut c_void)>>(-1) }
+}
+
+static API: AtomicPtr<sqlite3_api_routines> = AtomicPtr::new(ptr::null_mut());
+
+/// Remembers SQLite's API table. Called from the entry point.
+pub fn init_api(api: *mut sqlite3_api_routines) {
+    if !api.is_null() {
+        API.store(api, Ordering::Release);
+        // SAFETY: `api` is the non-null table SQLite passed to the entry point;
+        // sqlite-loadable keeps a copy for its own vtab helpers.
+        unsafe { sqlite_loadable::ext::faux_sqlite_extension_init2(api) };
+    }
+}
+
+fn api() -> &'static sqlite3_api_routines {
+    let p = API.load(Ordering::Acquire);
+    // SAFETY: init_api runs in the entry point before any callback can be
+    // registered, and SQLite's API table lives for the whole process.
+    unsafe { &*p }
+}
+
+macro_rules! call {
+    ($name:ident ( $($arg:expr),* )) => {
+        (api().$name.expect(concat!("sqlite3_api_routines.", stringify!($name))))($($arg),*)
+    };
+}
+
+/// An owned copy of an SQLite value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Value {
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Integer(i) => Some(*i),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Integer(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Self {
+        Value::Blob(v)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// A borrowed database handle: the connection that called us.
+#[derive(Clone, Copy)]
+pub struct Db(*mut sqlite3);
+
+// SAFETY: SQLite connections are used from one thread at a time (SQLite
+// serializes access to a handle); `Db` is only a borrowed pointer to one.
+unsafe impl Send for Db {}
+
+impl Db {
+    pub fn from_raw(db: *mut sqlite3) -> Db {
+        Db(db)
+    }
+
+    pub fn raw(&self) -> *mut sqlite3 {
+        self.0
+    }
+
+    fn errmsg(&self) -> String {
+        // SAFETY: the handle is live for the duration of the callback.
+        unsafe { cstr_lossy(call!(errmsg(self.0))) }
+    }
+
+    fn check(&self, rc: c_int, what: &str) -> Result<()> {
+        if rc == SQLITE_OK {
+            Ok(())
+        } else {
+            Err(Error::Sqlite(format!("{what}: {}", self.errmsg())))
+        }
+    }
+
+    pub fn prepare(&self, sql: &str) -> Result<Stmt> {
+        let mut stmt = ptr::null_mut();
+        let len = c_int::try_from(sql.len()).map_err(|_| Error::msg("SQL text too long"))?;
+        // SAFETY: `sql` outlives the call and its length is passed explicitly.
+        let rc = unsafe {
+            call!(prepare_v2(
+                self.0,
+                sql.as_ptr().cast::<c_char>(),
+                len,
+                &mut stmt,
+                ptr::null_mut()
+            ))
+        };
+        self.check(rc, "prepare")?;
+        Ok(Stmt {
+            db: *self,
+            ptr: stmt,
+        })
+    }
+
+    /// Runs one or more statements that return no rows.
+    pub fn exec(&self, sql: &str) -> Result<()> {
+        let c = CString::new(sql).map_err(|_| Error::msg("SQL contains a NUL byte"))?;
+        let mut err: *mut c_char = ptr::null_mut();
+        // SAFETY: `c` is a valid C string; the error message is freed with
+        // sqlite3_free as the API requires.
+        let rc = unsafe { call!(exec(self.0, c.as_ptr(), None, ptr::null_mut(), &mut err)) };
+        if rc == SQLITE_OK {
+            return Ok(());
+        }
+        let msg = if err.is_null() {
+            self.errmsg()
+        } else {
+            // SAFETY: non-null error strings from sqlite3_exec are C strings.
+            let m = unsafe { cstr_lossy(err) };
+            // SAFETY: allocated by SQLite; freed exactly once.
+            unsafe { call!(free(err.cast::<c_void>())) };
+            m
+        };
+        Err(Error::Sqlite(msg))
+    }
+
+    /// Runs one statement with parameters, discarding any rows.
+    pub fn run(&self, sql: &str, params: &[Value]) -> Result<()> {
+        let mut s = self.prepare(sql)?;
+        s.bind_all(params)?;
+        while s.step()? {}
+        Ok(())
+    }
+
+    /// The first column of the first row, or `None` when there is no row.
+    pub fn query_value(&self, sql: &str, params: &[Value]) -> Result<Option<Value>> {
+        let mut s = self.prepare(sql)?;
+        s.bind_all(params)?;
+        Ok(if s.step()? { Some(s.value(0)) } else { None })
+    }
+
+    pub fn query_i64(&self, sql: &str, params: &[Value]) -> Result<Option<i64>> {
+        Ok(self.query_value(sql, params)?.and_then(|v| v.as_i64()))
+    }
+
+    pub fn query_text(&self, sql: &str, params: &[Value]) -> Result<Option<String>> {
+        Ok(self
+            .query_value(sql, params)?
+            .and_then(|v| v.as_str().map(str::to_owned)))
+    }
+
+    pub fn changes(&self) -> i64 {
+        // SAFETY: plain accessor on a live handle.
+        i64::from(unsafe { call!(changes(self.0)) })
+    }
+
+    /// Runs `f` inside a savepoint: released on success, rolled back on error,
+    /// so a failed call leaves nothing half-applied. Nests inside the caller's
+    /// transaction when there is one.
+    pub fn savepoint<T>(&self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.exec(&format!("SAVEPOINT {name}"))?;
+        match f() {
+            Ok(v) => {
+                self.exec(&format!("RELEASE {name}"))?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.exec(&format!("ROLLBACK TO {name}; RELEASE {name}"));
+                Err(e)
+            }
+        }
+    }
+
+    /// Registers a scalar function. The closure receives owned copies of the
+    /// arguments; errors become SQL errors and panics are caught, so nothing
+    /// unwinds into SQLite.
+    pub fn create_function<F>(&self, name: &str, n_args: c_int, flags: c_int, f: F) -> Result<()>
+    where
+        F: Fn(Db, &[Value]) -> Result<Value> + 'static,
+    {
+        let cname = CString::new(name).map_err(|_| Error::msg("bad function name"))?;
+        let boxed: *mut ScalarFn = Box::into_raw(Box::new(Box::new(f)));
+        // SAFETY: `boxed` is a leaked Box reclaimed by `destroy_fn` when SQLite
+        // drops the function (on replacement or connection close).
+        let rc = unsafe {
+            call!(create_function_v2(
+                self.0,
+                cname.as_ptr(),
+                n_args,
+                SQLITE_UTF8 | flags,
+                boxed.cast::<c_void>(),
+                Some(scalar_trampoline),
+                None,
+                None,
+                Some(destroy_fn)
+            ))
+        };
+        self.check(rc, "create_function")
+    }
+}
+
+type ScalarFn = Box<dyn Fn(Db, &[Value]) -> Result<Value>>;
+
+unsafe extern "C" fn scalar_trampoline(
+    ctx: *mut sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut sqlite3_value,
+) {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: user_data is the ScalarFn registered in create_function;
+        // argv holds argc valid values for the duration of the call.
+        let f = unsafe { &*call!(user_data(ctx)).cast::<ScalarFn>() };
+        let db = Db(unsafe { call!(context_db_handle(ctx)) });
+        let args: Vec<Value> = (0..argc.max(0) as usize)
+            .map(|i| unsafe { value_from_raw(*argv.add(i)) })
+            .collect();
+        f(db, &args)
+    }));
+    match outcome {
+        Ok(Ok(v)) => set_result(ctx, &v),
+        Ok(Err(e)) => set_error(ctx, &e.to_string()),
+        Err(_) => set_error(
+            ctx,
+            "lsync: internal error (caught a panic); nothing was changed",
+        ),
+    }
+}
+
+unsafe extern "C" fn destroy_fn(p: *mut c_void) {
+    if !p.is_null() {
+        // SAFETY: `p` came from Box::into_raw in create_function.
+        drop(unsafe { Box::from_raw(p.cast::<ScalarFn>()) });
+    }
+}
+
+/// Copies an `sqlite3_value` into an owned `Value`.
+///
+/// # Safety
+/// `v` must be a valid value pointer for the duration of the call.
+pub unsafe fn value_from_raw(v: *mut sqlite3_value) -> Value {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        match call!(value_type(v)) {
+            SQLITE_INTEGER => Value::Integer(call!(value_int64(v))),
+            SQLITE_FLOAT => Value::Real(call!(value_double(v))),
+            SQLITE_TEXT => {
+                let p = call!(value_text(v));
+                let n = call!(value_bytes(v)).max(0) as usize;
+                Value::Text(bytes_lossy(p, n))
+            }
+            SQLITE_BLOB => {
+                let p = call!(value_blob(v)).cast::<u8>();
+                let n = call!(value_bytes(v)).max(0) as usize;
+                Value::Blob(if p.is_null() || n == 0 {
+                    Vec::new()
+                } else {
+                    std::slice::from_raw_parts(p, n).to_vec()
+                })
+            }
+            _ => Value::Null,
+        }
+    }
+}
+
+/// Copies an argument that SQLite passed to a callback (xFilter).
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+pub fn arg_value(v: *mut sqlite3_value) -> Value {
+    // SAFETY: only called with argument pointers SQLite handed to the current
+    // callback, which stay valid for its duration.
+    unsafe { value_from_raw(v) }
+}
+
+/// The initial state of a virtual table struct.
+pub fn empty_vtab() -> sqlite3_vtab {
+    // SAFETY: a plain C struct of pointers and integers; all-zero is the
+    // state SQLite expects before it fills it in.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The initial state of a virtual table cursor struct.
+pub fn empty_cursor() -> sqlite3_vtab_cursor {
+    // SAFETY: as for `empty_vtab`.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Sets a function or vtab column result.
+pub fn set_result(ctx: *mut sqlite3_context, v: &Value) {
+    // SAFETY: `ctx` is the live context of the current callback; text and
+    // blobs are copied by SQLite (SQLITE_TRANSIENT).
+    unsafe {
+        match v {
+            Value::Null => call!(result_null(ctx)),
+            Value::Integer(i) => call!(result_int64(ctx, *i)),
+            Value::Real(f) => call!(result_double(ctx, *f)),
+            Value::Text(s) => call!(result_text64(
+                ctx,
+                s.as_ptr().cast::<c_char>(),
+                s.len() as u64,
+                transient(),
+                SQLITE_UTF8 as u8
+            )),
+            Value::Blob(b) => call!(result_blob64(
+                ctx,
+                b.as_ptr().cast::<c_void>(),
+                b.len() as u64,
+                transient()
+            )),
+        }
+    }
+}
+
+fn set_error(ctx: *mut sqlite3_context, msg: &str) {
+    let len = c_int::try_from(msg.len()).unwrap_or(c_int::MAX);
+    // SAFETY: SQLite copies the message (length given explicitly).
+    unsafe { call!(result_error(ctx, msg.as_ptr().cast::<c_char>(), len)) };
+}
+
+/// A prepared statement, finalized on drop.
+pub struct Stmt {
+    db: Db,
+    ptr: *mut sqlite3_stmt,
+}
+
+impl Stmt {
+    pub fn bind(&mut self, i: usize, v: &Value) -> Result<()> {
+        let i = i as c_int;
+        // SAFETY: the statement is live; text/blob are copied (TRANSIENT).
+        let rc = unsafe {
+            match v {
+                Value::Null => call!(bind_null(self.ptr, i)),
+                Value::Integer(x) => call!(bind_int64(self.ptr, i, *x)),
+                Value::Real(x) => call!(bind_double(self.ptr, i, *x)),
+                Value::Text(s) => call!(bind_text64(
+                    self.ptr,
+                    i,
+                    s.as_ptr().cast::<c_char>(),
+                    s.len() as u64,
+                    transient(),
+                    SQLITE_UTF8 as u8
+                )),
+                Value::Blob(b) => call!(bind_blob64(
+                    self.ptr,
+                    i,
+                    b.as_ptr().cast::<c_void>(),
+                    b.len() as u64,
+                    transient()
+                )),
+            }
+        };
+        self.db.check(rc, "bind")
+    }
+
+    pub fn bind_all(&mut self, params: &[Value]) -> Result<()> {
+        for (i, p) in params.iter().enumerate() {
+            self.bind(i + 1, p)?;
+        }
+        Ok(())
+    }
+
+    /// Steps once: `true` when a row is available.
+    pub fn step(&mut self) -> Result<bool> {
+        // SAFETY: the statement is live.
+        match unsafe { call!(step(self.ptr)) } {
+            SQLITE_ROW => Ok(true),
+            SQLITE_DONE => Ok(false),
+            _ => Err(Error::Sqlite(self.db.errmsg())),
+        }
+    }
+
+    /// Resets the statement so it can be stepped again with new bindings.
+    pub fn reset(&mut self) {
+        // SAFETY: the statement is live. Errors were already reported by step.
+        unsafe {
+            call!(reset(self.ptr));
+            call!(clear_bindings(self.ptr));
+        }
+    }
+
+    /// Binds, runs to completion and resets: for repeated writes.
+    pub fn execute(&mut self, params: &[Value]) -> Result<()> {
+        self.bind_all(params)?;
+        let r = (|| {
+            while self.step()? {}
+            Ok(())
+        })();
+        self.reset();
+        r
+    }
+
+    pub fn column_count(&self) -> usize {
+        // SAFETY: the statement is live.
+        unsafe { call!(column_count(self.ptr)).max(0) as usize }
+    }
+
+    pub fn value(&self, i: usize) -> Value {
+        // SAFETY: called after step() returned a row; column_value returns a
+        // value that stays valid until the next step, and we copy it now.
+        unsafe { value_from_raw(call!(column_value(self.ptr, i as c_int))) }
+    }
+
+    pub fn i64(&self, i: usize) -> i64 {
+        // SAFETY: as for `value`.
+        unsafe { call!(column_int64(self.ptr, i as c_int)) }
+    }
+
+    pub fn text(&self, i: usize) -> Option<String> {
+        self.value(i).as_str().map(str::to_owned)
+    }
+}
+
+impl Drop for Stmt {
+    fn drop(&mut self) {
+        // SAFETY: finalized exactly once.
+        unsafe { call!(finalize(self.ptr)) };
+    }
+}
+
+unsafe fn bytes_lossy(p: *const u8, n: usize) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: the caller passes a buffer of n bytes.
+    String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(p, n) }).into_owned()
+}
+
+unsafe fn cstr_lossy(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: the caller passes a NUL-terminated string.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}

@@ -1,0 +1,450 @@
+//! `lsync_track` / `lsync_untrack`: validating a table and generating the
+//! triggers that capture its changes.
+//!
+//! Capture is designed around what the statement journal costs (see
+//! DESIGN.md): ordinary INSERTs are captured with no per-row write at all,
+//! through the rowid high-water mark `lsync_tables.hwm`; the only INSERT
+//! trigger fills NULL uuids and catches rows inserted below the mark. UPDATEs
+//! and DELETEs upsert one bounded row each into `lsync_dirty` /
+//! `lsync_deleted`, which `flush` folds into `lsync_clock`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::ident::{lit, q};
+use crate::sql::{Db, Value};
+use crate::{bail, flush, schema};
+
+/// Column masks are one INTEGER, so at most this many tracked columns.
+pub const MAX_COLUMNS: usize = 63;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    DeviceOwned,
+    Shared,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Result<Mode> {
+        match s {
+            "device_owned" => Ok(Mode::DeviceOwned),
+            "shared" => Ok(Mode::Shared),
+            other => bail!("lsync_track: mode must be 'device_owned' or 'shared', got '{other}'"),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::DeviceOwned => "device_owned",
+            Mode::Shared => "shared",
+        }
+    }
+}
+
+/// A tracked table, as recorded in `lsync_tables`.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub id: i64,
+    pub name: String,
+    pub mode: Mode,
+    pub uuid_col: String,
+    pub hwm: i64,
+    /// Tracked columns (not the rowid alias, not the uuid), in mask-bit order.
+    pub columns: Vec<String>,
+    /// FK column -> target table.
+    pub fks: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Options {
+    uuid_column: Option<String>,
+    #[serde(default)]
+    fks: BTreeMap<String, String>,
+}
+
+const TABLE_COLS: &str = "id, name, mode, uuid_col, hwm, columns, fks";
+
+fn table_from_row(s: &crate::sql::Stmt) -> Result<Table> {
+    let corrupt = |what: &str| Error::msg(format!("lsync: lsync_tables has a corrupt {what}"));
+    Ok(Table {
+        id: s.i64(0),
+        name: s.text(1).unwrap_or_default(),
+        mode: Mode::parse(&s.text(2).unwrap_or_default())?,
+        uuid_col: s.text(3).unwrap_or_default(),
+        hwm: s.i64(4),
+        columns: serde_json::from_str(&s.text(5).unwrap_or_default())
+            .map_err(|_| corrupt("column list"))?,
+        fks: serde_json::from_str(&s.text(6).unwrap_or_default()).map_err(|_| corrupt("FK map"))?,
+    })
+}
+
+/// All tracked tables, in id order.
+pub fn load_all(db: Db) -> Result<Vec<Table>> {
+    let mut s = db.prepare(&format!(
+        "SELECT {TABLE_COLS} FROM lsync_tables ORDER BY id"
+    ))?;
+    let mut out = Vec::new();
+    while s.step()? {
+        out.push(table_from_row(&s)?);
+    }
+    Ok(out)
+}
+
+pub fn load(db: Db, name: &str) -> Result<Option<Table>> {
+    let mut s = db.prepare(&format!(
+        "SELECT {TABLE_COLS} FROM lsync_tables WHERE name = ?1"
+    ))?;
+    s.bind(1, &name.into())?;
+    if s.step()? {
+        Ok(Some(table_from_row(&s)?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// What `pragma_table_info` says about a table.
+struct Shape {
+    rowid_alias: Option<String>,
+    columns: Vec<String>,
+    /// Declared types (upper case), parallel to `columns`.
+    types: Vec<String>,
+}
+
+impl Shape {
+    /// A uuid column declared BLOB gets 16-byte UUIDs; anything else text.
+    fn uuid_fill(&self, col: &str) -> &'static str {
+        let blob = self
+            .columns
+            .iter()
+            .zip(&self.types)
+            .any(|(c, t)| c == col && t.contains("BLOB"));
+        if blob {
+            "lsync_uuid('blob')"
+        } else {
+            "lsync_uuid()"
+        }
+    }
+}
+
+fn shape(db: Db, table: &str) -> Result<Shape> {
+    let mut s =
+        db.prepare("SELECT name, upper(type), pk FROM pragma_table_info(?1) ORDER BY cid")?;
+    s.bind(1, &table.into())?;
+    let mut cols = Vec::new();
+    let mut types = Vec::new();
+    let mut pks = Vec::new();
+    while s.step()? {
+        let name = s.text(0).unwrap_or_default();
+        let ty = s.text(1).unwrap_or_default();
+        if s.i64(2) > 0 {
+            pks.push((name.clone(), ty.clone()));
+        }
+        cols.push(name);
+        types.push(ty);
+    }
+    let rowid_alias = match pks.as_slice() {
+        [(name, ty)] if ty == "INTEGER" => Some(name.clone()),
+        _ => None,
+    };
+    Ok(Shape {
+        rowid_alias,
+        columns: cols,
+        types,
+    })
+}
+
+fn check_trackable(db: Db, table: &str) -> Result<()> {
+    if table.starts_with("lsync_") || table.starts_with("sqlite_") {
+        bail!("lsync_track: '{table}' is an internal table and cannot be tracked");
+    }
+    let sql = db.query_text(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        &[table.into()],
+    )?;
+    let Some(sql) = sql else {
+        bail!("lsync_track: no such table: {table}");
+    };
+    if sql
+        .trim_start()
+        .to_ascii_uppercase()
+        .starts_with("CREATE VIRTUAL")
+    {
+        bail!(
+            "lsync_track: '{table}' is a virtual table; only ordinary rowid tables can be tracked"
+        );
+    }
+    if db
+        .prepare(&format!("SELECT rowid FROM {} LIMIT 0", q(table)))
+        .is_err()
+    {
+        bail!(
+            "lsync_track: table '{table}' has no usable primary key: it is a WITHOUT ROWID table; \
+             lsync needs a rowid or INTEGER PRIMARY KEY as the local id"
+        );
+    }
+    Ok(())
+}
+
+/// Single-column FKs that hold the target's local integer id.
+fn declared_fks(db: Db, table: &str) -> Result<BTreeMap<String, String>> {
+    let mut s = db.prepare(
+        "SELECT \"from\", \"table\", \"to\" FROM pragma_foreign_key_list(?1)
+         WHERE id IN (SELECT id FROM pragma_foreign_key_list(?1) GROUP BY id HAVING count(*) = 1)",
+    )?;
+    s.bind(1, &table.into())?;
+    let mut out = BTreeMap::new();
+    while s.step()? {
+        let (from, target) = (s.text(0).unwrap_or_default(), s.text(1).unwrap_or_default());
+        let to = s.text(2);
+        let alias = shape(db, &target)?.rowid_alias;
+        let to_rowid = match to.as_deref() {
+            None => true,
+            Some(t) => alias.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(t)),
+        };
+        if to_rowid {
+            out.insert(from, target);
+        }
+    }
+    Ok(out)
+}
+
+fn has_unique_index(db: Db, table: &str, col: &str) -> Result<bool> {
+    Ok(db
+        .query_i64(
+            "SELECT 1 FROM pragma_index_list(?1) il
+             WHERE il.\"unique\"
+               AND (SELECT count(*) FROM pragma_index_info(il.name)) = 1
+               AND (SELECT name FROM pragma_index_info(il.name)) = ?2",
+            &[table.into(), col.into()],
+        )?
+        .is_some())
+}
+
+/// `lsync_track(table, mode [, options])`. Returns a JSON summary.
+pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<String> {
+    let opts: Options = match options {
+        Some(o) => serde_json::from_str(o).map_err(|e| {
+            Error::msg(format!(
+                "lsync_track: bad options JSON ({e}); expected {{\"uuid_column\": \"...\", \"fks\": {{\"column\": \"table\"}}}}"
+            ))
+        })?,
+        None => Options::default(),
+    };
+    schema::ensure(db)?;
+    check_trackable(db, table)?;
+    if let Some(existing) = load(db, table)? {
+        if existing.mode != mode {
+            bail!(
+                "lsync_track: '{table}' is already tracked as '{}'; call lsync_untrack('{table}') first to change its mode",
+                existing.mode.as_str()
+            );
+        }
+    }
+    let shape = shape(db, table)?;
+    let uuid_col = opts.uuid_column.unwrap_or_else(|| "uuid".to_owned());
+    if !shape.columns.iter().any(|c| c == &uuid_col) {
+        bail!(
+            "lsync_track: table '{table}' has no column '{uuid_col}' for the global id; \
+             add one (TEXT or 16-byte BLOB) or name it with {{\"uuid_column\": \"...\"}}"
+        );
+    }
+    if shape.rowid_alias.as_deref() == Some(uuid_col.as_str()) {
+        bail!("lsync_track: the uuid column '{uuid_col}' cannot be the INTEGER PRIMARY KEY");
+    }
+    let columns: Vec<String> = shape
+        .columns
+        .iter()
+        .filter(|c| Some(c.as_str()) != shape.rowid_alias.as_deref() && **c != uuid_col)
+        .cloned()
+        .collect();
+    if columns.len() > MAX_COLUMNS {
+        bail!(
+            "lsync_track: '{table}' has {} columns; lsync tracks at most {MAX_COLUMNS}",
+            columns.len()
+        );
+    }
+    let mut fks = declared_fks(db, table)?;
+    for (col, target) in opts.fks {
+        if !columns.contains(&col) {
+            bail!("lsync_track: FK option names column '{col}', which '{table}' does not have");
+        }
+        fks.insert(col, target);
+    }
+
+    db.savepoint("lsync_track", || {
+        // Pending captures use the old column order: fold them first.
+        if load(db, table)?.is_some() {
+            flush::flush(db)?;
+        }
+        db.run(
+            &format!(
+                "UPDATE {t} SET {u} = {fill} WHERE {u} IS NULL",
+                t = q(table),
+                u = q(&uuid_col),
+                fill = shape.uuid_fill(&uuid_col)
+            ),
+            &[],
+        )?;
+        if !has_unique_index(db, table, &uuid_col)? {
+            db.exec(&format!(
+                "CREATE UNIQUE INDEX {} ON {}({})",
+                q(&format!("lsync_uuid_{table}")),
+                q(table),
+                q(&uuid_col)
+            ))
+            .map_err(|e| {
+                Error::msg(format!(
+                    "lsync_track: cannot index '{table}.{uuid_col}' as unique ({e}); global ids must be unique"
+                ))
+            })?;
+        }
+        let cols_json = serde_json::to_string(&columns).map_err(|e| Error::msg(e.to_string()))?;
+        let fks_json = serde_json::to_string(&fks).map_err(|e| Error::msg(e.to_string()))?;
+        db.run(
+            "INSERT INTO lsync_tables(name, mode, uuid_col, columns, fks) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(name) DO UPDATE SET uuid_col = excluded.uuid_col,
+               columns = excluded.columns, fks = excluded.fks",
+            &[
+                table.into(),
+                mode.as_str().into(),
+                uuid_col.as_str().into(),
+                cols_json.into(),
+                fks_json.into(),
+            ],
+        )?;
+        let t = load(db, table)?.ok_or_else(|| Error::msg("lsync_track: lost the table row"))?;
+        db.exec(&drop_triggers_sql(table))?;
+        db.exec(&triggers_sql(&t, shape.uuid_fill(&uuid_col)))?;
+        Ok(serde_json::json!({
+            "table": t.name, "mode": t.mode.as_str(), "uuid_column": t.uuid_col,
+            "columns": t.columns, "fks": t.fks,
+        })
+        .to_string())
+    })
+}
+
+/// `lsync_untrack(table)`: removes the triggers and the table's metadata.
+pub fn untrack(db: Db, table: &str) -> Result<bool> {
+    schema::ensure(db)?;
+    let Some(t) = load(db, table)? else {
+        return Ok(false);
+    };
+    db.savepoint("lsync_untrack", || {
+        db.exec(&drop_triggers_sql(table))?;
+        for meta in ["lsync_clock", "lsync_dirty", "lsync_deleted"] {
+            db.run(
+                &format!("DELETE FROM {meta} WHERE tbl = ?1"),
+                &[t.id.into()],
+            )?;
+        }
+        db.run("DELETE FROM lsync_tables WHERE id = ?1", &[t.id.into()])?;
+        Ok(true)
+    })
+}
+
+fn trigger_name(kind: &str, table: &str) -> String {
+    q(&format!("lsync_{kind}_{table}"))
+}
+
+fn drop_triggers_sql(table: &str) -> String {
+    ["ins", "upd", "del"]
+        .iter()
+        .map(|k| format!("DROP TRIGGER IF EXISTS {};", trigger_name(k, table)))
+        .collect()
+}
+
+/// The statements that advance the persisted HLC; the new value is then read
+/// back with `HLC_VALUE`. Pure SQL, so it runs inside the writing transaction
+/// and stays monotonic across connections and processes.
+const HLC_BUMP: &str =
+    "UPDATE lsync_config SET value = max(value + 1, lsync_hlc_wall()) WHERE key = 'hlc';";
+const HLC_VALUE: &str = "(SELECT value FROM lsync_config WHERE key = 'hlc')";
+
+/// A statement that fails with `owned by` when this device does not own the
+/// row (device-owned tables). The owner is the origin of the clock entry that
+/// covers the rowid; rows above the high-water mark are new local rows.
+fn owner_check(t: &Table, rowid: &str) -> String {
+    match t.mode {
+        Mode::Shared => String::new(),
+        Mode::DeviceOwned => format!(
+            "SELECT lsync_deny_owned({id}, {rowid}, c.origin) FROM
+               (SELECT hi, origin FROM lsync_clock
+                WHERE tbl = {id} AND col IS NULL AND lo <= {rowid}
+                ORDER BY lo DESC LIMIT 1) AS c
+             WHERE c.hi >= {rowid}
+               AND c.origin IS NOT (SELECT value FROM lsync_config WHERE key = 'device_idx');",
+            id = t.id
+        ),
+    }
+}
+
+/// `NEW.c IS NOT OLD.c` for each tracked column, as a bit mask.
+fn change_mask(t: &Table) -> String {
+    if t.columns.is_empty() {
+        return "0".into();
+    }
+    t.columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("((NEW.{c} IS NOT OLD.{c}) << {i})", c = q(c)))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
+    let (id, tbl, u) = (t.id, q(&t.name), q(&t.uuid_col));
+    let below_hwm = format!("NEW.rowid <= (SELECT hwm FROM lsync_tables WHERE id = {id})");
+    let owner_old = owner_check(t, "OLD.rowid");
+    let mask = change_mask(t);
+    let immutable = lit("lsync: the rowid and the uuid of a tracked row cannot change; delete and re-insert instead");
+    format!(
+        "CREATE TRIGGER {ins} AFTER INSERT ON {tbl}
+         WHEN NEW.{u} IS NULL OR {below_hwm}
+         BEGIN
+           UPDATE {tbl} SET {u} = {uuid_fill} WHERE rowid = NEW.rowid AND {u} IS NULL;
+           {HLC_BUMP}
+           INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
+             SELECT {id}, NEW.rowid, 0, {HLC_VALUE}, 0 WHERE {below_hwm}
+             ON CONFLICT(tbl, rid) DO UPDATE SET op = 0, hlc = excluded.hlc;
+         END;
+         CREATE TRIGGER {upd} AFTER UPDATE ON {tbl}
+         WHEN OLD.{u} IS NOT NULL AND lsync_capturing() AND ({mask}) <> 0
+         BEGIN
+           SELECT RAISE(ABORT, {immutable}) WHERE NEW.rowid IS NOT OLD.rowid OR NEW.{u} IS NOT OLD.{u};
+           {owner_old}
+           {HLC_BUMP}
+           INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
+             VALUES ({id}, NEW.rowid, 1, {HLC_VALUE}, {mask})
+             ON CONFLICT(tbl, rid) DO UPDATE SET hlc = excluded.hlc, cols = cols | excluded.cols;
+         END;
+         CREATE TRIGGER {del} AFTER DELETE ON {tbl}
+         WHEN OLD.{u} IS NOT NULL AND lsync_capturing()
+         BEGIN
+           {owner_old}
+           {HLC_BUMP}
+           INSERT INTO lsync_deleted(tbl, uuid, rid, hlc)
+             VALUES ({id}, OLD.{u}, OLD.rowid, {HLC_VALUE})
+             ON CONFLICT(tbl, uuid) DO UPDATE SET rid = excluded.rid, hlc = excluded.hlc;
+           DELETE FROM lsync_dirty WHERE tbl = {id} AND rid = OLD.rowid;
+         END;",
+        ins = trigger_name("ins", &t.name),
+        upd = trigger_name("upd", &t.name),
+        del = trigger_name("del", &t.name),
+    )
+}
+
+/// Formats the `owned by` refusal for `lsync_deny_owned`.
+pub fn deny_owned(db: Db, tbl_id: i64, rowid: i64, owner_idx: i64) -> Result<Value> {
+    let name = db
+        .query_text(
+            "SELECT name FROM lsync_tables WHERE id = ?1",
+            &[tbl_id.into()],
+        )?
+        .unwrap_or_else(|| format!("table #{tbl_id}"));
+    let owner = schema::device_uuid(db, owner_idx)?;
+    bail!(
+        "lsync: row {rowid} of '{name}' is owned by device {owner}; only its owner may change or delete it"
+    )
+}

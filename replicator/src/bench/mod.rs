@@ -1,0 +1,74 @@
+//! Benchmarks (`lsync bench ...`).
+
+pub mod capture;
+mod data;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::db::DbError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{what}")]
+    Sql {
+        what: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("creating the benchmark directory {}", .0.display())]
+    TempDir(PathBuf, #[source] std::io::Error),
+    #[error("encoding the JSON report")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Check(String),
+}
+
+/// Adds a description of what was being done to a rusqlite error.
+pub(crate) trait SqlContext<T> {
+    fn sql(self, what: impl FnOnce() -> String) -> Result<T, BenchError>;
+}
+
+impl<T> SqlContext<T> for rusqlite::Result<T> {
+    fn sql(self, what: impl FnOnce() -> String) -> Result<T, BenchError> {
+        self.map_err(|source| BenchError::Sql {
+            what: what(),
+            source,
+        })
+    }
+}
+
+/// A fresh directory, removed on drop unless `keep` is set.
+pub(crate) struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    pub fn new(parent: Option<&Path>, keep: bool) -> Result<Self, BenchError> {
+        let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = parent.join(format!("lsync-bench-{}-{nanos:09}", std::process::id()));
+        std::fs::create_dir(&path).map_err(|e| BenchError::TempDir(path.clone(), e))?;
+        Ok(Self { path, keep })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("kept benchmark databases in {}", self.path.display());
+        } else if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            eprintln!("warning: could not remove {}: {e}", self.path.display());
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Output of `lsync bench capture`: a readable table and one JSON line.
+
+use serde::Serialize;
+
+use super::capture::{Outcome, Variant};
+
+fn round_to(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
+}
+
+/// Bytes per inserted row.
+fn per_row(bytes: i64, rows: u64) -> f64 {
+    bytes as f64 / rows as f64
+}
+
+/// The per-object metadata sizes, to stderr (they explain the totals).
+pub(crate) fn print_breakdown(o: &Outcome<'_>) {
+    let plain = o.get(Variant::Plain).used_bytes;
+    for v in [Variant::DeviceOwned, Variant::Shared] {
+        let m = o.get(v);
+        eprintln!(
+            "{}: database uses {} B more than plain ({:.1} B/row); lsync objects:",
+            v.name(),
+            m.used_bytes - plain,
+            per_row(m.used_bytes - plain, o.args.rows)
+        );
+        for (name, bytes) in &m.meta {
+            eprintln!(
+                "  {name:<40} {bytes:>12} B  {:>8.2} B/row",
+                per_row(*bytes, o.args.rows)
+            );
+        }
+    }
+}
+
+/// The results table, to stdout.
+pub(crate) fn print_table(o: &Outcome<'_>) {
+    let a = o.args;
+    println!(
+        "lsync bench capture: {} rows, {} updates, uuid {}, best of {}, foreign_keys {}, SQLite {}",
+        a.rows,
+        o.updates,
+        a.uuid.as_str(),
+        a.repeat,
+        if a.foreign_keys.is_on() { "on" } else { "off" },
+        o.sqlite_version
+    );
+    println!(
+        "{:<13} {:>10} {:>7} {:>10} {:>7} {:>9} {:>11} {:>10}",
+        "variant", "insert s", "ratio", "update s", "ratio", "flush s", "meta B/row", "db +B/row"
+    );
+    let plain = o.get(Variant::Plain);
+    for v in Variant::ALL {
+        let m = o.get(v);
+        let tracked = v != Variant::Plain;
+        let opt = |x: Option<String>| x.unwrap_or_else(|| "-".to_owned());
+        println!(
+            "{:<13} {:>10.4} {:>6.2}x {:>10.4} {:>6.2}x {:>9} {:>11} {:>10}",
+            v.name(),
+            m.insert_s,
+            m.insert_s / plain.insert_s,
+            m.update_s,
+            m.update_s / plain.update_s,
+            opt(m.flush_s.map(|s| format!("{s:.4}"))),
+            opt(tracked.then(|| format!("{:.2}", per_row(m.meta_bytes(), a.rows)))),
+            opt(tracked.then(|| format!("{:.2}", per_row(m.used_bytes - plain.used_bytes, a.rows)))),
+        );
+    }
+    println!(
+        "meta = dbstat pages of lsync* tables and their indexes after lsync_flush(); \
+         db + = used pages beyond the plain database"
+    );
+}
+
+#[derive(Serialize)]
+struct Json {
+    rows: u64,
+    uuid: &'static str,
+    repeat: u32,
+    foreign_keys: bool,
+    sqlite_version: &'static str,
+    plain_s: f64,
+    device_owned_s: f64,
+    shared_s: f64,
+    device_owned_ratio: f64,
+    shared_ratio: f64,
+    update_rows: usize,
+    update_plain_s: f64,
+    update_device_owned_s: f64,
+    update_shared_s: f64,
+    update_device_owned_ratio: f64,
+    update_shared_ratio: f64,
+    flush_device_owned_s: Option<f64>,
+    flush_shared_s: Option<f64>,
+    meta_bytes_per_row_device_owned: f64,
+    meta_bytes_per_row_shared: f64,
+    db_extra_bytes_per_row_device_owned: f64,
+    db_extra_bytes_per_row_shared: f64,
+}
+
+/// The results as one JSON object (one line).
+pub(crate) fn json(o: &Outcome<'_>) -> Result<String, serde_json::Error> {
+    let a = o.args;
+    let (p, d, s) = (
+        o.get(Variant::Plain),
+        o.get(Variant::DeviceOwned),
+        o.get(Variant::Shared),
+    );
+    let secs = |x: f64| round_to(x, 6);
+    let ratio = |x: f64, base: f64| round_to(x / base, 4);
+    let bytes = |b: i64| round_to(per_row(b, a.rows), 2);
+    serde_json::to_string(&Json {
+        rows: a.rows,
+        uuid: a.uuid.as_str(),
+        repeat: a.repeat,
+        foreign_keys: a.foreign_keys.is_on(),
+        sqlite_version: o.sqlite_version,
+        plain_s: secs(p.insert_s),
+        device_owned_s: secs(d.insert_s),
+        shared_s: secs(s.insert_s),
+        device_owned_ratio: ratio(d.insert_s, p.insert_s),
+        shared_ratio: ratio(s.insert_s, p.insert_s),
+        update_rows: o.updates,
+        update_plain_s: secs(p.update_s),
+        update_device_owned_s: secs(d.update_s),
+        update_shared_s: secs(s.update_s),
+        update_device_owned_ratio: ratio(d.update_s, p.update_s),
+        update_shared_ratio: ratio(s.update_s, p.update_s),
+        flush_device_owned_s: d.flush_s.map(secs),
+        flush_shared_s: s.flush_s.map(secs),
+        meta_bytes_per_row_device_owned: bytes(d.meta_bytes()),
+        meta_bytes_per_row_shared: bytes(s.meta_bytes()),
+        db_extra_bytes_per_row_device_owned: bytes(d.used_bytes - p.used_bytes),
+        db_extra_bytes_per_row_shared: bytes(s.used_bytes - p.used_bytes),
+    })
+}

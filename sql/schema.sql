@@ -1,0 +1,69 @@
+-- lsync's own metadata. Created on first use; every statement is idempotent.
+-- Everything here lives in the app's database file so that capture is part of
+-- the writing transaction.
+
+-- Key/value settings: device_id, device_idx, library_id, hlc, max_drift_ms, ...
+CREATE TABLE IF NOT EXISTS lsync_config(
+  key   TEXT PRIMARY KEY,
+  value ANY
+) WITHOUT ROWID;
+
+-- Devices seen by this database. `idx` is the compact local alias stored in
+-- lsync_clock.origin; the UUID is what travels.
+CREATE TABLE IF NOT EXISTS lsync_devices(
+  idx INTEGER PRIMARY KEY,
+  id  TEXT NOT NULL UNIQUE
+);
+
+-- Tracked tables. `hwm` is the rowid high-water mark: rows above it are local
+-- inserts not yet folded into lsync_clock (inserts need no per-row trigger).
+CREATE TABLE IF NOT EXISTS lsync_tables(
+  id       INTEGER PRIMARY KEY,
+  name     TEXT NOT NULL UNIQUE,
+  mode     TEXT NOT NULL CHECK (mode IN ('device_owned', 'shared')),
+  uuid_col TEXT NOT NULL,
+  hwm      INTEGER NOT NULL DEFAULT 0,
+  columns  TEXT NOT NULL,   -- JSON array of the tracked column names, in mask-bit order
+  fks      TEXT NOT NULL,   -- JSON object: column -> target table
+  options  TEXT NOT NULL DEFAULT '{}'
+);
+
+-- Rows changed by UPDATE (and INSERTs below the high-water mark) since the
+-- last fold. One row per (table, rowid): repeated edits overwrite it, so its
+-- size is bounded by the number of rows, never by the number of edits.
+CREATE TABLE IF NOT EXISTS lsync_dirty(
+  tbl  INTEGER NOT NULL,
+  rid  INTEGER NOT NULL,
+  op   INTEGER NOT NULL,          -- 0 insert, 1 update
+  hlc  INTEGER NOT NULL,
+  cols INTEGER NOT NULL DEFAULT 0, -- bit i: column i of lsync_tables.columns changed
+  PRIMARY KEY (tbl, rid)
+) WITHOUT ROWID;
+
+-- Rows deleted since the last fold, keyed by their global id.
+CREATE TABLE IF NOT EXISTS lsync_deleted(
+  tbl  INTEGER NOT NULL,
+  uuid ANY NOT NULL,
+  rid  INTEGER NOT NULL,
+  hlc  INTEGER NOT NULL,
+  PRIMARY KEY (tbl, uuid)
+) WITHOUT ROWID;
+
+-- The change clock: what a peer at cursor `since` is missing is every entry
+-- with seq > since. An entry covers the rowids lo..hi of one table (a whole
+-- bulk insert is one entry), or one column of one row (`col`, shared tables),
+-- or a tombstone (lo IS NULL, uuid set). The row with rowid r in an entry has
+-- cursor seq - (hi - r). Each live row is covered by exactly one row entry.
+CREATE TABLE IF NOT EXISTS lsync_clock(
+  seq    INTEGER PRIMARY KEY,
+  tbl    INTEGER NOT NULL,
+  lo     INTEGER,
+  hi     INTEGER,
+  col    TEXT,
+  op     INTEGER NOT NULL,        -- 0 insert, 1 update, 2 delete
+  hlc    INTEGER NOT NULL,
+  origin INTEGER NOT NULL,        -- lsync_devices.idx
+  uuid   ANY                      -- tombstones only
+);
+CREATE INDEX IF NOT EXISTS lsync_clock_cover ON lsync_clock(tbl, col, lo) WHERE lo IS NOT NULL;
+CREATE INDEX IF NOT EXISTS lsync_clock_tomb ON lsync_clock(tbl, uuid) WHERE uuid IS NOT NULL;

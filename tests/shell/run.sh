@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Drives the Debian sqlite3 shell (SQLite 3.40) with the real extension loaded
+# by `.load`. Prints one line per check and a final "N passed, M failed";
+# exits non-zero if any check fails.
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+sqlite=${SQLITE3:-/usr/bin/sqlite3}
+ext=${LSYNC_EXT:-$root/target/release/liblsync}
+ext=${ext%.so}
+version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$root/Cargo.toml" | head -n1)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0
+failed=0
+
+# sql DB ARGS...: one shell run with the extension loaded; stdout+stderr.
+sql() { local db=$1; shift; "$sqlite" -batch -bail "$db" ".load $ext" "$@" 2>&1; }
+# plain DB ARGS...: the same without loading the extension.
+plain() { local db=$1; shift; "$sqlite" -batch -bail "$db" "$@" 2>&1; }
+
+ok() { passed=$((passed + 1)); echo "ok - $1"; }
+not_ok() { failed=$((failed + 1)); echo "FAIL - $1"; printf '    %s\n' "${@:2}"; }
+
+# expect NAME WANT GOT: GOT must equal WANT.
+expect() { if [ "$3" == "$2" ]; then ok "$1"; else not_ok "$1" "want: $2" "got:  $3"; fi; }
+# expect_match NAME REGEX GOT
+expect_match() { if [[ $3 =~ $2 ]]; then ok "$1"; else not_ok "$1" "want match: $2" "got: $3"; fi; }
+
+# fresh NAME: a database with a tracked device_owned `files` and shared `tags`.
+fresh() {
+  local db=$tmp/$1.db
+  sql "$db" \
+    "CREATE TABLE files(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT, size INTEGER);" \
+    "CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT, color TEXT);" \
+    "SELECT lsync_track('files','device_owned');" \
+    "SELECT lsync_track('tags','shared');" >/dev/null
+  echo "$db"
+}
+
+# Every check below needs a loadable extension; without one, stop here.
+if ! out=$(sql :memory: "SELECT 1;"); then
+  not_ok "load $ext" "$out"
+  echo "$passed passed, $failed failed"
+  exit 1
+fi
+
+# 1. the extension loads and reports the workspace version
+expect_match "lsync_version() reports $version" "$version" "$(sql :memory: "SELECT lsync_version();")"
+
+# 2. tracking creates triggers
+db=$(fresh track)
+expect_match "lsync_track creates triggers" '^[1-9][0-9]*$' \
+  "$(plain "$db" "SELECT count(*) FROM sqlite_schema WHERE type='trigger' AND tbl_name='files';")"
+
+# 3. an insert with NULL uuid gets a UUIDv7 and is recorded as an insert
+sql "$db" "INSERT INTO files(name, size) VALUES ('a', 1);" >/dev/null
+uuid=$(plain "$db" "SELECT uuid FROM files;")
+expect_match "NULL uuid filled with a UUIDv7" '^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-' "$uuid"
+expect "insert recorded in lsync_changes" "files|$uuid|insert" \
+  "$(sql "$db" "SELECT tbl, pk, op FROM lsync_changes(0);")"
+
+# 4. shared update records only the changed column
+db=$(fresh shared)
+expect "shared update records one column" 'update|{"color":"blue"}' \
+  "$(sql "$db" "INSERT INTO tags(name, color) VALUES ('t', 'red');" \
+    "CREATE TEMP TABLE c AS SELECT max(seq) AS s FROM lsync_changes(0);" \
+    "UPDATE tags SET color = 'blue';" \
+    "SELECT op, data FROM lsync_changes((SELECT s FROM c));")"
+
+# 5. a rolled back transaction records nothing
+expect "rollback records nothing" "0" \
+  "$(sql "$db" "CREATE TEMP TABLE c AS SELECT max(seq) AS s FROM lsync_changes(0);" \
+    "BEGIN; INSERT INTO tags(name) VALUES ('x'); UPDATE tags SET color = 'y'; DELETE FROM files; ROLLBACK;" \
+    "SELECT count(*) FROM lsync_changes((SELECT s FROM c));")"
+
+# 6. another device may not update or delete device-owned rows, but may write shared ones
+db=$(fresh owned)
+sql "$db" "INSERT INTO files(name) VALUES ('a');" "INSERT INTO tags(name) VALUES ('t');" >/dev/null
+other=$(sql :memory: "SELECT lsync_uuid();")
+# as_other DB ARGS...: run as device $other (the test-only route needs LSYNC_TESTING=1).
+as_other() {
+  local db=$1; shift
+  LSYNC_TESTING=1 sql "$db" ".output /dev/null" "SELECT lsync_debug_set_device_id('$other');" \
+    ".output stdout" "$@"
+}
+for stmt in "UPDATE files SET size = 2;" "DELETE FROM files;"; do
+  expect_match "ownership: '$stmt' by another device fails" "owned by" "$(as_other "$db" "$stmt")"
+done
+expect "ownership: owned row unchanged" "a|" "$(plain "$db" "SELECT name, size FROM files;")"
+expect "ownership: shared table writable by another device" "0" \
+  "$(as_other "$db" "UPDATE tags SET color = 'red';" "DELETE FROM tags;" "SELECT count(*) FROM tags;")"
+
+# 7. the debug route refuses without LSYNC_TESTING=1
+expect_match "set_device_id needs LSYNC_TESTING=1" "LSYNC_TESTING" \
+  "$(env -u LSYNC_TESTING "$sqlite" -batch -bail "$db" ".load $ext" \
+    "SELECT lsync_debug_set_device_id('$other');" 2>&1)"
+
+# 8. PRAGMA trusted_schema=OFF: inserts, updates and deletes are still captured
+db=$(fresh untrusted)
+expect "trusted_schema=OFF still captures" $'files|insert\nfiles|update\ntags|delete' \
+  "$(sql "$db" "INSERT INTO files(name) VALUES ('old');" "INSERT INTO tags(name) VALUES ('t');" \
+    "CREATE TEMP TABLE c AS SELECT max(seq) AS s FROM lsync_changes(0);" \
+    "PRAGMA trusted_schema=OFF;" \
+    "INSERT INTO files(name) VALUES ('new');" \
+    "UPDATE files SET size = 1 WHERE name = 'old';" \
+    "DELETE FROM tags;" \
+    "SELECT tbl, op FROM lsync_changes((SELECT s FROM c)) ORDER BY tbl, op;")"
+
+# 9. a delete is a tombstone carrying the row's uuid
+db=$(fresh tomb)
+expect "delete recorded as tombstone" "delete|0190a0a0-0000-7000-8000-00000000000a" \
+  "$(sql "$db" "INSERT INTO files(uuid, name) VALUES ('0190a0a0-0000-7000-8000-00000000000a', 'a');" \
+    "DELETE FROM files;" "SELECT op, pk FROM lsync_changes(0);")"
+
+# 10. a shell without .load cannot write to a tracked table
+for stmt in "INSERT INTO files(name) VALUES ('b');" "UPDATE files SET size = 3;" "DELETE FROM tags;"; do
+  out=$(plain "$db" "$stmt"); rc=$?
+  if [ $rc -ne 0 ] && [[ $out == *"no such function: lsync"* ]]; then ok "no .load: '$stmt' refused"
+  else not_ok "no .load: '$stmt' refused" "rc=$rc" "$out"; fi
+done
+
+# 11. bad lsync_track calls are errors, and the shell survives them
+db=$(fresh errors)
+plain "$db" "CREATE TABLE norowid(uuid TEXT PRIMARY KEY) WITHOUT ROWID;" >/dev/null
+for call in "lsync_track('nope','shared')" "lsync_track('files','bogus')" \
+  "lsync_track(NULL,'shared')" "lsync_track('norowid','shared')"; do
+  out=$(sql "$db" "SELECT $call;"); rc=$?
+  if [ $rc -ne 0 ] && [[ $out == *Error:* ]]; then ok "$call is an error"
+  else not_ok "$call is an error" "rc=$rc" "$out"; fi
+done
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
