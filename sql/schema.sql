@@ -67,3 +67,22 @@ CREATE TABLE IF NOT EXISTS lsync_clock(
 );
 CREATE INDEX IF NOT EXISTS lsync_clock_cover ON lsync_clock(tbl, col, lo) WHERE lo IS NOT NULL;
 CREATE INDEX IF NOT EXISTS lsync_clock_tomb ON lsync_clock(tbl, uuid) WHERE uuid IS NOT NULL;
+
+-- FK links that arrived before their target row. The row was applied with
+-- the column NULL; the link is completed (and removed from here) as soon as
+-- the target row exists. Never dropped while the row lives.
+CREATE TABLE IF NOT EXISTS lsync_deferred(
+  tbl         INTEGER NOT NULL,
+  rid         INTEGER NOT NULL,
+  col         TEXT NOT NULL,
+  uuid        ANY NOT NULL,     -- the row's global id
+  target      TEXT NOT NULL,    -- the table the FK points at
+  target_uuid ANY NOT NULL,
+  PRIMARY KEY (tbl, rid, col)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS lsync_deferred_target ON lsync_deferred(target, target_uuid);
+
+-- What is waiting for an FK target, readably.
+CREATE VIEW IF NOT EXISTS lsync_pending AS
+  SELECT t.name AS tbl, d.uuid AS pk, d.col AS col, d.target AS target, d.target_uuid AS target_uuid
+  FROM lsync_deferred d JOIN lsync_tables t ON t.id = d.tbl;

@@ -52,6 +52,11 @@ pub enum DbError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error(
+        "this binary runs SQLite {runtime} but was built against {header}: \
+         the extension's SQLite copy was linked instead of the bundled one"
+    )]
+    WrongSqlite { runtime: String, header: String },
     #[error("{}: journal_mode is {mode:?}, expected \"wal\"", path.display())]
     NotWal { path: PathBuf, mode: String },
 }
@@ -76,6 +81,7 @@ unsafe extern "C" fn lsync_auto_init(
 /// when `ext` is [`Extension::Static`]. Call it once, before opening
 /// connections (SQLite ignores a repeated registration of the same function).
 pub fn register(ext: &Extension) -> Result<(), DbError> {
+    check_linked_sqlite()?;
     if let Extension::Static = ext {
         // SAFETY: the entry point neither opens nor closes connections and
         // does not touch the auto-extension list.
@@ -85,16 +91,25 @@ pub fn register(ext: &Extension) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Fails if the SQLite that answers at run time is not the bundled one that
+/// rusqlite was compiled against (see the link-order note in `main.rs`).
+fn check_linked_sqlite() -> Result<(), DbError> {
+    let header = ffi::SQLITE_VERSION.to_str().unwrap_or_default().to_owned();
+    let runtime = rusqlite::version();
+    if runtime == header {
+        Ok(())
+    } else {
+        Err(DbError::WrongSqlite {
+            runtime: runtime.to_owned(),
+            header,
+        })
+    }
+}
+
 /// Opens (or creates) `path` in WAL mode with `synchronous=NORMAL`, with the
 /// lsync extension loaded.
 pub fn open(path: &Path, opts: &DbOptions) -> Result<Connection, DbError> {
-    let conn = Connection::open(path).map_err(|source| DbError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    if let Extension::Shared(lib) = &opts.extension {
-        load_shared(&conn, lib)?;
-    }
+    let conn = connect(path, opts)?;
     let configure = |what, source| DbError::Configure {
         path: path.to_owned(),
         what,
@@ -113,6 +128,19 @@ pub fn open(path: &Path, opts: &DbOptions) -> Result<Connection, DbError> {
         .map_err(|e| configure("synchronous", e))?;
     conn.pragma_update(None, "foreign_keys", opts.foreign_keys)
         .map_err(|e| configure("foreign_keys", e))?;
+    Ok(conn)
+}
+
+/// Opens `path` (or `:memory:`) with the extension loaded, without
+/// configuring anything else.
+pub fn connect(path: &Path, opts: &DbOptions) -> Result<Connection, DbError> {
+    let conn = Connection::open(path).map_err(|source| DbError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Extension::Shared(lib) = &opts.extension {
+        load_shared(&conn, lib)?;
+    }
     Ok(conn)
 }
 

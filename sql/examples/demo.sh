@@ -17,7 +17,10 @@ echo "library database: $db"
 .headers on
 .mode box
 SELECT lsync_version() AS version, lsync_device_id() AS device_id;
+.output /dev/null
 .read $root/sql/examples/track.sql
+.output stdout
+SELECT name, mode FROM lsync_tables ORDER BY id;
 INSERT INTO devices(name, os) VALUES ('laptop', 'linux');
 INSERT INTO locations(uuid, device_id, path, name) VALUES (NULL, 1, '/home/me', 'home');
 INSERT INTO entries(uuid, parent_id, location_id, name, size, kind, mtime)

@@ -27,6 +27,9 @@ expect() { if [ "$3" == "$2" ]; then ok "$1"; else not_ok "$1" "want: $2" "got: 
 # expect_match NAME REGEX GOT
 expect_match() { if [[ $3 =~ $2 ]]; then ok "$1"; else not_ok "$1" "want match: $2" "got: $3"; fi; }
 
+# cursor DB: the lsync_changes cursor that covers every change so far.
+cursor() { sql "$1" "SELECT coalesce(max(seq), 0) FROM lsync_changes(0);"; }
+
 # fresh NAME: a database with a tracked device_owned `files` and shared `tags`.
 fresh() {
   local db=$tmp/$1.db
@@ -62,17 +65,16 @@ expect "insert recorded in lsync_changes" "files|$uuid|insert" \
 
 # 4. shared update records only the changed column
 db=$(fresh shared)
+sql "$db" "INSERT INTO tags(name, color) VALUES ('t', 'red');" >/dev/null
+since=$(cursor "$db")
 expect "shared update records one column" 'update|{"color":"blue"}' \
-  "$(sql "$db" "INSERT INTO tags(name, color) VALUES ('t', 'red');" \
-    "CREATE TEMP TABLE c AS SELECT max(seq) AS s FROM lsync_changes(0);" \
-    "UPDATE tags SET color = 'blue';" \
-    "SELECT op, data FROM lsync_changes((SELECT s FROM c));")"
+  "$(sql "$db" "UPDATE tags SET color = 'blue';" "SELECT op, data FROM lsync_changes($since);")"
 
 # 5. a rolled back transaction records nothing
+since=$(cursor "$db")
 expect "rollback records nothing" "0" \
-  "$(sql "$db" "CREATE TEMP TABLE c AS SELECT max(seq) AS s FROM lsync_changes(0);" \
-    "BEGIN; INSERT INTO tags(name) VALUES ('x'); UPDATE tags SET color = 'y'; DELETE FROM files; ROLLBACK;" \
-    "SELECT count(*) FROM lsync_changes((SELECT s FROM c));")"
+  "$(sql "$db" "BEGIN; INSERT INTO tags(name) VALUES ('x'); UPDATE tags SET color = 'y'; DELETE FROM files; ROLLBACK;" \
+    "SELECT count(*) FROM lsync_changes($since);")"
 
 # 6. another device may not update or delete device-owned rows, but may write shared ones
 db=$(fresh owned)
@@ -98,14 +100,14 @@ expect_match "set_device_id needs LSYNC_TESTING=1" "LSYNC_TESTING" \
 
 # 8. PRAGMA trusted_schema=OFF: inserts, updates and deletes are still captured
 db=$(fresh untrusted)
+sql "$db" "INSERT INTO files(name) VALUES ('old');" "INSERT INTO tags(name) VALUES ('t');" >/dev/null
+since=$(cursor "$db")
 expect "trusted_schema=OFF still captures" $'files|insert\nfiles|update\ntags|delete' \
-  "$(sql "$db" "INSERT INTO files(name) VALUES ('old');" "INSERT INTO tags(name) VALUES ('t');" \
-    "CREATE TEMP TABLE c AS SELECT max(seq) AS s FROM lsync_changes(0);" \
-    "PRAGMA trusted_schema=OFF;" \
+  "$(sql "$db" "PRAGMA trusted_schema=OFF;" \
     "INSERT INTO files(name) VALUES ('new');" \
     "UPDATE files SET size = 1 WHERE name = 'old';" \
     "DELETE FROM tags;" \
-    "SELECT tbl, op FROM lsync_changes((SELECT s FROM c)) ORDER BY tbl, op;")"
+    "SELECT tbl, op FROM lsync_changes($since) ORDER BY tbl, op;")"
 
 # 9. a delete is a tombstone carrying the row's uuid
 db=$(fresh tomb)

@@ -127,6 +127,10 @@ pub fn run(args: &CaptureArgs) -> Result<(), BenchError> {
     let rows = usize::try_from(args.rows)
         .map_err(|_| BenchError::Check(format!("--rows {} is too large", args.rows)))?;
 
+    preflight(&opts)?;
+    let dir = TempDir::new(args.dir.as_deref(), args.keep)?;
+    eprintln!("databases in {}", dir.path().display());
+
     eprintln!(
         "generating {rows} rows with {} uuids...",
         args.uuid.as_str()
@@ -134,9 +138,6 @@ pub fn run(args: &CaptureArgs) -> Result<(), BenchError> {
     let started = Instant::now();
     let data = data::generate(rows, args.uuid);
     eprintln!("generated in {:.2}s", started.elapsed().as_secs_f64());
-
-    let dir = TempDir::new(args.dir.as_deref(), args.keep)?;
-    eprintln!("databases in {}", dir.path().display());
     let mut measures = [Measure::new(), Measure::new(), Measure::new()];
     for round in 0..args.repeat {
         let mut order = Variant::ALL;
@@ -156,6 +157,13 @@ pub fn run(args: &CaptureArgs) -> Result<(), BenchError> {
         println!("{}", report::json(&outcome)?);
     }
     Ok(())
+}
+
+/// Checks, before any work, that the extension provides what we call.
+fn preflight(opts: &DbOptions) -> Result<(), BenchError> {
+    let conn = db::connect(Path::new(":memory:"), opts)?;
+    require_function(&conn, "lsync_track")?;
+    require_function(&conn, "lsync_flush")
 }
 
 struct Run {
@@ -205,7 +213,7 @@ fn run_round(
         m.update_s = m.update_s.min(secs);
     }
     for run in &runs {
-        measure_sizes(run, &mut measures[run.variant.index()])?;
+        measure_sizes(run, round, &mut measures[run.variant.index()])?;
     }
     Ok(())
 }
@@ -354,7 +362,7 @@ fn update_entries(
 }
 
 /// Flushes pending captures (tracked variants) and records the sizes.
-fn measure_sizes(run: &Run, m: &mut Measure) -> Result<(), BenchError> {
+fn measure_sizes(run: &Run, round: u32, m: &mut Measure) -> Result<(), BenchError> {
     let at = || run.path.display().to_string();
     if run.variant.mode().is_some() {
         require_function(&run.conn, "lsync_flush")?;
@@ -363,7 +371,10 @@ fn measure_sizes(run: &Run, m: &mut Measure) -> Result<(), BenchError> {
             .query_row("SELECT lsync_flush()", [], |_| Ok(()))
             .sql(|| format!("lsync_flush() in {}", at()))?;
         let secs = started.elapsed().as_secs_f64();
-        eprintln!("{:<21} flush  {secs:>9.4}s", run.variant.name());
+        eprintln!(
+            "round {round}: {:<12} flush  {secs:>9.4}s",
+            run.variant.name()
+        );
         m.flush_s = Some(m.flush_s.map_or(secs, |best| best.min(secs)));
         let mut stmt = run
             .conn

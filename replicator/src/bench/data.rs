@@ -81,7 +81,7 @@ fn new_uuid(kind: UuidKind) -> String {
 /// fresh table assigns (1..=rows). Also generates `rows / 10` (at least 1)
 /// updates of random ids.
 pub fn generate(rows: usize, kind: UuidKind) -> Dataset {
-    let mut rng = Rng(0x1bad_5eed_0dd_ba11);
+    let mut rng = Rng(0x1bad_5eed_0ddb_a110);
     let locations = (1..=LOCATIONS)
         .map(|k| Location {
             uuid: new_uuid(kind),
