@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::sql::{Db, Value, DETERMINISTIC, DIRECTONLY, INNOCUOUS};
 use crate::track::{self, Mode};
-use crate::{bail, flush, schema};
+use crate::{apply, bail, export, flush, schema};
 
 /// Per-connection state shared by the functions registered on it.
 #[derive(Default)]
@@ -72,6 +72,32 @@ pub fn register(db: Db) -> Result<()> {
         flush::flush(db).map(Value::from)
     })?;
 
+    for n in [1, 2] {
+        db.create_function("lsync_changeset", n, DIRECTONLY, |db, args| {
+            let since = int_arg("lsync_changeset", "since", &args[0])?;
+            let max = match args.get(1) {
+                None | Some(Value::Null) => usize::MAX,
+                Some(v) => match int_arg("lsync_changeset", "max_changes", v)? {
+                    m if m > 0 => m as usize,
+                    m => bail!("lsync_changeset: max_changes must be positive, got {m}"),
+                },
+            };
+            export::changeset(db, since, max).map(Value::from)
+        })?;
+    }
+    db.create_function("lsync_changeset_info", 1, INNOCUOUS, |db, args| {
+        let blob = blob_arg("lsync_changeset_info", &args[0])?;
+        export::info(db, &blob).map(Value::from)
+    })?;
+    let c = conn.clone();
+    db.create_function("lsync_apply", 1, DIRECTONLY, move |db, args| {
+        let blob = blob_arg("lsync_apply", &args[0])?;
+        let report = apply::apply(db, &c, &blob)?;
+        serde_json::to_string(&report)
+            .map(Value::from)
+            .map_err(|e| Error::msg(e.to_string()))
+    })?;
+
     // Called by the generated triggers, so INNOCUOUS (trusted_schema=OFF).
     let c = conn.clone();
     db.create_function("lsync_capturing", 0, INNOCUOUS, move |_, _| {
@@ -105,6 +131,14 @@ fn text_arg(func: &str, what: &str, v: &Value) -> Result<String> {
         Value::Text(s) => Ok(s.clone()),
         Value::Null => bail!("{func}: {what} must not be NULL"),
         other => bail!("{func}: {what} must be text, got {other:?}"),
+    }
+}
+
+fn blob_arg(func: &str, v: &Value) -> Result<Vec<u8>> {
+    match v {
+        Value::Blob(b) => Ok(b.clone()),
+        Value::Null => bail!("{func}: the changeset must not be NULL"),
+        other => bail!("{func}: expected a changeset BLOB, got {other:?}"),
     }
 }
 

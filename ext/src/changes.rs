@@ -6,48 +6,28 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+pub use lsync_wire::changeset::{Change, Op};
+
 use crate::error::Result;
+use crate::fk;
 use crate::flush::{OP_DELETE, OP_INSERT};
 use crate::ident::q;
 use crate::schema;
 use crate::sql::{Db, Value};
 use crate::track::{self, Mode, Table};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Insert,
-    Update,
-    Delete,
-}
-
-impl Op {
-    fn from_code(c: i64) -> Op {
-        match c {
-            OP_INSERT => Op::Insert,
-            OP_DELETE => Op::Delete,
-            _ => Op::Update,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Insert => "insert",
-            Op::Update => "update",
-            Op::Delete => "delete",
-        }
+fn op_from_code(c: i64) -> Op {
+    match c {
+        OP_INSERT => Op::Insert,
+        OP_DELETE => Op::Delete,
+        _ => Op::Update,
     }
 }
 
-/// One change: a row's state (or some of its columns), or a tombstone.
-#[derive(Debug, Clone)]
-pub struct Change {
-    pub seq: i64,
-    pub hlc: i64,
-    pub origin: String,
-    pub tbl: String,
-    pub pk: Value,
-    pub op: Op,
-    /// Column values; FK columns to tracked tables hold the target's uuid.
-    pub data: Vec<(String, Value)>,
+/// A change with the local rowid it was read from (tombstones have none).
+struct Row {
+    rid: Option<i64>,
+    change: Change,
 }
 
 struct Entry {
@@ -70,7 +50,7 @@ pub fn read(db: Db, since: i64, limit: usize) -> Result<Vec<Change>> {
         .map(|t| (t.id, t))
         .collect();
     let mut origins: HashMap<i64, String> = HashMap::new();
-    let mut out: Vec<Change> = Vec::new();
+    let mut out: Vec<Row> = Vec::new();
     let mut s = db.prepare(
         "SELECT seq, tbl, lo, hi, col, op, hlc, origin, uuid FROM lsync_clock
          WHERE seq > ?1 ORDER BY seq",
@@ -99,7 +79,7 @@ pub fn read(db: Db, since: i64, limit: usize) -> Result<Vec<Change>> {
     }
     drop(s);
     resolve_fks(db, &tables, &mut out)?;
-    Ok(out)
+    Ok(out.into_iter().map(|r| r.change).collect())
 }
 
 fn read_entry(
@@ -109,19 +89,22 @@ fn read_entry(
     since: i64,
     room: usize,
     origin: String,
-    out: &mut Vec<Change>,
+    out: &mut Vec<Row>,
 ) -> Result<()> {
-    let change = |seq: i64, pk: Value, data: Vec<(String, Value)>| Change {
-        seq,
-        hlc: e.hlc,
-        origin: origin.clone(),
-        tbl: t.name.clone(),
-        pk,
-        op: Op::from_code(e.op),
-        data,
+    let change = |seq: i64, rid: Option<i64>, pk: Value, data: Vec<(String, Value)>| Row {
+        rid,
+        change: Change {
+            seq,
+            hlc: e.hlc,
+            origin: origin.clone(),
+            tbl: t.name.clone(),
+            pk,
+            op: op_from_code(e.op),
+            data,
+        },
     };
     let Some(lo) = e.lo else {
-        out.push(change(e.seq, e.uuid.clone(), Vec::new()));
+        out.push(change(e.seq, None, e.uuid.clone(), Vec::new()));
         return Ok(());
     };
     // Row r of the entry has cursor seq - (hi - r): skip rows at or below `since`.
@@ -152,7 +135,7 @@ fn read_entry(
             .filter(|(_, c)| skip.is_none_or(|set| !set.contains(c.as_str())))
             .map(|(i, c)| ((*c).clone(), s.value(i + 2)))
             .collect();
-        out.push(change(e.seq - (e.hi - rid), s.value(1), data));
+        out.push(change(e.seq - (e.hi - rid), Some(rid), s.value(1), data));
     }
     Ok(())
 }
@@ -173,59 +156,71 @@ fn column_entries(db: Db, tbl: i64, lo: i64, hi: i64) -> Result<HashMap<i64, Has
     Ok(out)
 }
 
-/// Replaces local FK ids with the target rows' uuids: one query per
-/// (table, FK column) for the whole batch. A dangling id becomes NULL.
-fn resolve_fks(db: Db, tables: &HashMap<i64, Table>, changes: &mut [Change]) -> Result<()> {
+/// Replaces local FK ids with the target rows' uuids: targets read in the
+/// same batch are mapped in memory, the rest with one query per (table, FK
+/// column). A NULL FK whose link is still deferred carries the pending
+/// target uuid, so relays never lose a link. A dangling id becomes NULL.
+fn resolve_fks(db: Db, tables: &HashMap<i64, Table>, rows: &mut [Row]) -> Result<()> {
     let by_name: HashMap<&str, &Table> = tables.values().map(|t| (t.name.as_str(), t)).collect();
-    // (source table, column) -> target table
+    let mut in_batch: HashMap<&str, HashMap<i64, Value>> = HashMap::new();
+    for r in rows.iter() {
+        if let Some(rid) = r.rid {
+            in_batch
+                .entry(
+                    by_name
+                        .get(r.change.tbl.as_str())
+                        .map_or("", |t| t.name.as_str()),
+                )
+                .or_default()
+                .insert(rid, r.change.pk.clone());
+        }
+    }
     let mut wanted: BTreeMap<(String, String), &Table> = BTreeMap::new();
-    for c in changes.iter() {
-        let Some(t) = by_name.get(c.tbl.as_str()) else {
+    for r in rows.iter() {
+        let Some(t) = by_name.get(r.change.tbl.as_str()) else {
             continue;
         };
-        for (col, _) in &c.data {
+        for (col, _) in &r.change.data {
             if let Some(target) = t.fks.get(col).and_then(|n| by_name.get(n.as_str())) {
-                wanted.insert((c.tbl.clone(), col.clone()), target);
+                wanted.insert((r.change.tbl.clone(), col.clone()), target);
             }
         }
     }
+    let empty = HashMap::new();
     for ((tbl, col), target) in wanted {
-        let ids: Vec<i64> = changes
-            .iter()
-            .filter(|c| c.tbl == tbl)
-            .flat_map(|c| c.data.iter())
-            .filter(|(k, _)| *k == col)
-            .filter_map(|(_, v)| v.as_i64())
-            .collect();
-        let map = uuids_of(db, target, &ids)?;
-        for c in changes.iter_mut().filter(|c| c.tbl == tbl) {
-            for (_, v) in c.data.iter_mut().filter(|(k, _)| *k == col) {
-                if let Some(id) = v.as_i64() {
-                    *v = map.get(&id).cloned().unwrap_or(Value::Null);
+        let known = in_batch.get(target.name.as_str()).unwrap_or(&empty);
+        let mut missing: Vec<i64> = Vec::new();
+        let mut nulls: Vec<i64> = Vec::new();
+        for r in rows.iter().filter(|r| r.change.tbl == tbl) {
+            for (_, v) in r.change.data.iter().filter(|(k, _)| *k == col) {
+                match v {
+                    Value::Integer(id) if !known.contains_key(id) => missing.push(*id),
+                    Value::Null => nulls.extend(r.rid),
+                    _ => {}
                 }
+            }
+        }
+        let fetched = fk::uuids_of(db, target, &missing)?;
+        let source = by_name[tbl.as_str()];
+        let pending = fk::deferred_links(db, source.id, &col, &nulls)?;
+        for r in rows.iter_mut().filter(|r| r.change.tbl == tbl) {
+            let rid = r.rid;
+            for (_, v) in r.change.data.iter_mut().filter(|(k, _)| *k == col) {
+                *v = match &*v {
+                    Value::Integer(id) => known
+                        .get(id)
+                        .or_else(|| fetched.get(id))
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                    Value::Null => rid
+                        .and_then(|rid| pending.get(&rid).cloned())
+                        .unwrap_or(Value::Null),
+                    other => other.clone(),
+                };
             }
         }
     }
     Ok(())
-}
-
-/// Local id -> uuid for a set of ids of one table, in one query.
-pub fn uuids_of(db: Db, t: &Table, ids: &[i64]) -> Result<HashMap<i64, Value>> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
-    let mut s = db.prepare(&format!(
-        "SELECT rowid, {u} FROM {t} WHERE rowid IN (SELECT value FROM json_each(?1))",
-        u = q(&t.uuid_col),
-        t = q(&t.name)
-    ))?;
-    s.bind(1, &json.into())?;
-    let mut map = HashMap::new();
-    while s.step()? {
-        map.insert(s.i64(0), s.value(1));
-    }
-    Ok(map)
 }
 
 /// A value as JSON: blobs as lowercase hex text.

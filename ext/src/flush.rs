@@ -142,6 +142,37 @@ impl Clock {
         Ok(())
     }
 
+    /// The (hlc, origin) of the row entry covering `rid`.
+    pub fn row_clock(&self, tbl: i64, rid: i64) -> Result<Option<(i64, i64)>> {
+        let mut s = self.db.prepare(
+            "SELECT hi, hlc, origin FROM lsync_clock
+             WHERE tbl = ?1 AND col IS NULL AND lo <= ?2 ORDER BY lo DESC LIMIT 1",
+        )?;
+        s.bind_all(&[tbl.into(), rid.into()])?;
+        Ok((s.step()? && s.i64(0) >= rid).then(|| (s.i64(1), s.i64(2))))
+    }
+
+    /// The (hlc, origin) of each column of `rid` that has its own entry.
+    pub fn column_clocks(&self, tbl: i64, rid: i64) -> Result<Vec<(String, i64, i64)>> {
+        let mut s = self.db.prepare(
+            "SELECT col, hlc, origin FROM lsync_clock WHERE tbl = ?1 AND col IS NOT NULL AND lo = ?2",
+        )?;
+        s.bind_all(&[tbl.into(), rid.into()])?;
+        let mut out = Vec::new();
+        while s.step()? {
+            out.push((s.text(0).unwrap_or_default(), s.i64(1), s.i64(2)));
+        }
+        Ok(out)
+    }
+
+    /// Removes the tombstone of a row that is live again.
+    pub fn drop_tombstone(&self, tbl: i64, uuid: &Value) -> Result<()> {
+        self.db.run(
+            "DELETE FROM lsync_clock WHERE tbl = ?1 AND uuid = ?2",
+            &[tbl.into(), uuid.clone()],
+        )
+    }
+
     /// Drops the per-column entries of a row (shared tables).
     pub fn drop_columns(&self, tbl: i64, rid: i64) -> Result<()> {
         self.db.run(

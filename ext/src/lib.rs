@@ -5,8 +5,11 @@
 //! change in the writing transaction itself; `lsync_changes` lists them.
 
 pub mod api;
+pub mod apply;
 pub mod changes;
 pub mod error;
+pub mod export;
+pub mod fk;
 pub mod flush;
 pub mod ident;
 pub mod schema;

@@ -6,6 +6,10 @@ use crate::sql::{Db, Value};
 
 const SCHEMA_SQL: &str = include_str!("../../sql/schema.sql");
 
+/// Bumped whenever sql/schema.sql gains objects; every statement there is
+/// idempotent, so older databases are upgraded by running it again.
+const SCHEMA_VERSION: i64 = 2;
+
 /// Default maximum clock drift accepted from a peer, in milliseconds.
 pub const DEFAULT_MAX_DRIFT_MS: i64 = 60_000;
 
@@ -13,12 +17,14 @@ pub const DEFAULT_MAX_DRIFT_MS: i64 = 60_000;
 /// Idempotent, and safe when two connections race: both run in a write
 /// transaction and `INSERT OR IGNORE` keeps the first identity.
 pub fn ensure(db: Db) -> Result<()> {
-    if db
-        .query_i64("SELECT 1 FROM lsync_config WHERE key = 'device_idx'", &[])
+    let version = db
+        .query_i64(
+            "SELECT value FROM lsync_config WHERE key = 'schema_version'",
+            &[],
+        )
         .ok()
-        .flatten()
-        .is_some()
-    {
+        .flatten();
+    if version == Some(SCHEMA_VERSION) {
         return Ok(());
     }
     db.savepoint("lsync_schema", || {
@@ -36,7 +42,8 @@ pub fn ensure(db: Db) -> Result<()> {
         db.run(
             "INSERT OR IGNORE INTO lsync_config(key, value) VALUES ('device_idx', ?1)",
             &[idx.into()],
-        )
+        )?;
+        set(db, "schema_version", SCHEMA_VERSION.into())
     })
 }
 

@@ -162,6 +162,11 @@ impl Db {
             .and_then(|v| v.as_str().map(str::to_owned)))
     }
 
+    pub fn last_insert_rowid(&self) -> i64 {
+        // SAFETY: plain accessor on a live handle.
+        unsafe { call!(last_insert_rowid(self.0)) }
+    }
+
     pub fn changes(&self) -> i64 {
         // SAFETY: plain accessor on a live handle.
         i64::from(unsafe { call!(changes(self.0)) })

@@ -174,7 +174,8 @@ impl Changeset {
         out.extend_from_slice(MAGIC);
         out.push(FORMAT);
         out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        let z = zstd::bulk::compress(&body, ZSTD_LEVEL).map_err(|e| EncodeError::Zstd(e.to_string()))?;
+        let z = zstd::bulk::compress(&body, ZSTD_LEVEL)
+            .map_err(|e| EncodeError::Zstd(e.to_string()))?;
         out.extend_from_slice(&z);
         Ok(out)
     }
@@ -207,7 +208,9 @@ impl Changeset {
             .read_to_end(&mut body)
             .map_err(|_| DecodeError::Corrupt("zstd stream"))?;
         if body.len() as u64 != len {
-            return Err(DecodeError::Corrupt("body length does not match the header"));
+            return Err(DecodeError::Corrupt(
+                "body length does not match the header",
+            ));
         }
         Reader { buf: &body, pos: 0 }.changeset()
     }
@@ -289,8 +292,14 @@ type R<T> = Result<T, DecodeError>;
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> R<&'a [u8]> {
-        let end = self.pos.checked_add(n).ok_or(DecodeError::Corrupt("length"))?;
-        let s = self.buf.get(self.pos..end).ok_or(DecodeError::Corrupt("truncated"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(DecodeError::Corrupt("length"))?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(DecodeError::Corrupt("truncated"))?;
         self.pos = end;
         Ok(s)
     }
@@ -364,7 +373,11 @@ impl<'a> Reader<'a> {
                 return Err(DecodeError::Corrupt("too many columns"));
             }
             let columns = (0..nc).map(|_| self.str()).collect::<R<Vec<_>>>()?;
-            tables.push(TableDesc { name, mode, columns });
+            tables.push(TableDesc {
+                name,
+                mode,
+                columns,
+            });
         }
         let n = self.count()?;
         let mut changes = Vec::with_capacity(n);
@@ -466,7 +479,10 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         let blob = sample().encode().unwrap();
-        assert_eq!(Changeset::decode(b"nope", 1 << 20), Err(DecodeError::BadMagic));
+        assert_eq!(
+            Changeset::decode(b"nope", 1 << 20),
+            Err(DecodeError::BadMagic)
+        );
         let mut v2 = blob.clone();
         v2[5] = 9;
         assert_eq!(Changeset::decode(&v2, 1 << 20), Err(DecodeError::Format(9)));

@@ -1,0 +1,710 @@
+//! `lsync_apply(blob)`: applying a peer's changeset atomically.
+//!
+//! The whole changeset is checked before anything is written (format,
+//! library, schema, clock drift), then applied inside one savepoint with
+//! capture switched off for this connection, so remote changes are not
+//! echoed as local ones. They are recorded in the change clock with their
+//! own origin and HLC, so this database relays them.
+//!
+//! Device-owned rows take the owner's latest state; shared rows merge
+//! last-writer-wins per column, ordered by (HLC, origin device UUID).
+//! Tables are applied parents first; FK uuids are mapped to local ids in
+//! memory or with one query per FK column; a missing target defers the link
+//! (`lsync_deferred`) until the target arrives.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use lsync_wire::changeset::{Change, Changeset, Op};
+use lsync_wire::value::IdKey;
+
+use crate::api::Conn;
+use crate::error::{Error, Result};
+use crate::flush::{Clock, OP_DELETE, OP_INSERT, OP_UPDATE};
+use crate::ident::q;
+use crate::sql::{Db, Stmt, Value};
+use crate::track::{self, Mode, Table};
+use crate::{bail, export, fk, flush, schema};
+
+/// What an apply did, returned as JSON.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Report {
+    /// Changes in the changeset.
+    pub changes: i64,
+    /// Changes that changed this database.
+    pub applied: i64,
+    /// Changes that lost to newer local state (or were already here).
+    pub stale: i64,
+    /// FK links left waiting for their target row.
+    pub deferred: i64,
+    /// Deferred links completed by this apply.
+    pub resolved: i64,
+    /// Changes to device-owned rows from a device that does not own them.
+    pub refused: i64,
+    /// FK lookup queries run (at most one per FK column).
+    pub fk_queries: i64,
+}
+
+/// Switches capture off for one connection while it applies.
+struct CaptureOff<'a>(&'a Conn, bool);
+
+impl<'a> CaptureOff<'a> {
+    fn new(conn: &'a Conn) -> Self {
+        CaptureOff(conn, conn.capturing.swap(false, Ordering::SeqCst))
+    }
+}
+
+impl Drop for CaptureOff<'_> {
+    fn drop(&mut self) {
+        self.0.capturing.store(self.1, Ordering::SeqCst);
+    }
+}
+
+pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<Report> {
+    schema::ensure(db)?;
+    let cs = Changeset::decode(blob, export::max_body(db))
+        .map_err(|e| Error::msg(format!("lsync_apply: {e}; nothing was applied")))?;
+    let library = schema::get_text(db, "library_id")?;
+    if cs.library_id != library {
+        bail!(
+            "lsync_apply: the changeset belongs to library {}, this database to library {library}; nothing was applied",
+            cs.library_id
+        );
+    }
+    check_schema(db, &cs)?;
+    check_drift(db, &cs)?;
+    let _off = CaptureOff::new(conn);
+    db.savepoint("lsync_apply", || {
+        // Fold local captures first: rows above the high-water mark must be
+        // recorded as local before remote rows are inserted above them.
+        flush::flush(db)?;
+        db.exec("PRAGMA defer_foreign_keys = ON")?;
+        let tables: HashMap<String, Table> = track::load_all(db)?
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        let mut a = Applier::new(db, tables)?;
+        a.run(&cs)?;
+        Ok(a.report)
+    })
+}
+
+fn check_schema(db: Db, cs: &Changeset) -> Result<()> {
+    for d in &cs.tables {
+        let Some(t) = track::load(db, &d.name)? else {
+            bail!(
+                "lsync_apply: schema mismatch: table '{}' is not tracked here; nothing was applied",
+                d.name
+            );
+        };
+        if t.mode.as_str() != d.mode {
+            bail!(
+                "lsync_apply: schema mismatch: '{}' is '{}' here but '{}' at the sender; nothing was applied",
+                d.name,
+                t.mode.as_str(),
+                d.mode
+            );
+        }
+        if let Some(c) = d.columns.iter().find(|c| !t.columns.contains(c)) {
+            bail!(
+                "lsync_apply: schema mismatch: column '{}.{c}' is missing here; nothing was applied",
+                d.name
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_drift(db: Db, cs: &Changeset) -> Result<()> {
+    let Some(max) = cs.changes.iter().map(|c| c.hlc).max() else {
+        return Ok(());
+    };
+    let drift_ms = schema::get_i64(db, "max_drift_ms")?.max(0);
+    let wall = lsync_wire::hlc::wall();
+    let limit = wall.saturating_add(lsync_wire::hlc::from_millis(drift_ms as u64));
+    if max > limit {
+        bail!(
+            "lsync_apply: the changeset holds HLC {} which is more than {drift_ms} ms ahead of this \
+             device's clock ({}); refusing it, nothing was applied. Check the sender's clock, or \
+             raise max_drift_ms in lsync_config",
+            lsync_wire::hlc::to_text(max),
+            lsync_wire::hlc::to_text(wall)
+        );
+    }
+    Ok(())
+}
+
+/// A clock for LWW ordering: (HLC, origin device UUID).
+type Clk = (i64, String);
+
+/// Consecutive new rows from one origin at one HLC, recorded as one range.
+struct Run {
+    tbl: i64,
+    lo: i64,
+    hi: i64,
+    hlc: i64,
+    origin: i64,
+    op: i64,
+}
+
+struct Applier {
+    db: Db,
+    clock: Clock,
+    tables: HashMap<String, Table>,
+    report: Report,
+    origin_idx: HashMap<String, i64>,
+    idx_origin: HashMap<i64, String>,
+    /// uuid -> local rowid, per table, for rows touched by this changeset.
+    rids: HashMap<String, HashMap<IdKey, i64>>,
+    tombs: HashMap<String, HashMap<IdKey, Clk>>,
+    run: Option<Run>,
+    inserts: HashMap<(String, u64), Stmt>,
+    updates: HashMap<(String, u64), Stmt>,
+    touched: HashSet<String>,
+}
+
+fn op_code(op: Op) -> i64 {
+    match op {
+        Op::Insert => OP_INSERT,
+        Op::Update => OP_UPDATE,
+        Op::Delete => OP_DELETE,
+    }
+}
+
+fn key_of(c: &Change) -> Result<IdKey> {
+    c.pk.id_key().ok_or_else(|| {
+        Error::msg(format!(
+            "lsync_apply: a change to '{}' has a row id that is neither text nor blob; nothing was applied",
+            c.tbl
+        ))
+    })
+}
+
+impl Applier {
+    fn new(db: Db, tables: HashMap<String, Table>) -> Result<Applier> {
+        Ok(Applier {
+            db,
+            clock: Clock::open(db)?,
+            tables,
+            report: Report::default(),
+            origin_idx: HashMap::new(),
+            idx_origin: HashMap::new(),
+            rids: HashMap::new(),
+            tombs: HashMap::new(),
+            run: None,
+            inserts: HashMap::new(),
+            updates: HashMap::new(),
+            touched: HashSet::new(),
+        })
+    }
+
+    fn idx(&mut self, origin: &str) -> Result<i64> {
+        if let Some(i) = self.origin_idx.get(origin) {
+            return Ok(*i);
+        }
+        let i = schema::device_idx(self.db, origin)?;
+        self.origin_idx.insert(origin.to_owned(), i);
+        self.idx_origin.insert(i, origin.to_owned());
+        Ok(i)
+    }
+
+    fn uuid_of(&mut self, idx: i64) -> Result<String> {
+        if let Some(u) = self.idx_origin.get(&idx) {
+            return Ok(u.clone());
+        }
+        let u = schema::device_uuid(self.db, idx)?;
+        self.idx_origin.insert(idx, u.clone());
+        self.origin_idx.insert(u.clone(), idx);
+        Ok(u)
+    }
+
+    fn clk(&mut self, (hlc, origin): (i64, i64)) -> Result<Clk> {
+        Ok((hlc, self.uuid_of(origin)?))
+    }
+
+    fn run(&mut self, cs: &Changeset) -> Result<()> {
+        self.report.changes = cs.changes.len() as i64;
+        let mut groups: HashMap<&str, Vec<&Change>> = HashMap::new();
+        for c in &cs.changes {
+            groups.entry(c.tbl.as_str()).or_default().push(c);
+        }
+        let order = parents_first(&self.tables);
+        for name in &order {
+            let Some(list) = groups.get(name.as_str()) else {
+                continue;
+            };
+            let t = self.tables[name].clone();
+            self.prepare_table(&t, list, &groups)?;
+            for c in list.iter().filter(|c| c.op != Op::Delete) {
+                self.upsert(&t, c)?;
+            }
+        }
+        // Children before parents, so FK checks see a consistent state.
+        for name in order.iter().rev() {
+            let Some(list) = groups.get(name.as_str()) else {
+                continue;
+            };
+            let t = self.tables[name].clone();
+            for c in list.iter().filter(|c| c.op == Op::Delete) {
+                self.delete(&t, c)?;
+            }
+        }
+        self.end_run()?;
+        self.report.resolved += fk::resolve(self.db, &self.tables)?;
+        for name in &self.touched {
+            self.db.run(
+                &format!(
+                    "UPDATE lsync_tables SET hwm = (SELECT coalesce(max(rowid), 0) FROM {})
+                     WHERE name = ?1",
+                    q(name)
+                ),
+                &[name.as_str().into()],
+            )?;
+        }
+        self.clock.save()?;
+        if let Some(max) = cs.changes.iter().map(|c| c.hlc).max() {
+            self.db.run(
+                "UPDATE lsync_config SET value = max(value, ?1) WHERE key = 'hlc'",
+                &[max.into()],
+            )?;
+        }
+        let me = schema::get_text(self.db, "device_id")?;
+        if cs.changes.iter().any(|c| c.origin != me) {
+            schema::set(self.db, "library_locked", 1.into())?;
+        }
+        Ok(())
+    }
+
+    /// Set-based lookups for one table's changes: existing rows by uuid,
+    /// tombstones, and the FK targets of every FK column.
+    fn prepare_table(
+        &mut self,
+        t: &Table,
+        list: &[&Change],
+        groups: &HashMap<&str, Vec<&Change>>,
+    ) -> Result<()> {
+        let has_rows = self.db.query_i64(
+            &format!("SELECT EXISTS (SELECT 1 FROM {})", q(&t.name)),
+            &[],
+        )? == Some(1);
+        let rids = self.rids.entry(t.name.clone()).or_default();
+        if has_rows {
+            let keys: Vec<IdKey> = list.iter().filter_map(|c| c.pk.id_key()).collect();
+            rids.extend(fk::rids_of(self.db, t, &keys)?);
+        }
+        let mut tombs = HashMap::new();
+        let mut s = self.db.prepare(
+            "SELECT uuid, hlc, origin FROM lsync_clock WHERE tbl = ?1 AND uuid IS NOT NULL",
+        )?;
+        s.bind(1, &t.id.into())?;
+        let mut raw = Vec::new();
+        while s.step()? {
+            if let Some(k) = s.value(0).id_key() {
+                raw.push((k, s.i64(1), s.i64(2)));
+            }
+        }
+        drop(s);
+        for (k, hlc, origin) in raw {
+            let clk = self.clk((hlc, origin))?;
+            tombs.insert(k, clk);
+        }
+        self.tombs.insert(t.name.clone(), tombs);
+
+        for (col, target) in &t.fks {
+            let Some(tt) = self.tables.get(target) else {
+                continue;
+            };
+            // Targets that arrive in this same changeset are mapped in memory.
+            let incoming: HashSet<IdKey> = groups
+                .get(target.as_str())
+                .map(|l| l.iter().filter_map(|c| c.pk.id_key()).collect())
+                .unwrap_or_default();
+            let known = self.rids.get(target);
+            let missing: HashSet<IdKey> = list
+                .iter()
+                .flat_map(|c| c.data.iter())
+                .filter(|(k, _)| k == col)
+                .filter_map(|(_, v)| v.id_key())
+                .filter(|k| !incoming.contains(k) && known.is_none_or(|m| !m.contains_key(k)))
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let keys: Vec<IdKey> = missing.into_iter().collect();
+            let found = fk::rids_of(self.db, tt, &keys)?;
+            self.report.fk_queries += 1;
+            self.rids.entry(target.clone()).or_default().extend(found);
+        }
+        Ok(())
+    }
+
+    /// Column values with FK uuids mapped to local ids; unresolved links are
+    /// returned separately and stored as NULL until their target arrives.
+    fn local_values(
+        &self,
+        t: &Table,
+        c: &Change,
+    ) -> (Vec<(String, Value)>, Vec<(String, String, Value)>) {
+        let mut vals = Vec::with_capacity(c.data.len());
+        let mut deferred = Vec::new();
+        for (col, v) in &c.data {
+            let target = t.fks.get(col).filter(|n| self.tables.contains_key(*n));
+            let local = match (target, v.id_key()) {
+                (Some(target), Some(k)) => match self.rids.get(target).and_then(|m| m.get(&k)) {
+                    Some(rid) => Value::Integer(*rid),
+                    None => {
+                        deferred.push((col.clone(), target.clone(), v.clone()));
+                        Value::Null
+                    }
+                },
+                _ => v.clone(),
+            };
+            vals.push((col.clone(), local));
+        }
+        (vals, deferred)
+    }
+
+    fn upsert(&mut self, t: &Table, c: &Change) -> Result<()> {
+        let key = key_of(c)?;
+        let (vals, deferred) = self.local_values(t, c);
+        let existing = self.rids.get(&t.name).and_then(|m| m.get(&key)).copied();
+        let origin = self.idx(&c.origin)?;
+        let theirs: Clk = (c.hlc, c.origin.clone());
+        let rid = match existing {
+            Some(rid) => {
+                self.end_run()?;
+                let base = self
+                    .clock
+                    .row_clock(t.id, rid)?
+                    .unwrap_or((0, self.clock.self_idx));
+                let written = match t.mode {
+                    Mode::DeviceOwned => {
+                        if base.1 != origin {
+                            self.report.refused += 1;
+                            return Ok(());
+                        }
+                        if c.hlc <= base.0 {
+                            false
+                        } else {
+                            self.write(t, rid, &vals)?;
+                            self.clock
+                                .cover_row(t.id, rid, op_code(c.op), c.hlc, origin)?;
+                            true
+                        }
+                    }
+                    Mode::Shared => {
+                        let clocks = self.column_clocks(t, rid, base)?;
+                        let winners: Vec<(String, Value)> = vals
+                            .iter()
+                            .filter(|(col, _)| clocks.get(col).is_none_or(|mine| theirs > *mine))
+                            .cloned()
+                            .collect();
+                        self.write(t, rid, &winners)?;
+                        for (col, _) in &winners {
+                            self.clock.cover_column(t.id, rid, col, c.hlc, origin)?;
+                        }
+                        !winners.is_empty()
+                    }
+                };
+                if !written {
+                    self.report.stale += 1;
+                    return Ok(());
+                }
+                for (col, _) in &vals {
+                    if t.fks.contains_key(col) {
+                        fk::forget(self.db, t.id, rid, Some(col))?;
+                    }
+                }
+                rid
+            }
+            None => {
+                let tomb = self.tombs.get(&t.name).and_then(|m| m.get(&key)).cloned();
+                if let Some(tc) = &tomb {
+                    let newer = match t.mode {
+                        Mode::DeviceOwned => c.hlc > tc.0,
+                        Mode::Shared => theirs > *tc,
+                    };
+                    if !newer {
+                        self.report.stale += 1;
+                        return Ok(());
+                    }
+                    self.clock.drop_tombstone(t.id, &c.pk)?;
+                    if let Some(m) = self.tombs.get_mut(&t.name) {
+                        m.remove(&key);
+                    }
+                }
+                let rid = self.insert(t, &c.pk, &vals)?;
+                let complete = vals.len() == t.columns.len();
+                if t.mode == Mode::Shared && (!complete || tomb.is_some()) {
+                    // Columns not in this change keep the tombstone's clock
+                    // (or none), so older edits of them still lose.
+                    self.end_run()?;
+                    let (bh, bo) = match tomb {
+                        Some((h, o)) => (h, self.idx(&o)?),
+                        None => (0, origin),
+                    };
+                    self.clock
+                        .add(t.id, Some((rid, rid)), None, OP_INSERT, bh, bo, Value::Null)?;
+                    for (col, _) in &vals {
+                        self.clock.cover_column(t.id, rid, col, c.hlc, origin)?;
+                    }
+                } else {
+                    self.extend_run(t.id, rid, c.hlc, origin, op_code(c.op))?;
+                }
+                self.rids
+                    .entry(t.name.clone())
+                    .or_default()
+                    .insert(key, rid);
+                rid
+            }
+        };
+        self.report.applied += 1;
+        self.touched.insert(t.name.clone());
+        for (col, target, target_uuid) in deferred {
+            fk::defer(self.db, t, rid, &c.pk, &col, &target, &target_uuid)?;
+            self.report.deferred += 1;
+        }
+        Ok(())
+    }
+
+    /// Each column's clock: its own entry, else the row entry's.
+    fn column_clocks(
+        &mut self,
+        t: &Table,
+        rid: i64,
+        base: (i64, i64),
+    ) -> Result<HashMap<String, Clk>> {
+        let base = self.clk(base)?;
+        let mut out: HashMap<String, Clk> = t
+            .columns
+            .iter()
+            .map(|c| (c.clone(), base.clone()))
+            .collect();
+        for (col, hlc, origin) in self.clock.column_clocks(t.id, rid)? {
+            let clk = self.clk((hlc, origin))?;
+            out.insert(col, clk);
+        }
+        Ok(out)
+    }
+
+    fn delete(&mut self, t: &Table, c: &Change) -> Result<()> {
+        let key = key_of(c)?;
+        let origin = self.idx(&c.origin)?;
+        let theirs: Clk = (c.hlc, c.origin.clone());
+        let existing = self.rids.get(&t.name).and_then(|m| m.get(&key)).copied();
+        self.end_run()?;
+        let Some(rid) = existing else {
+            let tomb = self.tombs.get(&t.name).and_then(|m| m.get(&key));
+            if tomb.is_some_and(|tc| theirs <= *tc) {
+                self.report.stale += 1;
+            } else {
+                self.clock.tombstone(t.id, c.pk.clone(), c.hlc, origin)?;
+                self.tombs
+                    .entry(t.name.clone())
+                    .or_default()
+                    .insert(key, theirs);
+                self.report.applied += 1;
+            }
+            return Ok(());
+        };
+        let base = self
+            .clock
+            .row_clock(t.id, rid)?
+            .unwrap_or((0, self.clock.self_idx));
+        match t.mode {
+            Mode::DeviceOwned => {
+                if base.1 != origin {
+                    self.report.refused += 1;
+                    return Ok(());
+                }
+                if c.hlc <= base.0 {
+                    self.report.stale += 1;
+                    return Ok(());
+                }
+            }
+            Mode::Shared => {
+                // A delete wins over older column values only; newer edits
+                // survive, with the older columns cleared at the delete's clock.
+                let clocks = self.column_clocks(t, rid, base)?;
+                let older: Vec<String> = t
+                    .columns
+                    .iter()
+                    .filter(|col| clocks.get(*col).is_none_or(|mine| *mine < theirs))
+                    .cloned()
+                    .collect();
+                if older.is_empty() {
+                    self.report.stale += 1;
+                    return Ok(());
+                }
+                if older.len() < t.columns.len() {
+                    let nulls: Vec<(String, Value)> =
+                        older.iter().map(|c| (c.clone(), Value::Null)).collect();
+                    self.write(t, rid, &nulls)?;
+                    for col in &older {
+                        self.clock.cover_column(t.id, rid, col, c.hlc, origin)?;
+                    }
+                    self.report.applied += 1;
+                    return Ok(());
+                }
+            }
+        }
+        self.db.run(
+            &format!("DELETE FROM {} WHERE rowid = ?1", q(&t.name)),
+            &[rid.into()],
+        )?;
+        self.clock.uncover(t.id, rid)?;
+        self.clock.drop_columns(t.id, rid)?;
+        fk::forget(self.db, t.id, rid, None)?;
+        self.clock.tombstone(t.id, c.pk.clone(), c.hlc, origin)?;
+        if let Some(m) = self.rids.get_mut(&t.name) {
+            m.remove(&key);
+        }
+        self.tombs
+            .entry(t.name.clone())
+            .or_default()
+            .insert(key, theirs);
+        self.touched.insert(t.name.clone());
+        self.report.applied += 1;
+        Ok(())
+    }
+
+    fn mask(t: &Table, vals: &[(String, Value)]) -> u64 {
+        vals.iter().fold(0, |m, (c, _)| {
+            m | t.columns.iter().position(|x| x == c).map_or(0, |i| 1 << i)
+        })
+    }
+
+    fn insert(&mut self, t: &Table, pk: &Value, vals: &[(String, Value)]) -> Result<i64> {
+        let mask = Self::mask(t, vals);
+        let db = self.db;
+        let stmt = match self.inserts.entry((t.name.clone(), mask)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let cols: Vec<String> = vals.iter().map(|(c, _)| q(c)).collect();
+                let marks: Vec<String> = (0..=vals.len()).map(|i| format!("?{}", i + 1)).collect();
+                // OR FAIL: no statement journal per row; the savepoint
+                // around the apply still makes it all-or-nothing.
+                e.insert(db.prepare(&format!(
+                    "INSERT OR FAIL INTO {t}({u}{sep}{cols}) VALUES ({marks})",
+                    t = q(&t.name),
+                    u = q(&t.uuid_col),
+                    sep = if cols.is_empty() { "" } else { ", " },
+                    cols = cols.join(", "),
+                    marks = marks.join(", ")
+                ))?)
+            }
+        };
+        stmt.bind(1, pk)?;
+        for (i, (_, v)) in vals.iter().enumerate() {
+            stmt.bind(i + 2, v)?;
+        }
+        let r: Result<()> = (|| {
+            while stmt.step()? {}
+            Ok(())
+        })();
+        stmt.reset();
+        r.map_err(|e| {
+            Error::msg(format!(
+                "lsync_apply: inserting into '{}': {e}; nothing was applied",
+                t.name
+            ))
+        })?;
+        Ok(db.last_insert_rowid())
+    }
+
+    fn write(&mut self, t: &Table, rid: i64, vals: &[(String, Value)]) -> Result<()> {
+        if vals.is_empty() {
+            return Ok(());
+        }
+        let mask = Self::mask(t, vals);
+        let db = self.db;
+        let stmt = match self.updates.entry((t.name.clone(), mask)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let sets: Vec<String> = vals
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (c, _))| format!("{} = ?{}", q(c), i + 2))
+                    .collect();
+                e.insert(db.prepare(&format!(
+                    "UPDATE OR FAIL {} SET {} WHERE rowid = ?1",
+                    q(&t.name),
+                    sets.join(", ")
+                ))?)
+            }
+        };
+        let mut params = Vec::with_capacity(vals.len() + 1);
+        params.push(Value::Integer(rid));
+        params.extend(vals.iter().map(|(_, v)| v.clone()));
+        stmt.execute(&params).map_err(|e| {
+            Error::msg(format!(
+                "lsync_apply: updating '{}': {e}; nothing was applied",
+                t.name
+            ))
+        })
+    }
+
+    fn extend_run(&mut self, tbl: i64, rid: i64, hlc: i64, origin: i64, op: i64) -> Result<()> {
+        if let Some(r) = &mut self.run {
+            if r.tbl == tbl && r.hi + 1 == rid && r.hlc == hlc && r.origin == origin && r.op == op {
+                r.hi = rid;
+                return Ok(());
+            }
+        }
+        self.end_run()?;
+        self.run = Some(Run {
+            tbl,
+            lo: rid,
+            hi: rid,
+            hlc,
+            origin,
+            op,
+        });
+        Ok(())
+    }
+
+    fn end_run(&mut self) -> Result<()> {
+        if let Some(r) = self.run.take() {
+            self.clock.add(
+                r.tbl,
+                Some((r.lo, r.hi)),
+                None,
+                r.op,
+                r.hlc,
+                r.origin,
+                Value::Null,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Tracked tables ordered so that FK targets come before the tables that
+/// point at them (self-references and cycles are left to deferral).
+fn parents_first(tables: &HashMap<String, Table>) -> Vec<String> {
+    fn visit(
+        name: &str,
+        tables: &HashMap<String, Table>,
+        seen: &mut HashSet<String>,
+        out: &mut Vec<String>,
+    ) {
+        if !seen.insert(name.to_owned()) {
+            return;
+        }
+        if let Some(t) = tables.get(name) {
+            for target in t.fks.values() {
+                if target != name {
+                    visit(target, tables, seen, out);
+                }
+            }
+            out.push(name.to_owned());
+        }
+    }
+    let mut names: Vec<&String> = tables.keys().collect();
+    names.sort();
+    let (mut seen, mut out) = (HashSet::new(), Vec::new());
+    for n in names {
+        visit(n, tables, &mut seen, &mut out);
+    }
+    out
+}

@@ -1,0 +1,78 @@
+//! `lsync_changeset` and `lsync_changeset_info`: packing the changes after
+//! a cursor into one changeset BLOB, and describing one.
+
+use std::collections::BTreeMap;
+
+use lsync_wire::changeset::{Changeset, TableDesc, DEFAULT_MAX_BODY};
+
+use crate::error::{Error, Result};
+use crate::sql::Db;
+use crate::{changes, flush, schema, track};
+
+/// The changes after cursor `since` (at most `max`), in cursor order, which
+/// is an order that applies: each row's latest state, FKs as uuids.
+pub fn changeset(db: Db, since: i64, max: usize) -> Result<Vec<u8>> {
+    flush::flush(db)?;
+    let changes = changes::read(db, since, max)?;
+    let tables: Vec<TableDesc> = track::load_all(db)?
+        .into_iter()
+        .filter(|t| changes.iter().any(|c| c.tbl == t.name))
+        .map(|t| TableDesc {
+            name: t.name,
+            mode: t.mode.as_str().to_owned(),
+            columns: t.columns,
+        })
+        .collect();
+    // When everything was read, the cursor may skip to the newest seq even
+    // if the last entries were superseded.
+    let newest = schema::get_i64(db, "next_seq")? - 1;
+    let last = changes.last().map_or(since, |c| c.seq);
+    let to = if changes.len() < max {
+        last.max(newest).max(since)
+    } else {
+        last
+    };
+    Changeset {
+        library_id: schema::get_text(db, "library_id")?,
+        from: since,
+        to,
+        tables,
+        changes,
+    }
+    .encode()
+    .map_err(|e| Error::msg(format!("lsync_changeset: {e}")))
+}
+
+/// The decompressed-size cap for changesets, from `lsync_config`.
+pub fn max_body(db: Db) -> u64 {
+    schema::get_i64(db, "max_changeset_bytes")
+        .ok()
+        .filter(|v| *v > 0)
+        .map_or(DEFAULT_MAX_BODY, |v| v as u64)
+}
+
+/// `lsync_changeset_info(blob)`: JSON describing a changeset.
+pub fn info(db: Db, blob: &[u8]) -> Result<String> {
+    let cs = Changeset::decode(blob, max_body(db))
+        .map_err(|e| Error::msg(format!("lsync_changeset_info: {e}")))?;
+    let (format, body) = Changeset::peek(blob).map_err(|e| Error::msg(e.to_string()))?;
+    let mut per_table: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &cs.changes {
+        *per_table.entry(c.tbl.as_str()).or_default() += 1;
+        *ops.entry(c.op.as_str()).or_default() += 1;
+    }
+    Ok(serde_json::json!({
+        "format": format,
+        "library_id": cs.library_id,
+        "count": cs.changes.len(),
+        "from": cs.from,
+        "to": cs.to,
+        "bytes": blob.len(),
+        "body_bytes": body,
+        "tables": per_table,
+        "ops": ops,
+        "max_hlc": cs.changes.iter().map(|c| c.hlc).max(),
+    })
+    .to_string())
+}

@@ -1,0 +1,177 @@
+//! Foreign keys travel as UUIDs. These lookups are set-based: one query per
+//! FK column per batch, never one per row (blob ids are the exception: SQLite
+//! 3.40 has no way to pass a set of blobs in one parameter).
+
+use std::collections::HashMap;
+
+use lsync_wire::value::IdKey;
+
+use crate::error::Result;
+use crate::ident::q;
+use crate::sql::{Db, Value};
+use crate::track::Table;
+
+/// Local id -> uuid for a set of ids of one table, in one query.
+pub fn uuids_of(db: Db, t: &Table, ids: &[i64]) -> Result<HashMap<i64, Value>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+    let mut s = db.prepare(&format!(
+        "SELECT rowid, {u} FROM {t} WHERE rowid IN (SELECT value FROM json_each(?1))",
+        u = q(&t.uuid_col),
+        t = q(&t.name)
+    ))?;
+    s.bind(1, &json.into())?;
+    let mut map = HashMap::new();
+    while s.step()? {
+        map.insert(s.i64(0), s.value(1));
+    }
+    Ok(map)
+}
+
+/// uuid -> local id for a set of uuids of one table.
+pub fn rids_of(db: Db, t: &Table, keys: &[IdKey]) -> Result<HashMap<IdKey, i64>> {
+    let mut map = HashMap::new();
+    let texts: Vec<&str> = keys
+        .iter()
+        .filter_map(|k| match k {
+            IdKey::Text(s) => Some(s.as_str()),
+            IdKey::Blob(_) => None,
+        })
+        .collect();
+    if !texts.is_empty() {
+        let json = serde_json::to_string(&texts).unwrap_or_else(|_| "[]".into());
+        let mut s = db.prepare(&format!(
+            "SELECT {u}, rowid FROM {t} WHERE {u} IN (SELECT value FROM json_each(?1))",
+            u = q(&t.uuid_col),
+            t = q(&t.name)
+        ))?;
+        s.bind(1, &json.into())?;
+        while s.step()? {
+            if let Some(k) = s.value(0).id_key() {
+                map.insert(k, s.i64(1));
+            }
+        }
+    }
+    let blobs: Vec<&IdKey> = keys
+        .iter()
+        .filter(|k| matches!(k, IdKey::Blob(_)))
+        .collect();
+    if !blobs.is_empty() {
+        let mut s = db.prepare(&format!(
+            "SELECT rowid FROM {t} WHERE {u} = ?1",
+            u = q(&t.uuid_col),
+            t = q(&t.name)
+        ))?;
+        for k in blobs {
+            s.bind(1, &Value::from(k.clone()))?;
+            if s.step()? {
+                map.insert(k.clone(), s.i64(0));
+            }
+            s.reset();
+        }
+    }
+    Ok(map)
+}
+
+/// The pending (deferred) target uuid of `col` for rows of `tbl`, so that a
+/// row relayed before its link is completed still carries the link.
+pub fn deferred_links(db: Db, tbl: i64, col: &str, rids: &[i64]) -> Result<HashMap<i64, Value>> {
+    if rids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let json = serde_json::to_string(rids).unwrap_or_else(|_| "[]".into());
+    let mut s = db.prepare(
+        "SELECT rid, target_uuid FROM lsync_deferred
+         WHERE tbl = ?1 AND col = ?2 AND rid IN (SELECT value FROM json_each(?3))",
+    )?;
+    s.bind_all(&[tbl.into(), col.into(), json.into()])?;
+    let mut map = HashMap::new();
+    while s.step()? {
+        map.insert(s.i64(0), s.value(1));
+    }
+    Ok(map)
+}
+
+/// Records that row `rid` of `t` should point at `target_uuid` in `target`.
+pub fn defer(
+    db: Db,
+    t: &Table,
+    rid: i64,
+    uuid: &Value,
+    col: &str,
+    target: &str,
+    target_uuid: &Value,
+) -> Result<()> {
+    db.run(
+        "INSERT INTO lsync_deferred(tbl, rid, col, uuid, target, target_uuid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(tbl, rid, col) DO UPDATE SET target = excluded.target,
+           target_uuid = excluded.target_uuid, uuid = excluded.uuid",
+        &[
+            t.id.into(),
+            rid.into(),
+            col.into(),
+            uuid.clone(),
+            target.into(),
+            target_uuid.clone(),
+        ],
+    )
+}
+
+/// Forgets deferred links of a row (its column got a new value, or the row
+/// was deleted).
+pub fn forget(db: Db, tbl: i64, rid: i64, col: Option<&str>) -> Result<()> {
+    db.run(
+        "DELETE FROM lsync_deferred WHERE tbl = ?1 AND rid = ?2 AND (?3 IS NULL OR col = ?3)",
+        &[tbl.into(), rid.into(), col.map(str::to_owned).into()],
+    )
+}
+
+/// Completes every deferred link whose target now exists: one UPDATE per
+/// (table, column, target). Returns how many links were completed.
+pub fn resolve(db: Db, tables: &HashMap<String, Table>) -> Result<i64> {
+    let mut s = db.prepare("SELECT DISTINCT tbl, col, target FROM lsync_deferred")?;
+    let mut groups = Vec::new();
+    while s.step()? {
+        groups.push((
+            s.i64(0),
+            s.text(1).unwrap_or_default(),
+            s.text(2).unwrap_or_default(),
+        ));
+    }
+    drop(s);
+    let by_id: HashMap<i64, &Table> = tables.values().map(|t| (t.id, t)).collect();
+    let mut resolved = 0;
+    for (tbl, col, target) in groups {
+        let (Some(t), Some(tt)) = (by_id.get(&tbl), tables.get(&target)) else {
+            continue;
+        };
+        db.run(
+            &format!(
+                "UPDATE {t} SET {c} = r.trid FROM
+                   (SELECT d.rid AS rid, x.rowid AS trid FROM lsync_deferred d
+                    JOIN {tt} x ON x.{tu} = d.target_uuid
+                    WHERE d.tbl = ?1 AND d.col = ?2) AS r
+                 WHERE {t}.rowid = r.rid",
+                t = q(&t.name),
+                c = q(&col),
+                tt = q(&tt.name),
+                tu = q(&tt.uuid_col),
+            ),
+            &[tbl.into(), col.as_str().into()],
+        )?;
+        db.run(
+            &format!(
+                "DELETE FROM lsync_deferred WHERE tbl = ?1 AND col = ?2
+                   AND target_uuid IN (SELECT {tu} FROM {tt})",
+                tt = q(&tt.name),
+                tu = q(&tt.uuid_col),
+            ),
+            &[tbl.into(), col.as_str().into()],
+        )?;
+        resolved += db.changes();
+    }
+    Ok(resolved)
+}
