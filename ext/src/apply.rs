@@ -366,7 +366,7 @@ impl Applier {
 
     fn upsert(&mut self, t: &Table, c: &Change) -> Result<()> {
         let key = key_of(c)?;
-        let (vals, deferred) = self.local_values(t, c);
+        let (vals, mut deferred) = self.local_values(t, c);
         let existing = self.rids.get(&t.name).and_then(|m| m.get(&key)).copied();
         let origin = self.idx(&c.origin)?;
         let theirs: Clk = (c.hlc, c.origin.clone());
@@ -377,19 +377,19 @@ impl Applier {
                     .clock
                     .row_clock(t.id, rid)?
                     .unwrap_or((0, self.clock.self_idx));
-                let written = match t.mode {
+                let written: Vec<String> = match t.mode {
                     Mode::DeviceOwned => {
                         if base.1 != origin {
                             self.report.refused += 1;
                             return Ok(());
                         }
                         if c.hlc <= base.0 {
-                            false
+                            Vec::new()
                         } else {
                             self.write(t, rid, &vals)?;
                             self.clock
                                 .cover_row(t.id, rid, op_code(c.op), c.hlc, origin)?;
-                            true
+                            vals.iter().map(|(c, _)| c.clone()).collect()
                         }
                     }
                     Mode::Shared => {
@@ -403,18 +403,17 @@ impl Applier {
                         for (col, _) in &winners {
                             self.clock.cover_column(t.id, rid, col, c.hlc, origin)?;
                         }
-                        !winners.is_empty()
+                        winners.into_iter().map(|(c, _)| c).collect()
                     }
                 };
-                if !written {
+                if written.is_empty() {
                     self.report.stale += 1;
                     return Ok(());
                 }
-                for (col, _) in &vals {
-                    if t.fks.contains_key(col) {
-                        fk::forget(self.db, t.id, rid, Some(col))?;
-                    }
+                for col in written.iter().filter(|c| t.fks.contains_key(*c)) {
+                    fk::forget(self.db, t.id, rid, Some(col))?;
                 }
+                deferred.retain(|(col, _, _)| written.contains(col));
                 rid
             }
             None => {
@@ -542,12 +541,14 @@ impl Applier {
                     self.write(t, rid, &nulls)?;
                     for col in &older {
                         self.clock.cover_column(t.id, rid, col, c.hlc, origin)?;
+                        fk::forget(self.db, t.id, rid, Some(col))?;
                     }
                     self.report.applied += 1;
                     return Ok(());
                 }
             }
         }
+        fk::detach_referrers(self.db, &self.tables, t, rid, &c.pk)?;
         self.db.run(
             &format!("DELETE FROM {} WHERE rowid = ?1", q(&t.name)),
             &[rid.into()],

@@ -175,3 +175,41 @@ pub fn resolve(db: Db, tables: &HashMap<String, Table>) -> Result<i64> {
     }
     Ok(resolved)
 }
+
+/// Before a remote delete removes row `rid` of `t`, turns every FK cell that
+/// points at it into a deferred link to its uuid (and NULL), so no cell is
+/// left dangling (or silently re-pointed when the rowid is reused) and the
+/// link comes back if the row is ever re-inserted.
+pub fn detach_referrers(
+    db: Db,
+    tables: &HashMap<String, Table>,
+    t: &Table,
+    rid: i64,
+    uuid: &Value,
+) -> Result<()> {
+    for s in tables.values() {
+        for (col, target) in s.fks.iter().filter(|(_, target)| **target == t.name) {
+            db.run(
+                &format!(
+                    "INSERT INTO lsync_deferred(tbl, rid, col, uuid, target, target_uuid)
+                     SELECT ?1, rowid, ?2, {su}, ?3, ?4 FROM {st} WHERE {c} = ?5 AND {su} IS NOT NULL
+                     ON CONFLICT(tbl, rid, col) DO UPDATE SET target = excluded.target,
+                       target_uuid = excluded.target_uuid",
+                    su = q(&s.uuid_col),
+                    st = q(&s.name),
+                    c = q(col),
+                ),
+                &[s.id.into(), col.as_str().into(), target.as_str().into(), uuid.clone(), rid.into()],
+            )?;
+            db.run(
+                &format!(
+                    "UPDATE {} SET {c} = NULL WHERE {c} = ?1",
+                    q(&s.name),
+                    c = q(col)
+                ),
+                &[rid.into()],
+            )?;
+        }
+    }
+    Ok(())
+}
