@@ -12,8 +12,10 @@
 //! memory or with one query per FK column; a missing target defers the link
 //! (`lsync_deferred`) until the target arrives.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use lsync_wire::changeset::{Change, Changeset, Op};
 use lsync_wire::value::IdKey;
@@ -79,7 +81,7 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<Report> {
         // recorded as local before remote rows are inserted above them.
         flush::flush(db)?;
         db.exec("PRAGMA defer_foreign_keys = ON")?;
-        let tables: HashMap<String, Table> = track::load_all(db)?
+        let tables: HashMap<Arc<str>, Table> = track::load_all(db)?
             .into_iter()
             .map(|t| (t.name.clone(), t))
             .collect();
@@ -105,7 +107,11 @@ fn check_schema(db: Db, cs: &Changeset) -> Result<()> {
                 d.mode
             );
         }
-        if let Some(c) = d.columns.iter().find(|c| !t.columns.contains(c)) {
+        if let Some(c) = d
+            .columns
+            .iter()
+            .find(|c| !t.columns.iter().any(|x| **x == ***c))
+        {
             bail!(
                 "lsync_apply: schema mismatch: column '{}.{c}' is missing here; nothing was applied",
                 d.name
@@ -135,7 +141,7 @@ fn check_drift(db: Db, cs: &Changeset) -> Result<()> {
 }
 
 /// A clock for LWW ordering: (HLC, origin device UUID).
-type Clk = (i64, String);
+type Clk = (i64, Arc<str>);
 
 /// Consecutive new rows from one origin at one HLC, recorded as one range.
 struct Run {
@@ -150,17 +156,17 @@ struct Run {
 struct Applier {
     db: Db,
     clock: Clock,
-    tables: HashMap<String, Table>,
+    tables: HashMap<Arc<str>, Table>,
     report: Report,
-    origin_idx: HashMap<String, i64>,
-    idx_origin: HashMap<i64, String>,
+    origin_idx: HashMap<Arc<str>, i64>,
+    idx_origin: HashMap<i64, Arc<str>>,
     /// uuid -> local rowid, per table, for rows touched by this changeset.
-    rids: HashMap<String, HashMap<IdKey, i64>>,
-    tombs: HashMap<String, HashMap<IdKey, Clk>>,
+    rids: HashMap<Arc<str>, HashMap<IdKey, i64>>,
+    tombs: HashMap<Arc<str>, HashMap<IdKey, Clk>>,
     run: Option<Run>,
-    inserts: HashMap<(String, u64), Stmt>,
-    updates: HashMap<(String, u64), Stmt>,
-    touched: HashSet<String>,
+    inserts: HashMap<(i64, u64), Stmt>,
+    updates: HashMap<(i64, u64), Stmt>,
+    touched: HashSet<Arc<str>>,
 }
 
 fn op_code(op: Op) -> i64 {
@@ -181,38 +187,38 @@ fn key_of(c: &Change) -> Result<IdKey> {
 }
 
 impl Applier {
-    fn new(db: Db, tables: HashMap<String, Table>) -> Result<Applier> {
+    fn new(db: Db, tables: HashMap<Arc<str>, Table>) -> Result<Applier> {
         Ok(Applier {
             db,
             clock: Clock::open(db)?,
             tables,
             report: Report::default(),
-            origin_idx: HashMap::new(),
-            idx_origin: HashMap::new(),
-            rids: HashMap::new(),
-            tombs: HashMap::new(),
+            origin_idx: HashMap::default(),
+            idx_origin: HashMap::default(),
+            rids: HashMap::default(),
+            tombs: HashMap::default(),
             run: None,
-            inserts: HashMap::new(),
-            updates: HashMap::new(),
-            touched: HashSet::new(),
+            inserts: HashMap::default(),
+            updates: HashMap::default(),
+            touched: HashSet::default(),
         })
     }
 
-    fn idx(&mut self, origin: &str) -> Result<i64> {
+    fn idx(&mut self, origin: &Arc<str>) -> Result<i64> {
         if let Some(i) = self.origin_idx.get(origin) {
             return Ok(*i);
         }
         let i = schema::device_idx(self.db, origin)?;
-        self.origin_idx.insert(origin.to_owned(), i);
-        self.idx_origin.insert(i, origin.to_owned());
+        self.origin_idx.insert(origin.clone(), i);
+        self.idx_origin.insert(i, origin.clone());
         Ok(i)
     }
 
-    fn uuid_of(&mut self, idx: i64) -> Result<String> {
+    fn uuid_of(&mut self, idx: i64) -> Result<Arc<str>> {
         if let Some(u) = self.idx_origin.get(&idx) {
             return Ok(u.clone());
         }
-        let u = schema::device_uuid(self.db, idx)?;
+        let u: Arc<str> = Arc::from(schema::device_uuid(self.db, idx)?);
         self.idx_origin.insert(idx, u.clone());
         self.origin_idx.insert(u.clone(), idx);
         Ok(u)
@@ -224,13 +230,13 @@ impl Applier {
 
     fn run(&mut self, cs: &Changeset) -> Result<()> {
         self.report.changes = cs.changes.len() as i64;
-        let mut groups: HashMap<&str, Vec<&Change>> = HashMap::new();
+        let mut groups: HashMap<&str, Vec<&Change>> = HashMap::default();
         for c in &cs.changes {
-            groups.entry(c.tbl.as_str()).or_default().push(c);
+            groups.entry(&*c.tbl).or_default().push(c);
         }
         let order = parents_first(&self.tables);
         for name in &order {
-            let Some(list) = groups.get(name.as_str()) else {
+            let Some(list) = groups.get(&**name) else {
                 continue;
             };
             let t = self.tables[name].clone();
@@ -241,7 +247,7 @@ impl Applier {
         }
         // Children before parents, so FK checks see a consistent state.
         for name in order.iter().rev() {
-            let Some(list) = groups.get(name.as_str()) else {
+            let Some(list) = groups.get(&**name) else {
                 continue;
             };
             let t = self.tables[name].clone();
@@ -250,7 +256,8 @@ impl Applier {
             }
         }
         self.end_run()?;
-        self.report.resolved += fk::resolve(self.db, &self.tables)?;
+        let all: Vec<Table> = self.tables.values().cloned().collect();
+        self.report.resolved += fk::resolve(self.db, &all)?;
         for name in &self.touched {
             self.db.run(
                 &format!(
@@ -258,7 +265,7 @@ impl Applier {
                      WHERE name = ?1",
                     q(name)
                 ),
-                &[name.as_str().into()],
+                &[(**name).into()],
             )?;
         }
         self.clock.save()?;
@@ -269,7 +276,7 @@ impl Applier {
             )?;
         }
         let me = schema::get_text(self.db, "device_id")?;
-        if cs.changes.iter().any(|c| c.origin != me) {
+        if cs.changes.iter().any(|c| *c.origin != *me) {
             schema::set(self.db, "library_locked", 1.into())?;
         }
         Ok(())
@@ -292,7 +299,7 @@ impl Applier {
             let keys: Vec<IdKey> = list.iter().filter_map(|c| c.pk.id_key()).collect();
             rids.extend(fk::rids_of(self.db, t, &keys)?);
         }
-        let mut tombs = HashMap::new();
+        let mut tombs = HashMap::default();
         let mut s = self.db.prepare(
             "SELECT uuid, hlc, origin FROM lsync_clock WHERE tbl = ?1 AND uuid IS NOT NULL",
         )?;
@@ -311,7 +318,7 @@ impl Applier {
         self.tombs.insert(t.name.clone(), tombs);
 
         for (col, target) in &t.fks {
-            let Some(tt) = self.tables.get(target) else {
+            let Some(tt) = self.tables.get(target.as_str()) else {
                 continue;
             };
             // Targets that arrive in this same changeset are mapped in memory.
@@ -319,11 +326,11 @@ impl Applier {
                 .get(target.as_str())
                 .map(|l| l.iter().filter_map(|c| c.pk.id_key()).collect())
                 .unwrap_or_default();
-            let known = self.rids.get(target);
+            let known = self.rids.get(target.as_str());
             let missing: HashSet<IdKey> = list
                 .iter()
                 .flat_map(|c| c.data.iter())
-                .filter(|(k, _)| k == col)
+                .filter(|(k, _)| **k == **col)
                 .filter_map(|(_, v)| v.id_key())
                 .filter(|k| !incoming.contains(k) && known.is_none_or(|m| !m.contains_key(k)))
                 .collect();
@@ -333,7 +340,8 @@ impl Applier {
             let keys: Vec<IdKey> = missing.into_iter().collect();
             let found = fk::rids_of(self.db, tt, &keys)?;
             self.report.fk_queries += 1;
-            self.rids.entry(target.clone()).or_default().extend(found);
+            let name = tt.name.clone();
+            self.rids.entry(name).or_default().extend(found);
         }
         Ok(())
     }
@@ -344,19 +352,24 @@ impl Applier {
         &self,
         t: &Table,
         c: &Change,
-    ) -> (Vec<(String, Value)>, Vec<(String, String, Value)>) {
+    ) -> (Vec<(Arc<str>, Value)>, Vec<(Arc<str>, String, Value)>) {
         let mut vals = Vec::with_capacity(c.data.len());
         let mut deferred = Vec::new();
         for (col, v) in &c.data {
-            let target = t.fks.get(col).filter(|n| self.tables.contains_key(*n));
+            let target = t
+                .fks
+                .get(&**col)
+                .filter(|n| self.tables.contains_key(n.as_str()));
             let local = match (target, v.id_key()) {
-                (Some(target), Some(k)) => match self.rids.get(target).and_then(|m| m.get(&k)) {
-                    Some(rid) => Value::Integer(*rid),
-                    None => {
-                        deferred.push((col.clone(), target.clone(), v.clone()));
-                        Value::Null
+                (Some(target), Some(k)) => {
+                    match self.rids.get(target.as_str()).and_then(|m| m.get(&k)) {
+                        Some(rid) => Value::Integer(*rid),
+                        None => {
+                            deferred.push((col.clone(), target.clone(), v.clone()));
+                            Value::Null
+                        }
                     }
-                },
+                }
                 _ => v.clone(),
             };
             vals.push((col.clone(), local));
@@ -377,7 +390,7 @@ impl Applier {
                     .clock
                     .row_clock(t.id, rid)?
                     .unwrap_or((0, self.clock.self_idx));
-                let written: Vec<String> = match t.mode {
+                let written: Vec<Arc<str>> = match t.mode {
                     Mode::DeviceOwned => {
                         if base.1 != origin {
                             self.report.refused += 1;
@@ -394,7 +407,7 @@ impl Applier {
                     }
                     Mode::Shared => {
                         let clocks = self.column_clocks(t, rid, base)?;
-                        let winners: Vec<(String, Value)> = vals
+                        let winners: Vec<(Arc<str>, Value)> = vals
                             .iter()
                             .filter(|(col, _)| clocks.get(col).is_none_or(|mine| theirs > *mine))
                             .cloned()
@@ -410,7 +423,7 @@ impl Applier {
                     self.report.stale += 1;
                     return Ok(());
                 }
-                for col in written.iter().filter(|c| t.fks.contains_key(*c)) {
+                for col in written.iter().filter(|c| t.fks.contains_key(&***c)) {
                     fk::forget(self.db, t.id, rid, Some(col))?;
                 }
                 deferred.retain(|(col, _, _)| written.contains(col));
@@ -472,16 +485,16 @@ impl Applier {
         t: &Table,
         rid: i64,
         base: (i64, i64),
-    ) -> Result<HashMap<String, Clk>> {
+    ) -> Result<HashMap<Arc<str>, Clk>> {
         let base = self.clk(base)?;
-        let mut out: HashMap<String, Clk> = t
+        let mut out: HashMap<Arc<str>, Clk> = t
             .columns
             .iter()
             .map(|c| (c.clone(), base.clone()))
             .collect();
         for (col, hlc, origin) in self.clock.column_clocks(t.id, rid)? {
             let clk = self.clk((hlc, origin))?;
-            out.insert(col, clk);
+            out.insert(Arc::from(col), clk);
         }
         Ok(out)
     }
@@ -525,7 +538,7 @@ impl Applier {
                 // A delete wins over older column values only; newer edits
                 // survive, with the older columns cleared at the delete's clock.
                 let clocks = self.column_clocks(t, rid, base)?;
-                let older: Vec<String> = t
+                let older: Vec<Arc<str>> = t
                     .columns
                     .iter()
                     .filter(|col| clocks.get(*col).is_none_or(|mine| *mine < theirs))
@@ -536,7 +549,7 @@ impl Applier {
                     return Ok(());
                 }
                 if older.len() < t.columns.len() {
-                    let nulls: Vec<(String, Value)> =
+                    let nulls: Vec<(Arc<str>, Value)> =
                         older.iter().map(|c| (c.clone(), Value::Null)).collect();
                     self.write(t, rid, &nulls)?;
                     for col in &older {
@@ -548,7 +561,8 @@ impl Applier {
                 }
             }
         }
-        fk::detach_referrers(self.db, &self.tables, t, rid, &c.pk)?;
+        let all: Vec<&Table> = self.tables.values().collect();
+        fk::detach_referrers(self.db, &all, t, rid, &c.pk)?;
         self.db.run(
             &format!("DELETE FROM {} WHERE rowid = ?1", q(&t.name)),
             &[rid.into()],
@@ -569,16 +583,16 @@ impl Applier {
         Ok(())
     }
 
-    fn mask(t: &Table, vals: &[(String, Value)]) -> u64 {
+    fn mask(t: &Table, vals: &[(Arc<str>, Value)]) -> u64 {
         vals.iter().fold(0, |m, (c, _)| {
             m | t.columns.iter().position(|x| x == c).map_or(0, |i| 1 << i)
         })
     }
 
-    fn insert(&mut self, t: &Table, pk: &Value, vals: &[(String, Value)]) -> Result<i64> {
+    fn insert(&mut self, t: &Table, pk: &Value, vals: &[(Arc<str>, Value)]) -> Result<i64> {
         let mask = Self::mask(t, vals);
         let db = self.db;
-        let stmt = match self.inserts.entry((t.name.clone(), mask)) {
+        let stmt = match self.inserts.entry((t.id, mask)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let cols: Vec<String> = vals.iter().map(|(c, _)| q(c)).collect();
@@ -613,13 +627,13 @@ impl Applier {
         Ok(db.last_insert_rowid())
     }
 
-    fn write(&mut self, t: &Table, rid: i64, vals: &[(String, Value)]) -> Result<()> {
+    fn write(&mut self, t: &Table, rid: i64, vals: &[(Arc<str>, Value)]) -> Result<()> {
         if vals.is_empty() {
             return Ok(());
         }
         let mask = Self::mask(t, vals);
         let db = self.db;
-        let stmt = match self.updates.entry((t.name.clone(), mask)) {
+        let stmt = match self.updates.entry((t.id, mask)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let sets: Vec<String> = vals
@@ -682,30 +696,28 @@ impl Applier {
 
 /// Tracked tables ordered so that FK targets come before the tables that
 /// point at them (self-references and cycles are left to deferral).
-fn parents_first(tables: &HashMap<String, Table>) -> Vec<String> {
+fn parents_first(tables: &HashMap<Arc<str>, Table>) -> Vec<Arc<str>> {
     fn visit(
-        name: &str,
-        tables: &HashMap<String, Table>,
-        seen: &mut HashSet<String>,
-        out: &mut Vec<String>,
+        t: &Table,
+        tables: &HashMap<Arc<str>, Table>,
+        seen: &mut HashSet<i64>,
+        out: &mut Vec<Arc<str>>,
     ) {
-        if !seen.insert(name.to_owned()) {
+        if !seen.insert(t.id) {
             return;
         }
-        if let Some(t) = tables.get(name) {
-            for target in t.fks.values() {
-                if target != name {
-                    visit(target, tables, seen, out);
-                }
+        for target in t.fks.values().filter(|n| **n != *t.name) {
+            if let Some(tt) = tables.get(target.as_str()) {
+                visit(tt, tables, seen, out);
             }
-            out.push(name.to_owned());
         }
+        out.push(t.name.clone());
     }
-    let mut names: Vec<&String> = tables.keys().collect();
-    names.sort();
-    let (mut seen, mut out) = (HashSet::new(), Vec::new());
-    for n in names {
-        visit(n, tables, &mut seen, &mut out);
+    let mut all: Vec<&Table> = tables.values().collect();
+    all.sort_by_key(|t| t.id);
+    let (mut seen, mut out) = (HashSet::default(), Vec::new());
+    for t in all {
+        visit(t, tables, &mut seen, &mut out);
     }
     out
 }

@@ -5,6 +5,7 @@
 //! FK ids are resolved with one query per FK column per batch.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 pub use lsync_wire::changeset::{Change, Op};
 
@@ -49,7 +50,7 @@ pub fn read(db: Db, since: i64, limit: usize) -> Result<Vec<Change>> {
         .into_iter()
         .map(|t| (t.id, t))
         .collect();
-    let mut origins: HashMap<i64, String> = HashMap::new();
+    let mut origins: HashMap<i64, Arc<str>> = HashMap::new();
     let mut out: Vec<Row> = Vec::new();
     let mut s = db.prepare(
         "SELECT seq, tbl, lo, hi, col, op, hlc, origin, uuid FROM lsync_clock
@@ -72,7 +73,7 @@ pub fn read(db: Db, since: i64, limit: usize) -> Result<Vec<Change>> {
             continue;
         };
         if !origins.contains_key(&e.origin) {
-            origins.insert(e.origin, schema::device_uuid(db, e.origin)?);
+            origins.insert(e.origin, Arc::from(schema::device_uuid(db, e.origin)?));
         }
         let origin = origins[&e.origin].clone();
         read_entry(db, t, &e, since, limit - out.len(), origin, &mut out)?;
@@ -88,10 +89,10 @@ fn read_entry(
     e: &Entry,
     since: i64,
     room: usize,
-    origin: String,
+    origin: Arc<str>,
     out: &mut Vec<Row>,
 ) -> Result<()> {
-    let change = |seq: i64, rid: Option<i64>, pk: Value, data: Vec<(String, Value)>| Row {
+    let change = |seq: i64, rid: Option<i64>, pk: Value, data: Vec<(Arc<str>, Value)>| Row {
         rid,
         change: Change {
             seq,
@@ -109,8 +110,8 @@ fn read_entry(
     };
     // Row r of the entry has cursor seq - (hi - r): skip rows at or below `since`.
     let first = lo.max(e.hi - (e.seq - since) + 1);
-    let cols: Vec<&String> = match &e.col {
-        Some(c) => t.columns.iter().filter(|x| *x == c).collect(),
+    let cols: Vec<&Arc<str>> = match &e.col {
+        Some(c) => t.columns.iter().filter(|x| ***x == **c).collect(),
         None => t.columns.iter().collect(),
     };
     let overridden = match (&e.col, t.mode) {
@@ -132,7 +133,7 @@ fn read_entry(
         let data = cols
             .iter()
             .enumerate()
-            .filter(|(_, c)| skip.is_none_or(|set| !set.contains(c.as_str())))
+            .filter(|(_, c)| skip.is_none_or(|set| !set.contains(&****c)))
             .map(|(i, c)| ((*c).clone(), s.value(i + 2)))
             .collect();
         out.push(change(e.seq - (e.hi - rid), Some(rid), s.value(1), data));
@@ -161,34 +162,34 @@ fn column_entries(db: Db, tbl: i64, lo: i64, hi: i64) -> Result<HashMap<i64, Has
 /// column). A NULL FK whose link is still deferred carries the pending
 /// target uuid, so relays never lose a link. A dangling id becomes NULL.
 fn resolve_fks(db: Db, tables: &HashMap<i64, Table>, rows: &mut [Row]) -> Result<()> {
-    let by_name: HashMap<&str, &Table> = tables.values().map(|t| (t.name.as_str(), t)).collect();
-    let mut in_batch: HashMap<&str, HashMap<i64, Value>> = HashMap::new();
+    let by_name: HashMap<&str, &Table> = tables.values().map(|t| (&*t.name, t)).collect();
+    // Rows read in this batch, by table: rid -> uuid.
+    let mut in_batch: HashMap<Arc<str>, HashMap<i64, Value>> = HashMap::new();
+    // (source table, FK column, target table) present in the batch.
+    let mut wanted: BTreeMap<(Arc<str>, Arc<str>), Arc<str>> = BTreeMap::new();
     for r in rows.iter() {
         if let Some(rid) = r.rid {
             in_batch
-                .entry(
-                    by_name
-                        .get(r.change.tbl.as_str())
-                        .map_or("", |t| t.name.as_str()),
-                )
+                .entry(r.change.tbl.clone())
                 .or_default()
                 .insert(rid, r.change.pk.clone());
         }
-    }
-    let mut wanted: BTreeMap<(String, String), &Table> = BTreeMap::new();
-    for r in rows.iter() {
-        let Some(t) = by_name.get(r.change.tbl.as_str()) else {
+        let Some(t) = by_name.get(&*r.change.tbl) else {
             continue;
         };
         for (col, _) in &r.change.data {
-            if let Some(target) = t.fks.get(col).and_then(|n| by_name.get(n.as_str())) {
-                wanted.insert((r.change.tbl.clone(), col.clone()), target);
+            if let Some(target) = t.fks.get(&**col).and_then(|n| by_name.get(n.as_str())) {
+                wanted
+                    .entry((r.change.tbl.clone(), col.clone()))
+                    .or_insert_with(|| target.name.clone());
             }
         }
     }
     let empty = HashMap::new();
-    for ((tbl, col), target) in wanted {
-        let known = in_batch.get(target.name.as_str()).unwrap_or(&empty);
+    for ((tbl, col), target_name) in wanted {
+        let target = by_name[&*target_name];
+        let source = by_name[&*tbl];
+        let known = in_batch.get(&target_name).unwrap_or(&empty);
         let mut missing: Vec<i64> = Vec::new();
         let mut nulls: Vec<i64> = Vec::new();
         for r in rows.iter().filter(|r| r.change.tbl == tbl) {
@@ -201,22 +202,32 @@ fn resolve_fks(db: Db, tables: &HashMap<i64, Table>, rows: &mut [Row]) -> Result
             }
         }
         let fetched = fk::uuids_of(db, target, &missing)?;
-        let source = by_name[tbl.as_str()];
         let pending = fk::deferred_links(db, source.id, &col, &nulls)?;
-        for r in rows.iter_mut().filter(|r| r.change.tbl == tbl) {
-            let rid = r.rid;
-            for (_, v) in r.change.data.iter_mut().filter(|(k, _)| *k == col) {
-                *v = match &*v {
-                    Value::Integer(id) => known
-                        .get(id)
-                        .or_else(|| fetched.get(id))
-                        .cloned()
-                        .unwrap_or(Value::Null),
-                    Value::Null => rid
-                        .and_then(|rid| pending.get(&rid).cloned())
-                        .unwrap_or(Value::Null),
-                    other => other.clone(),
-                };
+        let mapped: Vec<Option<Value>> = rows
+            .iter()
+            .filter(|r| r.change.tbl == tbl)
+            .map(|r| {
+                r.change
+                    .data
+                    .iter()
+                    .find(|(k, _)| *k == col)
+                    .map(|(_, v)| match v {
+                        Value::Integer(id) => known
+                            .get(id)
+                            .or_else(|| fetched.get(id))
+                            .cloned()
+                            .unwrap_or(Value::Null),
+                        Value::Null => r
+                            .rid
+                            .and_then(|rid| pending.get(&rid).cloned())
+                            .unwrap_or(Value::Null),
+                        other => other.clone(),
+                    })
+            })
+            .collect();
+        for (r, m) in rows.iter_mut().filter(|r| r.change.tbl == tbl).zip(mapped) {
+            if let (Some(slot), Some(v)) = (r.change.data.iter_mut().find(|(k, _)| *k == col), m) {
+                slot.1 = v;
             }
         }
     }
@@ -241,10 +252,10 @@ pub fn value_json(v: &Value) -> serde_json::Value {
 }
 
 /// The `data` column of `lsync_changes`.
-pub fn data_json(data: &[(String, Value)]) -> String {
+pub fn data_json(data: &[(Arc<str>, Value)]) -> String {
     let map: serde_json::Map<String, serde_json::Value> = data
         .iter()
-        .map(|(k, v)| (k.clone(), value_json(v)))
+        .map(|(k, v)| (k.to_string(), value_json(v)))
         .collect();
     serde_json::Value::Object(map).to_string()
 }

@@ -18,9 +18,9 @@ pub fn changeset(db: Db, since: i64, max: usize) -> Result<Vec<u8>> {
         .into_iter()
         .filter(|t| changes.iter().any(|c| c.tbl == t.name))
         .map(|t| TableDesc {
-            name: t.name,
+            name: t.name.to_string(),
             mode: t.mode.as_str().to_owned(),
-            columns: t.columns,
+            columns: t.columns.iter().map(|c| c.to_string()).collect(),
         })
         .collect();
     // When everything was read, the cursor may skip to the newest seq even
@@ -59,7 +59,7 @@ pub fn info(db: Db, blob: &[u8]) -> Result<String> {
     let mut per_table: BTreeMap<&str, usize> = BTreeMap::new();
     let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
     for c in &cs.changes {
-        *per_table.entry(c.tbl.as_str()).or_default() += 1;
+        *per_table.entry(&*c.tbl).or_default() += 1;
         *ops.entry(c.op.as_str()).or_default() += 1;
     }
     Ok(serde_json::json!({

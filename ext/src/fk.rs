@@ -131,7 +131,7 @@ pub fn forget(db: Db, tbl: i64, rid: i64, col: Option<&str>) -> Result<()> {
 
 /// Completes every deferred link whose target now exists: one UPDATE per
 /// (table, column, target). Returns how many links were completed.
-pub fn resolve(db: Db, tables: &HashMap<String, Table>) -> Result<i64> {
+pub fn resolve(db: Db, tables: &[Table]) -> Result<i64> {
     let mut s = db.prepare("SELECT DISTINCT tbl, col, target FROM lsync_deferred")?;
     let mut groups = Vec::new();
     while s.step()? {
@@ -142,10 +142,11 @@ pub fn resolve(db: Db, tables: &HashMap<String, Table>) -> Result<i64> {
         ));
     }
     drop(s);
-    let by_id: HashMap<i64, &Table> = tables.values().map(|t| (t.id, t)).collect();
+    let by_id: HashMap<i64, &Table> = tables.iter().map(|t| (t.id, t)).collect();
     let mut resolved = 0;
     for (tbl, col, target) in groups {
-        let (Some(t), Some(tt)) = (by_id.get(&tbl), tables.get(&target)) else {
+        let (Some(t), Some(tt)) = (by_id.get(&tbl), tables.iter().find(|t| *t.name == *target))
+        else {
             continue;
         };
         db.run(
@@ -182,13 +183,13 @@ pub fn resolve(db: Db, tables: &HashMap<String, Table>) -> Result<i64> {
 /// link comes back if the row is ever re-inserted.
 pub fn detach_referrers(
     db: Db,
-    tables: &HashMap<String, Table>,
+    tables: &[&Table],
     t: &Table,
     rid: i64,
     uuid: &Value,
 ) -> Result<()> {
-    for s in tables.values() {
-        for (col, target) in s.fks.iter().filter(|(_, target)| **target == t.name) {
+    for s in tables {
+        for (col, target) in s.fks.iter().filter(|(_, target)| ***target == *t.name) {
             db.run(
                 &format!(
                     "INSERT INTO lsync_deferred(tbl, rid, col, uuid, target, target_uuid)

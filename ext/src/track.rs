@@ -9,6 +9,7 @@
 //! `lsync_deleted`, which `flush` folds into `lsync_clock`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -46,12 +47,12 @@ impl Mode {
 #[derive(Debug, Clone)]
 pub struct Table {
     pub id: i64,
-    pub name: String,
+    pub name: Arc<str>,
     pub mode: Mode,
     pub uuid_col: String,
     pub hwm: i64,
     /// Tracked columns (not the rowid alias, not the uuid), in mask-bit order.
-    pub columns: Vec<String>,
+    pub columns: Vec<Arc<str>>,
     /// FK column -> target table.
     pub fks: BTreeMap<String, String>,
 }
@@ -70,12 +71,15 @@ fn table_from_row(s: &crate::sql::Stmt) -> Result<Table> {
     let corrupt = |what: &str| Error::msg(format!("lsync: lsync_tables has a corrupt {what}"));
     Ok(Table {
         id: s.i64(0),
-        name: s.text(1).unwrap_or_default(),
+        name: Arc::from(s.text(1).unwrap_or_default()),
         mode: Mode::parse(&s.text(2).unwrap_or_default())?,
         uuid_col: s.text(3).unwrap_or_default(),
         hwm: s.i64(4),
-        columns: serde_json::from_str(&s.text(5).unwrap_or_default())
-            .map_err(|_| corrupt("column list"))?,
+        columns: serde_json::from_str::<Vec<String>>(&s.text(5).unwrap_or_default())
+            .map_err(|_| corrupt("column list"))?
+            .into_iter()
+            .map(Arc::from)
+            .collect(),
         fks: serde_json::from_str(&s.text(6).unwrap_or_default()).map_err(|_| corrupt("FK map"))?,
     })
 }

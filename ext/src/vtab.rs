@@ -150,8 +150,8 @@ impl VTabCursor for ChangesCursor {
             let v = match i {
                 0 => Value::Integer(c.seq),
                 1 => Value::Integer(c.hlc),
-                2 => Value::Text(c.origin.clone()),
-                3 => Value::Text(c.tbl.clone()),
+                2 => Value::Text(c.origin.to_string()),
+                3 => Value::Text(c.tbl.to_string()),
                 4 => c.pk.clone(),
                 5 => Value::Text(c.op.as_str().to_owned()),
                 6 => Value::Text(changes::data_json(&c.data)),

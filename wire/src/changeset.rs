@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::Arc;
 
 use crate::value::Value;
 
@@ -68,13 +69,14 @@ pub struct Change {
     pub seq: i64,
     pub hlc: i64,
     /// Device UUID (text) where the change was made.
-    pub origin: String,
-    pub tbl: String,
+    pub origin: Arc<str>,
+    pub tbl: Arc<str>,
     /// The row's global id.
     pub pk: Value,
     pub op: Op,
-    /// Column values; FK columns hold the target row's uuid.
-    pub data: Vec<(String, Value)>,
+    /// Column values; FK columns hold the target row's uuid. Names are
+    /// shared, so a million changes do not mean millions of name copies.
+    pub data: Vec<(Arc<str>, Value)>,
 }
 
 /// A table as the sender knows it, so the receiver can check its schema.
@@ -122,7 +124,7 @@ impl Changeset {
         let mut origins: HashMap<&str, u64> = HashMap::new();
         for c in &self.changes {
             let n = origins.len() as u64;
-            origins.entry(c.origin.as_str()).or_insert(n);
+            origins.entry(&c.origin).or_insert(n);
         }
         let mut by_idx: Vec<(&str, u64)> = origins.iter().map(|(k, v)| (*k, *v)).collect();
         by_idx.sort_by_key(|(_, v)| *v);
@@ -147,20 +149,20 @@ impl Changeset {
         let (mut seq, mut hlc) = (self.from, 0i64);
         for c in &self.changes {
             let (ti, cols) = tables
-                .get(c.tbl.as_str())
-                .ok_or_else(|| EncodeError::UnknownTable(c.tbl.clone()))?;
+                .get(&*c.tbl)
+                .ok_or_else(|| EncodeError::UnknownTable(c.tbl.to_string()))?;
             w.uvar(*ti);
             w.byte(c.op.code());
             w.ivar(c.seq.wrapping_sub(seq));
             w.ivar(c.hlc.wrapping_sub(hlc));
             (seq, hlc) = (c.seq, c.hlc);
-            w.uvar(origins[c.origin.as_str()]);
+            w.uvar(origins[&*c.origin]);
             w.value(&c.pk);
             let mut present: Vec<(u32, &Value)> = Vec::with_capacity(c.data.len());
             for (k, v) in &c.data {
                 let j = cols
-                    .get(k.as_str())
-                    .ok_or_else(|| EncodeError::UnknownColumn(c.tbl.clone(), k.clone()))?;
+                    .get(&**k)
+                    .ok_or_else(|| EncodeError::UnknownColumn(c.tbl.to_string(), k.to_string()))?;
                 present.push((*j, v));
             }
             present.sort_by_key(|(j, _)| *j);
@@ -362,7 +364,9 @@ impl<'a> Reader<'a> {
         let from = self.ivar()?;
         let to = self.ivar()?;
         let n = self.count()?;
-        let origins = (0..n).map(|_| self.uuid()).collect::<R<Vec<_>>>()?;
+        let origins = (0..n)
+            .map(|_| self.uuid().map(Arc::<str>::from))
+            .collect::<R<Vec<_>>>()?;
         let n = self.count()?;
         let mut tables = Vec::with_capacity(n);
         for _ in 0..n {
@@ -379,11 +383,18 @@ impl<'a> Reader<'a> {
                 columns,
             });
         }
+        let names: Vec<(Arc<str>, Vec<Arc<str>>)> = tables
+            .iter()
+            .map(|t| {
+                let cols = t.columns.iter().map(|c| Arc::from(c.as_str())).collect();
+                (Arc::from(t.name.as_str()), cols)
+            })
+            .collect();
         let n = self.count()?;
         let mut changes = Vec::with_capacity(n);
         let (mut seq, mut hlc) = (from, 0i64);
         for _ in 0..n {
-            let t = tables
+            let (tname, tcols) = names
                 .get(self.uvar()? as usize)
                 .ok_or(DecodeError::Corrupt("table index"))?;
             let op = Op::from_code(self.byte()?).ok_or(DecodeError::Corrupt("op"))?;
@@ -395,11 +406,11 @@ impl<'a> Reader<'a> {
                 .clone();
             let pk = self.value()?;
             let mask = self.uvar()?;
-            if mask >> t.columns.len() != 0 {
+            if mask >> tcols.len() != 0 {
                 return Err(DecodeError::Corrupt("column mask"));
             }
             let mut data = Vec::with_capacity(mask.count_ones() as usize);
-            for (j, c) in t.columns.iter().enumerate() {
+            for (j, c) in tcols.iter().enumerate() {
                 if mask & (1 << j) != 0 {
                     data.push((c.clone(), self.value()?));
                 }
@@ -408,7 +419,7 @@ impl<'a> Reader<'a> {
                 seq,
                 hlc,
                 origin,
-                tbl: t.name.clone(),
+                tbl: tname.clone(),
                 pk,
                 op,
                 data,
@@ -433,7 +444,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample() -> Changeset {
-        let dev = "01a20142-c196-70dc-8b46-cc82023ee619".to_string();
+        let dev: Arc<str> = Arc::from("01a20142-c196-70dc-8b46-cc82023ee619");
         Changeset {
             library_id: "01a20142-c196-70dc-8b46-cc83df4c5b94".into(),
             from: 10,
@@ -452,8 +463,8 @@ mod tests {
                     pk: Value::Text("01a20142-c1a2-73d9-ad7a-e0debb265376".into()),
                     op: Op::Insert,
                     data: vec![
-                        ("name".into(), Value::Text("red".into())),
-                        ("color".into(), Value::Blob(vec![1, 2])),
+                        (Arc::from("name"), Value::Text("red".into())),
+                        (Arc::from("color"), Value::Blob(vec![1, 2])),
                     ],
                 },
                 Change {
