@@ -424,7 +424,7 @@ impl Applier {
                     return Ok(());
                 }
                 for col in written.iter().filter(|c| t.fks.contains_key(&***c)) {
-                    fk::forget(self.db, t.id, rid, Some(col))?;
+                    fk::forget(&self.clock.cache, t.id, rid, Some(col))?;
                 }
                 deferred.retain(|(col, _, _)| written.contains(col));
                 rid
@@ -554,7 +554,7 @@ impl Applier {
                     self.write(t, rid, &nulls)?;
                     for col in &older {
                         self.clock.cover_column(t.id, rid, col, c.hlc, origin)?;
-                        fk::forget(self.db, t.id, rid, Some(col))?;
+                        fk::forget(&self.clock.cache, t.id, rid, Some(col))?;
                     }
                     self.report.applied += 1;
                     return Ok(());
@@ -569,7 +569,7 @@ impl Applier {
         )?;
         self.clock.uncover(t.id, rid)?;
         self.clock.drop_columns(t.id, rid)?;
-        fk::forget(self.db, t.id, rid, None)?;
+        fk::forget(&self.clock.cache, t.id, rid, None)?;
         self.clock.tombstone(t.id, c.pk.clone(), c.hlc, origin)?;
         if let Some(m) = self.rids.get_mut(&t.name) {
             m.remove(&key);

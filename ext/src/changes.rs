@@ -14,7 +14,7 @@ use crate::fk;
 use crate::flush::{OP_DELETE, OP_INSERT};
 use crate::ident::q;
 use crate::schema;
-use crate::sql::{Db, Value};
+use crate::sql::{Cache, Db, Value};
 use crate::track::{self, Mode, Table};
 
 fn op_from_code(c: i64) -> Op {
@@ -51,6 +51,7 @@ pub fn read(db: Db, since: i64, limit: usize) -> Result<Vec<Change>> {
         .map(|t| (t.id, t))
         .collect();
     let mut origins: HashMap<i64, Arc<str>> = HashMap::new();
+    let cache = Cache::new(db);
     let mut out: Vec<Row> = Vec::new();
     let mut s = db.prepare(
         "SELECT seq, tbl, lo, hi, col, op, hlc, origin, uuid FROM lsync_clock
@@ -76,7 +77,7 @@ pub fn read(db: Db, since: i64, limit: usize) -> Result<Vec<Change>> {
             origins.insert(e.origin, Arc::from(schema::device_uuid(db, e.origin)?));
         }
         let origin = origins[&e.origin].clone();
-        read_entry(db, t, &e, since, limit - out.len(), origin, &mut out)?;
+        read_entry(&cache, t, &e, since, limit - out.len(), origin, &mut out)?;
     }
     drop(s);
     resolve_fks(db, &tables, &mut out)?;
@@ -84,7 +85,7 @@ pub fn read(db: Db, since: i64, limit: usize) -> Result<Vec<Change>> {
 }
 
 fn read_entry(
-    db: Db,
+    cache: &Cache,
     t: &Table,
     e: &Entry,
     since: i64,
@@ -115,46 +116,49 @@ fn read_entry(
         None => t.columns.iter().collect(),
     };
     let overridden = match (&e.col, t.mode) {
-        (None, Mode::Shared) => column_entries(db, t.id, first, e.hi)?,
+        (None, Mode::Shared) => column_entries(cache, t.id, first, e.hi)?,
         _ => HashMap::new(),
     };
     let select: Vec<String> = cols.iter().map(|c| q(c)).collect();
-    let mut s = db.prepare(&format!(
+    let sql = format!(
         "SELECT rowid, {u}{sep}{cols} FROM {t} WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid LIMIT ?3",
         u = q(&t.uuid_col),
         sep = if select.is_empty() { "" } else { ", " },
         cols = select.join(", "),
         t = q(&t.name),
-    ))?;
-    s.bind_all(&[first.into(), e.hi.into(), (room as i64).into()])?;
-    while s.step()? {
-        let rid = s.i64(0);
-        let skip = overridden.get(&rid);
-        let data = cols
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| skip.is_none_or(|set| !set.contains(&****c)))
-            .map(|(i, c)| ((*c).clone(), s.value(i + 2)))
-            .collect();
-        out.push(change(e.seq - (e.hi - rid), Some(rid), s.value(1), data));
-    }
-    Ok(())
+    );
+    cache.with(&sql, &[first.into(), e.hi.into(), (room as i64).into()], |s| {
+        while s.step()? {
+            let rid = s.i64(0);
+            let skip = overridden.get(&rid);
+            let data = cols
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| skip.is_none_or(|set| !set.contains(&****c)))
+                .map(|(i, c)| ((*c).clone(), s.value(i + 2)))
+                .collect();
+            out.push(change(e.seq - (e.hi - rid), Some(rid), s.value(1), data));
+        }
+        Ok(())
+    })
 }
 
 /// Columns of rows in `lo..=hi` that have their own newer column entries
 /// (shared tables); a row entry does not speak for them.
-fn column_entries(db: Db, tbl: i64, lo: i64, hi: i64) -> Result<HashMap<i64, HashSet<String>>> {
-    let mut s = db.prepare(
+fn column_entries(cache: &Cache, tbl: i64, lo: i64, hi: i64) -> Result<HashMap<i64, HashSet<String>>> {
+    cache.with(
         "SELECT lo, col FROM lsync_clock WHERE tbl = ?1 AND col IS NOT NULL AND lo BETWEEN ?2 AND ?3",
-    )?;
-    s.bind_all(&[tbl.into(), lo.into(), hi.into()])?;
-    let mut out: HashMap<i64, HashSet<String>> = HashMap::new();
-    while s.step()? {
-        out.entry(s.i64(0))
-            .or_default()
-            .insert(s.text(1).unwrap_or_default());
-    }
-    Ok(out)
+        &[tbl.into(), lo.into(), hi.into()],
+        |s| {
+            let mut out: HashMap<i64, HashSet<String>> = HashMap::new();
+            while s.step()? {
+                out.entry(s.i64(0))
+                    .or_default()
+                    .insert(s.text(1).unwrap_or_default());
+            }
+            Ok(out)
+        },
+    )
 }
 
 /// Replaces local FK ids with the target rows' uuids: targets read in the

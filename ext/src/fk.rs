@@ -8,7 +8,7 @@ use lsync_wire::value::IdKey;
 
 use crate::error::Result;
 use crate::ident::q;
-use crate::sql::{Db, Value};
+use crate::sql::{Cache, Db, Value};
 use crate::track::Table;
 
 /// Local id -> uuid for a set of ids of one table, in one query.
@@ -122,8 +122,8 @@ pub fn defer(
 
 /// Forgets deferred links of a row (its column got a new value, or the row
 /// was deleted).
-pub fn forget(db: Db, tbl: i64, rid: i64, col: Option<&str>) -> Result<()> {
-    db.run(
+pub fn forget(cache: &Cache, tbl: i64, rid: i64, col: Option<&str>) -> Result<()> {
+    cache.run(
         "DELETE FROM lsync_deferred WHERE tbl = ?1 AND rid = ?2 AND (?3 IS NULL OR col = ?3)",
         &[tbl.into(), rid.into(), col.map(str::to_owned).into()],
     )

@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::ident::q;
 use crate::schema;
-use crate::sql::{Db, Value};
+use crate::sql::{Cache, Db, Value};
 use crate::track::{self, Mode, Table};
 
 pub const OP_INSERT: i64 = 0;
@@ -19,6 +19,7 @@ pub const OP_DELETE: i64 = 2;
 /// State shared by one flush across tables.
 pub struct Clock {
     db: Db,
+    pub cache: Cache,
     pub self_idx: i64,
     next_seq: i64,
     hlc: Option<i64>,
@@ -28,6 +29,7 @@ impl Clock {
     pub fn open(db: Db) -> Result<Clock> {
         Ok(Clock {
             db,
+            cache: Cache::new(db),
             self_idx: schema::get_i64(db, "device_idx")?,
             next_seq: schema::get_i64(db, "next_seq")?.max(1),
             hlc: None,
@@ -81,7 +83,7 @@ impl Clock {
             Some((lo, hi)) => (Value::Integer(lo), Value::Integer(hi)),
             None => (Value::Null, Value::Null),
         };
-        self.db.run(
+        self.cache.run(
             "INSERT INTO lsync_clock(seq, tbl, lo, hi, col, op, hlc, origin, uuid)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             &[
@@ -102,24 +104,26 @@ impl Clock {
     /// Removes `rid` from the row entry that covers it, splitting a range in
     /// two. The rows left in the range keep their cursors.
     pub fn uncover(&self, tbl: i64, rid: i64) -> Result<()> {
-        let mut s = self.db.prepare(
+        let found = self.cache.with(
             "SELECT seq, lo, hi, op, hlc, origin FROM lsync_clock
              WHERE tbl = ?1 AND col IS NULL AND lo <= ?2 ORDER BY lo DESC LIMIT 1",
+            &[tbl.into(), rid.into()],
+            |s| {
+                Ok(s.step()?.then(|| {
+                    (s.i64(0), s.i64(1), s.i64(2), [s.value(3), s.value(4), s.value(5)])
+                }))
+            },
         )?;
-        s.bind_all(&[tbl.into(), rid.into()])?;
-        if !s.step()? {
+        let Some((seq, lo, hi, rest)) = found else {
             return Ok(());
-        }
-        let (seq, lo, hi) = (s.i64(0), s.i64(1), s.i64(2));
-        let rest = [s.value(3), s.value(4), s.value(5)];
-        drop(s);
+        };
         if hi < rid {
             return Ok(());
         }
-        self.db
+        self.cache
             .run("DELETE FROM lsync_clock WHERE seq = ?1", &[seq.into()])?;
         let keep = |seq: i64, lo: i64, hi: i64| {
-            self.db.run(
+            self.cache.run(
                 "INSERT INTO lsync_clock(seq, tbl, lo, hi, col, op, hlc, origin)
                  VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7)",
                 &[
@@ -144,30 +148,32 @@ impl Clock {
 
     /// The (hlc, origin) of the row entry covering `rid`.
     pub fn row_clock(&self, tbl: i64, rid: i64) -> Result<Option<(i64, i64)>> {
-        let mut s = self.db.prepare(
+        self.cache.with(
             "SELECT hi, hlc, origin FROM lsync_clock
              WHERE tbl = ?1 AND col IS NULL AND lo <= ?2 ORDER BY lo DESC LIMIT 1",
-        )?;
-        s.bind_all(&[tbl.into(), rid.into()])?;
-        Ok((s.step()? && s.i64(0) >= rid).then(|| (s.i64(1), s.i64(2))))
+            &[tbl.into(), rid.into()],
+            |s| Ok((s.step()? && s.i64(0) >= rid).then(|| (s.i64(1), s.i64(2)))),
+        )
     }
 
     /// The (hlc, origin) of each column of `rid` that has its own entry.
     pub fn column_clocks(&self, tbl: i64, rid: i64) -> Result<Vec<(String, i64, i64)>> {
-        let mut s = self.db.prepare(
+        self.cache.with(
             "SELECT col, hlc, origin FROM lsync_clock WHERE tbl = ?1 AND col IS NOT NULL AND lo = ?2",
-        )?;
-        s.bind_all(&[tbl.into(), rid.into()])?;
-        let mut out = Vec::new();
-        while s.step()? {
-            out.push((s.text(0).unwrap_or_default(), s.i64(1), s.i64(2)));
-        }
-        Ok(out)
+            &[tbl.into(), rid.into()],
+            |s| {
+                let mut out = Vec::new();
+                while s.step()? {
+                    out.push((s.text(0).unwrap_or_default(), s.i64(1), s.i64(2)));
+                }
+                Ok(out)
+            },
+        )
     }
 
     /// Removes the tombstone of a row that is live again.
     pub fn drop_tombstone(&self, tbl: i64, uuid: &Value) -> Result<()> {
-        self.db.run(
+        self.cache.run(
             "DELETE FROM lsync_clock WHERE tbl = ?1 AND uuid = ?2",
             &[tbl.into(), uuid.clone()],
         )
@@ -175,7 +181,7 @@ impl Clock {
 
     /// Drops the per-column entries of a row (shared tables).
     pub fn drop_columns(&self, tbl: i64, rid: i64) -> Result<()> {
-        self.db.run(
+        self.cache.run(
             "DELETE FROM lsync_clock WHERE tbl = ?1 AND col IS NOT NULL AND lo = ?2",
             &[tbl.into(), rid.into()],
         )
@@ -191,7 +197,7 @@ impl Clock {
 
     /// Records a tombstone for a deleted row, replacing an older one.
     pub fn tombstone(&mut self, tbl: i64, uuid: Value, hlc: i64, origin: i64) -> Result<i64> {
-        self.db.run(
+        self.cache.run(
             "DELETE FROM lsync_clock WHERE tbl = ?1 AND uuid = ?2",
             &[tbl.into(), uuid.clone()],
         )?;
@@ -207,7 +213,7 @@ impl Clock {
         hlc: i64,
         origin: i64,
     ) -> Result<i64> {
-        self.db.run(
+        self.cache.run(
             "DELETE FROM lsync_clock WHERE tbl = ?1 AND col = ?2 AND lo = ?3",
             &[tbl.into(), col.into(), rid.into()],
         )?;

@@ -176,7 +176,16 @@ impl Db {
     /// so a failed call leaves nothing half-applied. Nests inside the caller's
     /// transaction when there is one.
     pub fn savepoint<T>(&self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        self.exec(&format!("SAVEPOINT {name}"))?;
+        if let Err(e) = self.exec(&format!("SAVEPOINT {name}")) {
+            // Inside a running write statement (INSERT ... SELECT FROM
+            // lsync_changes(...)) SQLite allows no savepoint. The work then
+            // runs inside that statement's own transaction, which an error
+            // from us aborts and rolls back as a whole.
+            if e.to_string().contains("statements in progress") {
+                return f();
+            }
+            return Err(e);
+        }
         match f() {
             Ok(v) => {
                 self.exec(&format!("RELEASE {name}"))?;
@@ -331,6 +340,56 @@ fn set_error(ctx: *mut sqlite3_context, msg: &str) {
     let len = c_int::try_from(msg.len()).unwrap_or(c_int::MAX);
     // SAFETY: SQLite copies the message (length given explicitly).
     unsafe { call!(result_error(ctx, msg.as_ptr().cast::<c_char>(), len)) };
+}
+
+/// Prepared statements kept for the length of one operation (a flush, an
+/// export, an apply), so per-row work does not re-prepare SQL. Dropped, and
+/// so finalized, before the SQL function returns.
+pub struct Cache {
+    db: Db,
+    stmts: std::cell::RefCell<std::collections::HashMap<String, Option<Stmt>>>,
+}
+
+impl Cache {
+    pub fn new(db: Db) -> Cache {
+        Cache {
+            db,
+            stmts: Default::default(),
+        }
+    }
+
+    pub fn db(&self) -> Db {
+        self.db
+    }
+
+    /// Binds `params` to the cached statement for `sql` and hands it to `f`
+    /// for stepping; the statement is reset afterwards.
+    pub fn with<T>(&self, sql: &str, params: &[Value], f: impl FnOnce(&mut Stmt) -> Result<T>) -> Result<T> {
+        let cached = self.stmts.borrow_mut().get_mut(sql).and_then(Option::take);
+        let mut stmt = match cached {
+            Some(s) => s,
+            None => self.db.prepare(sql)?,
+        };
+        let out = stmt.bind_all(params).and_then(|()| f(&mut stmt));
+        stmt.reset();
+        let mut map = self.stmts.borrow_mut();
+        match map.get_mut(sql) {
+            Some(slot) if slot.is_none() => *slot = Some(stmt),
+            Some(_) => {}
+            None => {
+                map.insert(sql.to_owned(), Some(stmt));
+            }
+        }
+        out
+    }
+
+    /// Runs a statement to completion.
+    pub fn run(&self, sql: &str, params: &[Value]) -> Result<()> {
+        self.with(sql, params, |s| {
+            while s.step()? {}
+            Ok(())
+        })
+    }
 }
 
 /// A prepared statement, finalized on drop.

@@ -330,10 +330,11 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
 }
 
 /// `lsync_untrack(table)`: removes the triggers and the table's metadata.
+/// Untracking a table that is not tracked is an error.
 pub fn untrack(db: Db, table: &str) -> Result<bool> {
     schema::ensure(db)?;
     let Some(t) = load(db, table)? else {
-        return Ok(false);
+        bail!("lsync_untrack: '{table}' is not tracked");
     };
     db.savepoint("lsync_untrack", || {
         db.exec(&drop_triggers_sql(table))?;

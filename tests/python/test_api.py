@@ -12,7 +12,10 @@ from util import REPO, connect
 
 EXPECTED_FUNCTIONS = sorted(
     [
+        "lsync_apply",
         "lsync_capturing",
+        "lsync_changeset",
+        "lsync_changeset_info",
         "lsync_debug",
         "lsync_debug_set_device_id",
         "lsync_deny_owned",
