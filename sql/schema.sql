@@ -40,13 +40,14 @@ CREATE TABLE IF NOT EXISTS lsync_dirty(
   PRIMARY KEY (tbl, rid)
 ) WITHOUT ROWID;
 
--- Rows deleted since the last fold, keyed by their global id.
+-- Rows deleted since the last fold. Keyed by global id and rowid together:
+-- a uuid deleted, re-inserted and deleted again leaves both rowids to fold.
 CREATE TABLE IF NOT EXISTS lsync_deleted(
   tbl  INTEGER NOT NULL,
   uuid ANY NOT NULL,
   rid  INTEGER NOT NULL,
   hlc  INTEGER NOT NULL,
-  PRIMARY KEY (tbl, uuid)
+  PRIMARY KEY (tbl, uuid, rid)
 ) WITHOUT ROWID;
 
 -- The change clock: what a peer at cursor `since` is missing is every entry
@@ -86,3 +87,15 @@ CREATE INDEX IF NOT EXISTS lsync_deferred_target ON lsync_deferred(target, targe
 CREATE VIEW IF NOT EXISTS lsync_pending AS
   SELECT t.name AS tbl, d.uuid AS pk, d.col AS col, d.target AS target, d.target_uuid AS target_uuid
   FROM lsync_deferred d JOIN lsync_tables t ON t.id = d.tbl;
+
+-- Replication peers, as the replicator knows them. Watermarks advance in the
+-- same transaction as the apply, so a crash never loses or repeats a change.
+CREATE TABLE IF NOT EXISTS lsync_peers(
+  device_id    TEXT PRIMARY KEY,
+  addr         TEXT,
+  recv_cursor  INTEGER NOT NULL DEFAULT 0,  -- the peer's cursor: applied here up to it
+  acked_cursor INTEGER NOT NULL DEFAULT 0,  -- our cursor: the peer holds our changes up to it
+  failures     INTEGER NOT NULL DEFAULT 0,  -- consecutive failed catch-ups from the peer
+  last_contact INTEGER,                     -- unix ms
+  last_error   TEXT
+);

@@ -72,7 +72,7 @@ pub fn register(db: Db) -> Result<()> {
         flush::flush(db).map(Value::from)
     })?;
 
-    for n in [1, 2] {
+    for n in [1, 2, 3] {
         db.create_function("lsync_changeset", n, DIRECTONLY, |db, args| {
             let since = int_arg("lsync_changeset", "since", &args[0])?;
             let max = match args.get(1) {
@@ -82,9 +82,16 @@ pub fn register(db: Db) -> Result<()> {
                     m => bail!("lsync_changeset: max_changes must be positive, got {m}"),
                 },
             };
-            export::changeset(db, since, max).map(Value::from)
+            let except = match args.get(2) {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(uuid_arg("lsync_changeset", v)?),
+            };
+            export::changeset(db, since, max, except.as_deref()).map(Value::from)
         })?;
     }
+    db.create_function("lsync_prune", 0, DIRECTONLY, |db, _| {
+        flush::prune_tombstones(db).map(Value::from)
+    })?;
     db.create_function("lsync_changeset_info", 1, INNOCUOUS, |db, args| {
         let blob = blob_arg("lsync_changeset_info", &args[0])?;
         export::info(db, &blob).map(Value::from)
@@ -130,7 +137,18 @@ fn text_arg(func: &str, what: &str, v: &Value) -> Result<String> {
     match v {
         Value::Text(s) => Ok(s.clone()),
         Value::Null => bail!("{func}: {what} must not be NULL"),
-        other => bail!("{func}: {what} must be text, got {other:?}"),
+        other => bail!("{func}: {what} must be text, got {}", describe(other)),
+    }
+}
+
+/// A value as a person would name it in an error message.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Integer(i) => format!("the integer {i}"),
+        Value::Real(f) => format!("the real {f}"),
+        Value::Text(s) => format!("the text '{s}'"),
+        Value::Blob(b) => format!("a blob of {} bytes", b.len()),
     }
 }
 
@@ -138,7 +156,7 @@ fn blob_arg(func: &str, v: &Value) -> Result<Vec<u8>> {
     match v {
         Value::Blob(b) => Ok(b.clone()),
         Value::Null => bail!("{func}: the changeset must not be NULL"),
-        other => bail!("{func}: expected a changeset BLOB, got {other:?}"),
+        other => bail!("{func}: expected a changeset BLOB, got {}", describe(other)),
     }
 }
 
@@ -146,7 +164,7 @@ fn int_arg(func: &str, what: &str, v: &Value) -> Result<i64> {
     match v {
         Value::Integer(i) => Ok(*i),
         Value::Null => bail!("{func}: {what} must not be NULL"),
-        other => bail!("{func}: {what} must be an INTEGER, got {other:?}"),
+        other => bail!("{func}: {what} must be an INTEGER, got {}", describe(other)),
     }
 }
 
@@ -163,7 +181,10 @@ fn new_uuid(format: Option<&Value>) -> Result<Value> {
         None | Some(Value::Null) => Ok(u.hyphenated().to_string().into()),
         Some(Value::Text(f)) if f == "text" => Ok(u.hyphenated().to_string().into()),
         Some(Value::Text(f)) if f == "blob" => Ok(u.as_bytes().to_vec().into()),
-        Some(other) => bail!("lsync_uuid: format must be 'text' or 'blob', got {other:?}"),
+        Some(other) => bail!(
+            "lsync_uuid: format must be 'text' or 'blob', got {}",
+            describe(other)
+        ),
     }
 }
 

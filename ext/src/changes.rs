@@ -46,6 +46,16 @@ struct Entry {
 /// Up to `limit` changes with cursor greater than `since`, in cursor order.
 /// The caller flushes first if pending captures should be included.
 pub fn read(db: Db, since: i64, limit: usize) -> Result<Vec<Change>> {
+    read_except(db, since, limit, None)
+}
+
+/// Like `read`, leaving out changes made at device `except` (a peer never
+/// needs its own changes back).
+pub fn read_except(db: Db, since: i64, limit: usize, except: Option<&str>) -> Result<Vec<Change>> {
+    let except_idx = match except {
+        Some(id) => db.query_i64("SELECT idx FROM lsync_devices WHERE id = ?1", &[id.into()])?,
+        None => None,
+    };
     let tables: HashMap<i64, Table> = track::load_all(db)?
         .into_iter()
         .map(|t| (t.id, t))
@@ -73,6 +83,9 @@ pub fn read(db: Db, since: i64, limit: usize) -> Result<Vec<Change>> {
         let Some(t) = tables.get(&e.tbl) else {
             continue;
         };
+        if Some(e.origin) == except_idx {
+            continue;
+        }
         if !origins.contains_key(&e.origin) {
             origins.insert(e.origin, Arc::from(schema::device_uuid(db, e.origin)?));
         }
@@ -127,25 +140,34 @@ fn read_entry(
         cols = select.join(", "),
         t = q(&t.name),
     );
-    cache.with(&sql, &[first.into(), e.hi.into(), (room as i64).into()], |s| {
-        while s.step()? {
-            let rid = s.i64(0);
-            let skip = overridden.get(&rid);
-            let data = cols
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| skip.is_none_or(|set| !set.contains(&****c)))
-                .map(|(i, c)| ((*c).clone(), s.value(i + 2)))
-                .collect();
-            out.push(change(e.seq - (e.hi - rid), Some(rid), s.value(1), data));
-        }
-        Ok(())
-    })
+    cache.with(
+        &sql,
+        &[first.into(), e.hi.into(), (room as i64).into()],
+        |s| {
+            while s.step()? {
+                let rid = s.i64(0);
+                let skip = overridden.get(&rid);
+                let data = cols
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| skip.is_none_or(|set| !set.contains(&****c)))
+                    .map(|(i, c)| ((*c).clone(), s.value(i + 2)))
+                    .collect();
+                out.push(change(e.seq - (e.hi - rid), Some(rid), s.value(1), data));
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Columns of rows in `lo..=hi` that have their own newer column entries
 /// (shared tables); a row entry does not speak for them.
-fn column_entries(cache: &Cache, tbl: i64, lo: i64, hi: i64) -> Result<HashMap<i64, HashSet<String>>> {
+fn column_entries(
+    cache: &Cache,
+    tbl: i64,
+    lo: i64,
+    hi: i64,
+) -> Result<HashMap<i64, HashSet<String>>> {
     cache.with(
         "SELECT lo, col FROM lsync_clock WHERE tbl = ?1 AND col IS NOT NULL AND lo BETWEEN ?2 AND ?3",
         &[tbl.into(), lo.into(), hi.into()],

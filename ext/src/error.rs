@@ -12,6 +12,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// The message without the `lsync: ` prefix, for nesting in another one.
+    pub fn detail(&self) -> &str {
+        match self {
+            Error::Msg(m) => m.strip_prefix("lsync: ").unwrap_or(m),
+            Error::Sqlite(m) => m,
+        }
+    }
+
     pub fn msg(m: impl Into<String>) -> Error {
         let m = m.into();
         if m.starts_with("lsync") {

@@ -11,9 +11,9 @@ use crate::{changes, flush, schema, track};
 
 /// The changes after cursor `since` (at most `max`), in cursor order, which
 /// is an order that applies: each row's latest state, FKs as uuids.
-pub fn changeset(db: Db, since: i64, max: usize) -> Result<Vec<u8>> {
+pub fn changeset(db: Db, since: i64, max: usize, except: Option<&str>) -> Result<Vec<u8>> {
     flush::flush(db)?;
-    let changes = changes::read(db, since, max)?;
+    let changes = changes::read_except(db, since, max, except)?;
     let tables: Vec<TableDesc> = track::load_all(db)?
         .into_iter()
         .filter(|t| changes.iter().any(|c| c.tbl == t.name))

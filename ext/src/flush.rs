@@ -110,7 +110,12 @@ impl Clock {
             &[tbl.into(), rid.into()],
             |s| {
                 Ok(s.step()?.then(|| {
-                    (s.i64(0), s.i64(1), s.i64(2), [s.value(3), s.value(4), s.value(5)])
+                    (
+                        s.i64(0),
+                        s.i64(1),
+                        s.i64(2),
+                        [s.value(3), s.value(4), s.value(5)],
+                    )
                 }))
             },
         )?;
@@ -245,6 +250,18 @@ pub fn flush(db: Db) -> Result<i64> {
 }
 
 fn flush_table(db: Db, t: &Table, clock: &mut Clock) -> Result<i64> {
+    if db
+        .query_i64(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            &[(*t.name).into()],
+        )?
+        .is_none()
+    {
+        crate::bail!(
+            "lsync: the tracked table '{0}' no longer exists; run SELECT lsync_untrack('{0}') to stop tracking it",
+            t.name
+        );
+    }
     let max_rid = db
         .query_i64(&format!("SELECT max(rowid) FROM {}", q(&t.name)), &[])?
         .unwrap_or(0);
@@ -344,4 +361,22 @@ fn flush_table(db: Db, t: &Table, clock: &mut Clock) -> Result<i64> {
     db.run("DELETE FROM lsync_dirty WHERE tbl = ?1", &[t.id.into()])?;
     db.run("DELETE FROM lsync_deleted WHERE tbl = ?1", &[t.id.into()])?;
     Ok(pending + (max_rid - t.hwm).max(0))
+}
+
+/// Deletes the tombstones that every known peer (`lsync_peers`) has
+/// acknowledged; with no known peer nothing is pruned. Returns how many.
+pub fn prune_tombstones(db: Db) -> Result<i64> {
+    schema::ensure(db)?;
+    let Some(acked) = db.query_i64(
+        "SELECT min(acked_cursor) FROM lsync_peers HAVING count(*) > 0",
+        &[],
+    )?
+    else {
+        return Ok(0);
+    };
+    db.run(
+        "DELETE FROM lsync_clock WHERE uuid IS NOT NULL AND seq <= ?1",
+        &[acked.into()],
+    )?;
+    Ok(db.changes())
 }

@@ -364,7 +364,12 @@ impl Cache {
 
     /// Binds `params` to the cached statement for `sql` and hands it to `f`
     /// for stepping; the statement is reset afterwards.
-    pub fn with<T>(&self, sql: &str, params: &[Value], f: impl FnOnce(&mut Stmt) -> Result<T>) -> Result<T> {
+    pub fn with<T>(
+        &self,
+        sql: &str,
+        params: &[Value],
+        f: impl FnOnce(&mut Stmt) -> Result<T>,
+    ) -> Result<T> {
         let cached = self.stmts.borrow_mut().get_mut(sql).and_then(Option::take);
         let mut stmt = match cached {
             Some(s) => s,

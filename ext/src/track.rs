@@ -98,7 +98,7 @@ pub fn load_all(db: Db) -> Result<Vec<Table>> {
 
 pub fn load(db: Db, name: &str) -> Result<Option<Table>> {
     let mut s = db.prepare(&format!(
-        "SELECT {TABLE_COLS} FROM lsync_tables WHERE name = ?1"
+        "SELECT {TABLE_COLS} FROM lsync_tables WHERE name = ?1 COLLATE NOCASE"
     ))?;
     s.bind(1, &name.into())?;
     if s.step()? {
@@ -228,6 +228,14 @@ fn has_unique_index(db: Db, table: &str, col: &str) -> Result<bool> {
 
 /// `lsync_track(table, mode [, options])`. Returns a JSON summary.
 pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<String> {
+    // Table names are case-insensitive in SQLite: use the declared spelling.
+    let canonical = db
+        .query_text(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+            &[table.into()],
+        )?
+        .unwrap_or_else(|| table.to_owned());
+    let table = canonical.as_str();
     let opts: Options = match options {
         Some(o) => serde_json::from_str(o).map_err(|e| {
             Error::msg(format!(
@@ -300,7 +308,8 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
             ))
             .map_err(|e| {
                 Error::msg(format!(
-                    "lsync_track: cannot index '{table}.{uuid_col}' as unique ({e}); global ids must be unique"
+                    "lsync_track: cannot index '{table}.{uuid_col}' as unique ({}); global ids must be unique",
+                    e.detail()
                 ))
             })?;
         }
@@ -317,6 +326,16 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
                 cols_json.into(),
                 fks_json.into(),
             ],
+        )?;
+        // Rows already there are folded as local inserts at the next flush,
+        // including rowids <= 0 (the mark starts below the smallest one).
+        db.run(
+            &format!(
+                "UPDATE lsync_tables SET hwm = min(hwm, coalesce((SELECT min(rowid) FROM {}), 1) - 1)
+                 WHERE name = ?1 AND hwm = 0",
+                q(table)
+            ),
+            &[table.into()],
         )?;
         let t = load(db, table)?.ok_or_else(|| Error::msg("lsync_track: lost the table row"))?;
         db.exec(&drop_triggers_sql(table))?;
@@ -337,7 +356,7 @@ pub fn untrack(db: Db, table: &str) -> Result<bool> {
         bail!("lsync_untrack: '{table}' is not tracked");
     };
     db.savepoint("lsync_untrack", || {
-        db.exec(&drop_triggers_sql(table))?;
+        db.exec(&drop_triggers_sql(&t.name))?;
         for meta in ["lsync_clock", "lsync_dirty", "lsync_deleted"] {
             db.run(
                 &format!("DELETE FROM {meta} WHERE tbl = ?1"),
@@ -370,7 +389,7 @@ const HLC_VALUE: &str = "(SELECT value FROM lsync_config WHERE key = 'hlc')";
 /// A statement that fails with `owned by` when this device does not own the
 /// row (device-owned tables). The owner is the origin of the clock entry that
 /// covers the rowid; rows above the high-water mark are new local rows.
-fn owner_check(t: &Table, rowid: &str) -> String {
+fn owner_check(t: &Table, rowid: &str, when: &str) -> String {
     match t.mode {
         Mode::Shared => String::new(),
         Mode::DeviceOwned => format!(
@@ -378,7 +397,7 @@ fn owner_check(t: &Table, rowid: &str) -> String {
                (SELECT hi, origin FROM lsync_clock
                 WHERE tbl = {id} AND col IS NULL AND lo <= {rowid}
                 ORDER BY lo DESC LIMIT 1) AS c
-             WHERE c.hi >= {rowid}
+             WHERE {when} c.hi >= {rowid}
                AND c.origin IS NOT (SELECT value FROM lsync_config WHERE key = 'device_idx');",
             id = t.id
         ),
@@ -401,13 +420,35 @@ fn change_mask(t: &Table) -> String {
 fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
     let (id, tbl, u) = (t.id, q(&t.name), q(&t.uuid_col));
     let below_hwm = format!("NEW.rowid <= (SELECT hwm FROM lsync_tables WHERE id = {id})");
-    let owner_old = owner_check(t, "OLD.rowid");
+    let owner_old = owner_check(t, "OLD.rowid", "");
+    // An INSERT (OR REPLACE) below the mark must not land on a rowid that
+    // another device's row holds.
+    let owner_new_below = owner_check(
+        t,
+        "NEW.rowid",
+        &format!("lsync_capturing() AND {below_hwm} AND"),
+    );
     let mask = change_mask(t);
+    // A local write to an FK column replaces any link still waiting for its
+    // target; a deleted row takes its waiting links with it.
+    let forget_links: String = t
+        .fks
+        .keys()
+        .map(|c| {
+            format!(
+                "DELETE FROM lsync_deferred WHERE tbl = {id} AND rid = NEW.rowid AND col = {l} AND NEW.{c} IS NOT OLD.{c};",
+                id = t.id,
+                l = lit(c),
+                c = q(c)
+            )
+        })
+        .collect();
     let immutable = lit("lsync: the rowid and the uuid of a tracked row cannot change; delete and re-insert instead");
     format!(
         "CREATE TRIGGER {ins} AFTER INSERT ON {tbl}
          WHEN NEW.{u} IS NULL OR {below_hwm}
          BEGIN
+           {owner_new_below}
            UPDATE {tbl} SET {u} = {uuid_fill} WHERE rowid = NEW.rowid AND {u} IS NULL;
            {HLC_BUMP}
            INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
@@ -415,7 +456,8 @@ fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
              ON CONFLICT(tbl, rid) DO UPDATE SET op = 0, hlc = excluded.hlc;
          END;
          CREATE TRIGGER {upd} AFTER UPDATE ON {tbl}
-         WHEN OLD.{u} IS NOT NULL AND lsync_capturing() AND ({mask}) <> 0
+         WHEN OLD.{u} IS NOT NULL AND lsync_capturing()
+           AND (({mask}) <> 0 OR NEW.rowid IS NOT OLD.rowid OR NEW.{u} IS NOT OLD.{u})
          BEGIN
            SELECT RAISE(ABORT, {immutable}) WHERE NEW.rowid IS NOT OLD.rowid OR NEW.{u} IS NOT OLD.{u};
            {owner_old}
@@ -423,6 +465,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
            INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
              VALUES ({id}, NEW.rowid, 1, {HLC_VALUE}, {mask})
              ON CONFLICT(tbl, rid) DO UPDATE SET hlc = excluded.hlc, cols = cols | excluded.cols;
+           {forget_links}
          END;
          CREATE TRIGGER {del} AFTER DELETE ON {tbl}
          WHEN OLD.{u} IS NOT NULL AND lsync_capturing()
@@ -431,8 +474,9 @@ fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
            {HLC_BUMP}
            INSERT INTO lsync_deleted(tbl, uuid, rid, hlc)
              VALUES ({id}, OLD.{u}, OLD.rowid, {HLC_VALUE})
-             ON CONFLICT(tbl, uuid) DO UPDATE SET rid = excluded.rid, hlc = excluded.hlc;
+             ON CONFLICT(tbl, uuid, rid) DO UPDATE SET hlc = excluded.hlc;
            DELETE FROM lsync_dirty WHERE tbl = {id} AND rid = OLD.rowid;
+           DELETE FROM lsync_deferred WHERE tbl = {id} AND rid = OLD.rowid;
          END;",
         ins = trigger_name("ins", &t.name),
         upd = trigger_name("upd", &t.name),

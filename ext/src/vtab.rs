@@ -114,7 +114,12 @@ impl VTabCursor for ChangesCursor {
                     Value::Null => 0,
                     other => {
                         return Err(crate::error::Error::msg(format!(
-                            "lsync_changes: since must be an integer cursor, got {other:?}"
+                            "lsync_changes: since must be an integer cursor, got {}",
+                            match other {
+                                Value::Text(t) => format!("the text '{t}'"),
+                                Value::Real(r) => format!("the real {r}"),
+                                _ => "a blob".to_owned(),
+                            }
                         )))
                     }
                 },

@@ -14,9 +14,75 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the replicator sidecar until SIGINT or SIGTERM: keep the database
+    /// converged with its peers over authenticated, encrypted TCP.
+    Run(RunArgs),
+    /// Manage the library secret.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Show each peer's watermarks, lag, last contact and last error, plus the
+    /// deferred links and the tombstones waiting for ACKs.
+    Status(StatusArgs),
     /// Run benchmarks of the extension and the replicator.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// Options of `lsync run`. Every option can also be set in the TOML file
+/// given with --config (same names, `_` for `-`; `peer` is a list).
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The app's SQLite database file (tracked tables set up with lsync_track).
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Address to listen on for peers, e.g. 127.0.0.1:7400.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// A peer to keep a session with (repeatable), e.g. 127.0.0.1:7401.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Vec<String>,
+    /// File holding the library secret (from `lsync secret new`).
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// TOML file with any of these settings; flags win over it.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Join the first peer's library if this database is in another one and
+    /// has applied nothing yet (how a fresh device joins a library).
+    #[arg(long)]
+    pub join: bool,
+    /// Changes per changeset when catching up (default 1000).
+    #[arg(long, value_name = "N")]
+    pub batch: Option<u32>,
+    /// Heartbeat interval; a peer silent for 4 intervals is dropped (default 2000).
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// How often to check PRAGMA data_version for local commits (default 5).
+    #[arg(long, value_name = "MS")]
+    pub poll_ms: Option<u64>,
+    /// First retry delay after a failed session (default 200); doubles per failure.
+    #[arg(long, value_name = "MS")]
+    pub backoff_initial_ms: Option<u64>,
+    /// Cap on the retry delay (default 30000).
+    #[arg(long, value_name = "MS")]
+    pub backoff_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Print a new random library secret (64 hex characters).
+    New,
+}
+
+/// Options of `lsync status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The database file.
+    #[arg(long, value_name = "PATH")]
+    pub db: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +119,12 @@ pub struct CaptureArgs {
     /// defaults to on; the Debian shell and Python default to off.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub foreign_keys: OnOff,
+
+    /// Also call `lsync_flush()` between the insert and the update (untimed),
+    /// as if the inserts had been exported: the updates then hit rows that
+    /// are already in the change clock.
+    #[arg(long)]
+    pub flush_before_update: bool,
 
     /// Directory in which the temporary benchmark directory is created
     /// (default: the system temp directory).

@@ -10,12 +10,19 @@ extern crate lsync;
 
 mod bench;
 mod cli;
+mod config;
 mod db;
+mod node;
+mod peer;
+mod protocol;
+mod secret;
+mod status;
+mod store;
 
 use anyhow::Result;
 use clap::Parser;
 
-use cli::{BenchCommand, Cli, Command};
+use cli::{BenchCommand, Cli, Command, SecretCommand};
 
 fn main() {
     let cli = Cli::parse();
@@ -27,7 +34,32 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run(args) => {
+            init_logging();
+            let cfg = config::resolve(&args)?;
+            db::register(&db::Extension::Static)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(node::run(cfg))?;
+        }
+        Command::Secret(SecretCommand::New) => println!("{}", secret::new()?),
+        Command::Status(args) => {
+            db::register(&db::Extension::Static)?;
+            status::run(&args)?;
+        }
         Command::Bench(BenchCommand::Capture(args)) => bench::capture::run(&args)?,
     }
     Ok(())
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -11,30 +11,12 @@ use std::time::Instant;
 
 use rusqlite::Connection;
 
-use super::data::{self, Dataset, Entry, Update};
+use super::data::{self, Dataset};
+use super::ops;
 use super::report;
-use super::{BenchError, SqlContext, TempDir};
+use super::{BenchError, TempDir};
 use crate::cli::CaptureArgs;
 use crate::db::{self, DbOptions, Extension};
-
-const SCHEMA: &str = "
-CREATE TABLE locations(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, path TEXT);
-CREATE TABLE entries(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE,
-    parent_id INTEGER REFERENCES entries(id),
-    location_id INTEGER REFERENCES locations(id),
-    name TEXT, size INTEGER, kind INTEGER, mtime INTEGER);";
-const INSERT_LOCATION: &str = "INSERT INTO locations(uuid, path) VALUES (?, ?)";
-const INSERT_ENTRY: &str =
-    "INSERT INTO entries(uuid, parent_id, location_id, name, size, kind, mtime) \
-     VALUES (?,?,?,?,?,?,?)";
-const UPDATE_ENTRY: &str = "UPDATE entries SET size=?, mtime=? WHERE id=?";
-/// Pages of every object that lsync created: tables named `lsync*` and
-/// their indexes (including `sqlite_autoindex_lsync*`).
-const META_BREAKDOWN: &str = "
-SELECT name, sum(pgsize) FROM dbstat('main')
- WHERE name LIKE 'lsync%'
-    OR name IN (SELECT name FROM sqlite_schema WHERE tbl_name LIKE 'lsync%')
- GROUP BY name ORDER BY 2 DESC, 1";
 
 /// The three ways the `entries` and `locations` tables are set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +58,8 @@ pub(crate) struct Measure {
     pub update_s: f64,
     /// Time of `SELECT lsync_flush()` after the updates (tracked only).
     pub flush_s: Option<f64>,
+    /// Time of the flush between insert and update, with --flush-before-update.
+    pub insert_flush_s: Option<f64>,
     /// Bytes in pages of lsync's own tables and indexes, per object.
     pub meta: Vec<(String, i64)>,
     /// `(page_count - freelist_count) * page_size` of the whole database.
@@ -88,6 +72,7 @@ impl Measure {
             insert_s: f64::INFINITY,
             update_s: f64::INFINITY,
             flush_s: None,
+            insert_flush_s: None,
             meta: Vec::new(),
             used_bytes: 0,
         }
@@ -142,7 +127,21 @@ pub fn run(args: &CaptureArgs) -> Result<(), BenchError> {
     for round in 0..args.repeat {
         let mut order = Variant::ALL;
         order.rotate_left(round as usize % Variant::ALL.len());
-        run_round(dir.path(), round + 1, order, &data, &opts, &mut measures)?;
+        run_round(
+            &dir,
+            round + 1,
+            order,
+            &data,
+            &opts,
+            &mut measures,
+            args.flush_before_update,
+        )?;
+        if round + 1 < args.repeat {
+            // Free the disk between rounds (a no-op with --keep).
+            for v in Variant::ALL {
+                dir.remove_prefixed(&file_prefix(v, round + 1))?;
+            }
+        }
     }
 
     let outcome = Outcome {
@@ -162,8 +161,8 @@ pub fn run(args: &CaptureArgs) -> Result<(), BenchError> {
 /// Checks, before any work, that the extension provides what we call.
 fn preflight(opts: &DbOptions) -> Result<(), BenchError> {
     let conn = db::connect(Path::new(":memory:"), opts)?;
-    require_function(&conn, "lsync_track")?;
-    require_function(&conn, "lsync_flush")
+    ops::require_function(&conn, "lsync_track")?;
+    ops::require_function(&conn, "lsync_flush")
 }
 
 struct Run {
@@ -172,19 +171,25 @@ struct Run {
     conn: Connection,
 }
 
+/// Databases are named `<variant>-<round>.db` (plus `-wal` and `-shm`).
+fn file_prefix(variant: Variant, round: u32) -> String {
+    format!("{}-{round}.db", variant.name())
+}
+
 fn run_round(
-    dir: &Path,
+    dir: &TempDir,
     round: u32,
     order: [Variant; 3],
     data: &Dataset,
     opts: &DbOptions,
     measures: &mut [Measure; 3],
+    flush_before_update: bool,
 ) -> Result<(), BenchError> {
     let mut runs = Vec::with_capacity(order.len());
     for variant in order {
-        let path = dir.join(format!("{}-{round}.db", variant.name()));
+        let path = dir.path().join(file_prefix(variant, round));
         let conn = db::open(&path, opts)?;
-        setup(&conn, variant, data, &path)?;
+        ops::setup(&conn, variant.mode(), &data.locations, &path)?;
         runs.push(Run {
             variant,
             path,
@@ -192,8 +197,9 @@ fn run_round(
         });
     }
     for run in &mut runs {
-        let secs = insert_entries(&mut run.conn, &data.entries, &run.path)?;
-        check_count(&run.conn, data.entries.len(), &run.path)?;
+        dir.settle()?;
+        let secs = ops::insert_entries(&mut run.conn, &data.entries, &run.path)?;
+        ops::check_count(&run.conn, data.entries.len(), &run.path)?;
         eprintln!(
             "round {round}: {:<12} insert {:>9.4}s",
             run.variant.name(),
@@ -202,8 +208,17 @@ fn run_round(
         let m = &mut measures[run.variant.index()];
         m.insert_s = m.insert_s.min(secs);
     }
+    if flush_before_update {
+        for run in &runs {
+            if let Some(secs) = flush(run, round, "flush before update")? {
+                let m = &mut measures[run.variant.index()];
+                m.insert_flush_s = Some(m.insert_flush_s.map_or(secs, |b| b.min(secs)));
+            }
+        }
+    }
     for run in &mut runs {
-        let secs = update_entries(&mut run.conn, &data.updates, &run.path)?;
+        dir.settle()?;
+        let secs = ops::update_entries(&mut run.conn, &data.updates, &run.path)?;
         eprintln!(
             "round {round}: {:<12} update {:>9.4}s",
             run.variant.name(),
@@ -218,178 +233,25 @@ fn run_round(
     Ok(())
 }
 
-/// Creates the schema, tracks the tables (unless plain), inserts the
-/// locations and checkpoints, so that every timed run starts from an empty
-/// WAL.
-fn setup(
-    conn: &Connection,
-    variant: Variant,
-    data: &Dataset,
-    path: &Path,
-) -> Result<(), BenchError> {
-    let at = || path.display().to_string();
-    conn.execute_batch(SCHEMA)
-        .sql(|| format!("creating the schema in {}", at()))?;
-    if let Some(mode) = variant.mode() {
-        require_function(conn, "lsync_track")?;
-        conn.query_row(
-            "SELECT lsync_track('locations', ?1), lsync_track('entries', ?1)",
-            [mode],
-            |_| Ok(()),
-        )
-        .sql(|| format!("lsync_track(..., '{mode}') in {}", at()))?;
+/// Runs `lsync_flush()` on a tracked database and logs it.
+fn flush(run: &Run, round: u32, label: &str) -> Result<Option<f64>, BenchError> {
+    if run.variant.mode().is_none() {
+        return Ok(None);
     }
-    let tx = conn
-        .unchecked_transaction()
-        .sql(|| format!("beginning a transaction in {}", at()))?;
-    {
-        let mut stmt = tx
-            .prepare(INSERT_LOCATION)
-            .sql(|| format!("preparing the locations insert in {}", at()))?;
-        for loc in &data.locations {
-            stmt.execute((&loc.uuid, &loc.path))
-                .sql(|| format!("inserting a location in {}", at()))?;
-        }
-    }
-    tx.commit()
-        .sql(|| format!("committing the locations in {}", at()))?;
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        .sql(|| format!("checkpointing {}", at()))
-}
-
-/// Fails clearly when the extension did not register `name`.
-fn require_function(conn: &Connection, name: &str) -> Result<(), BenchError> {
-    let found: bool = conn
-        .query_row(
-            "SELECT EXISTS(SELECT 1 FROM pragma_function_list WHERE name = ?1)",
-            [name],
-            |r| r.get(0),
-        )
-        .sql(|| "listing SQL functions".to_owned())?;
-    if found {
-        Ok(())
-    } else {
-        Err(BenchError::Check(format!(
-            "the lsync extension is not loaded: SQL function {name}() does not exist"
-        )))
-    }
-}
-
-/// Inserts all entries in one transaction; returns insert+commit seconds.
-fn insert_entries(
-    conn: &mut Connection,
-    entries: &[Entry],
-    path: &Path,
-) -> Result<f64, BenchError> {
-    let at = || path.display().to_string();
-    let started = Instant::now();
-    let tx = conn
-        .transaction()
-        .sql(|| format!("beginning the insert in {}", at()))?;
-    {
-        let mut stmt = tx
-            .prepare(INSERT_ENTRY)
-            .sql(|| format!("preparing the insert in {}", at()))?;
-        for e in entries {
-            stmt.execute((
-                &e.uuid,
-                e.parent_id,
-                e.location_id,
-                &e.name,
-                e.size,
-                e.kind,
-                e.mtime,
-            ))
-            .sql(|| format!("inserting entry {} in {}", e.uuid, at()))?;
-        }
-    }
-    tx.commit()
-        .sql(|| format!("committing the insert in {}", at()))?;
-    Ok(started.elapsed().as_secs_f64())
-}
-
-/// Checks (untimed) that the insert produced ids 1..=rows.
-fn check_count(conn: &Connection, rows: usize, path: &Path) -> Result<(), BenchError> {
-    let (count, max_id): (i64, i64) = conn
-        .query_row(
-            "SELECT count(*), coalesce(max(id), 0) FROM entries",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .sql(|| format!("counting entries in {}", path.display()))?;
-    if usize::try_from(count).ok() != Some(rows) || count != max_id {
-        return Err(BenchError::Check(format!(
-            "{}: expected ids 1..={rows} in entries, found {count} rows with max id {max_id}",
-            path.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Applies all updates in one transaction; returns update+commit seconds.
-fn update_entries(
-    conn: &mut Connection,
-    updates: &[Update],
-    path: &Path,
-) -> Result<f64, BenchError> {
-    let at = || path.display().to_string();
-    let started = Instant::now();
-    let tx = conn
-        .transaction()
-        .sql(|| format!("beginning the update in {}", at()))?;
-    let mut changed = 0usize;
-    {
-        let mut stmt = tx
-            .prepare(UPDATE_ENTRY)
-            .sql(|| format!("preparing the update in {}", at()))?;
-        for u in updates {
-            changed += stmt
-                .execute((u.size, u.mtime, u.id))
-                .sql(|| format!("updating entry {} in {}", u.id, at()))?;
-        }
-    }
-    tx.commit()
-        .sql(|| format!("committing the update in {}", at()))?;
-    let secs = started.elapsed().as_secs_f64();
-    if changed != updates.len() {
-        return Err(BenchError::Check(format!(
-            "{}: {} updates changed {changed} rows",
-            at(),
-            updates.len()
-        )));
-    }
-    Ok(secs)
+    let secs = ops::flush(&run.conn, &run.path)?;
+    eprintln!(
+        "round {round}: {:<12} {label} {secs:>9.4}s",
+        run.variant.name()
+    );
+    Ok(Some(secs))
 }
 
 /// Flushes pending captures (tracked variants) and records the sizes.
 fn measure_sizes(run: &Run, round: u32, m: &mut Measure) -> Result<(), BenchError> {
-    let at = || run.path.display().to_string();
-    if run.variant.mode().is_some() {
-        require_function(&run.conn, "lsync_flush")?;
-        let started = Instant::now();
-        run.conn
-            .query_row("SELECT lsync_flush()", [], |_| Ok(()))
-            .sql(|| format!("lsync_flush() in {}", at()))?;
-        let secs = started.elapsed().as_secs_f64();
-        eprintln!(
-            "round {round}: {:<12} flush  {secs:>9.4}s",
-            run.variant.name()
-        );
+    if let Some(secs) = flush(run, round, "flush ")? {
         m.flush_s = Some(m.flush_s.map_or(secs, |best| best.min(secs)));
-        let mut stmt = run
-            .conn
-            .prepare(META_BREAKDOWN)
-            .sql(|| format!("preparing the dbstat query on {}", at()))?;
-        m.meta = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .sql(|| format!("measuring lsync metadata with dbstat in {}", at()))?;
+        m.meta = ops::meta_breakdown(&run.conn, &run.path)?;
     }
-    let pragma = |name: &'static str| -> Result<i64, BenchError> {
-        run.conn
-            .pragma_query_value(None, name, |r| r.get(0))
-            .sql(|| format!("PRAGMA {name} on {}", at()))
-    };
-    m.used_bytes = (pragma("page_count")? - pragma("freelist_count")?) * pragma("page_size")?;
+    m.used_bytes = ops::used_bytes(&run.conn, &run.path)?;
     Ok(())
 }

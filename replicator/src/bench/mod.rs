@@ -2,6 +2,7 @@
 
 pub mod capture;
 mod data;
+mod ops;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,12 @@ pub enum BenchError {
     },
     #[error("creating the benchmark directory {}", .0.display())]
     TempDir(PathBuf, #[source] std::io::Error),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("encoding the JSON report")]
     Json(#[from] serde_json::Error),
     #[error("{0}")]
@@ -60,6 +67,57 @@ impl TempDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Writes every file in the directory back to disk, so that a timed run
+    /// does not pay for the write-back of the runs before it.
+    pub fn settle(&self) -> Result<(), BenchError> {
+        for path in self.files()? {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| BenchError::Io {
+                    what: format!("syncing {}", path.display()),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the files whose names start with `prefix` (unless `keep`).
+    pub fn remove_prefixed(&self, prefix: &str) -> Result<(), BenchError> {
+        if self.keep {
+            return Ok(());
+        }
+        for path in self.files()? {
+            let matches = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix));
+            if matches {
+                std::fs::remove_file(&path).map_err(|source| BenchError::Io {
+                    what: format!("removing {}", path.display()),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn files(&self) -> Result<Vec<PathBuf>, BenchError> {
+        let list = || -> std::io::Result<Vec<PathBuf>> {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&self.path)? {
+                let entry = entry?;
+                if entry.file_type()?.is_file() {
+                    out.push(entry.path());
+                }
+            }
+            Ok(out)
+        };
+        list().map_err(|source| BenchError::Io {
+            what: format!("listing {}", self.path.display()),
+            source,
+        })
     }
 }
 

@@ -38,9 +38,14 @@ pub(crate) fn print_breakdown(o: &Outcome<'_>) {
 pub(crate) fn print_table(o: &Outcome<'_>) {
     let a = o.args;
     println!(
-        "lsync bench capture: {} rows, {} updates, uuid {}, best of {}, foreign_keys {}, SQLite {}",
+        "lsync bench capture: {} rows, {} updates{}, uuid {}, best of {}, foreign_keys {}, SQLite {}",
         a.rows,
         o.updates,
+        if a.flush_before_update {
+            " (after a flush)"
+        } else {
+            ""
+        },
         a.uuid.as_str(),
         a.repeat,
         if a.foreign_keys.is_on() { "on" } else { "off" },
@@ -91,6 +96,9 @@ struct Json {
     update_shared_s: f64,
     update_device_owned_ratio: f64,
     update_shared_ratio: f64,
+    flush_before_update: bool,
+    flush_after_insert_device_owned_s: Option<f64>,
+    flush_after_insert_shared_s: Option<f64>,
     flush_device_owned_s: Option<f64>,
     flush_shared_s: Option<f64>,
     meta_bytes_per_row_device_owned: f64,
@@ -127,6 +135,9 @@ pub(crate) fn json(o: &Outcome<'_>) -> Result<String, serde_json::Error> {
         update_shared_s: secs(s.update_s),
         update_device_owned_ratio: ratio(d.update_s, p.update_s),
         update_shared_ratio: ratio(s.update_s, p.update_s),
+        flush_before_update: a.flush_before_update,
+        flush_after_insert_device_owned_s: d.insert_flush_s.map(secs),
+        flush_after_insert_shared_s: s.insert_flush_s.map(secs),
         flush_device_owned_s: d.flush_s.map(secs),
         flush_shared_s: s.flush_s.map(secs),
         meta_bytes_per_row_device_owned: bytes(d.meta_bytes()),

@@ -1,0 +1,95 @@
+//! `lsync run` settings: flags, or the same keys in a TOML file. A flag
+//! given on the command line wins over the file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::cli::RunArgs;
+use crate::node::Backoff;
+
+/// The resolved settings.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub db: PathBuf,
+    pub listen: String,
+    pub peers: Vec<String>,
+    pub secret_file: PathBuf,
+    pub join: bool,
+    pub batch: u32,
+    pub heartbeat_ms: u64,
+    pub poll_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl RunConfig {
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: Duration::from_millis(self.backoff_initial_ms),
+            max: Duration::from_millis(self.backoff_max_ms),
+        }
+    }
+}
+
+/// The TOML file: the same names as the flags, with `_` for `-`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    db: Option<PathBuf>,
+    listen: Option<String>,
+    #[serde(default)]
+    peer: Vec<String>,
+    secret_file: Option<PathBuf>,
+    join: Option<bool>,
+    batch: Option<u32>,
+    heartbeat_ms: Option<u64>,
+    poll_ms: Option<u64>,
+    backoff_initial_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+}
+
+fn load(path: &Path) -> Result<File> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("in the config file {}", path.display()))
+}
+
+pub fn resolve(a: &RunArgs) -> Result<RunConfig> {
+    let f = match &a.config {
+        Some(p) => load(p)?,
+        None => File::default(),
+    };
+    let need = |v: Option<PathBuf>, flag: &str| {
+        v.with_context(|| format!("--{flag} is required (on the command line or in --config)"))
+    };
+    let cfg = RunConfig {
+        db: need(a.db.clone().or(f.db), "db")?,
+        listen: a
+            .listen
+            .clone()
+            .or(f.listen)
+            .context("--listen is required (on the command line or in --config)")?,
+        peers: if a.peer.is_empty() {
+            f.peer
+        } else {
+            a.peer.clone()
+        },
+        secret_file: need(a.secret_file.clone().or(f.secret_file), "secret-file")?,
+        join: a.join || f.join.unwrap_or(false),
+        batch: a.batch.or(f.batch).unwrap_or(1000),
+        heartbeat_ms: a.heartbeat_ms.or(f.heartbeat_ms).unwrap_or(2000),
+        poll_ms: a.poll_ms.or(f.poll_ms).unwrap_or(5),
+        backoff_initial_ms: a.backoff_initial_ms.or(f.backoff_initial_ms).unwrap_or(200),
+        backoff_max_ms: a.backoff_max_ms.or(f.backoff_max_ms).unwrap_or(30_000),
+    };
+    if cfg.batch == 0 || cfg.heartbeat_ms == 0 || cfg.poll_ms == 0 {
+        bail!("batch, heartbeat-ms and poll-ms must be positive");
+    }
+    if cfg.backoff_initial_ms == 0 || cfg.backoff_max_ms < cfg.backoff_initial_ms {
+        bail!("backoff-initial-ms must be positive and at most backoff-max-ms");
+    }
+    Ok(cfg)
+}

@@ -1,0 +1,422 @@
+//! One session with one peer: handshake, then pull the peer's changes from
+//! our persisted watermark while serving its pulls and pushing our new
+//! commits. Both sides run this same state machine.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::node::Node;
+use crate::protocol::{self, Msg, ProtoError, PROTOCOL_VERSION};
+use crate::store::{self, Applied, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("the peer reported: {0}")]
+    Remote(String),
+    #[error("no message from the peer for {0:?}")]
+    Silent(Duration),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+type R<T> = Result<T, SessionError>;
+
+/// Runs blocking database work off the async threads.
+async fn blocking<T: Send + 'static>(
+    conn: &Arc<Mutex<Connection>>,
+    f: impl FnOnce(&mut Connection) -> store::R<T> + Send + 'static,
+) -> R<T> {
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut c = conn
+            .lock()
+            .map_err(|_| SessionError::Internal("database lock poisoned".into()))?;
+        f(&mut c).map_err(SessionError::from)
+    })
+    .await
+    .map_err(|e| SessionError::Internal(e.to_string()))?
+}
+
+/// Session state after the handshake.
+struct Session<W> {
+    node: Arc<Node>,
+    conn: Arc<Mutex<Connection>>,
+    tx: protocol::Sender<W>,
+    peer: String,
+    /// The peer's cursor we have applied up to (persisted in lsync_peers).
+    recv_cursor: i64,
+    /// Our cursor we have sent the peer up to.
+    sent_cursor: i64,
+    /// The peer is caught up with us: push new commits as they happen.
+    subscribed: bool,
+    caught_up: bool,
+    applied_total: i64,
+    started: Instant,
+}
+
+/// Runs a whole session over an established connection. Returns when the
+/// peer disconnects, on error, or on shutdown.
+pub async fn run<S>(node: Arc<Node>, io: S, initiator: bool, addr: String) -> R<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut tx, mut rx) = protocol::handshake(io, &node.secret, initiator).await?;
+    let conn = Arc::new(Mutex::new(store::open(&node.db_path)?));
+    let me = blocking(&conn, |c| {
+        let id = store::identity(c)?;
+        let head = store::head(c)?;
+        Ok((id, head))
+    })
+    .await?;
+    let (id, head) = me;
+    tx.send(
+        &Msg::Hello {
+            protocol: PROTOCOL_VERSION,
+            library_id: id.library_id.clone(),
+            device_id: id.device_id.clone(),
+            schema: id.schema.clone(),
+            head,
+        },
+        &[],
+    )
+    .await?;
+    let (hello, _) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .map_err(|_| SessionError::Silent(Duration::from_secs(10)))??;
+    let Msg::Hello {
+        protocol,
+        library_id,
+        device_id,
+        schema,
+        head: _,
+    } = hello
+    else {
+        return Err(SessionError::Refused(format!(
+            "expected hello, got {hello:?}"
+        )));
+    };
+    let mismatch = if protocol != PROTOCOL_VERSION {
+        Some(format!(
+            "protocol version {protocol}, this side speaks {PROTOCOL_VERSION}"
+        ))
+    } else if device_id == id.device_id {
+        Some(format!(
+            "the peer has this database's own device id {device_id}"
+        ))
+    } else if schema != id.schema {
+        Some(format!(
+            "schema mismatch: the peer tracks {schema}, this side tracks {}",
+            id.schema
+        ))
+    } else {
+        None
+    };
+    let mismatch = match (mismatch, library_id == id.library_id) {
+        (Some(m), _) => Some(m),
+        (None, true) => None,
+        (None, false) if node.join => {
+            let lib = library_id.clone();
+            match blocking(&conn, move |c| store::join_library(c, &lib)).await {
+                Ok(()) => {
+                    info!(library = %library_id, "joined the peer's library");
+                    None
+                }
+                Err(e) => Some(format!("cannot join library {library_id}: {e}")),
+            }
+        }
+        (None, false) => Some(format!(
+            "library mismatch: the peer is in library {library_id}, this side in {} \
+             (start a fresh database with --join to join the peer's library)",
+            id.library_id
+        )),
+    };
+    if let Some(m) = mismatch {
+        let _ = tx.send(&Msg::Error { message: m.clone() }, &[]).await;
+        return Err(SessionError::Refused(m));
+    }
+
+    let span = tracing::info_span!("peer", device = %short(&device_id), addr = %addr);
+    let _enter = span.enter();
+    let (peer, a) = (device_id.clone(), addr.clone());
+    let escalate = node.escalate_after;
+    let (recv_cursor, escalated) =
+        blocking(&conn, move |c| store::peer_hello(c, &peer, &a, escalate)).await?;
+    if escalated {
+        warn!(
+            "{escalate} consecutive failed catch-ups: escalating to a full resync from this peer"
+        );
+    }
+    info!(recv_cursor, "session established");
+
+    // Frames are read by their own task into a small bounded queue: when we
+    // are busy applying, the queue fills, TCP pushes back, the peer waits.
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<(Msg, Vec<u8>), ProtoError>>(4);
+    let reader = tokio::spawn(async move {
+        loop {
+            let m = rx.recv().await;
+            let end = m.is_err();
+            if in_tx.send(m).await.is_err() || end {
+                break;
+            }
+        }
+    });
+
+    let mut s = Session {
+        node: node.clone(),
+        conn,
+        tx,
+        peer: device_id,
+        recv_cursor,
+        sent_cursor: 0,
+        subscribed: false,
+        caught_up: false,
+        applied_total: 0,
+        started: Instant::now(),
+    };
+    let result = s.serve(&mut in_rx).await;
+    reader.abort();
+    if let Err(e) = &result {
+        if !matches!(e, SessionError::Proto(ProtoError::Closed)) {
+            let _ =
+                s.tx.send(
+                    &Msg::Error {
+                        message: e.to_string(),
+                    },
+                    &[],
+                )
+                .await;
+        }
+        let (peer, msg, failed) = (s.peer.clone(), e.to_string(), !s.caught_up);
+        let _ = blocking(&s.conn, move |c| {
+            store::record_error(c, &peer, &msg, failed)
+        })
+        .await;
+    }
+    result
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+impl<W: AsyncWrite + Unpin> Session<W> {
+    async fn serve(
+        &mut self,
+        inbox: &mut mpsc::Receiver<Result<(Msg, Vec<u8>), ProtoError>>,
+    ) -> R<()> {
+        let mut changed: watch::Receiver<u64> = self.node.changed.subscribe();
+        let mut shutdown = self.node.shutdown.clone();
+        let mut beat = tokio::time::interval(self.node.heartbeat);
+        let mut last_heard = Instant::now();
+        let batch = self.node.batch;
+        self.tx
+            .send(
+                &Msg::Pull {
+                    since: self.recv_cursor,
+                    max: batch,
+                },
+                &[],
+            )
+            .await?;
+        loop {
+            tokio::select! {
+                m = inbox.recv() => {
+                    let Some(m) = m else { return Err(ProtoError::Closed.into()) };
+                    let (msg, payload) = m?;
+                    last_heard = Instant::now();
+                    self.handle(msg, payload).await?;
+                }
+                r = changed.changed() => {
+                    if r.is_err() { return Ok(()); }
+                    if self.subscribed {
+                        self.push().await?;
+                    }
+                }
+                _ = beat.tick() => {
+                    let silent = last_heard.elapsed();
+                    if silent > self.node.heartbeat * 4 {
+                        return Err(SessionError::Silent(silent));
+                    }
+                    self.tx.send(&Msg::Heartbeat, &[]).await?;
+                }
+                _ = shutdown.changed() => {
+                    info!("shutting down the session");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: Msg, payload: Vec<u8>) -> R<()> {
+        match msg {
+            Msg::Pull { since, max } => {
+                self.sent_cursor = since;
+                let more = self.send_changes(max.clamp(1, 100_000)).await?;
+                self.subscribed = !more;
+            }
+            Msg::Changes {
+                from,
+                to,
+                count,
+                has_more,
+            } => {
+                if from > self.recv_cursor {
+                    debug!(
+                        from,
+                        have = self.recv_cursor,
+                        "gap in the change stream: pulling again"
+                    );
+                    let since = self.recv_cursor;
+                    self.tx
+                        .send(
+                            &Msg::Pull {
+                                since,
+                                max: self.node.batch,
+                            },
+                            &[],
+                        )
+                        .await?;
+                    return Ok(());
+                }
+                let report = self.apply(payload, to, !has_more).await?;
+                self.recv_cursor = self.recv_cursor.max(to);
+                self.tx.send(&Msg::Ack { cursor: to }, &[]).await?;
+                self.progress(count, &report);
+                if has_more {
+                    let since = self.recv_cursor;
+                    self.tx
+                        .send(
+                            &Msg::Pull {
+                                since,
+                                max: self.node.batch,
+                            },
+                            &[],
+                        )
+                        .await?;
+                } else if !self.caught_up {
+                    self.caught_up = true;
+                    info!(
+                        applied = self.applied_total,
+                        seconds = self.started.elapsed().as_secs_f64(),
+                        "caught up with the peer"
+                    );
+                }
+            }
+            Msg::Ack { cursor } => {
+                let peer = self.peer.clone();
+                let pruned = blocking(&self.conn, move |c| store::ack(c, &peer, cursor)).await?;
+                if pruned > 0 {
+                    debug!(pruned, "pruned tombstones every peer has acknowledged");
+                }
+            }
+            Msg::Notify { head } => {
+                if head > self.recv_cursor {
+                    let since = self.recv_cursor;
+                    self.tx
+                        .send(
+                            &Msg::Pull {
+                                since,
+                                max: self.node.batch,
+                            },
+                            &[],
+                        )
+                        .await?;
+                }
+            }
+            Msg::Heartbeat => {}
+            Msg::Error { message } => return Err(SessionError::Remote(message)),
+            Msg::Hello { .. } => {
+                return Err(SessionError::Refused("unexpected second hello".into()))
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends our changes after `sent_cursor`; returns whether more remain.
+    async fn send_changes(&mut self, max: u32) -> R<bool> {
+        let (since, peer) = (self.sent_cursor, self.peer.clone());
+        let e = blocking(&self.conn, move |c| store::export(c, since, max, &peer)).await?;
+        self.tx
+            .send(
+                &Msg::Changes {
+                    from: e.from,
+                    to: e.to,
+                    count: e.count,
+                    has_more: e.has_more,
+                },
+                &e.blob,
+            )
+            .await?;
+        self.sent_cursor = e.to;
+        Ok(e.has_more)
+    }
+
+    /// Pushes commits made since the last send, if any.
+    async fn push(&mut self) -> R<()> {
+        let (since, peer, batch) = (self.sent_cursor, self.peer.clone(), self.node.batch);
+        let e = blocking(&self.conn, move |c| store::export(c, since, batch, &peer)).await?;
+        if e.to == since {
+            return Ok(());
+        }
+        self.tx
+            .send(
+                &Msg::Changes {
+                    from: e.from,
+                    to: e.to,
+                    count: e.count,
+                    has_more: e.has_more,
+                },
+                &e.blob,
+            )
+            .await?;
+        self.sent_cursor = e.to;
+        // With more pending, the peer pulls the rest at its own pace.
+        self.subscribed = !e.has_more;
+        Ok(())
+    }
+
+    async fn apply(&mut self, blob: Vec<u8>, to: i64, caught_up: bool) -> R<Applied> {
+        let peer = self.peer.clone();
+        blocking(&self.conn, move |c| {
+            store::apply(c, &peer, &blob, to, caught_up)
+        })
+        .await
+    }
+
+    fn progress(&mut self, count: u64, report: &Applied) {
+        let before = self.applied_total / 10_000;
+        self.applied_total += count.max(report.changes as u64) as i64;
+        debug!(
+            changes = report.changes,
+            applied = report.applied,
+            resolved = report.resolved,
+            "applied a changeset"
+        );
+        if report.refused > 0 {
+            warn!(
+                refused = report.refused,
+                "changes to rows the sender does not own were refused"
+            );
+        }
+        if self.applied_total / 10_000 > before {
+            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+            info!(
+                changes = self.applied_total,
+                rate = format!("{:.0}/s", self.applied_total as f64 / secs),
+                deferred = report.deferred,
+                "catch-up progress"
+            );
+        }
+    }
+}

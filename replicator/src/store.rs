@@ -1,0 +1,267 @@
+//! The replicator's view of the database. Every call is blocking SQLite work
+//! (run it with `spawn_blocking`), and everything goes through the
+//! extension's SQL functions, except the peer bookkeeping in `lsync_peers`.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::db::{self, DbOptions, Extension};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error("{0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub type R<T> = Result<T, StoreError>;
+
+/// Who this database is, as told to peers in the handshake.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub library_id: String,
+    pub device_id: String,
+    pub schema: String,
+}
+
+/// One changeset ready to send.
+pub struct Export {
+    pub blob: Vec<u8>,
+    pub from: i64,
+    pub to: i64,
+    pub count: u64,
+    pub has_more: bool,
+}
+
+/// Opens the database the way the sidecar shares it with the app: WAL, a
+/// busy timeout, the extension loaded.
+pub fn open(path: &Path) -> R<Connection> {
+    let conn = db::open(
+        path,
+        &DbOptions {
+            extension: Extension::Static,
+            foreign_keys: true,
+        },
+    )?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    Ok(conn)
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub fn identity(c: &Connection) -> R<Identity> {
+    let (library_id, device_id): (String, String) =
+        c.query_row("SELECT lsync_library_id(), lsync_device_id()", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let schema: String = c.query_row(
+        "SELECT coalesce(json_group_array(json_array(name, mode, json(columns))), '[]')
+         FROM (SELECT name, mode, columns FROM lsync_tables ORDER BY name)",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(Identity {
+        library_id,
+        device_id,
+        schema,
+    })
+}
+
+/// Joins the peer's library, allowed while this database has applied
+/// nothing from other devices (the extension enforces it).
+pub fn join_library(c: &Connection, library_id: &str) -> R<()> {
+    c.query_row("SELECT lsync_library_id(?1)", [library_id], |r| {
+        r.get::<_, String>(0)
+    })?;
+    Ok(())
+}
+
+/// The newest change cursor of this database.
+pub fn head(c: &Connection) -> R<i64> {
+    c.query_row("SELECT lsync_flush()", [], |_| Ok(()))?;
+    Ok(c.query_row(
+        "SELECT coalesce((SELECT value FROM lsync_config WHERE key = 'next_seq'), 1) - 1",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap_or(0))
+}
+
+/// Our changes after `since` for the peer `peer`, leaving out its own.
+pub fn export(c: &Connection, since: i64, max: u32, peer: &str) -> R<Export> {
+    let blob: Vec<u8> = c.query_row(
+        "SELECT lsync_changeset(?1, ?2, ?3)",
+        params![since, i64::from(max.max(1)), peer],
+        |r| r.get(0),
+    )?;
+    let info: String = c.query_row("SELECT lsync_changeset_info(?1)", [&blob], |r| r.get(0))?;
+    let v: serde_json::Value = serde_json::from_str(&info)?;
+    let to = v["to"].as_i64().unwrap_or(since);
+    let count = v["count"].as_u64().unwrap_or(0);
+    Ok(Export {
+        blob,
+        from: since,
+        to,
+        count,
+        has_more: count >= u64::from(max.max(1)),
+    })
+}
+
+/// The peer's row, created on first contact. Returns its receive watermark,
+/// first applying a pending escalation to a full resync.
+pub fn peer_hello(c: &Connection, peer: &str, addr: &str, escalate_after: i64) -> R<(i64, bool)> {
+    c.execute(
+        "INSERT INTO lsync_peers(device_id, addr, last_contact) VALUES (?1, ?2, ?3)
+         ON CONFLICT(device_id) DO UPDATE SET addr = excluded.addr, last_contact = excluded.last_contact",
+        params![peer, addr, now_ms()],
+    )?;
+    let (cursor, failures): (i64, i64) = c.query_row(
+        "SELECT recv_cursor, failures FROM lsync_peers WHERE device_id = ?1",
+        [peer],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    if failures >= escalate_after {
+        c.execute(
+            "UPDATE lsync_peers SET recv_cursor = 0, failures = 0 WHERE device_id = ?1",
+            [peer],
+        )?;
+        return Ok((0, true));
+    }
+    Ok((cursor, false))
+}
+
+/// What `lsync_apply` reported.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Applied {
+    pub changes: i64,
+    pub applied: i64,
+    pub deferred: i64,
+    pub resolved: i64,
+    pub refused: i64,
+}
+
+/// Applies a peer's changeset and advances its watermark in the same
+/// transaction: a crash at any point either keeps both or neither.
+pub fn apply(c: &mut Connection, peer: &str, blob: &[u8], to: i64, caught_up: bool) -> R<Applied> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let report: String = tx.query_row("SELECT lsync_apply(?1)", [blob], |r| r.get(0))?;
+    tx.execute(
+        "UPDATE lsync_peers SET recv_cursor = max(recv_cursor, ?2), last_contact = ?3,
+           failures = CASE WHEN ?4 THEN 0 ELSE failures END
+         WHERE device_id = ?1",
+        params![peer, to, now_ms(), caught_up],
+    )?;
+    tx.commit()?;
+    Ok(serde_json::from_str(&report)?)
+}
+
+/// Records that the peer holds our changes up to `cursor`, then prunes the
+/// tombstones that every known peer holds.
+pub fn ack(c: &Connection, peer: &str, cursor: i64) -> R<i64> {
+    c.execute(
+        "UPDATE lsync_peers SET acked_cursor = max(acked_cursor, ?2), last_contact = ?3
+         WHERE device_id = ?1",
+        params![peer, cursor, now_ms()],
+    )?;
+    Ok(c.query_row("SELECT lsync_prune()", [], |r| r.get(0))?)
+}
+
+pub fn record_error(c: &Connection, peer: &str, error: &str, failed_catch_up: bool) -> R<()> {
+    c.execute(
+        "UPDATE lsync_peers SET last_error = ?2,
+           failures = failures + CASE WHEN ?3 THEN 1 ELSE 0 END
+         WHERE device_id = ?1",
+        params![peer, error, failed_catch_up],
+    )?;
+    Ok(())
+}
+
+/// `PRAGMA data_version`: changes whenever another connection commits.
+pub fn data_version(c: &Connection) -> R<i64> {
+    Ok(c.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
+
+/// The per-peer rows for `lsync status`.
+#[derive(Debug, serde::Serialize)]
+pub struct PeerStatus {
+    pub device_id: String,
+    pub addr: Option<String>,
+    pub recv_cursor: i64,
+    pub acked_cursor: i64,
+    pub lag: i64,
+    pub failures: i64,
+    pub last_contact_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    pub device_id: String,
+    pub library_id: String,
+    pub head: i64,
+    pub peers: Vec<PeerStatus>,
+    pub deferred_links: i64,
+    pub tombstones: i64,
+    pub tombstones_awaiting_ack: i64,
+}
+
+pub fn status(c: &Connection) -> R<Status> {
+    let id = identity(c)?;
+    let head: i64 = c
+        .query_row(
+            "SELECT coalesce((SELECT value FROM lsync_config WHERE key = 'next_seq'), 1) - 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let mut s = c.prepare(
+        "SELECT device_id, addr, recv_cursor, acked_cursor, failures, last_contact, last_error
+         FROM lsync_peers ORDER BY device_id",
+    )?;
+    let peers = s
+        .query_map([], |r| {
+            let acked: i64 = r.get(3)?;
+            Ok(PeerStatus {
+                device_id: r.get(0)?,
+                addr: r.get(1)?,
+                recv_cursor: r.get(2)?,
+                acked_cursor: acked,
+                lag: (head - acked).max(0),
+                failures: r.get(4)?,
+                last_contact_ms: r.get(5)?,
+                last_error: r.get(6)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let deferred_links = c.query_row("SELECT count(*) FROM lsync_deferred", [], |r| r.get(0))?;
+    let tombstones = c.query_row(
+        "SELECT count(*) FROM lsync_clock WHERE uuid IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    let tombstones_awaiting_ack = c.query_row(
+        "SELECT count(*) FROM lsync_clock WHERE uuid IS NOT NULL
+           AND seq > coalesce((SELECT min(acked_cursor) FROM lsync_peers), 0)",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(Status {
+        device_id: id.device_id,
+        library_id: id.library_id,
+        head,
+        peers,
+        deferred_links,
+        tombstones,
+        tombstones_awaiting_ack,
+    })
+}

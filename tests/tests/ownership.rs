@@ -1,0 +1,190 @@
+//! Device-owned rows: only the device that inserted a row may change it.
+
+use std::collections::BTreeSet;
+
+use lsync_tests::*;
+use rusqlite::Connection;
+
+/// A database whose `files` (device-owned) and `tags` (shared) rows were
+/// written by one device, then switched to a new device id. Returns the old
+/// and the new device ids.
+fn switched() -> (TempDir, Connection, String, String) {
+    testing_mode();
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    two_tables(&conn);
+    conn.execute_batch(
+        "INSERT INTO files(id, uuid, name, n) VALUES (1, 'f1', 'a', 1), (2, 'f2', 'b', 2);
+         INSERT INTO tags(id, uuid, name, n) VALUES (1, 't1', 'a', 1), (2, 't2', 'b', 2);",
+    )
+    .unwrap();
+    let old: String = scalar(&conn, "SELECT lsync_device_id()");
+    let new = uuid::Uuid::now_v7().to_string();
+    let set: String = conn
+        .query_row("SELECT lsync_debug_set_device_id(?1)", [&new], |r| r.get(0))
+        .unwrap();
+    assert_eq!(set, new);
+    assert_eq!(scalar::<String>(&conn, "SELECT lsync_device_id()"), new);
+    (dir, conn, old, new)
+}
+
+#[test]
+fn other_devices_rows_cannot_be_updated_or_deleted() {
+    let (_dir, conn, old, _new) = switched();
+    let before = dump(&conn, "SELECT * FROM files ORDER BY id");
+    let changes_before = changes(&conn, 0);
+    for sql in [
+        "UPDATE files SET n = 10 WHERE id = 1",
+        "UPDATE files SET name = 'x'",
+        "DELETE FROM files WHERE id = 2",
+        "DELETE FROM files",
+    ] {
+        let err = error_of(&conn, sql);
+        assert!(err.contains("owned by"), "{sql}: {err}");
+        assert!(err.contains(&old), "the message names the owner: {err}");
+    }
+    assert_eq!(dump(&conn, "SELECT * FROM files ORDER BY id"), before);
+    assert_eq!(changes(&conn, 0), changes_before);
+}
+
+#[test]
+fn shared_rows_can_be_changed_by_any_device() {
+    let (_dir, conn, old, new) = switched();
+    conn.execute_batch("UPDATE tags SET n = 10 WHERE id = 1; DELETE FROM tags WHERE id = 2;")
+        .unwrap();
+    assert_eq!(dump(&conn, "SELECT uuid, n FROM tags"), [["t1", "10"]]);
+    let mine: BTreeSet<(String, String)> = changes(&conn, 0)
+        .into_iter()
+        .filter(|c| c.tbl == "tags" && c.origin == new)
+        .map(|c| (c.pk_text(), c.op))
+        .collect();
+    assert_eq!(
+        mine,
+        BTreeSet::from([
+            ("t1".to_owned(), "update".to_owned()),
+            ("t2".to_owned(), "delete".to_owned()),
+        ])
+    );
+    // The insert of t1 still names the device that made it.
+    let t1_insert = changes(&conn, 0)
+        .into_iter()
+        .find(|c| c.pk_text() == "t1" && c.op == "insert")
+        .unwrap();
+    assert_eq!(t1_insert.origin, old);
+}
+
+#[test]
+fn rows_inserted_after_the_switch_belong_to_the_new_device() {
+    let (_dir, conn, _old, new) = switched();
+    conn.execute_batch(
+        "INSERT INTO files(uuid, name) VALUES ('mine', 'm');
+         UPDATE files SET n = 5 WHERE uuid = 'mine';",
+    )
+    .unwrap();
+    flush(&conn);
+    // Also once folded into the clock.
+    conn.execute_batch(
+        "UPDATE files SET n = 6 WHERE uuid = 'mine';
+         INSERT INTO files(id, uuid, name) VALUES (-1, 'low', 'below the mark');",
+    )
+    .unwrap();
+    flush(&conn);
+    conn.execute("UPDATE files SET n = 7 WHERE uuid = 'low'", [])
+        .unwrap();
+    let mine: Vec<(String, String)> = changes(&conn, 0)
+        .into_iter()
+        .filter(|c| c.tbl == "files" && c.origin == new)
+        .map(|c| (c.pk_text(), c.op))
+        .collect();
+    assert!(mine.contains(&("mine".into(), "update".into())), "{mine:?}");
+    assert!(mine.contains(&("low".into(), "update".into())), "{mine:?}");
+    conn.execute("DELETE FROM files WHERE uuid IN ('mine', 'low')", [])
+        .unwrap();
+    assert_eq!(count(&conn, "files"), 2);
+}
+
+#[test]
+fn ownership_survives_reopening() {
+    let (dir, conn, _old, _new) = switched();
+    drop(conn);
+    let conn = open(&dir.db());
+    let err = error_of(&conn, "UPDATE files SET n = 0");
+    assert!(err.contains("owned by"), "{err}");
+}
+
+#[test]
+fn set_device_id_needs_testing_mode_flag_and_a_uuid() {
+    testing_mode();
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    let err = error_of(&conn, "SELECT lsync_debug_set_device_id('nope')");
+    assert!(err.starts_with("lsync_debug_set_device_id:"), "{err}");
+}
+
+/// The update trigger only fires when a tracked column changes (its WHEN
+/// clause tests the column mask), and the uuid and the rowid are not tracked
+/// columns: a statement that changes only them skips the "cannot change"
+/// check, and peers never learn the new uuid goes with the old one.
+#[test]
+fn uuid_and_rowid_of_a_tracked_row_cannot_change() {
+    let (_dir, conn, _old, _new) = switched();
+    conn.execute(
+        "INSERT INTO files(id, uuid, name) VALUES (50, 'mine', 'm')",
+        [],
+    )
+    .unwrap();
+    for sql in [
+        "UPDATE files SET uuid = 'renamed' WHERE id = 50",
+        "UPDATE files SET id = 60 WHERE id = 50",
+        "UPDATE tags SET uuid = 'renamed' WHERE id = 1",
+    ] {
+        let outcome = conn.execute(sql, []);
+        let err = outcome.map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(
+            err.contains("cannot change"),
+            "{sql}: was allowed ({err:?})"
+        );
+    }
+}
+
+/// The same hole lets a device take over another device's row: moving the
+/// rowid above the high-water mark makes the row look like a new local
+/// insert, which is then reported with this device as its origin.
+#[test]
+fn rowid_move_cannot_take_over_another_devices_row() {
+    let (_dir, conn, old, new) = switched();
+    let outcome = conn.execute("UPDATE files SET id = 1000 WHERE id = 1", []);
+    let origin = changes(&conn, 0)
+        .into_iter()
+        .find(|c| c.pk_text() == "f1")
+        .map(|c| c.origin);
+    assert!(
+        outcome.is_err(),
+        "moving another device's row was allowed; f1's origin is now {origin:?} \
+         (owner {old}, this device {new})"
+    );
+    let ids = dump(&conn, "SELECT id FROM files ORDER BY id");
+    assert_eq!(ids, [["1"], ["2"]]);
+}
+
+/// `INSERT OR REPLACE` deletes the old row without firing the delete trigger
+/// (SQLite fires it only with `recursive_triggers=ON`), and the insert
+/// trigger has no ownership check, so another device's row is taken over.
+#[test]
+fn replace_cannot_take_over_another_devices_row() {
+    let (_dir, conn, old, new) = switched();
+    let outcome = conn.execute(
+        "INSERT OR REPLACE INTO files(id, uuid, name, n) VALUES (1, 'f1', 'hijacked', 99)",
+        [],
+    );
+    let name: String = scalar(&conn, "SELECT name FROM files WHERE uuid = 'f1'");
+    let origin = changes(&conn, 0)
+        .into_iter()
+        .find(|c| c.pk_text() == "f1")
+        .map(|c| c.origin);
+    assert!(
+        outcome.is_err() && name == "a",
+        "REPLACE changed another device's row: {outcome:?}, name now {name:?}, \
+         origin now {origin:?} (owner {old}, this device {new})"
+    );
+}

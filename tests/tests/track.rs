@@ -1,0 +1,212 @@
+//! `lsync_track` / `lsync_untrack`: re-tracking after a schema change,
+//! idempotence, mode changes and stopping capture.
+
+use std::collections::BTreeSet;
+
+use lsync_tests::*;
+
+#[test]
+fn track_returns_a_summary() {
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    track_library(&conn);
+    let summary: String = scalar(&conn, "SELECT lsync_track('entries', 'device_owned')");
+    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(v["table"], "entries");
+    assert_eq!(v["mode"], "device_owned");
+    assert_eq!(v["uuid_column"], "uuid");
+    assert_eq!(v["fks"]["parent_id"], "entries");
+    assert_eq!(v["fks"]["location_id"], "locations");
+    let cols: BTreeSet<String> = serde_json::from_value(v["columns"].clone()).unwrap();
+    assert!(
+        cols.contains("name") && !cols.contains("id") && !cols.contains("uuid"),
+        "{cols:?}"
+    );
+}
+
+#[test]
+fn retrack_after_add_column_captures_the_new_column() {
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    two_tables(&conn);
+    conn.execute_batch(
+        "INSERT INTO files(uuid, name) VALUES ('f', 'a');
+         INSERT INTO tags(uuid, name) VALUES ('t', 'a');",
+    )
+    .unwrap();
+    // A pending edit made under the old column list.
+    flush(&conn);
+    conn.execute_batch("UPDATE tags SET n = 3;").unwrap();
+    conn.execute_batch(
+        "ALTER TABLE files ADD COLUMN color TEXT;
+         ALTER TABLE tags ADD COLUMN color TEXT;
+         SELECT lsync_track('files', 'device_owned');
+         SELECT lsync_track('tags', 'shared');",
+    )
+    .unwrap();
+    let since = cursor(&conn);
+    conn.execute_batch("UPDATE files SET color = 'red'; UPDATE tags SET color = 'blue';")
+        .unwrap();
+    let got = changes(&conn, since);
+    let by_tbl = |t: &str| got.iter().find(|c| c.tbl == t).unwrap().data.clone();
+    assert_eq!(
+        by_tbl("files"),
+        serde_json::json!({"name": "a", "n": null, "color": "red"})
+    );
+    assert_eq!(by_tbl("tags"), serde_json::json!({"color": "blue"}));
+    // The edit from before the ALTER kept its column.
+    let t_cols: BTreeSet<String> = changes(&conn, 0)
+        .into_iter()
+        .filter(|c| c.tbl == "tags")
+        .flat_map(|c| c.data_keys())
+        .collect();
+    assert_eq!(
+        t_cols,
+        ["color", "n", "name"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    let mut row = serde_json::Map::new();
+    for c in changes(&conn, 0).into_iter().filter(|c| c.tbl == "tags") {
+        row.extend(c.data.as_object().unwrap().clone());
+    }
+    assert_eq!(
+        serde_json::Value::Object(row),
+        serde_json::json!({"name": "a", "n": 3, "color": "blue"})
+    );
+}
+
+#[test]
+fn tracking_twice_is_harmless() {
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    two_tables(&conn);
+    conn.execute_batch(
+        "INSERT INTO files(uuid, name) VALUES ('f', 'a');
+         INSERT INTO tags(uuid, name) VALUES ('t', 'a');
+         UPDATE tags SET n = 1;",
+    )
+    .unwrap();
+    flush(&conn);
+    let before = changes(&conn, 0);
+    let schema_before = dump(
+        &conn,
+        "SELECT type, name, sql FROM sqlite_schema ORDER BY name",
+    );
+    let first: String = scalar(&conn, "SELECT lsync_track('files', 'device_owned')");
+    let second: String = scalar(&conn, "SELECT lsync_track('files', 'device_owned')");
+    assert_eq!(first, second);
+    conn.execute_batch("SELECT lsync_track('tags', 'shared');")
+        .unwrap();
+    assert_eq!(changes(&conn, 0), before);
+    assert_eq!(
+        dump(
+            &conn,
+            "SELECT type, name, sql FROM sqlite_schema ORDER BY name"
+        ),
+        schema_before
+    );
+    // And capture still works exactly once per change.
+    let since = cursor(&conn);
+    conn.execute("UPDATE files SET n = 2", []).unwrap();
+    assert_eq!(changes(&conn, since).len(), 1);
+}
+
+#[test]
+fn changing_mode_needs_untrack_first() {
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    two_tables(&conn);
+    let err = error_of(&conn, "SELECT lsync_track('files', 'shared')");
+    assert!(err.contains("already tracked as 'device_owned'"), "{err}");
+    assert!(err.contains("lsync_untrack"), "{err}");
+    let mode: String = scalar(&conn, "SELECT mode FROM lsync_tables WHERE name = 'files'");
+    assert_eq!(mode, "device_owned");
+    conn.execute_batch("SELECT lsync_untrack('files'); SELECT lsync_track('files', 'shared');")
+        .unwrap();
+    let mode: String = scalar(&conn, "SELECT mode FROM lsync_tables WHERE name = 'files'");
+    assert_eq!(mode, "shared");
+}
+
+#[test]
+fn untrack_stops_capture() {
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    two_tables(&conn);
+    conn.execute_batch(
+        "INSERT INTO files(uuid, name) VALUES ('f', 'a');
+         INSERT INTO tags(uuid, name) VALUES ('t', 'a');
+         UPDATE files SET n = 1;",
+    )
+    .unwrap();
+    assert_eq!(scalar::<i64>(&conn, "SELECT lsync_untrack('files')"), 1);
+    let tables: BTreeSet<String> = changes(&conn, 0).into_iter().map(|c| c.tbl).collect();
+    assert_eq!(tables, BTreeSet::from(["tags".to_owned()]));
+    let since = cursor(&conn);
+    conn.execute_batch(
+        "INSERT INTO files(uuid, name) VALUES ('g', 'b');
+         UPDATE files SET n = 2;
+         DELETE FROM files WHERE uuid = 'f';",
+    )
+    .unwrap();
+    assert_eq!(changes(&conn, since), vec![]);
+    let triggers: i64 = scalar(
+        &conn,
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'files'",
+    );
+    assert_eq!(triggers, 0);
+    // A connection without the extension may write the table again.
+    let plain = open_plain(&dir.db());
+    plain
+        .execute("INSERT INTO files(uuid, name) VALUES ('h', 'c')", [])
+        .unwrap();
+    let err = error_of(&conn, "SELECT lsync_untrack('files')");
+    assert!(err.contains("not tracked"), "{err}");
+}
+
+/// Rows already in the table when it is tracked are captured through the
+/// high-water mark, which starts at 0: rows with rowid 0 or below (a root
+/// entry with id 0 is common) are never above it, and no trigger saw them.
+#[test]
+fn rows_with_non_positive_rowids_present_at_track_are_captured() {
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    conn.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
+         INSERT INTO t(id, uuid, name) VALUES (0, 'zero', 'root'), (-3, 'neg', 'n'), (1, 'one', 'a');
+         SELECT lsync_track('t', 'shared');",
+    )
+    .unwrap();
+    let pks: BTreeSet<String> = changes(&conn, 0).iter().map(Change::pk_text).collect();
+    assert_eq!(
+        pks,
+        ["neg", "one", "zero"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+}
+
+/// After `DROP TABLE` (or `ALTER TABLE ... RENAME`) of a tracked table,
+/// every flush fails on the missing table, so `lsync_changes` stops working
+/// for all tables, with a message that does not say what to do.
+#[test]
+fn dropping_a_tracked_table_does_not_silently_break_sync() {
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    two_tables(&conn);
+    conn.execute_batch(
+        "INSERT INTO files(uuid, name) VALUES ('f', 'a');
+         INSERT INTO tags(uuid, name) VALUES ('t', 'a');
+         DROP TABLE files;",
+    )
+    .unwrap();
+    match try_changes(&conn, 0) {
+        Ok(all) => assert!(all.iter().any(|c| c.pk_text() == "t"), "{all:?}"),
+        Err(e) => assert!(
+            e.to_string().contains("lsync_untrack"),
+            "the error should tell the user to untrack 'files': {e}"
+        ),
+    }
+}
