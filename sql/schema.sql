@@ -99,3 +99,16 @@ CREATE TABLE IF NOT EXISTS lsync_peers(
   last_contact INTEGER,                     -- unix ms
   last_error   TEXT
 );
+
+-- Column edits of shared rows that arrived before the row itself (changesets
+-- applied out of order). Applied, last writer wins, when the row arrives;
+-- dropped if the row's delete arrives instead.
+CREATE TABLE IF NOT EXISTS lsync_parked(
+  tbl    INTEGER NOT NULL,
+  uuid   ANY NOT NULL,
+  col    TEXT NOT NULL,
+  value  ANY,
+  hlc    INTEGER NOT NULL,
+  origin TEXT NOT NULL,
+  PRIMARY KEY (tbl, uuid, col)
+) WITHOUT ROWID;

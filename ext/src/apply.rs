@@ -18,12 +18,13 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use lsync_wire::changeset::{Change, Changeset, Op};
-use lsync_wire::value::IdKey;
+use std::borrow::Cow;
 
 use crate::api::Conn;
 use crate::error::{Error, Result};
 use crate::flush::{Clock, OP_DELETE, OP_INSERT, OP_UPDATE};
 use crate::ident::q;
+use crate::ids::{self, IdMap};
 use crate::sql::{Db, Stmt, Value};
 use crate::track::{self, Mode, Table};
 use crate::{bail, export, fk, flush, schema};
@@ -43,8 +44,45 @@ pub struct Report {
     pub resolved: i64,
     /// Changes to device-owned rows from a device that does not own them.
     pub refused: i64,
+    /// Edits of shared rows that arrived before the row; applied when it comes.
+    pub parked: i64,
     /// FK lookup queries run (at most one per FK column).
     pub fk_queries: i64,
+}
+
+/// Turns triggers off for the apply when every trigger on the tables it
+/// touches is lsync's own (capture is off anyway): a trigger program per
+/// inserted row is most of the cost of a bulk apply. Tables with app
+/// triggers keep them firing, so the app's derived data stays right.
+struct TriggersOff {
+    db: Db,
+    restore: Option<bool>,
+}
+
+impl TriggersOff {
+    fn new(db: Db, cs: &Changeset) -> Result<TriggersOff> {
+        let names: Vec<&str> = cs.tables.iter().map(|t| t.name.as_str()).collect();
+        let json = serde_json::to_string(&names).map_err(|e| Error::msg(e.to_string()))?;
+        let foreign = db.query_i64(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name NOT LIKE 'lsync\\_%' ESCAPE '\\'
+               AND tbl_name IN (SELECT value FROM json_each(?1))",
+            &[json.into()],
+        )?;
+        let restore = if foreign == Some(0) {
+            Some(db.set_triggers(false)?)
+        } else {
+            None
+        };
+        Ok(TriggersOff { db, restore })
+    }
+}
+
+impl Drop for TriggersOff {
+    fn drop(&mut self) {
+        if let Some(prev) = self.restore {
+            let _ = self.db.set_triggers(prev);
+        }
+    }
 }
 
 /// Switches capture off for one connection while it applies.
@@ -76,6 +114,7 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<Report> {
     check_schema(db, &cs)?;
     check_drift(db, &cs)?;
     let _off = CaptureOff::new(conn);
+    let _triggers = TriggersOff::new(db, &cs)?;
     db.savepoint("lsync_apply", || {
         // Fold local captures first: rows above the high-water mark must be
         // recorded as local before remote rows are inserted above them.
@@ -161,8 +200,12 @@ struct Applier {
     origin_idx: HashMap<Arc<str>, i64>,
     idx_origin: HashMap<i64, Arc<str>>,
     /// uuid -> local rowid, per table, for rows touched by this changeset.
-    rids: HashMap<Arc<str>, HashMap<IdKey, i64>>,
-    tombs: HashMap<Arc<str>, HashMap<IdKey, Clk>>,
+    rids: HashMap<Arc<str>, IdMap<i64>>,
+    tombs: HashMap<Arc<str>, IdMap<Clk>>,
+    /// Tables with parked edits (edits that arrived before their row).
+    parked: HashSet<i64>,
+    /// The last origin looked up (changes from one device share it).
+    last_origin: Option<(Arc<str>, i64)>,
     run: Option<Run>,
     inserts: HashMap<(i64, u64), Stmt>,
     updates: HashMap<(i64, u64), Stmt>,
@@ -177,13 +220,14 @@ fn op_code(op: Op) -> i64 {
     }
 }
 
-fn key_of(c: &Change) -> Result<IdKey> {
-    c.pk.id_key().ok_or_else(|| {
-        Error::msg(format!(
-            "lsync_apply: a change to '{}' has a row id that is neither text nor blob; nothing was applied",
-            c.tbl
-        ))
-    })
+fn check_id(c: &Change) -> Result<()> {
+    if ids::is_id(&c.pk) {
+        return Ok(());
+    }
+    bail!(
+        "lsync_apply: a change to '{}' has a row id that is neither text nor blob; nothing was applied",
+        c.tbl
+    )
 }
 
 impl Applier {
@@ -196,6 +240,8 @@ impl Applier {
             origin_idx: HashMap::default(),
             idx_origin: HashMap::default(),
             rids: HashMap::default(),
+            last_origin: None,
+            parked: HashSet::default(),
             tombs: HashMap::default(),
             run: None,
             inserts: HashMap::default(),
@@ -205,7 +251,13 @@ impl Applier {
     }
 
     fn idx(&mut self, origin: &Arc<str>) -> Result<i64> {
+        if let Some((o, i)) = &self.last_origin {
+            if Arc::ptr_eq(o, origin) {
+                return Ok(*i);
+            }
+        }
         if let Some(i) = self.origin_idx.get(origin) {
+            self.last_origin = Some((origin.clone(), *i));
             return Ok(*i);
         }
         let i = schema::device_idx(self.db, origin)?;
@@ -295,25 +347,32 @@ impl Applier {
             &[],
         )? == Some(1);
         let rids = self.rids.entry(t.name.clone()).or_default();
+        rids.reserve(list.len());
         if has_rows {
-            let keys: Vec<IdKey> = list.iter().filter_map(|c| c.pk.id_key()).collect();
+            let keys: Vec<&Value> = list.iter().map(|c| &c.pk).collect();
             rids.extend(fk::rids_of(self.db, t, &keys)?);
         }
-        let mut tombs = HashMap::default();
+        self.touched.insert(t.name.clone());
+        if self.db.query_i64(
+            "SELECT EXISTS (SELECT 1 FROM lsync_parked WHERE tbl = ?1)",
+            &[t.id.into()],
+        )? == Some(1)
+        {
+            self.parked.insert(t.id);
+        }
+        let mut tombs = IdMap::default();
         let mut s = self.db.prepare(
             "SELECT uuid, hlc, origin FROM lsync_clock WHERE tbl = ?1 AND uuid IS NOT NULL",
         )?;
         s.bind(1, &t.id.into())?;
         let mut raw = Vec::new();
         while s.step()? {
-            if let Some(k) = s.value(0).id_key() {
-                raw.push((k, s.i64(1), s.i64(2)));
-            }
+            raw.push((s.value(0), s.i64(1), s.i64(2)));
         }
         drop(s);
         for (k, hlc, origin) in raw {
             let clk = self.clk((hlc, origin))?;
-            tombs.insert(k, clk);
+            tombs.insert(&k, clk);
         }
         self.tombs.insert(t.name.clone(), tombs);
 
@@ -322,23 +381,31 @@ impl Applier {
                 continue;
             };
             // Targets that arrive in this same changeset are mapped in memory.
-            let incoming: HashSet<IdKey> = groups
-                .get(target.as_str())
-                .map(|l| l.iter().filter_map(|c| c.pk.id_key()).collect())
-                .unwrap_or_default();
+            let mut incoming: IdMap<()> = IdMap::default();
+            for c in groups.get(target.as_str()).into_iter().flatten() {
+                incoming.insert(&c.pk, ());
+            }
             let known = self.rids.get(target.as_str());
-            let missing: HashSet<IdKey> = list
+            let mut seen: IdMap<()> = IdMap::default();
+            let mut missing: Vec<&Value> = Vec::new();
+            for (_, v) in list
                 .iter()
                 .flat_map(|c| c.data.iter())
                 .filter(|(k, _)| **k == **col)
-                .filter_map(|(_, v)| v.id_key())
-                .filter(|k| !incoming.contains(k) && known.is_none_or(|m| !m.contains_key(k)))
-                .collect();
+            {
+                if ids::is_id(v)
+                    && !incoming.contains(v)
+                    && known.is_none_or(|m| !m.contains(v))
+                    && !seen.contains(v)
+                {
+                    seen.insert(v, ());
+                    missing.push(v);
+                }
+            }
             if missing.is_empty() {
                 continue;
             }
-            let keys: Vec<IdKey> = missing.into_iter().collect();
-            let found = fk::rids_of(self.db, tt, &keys)?;
+            let found = fk::rids_of(self.db, tt, &missing)?;
             self.report.fk_queries += 1;
             let name = tt.name.clone();
             self.rids.entry(name).or_default().extend(found);
@@ -348,39 +415,46 @@ impl Applier {
 
     /// Column values with FK uuids mapped to local ids; unresolved links are
     /// returned separately and stored as NULL until their target arrives.
-    fn local_values(
+    fn local_values<'c>(
         &self,
         t: &Table,
-        c: &Change,
-    ) -> (Vec<(Arc<str>, Value)>, Vec<(Arc<str>, String, Value)>) {
+        c: &'c Change,
+    ) -> (
+        Vec<(&'c Arc<str>, Cow<'c, Value>)>,
+        Vec<(Arc<str>, String, Value)>,
+    ) {
         let mut vals = Vec::with_capacity(c.data.len());
         let mut deferred = Vec::new();
         for (col, v) in &c.data {
-            let target = t
-                .fks
-                .get(&**col)
-                .filter(|n| self.tables.contains_key(n.as_str()));
-            let local = match (target, v.id_key()) {
-                (Some(target), Some(k)) => {
-                    match self.rids.get(target.as_str()).and_then(|m| m.get(&k)) {
-                        Some(rid) => Value::Integer(*rid),
+            let target = if t.fks.is_empty() {
+                None
+            } else {
+                t.fks
+                    .get(&**col)
+                    .filter(|n| self.tables.contains_key(n.as_str()))
+            };
+            let local = match target {
+                Some(target) if ids::is_id(v) => {
+                    match self.rids.get(target.as_str()).and_then(|m| m.get(v)) {
+                        Some(rid) => Cow::Owned(Value::Integer(*rid)),
                         None => {
                             deferred.push((col.clone(), target.clone(), v.clone()));
-                            Value::Null
+                            Cow::Owned(Value::Null)
                         }
                     }
                 }
-                _ => v.clone(),
+                _ => Cow::Borrowed(v),
             };
-            vals.push((col.clone(), local));
+            vals.push((col, local));
         }
         (vals, deferred)
     }
 
     fn upsert(&mut self, t: &Table, c: &Change) -> Result<()> {
-        let key = key_of(c)?;
+        check_id(c)?;
+        let key = &c.pk;
         let (vals, mut deferred) = self.local_values(t, c);
-        let existing = self.rids.get(&t.name).and_then(|m| m.get(&key)).copied();
+        let existing = self.rids.get(&t.name).and_then(|m| m.get(key)).copied();
         let origin = self.idx(&c.origin)?;
         let theirs: Clk = (c.hlc, c.origin.clone());
         let rid = match existing {
@@ -402,21 +476,27 @@ impl Applier {
                             self.write(t, rid, &vals)?;
                             self.clock
                                 .cover_row(t.id, rid, op_code(c.op), c.hlc, origin)?;
-                            vals.iter().map(|(c, _)| c.clone()).collect()
+                            vals.iter().map(|(c, _)| (*c).clone()).collect()
                         }
                     }
                     Mode::Shared => {
                         let clocks = self.column_clocks(t, rid, base)?;
-                        let winners: Vec<(Arc<str>, Value)> = vals
+                        let winners: Vec<(&Arc<str>, Cow<Value>)> = vals
                             .iter()
-                            .filter(|(col, _)| clocks.get(col).is_none_or(|mine| theirs > *mine))
+                            .filter(|(col, _)| clocks.get(*col).is_none_or(|mine| theirs > *mine))
                             .cloned()
                             .collect();
                         self.write(t, rid, &winners)?;
+                        // A newer re-insert also renews the row's creation
+                        // clock, which is what a delete is compared with.
+                        let base = self.clk(base)?;
+                        if c.op == Op::Insert && theirs > base {
+                            self.clock.rebase_row(t.id, rid, c.hlc, origin)?;
+                        }
                         for (col, _) in &winners {
                             self.clock.cover_column(t.id, rid, col, c.hlc, origin)?;
                         }
-                        winners.into_iter().map(|(c, _)| c).collect()
+                        winners.into_iter().map(|(c, _)| c.clone()).collect()
                     }
                 };
                 if written.is_empty() {
@@ -430,8 +510,20 @@ impl Applier {
                 rid
             }
             None => {
-                let tomb = self.tombs.get(&t.name).and_then(|m| m.get(&key)).cloned();
+                let tomb = self.tombs.get(&t.name).and_then(|m| m.get(key)).cloned();
+                if t.mode == Mode::Shared && c.op != Op::Insert {
+                    // An edit of a row that is not here: it lost to the
+                    // row's delete, or it came before the row (out-of-order
+                    // delivery) and waits for it.
+                    if tomb.is_some() {
+                        self.report.stale += 1;
+                    } else {
+                        self.park(t, c)?;
+                    }
+                    return Ok(());
+                }
                 if let Some(tc) = &tomb {
+                    // Only a newer insert brings a deleted row back.
                     let newer = match t.mode {
                         Mode::DeviceOwned => c.hlc > tc.0,
                         Mode::Shared => theirs > *tc,
@@ -442,39 +534,78 @@ impl Applier {
                     }
                     self.clock.drop_tombstone(t.id, &c.pk)?;
                     if let Some(m) = self.tombs.get_mut(&t.name) {
-                        m.remove(&key);
+                        m.remove(key);
                     }
                 }
                 let rid = self.insert(t, &c.pk, &vals)?;
-                let complete = vals.len() == t.columns.len();
-                if t.mode == Mode::Shared && (!complete || tomb.is_some()) {
-                    // Columns not in this change keep the tombstone's clock
-                    // (or none), so older edits of them still lose.
-                    self.end_run()?;
-                    let (bh, bo) = match tomb {
-                        Some((h, o)) => (h, self.idx(&o)?),
-                        None => (0, origin),
-                    };
-                    self.clock
-                        .add(t.id, Some((rid, rid)), None, OP_INSERT, bh, bo, Value::Null)?;
-                    for (col, _) in &vals {
-                        self.clock.cover_column(t.id, rid, col, c.hlc, origin)?;
-                    }
-                } else {
-                    self.extend_run(t.id, rid, c.hlc, origin, op_code(c.op))?;
-                }
+                self.extend_run(t.id, rid, c.hlc, origin, op_code(c.op))?;
                 self.rids
                     .entry(t.name.clone())
                     .or_default()
                     .insert(key, rid);
+                if self.parked.contains(&t.id) {
+                    self.unpark(t, &c.pk)?;
+                }
                 rid
             }
         };
         self.report.applied += 1;
-        self.touched.insert(t.name.clone());
         for (col, target, target_uuid) in deferred {
             fk::defer(self.db, t, rid, &c.pk, &col, &target, &target_uuid)?;
             self.report.deferred += 1;
+        }
+        Ok(())
+    }
+
+    /// Keeps the edits of a shared row that has not arrived yet; the newest
+    /// value per column wins, as it would on the row.
+    fn park(&mut self, t: &Table, c: &Change) -> Result<()> {
+        for (col, v) in &c.data {
+            self.clock.cache.run(
+                "INSERT INTO lsync_parked(tbl, uuid, col, value, hlc, origin)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(tbl, uuid, col) DO UPDATE SET value = excluded.value,
+                   hlc = excluded.hlc, origin = excluded.origin
+                 WHERE excluded.hlc > hlc OR (excluded.hlc = hlc AND excluded.origin > origin)",
+                &[
+                    t.id.into(),
+                    c.pk.clone(),
+                    (**col).into(),
+                    v.clone(),
+                    c.hlc.into(),
+                    (*c.origin).into(),
+                ],
+            )?;
+        }
+        self.parked.insert(t.id);
+        self.report.parked += 1;
+        Ok(())
+    }
+
+    /// Applies the parked edits of a row that has just arrived.
+    fn unpark(&mut self, t: &Table, pk: &Value) -> Result<()> {
+        let rows = self.clock.cache.with(
+            "DELETE FROM lsync_parked WHERE tbl = ?1 AND uuid = ?2 RETURNING col, value, hlc, origin",
+            &[t.id.into(), pk.clone()],
+            |s| {
+                let mut out = Vec::new();
+                while s.step()? {
+                    out.push((s.text(0).unwrap_or_default(), s.value(1), s.i64(2), s.text(3).unwrap_or_default()));
+                }
+                Ok(out)
+            },
+        )?;
+        for (col, value, hlc, origin) in rows {
+            let edit = Change {
+                seq: 0,
+                hlc,
+                origin: Arc::from(origin),
+                tbl: t.name.clone(),
+                pk: pk.clone(),
+                op: Op::Update,
+                data: vec![(Arc::from(col), value)],
+            };
+            self.upsert(t, &edit)?;
         }
         Ok(())
     }
@@ -500,13 +631,20 @@ impl Applier {
     }
 
     fn delete(&mut self, t: &Table, c: &Change) -> Result<()> {
-        let key = key_of(c)?;
+        check_id(c)?;
+        let key = &c.pk;
         let origin = self.idx(&c.origin)?;
         let theirs: Clk = (c.hlc, c.origin.clone());
-        let existing = self.rids.get(&t.name).and_then(|m| m.get(&key)).copied();
+        let existing = self.rids.get(&t.name).and_then(|m| m.get(key)).copied();
         self.end_run()?;
         let Some(rid) = existing else {
-            let tomb = self.tombs.get(&t.name).and_then(|m| m.get(&key));
+            if self.parked.contains(&t.id) {
+                self.clock.cache.run(
+                    "DELETE FROM lsync_parked WHERE tbl = ?1 AND uuid = ?2",
+                    &[t.id.into(), c.pk.clone()],
+                )?;
+            }
+            let tomb = self.tombs.get(&t.name).and_then(|m| m.get(key));
             if tomb.is_some_and(|tc| theirs <= *tc) {
                 self.report.stale += 1;
             } else {
@@ -535,28 +673,11 @@ impl Applier {
                 }
             }
             Mode::Shared => {
-                // A delete wins over older column values only; newer edits
-                // survive, with the older columns cleared at the delete's clock.
-                let clocks = self.column_clocks(t, rid, base)?;
-                let older: Vec<Arc<str>> = t
-                    .columns
-                    .iter()
-                    .filter(|col| clocks.get(*col).is_none_or(|mine| *mine < theirs))
-                    .cloned()
-                    .collect();
-                if older.is_empty() {
+                // A delete wins over the row's creation (insert or newer
+                // re-insert) when it is newer, whatever later column edits.
+                let created = self.clk(base)?;
+                if theirs <= created {
                     self.report.stale += 1;
-                    return Ok(());
-                }
-                if older.len() < t.columns.len() {
-                    let nulls: Vec<(Arc<str>, Value)> =
-                        older.iter().map(|c| (c.clone(), Value::Null)).collect();
-                    self.write(t, rid, &nulls)?;
-                    for col in &older {
-                        self.clock.cover_column(t.id, rid, col, c.hlc, origin)?;
-                        fk::forget(&self.clock.cache, t.id, rid, Some(col))?;
-                    }
-                    self.report.applied += 1;
                     return Ok(());
                 }
             }
@@ -572,7 +693,7 @@ impl Applier {
         fk::forget(&self.clock.cache, t.id, rid, None)?;
         self.clock.tombstone(t.id, c.pk.clone(), c.hlc, origin)?;
         if let Some(m) = self.rids.get_mut(&t.name) {
-            m.remove(&key);
+            m.remove(key);
         }
         self.tombs
             .entry(t.name.clone())
@@ -583,13 +704,13 @@ impl Applier {
         Ok(())
     }
 
-    fn mask(t: &Table, vals: &[(Arc<str>, Value)]) -> u64 {
+    fn mask(t: &Table, vals: &[(&Arc<str>, Cow<Value>)]) -> u64 {
         vals.iter().fold(0, |m, (c, _)| {
-            m | t.columns.iter().position(|x| x == c).map_or(0, |i| 1 << i)
+            m | t.columns.iter().position(|x| x == *c).map_or(0, |i| 1 << i)
         })
     }
 
-    fn insert(&mut self, t: &Table, pk: &Value, vals: &[(Arc<str>, Value)]) -> Result<i64> {
+    fn insert(&mut self, t: &Table, pk: &Value, vals: &[(&Arc<str>, Cow<Value>)]) -> Result<i64> {
         let mask = Self::mask(t, vals);
         let db = self.db;
         let stmt = match self.inserts.entry((t.id, mask)) {
@@ -627,7 +748,7 @@ impl Applier {
         Ok(db.last_insert_rowid())
     }
 
-    fn write(&mut self, t: &Table, rid: i64, vals: &[(Arc<str>, Value)]) -> Result<()> {
+    fn write(&mut self, t: &Table, rid: i64, vals: &[(&Arc<str>, Cow<Value>)]) -> Result<()> {
         if vals.is_empty() {
             return Ok(());
         }
@@ -650,7 +771,7 @@ impl Applier {
         };
         let mut params = Vec::with_capacity(vals.len() + 1);
         params.push(Value::Integer(rid));
-        params.extend(vals.iter().map(|(_, v)| v.clone()));
+        params.extend(vals.iter().map(|(_, v)| v.clone().into_owned()));
         stmt.execute(&params).map_err(|e| {
             Error::msg(format!(
                 "lsync_apply: updating '{}': {e}; nothing was applied",

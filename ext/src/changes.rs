@@ -4,7 +4,7 @@
 //! Reads are set-based: a range entry is one range scan of the table, and
 //! FK ids are resolved with one query per FK column per batch.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub use lsync_wire::changeset::{Change, Op};
@@ -15,7 +15,7 @@ use crate::flush::{OP_DELETE, OP_INSERT};
 use crate::ident::q;
 use crate::schema;
 use crate::sql::{Cache, Db, Value};
-use crate::track::{self, Mode, Table};
+use crate::track::{self, Table};
 
 fn op_from_code(c: i64) -> Op {
     match c {
@@ -128,10 +128,6 @@ fn read_entry(
         Some(c) => t.columns.iter().filter(|x| ***x == **c).collect(),
         None => t.columns.iter().collect(),
     };
-    let overridden = match (&e.col, t.mode) {
-        (None, Mode::Shared) => column_entries(cache, t.id, first, e.hi)?,
-        _ => HashMap::new(),
-    };
     let select: Vec<String> = cols.iter().map(|c| q(c)).collect();
     let sql = format!(
         "SELECT rowid, {u}{sep}{cols} FROM {t} WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid LIMIT ?3",
@@ -146,39 +142,14 @@ fn read_entry(
         |s| {
             while s.step()? {
                 let rid = s.i64(0);
-                let skip = overridden.get(&rid);
                 let data = cols
                     .iter()
                     .enumerate()
-                    .filter(|(_, c)| skip.is_none_or(|set| !set.contains(&****c)))
                     .map(|(i, c)| ((*c).clone(), s.value(i + 2)))
                     .collect();
                 out.push(change(e.seq - (e.hi - rid), Some(rid), s.value(1), data));
             }
             Ok(())
-        },
-    )
-}
-
-/// Columns of rows in `lo..=hi` that have their own newer column entries
-/// (shared tables); a row entry does not speak for them.
-fn column_entries(
-    cache: &Cache,
-    tbl: i64,
-    lo: i64,
-    hi: i64,
-) -> Result<HashMap<i64, HashSet<String>>> {
-    cache.with(
-        "SELECT lo, col FROM lsync_clock WHERE tbl = ?1 AND col IS NOT NULL AND lo BETWEEN ?2 AND ?3",
-        &[tbl.into(), lo.into(), hi.into()],
-        |s| {
-            let mut out: HashMap<i64, HashSet<String>> = HashMap::new();
-            while s.step()? {
-                out.entry(s.i64(0))
-                    .or_default()
-                    .insert(s.text(1).unwrap_or_default());
-            }
-            Ok(out)
         },
     )
 }

@@ -4,10 +4,9 @@
 
 use std::collections::HashMap;
 
-use lsync_wire::value::IdKey;
-
 use crate::error::Result;
 use crate::ident::q;
+use crate::ids::IdMap;
 use crate::sql::{Cache, Db, Value};
 use crate::track::Table;
 
@@ -30,47 +29,49 @@ pub fn uuids_of(db: Db, t: &Table, ids: &[i64]) -> Result<HashMap<i64, Value>> {
     Ok(map)
 }
 
-/// uuid -> local id for a set of uuids of one table.
-pub fn rids_of(db: Db, t: &Table, keys: &[IdKey]) -> Result<HashMap<IdKey, i64>> {
-    let mut map = HashMap::new();
-    let texts: Vec<&str> = keys
+/// uuid -> local id for a set of uuids of one table, in one query (text
+/// uuids as a JSON array; 16-byte blob uuids as one concatenated blob).
+pub fn rids_of(db: Db, t: &Table, ids: &[&Value]) -> Result<IdMap<i64>> {
+    let mut map = IdMap::default();
+    let texts: Vec<&str> = ids.iter().filter_map(|v| v.as_str()).collect();
+    let blobs: Vec<&[u8]> = ids
         .iter()
-        .filter_map(|k| match k {
-            IdKey::Text(s) => Some(s.as_str()),
-            IdKey::Blob(_) => None,
+        .filter_map(|v| match v {
+            Value::Blob(b) => Some(b.as_slice()),
+            _ => None,
         })
         .collect();
+    let (u, tn) = (q(&t.uuid_col), q(&t.name));
+    let mut collect = |sql: String, param: Value| -> Result<()> {
+        let mut s = db.prepare(&sql)?;
+        s.bind(1, &param)?;
+        while s.step()? {
+            map.insert(&s.value(0), s.i64(1));
+        }
+        Ok(())
+    };
     if !texts.is_empty() {
         let json = serde_json::to_string(&texts).unwrap_or_else(|_| "[]".into());
-        let mut s = db.prepare(&format!(
-            "SELECT {u}, rowid FROM {t} WHERE {u} IN (SELECT value FROM json_each(?1))",
-            u = q(&t.uuid_col),
-            t = q(&t.name)
-        ))?;
-        s.bind(1, &json.into())?;
-        while s.step()? {
-            if let Some(k) = s.value(0).id_key() {
-                map.insert(k, s.i64(1));
-            }
-        }
+        collect(
+            format!("SELECT {u}, rowid FROM {tn} WHERE {u} IN (SELECT value FROM json_each(?1))"),
+            json.into(),
+        )?;
     }
-    let blobs: Vec<&IdKey> = keys
-        .iter()
-        .filter(|k| matches!(k, IdKey::Blob(_)))
-        .collect();
     if !blobs.is_empty() {
-        let mut s = db.prepare(&format!(
-            "SELECT rowid FROM {t} WHERE {u} = ?1",
-            u = q(&t.uuid_col),
-            t = q(&t.name)
-        ))?;
-        for k in blobs {
-            s.bind(1, &Value::from(k.clone()))?;
-            if s.step()? {
-                map.insert(k.clone(), s.i64(0));
-            }
-            s.reset();
+        if let Some(bad) = blobs.iter().find(|b| b.len() != 16) {
+            crate::bail!(
+                "lsync: a blob id of '{}' has {} bytes; blob uuids must be 16 bytes",
+                t.name,
+                bad.len()
+            );
         }
+        collect(
+            format!(
+                "WITH RECURSIVE k(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM k WHERE n + 1 < length(?1) / 16)
+                 SELECT {u}, rowid FROM {tn} WHERE {u} IN (SELECT substr(?1, 16 * n + 1, 16) FROM k)"
+            ),
+            Value::Blob(blobs.concat()),
+        )?;
     }
     Ok(map)
 }

@@ -184,6 +184,31 @@ impl Clock {
         )
     }
 
+    /// Gives a shared row a new creation clock (a newer re-insert): its row
+    /// entry takes the clock, and column entries older than it go.
+    pub fn rebase_row(&mut self, tbl: i64, rid: i64, hlc: i64, origin: i64) -> Result<()> {
+        self.uncover(tbl, rid)?;
+        self.cache.run(
+            "DELETE FROM lsync_clock WHERE tbl = ?1 AND col IS NOT NULL AND lo = ?2 AND hlc < ?3",
+            &[tbl.into(), rid.into(), hlc.into()],
+        )?;
+        self.add(
+            tbl,
+            Some((rid, rid)),
+            None,
+            OP_INSERT,
+            hlc,
+            origin,
+            Value::Null,
+        )?;
+        // Newer column entries move after the row entry: a reader always gets
+        // a row's column entries after the row entry that carries the values.
+        for (col, h, o) in self.column_clocks(tbl, rid)? {
+            self.cover_column(tbl, rid, &col, h, o)?;
+        }
+        Ok(())
+    }
+
     /// Drops the per-column entries of a row (shared tables).
     pub fn drop_columns(&self, tbl: i64, rid: i64) -> Result<()> {
         self.cache.run(

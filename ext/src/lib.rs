@@ -12,6 +12,7 @@ pub mod export;
 pub mod fk;
 pub mod flush;
 pub mod ident;
+pub mod ids;
 pub mod schema;
 pub mod sql;
 pub mod track;

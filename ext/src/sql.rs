@@ -167,6 +167,32 @@ impl Db {
         unsafe { call!(last_insert_rowid(self.0)) }
     }
 
+    /// Turns trigger firing on or off for this connection
+    /// (`SQLITE_DBCONFIG_ENABLE_TRIGGER`); returns the previous setting.
+    pub fn set_triggers(&self, on: bool) -> Result<bool> {
+        let before = self.trigger_config(-1)?;
+        self.trigger_config(c_int::from(on))?;
+        Ok(before)
+    }
+
+    /// `mode` 0 or 1 sets the flag, -1 only reads it; returns the flag after.
+    fn trigger_config(&self, mode: c_int) -> Result<bool> {
+        const SQLITE_DBCONFIG_ENABLE_TRIGGER: c_int = 1003;
+        let mut after: c_int = 0;
+        // SAFETY: db_config with ENABLE_TRIGGER takes an int and an int* out
+        // parameter (the setting after the call), per sqlite3.h.
+        let rc = unsafe {
+            call!(db_config(
+                self.0,
+                SQLITE_DBCONFIG_ENABLE_TRIGGER,
+                mode,
+                &mut after as *mut c_int
+            ))
+        };
+        self.check(rc, "db_config")?;
+        Ok(after != 0)
+    }
+
     pub fn changes(&self) -> i64 {
         // SAFETY: plain accessor on a live handle.
         i64::from(unsafe { call!(changes(self.0)) })

@@ -90,6 +90,33 @@ pub enum BenchCommand {
     /// Measure the cost of change capture: inserts and updates into untracked,
     /// device-owned and shared tables, plus the sync metadata left behind.
     Capture(CaptureArgs),
+    /// Measure applying a changeset of N entries to an empty peer, against a
+    /// plain prepared insert of the same rows.
+    Apply(ApplyArgs),
+}
+
+/// Options of `lsync bench apply`.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// Number of file entries in the changeset.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub rows: u64,
+    /// Also print the results as one JSON object, on the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// UUID version of the rows' global ids.
+    #[arg(long, value_enum, default_value_t = UuidKind::V7)]
+    pub uuid: UuidKind,
+    /// Run plain insert and apply this many times, interleaved; keep the best.
+    #[arg(long, value_name = "K", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
+    /// Directory for the temporary databases (default: the system temp dir).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Keep the temporary databases and print where they are.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Options of `lsync bench capture`.

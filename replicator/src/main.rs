@@ -50,6 +50,7 @@ fn run(cli: Cli) -> Result<()> {
             status::run(&args)?;
         }
         Command::Bench(BenchCommand::Capture(args)) => bench::capture::run(&args)?,
+        Command::Bench(BenchCommand::Apply(args)) => bench::apply::run(&args)?,
     }
     Ok(())
 }

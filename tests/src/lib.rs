@@ -268,3 +268,24 @@ pub fn two_tables(conn: &Connection) {
 pub fn flush(conn: &Connection) -> i64 {
     scalar(conn, "SELECT lsync_flush()")
 }
+
+/// Where the `lsync` binary is: `$LSYNC_BIN`, else `lsync` next to the test
+/// binary or in one of its parent directories (`target/release/lsync` for a
+/// test binary in `target/release/deps`). `cargo test -p lsync-tests` does
+/// not build it: run `cargo build --release --workspace` first.
+pub fn lsync_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LSYNC_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test binary knows its own path");
+    for dir in exe.ancestors().skip(1).take(4) {
+        let candidate = dir.join("lsync");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "cannot find the lsync binary near {}; run `cargo build --release --workspace` or set LSYNC_BIN",
+        exe.display()
+    )
+}

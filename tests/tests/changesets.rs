@@ -644,6 +644,33 @@ fn an_edit_arriving_before_its_row_works_with_not_null_columns() {
     }
 }
 
+/// A delete at A and a later edit of another column at B, exchanged as
+/// usual: whatever the outcome, both sides must accept each other's
+/// changeset and end up equal. tags.name is NOT NULL in the example schema
+/// and B's edit does not carry it.
+#[test]
+fn a_delete_and_a_newer_edit_of_a_not_null_table_still_converge() {
+    let (_dir, [a, b]) = peers();
+    a.execute(
+        "INSERT INTO tags(uuid, name, color) VALUES ('T1', 'n0', 'red')",
+        [],
+    )
+    .unwrap();
+    sync(&a, &b);
+    a.execute("DELETE FROM tags", []).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    b.execute("UPDATE tags SET color = 'blue'", []).unwrap();
+    let (ca, _) = changeset(&a, 0);
+    let (cb, _) = changeset(&b, 0);
+    let at_a = a.query_row("SELECT lsync_apply(?1)", [&cb], |r| r.get::<_, String>(0));
+    let at_b = b.query_row("SELECT lsync_apply(?1)", [&ca], |r| r.get::<_, String>(0));
+    assert!(
+        at_a.is_ok() && at_b.is_ok(),
+        "replication is stuck: B's edit at A: {at_a:?}; A's delete at B: {at_b:?}"
+    );
+    assert_eq!(canon(&a), canon(&b));
+}
+
 // ---------------------------------------------------- set-based FK lookups
 
 #[test]
@@ -782,6 +809,85 @@ fn fk_lookups_are_set_based_for_blob_uuids_too() {
         row_lookups.len(),
         [&fk_lookups[..3], &row_lookups[..3]]
     );
+}
+
+// ------------------------------------------------- format and cursors
+
+#[test]
+fn changeset_info_and_the_apply_report_describe_what_happened() {
+    let (_dir, [a, b]) = peers();
+    seed_tree(&a);
+    a.execute("INSERT INTO tags(uuid, name) VALUES ('T1', 'one')", [])
+        .unwrap();
+    let (blob, to) = changeset(&a, 0);
+    let i = info(&a, &blob);
+    assert_eq!(i["format"], 1, "{i}");
+    assert_eq!(i["library_id"], library_id(&a).as_str(), "{i}");
+    assert_eq!(i["count"], 4, "{i}");
+    assert_eq!(i["from"], 0, "{i}");
+    assert_eq!(i["to"], to, "{i}");
+    assert!(to >= 4, "{i}");
+    assert_eq!(i["bytes"], blob.len(), "{i}");
+    assert!(i["body_bytes"].as_i64().unwrap() > 0, "{i}");
+    assert_eq!(
+        i["tables"],
+        serde_json::json!({"locations": 1, "entries": 2, "tags": 1})
+    );
+    assert_eq!(i["ops"], serde_json::json!({"insert": 4}));
+    let max = changes(&a, 0).iter().map(|c| c.hlc).max().unwrap();
+    assert_eq!(i["max_hlc"], max, "{i}");
+    // Info reads the blob only: the receiver's info agrees.
+    assert_eq!(info(&b, &blob), i);
+
+    let r = apply(&b, &blob);
+    for key in [
+        "changes",
+        "applied",
+        "stale",
+        "deferred",
+        "resolved",
+        "refused",
+        "fk_queries",
+    ] {
+        assert!(r[key].is_i64(), "report has no '{key}': {r}");
+    }
+    assert_eq!((n(&r, "changes"), n(&r, "applied")), (4, 4), "{r}");
+}
+
+#[test]
+fn chunks_of_max_changes_continue_where_the_last_one_ended() {
+    let (_dir, [a, b, c]) = peers();
+    seed_tree(&a);
+    a.execute_batch(
+        "WITH RECURSIVE i(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM i WHERE n < 40)
+         INSERT INTO entries(uuid, parent_id, location_id, name) SELECT 'E' || (n + 2), 1, 1, 'f' || n FROM i;
+         INSERT INTO tags(uuid, name) VALUES ('T1', 'one'), ('T2', 'two');
+         INSERT INTO tag_assignments(uuid, tag_id, entry_id) VALUES ('X1', 1, 3), ('X2', 2, 4);
+         UPDATE entries SET size = 1 WHERE id % 3 = 0;
+         DELETE FROM tag_assignments WHERE uuid = 'X2';
+         UPDATE tags SET color = 'red' WHERE uuid = 'T1';",
+    )
+    .unwrap();
+    let (whole, _) = changeset(&a, 0);
+    apply(&c, &whole);
+    let (mut since, mut total, mut chunks) = (0, 0, 0);
+    loop {
+        let (blob, to) = changeset_max(&a, since, 7);
+        let count = info(&a, &blob)["count"].as_i64().unwrap();
+        assert!(count <= 7);
+        if count == 0 {
+            break;
+        }
+        assert!(to > since, "the cursor advances");
+        apply(&b, &blob);
+        (since, total, chunks) = (to, total + count, chunks + 1);
+    }
+    assert!(chunks > 5);
+    assert_eq!(total, info(&a, &whole)["count"].as_i64().unwrap());
+    assert_eq!(canon(&b), canon(&a));
+    assert_eq!(canon(&c), canon(&a));
+    let err = error_of(&a, "SELECT lsync_changeset(0, 0)");
+    assert!(err.starts_with("lsync"), "{err}");
 }
 
 // ---------------------------------------------------------- deferred links
@@ -1138,6 +1244,45 @@ fn applied_changes_keep_their_origin_and_hlc_and_are_relayed() {
     );
 }
 
+#[test]
+fn local_writes_pending_at_apply_time_stay_local() {
+    let (_dir, [a, b]) = peers();
+    seed_tree(&a);
+    // Not folded into B's clock yet when A's rows arrive.
+    b.execute("INSERT INTO locations(uuid, path) VALUES ('LB', '/b')", [])
+        .unwrap();
+    sync(&a, &b);
+    let origins: Vec<(String, String)> = changes(&b, 0)
+        .into_iter()
+        .map(|c| (c.pk_text(), c.origin))
+        .collect();
+    for (pk, origin) in &origins {
+        let want = if pk == "LB" { device(&b) } else { device(&a) };
+        assert_eq!(origin, &want, "{pk}: {origins:?}");
+    }
+    b.execute("UPDATE locations SET name = 'mine' WHERE uuid = 'LB'", [])
+        .unwrap();
+    let err = error_of(&b, "UPDATE locations SET name = 'x' WHERE uuid = 'L1'");
+    assert!(err.contains("owned by"), "{err}");
+    sync(&b, &a);
+    assert_eq!(canon(&a), canon(&b));
+    let err = error_of(&a, "UPDATE locations SET name = 'x' WHERE uuid = 'LB'");
+    assert!(err.contains("owned by"), "{err}");
+}
+
+#[test]
+fn a_device_applying_its_own_changes_back_changes_nothing() {
+    let (_dir, [a, b]) = peers();
+    seed_tree(&a);
+    a.execute("INSERT INTO tags(uuid, name) VALUES ('T1', 'one')", [])
+        .unwrap();
+    sync(&a, &b);
+    let before = snapshot(&a);
+    let r = sync(&b, &a);
+    assert_eq!((n(&r, "applied"), n(&r, "refused")), (0, 0), "{r}");
+    assert_eq!(snapshot(&a), before);
+}
+
 // -------------------------------------------------------------- HLC merge
 
 #[test]
@@ -1411,8 +1556,8 @@ fn a_failing_change_leaves_nothing_of_the_changeset() {
     assert_eq!(info(&a, &bad)["count"], 4);
     assert_eq!(info(&a, &changeset(&a, cur).0)["count"], 1);
 
-    // B's pending local captures are left as they are too.
-    let before = snapshot(&b);
+    // `refused` compares every table and all metadata: B's own pending
+    // captures (its rows above the high-water mark) are left as they are.
     let err = refused(&b, &bad, "UNIQUE");
     assert!(err.contains("entries"), "{err}");
     assert_eq!(rowid(&b, "entries", "X"), None);
@@ -1423,8 +1568,17 @@ fn a_failing_change_leaves_nothing_of_the_changeset() {
         .unwrap();
     let err = apply_error(&b, &bad);
     assert!(err.contains("UNIQUE"), "{err}");
+    // Also when the apply runs inside the caller's write statement.
+    b.execute("CREATE TABLE apply_log(report TEXT)", [])
+        .unwrap();
+    let err = match b.execute("INSERT INTO apply_log SELECT lsync_apply(?1)", [&bad]) {
+        Ok(_) => panic!("applied a changeset that cannot apply"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("UNIQUE"), "{err}");
     b.execute_batch("COMMIT").unwrap();
     assert_eq!(dump(&b, "SELECT uuid FROM tags"), [["BT"]]);
+    assert_eq!(count(&b, "apply_log"), 0);
     assert_eq!(rowid(&b, "entries", "X"), None);
     assert_eq!(rowid(&b, "locations", "L1"), None);
 

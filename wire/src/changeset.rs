@@ -176,8 +176,11 @@ impl Changeset {
         out.extend_from_slice(MAGIC);
         out.push(FORMAT);
         out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        let z = zstd::bulk::compress(&body, ZSTD_LEVEL)
-            .map_err(|e| EncodeError::Zstd(e.to_string()))?;
+        let zerr = |e: std::io::Error| EncodeError::Zstd(e.to_string());
+        let mut zc = zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(zerr)?;
+        // The frame checksum makes any corruption of the body an error.
+        zc.include_checksum(true).map_err(zerr)?;
+        let z = zc.compress(&body).map_err(zerr)?;
         out.extend_from_slice(&z);
         Ok(out)
     }
@@ -201,6 +204,13 @@ impl Changeset {
         let (_, len) = Changeset::peek(blob)?;
         if len > max_body {
             return Err(DecodeError::TooLarge(len, max_body));
+        }
+        // The zstd frame must carry its content checksum (descriptor bit 2),
+        // so that a flipped bit anywhere is caught rather than applied.
+        if blob.get(14..18) != Some(&[0x28, 0xb5, 0x2f, 0xfd][..])
+            || blob.get(18).is_none_or(|d| d & 0x04 == 0)
+        {
+            return Err(DecodeError::Corrupt("zstd frame header"));
         }
         let mut body = Vec::with_capacity(len as usize);
         let dec = zstd::stream::read::Decoder::new(&blob[14..])
@@ -510,7 +520,9 @@ mod tests {
         let mut blob = MAGIC.to_vec();
         blob.push(FORMAT);
         blob.extend_from_slice(&16u64.to_le_bytes());
-        blob.extend_from_slice(&zstd::bulk::compress(&body, 3).unwrap());
+        let mut zc = zstd::bulk::Compressor::new(3).unwrap();
+        zc.include_checksum(true).unwrap();
+        blob.extend_from_slice(&zc.compress(&body).unwrap());
         assert!(Changeset::decode(&blob, 1 << 20).is_err());
     }
 

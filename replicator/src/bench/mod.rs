@@ -1,5 +1,6 @@
 //! Benchmarks (`lsync bench ...`).
 
+pub mod apply;
 pub mod capture;
 mod data;
 mod ops;

@@ -1,0 +1,70 @@
+//! Maps keyed by a row's global id (TEXT or BLOB uuid), looked up by
+//! `&Value` without allocating: the apply path does several lookups per row.
+
+use rustc_hash::FxHashMap;
+
+use crate::sql::Value;
+
+#[derive(Debug)]
+pub struct IdMap<V> {
+    text: FxHashMap<Box<str>, V>,
+    blob: FxHashMap<Box<[u8]>, V>,
+}
+
+impl<V> Default for IdMap<V> {
+    fn default() -> Self {
+        IdMap {
+            text: FxHashMap::default(),
+            blob: FxHashMap::default(),
+        }
+    }
+}
+
+impl<V> IdMap<V> {
+    pub fn get(&self, id: &Value) -> Option<&V> {
+        match id {
+            Value::Text(s) => self.text.get(s.as_str()),
+            Value::Blob(b) => self.blob.get(b.as_slice()),
+            _ => None,
+        }
+    }
+
+    pub fn contains(&self, id: &Value) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Inserts; ids that are neither text nor blob are ignored.
+    pub fn insert(&mut self, id: &Value, v: V) {
+        match id {
+            Value::Text(s) => {
+                self.text.insert(s.as_str().into(), v);
+            }
+            Value::Blob(b) => {
+                self.blob.insert(b.as_slice().into(), v);
+            }
+            _ => {}
+        }
+    }
+
+    pub fn remove(&mut self, id: &Value) -> Option<V> {
+        match id {
+            Value::Text(s) => self.text.remove(s.as_str()),
+            Value::Blob(b) => self.blob.remove(b.as_slice()),
+            _ => None,
+        }
+    }
+
+    pub fn extend(&mut self, other: IdMap<V>) {
+        self.text.extend(other.text);
+        self.blob.extend(other.blob);
+    }
+
+    pub fn reserve(&mut self, n: usize) {
+        self.text.reserve(n);
+    }
+}
+
+/// Whether a value can be a global id.
+pub fn is_id(v: &Value) -> bool {
+    matches!(v, Value::Text(_) | Value::Blob(_))
+}

@@ -1,0 +1,1519 @@
+//! End-to-end tests of the `lsync run` sidecar: real replicator processes on
+//! 127.0.0.1, each on its own database file, with the app side written
+//! through rusqlite and the real `liblsync.so`.
+//!
+//! Every wait is bounded (a poll every 50 ms, with a deadline) and fails with
+//! the logs of the processes involved. Processes are killed when their guard
+//! drops, also when a test panics.
+//!
+//! The `lsync` binary must be built first: `cargo build --release --workspace`
+//! (or point `LSYNC_BIN` at it). `LSYNC_TEST_LOG` sets the children's
+//! `RUST_LOG` (default `info`).
+
+use std::cell::{Cell, RefCell};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use rusqlite::types::Value;
+use rusqlite::{params, Connection};
+
+use lsync_tests::{lsync_bin, open, scalar, track_library, TempDir};
+
+const POLL: Duration = Duration::from_millis(50);
+/// How long any one condition may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// Fast retries, so that the refused first session of a `--join` (and the
+/// refusal tests) do not wait long.
+const FAST_RETRY: [&str; 4] = ["--backoff-initial-ms", "50", "--backoff-max-ms", "400"];
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the child).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Removes ANSI colour sequences, in case the logger writes them.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A new library secret from `lsync secret new`, written to `dir/name`.
+fn new_secret(dir: &Path, name: &str) -> PathBuf {
+    let out = Command::new(lsync_bin())
+        .args(["secret", "new"])
+        .output()
+        .expect("run lsync secret new");
+    assert!(out.status.success(), "lsync secret new: {out:?}");
+    let hex = String::from_utf8(out.stdout).unwrap();
+    let hex = hex.trim();
+    assert!(
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a secret is 64 hex characters, got {hex:?}"
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{hex}\n")).unwrap();
+    path
+}
+
+/// One `lsync run` child process. Killed (SIGKILL) when dropped; when the
+/// drop happens during a panic, its logs are printed first.
+struct Sidecar {
+    name: String,
+    dir: PathBuf,
+    db: PathBuf,
+    listen: String,
+    /// Everything after `--listen ADDR`.
+    args: Vec<String>,
+    child: RefCell<Option<Child>>,
+    /// Number of times the process was started; run `n` logs to `name.n.log`.
+    runs: Cell<usize>,
+}
+
+impl Sidecar {
+    /// Starts `lsync run --db DB --listen 127.0.0.1:<free> --secret-file SECRET
+    /// [--peer P]... EXTRA...` and waits until it listens.
+    fn start(
+        dir: &Path,
+        name: &str,
+        db: &Path,
+        secret: &Path,
+        peers: &[&str],
+        extra: &[&str],
+    ) -> Sidecar {
+        let mut args = vec!["--secret-file".to_owned(), secret.display().to_string()];
+        for p in peers {
+            args.push("--peer".into());
+            args.push((*p).to_owned());
+        }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut s = Sidecar {
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            db: db.to_owned(),
+            listen: String::new(),
+            args,
+            child: RefCell::new(None),
+            runs: Cell::new(0),
+        };
+        // The port was free a moment ago; if another process took it since,
+        // try another one.
+        for _ in 0..5 {
+            s.listen = format!("127.0.0.1:{}", free_port());
+            match s.launch() {
+                Ok(()) => return s,
+                Err(log) if log.contains("in use") => continue,
+                Err(log) => panic!("{name} did not start:\n{log}"),
+            }
+        }
+        panic!("{name}: no free port after 5 attempts");
+    }
+
+    fn log_path(&self, run: usize) -> PathBuf {
+        self.dir.join(format!("{}.{run}.log", self.name))
+    }
+
+    /// Spawns the process and waits until its log says it listens. On an
+    /// early exit, returns its log.
+    fn launch(&self) -> Result<(), String> {
+        let run = self.runs.get() + 1;
+        self.runs.set(run);
+        let log = File::create(self.log_path(run)).expect("create log file");
+        let child = Command::new(lsync_bin())
+            .arg("run")
+            .arg("--db")
+            .arg(&self.db)
+            .arg("--listen")
+            .arg(&self.listen)
+            .args(&self.args)
+            .env("NO_COLOR", "1")
+            .env(
+                "RUST_LOG",
+                std::env::var("LSYNC_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn lsync run");
+        *self.child.borrow_mut() = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.log().contains("listening") {
+                return Ok(());
+            }
+            if let Some(status) = self.try_status() {
+                return Err(format!("exited with {status}:\n{}", self.log()));
+            }
+            sleep(Duration::from_millis(10));
+        }
+        Err(format!("not listening after 15 s:\n{}", self.log()))
+    }
+
+    fn addr(&self) -> &str {
+        &self.listen
+    }
+
+    /// The log of the current run.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path(self.runs.get()))
+            .map(|s| strip_ansi(&s))
+            .unwrap_or_default()
+    }
+
+    /// The logs of every run, labelled.
+    fn all_logs(&self) -> String {
+        let mut out = String::new();
+        for run in 1..=self.runs.get() {
+            let text = std::fs::read_to_string(self.log_path(run)).unwrap_or_default();
+            let text = strip_ansi(&text);
+            let lines: Vec<&str> = text.lines().collect();
+            let skip = lines.len().saturating_sub(200);
+            out.push_str(&format!(
+                "----- {} (run {run}, {} lines{}) -----\n",
+                self.name,
+                lines.len(),
+                if skip > 0 { ", last 200" } else { "" }
+            ));
+            for l in &lines[skip..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    fn pid(&self) -> i32 {
+        self.child
+            .borrow()
+            .as_ref()
+            .map(|c| c.id() as i32)
+            .expect("process started")
+    }
+
+    /// The exit status, if the process has exited.
+    fn try_status(&self) -> Option<ExitStatus> {
+        self.child
+            .borrow_mut()
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("try_wait"))
+    }
+
+    fn alive(&self) -> bool {
+        self.child.borrow().is_some() && self.try_status().is_none()
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the pid of our own child, which has not been
+        // reaped yet (the Child is still held), so the pid cannot be reused.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    fn wait_exit(&self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.try_status() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit (code 0) within 10 s.
+    fn stop(&self) {
+        self.signal(libc::SIGTERM);
+        match self.wait_exit(Duration::from_secs(10)) {
+            Some(s) if s.code() == Some(0) => {}
+            Some(s) => panic!("{} exited with {s} after SIGTERM", self.name),
+            None => panic!("{} still running 10 s after SIGTERM", self.name),
+        }
+    }
+
+    /// SIGKILL, and reap.
+    fn kill9(&self) {
+        if let Some(c) = self.child.borrow_mut().as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the process again, same database, port and flags.
+    fn restart(&self) {
+        assert!(!self.alive(), "{} is still running", self.name);
+        if let Err(log) = self.launch() {
+            panic!("{} did not restart:\n{log}", self.name);
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.get_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.all_logs());
+        }
+    }
+}
+
+/// Polls `ok` every 50 ms until it holds, for at most `limit`; fails if it
+/// does not, or if one of `nodes` dies meanwhile (their logs are printed by
+/// their drop).
+fn wait_for_within(what: &str, nodes: &[&Sidecar], limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let max_polls = limit.as_millis() / POLL.as_millis() + 1;
+    for _ in 0..max_polls {
+        if ok() {
+            return;
+        }
+        for n in nodes {
+            if let Some(s) = n.try_status() {
+                panic!(
+                    "{} exited ({s}) while waiting for: {what}\n{}",
+                    n.name,
+                    n.all_logs()
+                );
+            }
+        }
+        if start.elapsed() > limit {
+            break;
+        }
+        sleep(POLL);
+    }
+    panic!(
+        "timed out after {:.1} s waiting for: {what}",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+fn wait_for(what: &str, nodes: &[&Sidecar], ok: impl FnMut() -> bool) {
+    wait_for_within(what, nodes, PATIENCE, ok)
+}
+
+// ---------------------------------------------------------------------------
+// Databases
+// ---------------------------------------------------------------------------
+
+/// A new library database at `dir/name.db`: `sql/examples/library.sql`, then
+/// tracked as in `sql/examples/track.sql`. Returns its path and an app
+/// connection (extension loaded, WAL, busy timeout).
+fn library_db(dir: &Path, name: &str) -> (PathBuf, Connection) {
+    let path = dir.join(format!("{name}.db"));
+    let c = open(&path);
+    track_library(&c);
+    (path, c)
+}
+
+/// Inserts a location and `n` entries under it, in one transaction: a tree in
+/// which entry k's parent is entry (k-1)/16. Names are `{root}-{k}`.
+/// Returns the location's id.
+fn index_tree(c: &Connection, root: &str, n: i64) -> i64 {
+    let tx = c.unchecked_transaction().unwrap();
+    tx.execute(
+        "INSERT INTO locations(path, name, total_size, created_at) VALUES (?1, ?2, ?3, 1700000000000)",
+        params![format!("/mnt/{root}"), root, n * 7],
+    )
+    .unwrap();
+    let loc = tx.last_insert_rowid();
+    let base: i64 = tx
+        .query_row("SELECT coalesce(max(id), 0) + 1 FROM entries", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    {
+        let mut st = tx
+            .prepare(
+                "INSERT INTO entries(id, parent_id, location_id, name, size, kind, mtime)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .unwrap();
+        let dirs = n / 16 + 1;
+        for k in 0..n {
+            let parent = (k > 0).then(|| base + (k - 1) / 16);
+            st.execute(params![
+                base + k,
+                parent,
+                loc,
+                format!("{root}-{k}"),
+                k * 7,
+                i64::from(k >= dirs),
+                1_700_000_000_000i64 + k
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    loc
+}
+
+fn add_tag(c: &Connection, name: &str, color: &str) -> i64 {
+    c.execute(
+        "INSERT INTO tags(name, color) VALUES (?1, ?2)",
+        params![name, color],
+    )
+    .unwrap();
+    c.last_insert_rowid()
+}
+
+fn assign(c: &Connection, tag: i64, entry: i64) {
+    c.execute(
+        "INSERT INTO tag_assignments(tag_id, entry_id, created_at) VALUES (?1, ?2, 1700000000000)",
+        params![tag, entry],
+    )
+    .unwrap();
+}
+
+/// The local id of the row with this name (tags) or name (entries).
+fn id_by_name(c: &Connection, table: &str, name: &str) -> Option<i64> {
+    c.query_row(
+        &format!("SELECT id FROM {table} WHERE name = ?1"),
+        [name],
+        |r| r.get(0),
+    )
+    .ok()
+}
+
+fn count(c: &Connection, table: &str) -> i64 {
+    scalar(c, &format!("SELECT count(*) FROM {table}"))
+}
+
+fn library_id(c: &Connection) -> String {
+    scalar(c, "SELECT lsync_library_id()")
+}
+
+fn device_id(c: &Connection) -> String {
+    scalar(c, "SELECT lsync_device_id()")
+}
+
+/// A logical FK: the target's uuid, or the uuid of a link still deferred.
+fn fk(table: &str, col: &str, target: &str) -> String {
+    format!(
+        "coalesce((SELECT x.uuid FROM {target} x WHERE x.id = t.{col}),
+                  (SELECT d.target_uuid FROM lsync_deferred d
+                   WHERE d.tbl = (SELECT id FROM lsync_tables WHERE name = '{table}')
+                     AND d.rid = t.id AND d.col = '{col}'))"
+    )
+}
+
+/// Every tracked table, keyed by uuid, FKs as uuids, one string per row.
+/// Local ids never appear, so two replicas compare equal when they hold the
+/// same data.
+fn dump(c: &Connection) -> Vec<String> {
+    let queries = [
+        "SELECT 'L', uuid, device_id, path, name, total_size, created_at FROM locations t"
+            .to_owned(),
+        format!(
+            "SELECT 'E', uuid, {}, {}, name, size, kind, mtime FROM entries t",
+            fk("entries", "parent_id", "entries"),
+            fk("entries", "location_id", "locations")
+        ),
+        "SELECT 'T', uuid, name, color FROM tags t".to_owned(),
+        format!(
+            "SELECT 'A', uuid, {}, {}, created_at FROM tag_assignments t",
+            fk("tag_assignments", "tag_id", "tags"),
+            fk("tag_assignments", "entry_id", "entries")
+        ),
+    ];
+    let mut rows = Vec::new();
+    for q in queries {
+        let mut s = c.prepare(&format!("{q} ORDER BY uuid")).unwrap();
+        let n = s.column_count();
+        let mut r = s.query([]).unwrap();
+        while let Some(row) = r.next().unwrap() {
+            let cols: Vec<String> = (0..n)
+                .map(|i| format!("{:?}", row.get::<_, Value>(i).unwrap()))
+                .collect();
+            rows.push(cols.join("|"));
+        }
+    }
+    rows
+}
+
+/// All replicas hold the same data, and `rows` rows of it.
+fn converged(conns: &[&Connection], rows: usize) -> bool {
+    let first = dump(conns[0]);
+    first.len() == rows && conns[1..].iter().all(|c| dump(c) == first)
+}
+
+/// The first difference between two dumps, for failure messages.
+fn first_difference(a: &[String], b: &[String]) -> String {
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return format!("{x}\n  vs\n{y}");
+        }
+    }
+    format!("lengths {} vs {}", a.len(), b.len())
+}
+
+/// `lsync status --db DB --json`.
+fn status(db: &Path) -> serde_json::Value {
+    let out = Command::new(lsync_bin())
+        .args(["status", "--json", "--db"])
+        .arg(db)
+        .output()
+        .expect("run lsync status");
+    assert!(
+        out.status.success(),
+        "lsync status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "lsync status --json printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn occurrences(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+// ---------------------------------------------------------------------------
+// 1. Two peers
+// ---------------------------------------------------------------------------
+
+#[test]
+fn two_peers_converge_after_writes_on_both_sides() {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let (a_db, a) = library_db(dir.path(), "a");
+    let (b_db, b) = library_db(dir.path(), "b");
+
+    // Before any replicator runs: entries on A (pulled on connect).
+    index_tree(&a, "a", 40);
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &[]);
+    let node_b = Sidecar::start(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret,
+        &[node_a.addr()],
+        &["--join"],
+    );
+    let nodes = [&node_a, &node_b];
+
+    // While both run: tags on B, more entries on A (pushed).
+    let red = add_tag(&b, "red", "#f00");
+    add_tag(&b, "blue", "#00f");
+    index_tree(&a, "a2", 10);
+    // 2 locations + 50 entries + 2 tags.
+    wait_for("A and B hold the same entries and tags", &nodes, || {
+        converged(&[&a, &b], 54)
+    });
+    assert_eq!(library_id(&a), library_id(&b), "B joined A's library");
+
+    // A tag assignment on each side, across devices: on A with B's tag, on B
+    // with A's entry; and concurrent edits of the same shared tag.
+    let red_at_a = id_by_name(&a, "tags", "red").unwrap();
+    let entry_at_a = id_by_name(&a, "entries", "a-3").unwrap();
+    assign(&a, red_at_a, entry_at_a);
+    let entry_at_b = id_by_name(&b, "entries", "a2-5").unwrap();
+    assign(&b, red, entry_at_b);
+    a.execute(
+        "UPDATE tags SET color = 'crimson' WHERE id = ?1",
+        [red_at_a],
+    )
+    .unwrap();
+    b.execute("UPDATE tags SET name = 'rouge' WHERE id = ?1", [red])
+        .unwrap();
+    a.execute("UPDATE entries SET size = 1 WHERE name = 'a-7'", [])
+        .unwrap();
+    wait_for("A and B converge after cross-device writes", &nodes, || {
+        converged(&[&a, &b], 56)
+    });
+    let d = dump(&b);
+    assert!(
+        d.iter()
+            .any(|r| r.contains("\"rouge\"") && r.contains("\"crimson\"")),
+        "per-column LWW keeps both edits of the tag: {d:?}"
+    );
+    assert_eq!(count(&b, "lsync_deferred"), 0);
+    assert!(node_a.alive() && node_b.alive());
+}
+
+// ---------------------------------------------------------------------------
+// 2. Three peers in a line
+// ---------------------------------------------------------------------------
+
+#[test]
+fn three_peers_in_a_line_converge() {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let (a_db, a) = library_db(dir.path(), "a");
+    let (b_db, b) = library_db(dir.path(), "b");
+    let (c_db, c) = library_db(dir.path(), "c");
+    index_tree(&a, "a", 30);
+    add_tag(&b, "from-b", "green");
+    add_tag(&c, "from-c", "cyan");
+    index_tree(&c, "c", 5);
+
+    // B is the hub: A and C both dial it; A and C never talk.
+    let node_b = Sidecar::start(dir.path(), "B", &b_db, &secret, &[], &[]);
+    let node_a = Sidecar::start(
+        dir.path(),
+        "A",
+        &a_db,
+        &secret,
+        &[node_b.addr()],
+        &["--join"],
+    );
+    let node_c = Sidecar::start(
+        dir.path(),
+        "C",
+        &c_db,
+        &secret,
+        &[node_b.addr()],
+        &["--join"],
+    );
+    let nodes = [&node_a, &node_b, &node_c];
+    // 2 locations + 35 entries + 2 tags.
+    wait_for("A, B and C converge", &nodes, || {
+        converged(&[&a, &b, &c], 39)
+    });
+
+    // Writes that must be relayed: A tags an entry of its own with C's tag,
+    // C tags A's entry with B's tag, C renames B's tag, A adds entries.
+    let t = id_by_name(&a, "tags", "from-c").unwrap();
+    let e = id_by_name(&a, "entries", "a-1").unwrap();
+    assign(&a, t, e);
+    let t = id_by_name(&c, "tags", "from-b").unwrap();
+    let e = id_by_name(&c, "entries", "a-2").unwrap();
+    assign(&c, t, e);
+    c.execute("UPDATE tags SET color = 'lime' WHERE id = ?1", [t])
+        .unwrap();
+    index_tree(&a, "a-late", 4);
+    // + 1 location, 4 entries, 2 assignments.
+    wait_for("A, B and C converge after relayed writes", &nodes, || {
+        converged(&[&a, &b, &c], 46)
+    });
+    assert!(dump(&a).iter().any(|r| r.contains("\"lime\"")));
+
+    // A and C never had a session with each other.
+    let peers_of = |conn: &Connection| -> Vec<String> {
+        let mut s = conn.prepare("SELECT device_id FROM lsync_peers").unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(peers_of(&a), vec![device_id(&b)]);
+    assert_eq!(peers_of(&c), vec![device_id(&b)]);
+}
+
+// ---------------------------------------------------------------------------
+// 3. Offline, then back
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_peer_that_was_offline_catches_up_after_a_restart() {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let (a_db, a) = library_db(dir.path(), "a");
+    let (b_db, b) = library_db(dir.path(), "b");
+    index_tree(&a, "a", 20);
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &[]);
+    let node_b = Sidecar::start(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret,
+        &[node_a.addr()],
+        &["--join"],
+    );
+    wait_for("B has A's entries", &[&node_a, &node_b], || {
+        converged(&[&a, &b], 21)
+    });
+
+    node_b.stop();
+    // Meanwhile: inserts, an update and a delete on A, a tag on B (offline).
+    index_tree(&a, "while-away", 25);
+    a.execute("UPDATE entries SET size = -1 WHERE name = 'a-4'", [])
+        .unwrap();
+    a.execute("DELETE FROM entries WHERE name = 'a-19'", [])
+        .unwrap();
+    add_tag(&b, "written-offline", "grey");
+    sleep(Duration::from_millis(300));
+    assert_eq!(count(&b, "entries"), 20, "B is offline");
+
+    node_b.restart();
+    let nodes = [&node_a, &node_b];
+    // 2 locations + 44 entries + 1 tag.
+    wait_for("B catches up after its restart", &nodes, || {
+        converged(&[&a, &b], 47)
+    });
+    // The restarted session resumed from B's watermark, not from zero.
+    let log = node_b.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("session established"))
+        .expect("B logged its session");
+    assert!(
+        !line.contains("recv_cursor=0"),
+        "B resumes from its persisted watermark: {line}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 4. SIGKILL in the middle of a 200k-row catch-up
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_replicator_killed_mid_catch_up_converges_without_duplicates() {
+    const N: i64 = 200_000;
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let (a_db, a) = library_db(dir.path(), "a");
+    let (b_db, b) = library_db(dir.path(), "b");
+    index_tree(&a, "big", N);
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &["--batch", "1000"]);
+    let node_b = Sidecar::start(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret,
+        &[node_a.addr()],
+        &["--join", "--batch", "1000", FAST_RETRY[0], FAST_RETRY[1]],
+    );
+    // Kill B as soon as it holds some, but not all, of the rows.
+    wait_for_within(
+        "B holds some but not all rows",
+        &[&node_a, &node_b],
+        Duration::from_secs(60),
+        || {
+            let seen = count(&b, "entries");
+            if seen >= N {
+                panic!("B caught up before it could be killed (poll too slow)");
+            }
+            seen > 0
+        },
+    );
+    node_b.kill9();
+    let held = count(&b, "entries");
+    assert!(held > 0 && held < N, "killed mid-way: {held} of {N}");
+
+    // The watermark moved in the same transaction as the rows: B holds
+    // exactly A's entries up to it.
+    let a_dev = device_id(&a);
+    let cursor: i64 = b
+        .query_row(
+            "SELECT recv_cursor FROM lsync_peers WHERE device_id = ?1",
+            [&a_dev],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let after: i64 = a
+        .query_row(
+            "SELECT count(*) FROM lsync_changes(?1) WHERE tbl = 'entries'",
+            [cursor],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        held,
+        N - after,
+        "B holds {held} entries; A has {after} entries after B's watermark {cursor}"
+    );
+
+    node_b.restart();
+    let nodes = [&node_a, &node_b];
+    wait_for_within(
+        "B has all the rows after its restart",
+        &nodes,
+        Duration::from_secs(90),
+        || count(&b, "entries") == N,
+    );
+    let line = node_b
+        .log()
+        .lines()
+        .find(|l| l.contains("session established"))
+        .map(str::to_owned)
+        .expect("B logged its session");
+    assert!(
+        line.contains(&format!("recv_cursor={cursor}")),
+        "B resumed from its watermark {cursor}: {line}"
+    );
+    let (total, distinct): (i64, i64) = b
+        .query_row(
+            "SELECT count(*), count(DISTINCT uuid) FROM entries",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((total, distinct), (N, N), "no duplicates at B");
+    assert_eq!(count(&b, "locations"), 1);
+    assert_eq!(count(&b, "lsync_deferred"), 0, "every link resolved");
+    let (da, db) = (dump(&a), dump(&b));
+    assert!(da == db, "dumps differ: {}", first_difference(&da, &db));
+}
+
+// ---------------------------------------------------------------------------
+// 5. The app keeps writing while the replicator applies
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_app_writes_without_errors_while_the_replicator_applies() {
+    const N: i64 = 60_000;
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let (a_db, a) = library_db(dir.path(), "a");
+    let (b_db, b) = library_db(dir.path(), "b");
+    index_tree(&a, "big", N);
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &["--batch", "500"]);
+
+    // The app on B: small transactions, one tag each, busy_timeout 5 s,
+    // until the catch-up is over.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let app = {
+        let (path, stop) = (b_db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let c = open(&path);
+            c.busy_timeout(Duration::from_secs(5)).unwrap();
+            let (mut ok, mut during, mut errors) = (0i64, 0i64, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                let r = (|| -> rusqlite::Result<i64> {
+                    let tx = c.unchecked_transaction()?;
+                    tx.execute(
+                        "INSERT INTO tags(name, color) VALUES (?1, 'app')",
+                        [format!("app-{ok}")],
+                    )?;
+                    let seen: i64 =
+                        tx.query_row("SELECT count(*) FROM entries", [], |r| r.get(0))?;
+                    tx.commit()?;
+                    Ok(seen)
+                })();
+                match r {
+                    Ok(seen) => {
+                        ok += 1;
+                        if seen > 0 && seen < N {
+                            during += 1;
+                        }
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+                sleep(Duration::from_millis(2));
+            }
+            (ok, during, errors)
+        })
+    };
+    let node_b = Sidecar::start(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret,
+        &[node_a.addr()],
+        &["--join", "--batch", "500", FAST_RETRY[0], FAST_RETRY[1]],
+    );
+    let nodes = [&node_a, &node_b];
+    wait_for_within(
+        "B catches up with A",
+        &nodes,
+        Duration::from_secs(60),
+        || count(&b, "entries") == N,
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, during, errors) = app.join().expect("app thread");
+    assert!(
+        errors.is_empty(),
+        "the app saw {} errors, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    assert!(
+        during > 0,
+        "the app wrote {ok} tags, none while the catch-up was in progress"
+    );
+    // The app's tags reach A too.
+    wait_for("A has the app's tags", &nodes, || {
+        count(&a, "tags") == ok && count(&b, "tags") == ok
+    });
+    let (da, db) = (dump(&a), dump(&b));
+    assert!(da == db, "dumps differ: {}", first_difference(&da, &db));
+}
+
+// ---------------------------------------------------------------------------
+// 6. Refusals
+// ---------------------------------------------------------------------------
+
+/// Waits until B has been refused at least 3 times (so it did retry) and both
+/// logs mention `reason_a` / `reason_b`; then checks that nothing crossed.
+fn assert_refused(
+    a: &Connection,
+    b: &Connection,
+    node_a: &Sidecar,
+    node_b: &Sidecar,
+    reason_a: &str,
+    reason_b: &str,
+) {
+    let nodes = [node_a, node_b];
+    wait_for(
+        &format!("A logs {reason_a:?}, B logs {reason_b:?}, B retried 3 times"),
+        &nodes,
+        || {
+            let (la, lb) = (node_a.log(), node_b.log());
+            la.contains(reason_a)
+                && lb.contains(reason_b)
+                && occurrences(&lb, "session failed") >= 3
+        },
+    );
+    assert_eq!(count(b, "entries"), 0, "A's entries never reach B");
+    assert_eq!(count(b, "locations"), 0);
+    assert_eq!(count(a, "tags"), 0, "B's tags never reach A");
+    assert_eq!(
+        count(a, "lsync_peers"),
+        0,
+        "no session was established at A"
+    );
+    assert_ne!(library_id(a), library_id(b), "B did not join A's library");
+    assert!(!node_a.log().contains("session established"));
+    assert!(!node_b.log().contains("session established"));
+}
+
+/// A with a few entries, B with a tag; B is started by `start_b`.
+fn refusal_pair(
+    dir: &TempDir,
+    b_schema: Option<&str>,
+) -> (Connection, Connection, PathBuf, PathBuf) {
+    let (a_db, a) = library_db(dir.path(), "a");
+    index_tree(&a, "a", 5);
+    let b_db = dir.path().join("b.db");
+    let b = open(&b_db);
+    match b_schema {
+        Some(sql) => b.execute_batch(sql).unwrap(),
+        None => track_library(&b),
+    }
+    b.execute("INSERT INTO tags(name, color) VALUES ('b-tag', 'x')", [])
+        .unwrap();
+    (a, b, a_db, b_db)
+}
+
+#[test]
+fn a_wrong_secret_is_refused() {
+    let dir = TempDir::new();
+    let secret_a = new_secret(dir.path(), "secret-a");
+    let secret_b = new_secret(dir.path(), "secret-b");
+    let (a, b, a_db, b_db) = refusal_pair(&dir, None);
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret_a, &[], &[]);
+    let node_b = Sidecar::start(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret_b,
+        &[node_a.addr()],
+        &[
+            "--join",
+            FAST_RETRY[0],
+            FAST_RETRY[1],
+            FAST_RETRY[2],
+            FAST_RETRY[3],
+        ],
+    );
+    // The responder is the side that can tell: the first Noise message does
+    // not decrypt under its key.
+    assert_refused(
+        &a,
+        &b,
+        &node_a,
+        &node_b,
+        "authentication failed",
+        "session failed",
+    );
+}
+
+#[test]
+fn a_wrong_library_is_refused() {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let (a, b, a_db, b_db) = refusal_pair(&dir, None);
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &[]);
+    let node_b = Sidecar::start(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret,
+        &[node_a.addr()],
+        &FAST_RETRY,
+    );
+    assert_refused(&a, &b, &node_a, &node_b, "library", "library");
+}
+
+#[test]
+fn a_schema_with_one_table_fewer_is_refused() {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let schema = format!(
+        "{}\nSELECT lsync_track('locations', 'device_owned');
+         SELECT lsync_track('entries', 'device_owned');
+         SELECT lsync_track('tags', 'shared');",
+        lsync_tests::library_schema()
+    );
+    let (a, b, a_db, b_db) = refusal_pair(&dir, Some(&schema));
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &[]);
+    // --join: the library alone would not stop B; the schema must.
+    let node_b = Sidecar::start(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret,
+        &[node_a.addr()],
+        &[
+            "--join",
+            FAST_RETRY[0],
+            FAST_RETRY[1],
+            FAST_RETRY[2],
+            FAST_RETRY[3],
+        ],
+    );
+    assert_refused(&a, &b, &node_a, &node_b, "schema", "schema");
+}
+
+#[test]
+fn a_schema_with_an_extra_tracked_column_is_refused() {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let schema = format!(
+        "{}\nALTER TABLE entries ADD COLUMN note TEXT;
+         SELECT lsync_track('locations', 'device_owned');
+         SELECT lsync_track('entries', 'device_owned');
+         SELECT lsync_track('tags', 'shared');
+         SELECT lsync_track('tag_assignments', 'shared');",
+        lsync_tests::library_schema()
+    );
+    let (a, b, a_db, b_db) = refusal_pair(&dir, Some(&schema));
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &[]);
+    let node_b = Sidecar::start(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret,
+        &[node_a.addr()],
+        &[
+            "--join",
+            FAST_RETRY[0],
+            FAST_RETRY[1],
+            FAST_RETRY[2],
+            FAST_RETRY[3],
+        ],
+    );
+    assert_refused(&a, &b, &node_a, &node_b, "schema", "schema");
+}
+
+// ---------------------------------------------------------------------------
+// 7. Clients without the secret
+// ---------------------------------------------------------------------------
+
+const NEEDLE: &str = "needle-7f3a9c";
+
+/// Connects to `addr`, sends `bytes`, optionally half-closes, and returns
+/// everything the server sends back before it closes (or 3 s pass), plus
+/// whether it did close.
+fn poke(addr: &str, bytes: &[u8], half_close: bool) -> (Vec<u8>, bool) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    // The server may close before it has read everything: ignore EPIPE.
+    let _ = s.write_all(bytes);
+    if half_close {
+        let _ = s.shutdown(Shutdown::Write);
+    }
+    read_until_closed(&mut s)
+}
+
+fn read_until_closed(s: &mut TcpStream) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
+            Err(_) => break,
+        }
+    }
+    (got, false)
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn a_client_without_the_secret_can_neither_read_nor_write() {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let (a_db, a) = library_db(dir.path(), "a");
+    let (b_db, b) = library_db(dir.path(), "b");
+    index_tree(&a, "a", 10);
+    a.execute("UPDATE entries SET name = ?1 WHERE name = 'a-3'", [NEEDLE])
+        .unwrap();
+    add_tag(&a, NEEDLE, "secret-color");
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &[]);
+    let node_b = Sidecar::start(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret,
+        &[node_a.addr()],
+        &["--join", FAST_RETRY[0], FAST_RETRY[1]],
+    );
+    wait_for("B has A's rows", &[&node_a, &node_b], || {
+        converged(&[&a, &b], 12)
+    });
+    let before = dump(&a);
+    let peers_before = count(&a, "lsync_peers");
+
+    // A Noise client that runs the real handshake with a wrong key, then
+    // sends a forged hello anyway.
+    let wrong_key = [0x42u8; 32];
+    let params: snow::params::NoiseParams =
+        "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s".parse().unwrap();
+    let mut hs = snow::Builder::new(params)
+        .psk(0, &wrong_key)
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let mut msg1 = vec![0u8; 1024];
+    let n = hs.write_message(&[], &mut msg1).unwrap();
+    let mut noise_client = frame(&msg1[..n]);
+    noise_client.extend(frame(br#"{"type":"pull","since":0,"max":100000}"#));
+
+    let mut huge_then_data = 0x8000_0000u32.to_be_bytes().to_vec();
+    huge_then_data.extend_from_slice(&[0xAB; 4096]);
+    let mut truncated = 1000u32.to_be_bytes().to_vec();
+    truncated.extend_from_slice(&[7u8; 10]);
+    let mut plain_json = frame(
+        br#"{"type":"hello","protocol":1,"library_id":"x","device_id":"y","schema":"[]","head":0}"#,
+    );
+    plain_json.extend(frame(br#"{"type":"pull","since":0,"max":1000}"#));
+    let garbage: Vec<u8> = (0..2048u32).map(|i| (i * 7919 % 251) as u8).collect();
+
+    let attacks: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "an HTTP request",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            false,
+        ),
+        ("garbage bytes", garbage, false),
+        ("a fake frame", frame(&[0x55; 48]), false),
+        ("a plaintext hello and pull", plain_json, false),
+        ("a zero-length frame", frame(&[]), false),
+        ("a 2^31 length prefix", huge_then_data, false),
+        ("a truncated frame", truncated, true),
+        ("a lone partial length prefix", vec![0, 0], true),
+        ("a Noise handshake with the wrong key", noise_client, false),
+    ];
+    for (what, bytes, half_close) in &attacks {
+        let (got, closed) = poke(node_a.addr(), bytes, *half_close);
+        assert!(
+            closed,
+            "A did not disconnect a client that sent {what} (got {} bytes)",
+            got.len()
+        );
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            !text.contains(NEEDLE) && !text.contains("secret-color"),
+            "A leaked row data to a client that sent {what}"
+        );
+        assert!(
+            got.is_empty(),
+            "A answered {} bytes to a client that sent {what}: {:?}",
+            got.len(),
+            &got[..got.len().min(64)]
+        );
+    }
+    assert!(node_a.alive(), "A survives the garbage");
+    assert_eq!(dump(&a), before, "nothing was written to A");
+    assert_eq!(count(&a, "lsync_peers"), peers_before);
+
+    // A keeps serving its legitimate peer B, both ways...
+    index_tree(&a, "after-garbage", 3);
+    add_tag(&b, "from-b-after-garbage", "ok");
+    wait_for(
+        "B and A converge after the garbage",
+        &[&node_a, &node_b],
+        || converged(&[&a, &b], 17),
+    );
+    // ... and accepts a new one.
+    let (c_db, c) = library_db(dir.path(), "c");
+    let node_c = Sidecar::start(
+        dir.path(),
+        "C",
+        &c_db,
+        &secret,
+        &[node_a.addr()],
+        &["--join", FAST_RETRY[0], FAST_RETRY[1]],
+    );
+    wait_for(
+        "a new peer C converges with A",
+        &[&node_a, &node_b, &node_c],
+        || converged(&[&a, &b, &c], 17),
+    );
+    let log = node_a.log();
+    assert!(
+        occurrences(&log, "session ended") >= attacks.len(),
+        "A logged each rejected client:\n{log}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 8. lsync status, ACKs and tombstones
+// ---------------------------------------------------------------------------
+
+fn peer_entry<'a>(s: &'a serde_json::Value, device: &str) -> &'a serde_json::Value {
+    s["peers"]
+        .as_array()
+        .expect("peers is an array")
+        .iter()
+        .find(|p| p["device_id"] == device)
+        .unwrap_or_else(|| panic!("no peer {device} in {s}"))
+}
+
+#[test]
+fn status_shows_lag_and_tombstones_are_pruned_after_acks() {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let (a_db, a) = library_db(dir.path(), "a");
+    let (b_db, b) = library_db(dir.path(), "b");
+    index_tree(&a, "a", 10);
+    add_tag(&a, "doomed", "black");
+    add_tag(&a, "kept", "white");
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &[]);
+    let node_b = Sidecar::start(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret,
+        &[node_a.addr()],
+        &["--join", FAST_RETRY[0], FAST_RETRY[1]],
+    );
+    let nodes = [&node_a, &node_b];
+    wait_for("B has A's rows", &nodes, || converged(&[&a, &b], 13));
+    let (dev_a, dev_b) = (device_id(&a), device_id(&b));
+
+    wait_for("A's status shows B with lag 0", &nodes, || {
+        let s = status(&a_db);
+        peer_entry(&s, &dev_b)["lag"] == 0
+    });
+    let s = status(&a_db);
+    assert_eq!(s["device_id"], dev_a.as_str());
+    assert_eq!(s["library_id"], library_id(&a).as_str());
+    assert_eq!(s["deferred_links"], 0);
+    let p = peer_entry(&s, &dev_b);
+    assert!(p["last_error"].is_null(), "A's view of B: {p}");
+    assert!(p["last_contact_ms"].as_i64().unwrap() > 0, "{p}");
+    assert_eq!(p["acked_cursor"], s["head"], "{s}");
+    let s = status(&b_db);
+    assert_eq!(s["library_id"], library_id(&a).as_str());
+    let p = peer_entry(&s, &dev_a);
+    assert!(p["recv_cursor"].as_i64().unwrap() > 0, "{p}");
+    // B's first session to A was refused once (the join); an error recorded
+    // then may remain, but nothing newer than the session that succeeded.
+    eprintln!("B's view of A: {p}");
+
+    // The human-readable form names the peer too.
+    let out = Command::new(lsync_bin())
+        .args(["status", "--db"])
+        .arg(&a_db)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&dev_b), "{text}");
+
+    // Delete while B is connected: B applies it and ACKs, A prunes.
+    a.execute("DELETE FROM tags WHERE name = 'doomed'", [])
+        .unwrap();
+    a.execute("DELETE FROM entries WHERE name = 'a-9'", [])
+        .unwrap();
+    wait_for("B applies the deletes", &nodes, || converged(&[&a, &b], 11));
+    wait_for(
+        "A prunes the tombstones once B has ACKed them",
+        &nodes,
+        || {
+            let s = status(&a_db);
+            s["tombstones_awaiting_ack"] == 0
+                && s["tombstones"] == 0
+                && peer_entry(&s, &dev_b)["lag"] == 0
+        },
+    );
+    wait_for(
+        "B shows A with lag 0 and no tombstones awaiting ACK",
+        &nodes,
+        || {
+            let s = status(&b_db);
+            s["tombstones_awaiting_ack"] == 0 && peer_entry(&s, &dev_a)["lag"] == 0
+        },
+    );
+}
+
+#[test]
+fn status_counts_changes_a_stopped_peer_has_not_acked() {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let (a_db, a) = library_db(dir.path(), "a");
+    let (b_db, b) = library_db(dir.path(), "b");
+    index_tree(&a, "a", 5);
+    add_tag(&a, "doomed", "black");
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &[]);
+    let node_b = Sidecar::start(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret,
+        &[node_a.addr()],
+        &["--join", FAST_RETRY[0], FAST_RETRY[1]],
+    );
+    let nodes = [&node_a, &node_b];
+    wait_for("B has A's rows", &nodes, || converged(&[&a, &b], 7));
+    let dev_b = device_id(&b);
+    wait_for("A's status shows B with lag 0", &nodes, || {
+        peer_entry(&status(&a_db), &dev_b)["lag"] == 0
+    });
+
+    // B goes away; A deletes a tag. A's replicator keeps running, with no
+    // session to export to.
+    node_b.stop();
+    a.execute("DELETE FROM tags WHERE name = 'doomed'", [])
+        .unwrap();
+    sleep(Duration::from_millis(200));
+    let s = status(&a_db);
+    assert!(
+        s["tombstones_awaiting_ack"].as_i64().unwrap() >= 1,
+        "a delete B has not ACKed is a tombstone awaiting an ACK: {s}"
+    );
+    assert!(
+        peer_entry(&s, &dev_b)["lag"].as_i64().unwrap() >= 1,
+        "B lags behind A by the delete: {s}"
+    );
+
+    node_b.restart();
+    wait_for(
+        "B applies the delete after its restart",
+        &[&node_a, &node_b],
+        || converged(&[&a, &b], 6),
+    );
+    wait_for("A prunes the tombstone", &[&node_a, &node_b], || {
+        let s = status(&a_db);
+        s["tombstones_awaiting_ack"] == 0 && s["tombstones"] == 0
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 9. Clean shutdown
+// ---------------------------------------------------------------------------
+
+#[test]
+fn lsync_run_exits_cleanly_on_sigterm_and_sigint() {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let (a_db, a) = library_db(dir.path(), "a");
+    let (b_db, b) = library_db(dir.path(), "b");
+    index_tree(&a, "a", 5);
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &[]);
+    let node_b = Sidecar::start(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret,
+        &[node_a.addr()],
+        &["--join", FAST_RETRY[0], FAST_RETRY[1]],
+    );
+    wait_for("B has A's rows", &[&node_a, &node_b], || {
+        converged(&[&a, &b], 6)
+    });
+
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        for node in [&node_a, &node_b] {
+            assert!(node.alive());
+            let t = Instant::now();
+            node.signal(sig);
+            let status = node
+                .wait_exit(Duration::from_secs(8))
+                .unwrap_or_else(|| panic!("{} still runs 8 s after {name}", node.name));
+            assert_eq!(
+                status.code(),
+                Some(0),
+                "{} exits with code 0 on {name}: {status}",
+                node.name
+            );
+            assert!(
+                t.elapsed() < Duration::from_secs(6),
+                "{} took {:?} to stop",
+                node.name,
+                t.elapsed()
+            );
+            assert!(
+                node.log().contains("stopped"),
+                "{} logs its clean stop",
+                node.name
+            );
+        }
+        // Start both again (with a live session) for the next signal.
+        node_a.restart();
+        node_b.restart();
+        wait_for("the session is back", &[&node_a, &node_b], || {
+            node_b.log().contains("session established")
+        });
+    }
+    // The data survived the restarts.
+    assert!(converged(&[&a, &b], 6));
+}
+
+// ---------------------------------------------------------------------------
+// 10. Backoff
+// ---------------------------------------------------------------------------
+
+/// Parses a `Duration` as `Debug` prints it: `100ms`, `1.6s`, `250µs`.
+fn parse_debug_duration(s: &str) -> Duration {
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic() || c == 'µ')
+        .map(|i| s.split_at(i))
+        .unwrap_or_else(|| panic!("not a duration: {s:?}"));
+    let v: f64 = num
+        .parse()
+        .unwrap_or_else(|_| panic!("not a duration: {s:?}"));
+    let secs = match unit {
+        "s" => v,
+        "ms" => v / 1e3,
+        "µs" | "us" => v / 1e6,
+        "ns" => v / 1e9,
+        _ => panic!("unknown unit in {s:?}"),
+    };
+    Duration::from_secs_f64(secs)
+}
+
+/// Seconds since midnight of a log line's leading RFC 3339 timestamp.
+fn line_time(line: &str) -> f64 {
+    let ts = line.split_whitespace().next().unwrap_or_default();
+    let t = ts
+        .split('T')
+        .nth(1)
+        .and_then(|t| t.strip_suffix('Z'))
+        .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
+    let parts: Vec<f64> = t.split(':').map(|p| p.parse().unwrap()).collect();
+    parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
+}
+
+/// The `retry_in=` values of the log, with the time of each line.
+fn retries(log: &str) -> Vec<(f64, Duration)> {
+    log.lines()
+        .filter_map(|l| {
+            let v = l.split("retry_in=").nth(1)?.split_whitespace().next()?;
+            Some((line_time(l), parse_debug_duration(v)))
+        })
+        .collect()
+}
+
+/// Checks that the delays double from `initial` and stop at `max`, and that
+/// the process really waited that long between attempts.
+fn check_backoff(node: &Sidecar, initial: Duration, max: Duration, want: usize) {
+    wait_for(&format!("{want} retries"), &[node], || {
+        retries(&node.log()).len() >= want
+    });
+    let r = retries(&node.log());
+    let delays: Vec<Duration> = r.iter().map(|x| x.1).collect();
+    let mut expect = initial;
+    for (i, d) in delays.iter().enumerate() {
+        assert_eq!(
+            *d, expect,
+            "retry {i}: delays {delays:?} should double from {initial:?} up to {max:?}"
+        );
+        expect = (expect * 2).min(max);
+    }
+    assert!(
+        delays.iter().filter(|d| **d == max).count() >= 2,
+        "the delay stays at the cap: {delays:?}"
+    );
+    for w in r.windows(2) {
+        let mut gap = w[1].0 - w[0].0;
+        if gap < 0.0 {
+            gap += 86_400.0;
+        }
+        let promised = w[0].1.as_secs_f64();
+        assert!(
+            gap >= promised - 0.02,
+            "announced a retry in {promised} s but retried after {gap} s: {delays:?}"
+        );
+    }
+}
+
+#[test]
+fn retries_back_off_exponentially_up_to_the_cap() {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let (db, _c) = library_db(dir.path(), "a");
+    // A port that nothing listens on.
+    let closed = format!("127.0.0.1:{}", free_port());
+    let node = Sidecar::start(
+        dir.path(),
+        "A",
+        &db,
+        &secret,
+        &[&closed],
+        &["--backoff-initial-ms", "100", "--backoff-max-ms", "400"],
+    );
+    check_backoff(
+        &node,
+        Duration::from_millis(100),
+        Duration::from_millis(400),
+        6,
+    );
+    assert!(node.log().contains(&closed));
+
+    // The same settings from a TOML config file (flags for the rest).
+    let (db2, _c2) = library_db(dir.path(), "b");
+    let cfg = dir.path().join("b.toml");
+    std::fs::write(
+        &cfg,
+        format!("peer = [\"{closed}\"]\nbackoff_initial_ms = 60\nbackoff_max_ms = 240\n"),
+    )
+    .unwrap();
+    let node2 = Sidecar::start(
+        dir.path(),
+        "B",
+        &db2,
+        &secret,
+        &[],
+        &["--config", cfg.to_str().unwrap()],
+    );
+    check_backoff(
+        &node2,
+        Duration::from_millis(60),
+        Duration::from_millis(240),
+        6,
+    );
+}
