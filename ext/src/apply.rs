@@ -179,6 +179,11 @@ fn check_drift(db: Db, cs: &Changeset) -> Result<()> {
     Ok(())
 }
 
+/// Column values ready to write, FK uuids already mapped to local ids.
+type LocalValues<'c> = Vec<(&'c Arc<str>, Cow<'c, Value>)>;
+/// An FK link to complete later: (column, target table, target uuid).
+type Link = (Arc<str>, String, Value);
+
 /// A clock for LWW ordering: (HLC, origin device UUID).
 type Clk = (i64, Arc<str>);
 
@@ -415,14 +420,7 @@ impl Applier {
 
     /// Column values with FK uuids mapped to local ids; unresolved links are
     /// returned separately and stored as NULL until their target arrives.
-    fn local_values<'c>(
-        &self,
-        t: &Table,
-        c: &'c Change,
-    ) -> (
-        Vec<(&'c Arc<str>, Cow<'c, Value>)>,
-        Vec<(Arc<str>, String, Value)>,
-    ) {
+    fn local_values<'c>(&self, t: &Table, c: &'c Change) -> (LocalValues<'c>, Vec<Link>) {
         let mut vals = Vec::with_capacity(c.data.len());
         let mut deferred = Vec::new();
         for (col, v) in &c.data {

@@ -86,8 +86,8 @@ pub fn read_except(db: Db, since: i64, limit: usize, except: Option<&str>) -> Re
         if Some(e.origin) == except_idx {
             continue;
         }
-        if !origins.contains_key(&e.origin) {
-            origins.insert(e.origin, Arc::from(schema::device_uuid(db, e.origin)?));
+        if let std::collections::hash_map::Entry::Vacant(v) = origins.entry(e.origin) {
+            v.insert(Arc::from(schema::device_uuid(db, e.origin)?));
         }
         let origin = origins[&e.origin].clone();
         read_entry(&cache, t, &e, since, limit - out.len(), origin, &mut out)?;

@@ -5,6 +5,10 @@
 //! (`sqlite3_api_routines`) when the extension is loaded; we keep it and call
 //! through it, which works both for the `.so` and for static registration.
 
+// The raw pointers taken by the pub functions here are the ones SQLite hands
+// to our callbacks (contexts, values, the API table), valid for the call.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
@@ -316,7 +320,6 @@ pub unsafe fn value_from_raw(v: *mut sqlite3_value) -> Value {
 }
 
 /// Copies an argument that SQLite passed to a callback (xFilter).
-#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub fn arg_value(v: *mut sqlite3_value) -> Value {
     // SAFETY: only called with argument pointers SQLite handed to the current
     // callback, which stay valid for its duration.

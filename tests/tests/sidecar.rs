@@ -840,7 +840,7 @@ fn the_app_writes_without_errors_while_the_replicator_applies() {
     wait_for_within(
         "B catches up with A",
         &nodes,
-        Duration::from_secs(60),
+        Duration::from_secs(30),
         || count(&b, "entries") == N,
     );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
