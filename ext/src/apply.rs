@@ -728,15 +728,7 @@ impl Applier {
                 ))?)
             }
         };
-        stmt.bind(1, pk)?;
-        for (i, (_, v)) in vals.iter().enumerate() {
-            stmt.bind(i + 2, v)?;
-        }
-        let r: Result<()> = (|| {
-            while stmt.step()? {}
-            Ok(())
-        })();
-        stmt.reset();
+        let r = stmt.run_borrowed(std::iter::once(pk).chain(vals.iter().map(|(_, v)| v.as_ref())));
         r.map_err(|e| {
             Error::msg(format!(
                 "lsync_apply: inserting into '{}': {e}; nothing was applied",

@@ -434,8 +434,34 @@ pub struct Stmt {
 
 impl Stmt {
     pub fn bind(&mut self, i: usize, v: &Value) -> Result<()> {
+        self.bind_with(i, v, transient())
+    }
+
+    /// Binds `params` without copying them, runs the statement to completion,
+    /// then resets it and clears the bindings, all while `params` is borrowed,
+    /// so SQLite never sees a freed buffer.
+    pub fn run_borrowed<'v>(&mut self, params: impl IntoIterator<Item = &'v Value>) -> Result<()> {
+        let r = (|| {
+            for (i, p) in params.into_iter().enumerate() {
+                // SQLITE_STATIC: valid until the clear_bindings below.
+                self.bind_with(i + 1, p, None)?;
+            }
+            while self.step()? {}
+            Ok(())
+        })();
+        self.reset();
+        r
+    }
+
+    fn bind_with(
+        &mut self,
+        i: usize,
+        v: &Value,
+        destructor: Option<unsafe extern "C" fn(*mut c_void)>,
+    ) -> Result<()> {
         let i = i as c_int;
-        // SAFETY: the statement is live; text/blob are copied (TRANSIENT).
+        // SAFETY: the statement is live; text/blob are either copied
+        // (TRANSIENT) or outlive the binding (run_borrowed clears it).
         let rc = unsafe {
             match v {
                 Value::Null => call!(bind_null(self.ptr, i)),
@@ -446,7 +472,7 @@ impl Stmt {
                     i,
                     s.as_ptr().cast::<c_char>(),
                     s.len() as u64,
-                    transient(),
+                    destructor,
                     SQLITE_UTF8 as u8
                 )),
                 Value::Blob(b) => call!(bind_blob64(
@@ -454,7 +480,7 @@ impl Stmt {
                     i,
                     b.as_ptr().cast::<c_void>(),
                     b.len() as u64,
-                    transient()
+                    destructor
                 )),
             }
         };
