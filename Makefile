@@ -37,8 +37,13 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --release -- -D warnings
 
+# Two replicators on loopback: device A indexes /usr/share, device B tags
+# entries, both converge (see `lsync demo --help`).
 demo: deps build
-	bash sql/examples/demo.sh
+	./target/release/lsync demo
 
 bench: build
-	$(CARGO) run --release -p lsync-replicator -- bench capture --rows 1000000
+	./target/release/lsync bench capture --rows 1000000
+	./target/release/lsync bench apply --rows 1000000
+	./target/release/lsync bench latency
+	./target/release/lsync bench propagate --rows 100000

@@ -23,9 +23,22 @@ pub enum Command {
     /// Show each peer's watermarks, lag, last contact and last error, plus the
     /// deferred links and the tombstones waiting for ACKs.
     Status(StatusArgs),
+    /// Two devices on loopback: A indexes DIR, B tags entries, both converge.
+    Demo(DemoArgs),
     /// Run benchmarks of the extension and the replicator.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// Options of `lsync demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Directory tree to index into device A (at most 300,000 entries).
+    #[arg(default_value = "/usr/share")]
+    pub dir: PathBuf,
+    /// Keep the demo's databases and logs.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Options of `lsync run`. Every option can also be set in the TOML file
@@ -123,8 +136,9 @@ pub struct ApplyArgs {
 #[derive(Debug, Clone, Args)]
 pub struct CaptureArgs {
     /// Number of rows to insert into `entries`, in one transaction per variant.
-    /// N/10 of them (at least 1) are then updated.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    /// N/10 of them (at least 1) are then updated. At most 10,000,000 (the
+    /// rows are generated in memory first, about 150 bytes each).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub rows: u64,
 
     /// Also print the results as one JSON object, on the last line of stdout.

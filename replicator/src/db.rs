@@ -63,10 +63,12 @@ pub enum DbError {
 
 /// Adapts the extension's entry point to rusqlite's `RawAutoExtension`.
 ///
-/// The extension is written against `sqlite3ext-sys`, whose `sqlite3` and
-/// `sqlite3_api_routines` are distinct (but layout-identical, opaque or
-/// `#[repr(C)]`) types from `libsqlite3-sys`'s, and it takes the API pointer
-/// as `*mut` where rusqlite passes `*const`. Only the pointer types differ.
+/// The extension is written against `sqlite3ext-sys` (SQLite 3.39 headers),
+/// whose `sqlite3` and `sqlite3_api_routines` are distinct Rust types from
+/// `libsqlite3-sys`'s, and it takes the API pointer as `*mut` where rusqlite
+/// passes `*const`. Only the pointer types differ: `sqlite3` is opaque, and
+/// SQLite only ever appends to `sqlite3_api_routines`, so the 3.39 layout is
+/// a prefix of the 3.54 table that SQLite passes here.
 unsafe extern "C" fn lsync_auto_init(
     db: *mut ffi::sqlite3,
     pz_err: *mut *mut c_char,

@@ -10,8 +10,10 @@ extern crate lsync;
 
 mod bench;
 mod cli;
+mod cluster;
 mod config;
 mod db;
+mod demo;
 mod node;
 mod peer;
 mod protocol;
@@ -45,6 +47,10 @@ fn run(cli: Cli) -> Result<()> {
                 .block_on(node::run(cfg))?;
         }
         Command::Secret(SecretCommand::New) => println!("{}", secret::new()?),
+        Command::Demo(args) => {
+            db::register(&db::Extension::Static)?;
+            demo::run(&args.dir, args.keep)?;
+        }
         Command::Status(args) => {
             db::register(&db::Extension::Static)?;
             status::run(&args)?;
