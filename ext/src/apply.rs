@@ -187,7 +187,8 @@ type Link = (Arc<str>, String, Value);
 /// A clock for LWW ordering: (HLC, origin device UUID).
 type Clk = (i64, Arc<str>);
 
-/// Consecutive new rows from one origin at one HLC, recorded as one range.
+/// Consecutive rows from one origin at one HLC, recorded as one range:
+/// new rows, or existing rows whose old coverage it replaces.
 struct Run {
     tbl: i64,
     lo: i64,
@@ -195,6 +196,7 @@ struct Run {
     hlc: i64,
     origin: i64,
     op: i64,
+    replace: bool,
 }
 
 struct Applier {
@@ -457,7 +459,14 @@ impl Applier {
         let theirs: Clk = (c.hlc, c.origin.clone());
         let rid = match existing {
             Some(rid) => {
-                self.end_run()?;
+                // The clock lookups below must see a pending run that holds rid.
+                if self
+                    .run
+                    .as_ref()
+                    .is_some_and(|r| r.tbl == t.id && (r.lo..=r.hi).contains(&rid))
+                {
+                    self.end_run()?;
+                }
                 let base = self
                     .clock
                     .row_clock(t.id, rid)?
@@ -472,8 +481,7 @@ impl Applier {
                             Vec::new()
                         } else {
                             self.write(t, rid, &vals)?;
-                            self.clock
-                                .cover_row(t.id, rid, op_code(c.op), c.hlc, origin)?;
+                            self.extend_run(t.id, rid, c.hlc, origin, op_code(c.op), true)?;
                             vals.iter().map(|(c, _)| (*c).clone()).collect()
                         }
                     }
@@ -536,7 +544,7 @@ impl Applier {
                     }
                 }
                 let rid = self.insert(t, &c.pk, &vals)?;
-                self.extend_run(t.id, rid, c.hlc, origin, op_code(c.op))?;
+                self.extend_run(t.id, rid, c.hlc, origin, op_code(c.op), false)?;
                 self.rids
                     .entry(t.name.clone())
                     .or_default()
@@ -770,9 +778,23 @@ impl Applier {
         })
     }
 
-    fn extend_run(&mut self, tbl: i64, rid: i64, hlc: i64, origin: i64, op: i64) -> Result<()> {
+    fn extend_run(
+        &mut self,
+        tbl: i64,
+        rid: i64,
+        hlc: i64,
+        origin: i64,
+        op: i64,
+        replace: bool,
+    ) -> Result<()> {
         if let Some(r) = &mut self.run {
-            if r.tbl == tbl && r.hi + 1 == rid && r.hlc == hlc && r.origin == origin && r.op == op {
+            if r.tbl == tbl
+                && r.hi + 1 == rid
+                && r.hlc == hlc
+                && r.origin == origin
+                && r.op == op
+                && r.replace == replace
+            {
                 r.hi = rid;
                 return Ok(());
             }
@@ -785,21 +807,27 @@ impl Applier {
             hlc,
             origin,
             op,
+            replace,
         });
         Ok(())
     }
 
     fn end_run(&mut self) -> Result<()> {
         if let Some(r) = self.run.take() {
-            self.clock.add(
-                r.tbl,
-                Some((r.lo, r.hi)),
-                None,
-                r.op,
-                r.hlc,
-                r.origin,
-                Value::Null,
-            )?;
+            if r.replace {
+                self.clock
+                    .cover_rows(r.tbl, r.lo, r.hi, r.op, r.hlc, r.origin)?;
+            } else {
+                self.clock.add(
+                    r.tbl,
+                    Some((r.lo, r.hi)),
+                    None,
+                    r.op,
+                    r.hlc,
+                    r.origin,
+                    Value::Null,
+                )?;
+            }
         }
         Ok(())
     }

@@ -209,6 +209,72 @@ impl Clock {
         Ok(())
     }
 
+    /// Removes the rowids `lo..=hi` from every row entry that covers them,
+    /// keeping the parts outside with their cursors.
+    pub fn uncover_range(&self, tbl: i64, lo: i64, hi: i64) -> Result<()> {
+        let overlapping = self.cache.with(
+            "SELECT seq, lo, hi, op, hlc, origin FROM lsync_clock
+             WHERE tbl = ?1 AND col IS NULL AND lo <= ?3 AND hi >= ?2",
+            &[tbl.into(), lo.into(), hi.into()],
+            |s| {
+                let mut out = Vec::new();
+                while s.step()? {
+                    out.push((
+                        s.i64(0),
+                        s.i64(1),
+                        s.i64(2),
+                        [s.value(3), s.value(4), s.value(5)],
+                    ));
+                }
+                Ok(out)
+            },
+        )?;
+        for (seq, elo, ehi, rest) in overlapping {
+            self.cache
+                .run("DELETE FROM lsync_clock WHERE seq = ?1", &[seq.into()])?;
+            let keep = |seq: i64, a: i64, b: i64| {
+                self.cache.run(
+                    "INSERT INTO lsync_clock(seq, tbl, lo, hi, col, op, hlc, origin)
+                     VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7)",
+                    &[
+                        seq.into(),
+                        tbl.into(),
+                        a.into(),
+                        b.into(),
+                        rest[0].clone(),
+                        rest[1].clone(),
+                        rest[2].clone(),
+                    ],
+                )
+            };
+            if elo < lo {
+                keep(seq - (ehi - lo + 1), elo, lo - 1)?;
+            }
+            if ehi > hi {
+                keep(seq, hi + 1, ehi)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the coverage of rows `lo..=hi` with one new range entry.
+    pub fn cover_rows(
+        &mut self,
+        tbl: i64,
+        lo: i64,
+        hi: i64,
+        op: i64,
+        hlc: i64,
+        origin: i64,
+    ) -> Result<i64> {
+        self.uncover_range(tbl, lo, hi)?;
+        self.cache.run(
+            "DELETE FROM lsync_clock WHERE tbl = ?1 AND col IS NOT NULL AND lo BETWEEN ?2 AND ?3",
+            &[tbl.into(), lo.into(), hi.into()],
+        )?;
+        self.add(tbl, Some((lo, hi)), None, op, hlc, origin, Value::Null)
+    }
+
     /// Drops the per-column entries of a row (shared tables).
     pub fn drop_columns(&self, tbl: i64, rid: i64) -> Result<()> {
         self.cache.run(
@@ -269,7 +335,11 @@ pub fn flush(db: Db) -> Result<i64> {
         for t in track::load_all(db)? {
             folded += flush_table(db, &t, &mut clock)?;
         }
-        clock.save()?;
+        // Nothing folded, nothing written: a no-op flush must not commit,
+        // or every reader polling data_version would wake up for nothing.
+        if folded > 0 {
+            clock.save()?;
+        }
         Ok(folded)
     })
 }
@@ -326,6 +396,10 @@ fn flush_table(db: Db, t: &Table, clock: &mut Clock) -> Result<i64> {
     }
     drop(s);
     let mut reinserted = false;
+    // Updated device-owned rows with consecutive rowids fold into one range
+    // entry; its HLC is the newest of theirs, which keeps every row's version
+    // increasing (only the owner writes them).
+    let mut run: Option<(i64, i64, i64)> = None;
     for (rid, op, hlc, cols) in dirty {
         // Rows above the mark are folded as new rows below.
         if rid > t.hwm {
@@ -342,10 +416,23 @@ fn flush_table(db: Db, t: &Table, clock: &mut Clock) -> Result<i64> {
                     }
                 }
             }
+            (Mode::DeviceOwned, OP_UPDATE) => {
+                run = match run {
+                    Some((lo, hi, h)) if hi + 1 == rid => Some((lo, rid, h.max(hlc))),
+                    Some((lo, hi, h)) => {
+                        clock.cover_rows(t.id, lo, hi, OP_UPDATE, h, me)?;
+                        Some((rid, rid, hlc))
+                    }
+                    None => Some((rid, rid, hlc)),
+                };
+            }
             _ => {
                 clock.cover_row(t.id, rid, op, hlc, me)?;
             }
         }
+    }
+    if let Some((lo, hi, h)) = run {
+        clock.cover_rows(t.id, lo, hi, OP_UPDATE, h, me)?;
     }
 
     if max_rid > t.hwm {

@@ -106,6 +106,34 @@ pub enum BenchCommand {
     /// Measure applying a changeset of N entries to an empty peer, against a
     /// plain prepared insert of the same rows.
     Apply(ApplyArgs),
+    /// Two replicators on loopback: single-row commits on one side, time
+    /// until each is visible on the other.
+    Latency(LatencyArgs),
+    /// Two replicators on loopback: update N rows that are already synced,
+    /// time until the peer has all of them.
+    Propagate(PropagateArgs),
+}
+
+/// Options of `lsync bench latency`.
+#[derive(Debug, Clone, Args)]
+pub struct LatencyArgs {
+    /// Number of single-row commits, one after the other.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub commits: u32,
+    /// Also print one JSON object (p50_ms, p99_ms, commits) as the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `lsync bench propagate`.
+#[derive(Debug, Clone, Args)]
+pub struct PropagateArgs {
+    /// Number of rows to sync first, then update in one transaction.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub rows: u64,
+    /// Also print one JSON object (rows, seconds) as the last line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `lsync bench apply`.

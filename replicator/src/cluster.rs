@@ -124,8 +124,12 @@ impl Drop for Cluster {
     }
 }
 
-/// Polls `check` every 2 ms until it returns true, or fails after `limit`.
-pub fn wait_until(limit: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<Duration> {
+/// Polls `check` every `every` until it returns true, or fails after `limit`.
+pub fn wait_until(
+    every: Duration,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<Duration> {
     let started = Instant::now();
     loop {
         if check()? {
@@ -134,6 +138,6 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> Result<bool>) -> R
         if started.elapsed() > limit {
             bail!("timed out after {limit:?}");
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(every);
     }
 }

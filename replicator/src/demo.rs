@@ -37,14 +37,14 @@ pub fn run(root: &Path, keep: bool) -> Result<()> {
 
     let b = cluster.open(1)?;
     let some = (n as i64).min(5_000);
-    wait_until(Duration::from_secs(120), || {
+    wait_until(Duration::from_millis(20), Duration::from_secs(120), || {
         Ok(count(&b, "entries")? >= some)
     })
     .context("device B received too few entries")?;
     let tagged = tag(&b)?;
     println!("device B created 3 tags and tagged {tagged} entries it received");
 
-    let waited = wait_until(Duration::from_secs(300), || {
+    let waited = wait_until(Duration::from_millis(20), Duration::from_secs(300), || {
         Ok(TABLES
             .iter()
             .all(|t| count(&a, t).ok() == count(&b, t).ok()))

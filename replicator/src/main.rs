@@ -57,6 +57,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Capture(args)) => bench::capture::run(&args)?,
         Command::Bench(BenchCommand::Apply(args)) => bench::apply::run(&args)?,
+        Command::Bench(BenchCommand::Latency(args)) => bench::net::latency(&args)?,
+        Command::Bench(BenchCommand::Propagate(args)) => bench::net::propagate(&args)?,
     }
     Ok(())
 }

@@ -346,7 +346,14 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     /// Sends our changes after `sent_cursor`; returns whether more remain.
     async fn send_changes(&mut self, max: u32) -> R<bool> {
         let (since, peer) = (self.sent_cursor, self.peer.clone());
+        let t = Instant::now();
         let e = blocking(&self.conn, move |c| store::export(c, since, max, &peer)).await?;
+        debug!(
+            since,
+            count = e.count,
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            "exported"
+        );
         self.tx
             .send(
                 &Msg::Changes {

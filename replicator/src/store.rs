@@ -98,12 +98,12 @@ pub fn head(c: &Connection) -> R<i64> {
 
 /// Our changes after `since` for the peer `peer`, leaving out its own.
 pub fn export(c: &Connection, since: i64, max: u32, peer: &str) -> R<Export> {
-    let blob: Vec<u8> = c.query_row(
-        "SELECT lsync_changeset(?1, ?2, ?3)",
-        params![since, i64::from(max.max(1)), peer],
-        |r| r.get(0),
-    )?;
-    let info: String = c.query_row("SELECT lsync_changeset_info(?1)", [&blob], |r| r.get(0))?;
+    let blob: Vec<u8> = c
+        .prepare_cached("SELECT lsync_changeset(?1, ?2, ?3)")?
+        .query_row(params![since, i64::from(max.max(1)), peer], |r| r.get(0))?;
+    let info: String = c
+        .prepare_cached("SELECT lsync_changeset_info(?1)")?
+        .query_row([&blob], |r| r.get(0))?;
     let v: serde_json::Value = serde_json::from_str(&info)?;
     let to = v["to"].as_i64().unwrap_or(since);
     let count = v["count"].as_u64().unwrap_or(0);

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod capture;
 mod data;
+pub mod net;
 mod ops;
 mod report;
 

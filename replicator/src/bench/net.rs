@@ -1,0 +1,148 @@
+//! End-to-end benchmarks over real `lsync run` processes on loopback:
+//! `lsync bench latency` (single small commits) and `lsync bench propagate`
+//! (a bulk update of rows that are already synced).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rusqlite::params;
+
+use crate::cli::{LatencyArgs, PropagateArgs};
+use crate::cluster::{wait_until, Cluster, LIBRARY_SQL, TRACK_SQL};
+use crate::db;
+
+fn two_peers(tag: &str) -> Result<(Cluster, std::path::PathBuf)> {
+    db::register(&db::Extension::Static)?;
+    let dir = std::env::temp_dir().join(format!("lsync-bench-{tag}-{}", std::process::id()));
+    let mut cluster = Cluster::create(&dir, 2, &format!("{LIBRARY_SQL}\n{TRACK_SQL}"))?;
+    cluster.start(0, &[], &[])?;
+    cluster.start(1, &[0], &[])?;
+    // Wait for the session: a first row must make it across.
+    let a = cluster.open(0)?;
+    let b = cluster.open(1)?;
+    a.execute(
+        "INSERT INTO tags(uuid, name) VALUES ('warmup', 'warmup')",
+        [],
+    )?;
+    wait_until(Duration::from_millis(2), Duration::from_secs(30), || {
+        Ok(
+            b.query_row("SELECT count(*) FROM tags WHERE uuid = 'warmup'", [], |r| {
+                r.get::<_, i64>(0)
+            })? == 1,
+        )
+    })
+    .context("the two replicators did not connect")?;
+    Ok((cluster, dir))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub fn latency(args: &LatencyArgs) -> Result<()> {
+    let (cluster, dir) = two_peers("latency")?;
+    let a = cluster.open(0)?;
+    let b = cluster.open(1)?;
+    let mut seen = b.prepare("SELECT count(*) FROM tags WHERE uuid = ?1")?;
+    let mut ms = Vec::with_capacity(args.commits as usize);
+    for i in 0..args.commits {
+        let uuid = uuid::Uuid::now_v7().to_string();
+        let started = Instant::now();
+        a.execute(
+            "INSERT INTO tags(uuid, name, color) VALUES (?1, ?2, '#000')",
+            params![uuid, format!("probe-{i}")],
+        )?;
+        loop {
+            if seen.query_row([&uuid], |r| r.get::<_, i64>(0))? == 1 {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                anyhow::bail!("commit {i} did not arrive within 10 s");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&ms, 0.50), percentile(&ms, 0.99));
+    println!(
+        "lsync bench latency: {} single-row commits on A, time until visible on B",
+        args.commits
+    );
+    println!(
+        "p50 {p50:.1} ms (target <= 50)   p99 {p99:.1} ms (target <= 200)   max {:.1} ms",
+        ms[ms.len() - 1]
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"commits": args.commits, "p50_ms": p50, "p99_ms": p99, "max_ms": ms[ms.len() - 1]})
+        );
+    }
+    drop(cluster);
+    if std::env::var_os("LSYNC_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    } else {
+        eprintln!("kept {}", dir.display());
+    }
+    Ok(())
+}
+
+pub fn propagate(args: &PropagateArgs) -> Result<()> {
+    let (cluster, dir) = two_peers("propagate")?;
+    let mut a = cluster.open(0)?;
+    let b = cluster.open(1)?;
+    let n = args.rows as i64;
+    eprintln!("inserting {n} entries on A and syncing them to B ...");
+    {
+        let tx = a.transaction()?;
+        tx.execute("INSERT INTO locations(path) VALUES ('/bench')", [])?;
+        {
+            let mut ins = tx.prepare(
+                "INSERT INTO entries(location_id, name, size, kind, mtime) VALUES (1, ?1, 0, 0, 0)",
+            )?;
+            for i in 0..n {
+                ins.execute([format!("file-{i:09}.dat")])?;
+            }
+        }
+        tx.commit()?;
+    }
+    let count = |sql: &str| -> Result<i64> { Ok(b.query_row(sql, [], |r| r.get(0))?) };
+    wait_until(Duration::from_millis(50), Duration::from_secs(300), || {
+        Ok(count("SELECT count(*) FROM entries")? == n)
+    })
+    .context("the initial rows did not arrive")?;
+    eprintln!("updating all {n} rows on A ...");
+    let started = Instant::now();
+    a.execute("UPDATE entries SET size = 1, mtime = 1", [])?;
+    let committed = started.elapsed();
+    // Changes travel in cursor order, so the last row is the last to land;
+    // polling it is cheap. The full check follows, untimed.
+    wait_until(Duration::from_millis(2), Duration::from_secs(300), || {
+        Ok(count("SELECT size FROM entries WHERE id = (SELECT max(id) FROM entries)")? == 1)
+    })
+    .context("the updates did not arrive")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let all = count("SELECT count(*) FROM entries WHERE size = 1")?;
+    if all != n {
+        anyhow::bail!("only {all} of {n} updated rows arrived");
+    }
+    println!(
+        "lsync bench propagate: {n} updated rows reached the peer in {seconds:.3} s (target <= 1.5 s for 100,000; the commit on A took {:.3} s)",
+        committed.as_secs_f64()
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"rows": n, "seconds": seconds, "commit_seconds": committed.as_secs_f64()})
+        );
+    }
+    drop(cluster);
+    if std::env::var_os("LSYNC_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    } else {
+        eprintln!("kept {}", dir.display());
+    }
+    Ok(())
+}
