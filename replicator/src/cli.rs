@@ -131,6 +131,9 @@ pub struct PropagateArgs {
     /// Number of rows to sync first, then update in one transaction.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub rows: u64,
+    /// The replicators' --batch (changes per changeset).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub batch: u32,
     /// Also print one JSON object (rows, seconds) as the last line.
     #[arg(long)]
     pub json: bool,

@@ -289,22 +289,24 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                         .await?;
                     return Ok(());
                 }
-                let report = self.apply(payload, to, !has_more).await?;
-                self.recv_cursor = self.recv_cursor.max(to);
-                self.tx.send(&Msg::Ack { cursor: to }, &[]).await?;
-                self.progress(count, &report);
+                // Ask for the next batch before applying this one, so the
+                // peer exports while we apply.
                 if has_more {
-                    let since = self.recv_cursor;
                     self.tx
                         .send(
                             &Msg::Pull {
-                                since,
+                                since: to,
                                 max: self.node.batch,
                             },
                             &[],
                         )
                         .await?;
-                } else if !self.caught_up {
+                }
+                let report = self.apply(payload, to, !has_more).await?;
+                self.recv_cursor = self.recv_cursor.max(to);
+                self.tx.send(&Msg::Ack { cursor: to }, &[]).await?;
+                self.progress(count, &report);
+                if !has_more && !self.caught_up {
                     self.caught_up = true;
                     info!(
                         applied = self.applied_total,

@@ -11,12 +11,12 @@ use crate::cli::{LatencyArgs, PropagateArgs};
 use crate::cluster::{wait_until, Cluster, LIBRARY_SQL, TRACK_SQL};
 use crate::db;
 
-fn two_peers(tag: &str) -> Result<(Cluster, std::path::PathBuf)> {
+fn two_peers(tag: &str, extra: &[&str]) -> Result<(Cluster, std::path::PathBuf)> {
     db::register(&db::Extension::Static)?;
     let dir = std::env::temp_dir().join(format!("lsync-bench-{tag}-{}", std::process::id()));
     let mut cluster = Cluster::create(&dir, 2, &format!("{LIBRARY_SQL}\n{TRACK_SQL}"))?;
-    cluster.start(0, &[], &[])?;
-    cluster.start(1, &[0], &[])?;
+    cluster.start(0, &[], extra)?;
+    cluster.start(1, &[0], extra)?;
     // Wait for the session: a first row must make it across.
     let a = cluster.open(0)?;
     let b = cluster.open(1)?;
@@ -41,7 +41,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn latency(args: &LatencyArgs) -> Result<()> {
-    let (cluster, dir) = two_peers("latency")?;
+    let (cluster, dir) = two_peers("latency", &[])?;
     let a = cluster.open(0)?;
     let b = cluster.open(1)?;
     let mut seen = b.prepare("SELECT count(*) FROM tags WHERE uuid = ?1")?;
@@ -90,7 +90,7 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
 }
 
 pub fn propagate(args: &PropagateArgs) -> Result<()> {
-    let (cluster, dir) = two_peers("propagate")?;
+    let (cluster, dir) = two_peers("propagate", &["--batch", &args.batch.to_string()])?;
     let mut a = cluster.open(0)?;
     let b = cluster.open(1)?;
     let n = args.rows as i64;
