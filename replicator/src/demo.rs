@@ -146,7 +146,7 @@ fn index(c: &Connection, root: &Path) -> Result<usize> {
                 if kind == 1 {
                     stack.push((item.path(), Some(c.last_insert_rowid())));
                 }
-                if n % 10_000 == 0 {
+                if n.is_multiple_of(10_000) {
                     c.execute_batch("COMMIT; BEGIN")?;
                     eprintln!("  indexed {n} entries ...");
                 }
