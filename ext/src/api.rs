@@ -110,6 +110,12 @@ pub fn register(db: Db) -> Result<()> {
     db.create_function("lsync_capturing", 0, INNOCUOUS, move |_, _| {
         Ok(Value::Integer(c.capturing.load(Ordering::Relaxed).into()))
     })?;
+    let c = conn.clone();
+    db.create_function("lsync_insert_below", 2, INNOCUOUS, move |db, args| {
+        let tbl = int_arg("lsync_insert_below", "table id", &args[0])?;
+        let rowid = int_arg("lsync_insert_below", "rowid", &args[1])?;
+        track::insert_below(db, c.capturing.load(Ordering::Relaxed), tbl, rowid)
+    })?;
     db.create_function("lsync_hlc_wall", 0, INNOCUOUS, |_, _| {
         Ok(lsync_wire::hlc::wall().into())
     })?;

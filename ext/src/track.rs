@@ -421,13 +421,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
     let (id, tbl, u) = (t.id, q(&t.name), q(&t.uuid_col));
     let below_hwm = format!("NEW.rowid <= (SELECT hwm FROM lsync_tables WHERE id = {id})");
     let owner_old = owner_check(t, "OLD.rowid", "");
-    // An INSERT (OR REPLACE) below the mark must not land on a rowid that
-    // another device's row holds.
-    let owner_new_below = owner_check(
-        t,
-        "NEW.rowid",
-        &format!("lsync_capturing() AND {below_hwm} AND"),
-    );
+
     let mask = change_mask(t);
     // A local write to an FK column replaces any link still waiting for its
     // target; a deleted row takes its waiting links with it.
@@ -448,12 +442,8 @@ fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
         "CREATE TRIGGER {ins} AFTER INSERT ON {tbl}
          WHEN NEW.{u} IS NULL OR {below_hwm}
          BEGIN
-           {owner_new_below}
            UPDATE {tbl} SET {u} = {uuid_fill} WHERE rowid = NEW.rowid AND {u} IS NULL;
-           {HLC_BUMP}
-           INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
-             SELECT {id}, NEW.rowid, 0, {HLC_VALUE}, 0 WHERE {below_hwm}
-             ON CONFLICT(tbl, rid) DO UPDATE SET op = 0, hlc = excluded.hlc;
+           SELECT lsync_insert_below({id}, NEW.rowid);
          END;
          CREATE TRIGGER {upd} AFTER UPDATE ON {tbl}
          WHEN OLD.{u} IS NOT NULL AND lsync_capturing()
@@ -482,6 +472,41 @@ fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
         upd = trigger_name("upd", &t.name),
         del = trigger_name("del", &t.name),
     )
+}
+
+/// `lsync_insert_below(table_id, rowid)`, called by the INSERT trigger (kept
+/// small: its program runs for every inserted row). A row inserted at or
+/// below the high-water mark (an explicit rowid, a reused one, or INSERT OR
+/// REPLACE) is not found by the mark, so it is recorded in `lsync_dirty`;
+/// on a device-owned table it must not land on another device's row.
+pub fn insert_below(db: Db, capturing: bool, tbl: i64, rowid: i64) -> Result<Value> {
+    if !capturing {
+        return Ok(Value::Null);
+    }
+    let Some(hwm) = db.query_i64("SELECT hwm FROM lsync_tables WHERE id = ?1", &[tbl.into()])?
+    else {
+        return Ok(Value::Null);
+    };
+    if rowid > hwm {
+        return Ok(Value::Null);
+    }
+    let owner = db.query_value(
+        "SELECT c.origin FROM (SELECT hi, origin FROM lsync_clock
+           WHERE tbl = ?1 AND col IS NULL AND lo <= ?2 ORDER BY lo DESC LIMIT 1) AS c
+         JOIN lsync_tables t ON t.id = ?1 AND t.mode = 'device_owned'
+         WHERE c.hi >= ?2 AND c.origin IS NOT (SELECT value FROM lsync_config WHERE key = 'device_idx')",
+        &[tbl.into(), rowid.into()],
+    )?;
+    if let Some(Value::Integer(owner)) = owner {
+        return deny_owned(db, tbl, rowid, owner);
+    }
+    let hlc = schema::next_hlc(db)?;
+    db.run(
+        "INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols) VALUES (?1, ?2, 0, ?3, 0)
+         ON CONFLICT(tbl, rid) DO UPDATE SET op = 0, hlc = excluded.hlc",
+        &[tbl.into(), rowid.into(), hlc.into()],
+    )?;
+    Ok(Value::Null)
 }
 
 /// Formats the `owned by` refusal for `lsync_deny_owned`.

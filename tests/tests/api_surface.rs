@@ -18,6 +18,7 @@ const FUNCTIONS: &[&str] = &[
     "lsync_hlc_now",
     "lsync_hlc_text",
     "lsync_hlc_wall",
+    "lsync_insert_below",
     "lsync_library_id",
     "lsync_prune",
     "lsync_track",
@@ -90,6 +91,7 @@ fn function_signatures_and_flags() {
     for f in [
         "lsync_capturing",
         "lsync_hlc_wall",
+        "lsync_insert_below",
         "lsync_deny_owned",
         "lsync_uuid",
     ] {
