@@ -104,51 +104,7 @@ impl Clock {
     /// Removes `rid` from the row entry that covers it, splitting a range in
     /// two. The rows left in the range keep their cursors.
     pub fn uncover(&self, tbl: i64, rid: i64) -> Result<()> {
-        let found = self.cache.with(
-            "SELECT seq, lo, hi, op, hlc, origin FROM lsync_clock
-             WHERE tbl = ?1 AND col IS NULL AND lo <= ?2 ORDER BY lo DESC LIMIT 1",
-            &[tbl.into(), rid.into()],
-            |s| {
-                Ok(s.step()?.then(|| {
-                    (
-                        s.i64(0),
-                        s.i64(1),
-                        s.i64(2),
-                        [s.value(3), s.value(4), s.value(5)],
-                    )
-                }))
-            },
-        )?;
-        let Some((seq, lo, hi, rest)) = found else {
-            return Ok(());
-        };
-        if hi < rid {
-            return Ok(());
-        }
-        self.cache
-            .run("DELETE FROM lsync_clock WHERE seq = ?1", &[seq.into()])?;
-        let keep = |seq: i64, lo: i64, hi: i64| {
-            self.cache.run(
-                "INSERT INTO lsync_clock(seq, tbl, lo, hi, col, op, hlc, origin)
-                 VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7)",
-                &[
-                    seq.into(),
-                    tbl.into(),
-                    lo.into(),
-                    hi.into(),
-                    rest[0].clone(),
-                    rest[1].clone(),
-                    rest[2].clone(),
-                ],
-            )
-        };
-        if lo < rid {
-            keep(seq - (hi - rid + 1), lo, rid - 1)?;
-        }
-        if hi > rid {
-            keep(seq, rid + 1, hi)?;
-        }
-        Ok(())
+        self.uncover_range(tbl, rid, rid)
     }
 
     /// The (hlc, origin) of the row entry covering `rid`.

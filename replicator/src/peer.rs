@@ -262,7 +262,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         match msg {
             Msg::Pull { since, max } => {
                 self.sent_cursor = since;
-                let more = self.send_changes(max.clamp(1, 100_000)).await?;
+                let more = self.send_changes(max.clamp(1, 100_000), true).await?;
                 self.subscribed = !more;
             }
             Msg::Changes {
@@ -346,52 +346,29 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     }
 
     /// Sends our changes after `sent_cursor`; returns whether more remain.
-    async fn send_changes(&mut self, max: u32) -> R<bool> {
+    /// A pull is answered even when there is nothing new (`always`); a push
+    /// with nothing new sends nothing.
+    async fn send_changes(&mut self, max: u32, always: bool) -> R<bool> {
         let (since, peer) = (self.sent_cursor, self.peer.clone());
-        let t = Instant::now();
         let e = blocking(&self.conn, move |c| store::export(c, since, max, &peer)).await?;
-        debug!(
-            since,
-            count = e.count,
-            ms = t.elapsed().as_secs_f64() * 1e3,
-            "exported"
-        );
-        self.tx
-            .send(
-                &Msg::Changes {
-                    from: e.from,
-                    to: e.to,
-                    count: e.count,
-                    has_more: e.has_more,
-                },
-                &e.blob,
-            )
-            .await?;
+        if always || e.to != since {
+            let msg = Msg::Changes {
+                from: e.from,
+                to: e.to,
+                count: e.count,
+                has_more: e.has_more,
+            };
+            self.tx.send(&msg, &e.blob).await?;
+        }
         self.sent_cursor = e.to;
         Ok(e.has_more)
     }
 
-    /// Pushes commits made since the last send, if any.
+    /// Pushes commits made since the last send. With more pending than one
+    /// batch, the peer pulls the rest at its own pace.
     async fn push(&mut self) -> R<()> {
-        let (since, peer, batch) = (self.sent_cursor, self.peer.clone(), self.node.batch);
-        let e = blocking(&self.conn, move |c| store::export(c, since, batch, &peer)).await?;
-        if e.to == since {
-            return Ok(());
-        }
-        self.tx
-            .send(
-                &Msg::Changes {
-                    from: e.from,
-                    to: e.to,
-                    count: e.count,
-                    has_more: e.has_more,
-                },
-                &e.blob,
-            )
-            .await?;
-        self.sent_cursor = e.to;
-        // With more pending, the peer pulls the rest at its own pace.
-        self.subscribed = !e.has_more;
+        let more = self.send_changes(self.node.batch, false).await?;
+        self.subscribed = !more;
         Ok(())
     }
 

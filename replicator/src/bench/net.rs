@@ -35,6 +35,17 @@ fn two_peers(tag: &str, extra: &[&str]) -> Result<(Cluster, std::path::PathBuf)>
     Ok((cluster, dir))
 }
 
+/// Stops the replicators and removes their files (kept, and named, when
+/// `LSYNC_BENCH_KEEP` is set, to read the logs).
+fn finish(cluster: Cluster, dir: &std::path::Path) {
+    drop(cluster);
+    if std::env::var_os("LSYNC_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    } else {
+        eprintln!("kept {}", dir.display());
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -80,12 +91,7 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
             serde_json::json!({"commits": args.commits, "p50_ms": p50, "p99_ms": p99, "max_ms": ms[ms.len() - 1]})
         );
     }
-    drop(cluster);
-    if std::env::var_os("LSYNC_BENCH_KEEP").is_none() {
-        let _ = std::fs::remove_dir_all(dir);
-    } else {
-        eprintln!("kept {}", dir.display());
-    }
+    finish(cluster, &dir);
     Ok(())
 }
 
@@ -138,11 +144,6 @@ pub fn propagate(args: &PropagateArgs) -> Result<()> {
             serde_json::json!({"rows": n, "seconds": seconds, "commit_seconds": committed.as_secs_f64()})
         );
     }
-    drop(cluster);
-    if std::env::var_os("LSYNC_BENCH_KEEP").is_none() {
-        let _ = std::fs::remove_dir_all(dir);
-    } else {
-        eprintln!("kept {}", dir.display());
-    }
+    finish(cluster, &dir);
     Ok(())
 }
