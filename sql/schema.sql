@@ -67,6 +67,8 @@ CREATE TABLE IF NOT EXISTS lsync_clock(
   uuid   ANY                      -- tombstones only
 );
 CREATE INDEX IF NOT EXISTS lsync_clock_cover ON lsync_clock(tbl, col, lo) WHERE lo IS NOT NULL;
+-- The entries of one rowid (its column entries), found without a scan.
+CREATE INDEX IF NOT EXISTS lsync_clock_rid ON lsync_clock(tbl, lo) WHERE lo IS NOT NULL;
 CREATE INDEX IF NOT EXISTS lsync_clock_tomb ON lsync_clock(tbl, uuid) WHERE uuid IS NOT NULL;
 
 -- FK links that arrived before their target row. The row was applied with

@@ -168,9 +168,15 @@ impl Clock {
     /// Removes the rowids `lo..=hi` from every row entry that covers them,
     /// keeping the parts outside with their cursors.
     pub fn uncover_range(&self, tbl: i64, lo: i64, hi: i64) -> Result<()> {
+        // The entry that starts at or before `lo` (if it reaches it), and
+        // those that start inside the range: both found through the index.
         let overlapping = self.cache.with(
-            "SELECT seq, lo, hi, op, hlc, origin FROM lsync_clock
-             WHERE tbl = ?1 AND col IS NULL AND lo <= ?3 AND hi >= ?2",
+            "SELECT * FROM (SELECT seq, lo, hi, op, hlc, origin FROM lsync_clock
+               WHERE tbl = ?1 AND col IS NULL AND lo <= ?2 ORDER BY lo DESC LIMIT 1)
+             WHERE hi >= ?2
+             UNION ALL
+             SELECT seq, lo, hi, op, hlc, origin FROM lsync_clock
+             WHERE tbl = ?1 AND col IS NULL AND lo > ?2 AND lo <= ?3",
             &[tbl.into(), lo.into(), hi.into()],
             |s| {
                 let mut out = Vec::new();

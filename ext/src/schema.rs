@@ -8,7 +8,7 @@ const SCHEMA_SQL: &str = include_str!("../../sql/schema.sql");
 
 /// Bumped whenever sql/schema.sql gains objects; every statement there is
 /// idempotent, so older databases are upgraded by running it again.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Default maximum clock drift accepted from a peer, in milliseconds.
 pub const DEFAULT_MAX_DRIFT_MS: i64 = 60_000;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::node::Node;
 use crate::protocol::{self, Msg, ProtoError, PROTOCOL_VERSION};
@@ -147,7 +147,24 @@ where
     }
 
     let span = tracing::info_span!("peer", device = %short(&device_id), addr = %addr);
-    let _enter = span.enter();
+    established(node, conn, tx, rx, device_id, addr)
+        .instrument(span)
+        .await
+}
+
+/// The part of a session after the hellos matched, inside the peer's span.
+async fn established<W, Rd>(
+    node: Arc<Node>,
+    conn: Arc<Mutex<Connection>>,
+    tx: protocol::Sender<W>,
+    mut rx: protocol::Receiver<Rd>,
+    device_id: String,
+    addr: String,
+) -> R<()>
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+    Rd: AsyncRead + Unpin + Send + 'static,
+{
     let (peer, a) = (device_id.clone(), addr.clone());
     let escalate = node.escalate_after;
     let (recv_cursor, escalated) =

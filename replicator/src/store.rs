@@ -85,9 +85,22 @@ pub fn join_library(c: &Connection, library_id: &str) -> R<()> {
     Ok(())
 }
 
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction. The lsync functions that
+/// write (flush, prune) are called from SELECTs; taking the write lock first
+/// makes them wait for the app's writes (busy timeout) instead of failing
+/// with "database is locked" when the read snapshot is stale.
+fn immediate<T>(c: &Connection, f: impl FnOnce(&Connection) -> R<T>) -> R<T> {
+    let tx = rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
+    let out = f(&tx)?;
+    tx.commit()?;
+    Ok(out)
+}
+
 /// The newest change cursor of this database.
 pub fn head(c: &Connection) -> R<i64> {
-    c.query_row("SELECT lsync_flush()", [], |_| Ok(()))?;
+    immediate(c, |c| {
+        Ok(c.query_row("SELECT lsync_flush()", [], |_| Ok(()))?)
+    })?;
     Ok(c.query_row(
         "SELECT coalesce((SELECT value FROM lsync_config WHERE key = 'next_seq'), 1) - 1",
         [],
@@ -98,9 +111,10 @@ pub fn head(c: &Connection) -> R<i64> {
 
 /// Our changes after `since` for the peer `peer`, leaving out its own.
 pub fn export(c: &Connection, since: i64, max: u32, peer: &str) -> R<Export> {
-    let blob: Vec<u8> = c
-        .prepare_cached("SELECT lsync_changeset(?1, ?2, ?3)")?
-        .query_row(params![since, i64::from(max.max(1)), peer], |r| r.get(0))?;
+    let blob: Vec<u8> = immediate(c, |c| {
+        Ok(c.prepare_cached("SELECT lsync_changeset(?1, ?2, ?3)")?
+            .query_row(params![since, i64::from(max.max(1)), peer], |r| r.get(0))?)
+    })?;
     let info: String = c
         .prepare_cached("SELECT lsync_changeset_info(?1)")?
         .query_row([&blob], |r| r.get(0))?;
@@ -167,12 +181,14 @@ pub fn apply(c: &mut Connection, peer: &str, blob: &[u8], to: i64, caught_up: bo
 /// Records that the peer holds our changes up to `cursor`, then prunes the
 /// tombstones that every known peer holds.
 pub fn ack(c: &Connection, peer: &str, cursor: i64) -> R<i64> {
-    c.execute(
-        "UPDATE lsync_peers SET acked_cursor = max(acked_cursor, ?2), last_contact = ?3
-         WHERE device_id = ?1",
-        params![peer, cursor, now_ms()],
-    )?;
-    Ok(c.query_row("SELECT lsync_prune()", [], |r| r.get(0))?)
+    immediate(c, |c| {
+        c.execute(
+            "UPDATE lsync_peers SET acked_cursor = max(acked_cursor, ?2), last_contact = ?3
+             WHERE device_id = ?1",
+            params![peer, cursor, now_ms()],
+        )?;
+        Ok(c.query_row("SELECT lsync_prune()", [], |r| r.get(0))?)
+    })
 }
 
 pub fn record_error(c: &Connection, peer: &str, error: &str, failed_catch_up: bool) -> R<()> {
@@ -214,7 +230,9 @@ pub struct Status {
     pub tombstones_awaiting_ack: i64,
 }
 
+/// Folds pending captures first, so that unsynced deletes and edits count.
 pub fn status(c: &Connection) -> R<Status> {
+    head(c)?;
     let id = identity(c)?;
     let head: i64 = c
         .query_row(
