@@ -111,10 +111,17 @@ pub fn register(db: Db) -> Result<()> {
         Ok(Value::Integer(c.capturing.load(Ordering::Relaxed).into()))
     })?;
     let c = conn.clone();
-    db.create_function("lsync_insert_below", 2, INNOCUOUS, move |db, args| {
-        let tbl = int_arg("lsync_insert_below", "table id", &args[0])?;
-        let rowid = int_arg("lsync_insert_below", "rowid", &args[1])?;
-        track::insert_below(db, c.capturing.load(Ordering::Relaxed), tbl, rowid)
+    db.create_function("lsync_on_insert", 3, INNOCUOUS, move |db, args| {
+        let tbl = int_arg("lsync_on_insert", "table id", &args[0])?;
+        let rowid = int_arg("lsync_on_insert", "rowid", &args[1])?;
+        let null_uuid = int_arg("lsync_on_insert", "uuid_is_null", &args[2])? != 0;
+        track::on_insert(
+            db,
+            c.capturing.load(Ordering::Relaxed),
+            tbl,
+            rowid,
+            null_uuid,
+        )
     })?;
     db.create_function("lsync_hlc_wall", 0, INNOCUOUS, |_, _| {
         Ok(lsync_wire::hlc::wall().into())

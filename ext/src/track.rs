@@ -96,6 +96,18 @@ pub fn load_all(db: Db) -> Result<Vec<Table>> {
     Ok(out)
 }
 
+pub fn load_by_id(db: Db, id: i64) -> Result<Option<Table>> {
+    let mut s = db.prepare(&format!(
+        "SELECT {TABLE_COLS} FROM lsync_tables WHERE id = ?1"
+    ))?;
+    s.bind(1, &id.into())?;
+    if s.step()? {
+        Ok(Some(table_from_row(&s)?))
+    } else {
+        Ok(None)
+    }
+}
+
 pub fn load(db: Db, name: &str) -> Result<Option<Table>> {
     let mut s = db.prepare(&format!(
         "SELECT {TABLE_COLS} FROM lsync_tables WHERE name = ?1 COLLATE NOCASE"
@@ -339,7 +351,7 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
         )?;
         let t = load(db, table)?.ok_or_else(|| Error::msg("lsync_track: lost the table row"))?;
         db.exec(&drop_triggers_sql(table))?;
-        db.exec(&triggers_sql(&t, shape.uuid_fill(&uuid_col)))?;
+        db.exec(&triggers_sql(&t))?;
         Ok(serde_json::json!({
             "table": t.name, "mode": t.mode.as_str(), "uuid_column": t.uuid_col,
             "columns": t.columns, "fks": t.fks,
@@ -417,7 +429,7 @@ fn change_mask(t: &Table) -> String {
         .join(" | ")
 }
 
-fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
+fn triggers_sql(t: &Table) -> String {
     let (id, tbl, u) = (t.id, q(&t.name), q(&t.uuid_col));
     let below_hwm = format!("NEW.rowid <= (SELECT hwm FROM lsync_tables WHERE id = {id})");
     let owner_old = owner_check(t, "OLD.rowid", "");
@@ -442,8 +454,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
         "CREATE TRIGGER {ins} AFTER INSERT ON {tbl}
          WHEN NEW.{u} IS NULL OR {below_hwm}
          BEGIN
-           UPDATE {tbl} SET {u} = {uuid_fill} WHERE rowid = NEW.rowid AND {u} IS NULL;
-           SELECT lsync_insert_below({id}, NEW.rowid);
+           SELECT lsync_on_insert({id}, NEW.rowid, NEW.{u} IS NULL);
          END;
          CREATE TRIGGER {upd} AFTER UPDATE ON {tbl}
          WHEN OLD.{u} IS NOT NULL AND lsync_capturing()
@@ -474,20 +485,49 @@ fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
     )
 }
 
-/// `lsync_insert_below(table_id, rowid)`, called by the INSERT trigger (kept
-/// small: its program runs for every inserted row). A row inserted at or
-/// below the high-water mark (an explicit rowid, a reused one, or INSERT OR
-/// REPLACE) is not found by the mark, so it is recorded in `lsync_dirty`;
-/// on a device-owned table it must not land on another device's row.
-pub fn insert_below(db: Db, capturing: bool, tbl: i64, rowid: i64) -> Result<Value> {
-    if !capturing {
-        return Ok(Value::Null);
-    }
-    let Some(hwm) = db.query_i64("SELECT hwm FROM lsync_tables WHERE id = ?1", &[tbl.into()])?
-    else {
+/// `lsync_on_insert(table_id, rowid, uuid_is_null)`, the whole body of the
+/// INSERT trigger, which runs only when its WHEN clause holds. The trigger
+/// stays one function call because SQLite sets up a trigger program's
+/// cursors for every inserted row, even when WHEN is false; a body with an
+/// UPDATE in it costs about a third more per insert.
+///
+/// It fills a NULL uuid with a UUIDv7. A row inserted at or below the
+/// high-water mark (an explicit rowid, a reused one, INSERT OR REPLACE) is
+/// not found by the mark, so it is recorded in `lsync_dirty`; on a
+/// device-owned table it must not land on another device's row.
+pub fn on_insert(
+    db: Db,
+    capturing: bool,
+    tbl: i64,
+    rowid: i64,
+    uuid_is_null: bool,
+) -> Result<Value> {
+    let Some(t) = load_by_id(db, tbl)? else {
         return Ok(Value::Null);
     };
-    if rowid > hwm {
+    if uuid_is_null {
+        let blob = db
+            .query_text(
+                "SELECT upper(type) FROM pragma_table_info(?1) WHERE name = ?2",
+                &[(*t.name).into(), t.uuid_col.as_str().into()],
+            )?
+            .is_some_and(|ty| ty.contains("BLOB"));
+        let u = uuid::Uuid::now_v7();
+        let id: Value = if blob {
+            u.as_bytes().to_vec().into()
+        } else {
+            u.hyphenated().to_string().into()
+        };
+        db.run(
+            &format!(
+                "UPDATE {} SET {u} = ?2 WHERE rowid = ?1 AND {u} IS NULL",
+                q(&t.name),
+                u = q(&t.uuid_col)
+            ),
+            &[rowid.into(), id],
+        )?;
+    }
+    if !capturing || rowid > t.hwm {
         return Ok(Value::Null);
     }
     let owner = db.query_value(

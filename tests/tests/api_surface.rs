@@ -18,8 +18,8 @@ const FUNCTIONS: &[&str] = &[
     "lsync_hlc_now",
     "lsync_hlc_text",
     "lsync_hlc_wall",
-    "lsync_insert_below",
     "lsync_library_id",
+    "lsync_on_insert",
     "lsync_prune",
     "lsync_track",
     "lsync_untrack",
@@ -91,7 +91,7 @@ fn function_signatures_and_flags() {
     for f in [
         "lsync_capturing",
         "lsync_hlc_wall",
-        "lsync_insert_below",
+        "lsync_on_insert",
         "lsync_deny_owned",
         "lsync_uuid",
     ] {
