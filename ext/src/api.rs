@@ -111,17 +111,13 @@ pub fn register(db: Db) -> Result<()> {
         Ok(Value::Integer(c.capturing.load(Ordering::Relaxed).into()))
     })?;
     let c = conn.clone();
-    db.create_function("lsync_on_insert", 3, INNOCUOUS, move |db, args| {
+    db.create_function("lsync_on_insert", 4, INNOCUOUS, move |db, args| {
         let tbl = int_arg("lsync_on_insert", "table id", &args[0])?;
         let rowid = int_arg("lsync_on_insert", "rowid", &args[1])?;
         let null_uuid = int_arg("lsync_on_insert", "uuid_is_null", &args[2])? != 0;
-        track::on_insert(
-            db,
-            c.capturing.load(Ordering::Relaxed),
-            tbl,
-            rowid,
-            null_uuid,
-        )
+        let fill = text_arg("lsync_on_insert", "fill statement", &args[3])?;
+        let capturing = c.capturing.load(Ordering::Relaxed);
+        track::on_insert(db, capturing, tbl, rowid, null_uuid, &fill)
     })?;
     db.create_function("lsync_hlc_wall", 0, INNOCUOUS, |_, _| {
         Ok(lsync_wire::hlc::wall().into())

@@ -351,7 +351,7 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
         )?;
         let t = load(db, table)?.ok_or_else(|| Error::msg("lsync_track: lost the table row"))?;
         db.exec(&drop_triggers_sql(table))?;
-        db.exec(&triggers_sql(&t))?;
+        db.exec(&triggers_sql(&t, shape.uuid_fill(&uuid_col)))?;
         Ok(serde_json::json!({
             "table": t.name, "mode": t.mode.as_str(), "uuid_column": t.uuid_col,
             "columns": t.columns, "fks": t.fks,
@@ -385,7 +385,7 @@ fn trigger_name(kind: &str, table: &str) -> String {
 }
 
 fn drop_triggers_sql(table: &str) -> String {
-    ["ins", "upd", "del"]
+    ["ins", "ids", "upd", "del"]
         .iter()
         .map(|k| format!("DROP TRIGGER IF EXISTS {};", trigger_name(k, table)))
         .collect()
@@ -429,12 +429,19 @@ fn change_mask(t: &Table) -> String {
         .join(" | ")
 }
 
-fn triggers_sql(t: &Table) -> String {
+fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
     let (id, tbl, u) = (t.id, q(&t.name), q(&t.uuid_col));
     let below_hwm = format!("NEW.rowid <= (SELECT hwm FROM lsync_tables WHERE id = {id})");
     let owner_old = owner_check(t, "OLD.rowid", "");
 
     let mask = change_mask(t);
+    // The statement that fills a NULL uuid, passed as a constant so the
+    // trigger body needs no lookup per row.
+    let fill_sql = lit(&format!(
+        "UPDATE {tbl} SET {u} = {uuid_fill} WHERE rowid = ?1 AND {u} IS NULL",
+        tbl = q(&t.name),
+        u = q(&t.uuid_col)
+    ));
     // A local write to an FK column replaces any link still waiting for its
     // target; a deleted row takes its waiting links with it.
     let forget_links: String = t
@@ -450,24 +457,42 @@ fn triggers_sql(t: &Table) -> String {
         })
         .collect();
     let immutable = lit("lsync: the rowid and the uuid of a tracked row cannot change; delete and re-insert instead");
+    // Only UPDATEs of tracked columns compile this trigger (UPDATE OF): the
+    // uuid fill in lsync_on_insert then prepares quickly.
+    let update_trigger = if t.columns.is_empty() {
+        String::new()
+    } else {
+        let of: Vec<String> = t.columns.iter().map(|c| q(c)).collect();
+        format!(
+            "CREATE TRIGGER {upd} AFTER UPDATE OF {of} ON {tbl}
+             WHEN OLD.{u} IS NOT NULL AND lsync_capturing() AND ({mask}) <> 0
+             BEGIN
+               {owner_old}
+               {HLC_BUMP}
+               INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
+                 VALUES ({id}, NEW.rowid, 1, {HLC_VALUE}, {mask})
+                 ON CONFLICT(tbl, rid) DO UPDATE SET hlc = excluded.hlc, cols = cols | excluded.cols;
+               {forget_links}
+             END;",
+            upd = trigger_name("upd", &t.name),
+            of = of.join(", "),
+            tbl = q(&t.name),
+            u = q(&t.uuid_col),
+            id = t.id,
+        )
+    };
     format!(
         "CREATE TRIGGER {ins} AFTER INSERT ON {tbl}
          WHEN NEW.{u} IS NULL OR {below_hwm}
          BEGIN
-           SELECT lsync_on_insert({id}, NEW.rowid, NEW.{u} IS NULL);
+           SELECT lsync_on_insert({id}, NEW.rowid, NEW.{u} IS NULL, {fill_sql});
          END;
-         CREATE TRIGGER {upd} AFTER UPDATE ON {tbl}
-         WHEN OLD.{u} IS NOT NULL AND lsync_capturing()
-           AND (({mask}) <> 0 OR NEW.rowid IS NOT OLD.rowid OR NEW.{u} IS NOT OLD.{u})
+         CREATE TRIGGER {ids} AFTER UPDATE ON {tbl}
+         WHEN OLD.{u} IS NOT NULL AND (NEW.rowid IS NOT OLD.rowid OR NEW.{u} IS NOT OLD.{u})
          BEGIN
-           SELECT RAISE(ABORT, {immutable}) WHERE NEW.rowid IS NOT OLD.rowid OR NEW.{u} IS NOT OLD.{u};
-           {owner_old}
-           {HLC_BUMP}
-           INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
-             VALUES ({id}, NEW.rowid, 1, {HLC_VALUE}, {mask})
-             ON CONFLICT(tbl, rid) DO UPDATE SET hlc = excluded.hlc, cols = cols | excluded.cols;
-           {forget_links}
+           SELECT RAISE(ABORT, {immutable});
          END;
+         {update_trigger}
          CREATE TRIGGER {del} AFTER DELETE ON {tbl}
          WHEN OLD.{u} IS NOT NULL AND lsync_capturing()
          BEGIN
@@ -480,12 +505,12 @@ fn triggers_sql(t: &Table) -> String {
            DELETE FROM lsync_deferred WHERE tbl = {id} AND rid = OLD.rowid;
          END;",
         ins = trigger_name("ins", &t.name),
-        upd = trigger_name("upd", &t.name),
         del = trigger_name("del", &t.name),
+        ids = trigger_name("ids", &t.name),
     )
 }
 
-/// `lsync_on_insert(table_id, rowid, uuid_is_null)`, the whole body of the
+/// `lsync_on_insert(table_id, rowid, uuid_is_null, fill_sql)`, the whole body of the
 /// INSERT trigger, which runs only when its WHEN clause holds. The trigger
 /// stays one function call because SQLite sets up a trigger program's
 /// cursors for every inserted row, even when WHEN is false; a body with an
@@ -501,34 +526,20 @@ pub fn on_insert(
     tbl: i64,
     rowid: i64,
     uuid_is_null: bool,
+    fill_sql: &str,
 ) -> Result<Value> {
-    let Some(t) = load_by_id(db, tbl)? else {
-        return Ok(Value::Null);
-    };
     if uuid_is_null {
-        let blob = db
-            .query_text(
-                "SELECT upper(type) FROM pragma_table_info(?1) WHERE name = ?2",
-                &[(*t.name).into(), t.uuid_col.as_str().into()],
-            )?
-            .is_some_and(|ty| ty.contains("BLOB"));
-        let u = uuid::Uuid::now_v7();
-        let id: Value = if blob {
-            u.as_bytes().to_vec().into()
-        } else {
-            u.hyphenated().to_string().into()
-        };
-        db.run(
-            &format!(
-                "UPDATE {} SET {u} = ?2 WHERE rowid = ?1 AND {u} IS NULL",
-                q(&t.name),
-                u = q(&t.uuid_col)
-            ),
-            &[rowid.into(), id],
-        )?;
+        db.run(fill_sql, &[rowid.into()])?;
     }
-    if !capturing || rowid > t.hwm {
+    if !capturing {
         return Ok(Value::Null);
+    }
+    // The WHEN clause held: with a uuid given, the row is below the mark.
+    if uuid_is_null {
+        let hwm = db.query_i64("SELECT hwm FROM lsync_tables WHERE id = ?1", &[tbl.into()])?;
+        if hwm.is_none_or(|h| rowid > h) {
+            return Ok(Value::Null);
+        }
     }
     let owner = db.query_value(
         "SELECT c.origin FROM (SELECT hi, origin FROM lsync_clock
