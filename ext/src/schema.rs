@@ -27,7 +27,7 @@ pub fn ensure(db: Db) -> Result<()> {
     if version == Some(SCHEMA_VERSION) {
         return Ok(());
     }
-    db.savepoint("lsync_schema", || {
+    db.savepoint("lsyncschema", || {
         db.exec(SCHEMA_SQL)?;
         let device = uuid::Uuid::now_v7().to_string();
         let library = uuid::Uuid::now_v7().to_string();
