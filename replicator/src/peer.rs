@@ -80,17 +80,19 @@ where
     })
     .await?;
     let (id, head) = me;
-    tx.send(
-        &Msg::Hello {
-            protocol: PROTOCOL_VERSION,
-            library_id: id.library_id.clone(),
-            device_id: id.device_id.clone(),
-            schema: id.schema.clone(),
-            head,
-        },
-        &[],
-    )
-    .await?;
+    let hello_with = |library_id: &str| Msg::Hello {
+        protocol: PROTOCOL_VERSION,
+        library_id: library_id.to_owned(),
+        device_id: id.device_id.clone(),
+        schema: id.schema.clone(),
+        head,
+    };
+    // A dialer that may join speaks second, so that its hello already
+    // carries the library it joins and the first session succeeds.
+    let speaks_second = node.join && initiator;
+    if !speaks_second {
+        tx.send(&hello_with(&id.library_id), &[]).await?;
+    }
     let (hello, _) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .map_err(|_| SessionError::Silent(Duration::from_secs(10)))??;
@@ -144,6 +146,10 @@ where
     if let Some(m) = mismatch {
         let _ = tx.send(&Msg::Error { message: m.clone() }, &[]).await;
         return Err(SessionError::Refused(m));
+    }
+    if speaks_second {
+        // After a join, this database is in the peer's library.
+        tx.send(&hello_with(&library_id), &[]).await?;
     }
 
     let span = tracing::info_span!("peer", device = %short(&device_id), addr = %addr);

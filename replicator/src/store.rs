@@ -170,7 +170,8 @@ pub fn apply(c: &mut Connection, peer: &str, blob: &[u8], to: i64, caught_up: bo
     let report: String = tx.query_row("SELECT lsync_apply(?1)", [blob], |r| r.get(0))?;
     tx.execute(
         "UPDATE lsync_peers SET recv_cursor = max(recv_cursor, ?2), last_contact = ?3,
-           failures = CASE WHEN ?4 THEN 0 ELSE failures END
+           failures = CASE WHEN ?4 THEN 0 ELSE failures END,
+           last_error = CASE WHEN ?4 THEN NULL ELSE last_error END
          WHERE device_id = ?1",
         params![peer, to, now_ms(), caught_up],
     )?;
