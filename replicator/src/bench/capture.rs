@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use rusqlite::Connection;
 
+use super::clock::{Best, Timing};
 use super::data::{self, Dataset};
 use super::ops;
 use super::report;
@@ -54,8 +55,8 @@ impl Variant {
 /// Results for one variant: best times over all rounds, sizes of the last.
 #[derive(Debug, Clone)]
 pub(crate) struct Measure {
-    pub insert_s: f64,
-    pub update_s: f64,
+    pub insert: Best,
+    pub update: Best,
     /// Time of `SELECT lsync_flush()` after the updates (tracked only).
     pub flush_s: Option<f64>,
     /// Time of the flush between insert and update, with --flush-before-update.
@@ -69,8 +70,8 @@ pub(crate) struct Measure {
 impl Measure {
     fn new() -> Self {
         Self {
-            insert_s: f64::INFINITY,
-            update_s: f64::INFINITY,
+            insert: Best::new(),
+            update: Best::new(),
             flush_s: None,
             insert_flush_s: None,
             meta: Vec::new(),
@@ -198,15 +199,10 @@ fn run_round(
     }
     for run in &mut runs {
         dir.settle()?;
-        let secs = ops::insert_entries(&mut run.conn, &data.entries, &run.path)?;
+        let t = ops::insert_entries_timed(&mut run.conn, &data.entries, &run.path)?;
         ops::check_count(&run.conn, data.entries.len(), &run.path)?;
-        eprintln!(
-            "round {round}: {:<12} insert {:>9.4}s",
-            run.variant.name(),
-            secs
-        );
-        let m = &mut measures[run.variant.index()];
-        m.insert_s = m.insert_s.min(secs);
+        log_timing(round, run.variant, "insert", t);
+        measures[run.variant.index()].insert.add(t);
     }
     if flush_before_update {
         for run in &runs {
@@ -218,19 +214,25 @@ fn run_round(
     }
     for run in &mut runs {
         dir.settle()?;
-        let secs = ops::update_entries(&mut run.conn, &data.updates, &run.path)?;
-        eprintln!(
-            "round {round}: {:<12} update {:>9.4}s",
-            run.variant.name(),
-            secs
-        );
-        let m = &mut measures[run.variant.index()];
-        m.update_s = m.update_s.min(secs);
+        let t = ops::update_entries_timed(&mut run.conn, &data.updates, &run.path)?;
+        log_timing(round, run.variant, "update", t);
+        measures[run.variant.index()].update.add(t);
     }
     for run in &runs {
         measure_sizes(run, round, &mut measures[run.variant.index()])?;
     }
     Ok(())
+}
+
+fn log_timing(round: u32, variant: Variant, what: &str, t: Timing) {
+    let cpu = t
+        .cpu_s
+        .map_or_else(String::new, |c| format!(" (cpu {c:.2}s)"));
+    eprintln!(
+        "round {round}: {:<12} {what} {:>9.4}s{cpu}",
+        variant.name(),
+        t.wall_s
+    );
 }
 
 /// Runs `lsync_flush()` on a tracked database and logs it.

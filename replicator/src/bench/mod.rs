@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod capture;
+mod clock;
 mod data;
 pub mod net;
 mod ops;

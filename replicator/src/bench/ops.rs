@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use rusqlite::Connection;
 
+use super::clock::{Stopwatch, Timing};
 use super::data::{Entry, Location, Update};
 use super::{BenchError, SqlContext};
 
@@ -90,8 +91,17 @@ pub(super) fn insert_entries(
     entries: &[Entry],
     path: &Path,
 ) -> Result<f64, BenchError> {
+    insert_entries_timed(conn, entries, path).map(|t| t.wall_s)
+}
+
+/// Inserts all entries in one transaction; times insert+commit.
+pub(super) fn insert_entries_timed(
+    conn: &mut Connection,
+    entries: &[Entry],
+    path: &Path,
+) -> Result<Timing, BenchError> {
     let at = || path.display().to_string();
-    let started = Instant::now();
+    let watch = Stopwatch::start();
     let tx = conn
         .transaction()
         .sql(|| format!("beginning the insert in {}", at()))?;
@@ -114,7 +124,7 @@ pub(super) fn insert_entries(
     }
     tx.commit()
         .sql(|| format!("committing the insert in {}", at()))?;
-    Ok(started.elapsed().as_secs_f64())
+    Ok(watch.stop())
 }
 
 /// Checks (untimed) that the insert produced ids 1..=rows.
@@ -135,14 +145,14 @@ pub(super) fn check_count(conn: &Connection, rows: usize, path: &Path) -> Result
     Ok(())
 }
 
-/// Applies all updates in one transaction; returns update+commit seconds.
-pub(super) fn update_entries(
+/// Applies all updates in one transaction; times update+commit.
+pub(super) fn update_entries_timed(
     conn: &mut Connection,
     updates: &[Update],
     path: &Path,
-) -> Result<f64, BenchError> {
+) -> Result<Timing, BenchError> {
     let at = || path.display().to_string();
-    let started = Instant::now();
+    let watch = Stopwatch::start();
     let tx = conn
         .transaction()
         .sql(|| format!("beginning the update in {}", at()))?;
@@ -159,7 +169,7 @@ pub(super) fn update_entries(
     }
     tx.commit()
         .sql(|| format!("committing the update in {}", at()))?;
-    let secs = started.elapsed().as_secs_f64();
+    let timing = watch.stop();
     if changed != updates.len() {
         return Err(BenchError::Check(format!(
             "{}: {} updates changed {changed} rows",
@@ -167,7 +177,7 @@ pub(super) fn update_entries(
             updates.len()
         )));
     }
-    Ok(secs)
+    Ok(timing)
 }
 
 /// Runs `SELECT lsync_flush()`; returns its seconds.
