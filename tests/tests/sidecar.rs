@@ -1063,46 +1063,31 @@ fn a_wrong_library_is_refused() {
 
 #[test]
 fn a_schema_with_one_table_fewer_is_refused() {
-    let dir = TempDir::new();
-    let secret = new_secret(dir.path(), "secret");
-    let schema = format!(
-        "{}\nSELECT lsync_track('locations', 'device_owned');
+    // One tracked table fewer at B.
+    schema_mismatch_is_refused(
+        "SELECT lsync_track('locations', 'device_owned');
          SELECT lsync_track('entries', 'device_owned');
          SELECT lsync_track('tags', 'shared');",
-        lsync_tests::library_schema()
     );
-    let (a, b, a_db, b_db) = refusal_pair(&dir, Some(&schema));
-    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &[]);
-    // --join: the library alone would not stop B; the schema must.
-    let node_b = Sidecar::start(
-        dir.path(),
-        "B",
-        &b_db,
-        &secret,
-        &[node_a.addr()],
-        &[
-            "--join",
-            FAST_RETRY[0],
-            FAST_RETRY[1],
-            FAST_RETRY[2],
-            FAST_RETRY[3],
-        ],
-    );
-    assert_refused(&a, &b, &node_a, &node_b, "schema", "schema");
 }
 
 #[test]
 fn a_schema_with_an_extra_tracked_column_is_refused() {
-    let dir = TempDir::new();
-    let secret = new_secret(dir.path(), "secret");
-    let schema = format!(
-        "{}\nALTER TABLE entries ADD COLUMN note TEXT;
+    schema_mismatch_is_refused(
+        "ALTER TABLE entries ADD COLUMN note TEXT;
          SELECT lsync_track('locations', 'device_owned');
          SELECT lsync_track('entries', 'device_owned');
          SELECT lsync_track('tags', 'shared');
          SELECT lsync_track('tag_assignments', 'shared');",
-        lsync_tests::library_schema()
     );
+}
+
+/// B tracks `b_tracking` on the example schema; A tracks the example's
+/// tables. With --join the library alone would not stop B; the schema must.
+fn schema_mismatch_is_refused(b_tracking: &str) {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let schema = format!("{}\n{b_tracking}", lsync_tests::library_schema());
     let (a, b, a_db, b_db) = refusal_pair(&dir, Some(&schema));
     let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &[]);
     let node_b = Sidecar::start(
