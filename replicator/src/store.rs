@@ -3,6 +3,8 @@
 //! extension's SQL functions, except the peer bookkeeping in `lsync_peers`.
 
 use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -283,4 +285,49 @@ pub fn status(c: &Connection) -> R<Status> {
         tombstones,
         tombstones_awaiting_ack,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db() -> (PathBuf, Connection) {
+        crate::db::register(&Extension::Static).unwrap();
+        let dir = std::env::temp_dir().join(format!("lsync-store-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        let c = open(&path).unwrap();
+        c.query_row("SELECT lsync_device_id()", [], |_| Ok(()))
+            .unwrap();
+        (dir, c)
+    }
+
+    #[test]
+    fn five_failed_catch_ups_escalate_to_a_full_resync() {
+        let (dir, c) = temp_db();
+        let peer = "01a20142-c196-70dc-8b46-cc82023ee619";
+        assert_eq!(peer_hello(&c, peer, "x", 5).unwrap(), (0, false));
+        c.execute("UPDATE lsync_peers SET recv_cursor = 42", [])
+            .unwrap();
+        for i in 0..5 {
+            assert_eq!(
+                peer_hello(&c, peer, "x", 5).unwrap(),
+                (42, false),
+                "attempt {i}"
+            );
+            record_error(&c, peer, "boom", true).unwrap();
+        }
+        // The sixth session starts over from cursor 0, and the count resets.
+        assert_eq!(peer_hello(&c, peer, "x", 5).unwrap(), (0, true));
+        assert_eq!(peer_hello(&c, peer, "x", 5).unwrap(), (0, false));
+        // Errors after a completed catch-up do not count.
+        c.execute("UPDATE lsync_peers SET recv_cursor = 7", [])
+            .unwrap();
+        for _ in 0..6 {
+            record_error(&c, peer, "gone", false).unwrap();
+        }
+        assert_eq!(peer_hello(&c, peer, "x", 5).unwrap(), (7, false));
+        drop(c);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
