@@ -750,6 +750,34 @@ impl Applier {
         if vals.is_empty() {
             return Ok(());
         }
+        // Write only the columns whose value changes: an unchanged indexed
+        // or FK column then costs no index update and no FK check.
+        let cols: Vec<String> = vals.iter().map(|(c, _)| q(c)).collect();
+        let current = self.clock.cache.with(
+            &format!(
+                "SELECT {} FROM {} WHERE rowid = ?1",
+                cols.join(", "),
+                q(&t.name)
+            ),
+            &[rid.into()],
+            |s| {
+                Ok(if s.step()? {
+                    (0..cols.len()).map(|i| s.value(i)).collect()
+                } else {
+                    Vec::new()
+                })
+            },
+        )?;
+        let changed: Vec<(&Arc<str>, Cow<Value>)> = vals
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, v))| current.get(*i) != Some(v.as_ref()))
+            .map(|(_, cv)| cv.clone())
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let vals = &changed[..];
         let mask = Self::mask(t, vals);
         let db = self.db;
         let stmt = match self.updates.entry((t.id, mask)) {
