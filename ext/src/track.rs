@@ -96,18 +96,6 @@ pub fn load_all(db: Db) -> Result<Vec<Table>> {
     Ok(out)
 }
 
-pub fn load_by_id(db: Db, id: i64) -> Result<Option<Table>> {
-    let mut s = db.prepare(&format!(
-        "SELECT {TABLE_COLS} FROM lsync_tables WHERE id = ?1"
-    ))?;
-    s.bind(1, &id.into())?;
-    if s.step()? {
-        Ok(Some(table_from_row(&s)?))
-    } else {
-        Ok(None)
-    }
-}
-
 pub fn load(db: Db, name: &str) -> Result<Option<Table>> {
     let mut s = db.prepare(&format!(
         "SELECT {TABLE_COLS} FROM lsync_tables WHERE name = ?1 COLLATE NOCASE"

@@ -26,31 +26,6 @@ impl Value {
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }
-
-    /// A hashable identity for text and blob ids (uuids); `None` otherwise.
-    pub fn id_key(&self) -> Option<IdKey> {
-        match self {
-            Value::Text(s) => Some(IdKey::Text(s.clone())),
-            Value::Blob(b) => Some(IdKey::Blob(b.clone())),
-            _ => None,
-        }
-    }
-}
-
-/// A row's global id as a map key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum IdKey {
-    Text(String),
-    Blob(Vec<u8>),
-}
-
-impl From<IdKey> for Value {
-    fn from(k: IdKey) -> Value {
-        match k {
-            IdKey::Text(s) => Value::Text(s),
-            IdKey::Blob(b) => Value::Blob(b),
-        }
-    }
 }
 
 impl From<i64> for Value {
