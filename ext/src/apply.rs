@@ -216,6 +216,7 @@ struct Applier {
     run: Option<Run>,
     inserts: HashMap<(i64, u64), Stmt>,
     updates: HashMap<(i64, u64), Stmt>,
+    reads: HashMap<(i64, u64), Stmt>,
     touched: HashSet<Arc<str>>,
 }
 
@@ -253,6 +254,7 @@ impl Applier {
             run: None,
             inserts: HashMap::default(),
             updates: HashMap::default(),
+            reads: HashMap::default(),
             touched: HashSet::default(),
         })
     }
@@ -710,32 +712,34 @@ impl Applier {
         Ok(())
     }
 
+    fn bit(t: &Table, col: &Arc<str>) -> u64 {
+        t.columns
+            .iter()
+            .position(|x| x == col)
+            .map_or(0, |i| 1 << i)
+    }
+
     fn mask(t: &Table, vals: &[(&Arc<str>, Cow<Value>)]) -> u64 {
-        vals.iter().fold(0, |m, (c, _)| {
-            m | t.columns.iter().position(|x| x == *c).map_or(0, |i| 1 << i)
-        })
+        vals.iter().fold(0, |m, (c, _)| m | Self::bit(t, c))
     }
 
     fn insert(&mut self, t: &Table, pk: &Value, vals: &[(&Arc<str>, Cow<Value>)]) -> Result<i64> {
         let mask = Self::mask(t, vals);
         let db = self.db;
-        let stmt = match self.inserts.entry((t.id, mask)) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let cols: Vec<String> = vals.iter().map(|(c, _)| q(c)).collect();
-                let marks: Vec<String> = (0..=vals.len()).map(|i| format!("?{}", i + 1)).collect();
-                // OR FAIL: no statement journal per row; the savepoint
-                // around the apply still makes it all-or-nothing.
-                e.insert(db.prepare(&format!(
-                    "INSERT OR FAIL INTO {t}({u}{sep}{cols}) VALUES ({marks})",
-                    t = q(&t.name),
-                    u = q(&t.uuid_col),
-                    sep = if cols.is_empty() { "" } else { ", " },
-                    cols = cols.join(", "),
-                    marks = marks.join(", ")
-                ))?)
-            }
-        };
+        let stmt = cached(&mut self.inserts, (t.id, mask), || {
+            let cols: Vec<String> = vals.iter().map(|(c, _)| q(c)).collect();
+            let marks: Vec<String> = (0..=vals.len()).map(|i| format!("?{}", i + 1)).collect();
+            // OR FAIL: no statement journal per row; the savepoint around the
+            // apply still makes it all-or-nothing.
+            db.prepare(&format!(
+                "INSERT OR FAIL INTO {t}({u}{sep}{cols}) VALUES ({marks})",
+                t = q(&t.name),
+                u = q(&t.uuid_col),
+                sep = if cols.is_empty() { "" } else { ", " },
+                cols = cols.join(", "),
+                marks = marks.join(", ")
+            ))
+        })?;
         let r = stmt.run_borrowed(std::iter::once(pk).chain(vals.iter().map(|(_, v)| v.as_ref())));
         r.map_err(|e| {
             Error::msg(format!(
@@ -752,58 +756,52 @@ impl Applier {
         }
         // Write only the columns whose value changes: an unchanged indexed
         // or FK column then costs no index update and no FK check.
-        let cols: Vec<String> = vals.iter().map(|(c, _)| q(c)).collect();
-        let current = self.clock.cache.with(
-            &format!(
+        let db = self.db;
+        let read = cached(&mut self.reads, (t.id, Self::mask(t, vals)), || {
+            let cols: Vec<String> = vals.iter().map(|(c, _)| q(c)).collect();
+            db.prepare(&format!(
                 "SELECT {} FROM {} WHERE rowid = ?1",
                 cols.join(", "),
                 q(&t.name)
-            ),
-            &[rid.into()],
-            |s| {
-                Ok(if s.step()? {
-                    (0..cols.len()).map(|i| s.value(i)).collect()
-                } else {
-                    Vec::new()
-                })
-            },
-        )?;
-        let changed: Vec<(&Arc<str>, Cow<Value>)> = vals
+            ))
+        })?;
+        read.bind(1, &rid.into())?;
+        let current: Vec<Value> = if read.step()? {
+            (0..vals.len()).map(|i| read.value(i)).collect()
+        } else {
+            Vec::new()
+        };
+        read.reset();
+        let changed: Vec<&(&Arc<str>, Cow<Value>)> = vals
             .iter()
             .enumerate()
             .filter(|(i, (_, v))| current.get(*i) != Some(v.as_ref()))
-            .map(|(_, cv)| cv.clone())
+            .map(|(_, cv)| cv)
             .collect();
         if changed.is_empty() {
             return Ok(());
         }
-        let vals = &changed[..];
-        let mask = Self::mask(t, vals);
-        let db = self.db;
-        let stmt = match self.updates.entry((t.id, mask)) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let sets: Vec<String> = vals
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (c, _))| format!("{} = ?{}", q(c), i + 2))
-                    .collect();
-                e.insert(db.prepare(&format!(
-                    "UPDATE OR FAIL {} SET {} WHERE rowid = ?1",
-                    q(&t.name),
-                    sets.join(", ")
-                ))?)
-            }
-        };
-        let mut params = Vec::with_capacity(vals.len() + 1);
-        params.push(Value::Integer(rid));
-        params.extend(vals.iter().map(|(_, v)| v.clone().into_owned()));
-        stmt.execute(&params).map_err(|e| {
-            Error::msg(format!(
-                "lsync_apply: updating '{}': {e}; nothing was applied",
-                t.name
+        let mask = changed.iter().fold(0, |m, (c, _)| m | Self::bit(t, c));
+        let stmt = cached(&mut self.updates, (t.id, mask), || {
+            let sets: Vec<String> = changed
+                .iter()
+                .enumerate()
+                .map(|(i, (c, _))| format!("{} = ?{}", q(c), i + 2))
+                .collect();
+            db.prepare(&format!(
+                "UPDATE OR FAIL {} SET {} WHERE rowid = ?1",
+                q(&t.name),
+                sets.join(", ")
             ))
-        })
+        })?;
+        let rid = Value::Integer(rid);
+        stmt.run_borrowed(std::iter::once(&rid).chain(changed.iter().map(|(_, v)| v.as_ref())))
+            .map_err(|e| {
+                Error::msg(format!(
+                    "lsync_apply: updating '{}': {e}; nothing was applied",
+                    t.name
+                ))
+            })
     }
 
     fn extend_run(
@@ -858,6 +856,20 @@ impl Applier {
             }
         }
         Ok(())
+    }
+}
+
+/// The statement cached under `key`, prepared by `prepare` the first time.
+/// Statements bind by position: within one apply every change of a table
+/// lists its columns in the changeset's order, so a column set fixes it.
+fn cached(
+    cache: &mut HashMap<(i64, u64), Stmt>,
+    key: (i64, u64),
+    prepare: impl FnOnce() -> Result<Stmt>,
+) -> Result<&mut Stmt> {
+    match cache.entry(key) {
+        std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+        std::collections::hash_map::Entry::Vacant(e) => Ok(e.insert(prepare()?)),
     }
 }
 

@@ -62,6 +62,7 @@ pub fn read_except(db: Db, since: i64, limit: usize, except: Option<&str>) -> Re
         .collect();
     let mut origins: HashMap<i64, Arc<str>> = HashMap::new();
     let cache = Cache::new(db);
+    let mut sqls = HashMap::new();
     let mut out: Vec<Row> = Vec::new();
     let mut s = db.prepare(
         "SELECT seq, tbl, lo, hi, col, op, hlc, origin, uuid FROM lsync_clock
@@ -90,15 +91,26 @@ pub fn read_except(db: Db, since: i64, limit: usize, except: Option<&str>) -> Re
             v.insert(Arc::from(schema::device_uuid(db, e.origin)?));
         }
         let origin = origins[&e.origin].clone();
-        read_entry(&cache, t, &e, since, limit - out.len(), origin, &mut out)?;
+        read_entry(
+            &cache,
+            &mut sqls,
+            t,
+            &e,
+            since,
+            limit - out.len(),
+            origin,
+            &mut out,
+        )?;
     }
     drop(s);
     resolve_fks(db, &tables, &mut out)?;
     Ok(out.into_iter().map(|r| r.change).collect())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn read_entry(
     cache: &Cache,
+    sqls: &mut HashMap<(i64, Option<String>), String>,
     t: &Table,
     e: &Entry,
     since: i64,
@@ -128,16 +140,19 @@ fn read_entry(
         Some(c) => t.columns.iter().filter(|x| ***x == **c).collect(),
         None => t.columns.iter().collect(),
     };
-    let select: Vec<String> = cols.iter().map(|c| q(c)).collect();
-    let sql = format!(
-        "SELECT rowid, {u}{sep}{cols} FROM {t} WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid LIMIT ?3",
-        u = q(&t.uuid_col),
-        sep = if select.is_empty() { "" } else { ", " },
-        cols = select.join(", "),
-        t = q(&t.name),
-    );
+    // One SQL text per (table, column): entries of one row each are common.
+    let sql = sqls.entry((t.id, e.col.clone())).or_insert_with(|| {
+        let select: Vec<String> = cols.iter().map(|c| q(c)).collect();
+        format!(
+            "SELECT rowid, {u}{sep}{cols} FROM {t} WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid LIMIT ?3",
+            u = q(&t.uuid_col),
+            sep = if select.is_empty() { "" } else { ", " },
+            cols = select.join(", "),
+            t = q(&t.name),
+        )
+    });
     cache.with(
-        &sql,
+        sql,
         &[first.into(), e.hi.into(), (room as i64).into()],
         |s| {
             while s.step()? {
