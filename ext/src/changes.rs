@@ -135,7 +135,10 @@ fn read_entry(
         return Ok(());
     };
     // Row r of the entry has cursor seq - (hi - r): skip rows at or below `since`.
-    let first = lo.max(e.hi - (e.seq - since) + 1);
+    let first = lo.max(
+        e.hi.saturating_sub(e.seq.saturating_sub(since))
+            .saturating_add(1),
+    );
     let cols: Vec<&Arc<str>> = match &e.col {
         Some(c) => t.columns.iter().filter(|x| ***x == **c).collect(),
         None => t.columns.iter().collect(),

@@ -132,3 +132,14 @@ def test_plain_connection_insert_with_uuid_is_refused_or_captured(db, db_path):
         assert "no such function: lsync" in str(err)
     else:
         assert [c["op"] for c in changes(db) if c["pk"] == FIXED] == ["insert"]
+
+
+def test_extreme_cursors_are_clamped_not_overflowed(db):
+    db.execute("INSERT INTO tags(name) VALUES ('a'), ('b')")
+    low = -(2**63)
+    high = 2**63 - 1
+    assert db.execute("SELECT count(*) FROM lsync_changes(?)", (low,)).fetchone()[0] == 2
+    assert db.execute("SELECT count(*) FROM lsync_changes(?)", (high,)).fetchone()[0] == 0
+    blob = db.execute("SELECT lsync_changeset(?)", (low,)).fetchone()[0]
+    info = db.execute("SELECT lsync_changeset_info(?) ->> 'count'", (blob,)).fetchone()[0]
+    assert info == 2
