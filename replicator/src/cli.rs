@@ -79,6 +79,30 @@ pub struct RunArgs {
     /// Cap on the retry delay (default 30000).
     #[arg(long, value_name = "MS")]
     pub backoff_max_ms: Option<u64>,
+    /// How to serve a peer that is behind: `auto` picks by how much it is
+    /// missing; `snapshot` and `batch` force one way (default auto).
+    #[arg(long, value_enum)]
+    pub strategy: Option<Strategy>,
+    /// A peer missing at least this many changes gets a snapshot (default 100000).
+    #[arg(long, value_name = "N")]
+    pub snapshot_min: Option<u64>,
+    /// A peer missing at most this many changes gets them in a single
+    /// changeset; between the two, a stream of --batch sized ones (default 5000).
+    #[arg(long, value_name = "N")]
+    pub single_max: Option<u64>,
+    /// After a local write of at least this many changes, peers get a
+    /// notification and pull at their own pace instead of a push (default 10000).
+    #[arg(long, value_name = "N")]
+    pub bulk_notify: Option<u64>,
+}
+
+/// How a peer that is behind is brought up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    Auto,
+    Snapshot,
+    Batch,
 }
 
 #[derive(Debug, Subcommand)]

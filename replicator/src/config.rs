@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::cli::RunArgs;
+use crate::cli::{RunArgs, Strategy};
 use crate::node::Backoff;
 
 /// The resolved settings.
@@ -23,6 +23,10 @@ pub struct RunConfig {
     pub poll_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    pub strategy: Strategy,
+    pub snapshot_min: u64,
+    pub single_max: u64,
+    pub bulk_notify: u64,
 }
 
 impl RunConfig {
@@ -49,6 +53,10 @@ struct File {
     poll_ms: Option<u64>,
     backoff_initial_ms: Option<u64>,
     backoff_max_ms: Option<u64>,
+    strategy: Option<Strategy>,
+    snapshot_min: Option<u64>,
+    single_max: Option<u64>,
+    bulk_notify: Option<u64>,
 }
 
 fn load(path: &Path) -> Result<File> {
@@ -84,7 +92,14 @@ pub fn resolve(a: &RunArgs) -> Result<RunConfig> {
         poll_ms: a.poll_ms.or(f.poll_ms).unwrap_or(5),
         backoff_initial_ms: a.backoff_initial_ms.or(f.backoff_initial_ms).unwrap_or(200),
         backoff_max_ms: a.backoff_max_ms.or(f.backoff_max_ms).unwrap_or(30_000),
+        strategy: a.strategy.or(f.strategy).unwrap_or(Strategy::Auto),
+        snapshot_min: a.snapshot_min.or(f.snapshot_min).unwrap_or(100_000),
+        single_max: a.single_max.or(f.single_max).unwrap_or(5_000),
+        bulk_notify: a.bulk_notify.or(f.bulk_notify).unwrap_or(10_000),
     };
+    if cfg.single_max >= cfg.snapshot_min {
+        bail!("single-max must be smaller than snapshot-min");
+    }
     if cfg.batch == 0 || cfg.heartbeat_ms == 0 || cfg.poll_ms == 0 {
         bail!("batch, heartbeat-ms and poll-ms must be positive");
     }

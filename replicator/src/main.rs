@@ -9,6 +9,7 @@
 extern crate lsync;
 
 mod bench;
+mod bulk;
 mod cli;
 mod cluster;
 mod config;
@@ -16,8 +17,10 @@ mod db;
 mod demo;
 mod node;
 mod peer;
+mod progress;
 mod protocol;
 mod secret;
+mod snapshot;
 mod status;
 mod store;
 

@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::cli::Strategy;
 use crate::config::RunConfig;
 use crate::protocol::Secret;
 use crate::{peer, store};
@@ -22,6 +23,10 @@ pub struct Node {
     pub batch: u32,
     pub heartbeat: Duration,
     pub escalate_after: i64,
+    pub strategy: Strategy,
+    pub snapshot_min: u64,
+    pub single_max: u64,
+    pub bulk_notify: u64,
     /// Bumped whenever another connection commits to the database.
     pub changed: watch::Sender<u64>,
     /// Flips to true on shutdown.
@@ -45,6 +50,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         batch: cfg.batch,
         heartbeat: Duration::from_millis(cfg.heartbeat_ms),
         escalate_after: 5,
+        strategy: cfg.strategy,
+        snapshot_min: cfg.snapshot_min,
+        single_max: cfg.single_max,
+        bulk_notify: cfg.bulk_notify,
         changed,
         shutdown: stop_rx,
     });

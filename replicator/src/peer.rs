@@ -2,6 +2,7 @@
 //! our persisted watermark while serving its pulls and pushing our new
 //! commits. Both sides run this same state machine.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::bulk;
 use crate::node::Node;
+use crate::progress::Progress;
 use crate::protocol::{self, Msg, ProtoError, PROTOCOL_VERSION};
 use crate::store::{self, Applied, StoreError};
 
@@ -30,10 +33,10 @@ pub enum SessionError {
     Internal(String),
 }
 
-type R<T> = Result<T, SessionError>;
+pub(crate) type R<T> = Result<T, SessionError>;
 
 /// Runs blocking database work off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     conn: &Arc<Mutex<Connection>>,
     f: impl FnOnce(&mut Connection) -> store::R<T> + Send + 'static,
 ) -> R<T> {
@@ -49,20 +52,34 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Session state after the handshake.
-struct Session<W> {
-    node: Arc<Node>,
-    conn: Arc<Mutex<Connection>>,
-    tx: protocol::Sender<W>,
-    peer: String,
+pub(crate) struct Session<W> {
+    pub node: Arc<Node>,
+    pub conn: Arc<Mutex<Connection>>,
+    pub tx: protocol::Sender<W>,
+    pub peer: String,
+    /// The peer's newest cursor, as of its hello.
+    pub peer_head: i64,
     /// The peer's cursor we have applied up to (persisted in lsync_peers).
-    recv_cursor: i64,
+    pub recv_cursor: i64,
     /// Our cursor we have sent the peer up to.
-    sent_cursor: i64,
+    pub sent_cursor: i64,
     /// The peer is caught up with us: push new commits as they happen.
-    subscribed: bool,
-    caught_up: bool,
-    applied_total: i64,
-    started: Instant,
+    pub subscribed: bool,
+    pub caught_up: bool,
+    /// We are answering a run of pulls (a batched stream to the peer).
+    pub streaming: bool,
+    /// A pull of ours is unanswered.
+    pub pulling: bool,
+    pub applied_total: i64,
+    pub started: Instant,
+    /// Bytes received over this session.
+    pub wire_bytes: Arc<AtomicU64>,
+    /// Progress of a long catch-up from the peer.
+    pub catch_up: Option<Progress>,
+    /// A snapshot we are sending.
+    pub upload: Option<bulk::Upload>,
+    /// A snapshot we are receiving.
+    pub download: Option<bulk::Download>,
 }
 
 /// Runs a whole session over an established connection. Returns when the
@@ -101,7 +118,7 @@ where
         library_id,
         device_id,
         schema,
-        head: _,
+        head: peer_head,
     } = hello
     else {
         return Err(SessionError::Refused(format!(
@@ -153,7 +170,7 @@ where
     }
 
     let span = tracing::info_span!("peer", device = %short(&device_id), addr = %addr);
-    established(node, conn, tx, rx, device_id, addr)
+    established(node, conn, tx, rx, device_id, addr, peer_head)
         .instrument(span)
         .await
 }
@@ -166,6 +183,7 @@ async fn established<W, Rd>(
     mut rx: protocol::Receiver<Rd>,
     device_id: String,
     addr: String,
+    peer_head: i64,
 ) -> R<()>
 where
     W: AsyncWrite + Unpin + Send + 'static,
@@ -180,7 +198,23 @@ where
             "{escalate} consecutive failed catch-ups: escalating to a full resync from this peer"
         );
     }
-    info!(recv_cursor, "session established");
+    if peer_head < recv_cursor {
+        // The same device cannot forget changes it already sent us: this is
+        // a copy of its database, or an old backup of it, under its id.
+        let m = format!(
+            "device {device_id} announces history up to {peer_head}, but this side has \
+             already applied its changes up to {recv_cursor}: its database is a copy or an \
+             old backup of that device's. Start it from a fresh database that joins \
+             (a new device id) instead"
+        );
+        let mut tx = tx;
+        let _ = tx.send(&Msg::Error { message: m.clone() }, &[]).await;
+        let (peer, msg) = (device_id.clone(), m.clone());
+        let _ = blocking(&conn, move |c| store::record_error(c, &peer, &msg, false)).await;
+        return Err(SessionError::Refused(m));
+    }
+    info!(recv_cursor, peer_head, "session established");
+    let wire_bytes = rx.wire_bytes.clone();
 
     // Frames are read by their own task into a small bounded queue: when we
     // are busy applying, the queue fills, TCP pushes back, the peer waits.
@@ -200,12 +234,19 @@ where
         conn,
         tx,
         peer: device_id,
+        peer_head,
         recv_cursor,
         sent_cursor: 0,
         subscribed: false,
         caught_up: false,
+        streaming: false,
+        pulling: false,
         applied_total: 0,
         started: Instant::now(),
+        wire_bytes,
+        catch_up: None,
+        upload: None,
+        download: None,
     };
     let result = s.serve(&mut in_rx).await;
     reader.abort();
@@ -242,16 +283,9 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         let mut shutdown = self.node.shutdown.clone();
         let mut beat = tokio::time::interval(self.node.heartbeat);
         let mut last_heard = Instant::now();
-        let batch = self.node.batch;
-        self.tx
-            .send(
-                &Msg::Pull {
-                    since: self.recv_cursor,
-                    max: batch,
-                },
-                &[],
-            )
-            .await?;
+        if !self.resume_download().await? {
+            self.pull(self.recv_cursor).await?;
+        }
         loop {
             tokio::select! {
                 m = inbox.recv() => {
@@ -260,6 +294,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                     last_heard = Instant::now();
                     self.handle(msg, payload).await?;
                 }
+                c = bulk::next_chunk(&mut self.upload) => self.send_chunk(c).await?,
                 r = changed.changed() => {
                     if r.is_err() { return Ok(()); }
                     if self.subscribed {
@@ -281,62 +316,25 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         }
     }
 
+    /// Asks the peer for its changes after `since`.
+    pub(crate) async fn pull(&mut self, since: i64) -> R<()> {
+        self.pulling = true;
+        let max = self.node.batch;
+        self.tx.send(&Msg::Pull { since, max }, &[]).await?;
+        Ok(())
+    }
+
     async fn handle(&mut self, msg: Msg, payload: Vec<u8>) -> R<()> {
         match msg {
-            Msg::Pull { since, max } => {
-                self.sent_cursor = since;
-                let more = self.send_changes(max.clamp(1, 100_000), true).await?;
-                self.subscribed = !more;
-            }
+            Msg::Pull { since, max } => self.serve_pull(since, max).await?,
             Msg::Changes {
                 from,
                 to,
                 count,
                 has_more,
             } => {
-                if from > self.recv_cursor {
-                    debug!(
-                        from,
-                        have = self.recv_cursor,
-                        "gap in the change stream: pulling again"
-                    );
-                    let since = self.recv_cursor;
-                    self.tx
-                        .send(
-                            &Msg::Pull {
-                                since,
-                                max: self.node.batch,
-                            },
-                            &[],
-                        )
-                        .await?;
-                    return Ok(());
-                }
-                // Ask for the next batch before applying this one, so the
-                // peer exports while we apply.
-                if has_more {
-                    self.tx
-                        .send(
-                            &Msg::Pull {
-                                since: to,
-                                max: self.node.batch,
-                            },
-                            &[],
-                        )
-                        .await?;
-                }
-                let report = self.apply(payload, to, !has_more).await?;
-                self.recv_cursor = self.recv_cursor.max(to);
-                self.tx.send(&Msg::Ack { cursor: to }, &[]).await?;
-                self.progress(count, &report);
-                if !has_more && !self.caught_up {
-                    self.caught_up = true;
-                    info!(
-                        applied = self.applied_total,
-                        seconds = self.started.elapsed().as_secs_f64(),
-                        "caught up with the peer"
-                    );
-                }
+                self.receive_changes(from, to, count, has_more, payload)
+                    .await?
             }
             Msg::Ack { cursor } => {
                 let peer = self.peer.clone();
@@ -346,23 +344,117 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 }
             }
             Msg::Notify { head } => {
-                if head > self.recv_cursor {
-                    let since = self.recv_cursor;
-                    self.tx
-                        .send(
-                            &Msg::Pull {
-                                since,
-                                max: self.node.batch,
-                            },
-                            &[],
-                        )
-                        .await?;
+                debug!(head, "the peer notified a bulk write");
+                if head > self.recv_cursor && !self.pulling && self.download.is_none() {
+                    self.pull(self.recv_cursor).await?;
                 }
             }
+            Msg::SnapshotOffer {
+                id,
+                size,
+                chunk_size,
+                checksum,
+                cursor,
+                rows,
+            } => {
+                let meta = crate::snapshot::Meta {
+                    id,
+                    size,
+                    chunk_size,
+                    checksum,
+                    cursor,
+                    rows,
+                    created_ms: store::now_ms(),
+                };
+                self.start_download(meta).await?
+            }
+            Msg::SnapshotGet { id, offset } => self.start_upload(id, offset).await?,
+            Msg::SnapshotChunk {
+                id,
+                offset,
+                len,
+                checksum,
+            } => {
+                self.receive_chunk(&id, offset, len, checksum, payload)
+                    .await?
+            }
+            Msg::SnapshotMissing { id } => self.snapshot_missing(&id).await?,
             Msg::Heartbeat => {}
             Msg::Error { message } => return Err(SessionError::Remote(message)),
             Msg::Hello { .. } => {
                 return Err(SessionError::Refused("unexpected second hello".into()))
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a pull: a snapshot for a peer far behind, otherwise one
+    /// changeset (a small gap) or the first of a stream of batches.
+    async fn serve_pull(&mut self, since: i64, max: u32) -> R<()> {
+        let mut max = max.clamp(1, 100_000);
+        if !self.streaming {
+            match self.choose(since).await? {
+                bulk::Plan::Snapshot => return self.offer_snapshot().await,
+                bulk::Plan::Single(n) => max = n,
+                bulk::Plan::Batches => {}
+            }
+        }
+        self.sent_cursor = since;
+        let more = self.send_changes(max, true).await?;
+        self.streaming = more;
+        self.subscribed = !more;
+        Ok(())
+    }
+
+    async fn receive_changes(
+        &mut self,
+        from: i64,
+        to: i64,
+        count: u64,
+        has_more: bool,
+        payload: Vec<u8>,
+    ) -> R<()> {
+        if from > self.recv_cursor {
+            debug!(
+                from,
+                have = self.recv_cursor,
+                "gap in the change stream: pulling again"
+            );
+            return self.pull(self.recv_cursor).await;
+        }
+        if !has_more {
+            self.pulling = false;
+        }
+        // Ask for the next batch before applying this one, so the peer
+        // exports while we apply.
+        if has_more {
+            self.pull(to).await?;
+            if self.catch_up.is_none() {
+                let total = (self.peer_head - self.recv_cursor).max(0) as u64;
+                self.catch_up = Some(Progress::new(
+                    &self.node.db_path,
+                    &self.peer,
+                    "catch-up",
+                    total,
+                    0,
+                ));
+            }
+        }
+        let bytes = payload.len() as u64;
+        let report = self.apply(payload, to, !has_more).await?;
+        self.recv_cursor = self.recv_cursor.max(to);
+        self.tx.send(&Msg::Ack { cursor: to }, &[]).await?;
+        self.note_applied(count, bytes, &report);
+        if !has_more {
+            self.catch_up = None;
+            if !self.caught_up {
+                self.caught_up = true;
+                info!(
+                    applied = self.applied_total,
+                    seconds = self.started.elapsed().as_secs_f64(),
+                    wire_bytes = self.wire_bytes.load(Ordering::Relaxed),
+                    "caught up with the peer"
+                );
             }
         }
         Ok(())
@@ -387,9 +479,21 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         Ok(e.has_more)
     }
 
-    /// Pushes commits made since the last send. With more pending than one
-    /// batch, the peer pulls the rest at its own pace.
+    /// Pushes commits made since the last send. After a bulk write the peer
+    /// only gets a notification and pulls at its own pace; with more pending
+    /// than one batch, it pulls the rest.
     async fn push(&mut self) -> R<()> {
+        let head = blocking(&self.conn, |c| store::head(c)).await?;
+        let pending = head - self.sent_cursor;
+        if pending >= self.node.bulk_notify as i64 {
+            info!(
+                pending,
+                "bulk write: notifying the peer, which pulls at its own pace"
+            );
+            self.tx.send(&Msg::Notify { head }, &[]).await?;
+            self.subscribed = false;
+            return Ok(());
+        }
         let more = self.send_changes(self.node.batch, false).await?;
         self.subscribed = !more;
         Ok(())
@@ -403,13 +507,14 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         .await
     }
 
-    fn progress(&mut self, count: u64, report: &Applied) {
-        let before = self.applied_total / 10_000;
-        self.applied_total += count.max(report.changes as u64) as i64;
+    fn note_applied(&mut self, count: u64, bytes: u64, report: &Applied) {
+        let n = count.max(report.changes as u64);
+        self.applied_total += n as i64;
         debug!(
             changes = report.changes,
             applied = report.applied,
             resolved = report.resolved,
+            deferred = report.deferred,
             "applied a changeset"
         );
         if report.refused > 0 {
@@ -418,14 +523,8 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 "changes to rows the sender does not own were refused"
             );
         }
-        if self.applied_total / 10_000 > before {
-            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-            info!(
-                changes = self.applied_total,
-                rate = format!("{:.0}/s", self.applied_total as f64 / secs),
-                deferred = report.deferred,
-                "catch-up progress"
-            );
+        if let Some(p) = &mut self.catch_up {
+            p.advance(n, bytes);
         }
     }
 }

@@ -78,6 +78,34 @@ pub enum Msg {
     Notify {
         head: i64,
     },
+    /// Answer to a Pull from a peer that is far behind: a snapshot file of
+    /// `size` bytes is ready; it holds the sender's changes up to `cursor`.
+    SnapshotOffer {
+        id: String,
+        size: u64,
+        chunk_size: u64,
+        /// xxh3-128 (hex) of the whole file.
+        checksum: String,
+        cursor: i64,
+        rows: i64,
+    },
+    /// Send snapshot `id` from byte `offset` on (a multiple of chunk_size).
+    SnapshotGet {
+        id: String,
+        offset: u64,
+    },
+    /// One chunk (payload: the zstd-compressed bytes `offset..offset+len`).
+    SnapshotChunk {
+        id: String,
+        offset: u64,
+        len: u64,
+        /// xxh3-64 (hex) of the uncompressed bytes.
+        checksum: String,
+    },
+    /// The sender no longer has snapshot `id`: pull again.
+    SnapshotMissing {
+        id: String,
+    },
     Heartbeat,
     /// A fatal problem; the sender closes the session after it.
     Error {
@@ -114,6 +142,8 @@ pub struct Sender<W> {
 pub struct Receiver<Rd> {
     frames: FramedRead<Rd, LengthDelimitedCodec>,
     noise: std::sync::Arc<std::sync::Mutex<snow::TransportState>>,
+    /// Bytes read off the wire so far (frames and their length prefixes).
+    pub wire_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Runs the Noise handshake over `io` and splits the session in two halves.
@@ -172,6 +202,7 @@ where
         Receiver {
             frames: frames_in,
             noise,
+            wire_bytes: Default::default(),
         },
     ))
 }
@@ -228,6 +259,8 @@ impl<Rd: AsyncRead + Unpin> Receiver<Rd> {
         let mut buf = vec![0u8; MAX_FRAME];
         loop {
             let frame = next_frame(&mut self.frames).await?;
+            self.wire_bytes
+                .fetch_add(frame.len() as u64 + 4, std::sync::atomic::Ordering::Relaxed);
             let n = {
                 let mut noise = self.noise.lock().map_err(|_| ProtoError::Closed)?;
                 noise.read_message(&frame, &mut buf).map_err(auth)?

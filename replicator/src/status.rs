@@ -11,8 +11,11 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     }
     let conn = store::open(&args.db)?;
     let s = store::status(&conn)?;
+    let transfers = crate::progress::current(&args.db);
     if args.json {
-        println!("{}", serde_json::to_string(&s)?);
+        let mut v = serde_json::to_value(&s)?;
+        v["transfers"] = serde_json::to_value(&transfers)?;
+        println!("{v}");
         return Ok(());
     }
     println!("device   {}", s.device_id);
@@ -22,6 +25,26 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         "deferred links: {}   tombstones: {} ({} waiting for ACKs)",
         s.deferred_links, s.tombstones, s.tombstones_awaiting_ack
     );
+    for t in &transfers {
+        let pct = if t.total_bytes > 0 {
+            100.0 * t.bytes as f64 / t.total_bytes as f64
+        } else if t.total_rows > 0 {
+            100.0 * t.rows as f64 / t.total_rows as f64
+        } else {
+            0.0
+        };
+        println!(
+            "receiving {} from {}: {pct:.0}% ({} of {} rows, {:.1} of {:.1} MB), {:.0} rows/s, eta {}",
+            t.what,
+            t.peer,
+            t.rows,
+            t.total_rows,
+            t.bytes as f64 / 1e6,
+            t.total_bytes as f64 / 1e6,
+            t.rows_per_s,
+            t.eta_s.map_or("-".to_owned(), |s| format!("{s:.1}s")),
+        );
+    }
     if s.peers.is_empty() {
         println!("no peers yet");
         return Ok(());

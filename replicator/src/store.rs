@@ -19,6 +19,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("{0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Snap(#[from] crate::snapshot::SnapError),
 }
 
 pub type R<T> = Result<T, StoreError>;
@@ -178,6 +180,24 @@ pub fn apply(c: &mut Connection, peer: &str, blob: &[u8], to: i64, caught_up: bo
         params![peer, to, now_ms(), caught_up],
     )?;
     tx.commit()?;
+    Ok(serde_json::from_str(&report)?)
+}
+
+/// What `lsync_restore` reported.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Restored {
+    pub mode: String,
+    pub rows: i64,
+    pub cursor: i64,
+}
+
+/// Imports a verified snapshot file. `lsync_restore` is atomic and sets the
+/// watermark of the snapshot's device in the same transaction.
+pub fn restore(c: &Connection, path: &Path) -> R<Restored> {
+    let report: String =
+        c.query_row("SELECT lsync_restore(?1)", [path.to_string_lossy()], |r| {
+            r.get(0)
+        })?;
     Ok(serde_json::from_str(&report)?)
 }
 
