@@ -136,6 +136,31 @@ pub enum BenchCommand {
     /// Two replicators on loopback: update N rows that are already synced,
     /// time until the peer has all of them.
     Propagate(PropagateArgs),
+    /// Two replicators on loopback: a fresh peer joins a source holding N
+    /// file entries; time until it holds them all, against the floor of
+    /// backing up, copying and opening the source file.
+    InitialSync(InitialSyncArgs),
+}
+
+/// Options of `lsync bench initial-sync`.
+#[derive(Debug, Clone, Args)]
+pub struct InitialSyncArgs {
+    /// Number of file entries at the source.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub rows: u64,
+    /// The source's --strategy.
+    #[arg(long, value_enum, default_value_t = Strategy::Auto)]
+    pub strategy: Strategy,
+    /// Also print the results as one JSON object, on the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Directory in which the temporary benchmark directory is created
+    /// (default: the system temp directory).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Keep the temporary directory, its databases and logs, and print its path.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Options of `lsync bench latency`.

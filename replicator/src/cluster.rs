@@ -61,6 +61,30 @@ impl Cluster {
         Ok(Cluster { members, secret })
     }
 
+    /// A cluster over existing databases in `dir`, which must already be in
+    /// one library or be started with --join.
+    pub fn adopt(dir: &Path, dbs: &[PathBuf]) -> Result<Cluster> {
+        let secret = dir.join("library.secret");
+        std::fs::write(&secret, crate::secret::new()?)?;
+        let members = dbs
+            .iter()
+            .map(|db| {
+                Ok(Member {
+                    db: db.clone(),
+                    port: free_port()?,
+                    log: db.with_extension("log"),
+                    child: None,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Cluster { members, secret })
+    }
+
+    /// The process id of member `i`'s replicator, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(|c| c.id())
+    }
+
     /// Starts member `i`'s replicator, dialing `peers`.
     pub fn start(&mut self, i: usize, peers: &[usize], extra: &[&str]) -> Result<()> {
         let exe = std::env::current_exe()?;

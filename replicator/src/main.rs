@@ -62,6 +62,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Apply(args)) => bench::apply::run(&args)?,
         Command::Bench(BenchCommand::Latency(args)) => bench::net::latency(&args)?,
         Command::Bench(BenchCommand::Propagate(args)) => bench::net::propagate(&args)?,
+        Command::Bench(BenchCommand::InitialSync(args)) => bench::initial::run(&args)?,
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ pub mod apply;
 pub mod capture;
 mod clock;
 mod data;
+pub mod initial;
 pub mod net;
 mod ops;
 mod report;
