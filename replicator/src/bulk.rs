@@ -97,6 +97,15 @@ fn corrupt_once(index: u64) -> bool {
     wanted == Some(index) && !DONE.swap(true, Ordering::SeqCst)
 }
 
+/// Test hook: `LSYNC_TEST_CHUNK_DELAY_MS` slows an upload down, so that
+/// tests can interrupt a transfer in the middle.
+fn test_chunk_delay() -> Option<std::time::Duration> {
+    std::env::var("LSYNC_TEST_CHUNK_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+}
+
 fn snap_err(e: SnapError) -> SessionError {
     SessionError::Store(e.into())
 }
@@ -179,7 +188,11 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                     tokio::task::spawn_blocking(move || out.chunk(&meta, off, corrupt))
                 })
                 .buffered(AHEAD);
+            let delay = test_chunk_delay();
             while let Some(r) = chunks.next().await {
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
                 let r = r.unwrap_or_else(|e| {
                     Err(SnapError::Corrupt {
                         offset: 0,

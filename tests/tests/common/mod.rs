@@ -80,6 +80,7 @@ pub struct Sidecar {
     listen: String,
     /// Everything after `--listen ADDR`.
     args: Vec<String>,
+    env: Vec<(String, String)>,
     child: RefCell<Option<Child>>,
     /// Number of times the process was started; run `n` logs to `name.n.log`.
     runs: Cell<usize>,
@@ -96,6 +97,19 @@ impl Sidecar {
         peers: &[&str],
         extra: &[&str],
     ) -> Sidecar {
+        Self::start_env(dir, name, db, secret, peers, extra, &[])
+    }
+
+    /// `start`, with extra environment variables (the test hooks).
+    pub fn start_env(
+        dir: &Path,
+        name: &str,
+        db: &Path,
+        secret: &Path,
+        peers: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Sidecar {
         let mut args = vec!["--secret-file".to_owned(), secret.display().to_string()];
         for p in peers {
             args.push("--peer".into());
@@ -108,6 +122,10 @@ impl Sidecar {
             db: db.to_owned(),
             listen: String::new(),
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             child: RefCell::new(None),
             runs: Cell::new(0),
         };
@@ -141,6 +159,7 @@ impl Sidecar {
             .arg("--listen")
             .arg(&self.listen)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .env(
                 "RUST_LOG",
@@ -281,7 +300,12 @@ impl Drop for Sidecar {
 /// Polls `ok` every 50 ms until it holds, for at most `limit`; fails if it
 /// does not, or if one of `nodes` dies meanwhile (their logs are printed by
 /// their drop).
-pub fn wait_for_within(what: &str, nodes: &[&Sidecar], limit: Duration, mut ok: impl FnMut() -> bool) {
+pub fn wait_for_within(
+    what: &str,
+    nodes: &[&Sidecar],
+    limit: Duration,
+    mut ok: impl FnMut() -> bool,
+) {
     let start = Instant::now();
     let max_polls = limit.as_millis() / POLL.as_millis() + 1;
     for _ in 0..max_polls {
