@@ -11,7 +11,6 @@
 //! `RUST_LOG` (default `info`); with `LSYNC_TEST_SHOW_LOGS` set, every
 //! process prints its logs when it is dropped, not only on failure.
 
-
 mod common;
 
 use std::io::{Read, Write};

@@ -61,7 +61,11 @@ pub fn run(args: &InitialSyncArgs) -> Result<()> {
     let strategy = format!("{:?}", args.strategy).to_lowercase();
     let mut cluster = Cluster::adopt(dir.path(), &[src_path.clone(), peer_path.clone()])?;
     cluster.start(0, &[], &["--strategy", &strategy])?;
-    wait_for_log(&cluster.members[0].log, "listening", Duration::from_secs(30))?;
+    wait_for_log(
+        &cluster.members[0].log,
+        "listening",
+        Duration::from_secs(30),
+    )?;
     eprintln!("the fresh peer joins ({strategy}) ...");
     let started = Instant::now();
     cluster.start(1, &[0], &["--join"])?;
@@ -168,7 +172,10 @@ fn wait_for_log(log: &Path, needle: &str, limit: Duration) -> Result<String> {
 /// The integer value of `name=` in a log line.
 fn field(line: &str, name: &str) -> Option<u64> {
     let at = line.find(&format!("{name}="))? + name.len() + 1;
-    let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok()
 }
 
