@@ -21,6 +21,8 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Snap(#[from] crate::snapshot::SnapError),
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 pub type R<T> = Result<T, StoreError>;
@@ -119,12 +121,10 @@ pub fn export(c: &Connection, since: i64, max: u32, peer: &str) -> R<Export> {
         Ok(c.prepare_cached("SELECT lsync_changeset(?1, ?2, ?3)")?
             .query_row(params![since, i64::from(max.max(1)), peer], |r| r.get(0))?)
     })?;
-    let info: String = c
-        .prepare_cached("SELECT lsync_changeset_info(?1)")?
-        .query_row([&blob], |r| r.get(0))?;
-    let v: serde_json::Value = serde_json::from_str(&info)?;
-    let to = v["to"].as_i64().unwrap_or(since);
-    let count = v["count"].as_u64().unwrap_or(0);
+    // Only the head of the body is read: the peer decodes the rest.
+    let s = lsync_wire::changeset::Changeset::summary(&blob, u64::MAX)
+        .map_err(|e| StoreError::Corrupt(format!("our own changeset: {e}")))?;
+    let (to, count) = (s.to, s.changes);
     Ok(Export {
         blob,
         from: since,

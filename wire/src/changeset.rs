@@ -115,6 +115,14 @@ fn uuid16(s: &str) -> Result<[u8; 16], EncodeError> {
         .map_err(|_| EncodeError::NotUuid(s.to_owned()))
 }
 
+/// What [`Changeset::summary`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub from: i64,
+    pub to: i64,
+    pub changes: u64,
+}
+
 impl Changeset {
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let mut w = Writer::default();
@@ -198,6 +206,45 @@ impl Changeset {
         let mut b = [0u8; 8];
         b.copy_from_slice(len);
         Ok((format, u64::from_le_bytes(b)))
+    }
+
+    /// The cursors and the number of changes, decompressing only the head
+    /// of the body (the changes are not decoded). Falls back to a full
+    /// decode when the head does not fit in the first 64 KiB.
+    pub fn summary(blob: &[u8], max_body: u64) -> Result<Summary, DecodeError> {
+        const PREFIX: u64 = 64 << 10;
+        let (_, len) = Changeset::peek(blob)?;
+        let mut head = Vec::with_capacity(len.min(PREFIX) as usize);
+        zstd::stream::read::Decoder::new(blob.get(14..).unwrap_or_default())
+            .map_err(|_| DecodeError::Corrupt("zstd"))?
+            .take(len.min(PREFIX))
+            .read_to_end(&mut head)
+            .map_err(|_| DecodeError::Corrupt("zstd stream"))?;
+        let mut r = Reader { buf: &head, pos: 0 };
+        let quick = (|| {
+            r.uuid()?;
+            let (from, to) = (r.ivar()?, r.ivar()?);
+            let origins = r.count()?;
+            r.take(origins.checked_mul(16).ok_or(DecodeError::Corrupt("count"))?)?;
+            for _ in 0..r.count()? {
+                r.bytes()?;
+                r.bytes()?;
+                for _ in 0..r.count()? {
+                    r.bytes()?;
+                }
+            }
+            let changes = r.uvar()?;
+            Ok(Summary { from, to, changes })
+        })();
+        match quick {
+            Ok(s) => Ok(s),
+            Err(_) if len > PREFIX => Changeset::decode(blob, max_body).map(|c| Summary {
+                from: c.from,
+                to: c.to,
+                changes: c.changes.len() as u64,
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn decode(blob: &[u8], max_body: u64) -> Result<Changeset, DecodeError> {
@@ -495,6 +542,33 @@ mod tests {
         let cs = sample();
         let blob = cs.encode().unwrap();
         assert_eq!(Changeset::decode(&blob, DEFAULT_MAX_BODY).unwrap(), cs);
+    }
+
+    #[test]
+    fn summary_matches_the_full_decode() {
+        let mut cs = sample();
+        assert_eq!(
+            Changeset::summary(&cs.encode().unwrap(), DEFAULT_MAX_BODY).unwrap(),
+            Summary {
+                from: 10,
+                to: 12,
+                changes: 2
+            }
+        );
+        // A body far larger than the prefix that is read.
+        let one = cs.changes[0].clone();
+        cs.changes = (0..20_000)
+            .map(|i| Change {
+                seq: 11 + i,
+                data: vec![(Arc::from("name"), Value::Text(format!("tag {i:09}")))],
+                ..one.clone()
+            })
+            .collect();
+        cs.to = 11 + 20_000;
+        let blob = cs.encode().unwrap();
+        let s = Changeset::summary(&blob, DEFAULT_MAX_BODY).unwrap();
+        assert_eq!((s.from, s.to, s.changes), (10, 20_011, 20_000));
+        assert_eq!(Changeset::summary(b"nope", 1 << 20), Err(DecodeError::BadMagic));
     }
 
     #[test]
