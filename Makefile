@@ -47,3 +47,5 @@ bench: build
 	./target/release/lsync bench apply --rows 1000000
 	./target/release/lsync bench latency
 	./target/release/lsync bench propagate --rows 100000
+	./target/release/lsync bench initial-sync --rows 1000000
+	./target/release/lsync bench initial-sync --rows 1000000 --strategy batch
