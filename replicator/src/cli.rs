@@ -151,6 +151,9 @@ pub struct InitialSyncArgs {
     /// The source's --strategy.
     #[arg(long, value_enum, default_value_t = Strategy::Auto)]
     pub strategy: Strategy,
+    /// The peer's --batch (changes per changeset in a batched stream).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch: u32,
     /// Also print the results as one JSON object, on the last line of stdout.
     #[arg(long)]
     pub json: bool,

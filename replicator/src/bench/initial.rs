@@ -68,7 +68,7 @@ pub fn run(args: &InitialSyncArgs) -> Result<()> {
     )?;
     eprintln!("the fresh peer joins ({strategy}) ...");
     let started = Instant::now();
-    cluster.start(1, &[0], &["--join"])?;
+    cluster.start(1, &[0], &["--join", "--batch", &args.batch.to_string()])?;
     let peer = Connection::open(&peer_path)?;
     peer.busy_timeout(Duration::from_secs(30))?;
     let n = rows as i64;
