@@ -35,6 +35,9 @@ pub enum SessionError {
 
 pub(crate) type R<T> = Result<T, SessionError>;
 
+/// Least time between two acks while a stream of batches goes on.
+const ACK_EVERY: Duration = Duration::from_millis(100);
+
 /// Runs blocking database work off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(
     conn: &Arc<Mutex<Connection>>,
@@ -72,6 +75,7 @@ pub(crate) struct Session<W> {
     pub pulling: bool,
     pub applied_total: i64,
     pub started: Instant,
+    pub last_ack: Instant,
     /// Bytes received over this session.
     pub wire_bytes: Arc<AtomicU64>,
     /// Progress of a long catch-up from the peer.
@@ -243,6 +247,7 @@ where
         pulling: false,
         applied_total: 0,
         started: Instant::now(),
+        last_ack: Instant::now(),
         wire_bytes,
         catch_up: None,
         upload: None,
@@ -443,7 +448,12 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         let bytes = payload.len() as u64;
         let report = self.apply(payload, to, !has_more).await?;
         self.recv_cursor = self.recv_cursor.max(to);
-        self.tx.send(&Msg::Ack { cursor: to }, &[]).await?;
+        // During a long stream, one ack per ACK_EVERY is enough: each costs
+        // the sender a write transaction.
+        if !has_more || self.last_ack.elapsed() >= ACK_EVERY {
+            self.last_ack = Instant::now();
+            self.tx.send(&Msg::Ack { cursor: to }, &[]).await?;
+        }
         self.note_applied(count, bytes, &report);
         if !has_more {
             self.catch_up = None;
