@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::sql::{Db, Value, DETERMINISTIC, DIRECTONLY, INNOCUOUS};
 use crate::track::{self, Mode};
-use crate::{apply, bail, export, flush, schema};
+use crate::{apply, bail, export, flush, restore, schema, snapshot};
 
 /// Per-connection state shared by the functions registered on it.
 #[derive(Default)]
@@ -103,6 +103,22 @@ pub fn register(db: Db) -> Result<()> {
         serde_json::to_string(&report)
             .map(Value::from)
             .map_err(|e| Error::msg(e.to_string()))
+    })?;
+
+    for n in [1, 2] {
+        db.create_function("lsync_snapshot", n, DIRECTONLY, |db, args| {
+            let path = text_arg("lsync_snapshot", "path", &args[0])?;
+            let owner = match args.get(1) {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(uuid_arg("lsync_snapshot", v)?),
+            };
+            snapshot::snapshot(db, &path, owner.as_deref()).map(Value::from)
+        })?;
+    }
+    let c = conn.clone();
+    db.create_function("lsync_restore", 1, DIRECTONLY, move |db, args| {
+        let path = text_arg("lsync_restore", "path", &args[0])?;
+        restore::restore(db, &c, &path).map(Value::from)
     })?;
 
     // Called by the generated triggers, so INNOCUOUS (trusted_schema=OFF).

@@ -60,8 +60,7 @@ struct TriggersOff {
 }
 
 impl TriggersOff {
-    fn new(db: Db, cs: &Changeset) -> Result<TriggersOff> {
-        let names: Vec<&str> = cs.tables.iter().map(|t| t.name.as_str()).collect();
+    fn new(db: Db, names: &[&str]) -> Result<TriggersOff> {
         let json = serde_json::to_string(&names).map_err(|e| Error::msg(e.to_string()))?;
         let foreign = db.query_i64(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name NOT LIKE 'lsync\\_%' ESCAPE '\\'
@@ -112,9 +111,15 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<Report> {
         );
     }
     check_schema(db, &cs)?;
-    check_drift(db, &cs)?;
+    check_drift(
+        db,
+        cs.changes.iter().map(|c| c.hlc).max(),
+        "lsync_apply",
+        "changeset",
+    )?;
     let _off = CaptureOff::new(conn);
-    let _triggers = TriggersOff::new(db, &cs)?;
+    let names: Vec<&str> = cs.tables.iter().map(|t| t.name.as_str()).collect();
+    let _triggers = TriggersOff::new(db, &names)?;
     db.savepoint("lsync_apply", || {
         // Fold local captures first: rows above the high-water mark must be
         // recorded as local before remote rows are inserted above them.
@@ -160,8 +165,49 @@ fn check_schema(db: Db, cs: &Changeset) -> Result<()> {
     Ok(())
 }
 
-fn check_drift(db: Db, cs: &Changeset) -> Result<()> {
-    let Some(max) = cs.changes.iter().map(|c| c.hlc).max() else {
+/// Changes read from a source that is not a changeset (a snapshot), applied
+/// batch after batch within the caller's savepoint: `next` yields batches
+/// until it returns `None`. The caller has checked library and schema.
+pub fn apply_stream(
+    db: Db,
+    conn: &Conn,
+    mut next: impl FnMut() -> Result<Option<Changeset>>,
+) -> Result<Report> {
+    let _off = CaptureOff::new(conn);
+    let tables: HashMap<Arc<str>, Table> = track::load_all(db)?
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
+    let names: Vec<&str> = tables.keys().map(|n| &**n).collect();
+    let _triggers = TriggersOff::new(db, &names)?;
+    flush::flush(db)?;
+    db.exec("PRAGMA defer_foreign_keys = ON")?;
+    let mut total = Report::default();
+    while let Some(cs) = next()? {
+        let mut a = Applier::new(db, tables.clone())?;
+        a.run(&cs)?;
+        total.add(&a.report);
+    }
+    Ok(total)
+}
+
+impl Report {
+    fn add(&mut self, r: &Report) {
+        self.changes += r.changes;
+        self.applied += r.applied;
+        self.stale += r.stale;
+        self.deferred += r.deferred;
+        self.resolved += r.resolved;
+        self.refused += r.refused;
+        self.parked += r.parked;
+        self.fk_queries += r.fk_queries;
+    }
+}
+
+/// Refuses HLCs more than the allowed drift ahead of this device's clock;
+/// `func` and `what` name the caller and where the HLCs came from.
+pub fn check_drift(db: Db, max: Option<i64>, func: &str, what: &str) -> Result<()> {
+    let Some(max) = max else {
         return Ok(());
     };
     let drift_ms = schema::get_i64(db, "max_drift_ms")?.max(0);
@@ -169,7 +215,7 @@ fn check_drift(db: Db, cs: &Changeset) -> Result<()> {
     let limit = wall.saturating_add(lsync_wire::hlc::from_millis(drift_ms as u64));
     if max > limit {
         bail!(
-            "lsync_apply: the changeset holds HLC {} which is more than {drift_ms} ms ahead of this \
+            "{func}: the {what} holds HLC {} which is more than {drift_ms} ms ahead of this \
              device's clock ({}); refusing it, nothing was applied. Check the sender's clock, or \
              raise max_drift_ms in lsync_config",
             lsync_wire::hlc::to_text(max),

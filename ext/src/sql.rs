@@ -256,6 +256,110 @@ impl Db {
     }
 }
 
+impl Db {
+    /// The file behind schema `main`; `None` for in-memory and temporary
+    /// databases.
+    pub fn filename(&self) -> Option<std::path::PathBuf> {
+        // SAFETY: the handle is live; the returned string is owned by SQLite
+        // and copied before the call returns.
+        let p = unsafe { call!(db_filename(self.0, c"main".as_ptr())) };
+        // SAFETY: NULL or a NUL-terminated string.
+        let s = unsafe { cstr_lossy(p) };
+        (!s.is_empty()).then(|| std::path::PathBuf::from(s))
+    }
+
+    /// False inside an explicit transaction (BEGIN ... COMMIT).
+    pub fn autocommit(&self) -> bool {
+        // SAFETY: plain accessor on a live handle.
+        unsafe { call!(get_autocommit(self.0)) != 0 }
+    }
+
+    /// Whether this connection holds a read or write transaction on `main`.
+    pub fn in_transaction(&self) -> bool {
+        // SAFETY: plain accessor on a live handle (SQLite >= 3.34).
+        unsafe { call!(txn_state(self.0, c"main".as_ptr())) != 0 }
+    }
+
+    pub fn busy_timeout(&self, ms: i32) -> Result<()> {
+        // SAFETY: plain setter on a live handle.
+        let rc = unsafe { call!(busy_timeout(self.0, ms)) };
+        self.check(rc, "busy_timeout")
+    }
+
+    /// Copies the whole `main` database of `src` over the `main` database of
+    /// `self` with the backup API, in one step: one read transaction on the
+    /// source and one write transaction on the destination, so the copy is
+    /// consistent and the destination changes atomically.
+    pub fn backup_from(&self, src: Db) -> Result<()> {
+        let main = c"main".as_ptr();
+        // SAFETY: both handles are live; the backup object is finished
+        // exactly once below, which releases it.
+        let b = unsafe { call!(backup_init(self.0, main, src.0, main)) };
+        if b.is_null() {
+            return Err(Error::Sqlite(format!("backup: {}", self.errmsg())));
+        }
+        // SAFETY: `b` is the live backup object created above.
+        let step = unsafe { call!(backup_step(b, -1)) };
+        // SAFETY: as above; finish frees `b` and reports the first error.
+        let finish = unsafe { call!(backup_finish(b)) };
+        if step != SQLITE_DONE {
+            return Err(Error::Sqlite(format!(
+                "backup: {} (code {step})",
+                self.errmsg()
+            )));
+        }
+        self.check(finish, "backup")
+    }
+}
+
+/// A connection that lsync opened itself (a snapshot file, a copy), closed
+/// on drop. Opened through the host's SQLite, so it has the same version and
+/// VFS; the extension is not loaded into it.
+pub struct Connection(Db);
+
+/// `sqlite3_open_v2` flags.
+pub const OPEN_READONLY: c_int = 0x01;
+pub const OPEN_READWRITE: c_int = 0x02;
+pub const OPEN_CREATE: c_int = 0x04;
+
+impl Connection {
+    pub fn open(path: &std::path::Path, flags: c_int) -> Result<Connection> {
+        let name = CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| Error::msg("lsync: a file name contains a NUL byte"))?;
+        let mut db = ptr::null_mut();
+        // SAFETY: `name` is a valid C string; the handle SQLite returns,
+        // even on failure, is closed exactly once (here or in Drop).
+        let rc = unsafe { call!(open_v2(name.as_ptr(), &mut db, flags, ptr::null())) };
+        if db.is_null() {
+            return Err(Error::msg(format!(
+                "lsync: cannot open '{}': out of memory",
+                path.display()
+            )));
+        }
+        let conn = Connection(Db(db));
+        if rc != SQLITE_OK {
+            return Err(Error::msg(format!(
+                "lsync: cannot open '{}': {}",
+                path.display(),
+                conn.0.errmsg()
+            )));
+        }
+        Ok(conn)
+    }
+
+    pub fn db(&self) -> Db {
+        self.0
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // SAFETY: we own the handle; close_v2 defers the close until any
+        // statement still alive is finalized.
+        unsafe { call!(close_v2(self.0 .0)) };
+    }
+}
+
 type ScalarFn = Box<dyn Fn(Db, &[Value]) -> Result<Value>>;
 
 unsafe extern "C" fn scalar_trampoline(

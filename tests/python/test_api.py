@@ -27,6 +27,8 @@ EXPECTED_FUNCTIONS = sorted(
         "lsync_on_insert",
         "lsync_library_id",
         "lsync_prune",
+        "lsync_restore",
+        "lsync_snapshot",
         "lsync_track",
         "lsync_untrack",
         "lsync_uuid",

@@ -21,6 +21,8 @@ const FUNCTIONS: &[&str] = &[
     "lsync_library_id",
     "lsync_on_insert",
     "lsync_prune",
+    "lsync_restore",
+    "lsync_snapshot",
     "lsync_track",
     "lsync_untrack",
     "lsync_uuid",

@@ -1,0 +1,659 @@
+//! Snapshots (issue 5): `lsync_snapshot` writes a standalone file of the
+//! tracked tables and their sync metadata; `lsync_restore` imports one,
+//! page-level into an empty library, as a merge into one that has data.
+//! Every test runs the real `liblsync.so` on database files in WAL mode,
+//! with the example library schema (locations and entries device-owned,
+//! tags and tag_assignments shared; `devices` local).
+
+use std::path::{Path, PathBuf};
+
+use lsync_tests::*;
+use rusqlite::Connection;
+use serde_json::Value as Json;
+
+// ---------------------------------------------------------------- helpers
+
+fn library_id(c: &Connection) -> String {
+    scalar(c, "SELECT lsync_library_id()")
+}
+
+fn device(c: &Connection) -> String {
+    scalar(c, "SELECT lsync_device_id()")
+}
+
+/// A tracked library database at `dir/name.db`, joined to `library` if given.
+fn library(dir: &TempDir, name: &str, library: Option<&str>) -> (PathBuf, Connection) {
+    let path = dir.path().join(format!("{name}.db"));
+    let c = open(&path);
+    track_library(&c);
+    if let Some(l) = library {
+        let joined: String = c
+            .query_row("SELECT lsync_library_id(?1)", [l], |r| r.get(0))
+            .expect("join library");
+        assert_eq!(joined, l);
+    }
+    (path, c)
+}
+
+fn snapshot(c: &Connection, path: &Path) -> i64 {
+    c.query_row("SELECT lsync_snapshot(?1)", [path.to_str().unwrap()], |r| {
+        r.get(0)
+    })
+    .unwrap_or_else(|e| panic!("lsync_snapshot: {e}"))
+}
+
+fn restore(c: &Connection, path: &Path) -> Json {
+    let s: String = c
+        .query_row("SELECT lsync_restore(?1)", [path.to_str().unwrap()], |r| {
+            r.get(0)
+        })
+        .unwrap_or_else(|e| panic!("lsync_restore: {e}"));
+    serde_json::from_str(&s).unwrap()
+}
+
+fn restore_error(c: &Connection, path: &Path) -> String {
+    error_of(
+        c,
+        &format!(
+            "SELECT lsync_restore('{}')",
+            path.to_str().unwrap().replace('\'', "''")
+        ),
+    )
+}
+
+/// Everything after `since` from `from`, applied at `to`; returns the new cursor.
+fn catch_up(from: &Connection, to: &Connection, since: i64) -> Json {
+    let blob: Vec<u8> = from
+        .query_row("SELECT lsync_changeset(?1)", [since], |r| r.get(0))
+        .expect("lsync_changeset");
+    let s: String = to
+        .query_row("SELECT lsync_apply(?1)", [&blob], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("lsync_apply: {e}"));
+    serde_json::from_str(&s).unwrap()
+}
+
+/// `c`'s watermark for `peer`: its cursor applied here.
+fn watermark(c: &Connection, peer: &Connection) -> i64 {
+    c.query_row(
+        "SELECT recv_cursor FROM lsync_peers WHERE device_id = ?1",
+        [device(peer)],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// The tracked tables, by uuid, with FKs as the target uuids: comparable
+/// across databases whatever their local ids.
+fn content(c: &Connection) -> Vec<Vec<String>> {
+    dump(
+        c,
+        "SELECT 'loc', uuid, path, name, NULL FROM locations
+         UNION ALL SELECT 'ent', e.uuid, e.name, p.uuid, l.uuid FROM entries e
+           LEFT JOIN entries p ON p.id = e.parent_id LEFT JOIN locations l ON l.id = e.location_id
+         UNION ALL SELECT 'tag', uuid, name, color, NULL FROM tags
+         UNION ALL SELECT 'ta', a.uuid, t.uuid, e.uuid, a.created_at FROM tag_assignments a
+           LEFT JOIN tags t ON t.id = a.tag_id LEFT JOIN entries e ON e.id = a.entry_id
+         ORDER BY 1, 2",
+    )
+}
+
+/// The tracked tables exactly as stored, local ids included.
+fn raw(c: &Connection) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for t in ["locations", "entries", "tags", "tag_assignments"] {
+        out.extend(dump(c, &format!("SELECT '{t}', * FROM {t} ORDER BY id")));
+    }
+    out
+}
+
+/// A source with a location, a small tree of entries, tags, assignments and
+/// a local `devices` row.
+fn seed(c: &Connection) {
+    c.execute_batch(
+        "INSERT INTO devices(name, os) VALUES ('laptop', 'linux');
+         INSERT INTO locations(path, name) VALUES ('/home', 'home');
+         INSERT INTO entries(name, location_id) VALUES ('root', 1);
+         INSERT INTO entries(name, parent_id, location_id) VALUES ('a', 1, 1), ('b', 1, 1), ('c', 2, 1);
+         INSERT INTO tags(name, color) VALUES ('red', '#f00'), ('blue', '#00f');
+         INSERT INTO tag_assignments(tag_id, entry_id) VALUES (1, 2), (2, 4);",
+    )
+    .unwrap();
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn restore_into_an_empty_library_is_identical_and_keeps_the_device_id() {
+    let dir = TempDir::new();
+    let (_, src) = library(&dir, "src", None);
+    seed(&src);
+    let snap = dir.path().join("snap.db");
+    let bytes = snapshot(&src, &snap);
+    assert_eq!(bytes as u64, std::fs::metadata(&snap).unwrap().len());
+
+    let (_, dst) = library(&dir, "dst", Some(&library_id(&src)));
+    dst.execute("INSERT INTO devices(name) VALUES ('phone')", [])
+        .unwrap();
+    let me = device(&dst);
+    let report = restore(&dst, &snap);
+    assert_eq!(report["mode"], "empty", "{report}");
+    assert_eq!(report["rows"], 9);
+    assert_eq!(report["source_device"], device(&src));
+    assert_eq!(report["cursor"].as_i64().unwrap(), cursor(&src));
+    assert_eq!(report["tables"]["entries"], 4);
+
+    assert_eq!(raw(&dst), raw(&src), "rowids, uuids and FKs are identical");
+    assert_eq!(
+        device(&dst),
+        me,
+        "the restored database keeps its own device id"
+    );
+    assert_ne!(device(&dst), device(&src));
+    assert_eq!(
+        dump(&dst, "SELECT name FROM devices"),
+        [["phone"]],
+        "local tables are this database's own"
+    );
+    let mode: String = scalar(&dst, "PRAGMA journal_mode");
+    assert_eq!(mode, "wal");
+    let watermark = watermark(&dst, &src);
+    assert_eq!(watermark, cursor(&src));
+}
+
+#[test]
+fn the_restored_library_continues_by_changesets() {
+    let dir = TempDir::new();
+    let (_, src) = library(&dir, "src", None);
+    seed(&src);
+    // A deleted row: its tombstone travels in the snapshot.
+    let gone: String = scalar(&src, "SELECT uuid FROM entries WHERE name = 'b'");
+    let before_delete: Vec<u8> = src
+        .query_row("SELECT lsync_changeset(0)", [], |r| r.get(0))
+        .unwrap();
+    src.execute("DELETE FROM entries WHERE name = 'b'", [])
+        .unwrap();
+    let snap = dir.path().join("snap.db");
+    snapshot(&src, &snap);
+
+    // Written after the snapshot: they must arrive by catch-up, once.
+    src.execute_batch(
+        "INSERT INTO entries(name, parent_id, location_id) VALUES ('d', 1, 1);
+         UPDATE entries SET name = 'a2' WHERE name = 'a';
+         UPDATE tags SET color = '#e00' WHERE name = 'red';
+         DELETE FROM tag_assignments WHERE entry_id = 4;
+         DELETE FROM entries WHERE name = 'c';
+         INSERT INTO tags(name) VALUES ('green');",
+    )
+    .unwrap();
+
+    let (_, dst) = library(&dir, "dst", Some(&library_id(&src)));
+    let report = restore(&dst, &snap);
+    assert_eq!(report["mode"], "empty");
+    let since = report["cursor"].as_i64().unwrap();
+    let r = catch_up(&src, &dst, since);
+    assert!(r["applied"].as_i64().unwrap() >= 6, "{r}");
+    assert_eq!(content(&dst), content(&src));
+    for t in ["locations", "entries", "tags", "tag_assignments"] {
+        assert_eq!(count(&dst, t), count(&src, t), "{t}: nothing duplicated");
+    }
+
+    // The tombstone from the snapshot keeps an old insert from coming back.
+    let s: String = dst
+        .query_row("SELECT lsync_apply(?1)", [&before_delete], |r| r.get(0))
+        .unwrap();
+    let old: Json = serde_json::from_str(&s).unwrap();
+    assert!(old["stale"].as_i64().unwrap() > 0, "{old}");
+    let resurrected: i64 = dst
+        .query_row(
+            "SELECT count(*) FROM entries WHERE uuid = ?1",
+            [&gone],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(resurrected, 0, "a deleted row is not resurrected");
+    assert_eq!(content(&dst), content(&src));
+
+    // The restored database writes as itself, and its changes reach the source.
+    dst.execute_batch(
+        "INSERT INTO locations(path) VALUES ('/phone');
+         UPDATE tags SET color = '#0f0' WHERE name = 'green';",
+    )
+    .unwrap();
+    let owner: String = dst
+        .query_row(
+            "SELECT origin FROM lsync_changes(0) WHERE tbl = 'locations' AND data LIKE '%/phone%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(owner, device(&dst));
+    catch_up(&dst, &src, 0);
+    assert_eq!(content(&dst), content(&src));
+    assert!(error_of(&dst, "UPDATE entries SET size = 1 WHERE name = 'root'").contains("owned by"));
+}
+
+#[test]
+fn writes_between_the_fold_and_the_copy_arrive_by_catch_up() {
+    testing_mode();
+    let dir = TempDir::new();
+    let (_, src) = library(&dir, "src", None);
+    seed(&src);
+    flush(&src);
+    // Left pending (no fold): an insert above the mark, an update, a delete.
+    src.execute_batch(
+        "UPDATE lsync_config SET value = 1 WHERE key = 'hlc';
+         INSERT INTO lsync_config(key, value) VALUES ('test_snapshot_no_flush', 1);
+         INSERT INTO entries(name, parent_id, location_id) VALUES ('late', 1, 1);
+         INSERT INTO tag_assignments(tag_id, entry_id) VALUES (1, 5);
+         UPDATE tags SET color = '#e00' WHERE name = 'red';
+         DELETE FROM tag_assignments WHERE entry_id = 4;
+         DELETE FROM entries WHERE name = 'c';",
+    )
+    .unwrap();
+    let snap = dir.path().join("snap.db");
+    snapshot(&src, &snap);
+    let s = Connection::open(&snap).unwrap();
+    assert_eq!(
+        count(&s, "entries"),
+        3,
+        "the unfolded insert is left out, the delete is in"
+    );
+    assert_eq!(count(&s, "lsync_dirty") + count(&s, "lsync_deleted"), 0);
+    let pending: i64 = scalar(&s, "SELECT count(*) FROM lsync_deferred");
+    assert_eq!(pending, 0, "nothing points at the left-out row");
+    // The delete's rowid is no longer covered, so a later local insert there is free.
+    let covered: i64 = scalar(
+        &s,
+        "SELECT count(*) FROM lsync_clock WHERE tbl = (SELECT id FROM lsync_tables WHERE name = 'entries')
+           AND col IS NULL AND 4 BETWEEN lo AND hi",
+    );
+    assert_eq!(covered, 0);
+    drop(s);
+
+    let (_, dst) = library(&dir, "dst", Some(&library_id(&src)));
+    let since = restore(&dst, &snap)["cursor"].as_i64().unwrap();
+    src.execute(
+        "DELETE FROM lsync_config WHERE key = 'test_snapshot_no_flush'",
+        [],
+    )
+    .unwrap();
+    catch_up(&src, &dst, since);
+    assert_eq!(content(&dst), content(&src));
+    for t in ["entries", "tags", "tag_assignments"] {
+        assert_eq!(count(&dst, t), count(&src, t), "{t}");
+    }
+    let color: String = scalar(&dst, "SELECT color FROM tags WHERE name = 'red'");
+    assert_eq!(color, "#e00", "the update made after the fold arrives");
+}
+
+#[test]
+fn merge_into_a_library_that_has_rows() {
+    let dir = TempDir::new();
+    let (_, src) = library(&dir, "src", None);
+    seed(&src);
+    let (_, dst) = library(&dir, "dst", Some(&library_id(&src)));
+    // dst has its own rows, and knows the shared tag 'red' already.
+    dst.execute_batch(
+        "INSERT INTO locations(path) VALUES ('/phone');
+         INSERT INTO entries(name, location_id) VALUES ('mine', 1), ('mine2', 1);
+         INSERT INTO tags(name) VALUES ('local-tag');",
+    )
+    .unwrap();
+    catch_up(&src, &dst, 0);
+    // Per column, last writer wins: dst's newer color, src's newer name.
+    // (HLCs are milliseconds: a pause orders edits made in two databases.)
+    let later = || std::thread::sleep(std::time::Duration::from_millis(3));
+    src.execute("UPDATE tags SET color = 'src-color' WHERE name = 'red'", [])
+        .unwrap();
+    flush(&src); // edits of one row folded together share the newest HLC
+    later();
+    dst.execute("UPDATE tags SET color = 'dst-color' WHERE name = 'red'", [])
+        .unwrap();
+    later();
+    src.execute("UPDATE tags SET name = 'crimson' WHERE name = 'red'", [])
+        .unwrap();
+    src.execute_batch(
+        "INSERT INTO entries(name, parent_id, location_id) VALUES ('new', 2, 1);
+         INSERT INTO tag_assignments(tag_id, entry_id) VALUES (1, 5);",
+    )
+    .unwrap();
+    let snap = dir.path().join("snap.db");
+    snapshot(&src, &snap);
+    let mine_before = dump(
+        &dst,
+        "SELECT * FROM entries WHERE name LIKE 'mine%' ORDER BY id",
+    );
+
+    let report = restore(&dst, &snap);
+    assert_eq!(report["mode"], "merge", "{report}");
+    assert!(!report["why_not_empty"].as_str().unwrap().is_empty());
+    assert_eq!(
+        dump(
+            &dst,
+            "SELECT name, color FROM tags WHERE name IN ('crimson', 'red')"
+        ),
+        [["crimson", "dst-color"]]
+    );
+    assert_eq!(
+        dump(
+            &dst,
+            "SELECT * FROM entries WHERE name LIKE 'mine%' ORDER BY id"
+        ),
+        mine_before,
+        "local rows are kept"
+    );
+    assert_eq!(count(&dst, "tags"), 3);
+    assert_eq!(count(&dst, "entries"), 5 + 2);
+    // FKs mapped through uuids: the assignment points at dst's own rowid of 'new'.
+    let (tag, entry): (String, String) = dst
+        .query_row(
+            "SELECT t.name, e.name FROM tag_assignments a JOIN tags t ON t.id = a.tag_id
+             JOIN entries e ON e.id = a.entry_id WHERE e.name = 'new'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((tag.as_str(), entry.as_str()), ("crimson", "new"));
+    let parent: String = scalar(
+        &dst,
+        "SELECT p.name FROM entries e JOIN entries p ON p.id = e.parent_id WHERE e.name = 'new'",
+    );
+    assert_eq!(parent, "a");
+    // Device-owned rows keep their owner: dst may not change src's rows.
+    assert!(error_of(&dst, "UPDATE entries SET size = 1 WHERE name = 'new'").contains("owned by"));
+    let watermark = watermark(&dst, &src);
+    assert_eq!(watermark, report["cursor"].as_i64().unwrap());
+
+    // Both directions converge from here.
+    catch_up(&src, &dst, watermark);
+    catch_up(&dst, &src, 0);
+    assert_eq!(content(&dst), content(&src));
+    assert_ne!(device(&dst), device(&src));
+}
+
+#[test]
+fn a_snapshot_of_one_owner_holds_its_rows_and_defers_links_to_others() {
+    let dir = TempDir::new();
+    let (_, a) = library(&dir, "a", None);
+    let (_, b) = library(&dir, "b", Some(&library_id(&a)));
+    b.execute_batch(
+        "INSERT INTO locations(path) VALUES ('/b');
+         INSERT INTO entries(name, location_id) VALUES ('b-root', 1);
+         INSERT INTO entries(name, parent_id, location_id) VALUES ('b-child', 1, 1);",
+    )
+    .unwrap();
+    catch_up(&b, &a, 0);
+    seed(&a);
+    // A shared assignment pointing at A's entry, and one at B's.
+    a.execute_batch(
+        "INSERT INTO tag_assignments(tag_id, entry_id)
+           SELECT 1, id FROM entries WHERE name IN ('root', 'b-child');",
+    )
+    .unwrap();
+    let snap = dir.path().join("b-only.db");
+    let owner = device(&b);
+    a.query_row(
+        "SELECT lsync_snapshot(?1, ?2)",
+        [snap.to_str().unwrap(), owner.as_str()],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap();
+
+    let s = Connection::open(&snap).unwrap();
+    assert_eq!(
+        dump(&s, "SELECT name FROM entries ORDER BY name"),
+        [["b-child"], ["b-root"]]
+    );
+    assert_eq!(dump(&s, "SELECT path FROM locations"), [["/b"]]);
+    assert_eq!(count(&s, "tags"), 2, "shared tables are whole");
+    assert_eq!(count(&s, "tag_assignments"), 4);
+    let owners = dump(
+        &s,
+        "SELECT DISTINCT d.id FROM lsync_clock c JOIN lsync_devices d ON d.idx = c.origin
+         WHERE c.tbl IN (SELECT id FROM lsync_tables WHERE mode = 'device_owned')",
+    );
+    assert_eq!(owners, [[owner.clone()]]);
+    // The assignment to A's 'root' is a deferred link, never a dangling id.
+    let root: String = scalar(&a, "SELECT uuid FROM entries WHERE name = 'root'");
+    let dangling: i64 = scalar(
+        &s,
+        "SELECT count(*) FROM tag_assignments WHERE entry_id IS NOT NULL
+           AND entry_id NOT IN (SELECT id FROM entries)",
+    );
+    assert_eq!(dangling, 0);
+    let links = dump(&s, "SELECT col, target, target_uuid FROM lsync_pending");
+    assert!(
+        links.contains(&vec!["entry_id".into(), "entries".into(), root.clone()]),
+        "{links:?}"
+    );
+    assert_eq!(count(&s, "lsync_peers"), 0);
+    drop(s);
+
+    // Restored into a fresh library: no watermark moves; catch-up completes the link.
+    let (_, c) = library(&dir, "c", Some(&library_id(&a)));
+    let report = restore(&c, &snap);
+    assert_eq!(report["owner"], owner.as_str());
+    assert_eq!(report["cursor"], 0);
+    // Links to A's 'root' and 'a' (seed's assignment to entry 4).
+    assert_eq!(report["deferred"], 2, "{report}");
+    assert_eq!(count(&c, "lsync_peers"), 0);
+    catch_up(&a, &c, 0);
+    assert_eq!(content(&c), content(&a));
+    assert_eq!(count(&c, "lsync_deferred"), 0, "links completed");
+}
+
+/// Everything a failed call must leave as it was.
+fn whole(c: &Connection) -> Vec<Vec<String>> {
+    let mut out = raw(c);
+    for t in [
+        "lsync_config",
+        "lsync_clock",
+        "lsync_devices",
+        "lsync_peers",
+        "lsync_deferred",
+        "lsync_tables",
+        "devices",
+    ] {
+        out.extend(dump(c, &format!("SELECT '{t}', * FROM {t} ORDER BY 2, 3")));
+    }
+    out
+}
+
+#[test]
+fn bad_snapshots_are_refused_and_nothing_is_written() {
+    let dir = TempDir::new();
+    let (_, src) = library(&dir, "src", None);
+    seed(&src);
+    let snap = dir.path().join("snap.db");
+    snapshot(&src, &snap);
+
+    let (_, dst) = library(&dir, "dst", Some(&library_id(&src)));
+    dst.execute("INSERT INTO tags(name) VALUES ('mine')", [])
+        .unwrap();
+    flush(&dst);
+    let before = whole(&dst);
+
+    // Not a snapshot: an ordinary database, and a file that is not one.
+    let plain = dir.path().join("plain.db");
+    Connection::open(&plain)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x)")
+        .unwrap();
+    let e = restore_error(&dst, &plain);
+    assert!(e.contains("is not an lsync snapshot"), "{e}");
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "hello, this is not a database at all ........").unwrap();
+    let e = restore_error(&dst, &text);
+    assert!(e.contains("is not an lsync snapshot"), "{e}");
+    let e = restore_error(&dst, &dir.path().join("missing.db"));
+    assert!(e.contains("no such file"), "{e}");
+    // A library database that is not a snapshot.
+    let (other_path, other) = library(&dir, "other", None);
+    other
+        .execute("INSERT INTO tags(name) VALUES ('x')", [])
+        .unwrap();
+    let e = restore_error(&dst, &other_path);
+    assert!(e.contains("is not an lsync snapshot"), "{e}");
+    // Another library's snapshot.
+    let other_snap = dir.path().join("other-snap.db");
+    snapshot(&other, &other_snap);
+    let e = restore_error(&dst, &other_snap);
+    assert!(e.contains("belongs to library"), "{e}");
+    // A schema mismatch: one more tracked table here.
+    let (_, wider) = library(&dir, "wider", Some(&library_id(&src)));
+    wider
+        .execute_batch(
+            "CREATE TABLE notes(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, body TEXT);
+             SELECT lsync_track('notes', 'shared');",
+        )
+        .unwrap();
+    let wider_before = whole(&wider);
+    let e = restore_error(&wider, &snap);
+    assert!(e.contains("schema mismatch") && e.contains("notes"), "{e}");
+    assert_eq!(whole(&wider), wider_before);
+    assert_eq!(whole(&dst), before, "nothing was written");
+
+    // lsync_snapshot refuses an existing path and an unknown owner.
+    let e = error_of(
+        &src,
+        &format!("SELECT lsync_snapshot('{}')", snap.display()),
+    );
+    assert!(e.contains("already exists"), "{e}");
+    let fresh = dir.path().join("fresh.db");
+    let e = error_of(
+        &src,
+        &format!(
+            "SELECT lsync_snapshot('{}', '{}')",
+            fresh.display(),
+            uuid::Uuid::new_v4()
+        ),
+    );
+    assert!(e.contains("is not known here"), "{e}");
+    assert!(!fresh.exists(), "nothing was written");
+    src.execute_batch("BEGIN").unwrap();
+    let e = error_of(
+        &src,
+        &format!("SELECT lsync_snapshot('{}')", fresh.display()),
+    );
+    assert!(e.contains("outside a transaction"), "{e}");
+    src.execute_batch("ROLLBACK").unwrap();
+    assert!(!fresh.exists());
+}
+
+#[test]
+fn a_restore_that_fails_half_way_changes_nothing() {
+    let dir = TempDir::new();
+    let (_, src) = library(&dir, "src", None);
+    // More than one batch (10,000 changes) before the change that fails.
+    src.execute_batch(
+        "INSERT INTO locations(path) VALUES ('/big');
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 15000)
+         INSERT INTO entries(name, location_id) SELECT 'e' || i, 1 FROM n;",
+    )
+    .unwrap();
+    flush(&src);
+    src.execute("INSERT INTO tags(name) VALUES ('dup')", [])
+        .unwrap();
+    let snap = dir.path().join("snap.db");
+    snapshot(&src, &snap);
+
+    // Here, tag names are unique (an app index), and 'dup' exists already.
+    let (_, dst) = library(&dir, "dst", Some(&library_id(&src)));
+    dst.execute_batch(
+        "CREATE UNIQUE INDEX tags_name ON tags(name);
+         INSERT INTO tags(name) VALUES ('dup');
+         INSERT INTO locations(path) VALUES ('/mine');",
+    )
+    .unwrap();
+    let before = whole(&dst);
+    let e = restore_error(&dst, &snap);
+    assert!(
+        e.contains("UNIQUE") && e.contains("nothing was restored"),
+        "{e}"
+    );
+    assert_eq!(
+        whole(&dst),
+        before,
+        "the first batches were rolled back too"
+    );
+    assert_eq!(count(&dst, "entries"), 0);
+}
+
+#[test]
+fn a_snapshot_holds_nothing_private() {
+    let dir = TempDir::new();
+    let (_, src) = library(&dir, "src", None);
+    seed(&src);
+    let secret = "secret-laptop-serial-4711";
+    src.execute_batch(&format!(
+        "INSERT INTO devices(name, os) VALUES ('{secret}', 'x');
+         CREATE INDEX devices_os ON devices(os);
+         CREATE VIEW device_names AS SELECT name FROM devices;
+         CREATE TABLE audit(msg TEXT);
+         CREATE TRIGGER audit_tags AFTER INSERT ON devices BEGIN INSERT INTO audit VALUES (NEW.name); END;
+         INSERT INTO lsync_peers(device_id, addr, recv_cursor, last_error)
+           VALUES ('01a20000-0000-7000-8000-000000000001', '10.0.0.7:4711', 3, 'oops');
+         UPDATE lsync_config SET value = 99000 WHERE key = 'max_drift_ms';"
+    ))
+    .unwrap();
+    let snap = dir.path().join("snap.db");
+    snapshot(&src, &snap);
+
+    let s = Connection::open(&snap).unwrap();
+    let objects = dump(
+        &s,
+        "SELECT name FROM sqlite_schema WHERE name NOT LIKE 'lsync%' AND name NOT LIKE 'sqlite%'
+         ORDER BY 1",
+    );
+    let names: Vec<&str> = objects.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "entries",
+            "entries_location",
+            "entries_parent",
+            "locations",
+            "tag_assignments",
+            "tag_assignments_entry",
+            "tags"
+        ]
+    );
+    let keys = dump(&s, "SELECT key FROM lsync_config ORDER BY 1");
+    let keys: Vec<&str> = keys.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "hlc",
+            "library_id",
+            "library_locked",
+            "next_seq",
+            "schema_version",
+            "snapshot_created_ms",
+            "snapshot_cursor",
+            "snapshot_device",
+            "snapshot_rows"
+        ]
+    );
+    assert_eq!(
+        dump(
+            &s,
+            "SELECT device_id, addr, recv_cursor, acked_cursor, last_error FROM lsync_peers"
+        ),
+        [[
+            "01a20000-0000-7000-8000-000000000001",
+            "NULL",
+            "3",
+            "0",
+            "NULL"
+        ]]
+    );
+    let journal: String = scalar(&s, "PRAGMA journal_mode");
+    assert_eq!(journal, "delete", "a self-contained file");
+    drop(s);
+    let bytes = std::fs::read(&snap).unwrap();
+    assert!(
+        !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "no trace of a local row in the file, free pages included"
+    );
+    assert!(!bytes.windows(12).any(|w| w == b"10.0.0.7:471"));
+}
