@@ -132,5 +132,25 @@ for call in "lsync_track('nope','shared')" "lsync_track('files','bogus')" \
   else not_ok "$call is an error" "rc=$rc" "$out"; fi
 done
 
+# 12. a snapshot restored into an empty library: the same rows, its own device id;
+#     restored again, it merges and changes nothing
+src=$(fresh snapsrc)
+sql "$src" "INSERT INTO files(name, size) VALUES ('a', 1), ('b', 2);" "INSERT INTO tags(name) VALUES ('red');" >/dev/null
+expect_match "lsync_snapshot returns the file size" '^[1-9][0-9]*$' \
+  "$(sql "$src" "SELECT lsync_snapshot('$tmp/snap.db');")"
+expect "the snapshot holds no device id" "0" \
+  "$(plain "$tmp/snap.db" "SELECT count(*) FROM lsync_config WHERE key IN ('device_id', 'device_idx');")"
+dst=$(fresh snapdst)
+library=$(sql "$src" "SELECT lsync_library_id();")
+me=$(sql "$dst" "SELECT lsync_library_id('$library');" "SELECT lsync_device_id();" | tail -n1)
+expect "lsync_restore into an empty library" "empty|1|2|$me" \
+  "$(sql "$dst" "SELECT json_extract(lsync_restore('$tmp/snap.db'), '\$.mode');" \
+    "SELECT count(*) FROM tags;" "SELECT count(*) FROM files;" "SELECT lsync_device_id();" | paste -sd'|')"
+expect "lsync_restore again merges, nothing new" "merge|0|2" \
+  "$(sql "$dst" "SELECT json_extract(r, '\$.mode'), json_extract(r, '\$.applied') FROM (SELECT lsync_restore('$tmp/snap.db') AS r);" \
+    "SELECT count(*) FROM files;" | paste -sd'|')"
+expect_match "lsync_restore refuses a file that is not a snapshot" "is not an lsync snapshot" \
+  "$(sql "$dst" "SELECT lsync_restore('$src');")"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
