@@ -43,7 +43,7 @@ pub fn restore(db: Db, conn: &Conn, path: &str) -> Result<String> {
     if !file.is_file() {
         bail!("lsync_restore: no such file: '{path}'; nothing was restored");
     }
-    let reader = Connection::open(file, OPEN_READONLY)?;
+    let reader = Connection::open(file, OPEN_READONLY).map_err(restore_error)?;
     let snap = check(db, reader.db(), path)?;
     let me = schema::get_text(db, "device_id")?;
     let mut report = serde_json::json!({
@@ -68,9 +68,9 @@ pub fn restore(db: Db, conn: &Conn, path: &str) -> Result<String> {
         }
         Some(why) => why,
     };
-    let reader = Connection::open(file, OPEN_READONLY)?;
+    let reader = Connection::open(file, OPEN_READONLY).map_err(restore_error)?;
     let merged = db
-        .savepoint("lsync_restore", || {
+        .write_savepoint("lsync_restore", || {
             let r = merge(db, conn, reader.db())?;
             set_watermarks(db, &peers_of(reader.db())?, &snap, &me)?;
             Ok(r)

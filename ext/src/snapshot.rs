@@ -55,7 +55,7 @@ pub fn snapshot(db: Db, path: &str, owner: Option<&str>) -> Result<i64> {
     // Every row folded and committed, so the clock covers what is copied.
     // (Tests skip it to stand for writes that land between fold and copy.)
     if !skip_flush_for_testing(db)? {
-        flush::flush(db)?;
+        db.write_savepoint("lsync_snapshot", || flush::flush(db))?;
     }
     let written = (|| -> Result<i64> {
         let copy = Connection::open(file, OPEN_READWRITE | OPEN_CREATE)?;

@@ -228,6 +228,27 @@ impl Db {
         }
     }
 
+    /// Like `savepoint`, but outside a transaction it begins one with
+    /// `BEGIN IMMEDIATE`: a deferred transaction that reads, then writes
+    /// fails at once (busy snapshot, no busy wait) when another connection
+    /// commits in between.
+    pub fn write_savepoint<T>(&self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if !self.autocommit() {
+            return self.savepoint(name, f);
+        }
+        self.exec("BEGIN IMMEDIATE")?;
+        match self.savepoint(name, f) {
+            Ok(v) => {
+                self.exec("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.exec("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
     /// Registers a scalar function. The closure receives owned copies of the
     /// arguments; errors become SQL errors and panics are caught, so nothing
     /// unwinds into SQLite.

@@ -131,11 +131,19 @@ fn restore_into_an_empty_library_is_identical_and_keeps_the_device_id() {
     let bytes = snapshot(&src, &snap);
     assert_eq!(bytes as u64, std::fs::metadata(&snap).unwrap().len());
 
-    let (_, dst) = library(&dir, "dst", Some(&library_id(&src)));
+    let (dst_path, dst) = library(&dir, "dst", Some(&library_id(&src)));
     dst.execute("INSERT INTO devices(name) VALUES ('phone')", [])
         .unwrap();
+    // Another connection (a replicator, say) has the database open.
+    let other = open(&dst_path);
+    assert_eq!(count(&other, "entries"), 0);
     let me = device(&dst);
     let report = restore(&dst, &snap);
+    assert_eq!(
+        count(&other, "entries"),
+        4,
+        "other connections see the import"
+    );
     assert_eq!(report["mode"], "empty", "{report}");
     assert_eq!(report["rows"], 9);
     assert_eq!(report["source_device"], device(&src));
@@ -656,4 +664,60 @@ fn a_snapshot_holds_nothing_private() {
         "no trace of a local row in the file, free pages included"
     );
     assert!(!bytes.windows(12).any(|w| w == b"10.0.0.7:471"));
+}
+
+#[test]
+fn a_snapshot_taken_while_another_connection_writes_is_consistent() {
+    let dir = TempDir::new();
+    let (src_path, src) = library(&dir, "src", None);
+    seed(&src);
+    src.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+         INSERT INTO entries(name, parent_id, location_id) SELECT 'bulk' || i, 1, 1 FROM n;",
+    )
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let w = open(&src_path);
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                w.execute_batch(&format!(
+                    "INSERT INTO tags(name, color) VALUES ('t{i}', 'c');
+                     UPDATE tags SET color = 'c{i}' WHERE name = 'red';
+                     UPDATE entries SET size = {i} WHERE id = 1 + {i} % 100;
+                     DELETE FROM tags WHERE name = 't{}';",
+                    i - 1
+                ))
+                .unwrap();
+            }
+            i
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let snaps: Vec<PathBuf> = (0..3)
+        .map(|k| {
+            let p = dir.path().join(format!("snap{k}.db"));
+            snapshot(&src, &p);
+            p
+        })
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(writes > 0);
+    for (k, snap) in snaps.iter().enumerate() {
+        let (_, dst) = library(&dir, &format!("dst{k}"), Some(&library_id(&src)));
+        let since = restore(&dst, snap)["cursor"].as_i64().unwrap();
+        catch_up(&src, &dst, since);
+        assert_eq!(content(&dst), content(&src), "snapshot {k}");
+        for t in ["entries", "tags"] {
+            assert_eq!(count(&dst, t), count(&src, t), "snapshot {k}: {t}");
+        }
+        assert_eq!(
+            dump(&dst, "SELECT id, size FROM entries ORDER BY id"),
+            dump(&src, "SELECT id, size FROM entries ORDER BY id")
+        );
+    }
 }
