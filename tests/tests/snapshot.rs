@@ -721,3 +721,32 @@ fn a_snapshot_taken_while_another_connection_writes_is_consistent() {
         );
     }
 }
+
+#[test]
+fn a_restore_inside_a_transaction_merges_and_rolls_back_with_it() {
+    let dir = TempDir::new();
+    let (_, src) = library(&dir, "src", None);
+    seed(&src);
+    let snap = dir.path().join("snap.db");
+    snapshot(&src, &snap);
+    let (_, dst) = library(&dir, "dst", Some(&library_id(&src)));
+
+    dst.execute_batch("BEGIN").unwrap();
+    let report = restore(&dst, &snap);
+    assert_eq!(report["mode"], "merge", "{report}");
+    assert_eq!(report["why_not_empty"], "called inside a transaction");
+    assert_eq!(count(&dst, "entries"), 4);
+    dst.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(
+        count(&dst, "entries"),
+        0,
+        "the caller's rollback takes it back"
+    );
+    assert_eq!(count(&dst, "lsync_peers"), 0);
+
+    dst.execute_batch("BEGIN").unwrap();
+    restore(&dst, &snap);
+    dst.execute_batch("COMMIT").unwrap();
+    assert_eq!(content(&dst), content(&src));
+    assert_eq!(watermark(&dst, &src), cursor(&src));
+}
