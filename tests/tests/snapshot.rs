@@ -120,6 +120,15 @@ fn seed(c: &Connection) {
     .unwrap();
 }
 
+/// A seeded source and its snapshot at `dir/snap.db`.
+fn seeded_snapshot(dir: &TempDir) -> (Connection, PathBuf) {
+    let (_, src) = library(dir, "src", None);
+    seed(&src);
+    let snap = dir.path().join("snap.db");
+    snapshot(&src, &snap);
+    (src, snap)
+}
+
 // ---------------------------------------------------------------- tests
 
 #[test]
@@ -470,10 +479,7 @@ fn whole(c: &Connection) -> Vec<Vec<String>> {
 #[test]
 fn bad_snapshots_are_refused_and_nothing_is_written() {
     let dir = TempDir::new();
-    let (_, src) = library(&dir, "src", None);
-    seed(&src);
-    let snap = dir.path().join("snap.db");
-    snapshot(&src, &snap);
+    let (src, snap) = seeded_snapshot(&dir);
 
     let (_, dst) = library(&dir, "dst", Some(&library_id(&src)));
     dst.execute("INSERT INTO tags(name) VALUES ('mine')", [])
@@ -725,10 +731,7 @@ fn a_snapshot_taken_while_another_connection_writes_is_consistent() {
 #[test]
 fn a_restore_inside_a_transaction_merges_and_rolls_back_with_it() {
     let dir = TempDir::new();
-    let (_, src) = library(&dir, "src", None);
-    seed(&src);
-    let snap = dir.path().join("snap.db");
-    snapshot(&src, &snap);
+    let (src, snap) = seeded_snapshot(&dir);
     let (_, dst) = library(&dir, "dst", Some(&library_id(&src)));
 
     dst.execute_batch("BEGIN").unwrap();
