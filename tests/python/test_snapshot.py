@@ -6,21 +6,14 @@ import sqlite3
 
 import pytest
 
+from test_changesets import SCHEMA as LIBRARY
 from util import connect
 
-SCHEMA = """
-PRAGMA journal_mode=WAL;
-CREATE TABLE devices(id INTEGER PRIMARY KEY, name TEXT);
-CREATE TABLE locations(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, path TEXT NOT NULL);
-CREATE TABLE entries(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE,
-  parent_id INTEGER REFERENCES entries(id),
-  location_id INTEGER REFERENCES locations(id),
-  name TEXT NOT NULL, size INTEGER);
-CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT, color TEXT);
-SELECT lsync_track('locations', 'device_owned');
-SELECT lsync_track('entries', 'device_owned');
-SELECT lsync_track('tags', 'shared');
-"""
+# The changeset tests' library, in WAL mode, plus a local table.
+SCHEMA = (
+    "PRAGMA journal_mode=WAL;\nCREATE TABLE devices(id INTEGER PRIMARY KEY, name TEXT);\n"
+    + LIBRARY
+)
 
 
 @pytest.fixture
