@@ -169,7 +169,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             info!(%id, "the peer asked for a snapshot this side no longer has");
             return Ok(self.tx.send(&Msg::SnapshotMissing { id }, &[]).await?);
         };
-        if offset % meta.chunk_size.max(1) != 0 || offset > meta.size {
+        if !offset.is_multiple_of(meta.chunk_size.max(1)) || offset > meta.size {
             return Err(SessionError::Refused(format!(
                 "snapshot offset {offset} is not a chunk boundary of {id}"
             )));

@@ -297,8 +297,7 @@ fn a_bulk_write_is_notified_and_pulled_in_batches() {
     assert!(field(note, "pending").unwrap() >= 30_001, "{note}");
     let chose = la
         .lines()
-        .filter(|l| l.contains("the peer is behind"))
-        .last()
+        .rfind(|l| l.contains("the peer is behind"))
         .unwrap();
     assert!(
         chose.contains("batched"),

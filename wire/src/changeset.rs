@@ -225,7 +225,11 @@ impl Changeset {
             r.uuid()?;
             let (from, to) = (r.ivar()?, r.ivar()?);
             let origins = r.count()?;
-            r.take(origins.checked_mul(16).ok_or(DecodeError::Corrupt("count"))?)?;
+            r.take(
+                origins
+                    .checked_mul(16)
+                    .ok_or(DecodeError::Corrupt("count"))?,
+            )?;
             for _ in 0..r.count()? {
                 r.bytes()?;
                 r.bytes()?;
@@ -568,7 +572,10 @@ mod tests {
         let blob = cs.encode().unwrap();
         let s = Changeset::summary(&blob, DEFAULT_MAX_BODY).unwrap();
         assert_eq!((s.from, s.to, s.changes), (10, 20_011, 20_000));
-        assert_eq!(Changeset::summary(b"nope", 1 << 20), Err(DecodeError::BadMagic));
+        assert_eq!(
+            Changeset::summary(b"nope", 1 << 20),
+            Err(DecodeError::BadMagic)
+        );
     }
 
     #[test]
