@@ -7,7 +7,7 @@ SHELL := /bin/bash
 CARGO   ?= cargo
 # Debian's python: the pyenv `python3` on PATH cannot load SQLite extensions.
 PYTHON  := /usr/bin/python3
-APT_PKGS := libclang-dev sqlite3 python3-pytest
+APT_PKGS := libclang-dev sqlite3 python3-pytest bsdutils
 SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: deps build test lint demo bench
