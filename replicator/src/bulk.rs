@@ -137,8 +137,12 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     pub(crate) async fn offer_snapshot(&mut self) -> R<()> {
         let db = self.node.db_path.clone();
         let started = Instant::now();
-        let (meta, made) =
-            blocking(&self.conn, move |c| Ok(Outgoing::new(&db)?.get_or_make(c)?)).await?;
+        let conn = self.conn.clone();
+        let (meta, made) = self
+            .keep_alive(async move {
+                blocking(&conn, move |c| Ok(Outgoing::new(&db)?.get_or_make(c)?)).await
+            })
+            .await?;
         info!(
             id = %meta.id,
             bytes = meta.size,
@@ -372,16 +376,20 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             return Ok(());
         };
         let started = Instant::now();
-        let restored = blocking(&self.conn, move |c| {
-            let restored = match inc.verified() {
-                Ok(path) => Some(store::restore(c, path)?),
-                Err(SnapError::BadFile) => None,
-                Err(e) => return Err(e.into()),
-            };
-            inc.discard();
-            Ok(restored)
-        })
-        .await?;
+        let conn = self.conn.clone();
+        let import = async move {
+            blocking(&conn, move |c| {
+                let restored = match inc.verified() {
+                    Ok(path) => Some(store::restore(c, path)?),
+                    Err(SnapError::BadFile) => None,
+                    Err(e) => return Err(e.into()),
+                };
+                inc.discard();
+                Ok(restored)
+            })
+            .await
+        };
+        let restored = self.keep_alive(import).await?;
         drop(d.progress);
         let Some(r) = restored else {
             warn!("the received snapshot does not match its checksum: discarded, pulling again");

@@ -2,6 +2,7 @@
 //! our persisted watermark while serving its pulls and pushing our new
 //! commits. Both sides run this same state machine.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -296,8 +297,10 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 m = inbox.recv() => {
                     let Some(m) = m else { return Err(ProtoError::Closed.into()) };
                     let (msg, payload) = m?;
-                    last_heard = Instant::now();
                     self.handle(msg, payload).await?;
+                    // Handling may take long (an import); what queued up
+                    // meanwhile shows the peer is alive.
+                    last_heard = Instant::now();
                 }
                 c = bulk::next_chunk(&mut self.upload) => self.send_chunk(c).await?,
                 r = changed.changed() => {
@@ -317,6 +320,20 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                     info!("shutting down the session");
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Awaits `work` (long database work) while sending heartbeats, so the
+    /// peer does not drop a session that is busy importing or exporting.
+    pub(crate) async fn keep_alive<T>(&mut self, work: impl Future<Output = R<T>>) -> R<T> {
+        tokio::pin!(work);
+        let mut beat = tokio::time::interval(self.node.heartbeat);
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                r = &mut work => return r,
+                _ = beat.tick() => self.tx.send(&Msg::Heartbeat, &[]).await?,
             }
         }
     }

@@ -424,3 +424,44 @@ fn a_snapshot_download_draws_a_progress_bar_on_a_terminal() {
         .unwrap_or_else(|| panic!("no progress bar on B's terminal:\n{shown}"));
     assert!(bar.contains("MiB") || bar.contains("KiB"), "{bar}");
 }
+
+#[test]
+fn a_peer_with_data_merges_the_snapshot_and_the_session_stays_alive() {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let (a_db, a, b_db, b) = big_source(dir.path());
+    // B has rows of its own: the snapshot is merged, not copied, which takes
+    // longer than four heartbeats.
+    index_tree(&b, "b-own", 50);
+    let b_tag = add_tag(&b, "blue", "#00f");
+    let beat = ["--heartbeat-ms", "100"];
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &beat);
+    let node_b = Sidecar::start(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret,
+        &[node_a.addr()],
+        &["--join", beat[0], beat[1], FAST_RETRY[0], FAST_RETRY[1]],
+    );
+    let nodes = [&node_a, &node_b];
+    wait_for_within("A and B converge", &nodes, LONG, || {
+        count(&b, "entries") == N + 50 && converged(&[&a, &b], dump(&a).len())
+    });
+    assert!(id_by_name(&a, "tags", "blue").is_some() && b_tag > 0);
+    let lb = node_b.log();
+    let imported = line_with(&lb, "snapshot imported").unwrap_or_else(|| panic!("{lb}"));
+    assert!(imported.contains("mode=merge"), "{imported}");
+    let secs: f64 = imported
+        .split("import_seconds=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(secs > 0.4, "the import outlasted four heartbeats ({secs} s)");
+    for n in nodes {
+        let log = n.all_logs();
+        assert!(!log.contains("no message from the peer"), "{log}");
+        assert_eq!(log.matches("session established").count(), 1, "{log}");
+    }
+}
