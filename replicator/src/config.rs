@@ -100,6 +100,9 @@ pub fn resolve(a: &RunArgs) -> Result<RunConfig> {
     if cfg.single_max >= cfg.snapshot_min {
         bail!("single-max must be smaller than snapshot-min");
     }
+    if cfg.bulk_notify == 0 {
+        bail!("bulk-notify must be positive");
+    }
     if cfg.batch == 0 || cfg.heartbeat_ms == 0 || cfg.poll_ms == 0 {
         bail!("batch, heartbeat-ms and poll-ms must be positive");
     }
@@ -107,4 +110,61 @@ pub fn resolve(a: &RunArgs) -> Result<RunConfig> {
         bail!("backoff-initial-ms must be positive and at most backoff-max-ms");
     }
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn resolve_with(toml: &str, flags: &[&str]) -> Result<RunConfig> {
+        let dir = std::env::temp_dir().join(format!("lsync-cfg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("c.toml");
+        std::fs::write(&file, toml)?;
+        let mut argv = vec![
+            "lsync",
+            "run",
+            "--config",
+            file.to_str().unwrap_or_default(),
+        ];
+        argv.extend_from_slice(flags);
+        let cli = crate::cli::Cli::try_parse_from(argv)?;
+        let crate::cli::Command::Run(args) = cli.command else {
+            bail!("not a run command");
+        };
+        let out = resolve(&args);
+        let _ = std::fs::remove_dir_all(dir);
+        out
+    }
+
+    const BASE: &str = "db = 'x.db'\nlisten = '127.0.0.1:1'\nsecret_file = 's'\n";
+
+    #[test]
+    fn bulk_settings_come_from_the_file_and_flags_win() {
+        let c = resolve_with(BASE, &[]).unwrap();
+        assert_eq!(c.strategy, Strategy::Auto);
+        assert_eq!(
+            (c.single_max, c.snapshot_min, c.bulk_notify),
+            (5_000, 100_000, 10_000)
+        );
+        let toml = format!("{BASE}strategy = 'batch'\nsnapshot_min = 500\nsingle_max = 10\n");
+        let c = resolve_with(&toml, &[]).unwrap();
+        assert_eq!(
+            (c.strategy, c.snapshot_min, c.single_max),
+            (Strategy::Batch, 500, 10)
+        );
+        let c = resolve_with(&toml, &["--strategy", "snapshot"]).unwrap();
+        assert_eq!(c.strategy, Strategy::Snapshot);
+    }
+
+    #[test]
+    fn inconsistent_bulk_settings_are_refused() {
+        let e = resolve_with(BASE, &["--single-max", "200000"]).unwrap_err();
+        assert!(e.to_string().contains("single-max"), "{e}");
+        let e = resolve_with(BASE, &["--bulk-notify", "0"]).unwrap_err();
+        assert!(e.to_string().contains("bulk-notify"), "{e}");
+        let e = resolve_with(&format!("{BASE}strategy = 'fast'\n"), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("strategy"), "{e:#}");
+    }
 }
