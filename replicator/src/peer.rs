@@ -55,6 +55,19 @@ pub(crate) async fn blocking<T: Send + 'static>(
     .map_err(|e| SessionError::Internal(e.to_string()))?
 }
 
+/// The next batch of a stream, exported ahead of the peer's pull for it.
+pub(crate) struct Prefetch {
+    since: i64,
+    max: u32,
+    task: tokio::task::JoinHandle<R<store::Export>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Session state after the handshake.
 pub(crate) struct Session<W> {
     pub node: Arc<Node>,
@@ -83,6 +96,8 @@ pub(crate) struct Session<W> {
     pub catch_up: Option<Progress>,
     /// A snapshot we are sending.
     pub upload: Option<bulk::Upload>,
+    /// The next batch of a stream we are sending.
+    pub prefetched: Option<Prefetch>,
     /// A snapshot we are receiving.
     pub download: Option<bulk::Download>,
 }
@@ -252,6 +267,7 @@ where
         wire_bytes,
         catch_up: None,
         upload: None,
+        prefetched: None,
         download: None,
     };
     let result = s.serve(&mut in_rx).await;
@@ -491,8 +507,25 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     /// A pull is answered even when there is nothing new (`always`); a push
     /// with nothing new sends nothing.
     async fn send_changes(&mut self, max: u32, always: bool) -> R<bool> {
-        let (since, peer) = (self.sent_cursor, self.peer.clone());
-        let e = blocking(&self.conn, move |c| store::export(c, since, max, &peer)).await?;
+        let since = self.sent_cursor;
+        let e = match self.prefetched.take() {
+            Some(mut p) if p.since == since && p.max == max => (&mut p.task)
+                .await
+                .map_err(|e| SessionError::Internal(e.to_string()))??,
+            _ => self.export(since, max).await?,
+        };
+        if e.has_more && always {
+            // Export the next batch while this one travels and is applied:
+            // the peer's next pull is answered at once.
+            let (conn, peer, next) = (self.conn.clone(), self.peer.clone(), e.to);
+            self.prefetched = Some(Prefetch {
+                since: next,
+                max,
+                task: tokio::spawn(async move {
+                    blocking(&conn, move |c| store::export(c, next, max, &peer)).await
+                }),
+            });
+        }
         if always || e.to != since {
             let msg = Msg::Changes {
                 from: e.from,
@@ -504,6 +537,11 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         }
         self.sent_cursor = e.to;
         Ok(e.has_more)
+    }
+
+    async fn export(&self, since: i64, max: u32) -> R<store::Export> {
+        let peer = self.peer.clone();
+        blocking(&self.conn, move |c| store::export(c, since, max, &peer)).await
     }
 
     /// Pushes commits made since the last send. After a bulk write the peer
