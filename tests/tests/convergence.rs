@@ -4,7 +4,9 @@
 //! changesets between random pairs, in random order, partially, duplicated
 //! and late. After a final full exchange every replica must hold the same
 //! tracked tables, compared as a canonical dump keyed by uuid with FKs as
-//! uuids.
+//! uuids. Replicas also take snapshots of each other (`lsync_snapshot` and
+//! `lsync_restore`: the copy into a replica that never wrote, or the merge
+//! into one that has data), fresh or stale.
 
 use proptest::prelude::*;
 use rusqlite::Connection;
@@ -65,6 +67,16 @@ enum Step {
     Duplicate {
         pick: u8,
     },
+    /// `to` restores a snapshot of `from` made now.
+    Snapshot {
+        from: usize,
+        to: usize,
+    },
+    /// `to` restores a snapshot made earlier (stale by now).
+    OldSnapshot {
+        pick: u8,
+        to: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -76,10 +88,12 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(at, table, row, col, v)| Step::Update { at, table, row, col, v }),
         2 => (r.clone(), 0..4usize, any::<u8>())
             .prop_map(|(at, table, row)| Step::Delete { at, table, row }),
-        3 => (r.clone(), r, proptest::option::of(1..8i64), proptest::bool::weighted(0.25))
+        3 => (r.clone(), r.clone(), proptest::option::of(1..8i64), proptest::bool::weighted(0.25))
             .prop_map(|(from, to, max, hold)| Step::Sync { from, to, max, hold }),
         1 => any::<u8>().prop_map(|pick| Step::Release { pick }),
         1 => any::<u8>().prop_map(|pick| Step::Duplicate { pick }),
+        1 => (r.clone(), r.clone()).prop_map(|(from, to)| Step::Snapshot { from, to }),
+        1 => (any::<u8>(), r).prop_map(|(pick, to)| Step::OldSnapshot { pick, to }),
     ]
 }
 
@@ -225,6 +239,16 @@ fn export(from: &Connection, since: i64, max: Option<i64>) -> (Vec<u8>, i64) {
     (blob, to)
 }
 
+/// Restores a snapshot file; returns the source's cursor it covers.
+fn restore(to: &Connection, file: &std::path::Path) -> Result<i64, TestCaseError> {
+    to.query_row(
+        "SELECT lsync_restore(?1) ->> 'cursor'",
+        [file.to_string_lossy()],
+        |r| r.get::<_, i64>(0),
+    )
+    .map_err(|e| TestCaseError::fail(format!("restore failed: {e}")))
+}
+
 fn run(steps: &[Step], order: &[(usize, usize)]) -> Result<(), TestCaseError> {
     let dir = TempDir::new();
     let dbs: Vec<Connection> = (0..3)
@@ -247,6 +271,8 @@ fn run(steps: &[Step], order: &[(usize, usize)]) -> Result<(), TestCaseError> {
     let mut seen = [[0i64; 3]; 3];
     let mut held: Vec<(usize, Vec<u8>)> = Vec::new();
     let mut delivered: Vec<(usize, Vec<u8>)> = Vec::new();
+    // (source replica, file) of every snapshot made.
+    let mut snapshots: Vec<(usize, std::path::PathBuf)> = Vec::new();
     for s in steps {
         match *s {
             Step::Insert { at, .. } | Step::Update { at, .. } | Step::Delete { at, .. } => {
@@ -275,6 +301,26 @@ fn run(steps: &[Step], order: &[(usize, usize)]) -> Result<(), TestCaseError> {
             Step::Duplicate { pick } if !delivered.is_empty() => {
                 let (to, blob) = &delivered[usize::from(pick) % delivered.len()];
                 deliver(&dbs[*to], blob)?;
+            }
+            Step::Snapshot { from, to } if from != to => {
+                let file = dir.path().join(format!("snap-{}.db", snapshots.len()));
+                dbs[from]
+                    .query_row(
+                        "SELECT lsync_snapshot(?1)",
+                        [file.to_string_lossy()],
+                        |_| Ok(()),
+                    )
+                    .map_err(|e| TestCaseError::fail(format!("snapshot failed: {e}")))?;
+                let cursor = restore(&dbs[to], &file)?;
+                seen[to][from] = seen[to][from].max(cursor);
+                snapshots.push((from, file));
+            }
+            Step::OldSnapshot { pick, to } if !snapshots.is_empty() => {
+                let (from, file) = &snapshots[usize::from(pick) % snapshots.len()];
+                if *from != to {
+                    let cursor = restore(&dbs[to], file)?;
+                    seen[to][*from] = seen[to][*from].max(cursor);
+                }
             }
             _ => {}
         }
