@@ -458,7 +458,10 @@ fn a_peer_with_data_merges_the_snapshot_and_the_session_stays_alive() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap();
-    assert!(secs > 0.4, "the import outlasted four heartbeats ({secs} s)");
+    assert!(
+        secs > 0.4,
+        "the import outlasted four heartbeats ({secs} s)"
+    );
     for n in nodes {
         let log = n.all_logs();
         assert!(!log.contains("no message from the peer"), "{log}");
