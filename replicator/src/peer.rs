@@ -87,6 +87,8 @@ pub(crate) struct Session<W> {
     pub streaming: bool,
     /// A pull of ours is unanswered.
     pub pulling: bool,
+    /// Local commits happened while pulling; push when the pull is done.
+    pub push_pending: bool,
     pub applied_total: i64,
     pub started: Instant,
     pub last_ack: Instant,
@@ -261,6 +263,7 @@ where
         caught_up: false,
         streaming: false,
         pulling: false,
+        push_pending: false,
         applied_total: 0,
         started: Instant::now(),
         last_ack: Instant::now(),
@@ -321,7 +324,12 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 c = bulk::next_chunk(&mut self.upload) => self.send_chunk(c).await?,
                 r = changed.changed() => {
                     if r.is_err() { return Ok(()); }
-                    if self.subscribed {
+                    // While we pull a stream from this peer, our commits are
+                    // mostly its own changes being applied: push once the
+                    // stream ends rather than after every batch.
+                    if self.pulling {
+                        self.push_pending = true;
+                    } else if self.subscribed {
                         self.push().await?;
                     }
                 }
@@ -490,6 +498,9 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         self.note_applied(count, bytes, &report);
         if !has_more {
             self.catch_up = None;
+            if std::mem::take(&mut self.push_pending) && self.subscribed {
+                self.push().await?;
+            }
             if !self.caught_up {
                 self.caught_up = true;
                 info!(
