@@ -13,6 +13,7 @@ mod bulk;
 mod cli;
 mod cluster;
 mod config;
+mod courtesy;
 mod db;
 mod demo;
 mod node;

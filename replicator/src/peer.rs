@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::bulk;
+use crate::courtesy::Courtesy;
 use crate::node::Node;
 use crate::progress::Progress;
 use crate::protocol::{self, Msg, ProtoError, PROTOCOL_VERSION};
@@ -102,6 +103,8 @@ pub(crate) struct Session<W> {
     pub prefetched: Option<Prefetch>,
     /// A snapshot we are receiving.
     pub download: Option<bulk::Download>,
+    /// Whether to leave the write lock to the app between two applies.
+    pub courtesy: Courtesy,
 }
 
 /// Runs a whole session over an established connection. Returns when the
@@ -213,8 +216,11 @@ where
 {
     let (peer, a) = (device_id.clone(), addr.clone());
     let escalate = node.escalate_after;
-    let (recv_cursor, escalated) =
-        blocking(&conn, move |c| store::peer_hello(c, &peer, &a, escalate)).await?;
+    let (recv_cursor, escalated, version) = blocking(&conn, move |c| {
+        let (cursor, escalated) = store::peer_hello(c, &peer, &a, escalate)?;
+        Ok((cursor, escalated, store::data_version(c)?))
+    })
+    .await?;
     if escalated {
         warn!(
             "{escalate} consecutive failed catch-ups: escalating to a full resync from this peer"
@@ -272,6 +278,7 @@ where
         upload: None,
         prefetched: None,
         download: None,
+        courtesy: Courtesy::new(version),
     };
     let result = s.serve(&mut in_rx).await;
     reader.abort();
@@ -576,11 +583,17 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     }
 
     async fn apply(&mut self, blob: Vec<u8>, to: i64, caught_up: bool) -> R<Applied> {
+        let pause = self.courtesy.pause();
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
         let peer = self.peer.clone();
-        blocking(&self.conn, move |c| {
+        let (report, turn) = blocking(&self.conn, move |c| {
             store::apply(c, &peer, &blob, to, caught_up)
         })
-        .await
+        .await?;
+        self.courtesy.record(turn);
+        Ok(report)
     }
 
     fn note_applied(&mut self, count: u64, bytes: u64, report: &Applied) {

@@ -5,10 +5,11 @@
 use std::path::Path;
 #[cfg(test)]
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::courtesy::Turn;
 use crate::db::{self, DbOptions, Extension};
 
 #[derive(Debug, thiserror::Error)]
@@ -175,8 +176,17 @@ pub struct Applied {
 
 /// Applies a peer's changeset and advances its watermark in the same
 /// transaction: a crash at any point either keeps both or neither.
-pub fn apply(c: &mut Connection, peer: &str, blob: &[u8], to: i64, caught_up: bool) -> R<Applied> {
+/// Also returns the transaction's turn at the write lock (see `courtesy`).
+pub fn apply(
+    c: &mut Connection,
+    peer: &str,
+    blob: &[u8],
+    to: i64,
+    caught_up: bool,
+) -> R<(Applied, Turn)> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let began = Instant::now();
+    let version = data_version(&tx)?;
     let report: String = tx.query_row("SELECT lsync_apply(?1)", [blob], |r| r.get(0))?;
     tx.execute(
         "UPDATE lsync_peers SET recv_cursor = max(recv_cursor, ?2), last_contact = ?3,
@@ -186,7 +196,11 @@ pub fn apply(c: &mut Connection, peer: &str, blob: &[u8], to: i64, caught_up: bo
         params![peer, to, now_ms(), caught_up],
     )?;
     tx.commit()?;
-    Ok(serde_json::from_str(&report)?)
+    let turn = Turn {
+        version,
+        held: began.elapsed(),
+    };
+    Ok((serde_json::from_str(&report)?, turn))
 }
 
 /// What `lsync_restore` reported.

@@ -388,9 +388,12 @@ fn the_app_writes_without_errors_while_the_replicator_applies() {
         errors.len(),
         errors.first()
     );
+    // SQLite does not queue waiting writers: without the replicator's
+    // pauses between applies (see replicator/src/courtesy.rs) the app got
+    // 0 to 12 transactions in here; with them, over 100.
     assert!(
-        during > 0,
-        "the app wrote {ok} tags, none while the catch-up was in progress"
+        during >= 20,
+        "the app committed {ok} transactions, only {during} while the catch-up was in progress"
     );
     // The app's tags reach A too.
     wait_for("A has the app's tags", &nodes, || {
