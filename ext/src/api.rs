@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::sql::{Db, Value, DETERMINISTIC, DIRECTONLY, INNOCUOUS};
 use crate::track::{self, Mode};
-use crate::{apply, bail, export, flush, restore, schema, snapshot};
+use crate::{apply, bail, changes, export, flush, restore, schema, snapshot};
 
 /// Per-connection state shared by the functions registered on it.
 #[derive(Default)]
@@ -82,11 +82,16 @@ pub fn register(db: Db) -> Result<()> {
                     m => bail!("lsync_changeset: max_changes must be positive, got {m}"),
                 },
             };
-            let except = match args.get(2) {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(uuid_arg("lsync_changeset", v)?),
-            };
+            let except = opt_uuid_arg("lsync_changeset", args.get(2))?;
             export::changeset(db, since, max, except.as_deref()).map(Value::from)
+        })?;
+    }
+    for n in [1, 2] {
+        db.create_function("lsync_missing", n, DIRECTONLY, |db, args| {
+            let since = int_arg("lsync_missing", "since", &args[0])?;
+            let except = opt_uuid_arg("lsync_missing", args.get(1))?;
+            flush::flush(db)?;
+            changes::missing(db, since, except.as_deref()).map(Value::from)
         })?;
     }
     db.create_function("lsync_prune", 0, DIRECTONLY, |db, _| {
@@ -108,10 +113,7 @@ pub fn register(db: Db) -> Result<()> {
     for n in [1, 2] {
         db.create_function("lsync_snapshot", n, DIRECTONLY, |db, args| {
             let path = text_arg("lsync_snapshot", "path", &args[0])?;
-            let owner = match args.get(1) {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(uuid_arg("lsync_snapshot", v)?),
-            };
+            let owner = opt_uuid_arg("lsync_snapshot", args.get(1))?;
             snapshot::snapshot(db, &path, owner.as_deref()).map(Value::from)
         })?;
     }
@@ -198,6 +200,14 @@ fn uuid_arg(func: &str, v: &Value) -> Result<String> {
     uuid::Uuid::parse_str(&s)
         .map(|u| u.hyphenated().to_string())
         .map_err(|e| Error::msg(format!("{func}: '{s}' is not a UUID ({e})")))
+}
+
+/// An optional device id argument: absent or NULL is `None`.
+fn opt_uuid_arg(func: &str, v: Option<&Value>) -> Result<Option<String>> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => uuid_arg(func, v).map(Some),
+    }
 }
 
 fn new_uuid(format: Option<&Value>) -> Result<Value> {

@@ -52,10 +52,7 @@ pub fn read(db: Db, since: i64, limit: usize) -> Result<Vec<Change>> {
 /// Like `read`, leaving out changes made at device `except` (a peer never
 /// needs its own changes back).
 pub fn read_except(db: Db, since: i64, limit: usize, except: Option<&str>) -> Result<Vec<Change>> {
-    let except_idx = match except {
-        Some(id) => db.query_i64("SELECT idx FROM lsync_devices WHERE id = ?1", &[id.into()])?,
-        None => None,
-    };
+    let except_idx = known_device(db, except)?;
     let tables: HashMap<i64, Table> = track::load_all(db)?
         .into_iter()
         .map(|t| (t.id, t))
@@ -105,6 +102,31 @@ pub fn read_except(db: Db, since: i64, limit: usize, except: Option<&str>) -> Re
     drop(s);
     resolve_fks(db, &tables, &mut out)?;
     Ok(out.into_iter().map(|r| r.change).collect())
+}
+
+/// The local alias of device `id`, if this database has seen it.
+fn known_device(db: Db, id: Option<&str>) -> Result<Option<i64>> {
+    match id {
+        Some(id) => db.query_i64("SELECT idx FROM lsync_devices WHERE id = ?1", &[id.into()]),
+        None => Ok(None),
+    }
+}
+
+/// How many changes `read_except` would return after `since` with no
+/// limit, counted from the clock without reading a row: an entry covering
+/// rowids lo..hi holds the cursors seq - (hi - lo) ..= seq.
+pub fn missing(db: Db, since: i64, except: Option<&str>) -> Result<i64> {
+    let except_idx = known_device(db, except)?;
+    Ok(db
+        .query_i64(
+            "SELECT coalesce(sum(CASE WHEN lo IS NULL THEN 1
+                                      ELSE min(hi - lo + 1, seq - ?1) END), 0)
+             FROM lsync_clock
+             WHERE seq > ?1 AND origin IS NOT ?2
+               AND tbl IN (SELECT id FROM lsync_tables)",
+            &[since.into(), except_idx.into()],
+        )?
+        .unwrap_or(0))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -113,8 +113,9 @@ fn snap_err(e: SnapError) -> SessionError {
 impl<W: AsyncWrite + Unpin> Session<W> {
     /// Decides how to serve a pull from `since`, and logs the choice.
     pub(crate) async fn choose(&mut self, since: i64) -> R<Plan> {
-        let head = blocking(&self.conn, |c| store::head(c)).await?;
-        let missing = (head - since).max(0) as u64;
+        let peer = self.peer.clone();
+        let (head, missing) = blocking(&self.conn, move |c| store::behind(c, since, &peer)).await?;
+        let missing = missing.max(0) as u64;
         let n = &self.node;
         let p = plan(
             n.strategy,

@@ -566,8 +566,8 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     /// only gets a notification and pulls at its own pace; with more pending
     /// than one batch, it pulls the rest.
     async fn push(&mut self) -> R<()> {
-        let head = blocking(&self.conn, |c| store::head(c)).await?;
-        let pending = head - self.sent_cursor;
+        let (since, peer) = (self.sent_cursor, self.peer.clone());
+        let (head, pending) = blocking(&self.conn, move |c| store::behind(c, since, &peer)).await?;
         if pending >= self.node.bulk_notify as i64 {
             info!(
                 pending,

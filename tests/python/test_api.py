@@ -26,6 +26,7 @@ EXPECTED_FUNCTIONS = sorted(
         "lsync_hlc_wall",
         "lsync_on_insert",
         "lsync_library_id",
+        "lsync_missing",
         "lsync_prune",
         "lsync_restore",
         "lsync_snapshot",

@@ -152,5 +152,15 @@ expect "lsync_restore again merges, nothing new" "merge|0|2" \
 expect_match "lsync_restore refuses a file that is not a snapshot" "is not an lsync snapshot" \
   "$(sql "$dst" "SELECT lsync_restore('$src');")"
 
+# 13. lsync_missing counts what a changeset would hold; a peer's own changes,
+#     relayed back, are not missing for it
+src_device=$(sql "$src" "SELECT lsync_device_id();")
+expect "lsync_missing at the restored library: all, after 1, none for their origin" "3|2|0" \
+  "$(sql "$dst" "SELECT lsync_missing(0), lsync_missing(1), lsync_missing(0, '$src_device');")"
+db=$(fresh missing)
+expect "lsync_missing folds new rows first, as the docs show" "3|2|0" \
+  "$(sql "$db" "INSERT INTO tags(name) VALUES ('a'), ('b'), ('c');" \
+    "SELECT lsync_missing(0), lsync_missing(1), lsync_missing(0, lsync_device_id());")"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -19,6 +19,7 @@ const FUNCTIONS: &[&str] = &[
     "lsync_hlc_text",
     "lsync_hlc_wall",
     "lsync_library_id",
+    "lsync_missing",
     "lsync_on_insert",
     "lsync_prune",
     "lsync_restore",
@@ -159,6 +160,8 @@ fn user_errors_are_clear_and_harmless() {
         "SELECT lsync_uuid('hex')",
         "SELECT * FROM lsync_changes('abc')",
         "SELECT * FROM lsync_changes(1.5)",
+        "SELECT lsync_missing('abc')",
+        "SELECT lsync_missing(0, 'not-a-uuid')",
         "SELECT lsync_debug_set_device_id('not-a-uuid')",
     ];
     let mut report = String::new();

@@ -239,6 +239,30 @@ fn export(from: &Connection, since: i64, max: Option<i64>) -> (Vec<u8>, i64) {
     (blob, to)
 }
 
+/// `lsync_missing` counts exactly the changes that an unlimited
+/// `lsync_changeset` from the same cursor holds, with and without leaving
+/// out one device's own.
+fn check_missing(from: &Connection, since: i64, except: &str) -> Result<(), TestCaseError> {
+    for except in [None, Some(except)] {
+        let (missing, count): (i64, i64) = from
+            .query_row(
+                "SELECT lsync_missing(?1, ?2),
+                        lsync_changeset_info(lsync_changeset(?1, NULL, ?2)) ->> 'count'",
+                rusqlite::params![since, except],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        prop_assert_eq!(
+            missing,
+            count,
+            "lsync_missing({}, {:?}) disagrees with lsync_changeset",
+            since,
+            except
+        );
+    }
+    Ok(())
+}
+
 /// Restores a snapshot file; returns the source's cursor it covers.
 fn restore(to: &Connection, file: &std::path::Path) -> Result<i64, TestCaseError> {
     to.query_row(
@@ -267,6 +291,13 @@ fn run(steps: &[Step], order: &[(usize, usize)]) -> Result<(), TestCaseError> {
         })
         .unwrap();
     }
+    let devices: Vec<String> = dbs
+        .iter()
+        .map(|c| {
+            c.query_row("SELECT lsync_device_id()", [], |r| r.get(0))
+                .unwrap()
+        })
+        .collect();
     // seen[to][from]: the cursor of `from` that `to` has received up to.
     let mut seen = [[0i64; 3]; 3];
     let mut held: Vec<(usize, Vec<u8>)> = Vec::new();
@@ -284,6 +315,7 @@ fn run(steps: &[Step], order: &[(usize, usize)]) -> Result<(), TestCaseError> {
                 max,
                 hold,
             } if from != to => {
+                check_missing(&dbs[from], seen[to][from], &devices[to])?;
                 let (blob, cursor) = export(&dbs[from], seen[to][from], max);
                 seen[to][from] = cursor;
                 if hold {

@@ -120,8 +120,17 @@ fn a_fresh_peer_joins_by_snapshot_and_writes_made_meanwhile_arrive() {
         count(&b, "entries") == count(&a, "entries") && converged(&[&a, &b], dump(&a).len())
     });
     assert_identical(&a, &b, count(&a, "entries"));
-
+    // B now relays all of A's changes, but A is missing none of them: B
+    // must not notify A of a bulk write, nor offer it its own library.
+    std::thread::sleep(Duration::from_secs(1));
     let (la, lb) = (node_a.log(), node_b.log());
+    for (log, line) in [
+        (&lb, "offering a snapshot"),
+        (&lb, "bulk write"),
+        (&la, "receiving a snapshot"),
+    ] {
+        assert!(!log.contains(line), "{line:?} after the join:\n{log}");
+    }
     let chose = line_with(&la, "the peer is behind").expect("A logged its choice");
     assert!(chose.contains("a snapshot"), "{chose}");
     let imported = line_with(&lb, "snapshot imported").unwrap();
