@@ -118,10 +118,18 @@ pub fn register(db: Db) -> Result<()> {
         })?;
     }
     let c = conn.clone();
-    db.create_function("lsync_restore", 1, DIRECTONLY, move |db, args| {
-        let path = text_arg("lsync_restore", "path", &args[0])?;
-        restore::restore(db, &c, &path).map(Value::from)
-    })?;
+    for n in [1, 2] {
+        let c = c.clone();
+        db.create_function("lsync_restore", n, DIRECTONLY, move |db, args| {
+            let path = text_arg("lsync_restore", "path", &args[0])?;
+            let options = match args.get(1) {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(text_arg("lsync_restore", "options", v)?),
+            };
+            let opts = restore::Options::parse(options.as_deref())?;
+            restore::restore(db, &c, &path, &opts).map(Value::from)
+        })?;
+    }
 
     // Called by the generated triggers, so INNOCUOUS (trusted_schema=OFF).
     let c = conn.clone();

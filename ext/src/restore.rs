@@ -27,6 +27,29 @@ const BATCH: usize = 10_000;
 /// How long the import waits for other connections' locks.
 const BUSY_MS: i32 = 10_000;
 
+/// How `lsync_restore` may treat the snapshot file (its options JSON).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// The file is a scratch copy: the page-level import works in it
+    /// instead of in a copy of it, and it is deleted after a restore.
+    #[serde(default)]
+    pub consume: bool,
+}
+
+impl Options {
+    pub fn parse(json: Option<&str>) -> Result<Self> {
+        match json {
+            None => Ok(Self::default()),
+            Some(j) => serde_json::from_str(j).map_err(|e| {
+                Error::msg(format!(
+                    "lsync_restore: bad options {j:?} ({e}); the only option is {{\"consume\": true|false}}; nothing was restored"
+                ))
+            }),
+        }
+    }
+}
+
 /// What the snapshot says about itself.
 struct Snap {
     device: String,
@@ -37,7 +60,7 @@ struct Snap {
     owner: Option<String>,
 }
 
-pub fn restore(db: Db, conn: &Conn, path: &str) -> Result<String> {
+pub fn restore(db: Db, conn: &Conn, path: &str, opts: &Options) -> Result<String> {
     schema::ensure(db)?;
     let file = Path::new(path);
     if !file.is_file() {
@@ -56,10 +79,13 @@ pub fn restore(db: Db, conn: &Conn, path: &str) -> Result<String> {
     let fallback = match empty_path_refusal(db, reader.db())? {
         None => {
             drop(reader);
-            match restore_empty(db, file, &snap, &me) {
+            match restore_empty(db, file, &snap, &me, opts.consume) {
                 Ok(Empty::Done(deferred)) => {
                     report["mode"] = "empty".into();
                     report["deferred"] = deferred.into();
+                    if opts.consume {
+                        remove_db_files(file);
+                    }
                     return Ok(report.to_string());
                 }
                 Ok(Empty::Unusable(why)) => why,
@@ -85,6 +111,10 @@ pub fn restore(db: Db, conn: &Conn, path: &str) -> Result<String> {
         .flatten()
     {
         report[k] = v.clone();
+    }
+    if opts.consume {
+        drop(reader);
+        remove_db_files(file);
     }
     Ok(report.to_string())
 }
@@ -275,23 +305,37 @@ impl Drop for TempFile {
     }
 }
 
-fn restore_empty(db: Db, file: &Path, snap: &Snap, me: &str) -> Result<Empty> {
+/// With `consume`, the local state goes into the snapshot file itself,
+/// with a rollback journal so that a failed injection leaves it intact for
+/// the merge path; otherwise into a copy that is deleted however it ends.
+fn restore_empty(db: Db, file: &Path, snap: &Snap, me: &str, consume: bool) -> Result<Empty> {
     let target = db
         .filename()
         .ok_or_else(|| Error::msg("the database has no file"))?;
-    let mut name = target.as_os_str().to_owned();
-    name.push(format!("-restore-{}.tmp", uuid::Uuid::now_v7()));
-    let tmp = TempFile(PathBuf::from(name));
-    std::fs::copy(file, &tmp.0).map_err(|e| {
-        Error::msg(format!(
-            "cannot copy the snapshot next to the database: {e}"
-        ))
-    })?;
-    let copy = Connection::open(&tmp.0, OPEN_READWRITE)?;
+    let tmp = if consume {
+        None
+    } else {
+        let mut name = target.as_os_str().to_owned();
+        name.push(format!("-restore-{}.tmp", uuid::Uuid::now_v7()));
+        let tmp = TempFile(PathBuf::from(name));
+        std::fs::copy(file, &tmp.0).map_err(|e| {
+            Error::msg(format!(
+                "cannot copy the snapshot next to the database: {e}"
+            ))
+        })?;
+        Some(tmp)
+    };
+    let work = tmp.as_ref().map_or(file, |t| t.0.as_path());
+    let copy = Connection::open(work, OPEN_READWRITE)?;
     let c = copy.db();
     private(c)?;
-    // A scratch file: on any failure it is deleted, never rolled back.
-    c.exec("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF")?;
+    // Scratch either way: no fsync. A copy is deleted on failure, never
+    // rolled back, so it needs no journal either.
+    c.exec(if consume {
+        "PRAGMA synchronous = OFF"
+    } else {
+        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF"
+    })?;
     c.run(
         "ATTACH ?1 AS here",
         &[target.to_string_lossy().into_owned().into()],
@@ -312,10 +356,16 @@ fn restore_empty(db: Db, file: &Path, snap: &Snap, me: &str) -> Result<Empty> {
         Err(e) => return Ok(Empty::Unusable(e.detail().to_owned())),
     };
     // One write transaction on this database: all of it or nothing.
-    let dest = Connection::open(&target, OPEN_READWRITE)?;
-    dest.db().busy_timeout(BUSY_MS)?;
-    dest.db().backup_from(c)?;
-    Ok(Empty::Done(deferred))
+    let copied = Connection::open(&target, OPEN_READWRITE).and_then(|dest| {
+        dest.db().busy_timeout(BUSY_MS)?;
+        dest.db().backup_from(c)
+    });
+    if copied.is_err() && consume {
+        // It now holds this database's local objects: it must not linger.
+        drop(copy);
+        remove_db_files(file);
+    }
+    copied.map(|()| Empty::Done(deferred))
 }
 
 /// Recreates this database's own objects (its untracked tables with their

@@ -381,7 +381,12 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         let import = async move {
             blocking(&conn, move |c| {
                 let restored = match inc.verified() {
-                    Ok(path) => Some(store::restore(c, path)?),
+                    Ok(path) => {
+                        let t = Instant::now();
+                        let r = store::restore(c, path)?;
+                        debug!(restore_seconds = t.elapsed().as_secs_f64(), "lsync_restore");
+                        Some(r)
+                    }
                     Err(SnapError::BadFile) => None,
                     Err(e) => return Err(e.into()),
                 };

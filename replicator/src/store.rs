@@ -228,13 +228,16 @@ pub struct Restored {
     pub cursor: i64,
 }
 
-/// Imports a verified snapshot file. `lsync_restore` is atomic and sets the
-/// watermark of the snapshot's device in the same transaction.
+/// Imports a verified snapshot file, and deletes it: it is our scratch
+/// copy, so the import works in it instead of copying it again.
+/// `lsync_restore` is atomic and sets the watermark of the snapshot's device
+/// in the same transaction.
 pub fn restore(c: &Connection, path: &Path) -> R<Restored> {
-    let report: String =
-        c.query_row("SELECT lsync_restore(?1)", [path.to_string_lossy()], |r| {
-            r.get(0)
-        })?;
+    let report: String = c.query_row(
+        r#"SELECT lsync_restore(?1, '{"consume": true}')"#,
+        [path.to_string_lossy()],
+        |r| r.get(0),
+    )?;
     Ok(serde_json::from_str(&report)?)
 }
 

@@ -152,6 +152,14 @@ expect "lsync_restore again merges, nothing new" "merge|0|2" \
 expect_match "lsync_restore refuses a file that is not a snapshot" "is not an lsync snapshot" \
   "$(sql "$dst" "SELECT lsync_restore('$src');")"
 
+# 12b. {"consume": true}: the same import from a scratch copy, which is deleted
+dst2=$(fresh snapdst2)
+sql "$dst2" "SELECT lsync_library_id('$library');" >/dev/null
+cp "$tmp/snap.db" "$tmp/scratch.db"
+expect "lsync_restore consumes a scratch copy" "empty|2|gone" \
+  "$(sql "$dst2" "SELECT json_extract(lsync_restore('$tmp/scratch.db', '{\"consume\": true}'), '\$.mode');" \
+    "SELECT count(*) FROM files;" | paste -sd'|')|$([ -e "$tmp/scratch.db" ] && echo kept || echo gone)"
+
 # 13. lsync_missing counts what a changeset would hold; a peer's own changes,
 #     relayed back, are not missing for it
 src_device=$(sql "$src" "SELECT lsync_device_id();")

@@ -753,3 +753,80 @@ fn a_restore_inside_a_transaction_merges_and_rolls_back_with_it() {
     assert_eq!(content(&dst), content(&src));
     assert_eq!(watermark(&dst, &src), cursor(&src));
 }
+
+/// `{"consume": true}`: the file is scratch. The import works in it instead
+/// of a copy (the replicator's downloads) and deletes it after a restore by
+/// either path; a refused restore leaves it, and bad options are refused.
+#[test]
+fn a_consumed_snapshot_restores_the_same_and_is_deleted() {
+    let dir = TempDir::new();
+    let (src, snap) = seeded_snapshot(&dir);
+    let consume = |c: &Connection, file: &Path| -> Json {
+        let s: String = c
+            .query_row(
+                r#"SELECT lsync_restore(?1, '{"consume": true}')"#,
+                [file.to_str().unwrap()],
+                |r| r.get(0),
+            )
+            .unwrap_or_else(|e| panic!("lsync_restore: {e}"));
+        serde_json::from_str(&s).unwrap()
+    };
+    let scratch = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::copy(&snap, &p).unwrap();
+        p
+    };
+
+    // Refused: another library. The file stays as it was.
+    let (_, stranger) = library(&dir, "stranger", None);
+    let file = scratch("refused.db");
+    let err = error_of(
+        &stranger,
+        &format!(
+            r#"SELECT lsync_restore('{}', '{{"consume": true}}')"#,
+            file.display()
+        ),
+    );
+    assert!(err.contains("belongs to library"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(&snap).unwrap());
+
+    // The page-level path: the same database as from a copy.
+    let lib = library_id(&src);
+    let (_, by_copy) = library(&dir, "by_copy", Some(&lib));
+    let (_, consumed) = library(&dir, "consumed", Some(&lib));
+    for c in [&by_copy, &consumed] {
+        c.execute("INSERT INTO devices(name) VALUES ('phone')", [])
+            .unwrap();
+    }
+    assert_eq!(restore(&by_copy, &snap)["mode"], "empty");
+    let file = scratch("empty.db");
+    let report = consume(&consumed, &file);
+    assert_eq!(report["mode"], "empty", "{report}");
+    assert!(!file.exists(), "the consumed file is deleted");
+    assert!(snap.exists(), "a restore without consume leaves its file");
+    assert_eq!(raw(&consumed), raw(&src));
+    assert_eq!(
+        dump(&consumed, "SELECT name FROM devices"),
+        [["phone"]],
+        "local tables are this database's own"
+    );
+    assert_eq!(watermark(&consumed, &src), cursor(&src));
+
+    // The merge path deletes it too.
+    let file = scratch("merge.db");
+    let report = consume(&consumed, &file);
+    assert_eq!(report["mode"], "merge", "{report}");
+    assert!(!file.exists());
+    assert_eq!(raw(&consumed), raw(&src));
+
+    for bad in [r#"{"consume": 1}"#, r#"{"move": true}"#, "not json"] {
+        let err = error_of(
+            &consumed,
+            &format!("SELECT lsync_restore('{}', '{bad}')", snap.display()),
+        );
+        assert!(
+            err.contains("bad options") && err.contains("nothing was restored"),
+            "{bad}: {err}"
+        );
+    }
+}
