@@ -110,11 +110,13 @@ pub fn register(db: Db) -> Result<()> {
             .map_err(|e| Error::msg(e.to_string()))
     })?;
 
-    for n in [1, 2] {
+    for n in [1, 2, 3] {
         db.create_function("lsync_snapshot", n, DIRECTONLY, |db, args| {
             let path = text_arg("lsync_snapshot", "path", &args[0])?;
             let owner = opt_uuid_arg("lsync_snapshot", args.get(1))?;
-            snapshot::snapshot(db, &path, owner.as_deref()).map(Value::from)
+            let opts: snapshot::Options =
+                options_arg("lsync_snapshot", args.get(2), r#"{"sync": true|false}"#)?;
+            snapshot::snapshot(db, &path, owner.as_deref(), &opts).map(Value::from)
         })?;
     }
     let c = conn.clone();
@@ -122,11 +124,8 @@ pub fn register(db: Db) -> Result<()> {
         let c = c.clone();
         db.create_function("lsync_restore", n, DIRECTONLY, move |db, args| {
             let path = text_arg("lsync_restore", "path", &args[0])?;
-            let options = match args.get(1) {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(text_arg("lsync_restore", "options", v)?),
-            };
-            let opts = restore::Options::parse(options.as_deref())?;
+            let opts: restore::Options =
+                options_arg("lsync_restore", args.get(1), r#"{"consume": true|false}"#)?;
             restore::restore(db, &c, &path, &opts).map(Value::from)
         })?;
     }
@@ -216,6 +215,24 @@ fn opt_uuid_arg(func: &str, v: Option<&Value>) -> Result<Option<String>> {
         None | Some(Value::Null) => Ok(None),
         Some(v) => uuid_arg(func, v).map(Some),
     }
+}
+
+/// An optional options JSON argument: absent or NULL is the defaults.
+/// `shape` shows the accepted object in the error message.
+fn options_arg<T: serde::de::DeserializeOwned + Default>(
+    func: &str,
+    v: Option<&Value>,
+    shape: &str,
+) -> Result<T> {
+    let json = match v {
+        None | Some(Value::Null) => return Ok(T::default()),
+        Some(v) => text_arg(func, "options", v)?,
+    };
+    serde_json::from_str(&json).map_err(|e| {
+        Error::msg(format!(
+            "{func}: bad options {json:?} ({e}); expected {shape}; nothing was done"
+        ))
+    })
 }
 
 fn new_uuid(format: Option<&Value>) -> Result<Value> {

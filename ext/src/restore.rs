@@ -37,19 +37,6 @@ pub struct Options {
     pub consume: bool,
 }
 
-impl Options {
-    pub fn parse(json: Option<&str>) -> Result<Self> {
-        match json {
-            None => Ok(Self::default()),
-            Some(j) => serde_json::from_str(j).map_err(|e| {
-                Error::msg(format!(
-                    "lsync_restore: bad options {j:?} ({e}); the only option is {{\"consume\": true|false}}; nothing was restored"
-                ))
-            }),
-        }
-    }
-}
-
 /// What the snapshot says about itself.
 struct Snap {
     device: String,

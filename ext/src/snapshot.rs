@@ -27,8 +27,28 @@ pub const SHARED_KEYS: [&str; 5] = [
     "library_locked",
 ];
 
+/// `lsync_snapshot`'s options JSON.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// fsync the file before returning. A replicator's snapshots are
+    /// scratch files it can check and make again, so it skips the sync.
+    #[serde(default = "yes")]
+    pub sync: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { sync: true }
+    }
+}
+
 /// Writes the snapshot and returns its size in bytes.
-pub fn snapshot(db: Db, path: &str, owner: Option<&str>) -> Result<i64> {
+pub fn snapshot(db: Db, path: &str, owner: Option<&str>, opts: &Options) -> Result<i64> {
     schema::ensure(db)?;
     if !db.autocommit() {
         bail!(
@@ -59,6 +79,9 @@ pub fn snapshot(db: Db, path: &str, owner: Option<&str>) -> Result<i64> {
     }
     let written = (|| -> Result<i64> {
         let copy = Connection::open(file, OPEN_READWRITE | OPEN_CREATE)?;
+        if !opts.sync {
+            copy.db().exec("PRAGMA synchronous = OFF")?;
+        }
         copy.db().backup_from(db)?;
         strip(copy.db(), owner, owner_idx)?;
         drop(copy);

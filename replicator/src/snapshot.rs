@@ -7,10 +7,16 @@
 //! crash it resumes from the last whole chunk. Every chunk carries the
 //! xxh3-64 of its bytes and the whole file is checked against its xxh3-128
 //! before `lsync_restore` imports it.
+//!
+//! The sender's snapshots are written without fsync (they can be made
+//! again): a snapshot made by an earlier process, which a power loss may
+//! have torn, is checked against its checksum before it is offered again.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
@@ -109,6 +115,9 @@ pub fn file_checksum(path: &Path) -> R<String> {
     Ok(format!("{:032x}", h.digest128()))
 }
 
+/// Snapshots this process made or has checked whole.
+static TRUSTED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Mutex::default);
+
 /// The sender's snapshots.
 pub struct Outgoing {
     dir: PathBuf,
@@ -142,12 +151,28 @@ impl Outgoing {
         out
     }
 
-    /// A snapshot by id, if this side still has it.
+    /// A snapshot by id, if this side still has it intact.
     pub fn find(&self, id: &str) -> Option<Meta> {
         if !valid_id(id) || !self.file(id).exists() {
             return None;
         }
-        read_json(&self.meta_file(id))
+        read_json(&self.meta_file(id)).filter(|m| self.intact(m))
+    }
+
+    /// Whether the snapshot's file still matches its checksum: made by this
+    /// process, or checked once by it. A torn file is deleted.
+    fn intact(&self, m: &Meta) -> bool {
+        let mut trusted = TRUSTED.lock().unwrap_or_else(|e| e.into_inner());
+        if trusted.contains(&m.id) {
+            return true;
+        }
+        if file_checksum(&self.file(&m.id)).is_ok_and(|c| c == m.checksum) {
+            trusted.insert(m.id.clone());
+            return true;
+        }
+        let _ = fs::remove_file(self.file(&m.id));
+        let _ = fs::remove_file(self.meta_file(&m.id));
+        false
     }
 
     /// A recent snapshot, or a new one made with `lsync_snapshot`. Returns
@@ -160,7 +185,7 @@ impl Outgoing {
             .rev()
             .find(|m| now - m.created_ms < REUSE.as_millis() as i64)
         {
-            if self.file(&m.id).exists() {
+            if self.file(&m.id).exists() && self.intact(&m) {
                 return Ok((m, false));
             }
         }
@@ -168,9 +193,11 @@ impl Outgoing {
         let id = uuid::Uuid::now_v7().to_string();
         let path = self.file(&id);
         let _ = fs::remove_file(&path);
-        let made = c.query_row("SELECT lsync_snapshot(?1)", [path.to_string_lossy()], |r| {
-            r.get::<_, i64>(0)
-        });
+        let made = c.query_row(
+            r#"SELECT lsync_snapshot(?1, NULL, '{"sync": false}')"#,
+            [path.to_string_lossy()],
+            |r| r.get::<_, i64>(0),
+        );
         if let Err(e) = made {
             let _ = fs::remove_file(&path);
             return Err(e.into());
@@ -186,6 +213,7 @@ impl Outgoing {
             created_ms: now,
         };
         write_json(&self.meta_file(&id), &meta)?;
+        TRUSTED.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
         Ok((meta, true))
     }
 
@@ -441,6 +469,33 @@ mod tests {
         let (sum, data) = chunk_of(&[9, 9, 9, 9]);
         assert!(inc.write(0, 4, &sum, &data).unwrap());
         assert!(matches!(inc.verified(), Err(SnapError::BadFile)));
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    /// A snapshot left by an earlier process is offered again only if its
+    /// file still matches its checksum; a torn one is deleted.
+    #[test]
+    fn a_snapshot_from_an_earlier_process_is_checked_before_reuse() {
+        let dir = std::env::temp_dir().join(format!("lsync-snap-{}", uuid::Uuid::now_v7()));
+        let out = Outgoing::new(&dir.join("x.db")).unwrap();
+        let leave = |bytes: &[u8], torn: bool| {
+            let mut m = meta(bytes.len() as u64);
+            fs::write(out.file(&m.id), bytes).unwrap();
+            m.checksum = file_checksum(&out.file(&m.id)).unwrap();
+            write_json(&out.meta_file(&m.id), &m).unwrap();
+            if torn {
+                fs::write(out.file(&m.id), [0u8; 4]).unwrap();
+            }
+            m.id
+        };
+        let good = leave(&[1, 2, 3, 4], false);
+        let torn = leave(&[5, 6, 7, 8], true);
+        assert_eq!(out.find(&good).map(|m| m.id), Some(good.clone()));
+        assert!(out.find(&torn).is_none());
+        assert!(!out.file(&torn).exists() && !out.meta_file(&torn).exists());
+        // Once checked, this process trusts it.
+        fs::write(out.file(&good), [0u8; 4]).unwrap();
+        assert!(out.find(&good).is_some());
         let _ = fs::remove_dir_all(dir);
     }
 

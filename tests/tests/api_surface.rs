@@ -161,6 +161,7 @@ fn user_errors_are_clear_and_harmless() {
         "SELECT * FROM lsync_changes('abc')",
         "SELECT * FROM lsync_changes(1.5)",
         "SELECT lsync_restore('/nonexistent', 'not json')",
+        "SELECT lsync_snapshot('/nonexistent/s.db', NULL, '{\"sync\": \"no\"}')",
         "SELECT lsync_missing('abc')",
         "SELECT lsync_missing(0, 'not-a-uuid')",
         "SELECT lsync_debug_set_device_id('not-a-uuid')",

@@ -790,6 +790,18 @@ fn a_consumed_snapshot_restores_the_same_and_is_deleted() {
     assert!(err.contains("belongs to library"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(&snap).unwrap());
 
+    // An unsynced snapshot ({"sync": false}, the replicator's) is the same file.
+    let unsynced = dir.path().join("unsynced.db");
+    src.query_row(
+        r#"SELECT lsync_snapshot(?1, NULL, '{"sync": false}')"#,
+        [unsynced.to_str().unwrap()],
+        |_| Ok(()),
+    )
+    .unwrap();
+    let (_, from_unsynced) = library(&dir, "from_unsynced", Some(&library_id(&src)));
+    assert_eq!(restore(&from_unsynced, &unsynced)["mode"], "empty");
+    assert_eq!(raw(&from_unsynced), raw(&src));
+
     // The page-level path: the same database as from a copy.
     let lib = library_id(&src);
     let (_, by_copy) = library(&dir, "by_copy", Some(&lib));
@@ -825,7 +837,7 @@ fn a_consumed_snapshot_restores_the_same_and_is_deleted() {
             &format!("SELECT lsync_restore('{}', '{bad}')", snap.display()),
         );
         assert!(
-            err.contains("bad options") && err.contains("nothing was restored"),
+            err.contains("bad options") && err.contains("nothing was done"),
             "{bad}: {err}"
         );
     }
