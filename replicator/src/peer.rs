@@ -585,6 +585,10 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     async fn apply(&mut self, blob: Vec<u8>, to: i64, caught_up: bool) -> R<Applied> {
         let pause = self.courtesy.pause();
         if !pause.is_zero() {
+            debug!(
+                ?pause,
+                "other connections are writing: leaving them the write lock"
+            );
             tokio::time::sleep(pause).await;
         }
         let peer = self.peer.clone();
