@@ -8,7 +8,14 @@
 //! committing (seen through `PRAGMA data_version`, which moves only for other
 //! connections' commits), a session leaves the lock free between two applies
 //! for half as long as it last held it: the app gets about a third of the
-//! lock time, and an idle app costs the replicator nothing.
+//! lock time.
+//!
+//! An app that was idle cannot be seen until it commits, and its first write
+//! may be waiting already. So after every 2 s of back-to-back applies the
+//! session also leaves the lock free for 150 ms, longer than the longest
+//! sleep of SQLite's busy handler (100 ms) with room for scheduling delays:
+//! a waiting writer gets in within about 2 s, well inside a busy timeout of
+//! a few seconds, for about 7% of a long catch-up's speed.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +24,10 @@ const RECENT: Duration = Duration::from_secs(1);
 /// Bounds of the pause between two applies.
 const MIN_PAUSE: Duration = Duration::from_millis(1);
 const MAX_PAUSE: Duration = Duration::from_millis(25);
+/// Back-to-back applies after which the session leaves the lock free for
+/// [`BREATHER`], whether or not anyone else was seen writing.
+const BREATHER_EVERY: Duration = Duration::from_secs(2);
+const BREATHER: Duration = Duration::from_millis(150);
 
 /// One write transaction of ours: the `PRAGMA data_version` it began with,
 /// and how long it held the write lock.
@@ -31,6 +42,10 @@ pub struct Courtesy {
     version: Option<i64>,
     others_at: Option<Instant>,
     held: Duration,
+    /// When the current run of back-to-back applies began, and when its
+    /// last apply ended.
+    run_since: Option<Instant>,
+    last_end: Option<Instant>,
 }
 
 impl Courtesy {
@@ -54,6 +69,14 @@ impl Courtesy {
         }
         self.version = Some(turn.version);
         self.held = turn.held;
+        let began = now.checked_sub(turn.held).unwrap_or(now);
+        let gap = self
+            .last_end
+            .map_or(Duration::MAX, |e| began.saturating_duration_since(e));
+        if self.run_since.is_none() || gap >= BREATHER {
+            self.run_since = Some(began);
+        }
+        self.last_end = Some(now);
     }
 
     /// How long to leave the write lock free before our next apply.
@@ -62,6 +85,10 @@ impl Courtesy {
     }
 
     fn pause_at(&self, now: Instant) -> Duration {
+        let ran = self.run_since.map(|b| now.saturating_duration_since(b));
+        if ran.is_some_and(|r| r >= BREATHER_EVERY) {
+            return BREATHER;
+        }
         match self.others_at {
             Some(t) if now.saturating_duration_since(t) < RECENT => {
                 (self.held / 2).clamp(MIN_PAUSE, MAX_PAUSE)
@@ -89,6 +116,38 @@ mod tests {
             c.record(turn(7, 10));
             assert_eq!(c.pause(), Duration::ZERO);
         }
+    }
+
+    #[test]
+    fn a_long_run_of_applies_leaves_the_lock_free_for_longer_than_a_busy_sleep() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut c = Courtesy::new(7);
+        // Back to back, 10 ms each, nobody else seen: no pause until 2 s.
+        let mut t = 0;
+        while t + 10 < 2000 {
+            t += 10;
+            c.record_at(turn(7, 10), ms(t));
+            assert_eq!(c.pause_at(ms(t)), Duration::ZERO, "at {t} ms");
+        }
+        c.record_at(turn(7, 10), ms(2010));
+        assert_eq!(c.pause_at(ms(2010)), BREATHER);
+        assert!(BREATHER > Duration::from_millis(100));
+        // After the breather a new run begins.
+        c.record_at(turn(7, 10), ms(2010 + 150 + 10));
+        assert_eq!(c.pause_at(ms(2170)), Duration::ZERO);
+        // Short gaps do not end a run.
+        c.record_at(turn(7, 10), ms(2170 + 50 + 10));
+        assert_eq!(c.pause_at(ms(2230)), Duration::ZERO);
+        let mut t = 2230;
+        while t < 2160 + 2000 {
+            t += 10;
+            c.record_at(turn(7, 10), ms(t));
+        }
+        assert_eq!(c.pause_at(ms(t)), BREATHER);
+        // A gap of a breather's length (the app idle, say) ends a run.
+        c.record_at(turn(7, 10), ms(t + 150 + 10));
+        assert_eq!(c.pause_at(ms(t + 160)), Duration::ZERO);
     }
 
     #[test]

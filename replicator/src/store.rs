@@ -205,6 +205,9 @@ pub fn apply(
     let began = Instant::now();
     let version = data_version(&tx)?;
     let report: String = tx.query_row("SELECT lsync_apply(?1)", [blob], |r| r.get(0))?;
+    if let Some(d) = test_apply_delay() {
+        std::thread::sleep(d);
+    }
     tx.execute(
         "UPDATE lsync_peers SET recv_cursor = max(recv_cursor, ?2), last_contact = ?3,
            failures = CASE WHEN ?4 THEN 0 ELSE failures END,
@@ -218,6 +221,18 @@ pub fn apply(
         held: began.elapsed(),
     };
     Ok((serde_json::from_str(&report)?, turn))
+}
+
+/// Test hook: `LSYNC_TEST_APPLY_DELAY_MS` makes every apply hold the write
+/// lock that much longer, so that tests can have a long catch-up.
+fn test_apply_delay() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("LSYNC_TEST_APPLY_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    })
 }
 
 /// What `lsync_restore` reported.

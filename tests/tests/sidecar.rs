@@ -209,6 +209,38 @@ fn a_peer_that_was_offline_catches_up_after_a_restart() {
     );
 }
 
+/// A holding `n` entries, and a fresh B (with `b_env`) joining it by a
+/// stream of `batch`-change changesets.
+fn stream_catch_up(
+    n: i64,
+    batch: &str,
+    b_env: &[(&str, &str)],
+) -> (TempDir, Connection, Connection, Sidecar, Sidecar) {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let (a_db, a) = library_db(dir.path(), "a");
+    let (b_db, b) = library_db(dir.path(), "b");
+    index_tree(&a, "big", n);
+    let node_a = Sidecar::start(
+        dir.path(),
+        "A",
+        &a_db,
+        &secret,
+        &[],
+        &["--batch", batch, "--strategy", "batch"],
+    );
+    let node_b = Sidecar::start_env(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret,
+        &[node_a.addr()],
+        &["--join", "--batch", batch, FAST_RETRY[0], FAST_RETRY[1]],
+        b_env,
+    );
+    (dir, a, b, node_a, node_b)
+}
+
 // ---------------------------------------------------------------------------
 // 4. SIGKILL in the middle of a 200k-row catch-up
 // ---------------------------------------------------------------------------
@@ -216,29 +248,9 @@ fn a_peer_that_was_offline_catches_up_after_a_restart() {
 #[test]
 fn a_replicator_killed_mid_catch_up_converges_without_duplicates() {
     const N: i64 = 200_000;
-    let dir = TempDir::new();
-    let secret = new_secret(dir.path(), "secret");
-    let (a_db, a) = library_db(dir.path(), "a");
-    let (b_db, b) = library_db(dir.path(), "b");
-    index_tree(&a, "big", N);
     // A stream of batches, so that B can be killed between two of them (the
     // snapshot path has its own kill tests in initial_sync.rs).
-    let node_a = Sidecar::start(
-        dir.path(),
-        "A",
-        &a_db,
-        &secret,
-        &[],
-        &["--batch", "1000", "--strategy", "batch"],
-    );
-    let node_b = Sidecar::start(
-        dir.path(),
-        "B",
-        &b_db,
-        &secret,
-        &[node_a.addr()],
-        &["--join", "--batch", "1000", FAST_RETRY[0], FAST_RETRY[1]],
-    );
+    let (_dir, a, b, node_a, node_b) = stream_catch_up(N, "1000", &[]);
     // Kill B once it holds a tenth of the rows, well before it is done.
     wait_for_within(
         "B holds some but not all rows",
@@ -415,6 +427,47 @@ fn the_app_writes_without_errors_while_the_replicator_applies() {
                 .join("\n")
         );
     }
+}
+
+/// An app that was idle when a long catch-up began: its first write must
+/// get the write lock within its busy timeout, while the catch-up goes on
+/// (the replicator leaves the lock free for 150 ms after every 2 s of
+/// back-to-back applies, longer than SQLite's longest busy-handler sleep).
+#[test]
+fn an_idle_apps_first_write_during_a_long_catch_up_gets_in() {
+    const N: i64 = 40_000;
+    // 200 applies of 200 changes, each holding the lock 40 ms longer:
+    // a catch-up of at least 8 s.
+    let (_dir, a, b, node_a, node_b) =
+        stream_catch_up(N, "200", &[("LSYNC_TEST_APPLY_DELAY_MS", "40")]);
+    let nodes = [&node_a, &node_b];
+    wait_for_within(
+        "the catch-up begins",
+        &nodes,
+        Duration::from_secs(30),
+        || count(&b, "entries") > 0,
+    );
+    b.busy_timeout(Duration::from_secs(5)).unwrap();
+    let asked = Instant::now();
+    let wrote = (|| -> rusqlite::Result<i64> {
+        let tx = b.unchecked_transaction()?;
+        tx.execute("INSERT INTO tags(name, color) VALUES ('first', 'app')", [])?;
+        let seen = tx.query_row("SELECT count(*) FROM entries", [], |r| r.get(0))?;
+        tx.commit()?;
+        Ok(seen)
+    })();
+    let waited = asked.elapsed();
+    let seen = wrote.unwrap_or_else(|e| panic!("the app's write failed after {waited:?}: {e}"));
+    assert!(
+        seen < N,
+        "the write waited {waited:?}, until the catch-up was over ({seen} entries)"
+    );
+    wait_for_within(
+        "B catches up with A",
+        &nodes,
+        Duration::from_secs(60),
+        || count(&b, "entries") == N && count(&a, "tags") == 1,
+    );
 }
 
 /// One node, several sessions at once: each session has its own connection,
