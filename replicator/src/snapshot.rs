@@ -162,12 +162,13 @@ impl Outgoing {
     /// Whether the snapshot's file still matches its checksum: made by this
     /// process, or checked once by it. A torn file is deleted.
     fn intact(&self, m: &Meta) -> bool {
-        let mut trusted = TRUSTED.lock().unwrap_or_else(|e| e.into_inner());
-        if trusted.contains(&m.id) {
+        let trusted = || TRUSTED.lock().unwrap_or_else(|e| e.into_inner());
+        if trusted().contains(&m.id) {
             return true;
         }
+        // Read the file without holding the lock: other sessions go on.
         if file_checksum(&self.file(&m.id)).is_ok_and(|c| c == m.checksum) {
-            trusted.insert(m.id.clone());
+            trusted().insert(m.id.clone());
             return true;
         }
         let _ = fs::remove_file(self.file(&m.id));
