@@ -116,6 +116,8 @@ fn known_device(db: Db, id: Option<&str>) -> Result<Option<i64>> {
 /// limit, counted from the clock without reading a row: an entry covering
 /// rowids lo..hi holds the cursors seq - (hi - lo) ..= seq.
 pub fn missing(db: Db, since: i64, except: Option<&str>) -> Result<i64> {
+    // Cursors start at 1; a lower `since` must not overflow `seq - since`.
+    let since = since.max(0);
     let except_idx = known_device(db, except)?;
     Ok(db
         .query_i64(

@@ -114,17 +114,16 @@ pub fn head(c: &Connection) -> R<i64> {
     immediate(c, |c| {
         Ok(c.query_row("SELECT lsync_flush()", [], |_| Ok(()))?)
     })?;
-    Ok(folded_head(c))
+    folded_head(c)
 }
 
 /// The newest cursor of the changes folded so far.
-fn folded_head(c: &Connection) -> i64 {
-    c.query_row(
+fn folded_head(c: &Connection) -> R<i64> {
+    Ok(c.query_row(
         "SELECT coalesce((SELECT value FROM lsync_config WHERE key = 'next_seq'), 1) - 1",
         [],
         |r| r.get(0),
-    )
-    .unwrap_or(0)
+    )?)
 }
 
 /// Our head, and how many of our changes after `since` the peer `peer`
@@ -135,7 +134,7 @@ pub fn behind(c: &Connection, since: i64, peer: &str) -> R<(i64, i64)> {
         let missing = c
             .prepare_cached("SELECT lsync_missing(?1, ?2)")?
             .query_row(params![since, peer], |r| r.get(0))?;
-        Ok((folded_head(c), missing))
+        Ok((folded_head(c)?, missing))
     })
 }
 

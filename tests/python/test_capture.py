@@ -140,6 +140,7 @@ def test_extreme_cursors_are_clamped_not_overflowed(db):
     high = 2**63 - 1
     assert db.execute("SELECT count(*) FROM lsync_changes(?)", (low,)).fetchone()[0] == 2
     assert db.execute("SELECT count(*) FROM lsync_changes(?)", (high,)).fetchone()[0] == 0
+    assert db.execute("SELECT lsync_missing(?), lsync_missing(?)", (low, high)).fetchone() == (2, 0)
     blob = db.execute("SELECT lsync_changeset(?)", (low,)).fetchone()[0]
     info = db.execute("SELECT lsync_changeset_info(?) ->> 'count'", (blob,)).fetchone()[0]
     assert info == 2
