@@ -10,7 +10,7 @@ PYTHON  := /usr/bin/python3
 APT_PKGS := libclang-dev sqlite3 python3-pytest bsdutils
 SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: deps build test lint demo bench
+.PHONY: deps build test lint demo bench soak
 
 # Install only what is missing, so this works offline once set up.
 deps:
@@ -32,6 +32,17 @@ test: deps build
 	$(CARGO) test --release --workspace
 	PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/python
 	bash tests/shell/run.sh
+
+# Every property test with $(SOAK_CASES) cases (default 10,000): the
+# convergence properties, the capture property and the wire codec's. Not part
+# of `make test`. A failure prints its minimal case; check it in as a
+# regression (tests/tests/*.proptest-regressions, or a named test).
+SOAK_CASES ?= 10000
+soak: deps build
+	LSYNC_PROPTEST_CASES=$(SOAK_CASES) PROPTEST_CASES=$(SOAK_CASES) \
+	  $(CARGO) test --release -p lsync-wire -- --test-threads 2
+	LSYNC_PROPTEST_CASES=$(SOAK_CASES) PROPTEST_CASES=$(SOAK_CASES) \
+	  $(CARGO) test --release -p lsync-tests --test prop --test convergence -- --include-ignored --test-threads 2
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::sql::{Db, Value, DETERMINISTIC, DIRECTONLY, INNOCUOUS};
 use crate::track::{self, Mode};
-use crate::{apply, bail, changes, export, flush, restore, schema, snapshot};
+use crate::{apply, bail, changes, export, flush, restore, schema, snapshot, stability};
 
 /// Per-connection state shared by the functions registered on it.
 #[derive(Default)]
@@ -95,7 +95,7 @@ pub fn register(db: Db) -> Result<()> {
         })?;
     }
     db.create_function("lsync_prune", 0, DIRECTONLY, |db, _| {
-        flush::prune_tombstones(db).map(Value::from)
+        stability::prune(db).map(Value::from)
     })?;
     db.create_function("lsync_changeset_info", 1, INNOCUOUS, |db, args| {
         let blob = blob_arg("lsync_changeset_info", &args[0])?;

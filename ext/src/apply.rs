@@ -117,6 +117,7 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<Report> {
         "lsync_apply",
         "changeset",
     )?;
+    stability::check_fresh(db, cs.fence.as_ref(), "lsync_apply", "changeset")?;
     let _off = CaptureOff::new(conn);
     let names: Vec<&str> = cs.tables.iter().map(|t| t.name.as_str()).collect();
     let _triggers = TriggersOff::new(db, &names)?;
@@ -131,11 +132,18 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<Report> {
             .collect();
         let mut a = Applier::new(db, tables)?;
         a.run(&cs)?;
+        stability::record_ack(db, cs.fence.as_ref())?;
         Ok(a.report)
     })
 }
 
+/// Each described table is tracked here (its name matched as SQLite
+/// matches names, without regard to letter case), described once, in the
+/// same mode, with columns that exist here, each named once. Statements are
+/// cached per table and column set and bind by position, so one table
+/// must have one column order in a changeset.
 fn check_schema(db: Db, cs: &Changeset) -> Result<()> {
+    let mut described = HashSet::default();
     for d in &cs.tables {
         let Some(t) = track::load(db, &d.name)? else {
             bail!(
@@ -505,6 +513,7 @@ impl Applier {
         let existing = self.rids.get(&t.name).and_then(|m| m.get(key)).copied();
         let origin = self.idx(&c.origin)?;
         let theirs: Clk = (c.hlc, c.origin.clone());
+        let mut inserted = false;
         let rid = match existing {
             Some(rid) => {
                 // The clock lookups below must see a pending run that holds rid.
@@ -597,9 +606,7 @@ impl Applier {
                     .entry(t.name.clone())
                     .or_default()
                     .insert(key, rid);
-                if self.parked.contains(&t.id) {
-                    self.unpark(t, &c.pk)?;
-                }
+                inserted = true;
                 rid
             }
         };
@@ -607,6 +614,12 @@ impl Applier {
         for (col, target, target_uuid) in deferred {
             fk::defer(self.db, t, rid, &c.pk, &col, &target, &target_uuid)?;
             self.report.deferred += 1;
+        }
+        // Parked edits are newer news about the row: they go on top of the
+        // insert, deferred links included (a parked FK edit replaces the
+        // insert's waiting link, never the other way round).
+        if inserted && self.parked.contains(&t.id) {
+            self.unpark(t, &c.pk)?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use lsync_wire::changeset::{Changeset, TableDesc, DEFAULT_MAX_BODY};
+use lsync_wire::changeset::{Changeset, Fence, TableDesc, DEFAULT_MAX_BODY};
 
 use crate::error::{Error, Result};
 use crate::sql::Db;
@@ -36,11 +36,28 @@ pub fn changeset(db: Db, since: i64, max: usize, except: Option<&str>) -> Result
         library_id: schema::get_text(db, "library_id")?,
         from: since,
         to,
+        fence: except.map(|r| fence(db, r)).transpose()?,
         tables,
         changes,
     }
     .encode()
     .map_err(|e| Error::msg(format!("lsync_changeset: {e}")))
+}
+
+/// What this device had applied of `receiver`'s changes, read in the same
+/// transaction as the changes themselves (see [`Fence`]).
+fn fence(db: Db, receiver: &str) -> Result<Fence> {
+    let acked = db
+        .query_i64(
+            "SELECT recv_cursor FROM lsync_peers WHERE device_id = ?1",
+            &[receiver.into()],
+        )?
+        .unwrap_or(0);
+    Ok(Fence {
+        sender: schema::get_text(db, "device_id")?,
+        receiver: receiver.to_owned(),
+        acked,
+    })
 }
 
 /// The decompressed-size cap for changesets, from `lsync_config`.
@@ -73,6 +90,9 @@ pub fn info(db: Db, blob: &[u8]) -> Result<String> {
         "tables": per_table,
         "ops": ops,
         "max_hlc": cs.changes.iter().map(|c| c.hlc).max(),
+        "fence": cs.fence.as_ref().map(|f| serde_json::json!({
+            "sender": f.sender, "receiver": f.receiver, "acked": f.acked,
+        })),
     })
     .to_string())
 }

@@ -398,22 +398,10 @@ fn flush_table(db: Db, t: &Table, clock: &mut Clock) -> Result<i64> {
     }
 
     if max_rid > t.hwm {
-        let lo = db
-            .query_i64(
-                &format!("SELECT min(rowid) FROM {} WHERE rowid > ?1", q(&t.name)),
-                &[t.hwm.into()],
-            )?
-            .unwrap_or(t.hwm + 1);
         let hlc = clock.hlc()?;
-        clock.add(
-            t.id,
-            Some((lo, max_rid)),
-            None,
-            OP_INSERT,
-            hlc,
-            me,
-            Value::Null,
-        )?;
+        for (lo, hi) in new_row_runs(db, t)? {
+            clock.add(t.id, Some((lo, hi)), None, OP_INSERT, hlc, me, Value::Null)?;
+        }
         reinserted = true;
     }
     if reinserted {
@@ -437,20 +425,36 @@ fn flush_table(db: Db, t: &Table, clock: &mut Clock) -> Result<i64> {
     Ok(pending + (max_rid - t.hwm).max(0))
 }
 
-/// Deletes the tombstones that every known peer (`lsync_peers`) has
-/// acknowledged; with no known peer nothing is pruned. Returns how many.
-pub fn prune_tombstones(db: Db) -> Result<i64> {
-    schema::ensure(db)?;
-    let Some(acked) = db.query_i64(
-        "SELECT min(acked_cursor) FROM lsync_peers HAVING count(*) > 0",
-        &[],
-    )?
-    else {
-        return Ok(0);
-    };
-    db.run(
-        "DELETE FROM lsync_clock WHERE uuid IS NOT NULL AND seq <= ?1",
-        &[acked.into()],
-    )?;
-    Ok(db.changes())
+/// The rows above the high-water mark as runs of consecutive rowids. A range
+/// entry must cover live rows only: a row inserted and deleted before the
+/// fold, or an explicit rowid past the end, leaves a gap that the cursor
+/// arithmetic (`lsync_missing`, the cursors of a range) would count as a row.
+/// The common case, no gap, costs one count over the new rows.
+fn new_row_runs(db: Db, t: &Table) -> Result<Vec<(i64, i64)>> {
+    let tn = qm(&t.name);
+    let mut s = db.prepare(&format!(
+        "SELECT min(rowid), max(rowid), count(*) FROM {tn} WHERE rowid > ?1"
+    ))?;
+    s.bind(1, &t.hwm.into())?;
+    if !s.step()? || s.value(0).as_i64().is_none() {
+        return Ok(Vec::new());
+    }
+    let (lo, hi, n) = (s.i64(0), s.i64(1), s.i64(2));
+    drop(s);
+    if hi - lo + 1 == n {
+        return Ok(vec![(lo, hi)]);
+    }
+    // Gaps and islands: consecutive rowids share rowid - row_number().
+    let mut s = db.prepare(&format!(
+        "SELECT min(rowid), max(rowid) FROM
+           (SELECT rowid, rowid - row_number() OVER (ORDER BY rowid) AS island
+            FROM {tn} WHERE rowid > ?1)
+         GROUP BY island ORDER BY 1"
+    ))?;
+    s.bind(1, &t.hwm.into())?;
+    let mut runs = Vec::new();
+    while s.step()? {
+        runs.push((s.i64(0), s.i64(1)));
+    }
+    Ok(runs)
 }

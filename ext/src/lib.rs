@@ -16,6 +16,7 @@ pub mod ids;
 pub mod restore;
 pub mod schema;
 pub mod snapshot;
+pub mod stability;
 pub mod sql;
 pub mod track;
 pub mod vtab;

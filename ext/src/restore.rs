@@ -11,15 +11,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use lsync_wire::changeset::Changeset;
+use lsync_wire::changeset::{Changeset, Fence};
 
 use crate::api::Conn;
 use crate::error::{Error, Result};
-use crate::ident::q;
+use crate::ident::{q, qm};
 use crate::snapshot::{objects, private, remove_db_files, SHARED_KEYS};
 use crate::sql::{Connection, Db, Value, OPEN_READONLY, OPEN_READWRITE};
 use crate::track::{self, Table};
-use crate::{apply, bail, changes, schema};
+use crate::{apply, bail, changes, schema, stability};
 
 /// Changes per batch on the merge path.
 const BATCH: usize = 10_000;
@@ -82,10 +82,19 @@ pub fn restore(db: Db, conn: &Conn, path: &str, opts: &Options) -> Result<String
         Some(why) => why,
     };
     let reader = Connection::open(file, OPEN_READONLY).map_err(restore_error)?;
+    let peers = peers_of(reader.db())?;
+    // What the snapshot's device had applied of ours, as a changeset's fence.
+    let fence = Fence {
+        sender: snap.device.clone(),
+        receiver: me.clone(),
+        acked: peers.iter().find(|(d, _)| *d == me).map_or(0, |(_, c)| *c),
+    };
+    stability::check_fresh(db, Some(&fence), "lsync_restore", "snapshot")?;
     let merged = db
         .write_savepoint("lsync_restore", || {
             let r = merge(db, conn, reader.db())?;
-            set_watermarks(db, &peers_of(reader.db())?, &snap, &me)?;
+            set_watermarks(db, &peers, &snap, &me)?;
+            stability::record_ack(db, Some(&fence))?;
             Ok(r)
         })
         .map_err(restore_error)?;
@@ -508,6 +517,7 @@ fn merge(db: Db, conn: &Conn, s: Db) -> Result<apply::Report> {
             library_id: library.clone(),
             from,
             to: since,
+            fence: None,
             tables: Vec::new(),
             changes: batch,
         }))

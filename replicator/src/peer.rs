@@ -494,11 +494,26 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             }
         }
         let bytes = payload.len() as u64;
-        let report = self.apply(payload, to, !has_more).await?;
+        let report = match self.apply(payload, to, !has_more).await {
+            Err(SessionError::Store(e)) if store::is_stale(&e) => {
+                // Read before the peer had applied deletes we have pruned
+                // since: ask for its current state from our watermark (with a
+                // pull already out, its answer shows the gap and re-pulls).
+                warn!("the peer sent a changeset read before it had our deletes: pulling again");
+                if !has_more {
+                    self.pull(self.recv_cursor).await?;
+                }
+                return Ok(());
+            }
+            other => other?,
+        };
         self.recv_cursor = self.recv_cursor.max(to);
         // During a long stream, one ack per ACK_EVERY is enough: each costs
-        // the sender a write transaction.
-        if !has_more || self.last_ack.elapsed() >= ACK_EVERY {
+        // the sender a write transaction. An ack lets the peer prune
+        // tombstones, so it is sent only when no batch we exported earlier
+        // is still on its way: that batch may predate what we just applied.
+        // (Each batch carries its own certificate, read with its changes.)
+        if self.prefetched.is_none() && (!has_more || self.last_ack.elapsed() >= ACK_EVERY) {
             self.last_ack = Instant::now();
             self.tx.send(&Msg::Ack { cursor: to }, &[]).await?;
         }

@@ -255,6 +255,13 @@ pub fn restore(c: &Connection, path: &Path) -> R<Restored> {
     Ok(serde_json::from_str(&report)?)
 }
 
+/// Whether an apply or restore was refused because its input was read
+/// before the peer had applied deletes that this database has pruned since
+/// (`lsync_apply`: "the changeset is stale"). Pulling again fixes it.
+pub fn is_stale(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sql(e) if e.to_string().contains(" is stale: "))
+}
+
 /// Records that the peer holds our changes up to `cursor`, then prunes the
 /// tombstones that every known peer holds.
 pub fn ack(c: &Connection, peer: &str, cursor: i64) -> R<i64> {

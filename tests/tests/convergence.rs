@@ -7,6 +7,15 @@
 //! uuids. Replicas also take snapshots of each other (`lsync_snapshot` and
 //! `lsync_restore`: the copy into a replica that never wrote, or the merge
 //! into one that has data), fresh or stale.
+//!
+//! A second property adds what the replicator does about tombstones: each
+//! replica knows the other two as peers (`lsync_peers`), advances its
+//! watermark in the apply transaction, exports for one receiver (so every
+//! changeset carries its sender's certificate), acknowledges, and prunes.
+//! Held changesets then stand for batches exported before a delete was
+//! applied and delivered after its tombstone was pruned: they must be
+//! refused, never bring the row back. In both properties no row deleted
+//! anywhere may be live anywhere at the end.
 
 use proptest::prelude::*;
 use rusqlite::Connection;
@@ -77,6 +86,24 @@ enum Step {
         pick: u8,
         to: usize,
     },
+    /// `by` tells `of` what it has applied of its changes (the replicator's
+    /// ACK message), unless a changeset `by` exported for `of` earlier is
+    /// still held: the replicator acks only with no batch in flight.
+    Ack {
+        by: usize,
+        of: usize,
+    },
+    /// `lsync_prune()` at one replica.
+    Prune {
+        at: usize,
+    },
+}
+
+/// Whether the replicas model the replicator's peers, acks and pruning.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Plain,
+    Pruning,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -97,6 +124,16 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The plain steps, plus acks and prunes.
+fn pruning_step() -> impl Strategy<Value = Step> {
+    let r = 0..3usize;
+    prop_oneof![
+        12 => step(),
+        2 => (r.clone(), r.clone()).prop_map(|(by, of)| Step::Ack { by, of }),
+        1 => r.prop_map(|at| Step::Prune { at }),
+    ]
+}
+
 /// A random existing row id of `table` at one replica.
 fn pick(c: &Connection, table: &str, n: u8) -> Option<i64> {
     let count: i64 = c
@@ -114,8 +151,9 @@ fn pick(c: &Connection, table: &str, n: u8) -> Option<i64> {
 }
 
 /// A local write, as an app would make it. Refusals (ownership, FK
-/// constraints) are part of normal life and leave nothing behind.
-fn local_write(c: &Connection, s: &Step) {
+/// constraints) are part of normal life and leave nothing behind. Returns
+/// the uuid of a row it deleted.
+fn local_write(c: &Connection, s: &Step) -> Option<String> {
     let _ = match *s {
         Step::Insert { table, a, b, v, .. } => match table {
             0 => c.execute(
@@ -144,7 +182,7 @@ fn local_write(c: &Connection, s: &Step) {
             table, row, col, v, ..
         } => {
             let Some(id) = pick(c, TABLES[table], row) else {
-                return;
+                return None;
             };
             let (col, val): (&str, rusqlite::types::Value) = match (table, col % 3) {
                 (0, _) => ("path", format!("/p{v}").into()),
@@ -163,16 +201,23 @@ fn local_write(c: &Connection, s: &Step) {
             )
         }
         Step::Delete { table, row, .. } => {
-            let Some(id) = pick(c, TABLES[table], row) else {
-                return;
-            };
-            c.execute(
+            let id = pick(c, TABLES[table], row)?;
+            let uuid: String = c
+                .query_row(
+                    &format!("SELECT uuid FROM {} WHERE id = ?1", TABLES[table]),
+                    [id],
+                    |r| r.get(0),
+                )
+                .ok()?;
+            let deleted = c.execute(
                 &format!("DELETE FROM {} WHERE id = ?1", TABLES[table]),
                 [id],
-            )
+            );
+            return (deleted.ok() == Some(1)).then_some(uuid);
         }
-        _ => return,
+        _ => return None,
     };
+    None
 }
 
 /// A logical FK: the target's uuid, or the uuid of a link still deferred.
@@ -217,26 +262,176 @@ fn dump(c: &Connection) -> Vec<Vec<String>> {
     rows
 }
 
-/// Applies a changeset; returns how many changes it applied.
-fn deliver(to: &Connection, blob: &[u8]) -> Result<i64, TestCaseError> {
-    to.query_row("SELECT lsync_apply(?1) ->> 'applied'", [blob], |r| {
-        r.get::<_, i64>(0)
-    })
-    .map_err(|e| TestCaseError::fail(format!("apply failed: {e}")))
+/// Three replicas of one library, and how changesets travel between them.
+struct Replicas {
+    dbs: Vec<Connection>,
+    devices: Vec<String>,
+    mode: Mode,
 }
 
-fn export(from: &Connection, since: i64, max: Option<i64>) -> (Vec<u8>, i64) {
-    let blob: Vec<u8> = match max {
-        Some(m) => from.query_row("SELECT lsync_changeset(?1, ?2)", [since, m], |r| r.get(0)),
-        None => from.query_row("SELECT lsync_changeset(?1)", [since], |r| r.get(0)),
+/// What a replica says when it refuses a changeset or snapshot read before
+/// its sender had applied deletes whose tombstones it has pruned.
+const STALE: &str = "is stale";
+
+impl Replicas {
+    fn new(dir: &std::path::Path, mode: Mode) -> Replicas {
+        let dbs: Vec<Connection> = (0..3)
+            .map(|i| {
+                let c = open(&dir.join(format!("r{i}.db")));
+                // Durability is not under test here, and fsyncs would be
+                // most of the run time.
+                c.execute_batch("PRAGMA synchronous = OFF").unwrap();
+                c.execute_batch(SCHEMA).unwrap();
+                c
+            })
+            .collect();
+        let library: String = dbs[0]
+            .query_row("SELECT lsync_library_id()", [], |r| r.get(0))
+            .unwrap();
+        for c in &dbs[1..] {
+            c.query_row("SELECT lsync_library_id(?1)", [&library], |r| {
+                r.get::<_, String>(0)
+            })
+            .unwrap();
+        }
+        let devices: Vec<String> = dbs
+            .iter()
+            .map(|c| {
+                c.query_row("SELECT lsync_device_id()", [], |r| r.get(0))
+                    .unwrap()
+            })
+            .collect();
+        if mode == Mode::Pruning {
+            for (i, c) in dbs.iter().enumerate() {
+                for (j, d) in devices.iter().enumerate().filter(|(j, _)| *j != i) {
+                    c.execute(
+                        "INSERT INTO lsync_peers(device_id, addr) VALUES (?1, ?2)",
+                        [d.clone(), format!("r{j}")],
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        Replicas { dbs, devices, mode }
     }
-    .unwrap();
-    let to: i64 = from
-        .query_row("SELECT lsync_changeset_info(?1) ->> 'to'", [&blob], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    (blob, to)
+
+    /// The cursor of `from` that `to` has applied up to (pruning mode).
+    fn watermark(&self, to: usize, from: usize) -> i64 {
+        self.dbs[to]
+            .query_row(
+                "SELECT recv_cursor FROM lsync_peers WHERE device_id = ?1",
+                [&self.devices[from]],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// Exports from `from` the changes after `since`; in pruning mode for
+    /// `to` alone, as the replicator does, so it carries a certificate.
+    fn export(&self, from: usize, to: usize, since: i64, max: Option<i64>) -> (Vec<u8>, i64) {
+        let except = (self.mode == Mode::Pruning).then(|| self.devices[to].clone());
+        let c = &self.dbs[from];
+        let blob: Vec<u8> = c
+            .query_row(
+                "SELECT lsync_changeset(?1, ?2, ?3)",
+                rusqlite::params![since, max, except],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let cursor: i64 = c
+            .query_row("SELECT lsync_changeset_info(?1) ->> 'to'", [&blob], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        (blob, cursor)
+    }
+
+    /// Applies a changeset from `from` at `to`; returns how many changes it
+    /// applied. In pruning mode the watermark advances in the same
+    /// transaction when the changeset continues it, and a stale changeset's
+    /// refusal is part of normal life.
+    fn deliver(&self, from: usize, to: usize, blob: &[u8]) -> Result<i64, TestCaseError> {
+        let c = &self.dbs[to];
+        if self.mode == Mode::Plain {
+            return c
+                .query_row("SELECT lsync_apply(?1) ->> 'applied'", [blob], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(|e| TestCaseError::fail(format!("apply failed: {e}")));
+        }
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let applied = c.query_row(
+            "SELECT lsync_apply(?1) ->> 'applied', lsync_changeset_info(?1) ->> 'from',
+                    lsync_changeset_info(?1) ->> 'to'",
+            [blob],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
+        );
+        match applied {
+            Ok((n, lo, hi)) => {
+                c.execute(
+                    "UPDATE lsync_peers SET recv_cursor = max(recv_cursor, ?2)
+                     WHERE device_id = ?1 AND recv_cursor >= ?3",
+                    rusqlite::params![self.devices[from], hi, lo],
+                )
+                .unwrap();
+                c.execute_batch("COMMIT").unwrap();
+                Ok(n)
+            }
+            Err(e) => {
+                c.execute_batch("ROLLBACK").unwrap();
+                if e.to_string().contains(STALE) {
+                    Ok(0)
+                } else {
+                    Err(TestCaseError::fail(format!("apply failed: {e}")))
+                }
+            }
+        }
+    }
+
+    /// `by` acks what it has applied of `of`'s changes.
+    fn ack(&self, by: usize, of: usize) {
+        let cursor = self.watermark(by, of);
+        self.dbs[of]
+            .execute(
+                "UPDATE lsync_peers SET acked_cursor = max(acked_cursor, ?2) WHERE device_id = ?1",
+                rusqlite::params![self.devices[by], cursor],
+            )
+            .unwrap();
+    }
+
+    /// Restores a snapshot file at `to`; returns the source's cursor it
+    /// covers, or `None` for a stale snapshot refused in pruning mode.
+    fn restore(&self, to: usize, file: &std::path::Path) -> Result<Option<i64>, TestCaseError> {
+        let r = self.dbs[to].query_row(
+            "SELECT lsync_restore(?1) ->> 'cursor'",
+            [file.to_string_lossy()],
+            |r| r.get::<_, i64>(0),
+        );
+        match r {
+            Ok(cursor) => Ok(Some(cursor)),
+            Err(e) if self.mode == Mode::Pruning && e.to_string().contains(STALE) => Ok(None),
+            Err(e) => Err(TestCaseError::fail(format!("restore failed: {e}"))),
+        }
+    }
+
+    /// No row that a replica deleted is live on any replica.
+    fn check_deleted(&self, deleted: &[String]) -> Result<(), TestCaseError> {
+        for (i, c) in self.dbs.iter().enumerate() {
+            for t in TABLES {
+                for u in deleted {
+                    let live: i64 = c
+                        .query_row(
+                            &format!("SELECT count(*) FROM {t} WHERE uuid = ?1"),
+                            [u],
+                            |r| r.get(0),
+                        )
+                        .unwrap();
+                    prop_assert_eq!(live, 0, "deleted row {} of {} is live on replica {}", u, t, i);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `lsync_missing` counts exactly the changes that an unlimited
@@ -263,51 +458,27 @@ fn check_missing(from: &Connection, since: i64, except: &str) -> Result<(), Test
     Ok(())
 }
 
-/// Restores a snapshot file; returns the source's cursor it covers.
-fn restore(to: &Connection, file: &std::path::Path) -> Result<i64, TestCaseError> {
-    to.query_row(
-        "SELECT lsync_restore(?1) ->> 'cursor'",
-        [file.to_string_lossy()],
-        |r| r.get::<_, i64>(0),
-    )
-    .map_err(|e| TestCaseError::fail(format!("restore failed: {e}")))
-}
-
-fn run(steps: &[Step], order: &[(usize, usize)]) -> Result<(), TestCaseError> {
+fn run(steps: &[Step], order: &[(usize, usize)], mode: Mode) -> Result<(), TestCaseError> {
     let dir = TempDir::new();
-    let dbs: Vec<Connection> = (0..3)
-        .map(|i| {
-            let c = open(&dir.path().join(format!("r{i}.db")));
-            c.execute_batch(SCHEMA).unwrap();
-            c
-        })
-        .collect();
-    let library: String = dbs[0]
-        .query_row("SELECT lsync_library_id()", [], |r| r.get(0))
-        .unwrap();
-    for c in &dbs[1..] {
-        c.query_row("SELECT lsync_library_id(?1)", [&library], |r| {
-            r.get::<_, String>(0)
-        })
-        .unwrap();
-    }
-    let devices: Vec<String> = dbs
-        .iter()
-        .map(|c| {
-            c.query_row("SELECT lsync_device_id()", [], |r| r.get(0))
-                .unwrap()
-        })
-        .collect();
-    // seen[to][from]: the cursor of `from` that `to` has received up to.
+    let r = Replicas::new(dir.path(), mode);
+    let dbs = &r.dbs;
+    // seen[to][from]: the cursor of `from` that `to` has pulled up to
+    // (plain mode; pruning mode pulls from the applied watermark).
     let mut seen = [[0i64; 3]; 3];
-    let mut held: Vec<(usize, Vec<u8>)> = Vec::new();
-    let mut delivered: Vec<(usize, Vec<u8>)> = Vec::new();
+    let since = |seen: &[[i64; 3]; 3], to: usize, from: usize| match mode {
+        Mode::Plain => seen[to][from],
+        Mode::Pruning => r.watermark(to, from),
+    };
+    // (from, to, changeset)
+    let mut held: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    let mut delivered: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     // (source replica, file) of every snapshot made.
     let mut snapshots: Vec<(usize, std::path::PathBuf)> = Vec::new();
+    let mut deleted: Vec<String> = Vec::new();
     for s in steps {
         match *s {
             Step::Insert { at, .. } | Step::Update { at, .. } | Step::Delete { at, .. } => {
-                local_write(&dbs[at], s)
+                deleted.extend(local_write(&dbs[at], s))
             }
             Step::Sync {
                 from,
@@ -315,24 +486,25 @@ fn run(steps: &[Step], order: &[(usize, usize)]) -> Result<(), TestCaseError> {
                 max,
                 hold,
             } if from != to => {
-                check_missing(&dbs[from], seen[to][from], &devices[to])?;
-                let (blob, cursor) = export(&dbs[from], seen[to][from], max);
+                let start = since(&seen, to, from);
+                check_missing(&dbs[from], start, &r.devices[to])?;
+                let (blob, cursor) = r.export(from, to, start, max);
                 seen[to][from] = cursor;
                 if hold {
-                    held.push((to, blob));
+                    held.push((from, to, blob));
                 } else {
-                    deliver(&dbs[to], &blob)?;
-                    delivered.push((to, blob));
+                    r.deliver(from, to, &blob)?;
+                    delivered.push((from, to, blob));
                 }
             }
             Step::Release { pick } if !held.is_empty() => {
-                let (to, blob) = held.remove(usize::from(pick) % held.len());
-                deliver(&dbs[to], &blob)?;
-                delivered.push((to, blob));
+                let (from, to, blob) = held.remove(usize::from(pick) % held.len());
+                r.deliver(from, to, &blob)?;
+                delivered.push((from, to, blob));
             }
             Step::Duplicate { pick } if !delivered.is_empty() => {
-                let (to, blob) = &delivered[usize::from(pick) % delivered.len()];
-                deliver(&dbs[*to], blob)?;
+                let (from, to, blob) = &delivered[usize::from(pick) % delivered.len()];
+                r.deliver(*from, *to, blob)?;
             }
             Step::Snapshot { from, to } if from != to => {
                 let file = dir.path().join(format!("snap-{}.db", snapshots.len()));
@@ -343,22 +515,34 @@ fn run(steps: &[Step], order: &[(usize, usize)]) -> Result<(), TestCaseError> {
                         |_| Ok(()),
                     )
                     .map_err(|e| TestCaseError::fail(format!("snapshot failed: {e}")))?;
-                let cursor = restore(&dbs[to], &file)?;
-                seen[to][from] = seen[to][from].max(cursor);
+                if let Some(cursor) = r.restore(to, &file)? {
+                    seen[to][from] = seen[to][from].max(cursor);
+                }
                 snapshots.push((from, file));
             }
             Step::OldSnapshot { pick, to } if !snapshots.is_empty() => {
                 let (from, file) = &snapshots[usize::from(pick) % snapshots.len()];
                 if *from != to {
-                    let cursor = restore(&dbs[to], file)?;
-                    seen[to][*from] = seen[to][*from].max(cursor);
+                    if let Some(cursor) = r.restore(to, file)? {
+                        seen[to][*from] = seen[to][*from].max(cursor);
+                    }
                 }
+            }
+            Step::Ack { by, of }
+                if by != of && !held.iter().any(|(f, t, _)| *f == by && *t == of) =>
+            {
+                r.ack(by, of)
+            }
+            Step::Prune { at } => {
+                dbs[at]
+                    .query_row("SELECT lsync_prune()", [], |_| Ok(()))
+                    .map_err(|e| TestCaseError::fail(format!("prune failed: {e}")))?;
             }
             _ => {}
         }
     }
-    for (to, blob) in held.drain(..) {
-        deliver(&dbs[to], &blob)?;
+    for (from, to, blob) in held.drain(..) {
+        r.deliver(from, to, &blob)?;
     }
     // Final exchange: incremental, from each replica's cursors, in the
     // given pair order, until a whole round applies nothing.
@@ -366,9 +550,9 @@ fn run(steps: &[Step], order: &[(usize, usize)]) -> Result<(), TestCaseError> {
     loop {
         let mut applied = 0;
         for &(from, to) in order {
-            let (blob, cursor) = export(&dbs[from], seen[to][from], None);
+            let (blob, cursor) = r.export(from, to, since(&seen, to, from), None);
             seen[to][from] = cursor;
-            applied += deliver(&dbs[to], &blob)?;
+            applied += r.deliver(from, to, &blob)?;
         }
         rounds += 1;
         if applied == 0 {
@@ -381,12 +565,13 @@ fn run(steps: &[Step], order: &[(usize, usize)]) -> Result<(), TestCaseError> {
         let other = dump(c);
         prop_assert_eq!(&first, &other, "replica {} differs from replica 0", i);
     }
+    r.check_deleted(&deleted)?;
     // Converged state is a fixpoint: everything each replica holds is stale
     // news to the others.
     for from in 0..3 {
         for to in (0..3).filter(|t| *t != from) {
-            let (blob, _) = export(&dbs[from], 0, None);
-            let applied = deliver(&dbs[to], &blob)?;
+            let (blob, _) = r.export(from, to, 0, None);
+            let applied = r.deliver(from, to, &blob)?;
             prop_assert_eq!(
                 applied,
                 0,
@@ -418,6 +603,116 @@ proptest! {
 
     #[test]
     fn replicas_converge(steps in proptest::collection::vec(step(), 1..80), order in pairs()) {
-        run(&steps, &order)?;
+        run(&steps, &order, Mode::Plain)?;
     }
+
+    #[test]
+    fn replicas_converge_with_acks_and_pruning(
+        steps in proptest::collection::vec(pruning_step(), 1..80),
+        order in pairs(),
+    ) {
+        run(&steps, &order, Mode::Pruning)?;
+    }
+}
+
+/// Every pair, in the fixed order used by the checked-in regression cases.
+fn all_pairs() -> Vec<(usize, usize)> {
+    (0..3)
+        .flat_map(|f| (0..3).filter(move |t| *t != f).map(move |t| (f, t)))
+        .collect()
+}
+
+fn ins(at: usize, table: usize) -> Step {
+    Step::Insert {
+        at,
+        table,
+        a: 0,
+        b: 0,
+        v: 0,
+    }
+}
+
+fn sync(from: usize, to: usize, hold: bool) -> Step {
+    Step::Sync {
+        from,
+        to,
+        max: None,
+        hold,
+    }
+}
+
+/// Issue 9.1: a delete of a row inserted since the last fold left a hole in
+/// the new rows' range entry, which `lsync_missing` counted and
+/// `lsync_changeset` skipped.
+#[test]
+fn regression_missing_counts_a_row_deleted_before_its_fold() {
+    let steps = [
+        ins(0, 3),
+        ins(0, 3),
+        ins(0, 3),
+        ins(0, 3),
+        Step::Delete {
+            at: 0,
+            table: 3,
+            row: 1,
+        },
+        sync(0, 1, false),
+    ];
+    run(&steps, &all_pairs(), Mode::Plain).unwrap();
+}
+
+/// Issue 9.2: replicas disagreed on which tag an assignment points to. An
+/// insert whose FK target is missing unparked a newer edit of that FK, then
+/// recorded its own (older) deferred link on top of it.
+#[test]
+fn regression_a_parked_fk_edit_beats_the_inserts_deferred_link() {
+    let steps = [
+        ins(0, 2),
+        sync(0, 2, false),
+        ins(0, 2),
+        Step::Delete {
+            at: 0,
+            table: 2,
+            row: 48,
+        },
+        ins(1, 0),
+        ins(2, 3),
+        sync(2, 1, true),
+        sync(0, 2, false),
+        Step::Update {
+            at: 2,
+            table: 3,
+            row: 0,
+            col: 21,
+            v: 0,
+        },
+        sync(2, 1, false),
+    ];
+    run(&steps, &all_pairs(), Mode::Plain).unwrap();
+}
+
+/// Issue 9.3 in miniature: replica 1 exports a changeset holding a tag's
+/// insert, then applies replica 0's delete of it, certifies that to replica
+/// 0 with a later changeset, and replica 0 prunes the tombstone. The first
+/// changeset, delivered last, must not bring the tag back.
+#[test]
+fn regression_a_changeset_read_before_a_pruned_delete_is_refused() {
+    let steps = [
+        ins(2, 2),
+        sync(2, 1, false),
+        sync(1, 0, true),
+        sync(2, 0, false),
+        Step::Delete {
+            at: 0,
+            table: 2,
+            row: 0,
+        },
+        sync(0, 1, false),
+        sync(1, 0, false),
+        sync(0, 2, false),
+        sync(2, 0, false),
+        Step::Prune { at: 0 },
+        Step::Release { pick: 0 },
+    ];
+    run(&steps, &all_pairs(), Mode::Pruning).unwrap();
 }

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use crate::value::Value;
 
 pub const MAGIC: &[u8; 5] = b"LSYNC";
-pub const FORMAT: u8 = 1;
+/// Format 2 added the [`Fence`].
+pub const FORMAT: u8 = 2;
 /// Default cap on the decompressed body (a zstd bomb stops here).
 pub const DEFAULT_MAX_BODY: u64 = 1 << 30;
 const ZSTD_LEVEL: i32 = 3;
@@ -87,12 +88,29 @@ pub struct TableDesc {
     pub columns: Vec<String>,
 }
 
+/// What the sender had applied of the receiver's changes when it exported a
+/// changeset. A changeset read from the sender's database before it applied
+/// the receiver's delete may still carry the deleted row's older state; the
+/// fence lets the receiver tell such a stale changeset from a current one
+/// after it has pruned that delete's tombstone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fence {
+    /// The exporting device.
+    pub sender: String,
+    /// The device the changeset was exported for (`except_device`).
+    pub receiver: String,
+    /// The receiver's cursor up to which the sender had applied its changes.
+    pub acked: i64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Changeset {
     pub library_id: String,
     /// Cursor range: changes after `from`, up to and including `to`.
     pub from: i64,
     pub to: i64,
+    /// Present when the changeset was exported for one receiver.
+    pub fence: Option<Fence>,
     pub tables: Vec<TableDesc>,
     pub changes: Vec<Change>,
 }
@@ -129,6 +147,15 @@ impl Changeset {
         w.raw(&uuid16(&self.library_id)?);
         w.ivar(self.from);
         w.ivar(self.to);
+        match &self.fence {
+            None => w.byte(0),
+            Some(f) => {
+                w.byte(1);
+                w.raw(&uuid16(&f.sender)?);
+                w.raw(&uuid16(&f.receiver)?);
+                w.ivar(f.acked);
+            }
+        }
         let mut origins: HashMap<&str, u64> = HashMap::new();
         for c in &self.changes {
             let n = origins.len() as u64;
@@ -224,6 +251,7 @@ impl Changeset {
         let quick = (|| {
             r.uuid()?;
             let (from, to) = (r.ivar()?, r.ivar()?);
+            r.fence()?;
             let origins = r.count()?;
             r.take(
                 origins
@@ -420,10 +448,23 @@ impl<'a> Reader<'a> {
             _ => return Err(DecodeError::Corrupt("value tag")),
         })
     }
+    fn fence(&mut self) -> R<Option<Fence>> {
+        match self.byte()? {
+            0 => Ok(None),
+            1 => Ok(Some(Fence {
+                sender: self.uuid()?,
+                receiver: self.uuid()?,
+                acked: self.ivar()?,
+            })),
+            _ => Err(DecodeError::Corrupt("fence")),
+        }
+    }
+
     fn changeset(mut self) -> R<Changeset> {
         let library_id = self.uuid()?;
         let from = self.ivar()?;
         let to = self.ivar()?;
+        let fence = self.fence()?;
         let n = self.count()?;
         let origins = (0..n)
             .map(|_| self.uuid().map(Arc::<str>::from))
@@ -493,6 +534,7 @@ impl<'a> Reader<'a> {
             library_id,
             from,
             to,
+            fence,
             tables,
             changes,
         })
@@ -510,6 +552,11 @@ mod tests {
             library_id: "01a20142-c196-70dc-8b46-cc83df4c5b94".into(),
             from: 10,
             to: 12,
+            fence: Some(Fence {
+                sender: "01a20142-c196-70dc-8b46-cc82023ee619".into(),
+                receiver: "01a20142-c196-70dc-8b46-cc82023ee61a".into(),
+                acked: 7,
+            }),
             tables: vec![TableDesc {
                 name: "tags".into(),
                 mode: "shared".into(),
