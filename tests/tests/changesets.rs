@@ -826,7 +826,7 @@ fn changeset_info_and_the_apply_report_describe_what_happened() {
         .unwrap();
     let (blob, to) = changeset(&a, 0);
     let i = info(&a, &blob);
-    assert_eq!(i["format"], 1, "{i}");
+    assert_eq!(i["format"], 2, "{i}");
     assert_eq!(i["library_id"], library_id(&a).as_str(), "{i}");
     assert_eq!(i["count"], 4, "{i}");
     assert_eq!(i["from"], 0, "{i}");
@@ -1412,8 +1412,10 @@ fn a_wrong_format_version_is_refused() {
     let (_dir, [a, b]) = peers();
     seed_tree(&a);
     let (mut blob, _) = changeset(&a, 0);
-    assert_eq!(info(&a, &blob)["format"], 1);
-    blob[5] = 2;
+    assert_eq!(info(&a, &blob)["format"], 2);
+    blob[5] = 1;
+    refused(&b, &blob, "format");
+    blob[5] = 3;
     refused(&b, &blob, "format");
     let mut magic = changeset(&a, 0).0;
     magic[0] = b'X';
@@ -1470,7 +1472,7 @@ fn a_column_missing_here_is_refused() {
 /// A header, then zstd of `body`.
 fn framed(claimed_len: u64, body: &[u8]) -> Vec<u8> {
     let mut blob = b"LSYNC".to_vec();
-    blob.push(1);
+    blob.push(lsync_wire::changeset::FORMAT);
     blob.extend_from_slice(&claimed_len.to_le_bytes());
     blob.extend_from_slice(&zstd::bulk::compress(body, 3).unwrap());
     blob
@@ -1597,4 +1599,225 @@ fn a_failing_change_leaves_nothing_of_the_changeset() {
     // ... and it can then be applied for real.
     assert_eq!(n(&apply(&b, &good), "applied"), 3);
     assert!(rowid(&b, "entries", "Y").is_some());
+}
+
+// ------------------------------------- table and column names (issue 9)
+
+/// `blob` with its body edited by `edit` and compressed again with its
+/// checksum: changesets that `Changeset::encode` cannot produce.
+fn with_body(blob: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut body = zstd::stream::decode_all(&blob[14..]).unwrap();
+    edit(&mut body);
+    let mut z = zstd::bulk::Compressor::new(3).unwrap();
+    z.include_checksum(true).unwrap();
+    let mut out = blob[..6].to_vec();
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&z.compress(&body).unwrap());
+    out
+}
+
+/// Renames the one length-prefixed string `from` in a changeset body.
+fn rename_in_body(body: &mut [u8], from: &str, to: &str) {
+    assert_eq!(from.len(), to.len());
+    let needle: Vec<u8> = std::iter::once(from.len() as u8)
+        .chain(from.bytes())
+        .collect();
+    let at: Vec<usize> = (0..body.len().saturating_sub(needle.len()))
+        .filter(|&i| body[i..i + needle.len()] == needle[..])
+        .collect();
+    assert_eq!(
+        at.len(),
+        1,
+        "'{from}' occurs {} times in the body",
+        at.len()
+    );
+    body[at[0] + 1..at[0] + 1 + to.len()].copy_from_slice(to.as_bytes());
+}
+
+fn decoded(blob: &[u8]) -> lsync_wire::changeset::Changeset {
+    lsync_wire::changeset::Changeset::decode(blob, lsync_wire::changeset::DEFAULT_MAX_BODY).unwrap()
+}
+
+/// SQLite matches table names without regard to letter case, so a
+/// changeset naming `tags` as `TAGS` (a peer that declared its tables in
+/// another case) applies to `tags`. It used to report `applied: 0` and drop
+/// every change without an error.
+#[test]
+fn a_table_named_in_another_letter_case_is_applied_to_the_tracked_table() {
+    let (_dir, [a, b]) = peers();
+    seed_tree(&a);
+    a.execute_batch(
+        "INSERT INTO tags(uuid, name, color) VALUES ('T1', 'one', 'red'), ('T2', 'two', 'blue');
+         INSERT INTO tag_assignments(uuid, tag_id, entry_id) VALUES ('A1', 1, 2), ('A2', 2, 1);",
+    )
+    .unwrap();
+    let upper = |blob: &[u8]| {
+        let mut cs = decoded(blob);
+        for t in &mut cs.tables {
+            t.name = t.name.to_uppercase();
+        }
+        for c in &mut cs.changes {
+            c.tbl = c.tbl.to_uppercase().into();
+        }
+        cs.encode().unwrap()
+    };
+    let (blob, cur) = changeset(&a, 0);
+    let r = apply(&b, &upper(&blob));
+    assert_eq!((n(&r, "changes"), n(&r, "applied")), (7, 7), "{r}");
+    assert_eq!(n(&r, "deferred"), 0, "FK targets found by their table: {r}");
+    assert_eq!(canon(&b), canon(&a));
+    // Edits and deletes too, and B relays them under its own spelling.
+    a.execute_batch(
+        "UPDATE tags SET color = 'green' WHERE uuid = 'T1';
+         DELETE FROM tag_assignments WHERE uuid = 'A2';
+         DELETE FROM tags WHERE uuid = 'T2';",
+    )
+    .unwrap();
+    let r = apply(&b, &upper(&changeset(&a, cur).0));
+    assert_eq!(n(&r, "applied"), 3, "{r}");
+    assert_eq!(canon(&b), canon(&a));
+    let relayed = decoded(&changeset(&b, 0).0);
+    let names: Vec<&str> = relayed.tables.iter().map(|t| t.name.as_str()).collect();
+    assert!(names.contains(&"tags"), "{names:?}");
+}
+
+fn tags_desc(cs: &lsync_wire::changeset::Changeset) -> usize {
+    cs.tables.iter().position(|t| t.name == "tags").unwrap()
+}
+
+/// A changeset that describes one table twice, the second time with its
+/// columns in another order, is refused: the statements prepared for one
+/// order used to be reused for the other, writing values into the wrong
+/// columns. Also refused: the table twice in two letter cases, and one
+/// column named twice in a description.
+#[test]
+fn a_table_described_twice_or_a_column_named_twice_is_refused() {
+    let (_dir, [a, b]) = peers();
+    a.execute_batch(
+        "INSERT INTO tags(uuid, name, color) VALUES ('T1', 'one', 'red'), ('T2', 'two', 'blue');",
+    )
+    .unwrap();
+    let blob = changeset(&a, 0).0;
+    // T2 under a second description of `tags` (encoded as `tagz`, renamed
+    // in the body), with its columns in the reverse order.
+    let twice = |second_name: &str| {
+        let mut cs = decoded(&blob);
+        let mut second = cs.tables[tags_desc(&cs)].clone();
+        second.name = "tagz".into();
+        second.columns.reverse();
+        cs.tables.push(second);
+        for c in &mut cs.changes {
+            if c.pk == lsync_wire::value::Value::Text("T2".into()) {
+                c.tbl = "tagz".into();
+            }
+        }
+        let to = second_name.to_owned();
+        with_body(&cs.encode().unwrap(), |body| {
+            rename_in_body(body, "tagz", &to)
+        })
+    };
+    // Before the fix this applied, and T2 got name 'blue' and color 'two'.
+    let err = refused(&b, &twice("tags"), "twice");
+    assert!(err.contains("'tags'"), "{err}");
+    let err = refused(&b, &twice("TAGS"), "twice");
+    assert!(err.contains("schema"), "{err}");
+
+    // One column named twice: `name` then `name` again (encoded `namz`).
+    let mut cs = decoded(&blob);
+    let i = tags_desc(&cs);
+    cs.tables[i].columns.push("namz".into());
+    for c in &mut cs.changes {
+        c.data.push((
+            "namz".into(),
+            lsync_wire::value::Value::Text("other".into()),
+        ));
+    }
+    let dup = with_body(&cs.encode().unwrap(), |body| {
+        rename_in_body(body, "namz", "name")
+    });
+    assert_eq!(decoded(&dup).changes[0].data.len(), 3);
+    refused(&b, &dup, "twice");
+    // The control: the unchanged changeset applies.
+    assert_eq!(n(&apply(&b, &blob), "applied"), 2);
+    assert_eq!(canon(&b), canon(&a));
+}
+
+// ------------------------------------------------- fences and pruned deletes
+
+/// A changeset exported for one device carries what its sender had applied
+/// of that device's changes; applying it records that as the sender's ack,
+/// capped at the receiver's newest cursor (a peer cannot hold changes that
+/// were never made). Without `except_device` there is no fence.
+#[test]
+fn a_changeset_for_one_device_carries_its_senders_ack() {
+    let (_dir, [a, b]) = peers();
+    let (da, db) = (device(&a), device(&b));
+    for (c, other) in [(&a, &db), (&b, &da)] {
+        c.execute("INSERT INTO lsync_peers(device_id) VALUES (?1)", [other])
+            .unwrap();
+    }
+    a.execute("INSERT INTO tags(name) VALUES ('x'), ('y'), ('z')", [])
+        .unwrap();
+    b.execute(
+        "UPDATE lsync_peers SET recv_cursor = 5 WHERE device_id = ?1",
+        [&da],
+    )
+    .unwrap();
+    b.execute("INSERT INTO tags(name) VALUES ('w')", []).unwrap();
+    let blob: Vec<u8> = b
+        .query_row("SELECT lsync_changeset(0, NULL, ?1)", [&da], |r| r.get(0))
+        .unwrap();
+    let fence = &info(&b, &blob)["fence"];
+    assert_eq!(fence["sender"], db.as_str(), "{fence}");
+    assert_eq!(fence["receiver"], da.as_str(), "{fence}");
+    assert_eq!(fence["acked"], 5, "{fence}");
+    assert!(info(&b, &changeset(&b, 0).0)["fence"].is_null());
+    apply(&a, &blob);
+    let acked: i64 = a
+        .query_row(
+            "SELECT acked_cursor FROM lsync_peers WHERE device_id = ?1",
+            [&db],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let head: i64 = scalar(&a, "SELECT value - 1 FROM lsync_config WHERE key = 'next_seq'");
+    assert!(head < 5, "the test needs a head below the claim: {head}");
+    assert_eq!(acked, head, "b claimed 5; a's newest cursor is {head}");
+}
+
+/// After a prune, a changeset read before its sender had applied the pruned
+/// delete is refused whole (it holds the deleted row's insert), and one read
+/// after is applied.
+#[test]
+fn a_changeset_read_before_a_pruned_delete_is_refused() {
+    let (_dir, [a, b]) = peers();
+    let (da, db) = (device(&a), device(&b));
+    for (c, other) in [(&a, &db), (&b, &da)] {
+        c.execute("INSERT INTO lsync_peers(device_id) VALUES (?1)", [other])
+            .unwrap();
+    }
+    b.execute("INSERT INTO tags(uuid, name) VALUES ('T1', 'one')", [])
+        .unwrap();
+    let export_for_a = |b: &Connection| -> Vec<u8> {
+        b.query_row("SELECT lsync_changeset(0, NULL, ?1)", [&da], |r| r.get(0))
+            .unwrap()
+    };
+    let stale = export_for_a(&b);
+    apply(&a, &stale);
+    a.execute("DELETE FROM tags WHERE uuid = 'T1'", []).unwrap();
+    // b applies a's delete and says so in its next changeset.
+    let (del, to) = changeset(&a, 0);
+    apply(&b, &del);
+    b.execute(
+        "UPDATE lsync_peers SET recv_cursor = ?2 WHERE device_id = ?1",
+        rusqlite::params![da, to],
+    )
+    .unwrap();
+    apply(&a, &export_for_a(&b));
+    assert_eq!(scalar::<i64>(&a, "SELECT lsync_prune()"), 1);
+    let err = refused(&a, &stale, "is stale");
+    assert!(err.contains("nothing was applied"), "{err}");
+    assert_eq!(count(&a, "tags"), 0);
+    apply(&a, &export_for_a(&b));
+    assert_eq!(count(&a, "tags"), 0);
 }
