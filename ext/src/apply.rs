@@ -23,11 +23,11 @@ use std::borrow::Cow;
 use crate::api::Conn;
 use crate::error::{Error, Result};
 use crate::flush::{Clock, OP_DELETE, OP_INSERT, OP_UPDATE};
-use crate::ident::q;
+use crate::ident::{q, qm};
 use crate::ids::{self, IdMap};
 use crate::sql::{Db, Stmt, Value};
 use crate::track::{self, Mode, Table};
-use crate::{bail, export, fk, flush, schema};
+use crate::{bail, export, fk, flush, schema, stability};
 
 /// What an apply did, returned as JSON.
 #[derive(Debug, Default, serde::Serialize)]
@@ -62,9 +62,14 @@ struct TriggersOff {
 impl TriggersOff {
     fn new(db: Db, names: &[&str]) -> Result<TriggersOff> {
         let json = serde_json::to_string(&names).map_err(|e| Error::msg(e.to_string()))?;
+        // Temp triggers can be on main's tables too; names match as SQLite
+        // matches them (a changeset may spell a table in another case).
         let foreign = db.query_i64(
-            "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name NOT LIKE 'lsync\\_%' ESCAPE '\\'
-               AND tbl_name IN (SELECT value FROM json_each(?1))",
+            "SELECT count(*) FROM
+               (SELECT name, tbl_name FROM main.sqlite_schema WHERE type = 'trigger'
+                UNION ALL SELECT name, tbl_name FROM temp.sqlite_schema WHERE type = 'trigger')
+             WHERE name NOT LIKE 'lsync\\_%' ESCAPE '\\'
+               AND tbl_name COLLATE NOCASE IN (SELECT value FROM json_each(?1))",
             &[json.into()],
         )?;
         let restore = if foreign == Some(0) {
@@ -151,6 +156,23 @@ fn check_schema(db: Db, cs: &Changeset) -> Result<()> {
                 d.name
             );
         };
+        if !described.insert(t.id) {
+            bail!(
+                "lsync_apply: schema mismatch: the changeset describes table '{}' twice; nothing was applied",
+                t.name
+            );
+        }
+        let mut names = HashSet::default();
+        if let Some(c) = d
+            .columns
+            .iter()
+            .find(|c| !names.insert(c.to_ascii_lowercase()))
+        {
+            bail!(
+                "lsync_apply: schema mismatch: the changeset names column '{}.{c}' twice; nothing was applied",
+                d.name
+            );
+        }
         if t.mode.as_str() != d.mode {
             bail!(
                 "lsync_apply: schema mismatch: '{}' is '{}' here but '{}' at the sender; nothing was applied",
@@ -345,9 +367,25 @@ impl Applier {
 
     fn run(&mut self, cs: &Changeset) -> Result<()> {
         self.report.changes = cs.changes.len() as i64;
+        // By tracked name: a changeset may spell one in another letter case.
+        let names: Vec<Arc<str>> = self.tables.keys().cloned().collect();
+        let mut spelled: HashMap<&str, &str> = HashMap::default();
         let mut groups: HashMap<&str, Vec<&Change>> = HashMap::default();
         for c in &cs.changes {
-            groups.entry(&*c.tbl).or_default().push(c);
+            let name = match spelled.get(&*c.tbl) {
+                Some(name) => *name,
+                None => {
+                    let Some(name) = names.iter().find(|n| n.eq_ignore_ascii_case(&c.tbl)) else {
+                        bail!(
+                            "lsync_apply: a change is for table '{}', which is not tracked here; nothing was applied",
+                            c.tbl
+                        );
+                    };
+                    spelled.insert(&c.tbl, name);
+                    name
+                }
+            };
+            groups.entry(name).or_default().push(c);
         }
         let order = parents_first(&self.tables);
         for name in &order {
@@ -378,7 +416,7 @@ impl Applier {
                 &format!(
                     "UPDATE lsync_tables SET hwm = (SELECT coalesce(max(rowid), 0) FROM {})
                      WHERE name = ?1",
-                    q(name)
+                    qm(name)
                 ),
                 &[(**name).into()],
             )?;
@@ -406,7 +444,7 @@ impl Applier {
         groups: &HashMap<&str, Vec<&Change>>,
     ) -> Result<()> {
         let has_rows = self.db.query_i64(
-            &format!("SELECT EXISTS (SELECT 1 FROM {})", q(&t.name)),
+            &format!("SELECT EXISTS (SELECT 1 FROM {})", qm(&t.name)),
             &[],
         )? == Some(1);
         let rids = self.rids.entry(t.name.clone()).or_default();
@@ -752,7 +790,7 @@ impl Applier {
         let all: Vec<&Table> = self.tables.values().collect();
         fk::detach_referrers(self.db, &all, t, rid, &c.pk)?;
         self.db.run(
-            &format!("DELETE FROM {} WHERE rowid = ?1", q(&t.name)),
+            &format!("DELETE FROM {} WHERE rowid = ?1", qm(&t.name)),
             &[rid.into()],
         )?;
         self.clock.uncover(t.id, rid)?;
@@ -792,7 +830,7 @@ impl Applier {
             // apply still makes it all-or-nothing.
             db.prepare(&format!(
                 "INSERT OR FAIL INTO {t}({u}{sep}{cols}) VALUES ({marks})",
-                t = q(&t.name),
+                t = qm(&t.name),
                 u = q(&t.uuid_col),
                 sep = if cols.is_empty() { "" } else { ", " },
                 cols = cols.join(", "),
@@ -821,7 +859,7 @@ impl Applier {
             db.prepare(&format!(
                 "SELECT {} FROM {} WHERE rowid = ?1",
                 cols.join(", "),
-                q(&t.name)
+                qm(&t.name)
             ))
         })?;
         read.bind(1, &rid.into())?;
@@ -849,7 +887,7 @@ impl Applier {
                 .collect();
             db.prepare(&format!(
                 "UPDATE OR FAIL {} SET {} WHERE rowid = ?1",
-                q(&t.name),
+                qm(&t.name),
                 sets.join(", ")
             ))
         })?;
@@ -920,7 +958,8 @@ impl Applier {
 
 /// The statement cached under `key`, prepared by `prepare` the first time.
 /// Statements bind by position: within one apply every change of a table
-/// lists its columns in the changeset's order, so a column set fixes it.
+/// lists its columns in the changeset's order, so a column set fixes it
+/// (`check_schema` refuses a table described twice, or a column named twice).
 fn cached(
     cache: &mut HashMap<(i64, u64), Stmt>,
     key: (i64, u64),

@@ -12,7 +12,7 @@ pub use lsync_wire::changeset::{Change, Op};
 use crate::error::Result;
 use crate::fk;
 use crate::flush::{OP_DELETE, OP_INSERT};
-use crate::ident::q;
+use crate::ident::{q, qm};
 use crate::schema;
 use crate::sql::{Cache, Db, Value};
 use crate::track::{self, Table};
@@ -175,7 +175,7 @@ fn read_entry(
             u = q(&t.uuid_col),
             sep = if select.is_empty() { "" } else { ", " },
             cols = select.join(", "),
-            t = q(&t.name),
+            t = qm(&t.name),
         )
     });
     cache.with(

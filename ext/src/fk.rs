@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::error::Result;
-use crate::ident::q;
+use crate::ident::{q, qm};
 use crate::ids::IdMap;
 use crate::sql::{Cache, Db, Value};
 use crate::track::Table;
@@ -19,7 +19,7 @@ pub fn uuids_of(db: Db, t: &Table, ids: &[i64]) -> Result<HashMap<i64, Value>> {
     let mut s = db.prepare(&format!(
         "SELECT rowid, {u} FROM {t} WHERE rowid IN (SELECT value FROM json_each(?1))",
         u = q(&t.uuid_col),
-        t = q(&t.name)
+        t = qm(&t.name)
     ))?;
     s.bind(1, &json.into())?;
     let mut map = HashMap::new();
@@ -41,7 +41,7 @@ pub fn rids_of(db: Db, t: &Table, ids: &[&Value]) -> Result<IdMap<i64>> {
             _ => None,
         })
         .collect();
-    let (u, tn) = (q(&t.uuid_col), q(&t.name));
+    let (u, tn) = (q(&t.uuid_col), qm(&t.name));
     let mut collect = |sql: String, param: Value| -> Result<()> {
         let mut s = db.prepare(&sql)?;
         s.bind(1, &param)?;
@@ -157,9 +157,9 @@ pub fn resolve(db: Db, tables: &[Table]) -> Result<i64> {
                     JOIN {tt} x ON x.{tu} = d.target_uuid
                     WHERE d.tbl = ?1 AND d.col = ?2) AS r
                  WHERE {t}.rowid = r.rid",
-                t = q(&t.name),
+                t = qm(&t.name),
                 c = q(&col),
-                tt = q(&tt.name),
+                tt = qm(&tt.name),
                 tu = q(&tt.uuid_col),
             ),
             &[tbl.into(), col.as_str().into()],
@@ -168,7 +168,7 @@ pub fn resolve(db: Db, tables: &[Table]) -> Result<i64> {
             &format!(
                 "DELETE FROM lsync_deferred WHERE tbl = ?1 AND col = ?2
                    AND target_uuid IN (SELECT {tu} FROM {tt})",
-                tt = q(&tt.name),
+                tt = qm(&tt.name),
                 tu = q(&tt.uuid_col),
             ),
             &[tbl.into(), col.as_str().into()],
@@ -198,7 +198,7 @@ pub fn detach_referrers(
                      ON CONFLICT(tbl, rid, col) DO UPDATE SET target = excluded.target,
                        target_uuid = excluded.target_uuid",
                     su = q(&s.uuid_col),
-                    st = q(&s.name),
+                    st = qm(&s.name),
                     c = q(col),
                 ),
                 &[s.id.into(), col.as_str().into(), target.as_str().into(), uuid.clone(), rid.into()],
@@ -206,7 +206,7 @@ pub fn detach_referrers(
             db.run(
                 &format!(
                     "UPDATE {} SET {c} = NULL WHERE {c} = ?1",
-                    q(&s.name),
+                    qm(&s.name),
                     c = q(col)
                 ),
                 &[rid.into()],

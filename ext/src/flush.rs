@@ -7,7 +7,7 @@
 //! single range entry, so sync metadata does not grow per inserted row.
 
 use crate::error::{Error, Result};
-use crate::ident::q;
+use crate::ident::{q, qm};
 use crate::schema;
 use crate::sql::{Cache, Db, Value};
 use crate::track::{self, Mode, Table};
@@ -309,7 +309,7 @@ pub fn flush(db: Db) -> Result<i64> {
 fn flush_table(db: Db, t: &Table, clock: &mut Clock) -> Result<i64> {
     if db
         .query_i64(
-            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
             &[(*t.name).into()],
         )?
         .is_none()
@@ -320,7 +320,7 @@ fn flush_table(db: Db, t: &Table, clock: &mut Clock) -> Result<i64> {
         );
     }
     let max_rid = db
-        .query_i64(&format!("SELECT max(rowid) FROM {}", q(&t.name)), &[])?
+        .query_i64(&format!("SELECT max(rowid) FROM {}", qm(&t.name)), &[])?
         .unwrap_or(0);
     let pending = db
         .query_i64(
@@ -411,7 +411,7 @@ fn flush_table(db: Db, t: &Table, clock: &mut Clock) -> Result<i64> {
                 "DELETE FROM lsync_clock WHERE tbl = ?1 AND uuid IS NOT NULL
                    AND uuid IN (SELECT {u} FROM {t})",
                 u = q(&t.uuid_col),
-                t = q(&t.name)
+                t = qm(&t.name)
             ),
             &[t.id.into()],
         )?;

@@ -248,7 +248,7 @@ fn empty_path_refusal(db: Db, s: Db) -> Result<Option<String>> {
     }
     for t in track::load_all(db)? {
         if db.query_i64(
-            &format!("SELECT EXISTS (SELECT 1 FROM {})", q(&t.name)),
+            &format!("SELECT EXISTS (SELECT 1 FROM {})", qm(&t.name)),
             &[],
         )? == Some(1)
         {

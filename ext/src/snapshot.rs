@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::flush::Clock;
-use crate::ident::q;
+use crate::ident::{q, qm};
 use crate::sql::{Connection, Db, Stmt, Value, OPEN_CREATE, OPEN_READWRITE};
 use crate::track::{self, Mode, Table};
 use crate::{bail, flush, schema};
@@ -167,7 +167,7 @@ fn strip(c: Db, owner: Option<&str>, owner_idx: Option<i64>) -> Result<()> {
         let mut rows = 0;
         for t in &tables {
             rows += c
-                .query_i64(&format!("SELECT count(*) FROM {}", q(&t.name)), &[])?
+                .query_i64(&format!("SELECT count(*) FROM {}", qm(&t.name)), &[])?
                 .unwrap_or(0);
         }
         let cursor = (schema::get_i64(c, "next_seq")? - 1).max(0);
@@ -320,7 +320,7 @@ fn drop_uncommitted_captures(c: Db, tables: &[Table], t: &Table, clock: &mut Clo
         &format!(
             "SELECT rowid, {u} FROM {n} WHERE rowid > ?1 OR rowid IN (SELECT value FROM json_each(?2))",
             u = q(&t.uuid_col),
-            n = q(&t.name)
+            n = qm(&t.name)
         ),
         &[t.hwm.into(), json(&uncovered.into_iter().map(Value::from).collect::<Vec<_>>())?.into()],
     )
@@ -338,7 +338,7 @@ fn keep_owner(c: Db, tables: &[Table], t: &Table, idx: i64) -> Result<()> {
                (SELECT x.rowid FROM lsync_clock k JOIN {n} x ON x.rowid BETWEEN k.lo AND k.hi
                 WHERE k.tbl = ?1 AND k.col IS NULL AND k.lo IS NOT NULL AND k.origin = ?2)",
             u = q(&t.uuid_col),
-            n = q(&t.name)
+            n = qm(&t.name)
         ),
         &[t.id.into(), idx.into()],
     )?;
@@ -371,7 +371,7 @@ fn remove_rows(c: Db, tables: &[Table], t: &Table, select: &str, params: &[Value
                      ON CONFLICT(tbl, rid, col) DO UPDATE SET target = excluded.target,
                        target_uuid = excluded.target_uuid",
                     su = q(&s.uuid_col),
-                    sn = q(&s.name),
+                    sn = qm(&s.name),
                     c = q(col),
                 ),
                 &[s.id.into(), col.as_str().into(), (*t.name).into()],
@@ -379,7 +379,7 @@ fn remove_rows(c: Db, tables: &[Table], t: &Table, select: &str, params: &[Value
             c.run(
                 &format!(
                     "UPDATE {sn} SET {c} = NULL WHERE {c} IN (SELECT rid FROM temp.gone)",
-                    sn = q(&s.name),
+                    sn = qm(&s.name),
                     c = q(col)
                 ),
                 &[],
@@ -389,7 +389,7 @@ fn remove_rows(c: Db, tables: &[Table], t: &Table, select: &str, params: &[Value
     c.run(
         &format!(
             "DELETE FROM {} WHERE rowid IN (SELECT rid FROM temp.gone)",
-            q(&t.name)
+            qm(&t.name)
         ),
         &[],
     )?;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::ident::{lit, q};
+use crate::ident::{lit, q, qm};
 use crate::sql::{Db, Value};
 use crate::{bail, flush, schema};
 
@@ -134,7 +134,7 @@ impl Shape {
 
 fn shape(db: Db, table: &str) -> Result<Shape> {
     let mut s =
-        db.prepare("SELECT name, upper(type), pk FROM pragma_table_info(?1) ORDER BY cid")?;
+        db.prepare("SELECT name, upper(type), pk FROM pragma_table_info(?1, 'main') ORDER BY cid")?;
     s.bind(1, &table.into())?;
     let mut cols = Vec::new();
     let mut types = Vec::new();
@@ -164,7 +164,7 @@ fn check_trackable(db: Db, table: &str) -> Result<()> {
         bail!("lsync_track: '{table}' is an internal table and cannot be tracked");
     }
     let sql = db.query_text(
-        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
         &[table.into()],
     )?;
     let Some(sql) = sql else {
@@ -180,7 +180,7 @@ fn check_trackable(db: Db, table: &str) -> Result<()> {
         );
     }
     if db
-        .prepare(&format!("SELECT rowid FROM {} LIMIT 0", q(table)))
+        .prepare(&format!("SELECT rowid FROM {} LIMIT 0", qm(table)))
         .is_err()
     {
         bail!(
@@ -194,13 +194,17 @@ fn check_trackable(db: Db, table: &str) -> Result<()> {
 /// Single-column FKs that hold the target's local integer id.
 fn declared_fks(db: Db, table: &str) -> Result<BTreeMap<String, String>> {
     let mut s = db.prepare(
-        "SELECT \"from\", \"table\", \"to\" FROM pragma_foreign_key_list(?1)
-         WHERE id IN (SELECT id FROM pragma_foreign_key_list(?1) GROUP BY id HAVING count(*) = 1)",
+        "SELECT \"from\", \"table\", \"to\" FROM pragma_foreign_key_list(?1, 'main')
+         WHERE id IN (SELECT id FROM pragma_foreign_key_list(?1, 'main')
+                      GROUP BY id HAVING count(*) = 1)",
     )?;
     s.bind(1, &table.into())?;
     let mut out = BTreeMap::new();
     while s.step()? {
         let (from, target) = (s.text(0).unwrap_or_default(), s.text(1).unwrap_or_default());
+        // `REFERENCES Tags` names table `tags`: FK targets are compared
+        // with tracked names, so take the declared spelling.
+        let target = declared_name(db, &target)?.unwrap_or(target);
         let to = s.text(2);
         let alias = shape(db, &target)?.rowid_alias;
         let to_rowid = match to.as_deref() {
@@ -217,24 +221,27 @@ fn declared_fks(db: Db, table: &str) -> Result<BTreeMap<String, String>> {
 fn has_unique_index(db: Db, table: &str, col: &str) -> Result<bool> {
     Ok(db
         .query_i64(
-            "SELECT 1 FROM pragma_index_list(?1) il
+            "SELECT 1 FROM pragma_index_list(?1, 'main') il
              WHERE il.\"unique\"
-               AND (SELECT count(*) FROM pragma_index_info(il.name)) = 1
-               AND (SELECT name FROM pragma_index_info(il.name)) = ?2",
+               AND (SELECT count(*) FROM pragma_index_info(il.name, 'main')) = 1
+               AND (SELECT name FROM pragma_index_info(il.name, 'main')) = ?2",
             &[table.into(), col.into()],
         )?
         .is_some())
 }
 
+/// The declared spelling of a table of `main`: SQLite matches table names
+/// without regard to (ASCII) letter case, and so does NOCASE.
+fn declared_name(db: Db, table: &str) -> Result<Option<String>> {
+    db.query_text(
+        "SELECT name FROM main.sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+        &[table.into()],
+    )
+}
+
 /// `lsync_track(table, mode [, options])`. Returns a JSON summary.
 pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<String> {
-    // Table names are case-insensitive in SQLite: use the declared spelling.
-    let canonical = db
-        .query_text(
-            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
-            &[table.into()],
-        )?
-        .unwrap_or_else(|| table.to_owned());
+    let canonical = declared_name(db, table)?.unwrap_or_else(|| table.to_owned());
     let table = canonical.as_str();
     let opts: Options = match options {
         Some(o) => serde_json::from_str(o).map_err(|e| {
@@ -282,6 +289,7 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
         if !columns.contains(&col) {
             bail!("lsync_track: FK option names column '{col}', which '{table}' does not have");
         }
+        let target = declared_name(db, &target)?.unwrap_or(target);
         fks.insert(col, target);
     }
 
@@ -293,15 +301,16 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
         db.run(
             &format!(
                 "UPDATE {t} SET {u} = {fill} WHERE {u} IS NULL",
-                t = q(table),
+                t = qm(table),
                 u = q(&uuid_col),
                 fill = shape.uuid_fill(&uuid_col)
             ),
             &[],
         )?;
         if !has_unique_index(db, table, &uuid_col)? {
+            // The index named in main is on main's table, whatever temp holds.
             db.exec(&format!(
-                "CREATE UNIQUE INDEX {} ON {}({})",
+                "CREATE UNIQUE INDEX main.{} ON {}({})",
                 q(&format!("lsync_uuid_{table}")),
                 q(table),
                 q(&uuid_col)
@@ -333,7 +342,7 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
             &format!(
                 "UPDATE lsync_tables SET hwm = min(hwm, coalesce((SELECT min(rowid) FROM {}), 1) - 1)
                  WHERE name = ?1 AND hwm = 0",
-                q(table)
+                qm(table)
             ),
             &[table.into()],
         )?;
@@ -368,8 +377,12 @@ pub fn untrack(db: Db, table: &str) -> Result<bool> {
     })
 }
 
+/// A trigger of `main`: `CREATE TRIGGER main.x ... ON t` puts it on `main.t`
+/// even while a temp table `t` exists (and its body's unqualified tables
+/// are main's), where an unqualified name would make it a temp trigger on
+/// the temp table.
 fn trigger_name(kind: &str, table: &str) -> String {
-    q(&format!("lsync_{kind}_{table}"))
+    format!("main.{}", q(&format!("lsync_{kind}_{table}")))
 }
 
 fn drop_triggers_sql(table: &str) -> String {
@@ -427,7 +440,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
     // trigger body needs no lookup per row.
     let fill_sql = lit(&format!(
         "UPDATE {tbl} SET {u} = {uuid_fill} WHERE rowid = ?1 AND {u} IS NULL",
-        tbl = q(&t.name),
+        tbl = qm(&t.name),
         u = q(&t.uuid_col)
     ));
     // A local write to an FK column replaces any link still waiting for its

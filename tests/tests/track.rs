@@ -210,3 +210,164 @@ fn dropping_a_tracked_table_does_not_silently_break_sync() {
         ),
     }
 }
+
+/// A temp table that shadows a tracked table's name (issue 9): lsync works
+/// on the table in `main` all the same. `lsync_track` used to put its
+/// triggers and its uuid index on the temp table, so `main.t` kept NULL
+/// uuids and its updates and deletes went uncaptured; flush, export and
+/// apply read and wrote the temp table.
+#[test]
+fn a_temp_table_of_the_same_name_never_stands_in_for_the_tracked_table() {
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    conn.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, uuid TEXT, name TEXT,
+                        parent INTEGER REFERENCES t(id));
+         INSERT INTO t(name) VALUES ('a'), ('b');
+         CREATE TEMP TABLE t(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT, other TEXT);
+         INSERT INTO temp.t(id, name) VALUES (1, 'temp'), (70, 'temp');",
+    )
+    .unwrap();
+    let summary: String = scalar(&conn, "SELECT lsync_track('t', 'shared')");
+    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(v["columns"], serde_json::json!(["name", "parent"]), "{v}");
+    assert_eq!(v["fks"]["parent"], "t", "{v}");
+    let objects = |schema: &str| {
+        dump(
+            &conn,
+            &format!(
+                "SELECT type, name FROM {schema}.sqlite_schema
+                 WHERE tbl_name = 't' AND name LIKE 'lsync%' ORDER BY name"
+            ),
+        )
+    };
+    assert_eq!(
+        objects("main"),
+        [
+            ["trigger", "lsync_del_t"],
+            ["trigger", "lsync_ids_t"],
+            ["trigger", "lsync_ins_t"],
+            ["trigger", "lsync_upd_t"],
+            ["index", "lsync_uuid_t"],
+        ]
+        .map(|r| r.map(String::from))
+    );
+    assert!(objects("temp").is_empty(), "{:?}", objects("temp"));
+    let nulls = |schema: &str| -> i64 {
+        scalar(
+            &conn,
+            &format!("SELECT count(*) FROM {schema}.t WHERE uuid IS NULL"),
+        )
+    };
+    assert_eq!((nulls("main"), nulls("temp")), (0, 2));
+
+    // Local writes to main.t are captured; writes to temp.t are not.
+    let uuid_of = |name: &str| -> String {
+        conn.query_row("SELECT uuid FROM main.t WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    let b = uuid_of("b");
+    conn.execute_batch(
+        "INSERT INTO main.t(name, parent) VALUES ('c', 1);
+         UPDATE main.t SET name = 'a2' WHERE name = 'a';
+         DELETE FROM main.t WHERE name = 'b';
+         UPDATE temp.t SET name = 'temp2';
+         INSERT INTO temp.t(name) VALUES ('temp3');",
+    )
+    .unwrap();
+    assert_eq!(nulls("main"), 0);
+    let (a, c) = (uuid_of("a2"), uuid_of("c"));
+    let by_pk: std::collections::BTreeMap<String, (String, serde_json::Value)> = changes(&conn, 0)
+        .into_iter()
+        .map(|ch| (ch.pk_text(), (ch.op.clone(), ch.data.clone())))
+        .collect();
+    assert_eq!(by_pk.len(), 3, "{by_pk:?}");
+    assert_eq!(by_pk[&b].0, "delete", "{by_pk:?}");
+    assert_eq!(by_pk[&a].1["name"], "a2", "{by_pk:?}");
+    assert_eq!(
+        by_pk[&c].1["parent"],
+        a.as_str(),
+        "FK as the uuid: {by_pk:?}"
+    );
+
+    // A peer gets exactly main.t; its changes land in main.t here.
+    let peer = open(&dir.path().join("peer.db"));
+    let library: String = scalar(&conn, "SELECT lsync_library_id()");
+    peer.query_row("SELECT lsync_library_id(?1)", [&library], |_| Ok(()))
+        .unwrap();
+    peer.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, uuid TEXT, name TEXT,
+                        parent INTEGER REFERENCES t(id));
+         SELECT lsync_track('t', 'shared');",
+    )
+    .unwrap();
+    let sync = |from: &rusqlite::Connection, to: &rusqlite::Connection| {
+        let blob: Vec<u8> = scalar(from, "SELECT lsync_changeset(0)");
+        to.query_row("SELECT lsync_apply(?1)", [blob], |_| Ok(()))
+            .unwrap();
+    };
+    let rows = |c: &rusqlite::Connection| {
+        dump(
+            c,
+            "SELECT x.uuid, x.name, p.uuid FROM main.t x LEFT JOIN main.t p ON p.id = x.parent
+             ORDER BY x.uuid",
+        )
+    };
+    sync(&conn, &peer);
+    assert_eq!(rows(&peer), rows(&conn));
+    peer.execute_batch(
+        "INSERT INTO t(name) VALUES ('d');
+         UPDATE t SET name = 'a3' WHERE name = 'a2';",
+    )
+    .unwrap();
+    sync(&peer, &conn);
+    assert_eq!(rows(&conn), rows(&peer));
+    assert_eq!(
+        dump(&conn, "SELECT id, uuid, name FROM temp.t ORDER BY id"),
+        [
+            ["1", "NULL", "temp2"],
+            ["70", "NULL", "temp2"],
+            ["71", "NULL", "temp3"]
+        ]
+    );
+}
+
+/// An FK that names its table in another letter case (`REFERENCES TAGS`
+/// for table `tags`, or the same in the `fks` option) is an FK to the
+/// tracked table, as it is to SQLite: it travels as the target's uuid. It
+/// used to be recorded under the other spelling, match no tracked table,
+/// and leave the device as a bare local id.
+#[test]
+fn an_fk_naming_its_table_in_another_letter_case_travels_as_a_uuid() {
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    conn.execute_batch(
+        "CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
+         CREATE TABLE marks(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE,
+                            tag INTEGER REFERENCES TAGS(id), other INTEGER);
+         SELECT lsync_track('tags', 'shared');",
+    )
+    .unwrap();
+    let summary: String = scalar(
+        &conn,
+        r#"SELECT lsync_track('marks', 'shared', '{"fks": {"other": "Tags"}}')"#,
+    );
+    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(
+        v["fks"],
+        serde_json::json!({"other": "tags", "tag": "tags"}),
+        "{v}"
+    );
+    conn.execute_batch(
+        "INSERT INTO tags(uuid, name) VALUES ('T1', 'one');
+         INSERT INTO marks(uuid, tag, other) VALUES ('M1', 1, 1);",
+    )
+    .unwrap();
+    let m = changes(&conn, 0)
+        .into_iter()
+        .find(|c| c.tbl == "marks")
+        .unwrap();
+    assert_eq!(m.data, serde_json::json!({"tag": "T1", "other": "T1"}));
+}
