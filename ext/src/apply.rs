@@ -240,6 +240,15 @@ pub fn check_drift(db: Db, max: Option<i64>, func: &str, what: &str) -> Result<(
     let Some(max) = max else {
         return Ok(());
     };
+    if max > lsync_wire::hlc::MAX_ACCEPTED {
+        bail!(
+            "{func}: the {what} holds HLC {max} ({}), beyond the range of HLCs lsync accepts \
+             (up to {}): no clock runs that far ahead, so it is corrupt or hostile; refusing it, \
+             nothing was applied",
+            lsync_wire::hlc::to_text(max),
+            lsync_wire::hlc::to_text(lsync_wire::hlc::MAX_ACCEPTED)
+        );
+    }
     let drift_ms = schema::get_i64(db, "max_drift_ms")?.max(0);
     let wall = lsync_wire::hlc::wall();
     let limit = wall.saturating_add(lsync_wire::hlc::from_millis(drift_ms as u64));

@@ -174,8 +174,16 @@ fn check(db: Db, s: Db, path: &str) -> Result<Snap> {
         rows += n;
         tables.insert(t.name.to_string(), n);
     }
-    let max_hlc = s.query_i64("SELECT max(hlc) FROM lsync_clock", &[])?;
-    apply::check_drift(db, max_hlc, "lsync_restore", "snapshot")?;
+    // The snapshot's HLC setting becomes this database's when larger, so it
+    // is held to the limits of its clock's HLCs (read as the restore reads
+    // them, as integers); a REAL or TEXT one would leave a clock that
+    // cannot advance.
+    let Value::Integer(hlc) = config("hlc")? else {
+        return Err(not_snapshot("its HLC setting is not an integer"));
+    };
+    let max_hlc = s.query_i64("SELECT max(CAST(hlc AS INTEGER)) FROM lsync_clock", &[])?;
+    let max_hlc = max_hlc.map_or(hlc, |m| m.max(hlc));
+    apply::check_drift(db, Some(max_hlc), "lsync_restore", "snapshot")?;
     Ok(Snap {
         device,
         cursor,

@@ -1,7 +1,7 @@
 //! lsync's metadata tables (`sql/schema.sql`) and the settings kept in them:
 //! device id, library id and the persisted HLC.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sql::{Db, Value};
 
 const SCHEMA_SQL: &str = include_str!("../../sql/schema.sql");
@@ -59,7 +59,7 @@ pub fn get(db: Db, key: &str) -> Result<Value> {
 pub fn get_text(db: Db, key: &str) -> Result<String> {
     match get(db, key)? {
         Value::Text(s) => Ok(s),
-        other => Err(crate::error::Error::msg(format!(
+        other => Err(Error::msg(format!(
             "lsync: setting '{key}' is missing or corrupt ({other:?})"
         ))),
     }
@@ -84,7 +84,7 @@ pub fn device_idx(db: Db, id: &str) -> Result<i64> {
         &[id.into()],
     )?;
     db.query_i64("SELECT idx FROM lsync_devices WHERE id = ?1", &[id.into()])?
-        .ok_or_else(|| crate::error::Error::msg("lsync: device table is corrupt"))
+        .ok_or_else(|| Error::msg("lsync: device table is corrupt"))
 }
 
 /// The device UUID behind a local alias.
@@ -96,12 +96,38 @@ pub fn device_uuid(db: Db, idx: i64) -> Result<String> {
 
 /// Issues a new HLC: strictly greater than every HLC this database has issued
 /// or applied, in any connection or process, because it is persisted in the
-/// same write transaction.
+/// same write transaction. At the top of the i64 range there is none: that
+/// is an error, and the setting stays an integer (`value + 1` would
+/// overflow into a REAL that nothing could read again).
 pub fn next_hlc(db: Db) -> Result<i64> {
     let wall = lsync_wire::hlc::wall();
     db.query_i64(
-        "UPDATE lsync_config SET value = max(value + 1, ?1) WHERE key = 'hlc' RETURNING value",
+        "UPDATE lsync_config SET value = max(value + 1, ?1)
+         WHERE key = 'hlc' AND typeof(value) = 'integer' AND value < 9223372036854775807
+         RETURNING value",
         &[wall.into()],
     )?
-    .ok_or_else(|| crate::error::Error::msg("lsync: the HLC setting is missing"))
+    .map_or_else(|| Err(hlc_stuck(db)), Ok)
 }
+
+/// Why the persisted HLC cannot advance (the triggers say `HLC_STUCK`).
+fn hlc_stuck(db: Db) -> Error {
+    let why = match get(db, "hlc") {
+        Ok(Value::Integer(h)) => format!(
+            "lsync: the HLC is at the top of its range ({h}, {}): no later HLC exists, so no \
+             change can be recorded. No real clock gets there: it was set by hand or from \
+             corrupt metadata",
+            lsync_wire::hlc::to_text(h)
+        ),
+        Ok(Value::Null) => "lsync: the HLC setting is missing".to_owned(),
+        Ok(other) => {
+            format!("lsync: the HLC setting is corrupt ({other:?}); it must be an integer")
+        }
+        Err(e) => return e,
+    };
+    Error::msg(why)
+}
+
+/// The error of a trigger that cannot advance the HLC.
+pub const HLC_STUCK: &str = "lsync: the HLC is at the top of its range (or not an integer), so no \
+    change can be recorded; SELECT lsync_hlc_now() says more";

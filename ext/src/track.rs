@@ -392,11 +392,20 @@ fn drop_triggers_sql(table: &str) -> String {
         .collect()
 }
 
-/// The statements that advance the persisted HLC; the new value is then read
+/// The statement that advances the persisted HLC; the new value is then read
 /// back with `HLC_VALUE`. Pure SQL, so it runs inside the writing transaction
-/// and stays monotonic across connections and processes.
-const HLC_BUMP: &str =
-    "UPDATE lsync_config SET value = max(value + 1, lsync_hlc_wall()) WHERE key = 'hlc';";
+/// and stays monotonic across connections and processes. At the top of the
+/// i64 range (where `value + 1` would become a REAL) it fails the write.
+fn hlc_bump() -> String {
+    format!(
+        "UPDATE lsync_config SET value = CASE
+           WHEN typeof(value) = 'integer' AND value < 9223372036854775807
+           THEN max(value + 1, lsync_hlc_wall())
+           ELSE RAISE(ABORT, {}) END
+         WHERE key = 'hlc';",
+        lit(schema::HLC_STUCK)
+    )
+}
 const HLC_VALUE: &str = "(SELECT value FROM lsync_config WHERE key = 'hlc')";
 
 /// A statement that fails with `owned by` when this device does not own the
@@ -436,6 +445,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
     let owner_old = owner_check(t, "OLD.rowid", "");
 
     let mask = change_mask(t);
+    let hlc_bump = hlc_bump();
     // The statement that fills a NULL uuid, passed as a constant so the
     // trigger body needs no lookup per row.
     let fill_sql = lit(&format!(
@@ -469,7 +479,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
              WHEN OLD.{u} IS NOT NULL AND lsync_capturing() AND ({mask}) <> 0
              BEGIN
                {owner_old}
-               {HLC_BUMP}
+               {hlc_bump}
                INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
                  VALUES ({id}, NEW.rowid, 1, {HLC_VALUE}, {mask})
                  ON CONFLICT(tbl, rid) DO UPDATE SET hlc = excluded.hlc, cols = cols | excluded.cols;
@@ -498,7 +508,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
          WHEN OLD.{u} IS NOT NULL AND lsync_capturing()
          BEGIN
            {owner_old}
-           {HLC_BUMP}
+           {hlc_bump}
            INSERT INTO lsync_deleted(tbl, uuid, rid, hlc)
              VALUES ({id}, OLD.{u}, OLD.rowid, {HLC_VALUE})
              ON CONFLICT(tbl, uuid, rid) DO UPDATE SET hlc = excluded.hlc;

@@ -170,3 +170,145 @@ fn uuid_function_gives_v7_text_or_blob() {
     let same: i64 = scalar(&conn, "SELECT lsync_uuid() = lsync_uuid()");
     assert_eq!(same, 0);
 }
+
+/// A second database joined to `conn`'s library, with the same two tables.
+fn peer_of(dir: &TempDir, conn: &rusqlite::Connection, name: &str) -> rusqlite::Connection {
+    let peer = open(&dir.path().join(name));
+    let library: String = scalar(conn, "SELECT lsync_library_id()");
+    peer.query_row("SELECT lsync_library_id(?1)", [&library], |_| Ok(()))
+        .unwrap();
+    two_tables(&peer);
+    peer
+}
+
+fn hlc_setting(conn: &rusqlite::Connection) -> (String, String) {
+    conn.query_row(
+        "SELECT typeof(value), value FROM lsync_config WHERE key = 'hlc'",
+        [],
+        |r| Ok((r.get(0)?, r.get::<_, rusqlite::types::Value>(1)?)),
+    )
+    .map(|(t, v)| (t, value_text(&v)))
+    .unwrap()
+}
+
+/// An HLC at the top of its range (issue 9): the next one used to overflow
+/// into a REAL, after which lsync_hlc_now, lsync_changeset and lsync_apply
+/// failed for good with "the HLC setting is missing". Now the setting stays
+/// an integer, whatever needs a later HLC is refused with a clear error,
+/// and what needs none still works.
+#[test]
+fn an_hlc_at_the_top_of_its_range_stays_an_integer_and_says_so() {
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    two_tables(&conn);
+    conn.execute("INSERT INTO tags(uuid, name) VALUES ('t1', 'a')", [])
+        .unwrap();
+    flush(&conn);
+    // Only a hand edit (or corrupt metadata) gets here: see the next test.
+    conn.execute(
+        "UPDATE lsync_config SET value = ?1 WHERE key = 'hlc'",
+        [i64::MAX - 1],
+    )
+    .unwrap();
+    assert_eq!(hlc_now(&conn), i64::MAX);
+    let top = ("integer".to_owned(), i64::MAX.to_string());
+    for sql in [
+        "SELECT lsync_hlc_now()",
+        "UPDATE tags SET n = 1",
+        "DELETE FROM tags",
+    ] {
+        let err = error_of(&conn, sql);
+        assert!(
+            err.starts_with("lsync") && err.contains("top of its range"),
+            "{sql}: {err}"
+        );
+        assert_eq!(hlc_setting(&conn), top, "{sql}");
+    }
+    assert_eq!(dump(&conn, "SELECT name, n FROM tags"), [["a", "NULL"]]);
+    // Export and apply need no new HLC.
+    let peer = peer_of(&dir, &conn, "peer.db");
+    peer.execute("INSERT INTO tags(uuid, name) VALUES ('t2', 'b')", [])
+        .unwrap();
+    let mine: Vec<u8> = scalar(&conn, "SELECT lsync_changeset(0)");
+    let theirs: Vec<u8> = scalar(&peer, "SELECT lsync_changeset(0)");
+    let report: String = conn
+        .query_row("SELECT lsync_apply(?1)", [theirs], |r| r.get(0))
+        .unwrap();
+    assert!(report.contains("\"applied\":1"), "{report}");
+    assert_eq!(hlc_setting(&conn), top);
+    // A new local row needs an HLC when it is folded: a clear error too.
+    conn.execute("INSERT INTO tags(uuid, name) VALUES ('t3', 'c')", [])
+        .unwrap();
+    let err = error_of(&conn, "SELECT lsync_changeset(0)");
+    assert!(err.contains("top of its range"), "{err}");
+    assert_eq!(hlc_setting(&conn), top);
+    // What it exported before is still good for its peers.
+    let report: String = peer
+        .query_row("SELECT lsync_apply(?1)", [mine], |r| r.get(0))
+        .unwrap();
+    assert!(report.contains("\"applied\":1"), "{report}");
+}
+
+/// How an HLC got to the top of its range: a changeset (or a snapshot)
+/// carrying one, accepted because max_drift_ms was set very large. No
+/// clock can be that far ahead: it is refused whatever the drift setting,
+/// and this device keeps a clock it can advance.
+#[test]
+fn hlcs_beyond_the_accepted_range_are_refused_whatever_the_drift_limit() {
+    let dir = TempDir::new();
+    let a = open(&dir.db());
+    two_tables(&a);
+    let b = peer_of(&dir, &a, "b.db");
+    b.execute(
+        "UPDATE lsync_config SET value = ?1 WHERE key = 'max_drift_ms'",
+        [i64::MAX],
+    )
+    .unwrap();
+    a.execute(
+        "UPDATE lsync_config SET value = ?1 WHERE key = 'hlc'",
+        [i64::MAX - 5],
+    )
+    .unwrap();
+    a.execute("INSERT INTO tags(uuid, name) VALUES ('t1', 'a')", [])
+        .unwrap();
+    let blob: Vec<u8> = scalar(&a, "SELECT lsync_changeset(0)");
+    let before = hlc_setting(&b);
+    let err = match b.query_row("SELECT lsync_apply(?1)", [&blob], |r| r.get::<_, String>(0)) {
+        Ok(r) => panic!("applied: {r}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("beyond"), "{err}");
+    assert_eq!(hlc_setting(&b), before);
+    assert_eq!(count(&b, "tags"), 0);
+    for _ in 0..10 {
+        hlc_now(&b);
+    }
+
+    // A snapshot whose HLC setting is huge, or not an integer at all.
+    let snap = dir.path().join("snap.db");
+    let fresh = peer_of(&dir, &b, "fresh.db");
+    b.query_row(
+        "SELECT lsync_snapshot(?1)",
+        [snap.to_str().unwrap()],
+        |_| Ok(()),
+    )
+    .unwrap();
+    for bad in ["9223372036854775807", "'garbage'", "1e300"] {
+        let plain = rusqlite::Connection::open(&snap).unwrap();
+        plain
+            .execute(
+                &format!("UPDATE lsync_config SET value = {bad} WHERE key = 'hlc'"),
+                [],
+            )
+            .unwrap();
+        drop(plain);
+        let before = hlc_setting(&fresh);
+        let err = error_of(
+            &fresh,
+            &format!("SELECT lsync_restore('{}')", snap.display()),
+        );
+        assert!(err.contains("HLC") || err.contains("hlc"), "{bad}: {err}");
+        assert_eq!(hlc_setting(&fresh), before, "{bad}");
+        hlc_now(&fresh);
+    }
+}

@@ -7,9 +7,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const COUNTER_BITS: u32 = 16;
 const COUNTER_MASK: i64 = (1 << COUNTER_BITS) - 1;
 
+/// The largest HLC accepted from a changeset or a snapshot, whatever the
+/// allowed drift: millisecond 2^46, in the year 4199. No real clock gets
+/// there, and a clock merged up to it still has 2^62 increments left before
+/// the top of the i64 range, where no later HLC exists.
+pub const MAX_ACCEPTED: i64 = 1 << 62;
+
 /// The HLC for a wall-clock reading in Unix milliseconds, with counter 0.
 pub fn from_millis(ms: u64) -> i64 {
-    // 48 bits of ms last until the year 10889; clamp rather than wrap.
+    // 47 bits of ms (the sign bit stays clear) last until the year 6429;
+    // clamp rather than wrap.
     let ms = ms.min((1u64 << 47) - 1);
     (ms as i64) << COUNTER_BITS
 }
@@ -34,9 +41,10 @@ pub fn counter(hlc: i64) -> u16 {
 }
 
 /// The next HLC to issue after `last`, given the wall clock `wall`: strictly
-/// greater than `last` even when the wall clock has stepped backwards.
-pub fn next(last: i64, wall: i64) -> i64 {
-    wall.max(last.saturating_add(1))
+/// greater than `last` even when the wall clock has stepped backwards;
+/// `None` at the top of the range, where there is none.
+pub fn next(last: i64, wall: i64) -> Option<i64> {
+    Some(wall.max(last.checked_add(1)?))
 }
 
 /// Readable form: the UTC time in ISO 8601 with milliseconds, then `#` and the
@@ -52,6 +60,13 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn no_next_at_the_top() {
+        assert_eq!(next(i64::MAX - 1, wall()), Some(i64::MAX));
+        assert_eq!(next(i64::MAX, wall()), None);
+        assert!(wall() < MAX_ACCEPTED);
+    }
+
+    #[test]
     fn text_form() {
         let h = from_millis(1_700_000_000_123) + 7;
         assert_eq!(to_text(h), "2023-11-14T22:13:20.123Z#7");
@@ -60,7 +75,7 @@ mod tests {
     proptest! {
         #[test]
         fn next_is_strictly_monotonic(last in 0i64..(1 << 62), wall_ms in 0u64..(1 << 46)) {
-            let n = next(last, from_millis(wall_ms));
+            let n = next(last, from_millis(wall_ms)).unwrap();
             prop_assert!(n > last);
             prop_assert!(n >= from_millis(wall_ms));
         }
