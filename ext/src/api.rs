@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::sql::{Db, Value, DETERMINISTIC, DIRECTONLY, INNOCUOUS};
 use crate::track::{self, Mode};
-use crate::{apply, bail, changes, export, flush, restore, schema, snapshot, stability};
+use crate::{apply, bail, changes, export, fk, flush, restore, schema, snapshot, stability};
 
 /// Per-connection state shared by the functions registered on it.
 #[derive(Default)]
@@ -143,6 +143,14 @@ pub fn register(db: Db) -> Result<()> {
         let fill = text_arg("lsync_on_insert", "fill statement", &args[3])?;
         let capturing = c.capturing.load(Ordering::Relaxed);
         track::on_insert(db, capturing, tbl, rowid, null_uuid, &fill)
+    })?;
+    let c = conn.clone();
+    db.create_function("lsync_on_delete_target", 3, INNOCUOUS, move |db, args| {
+        let tbl = int_arg("lsync_on_delete_target", "table id", &args[0])?;
+        let rowid = int_arg("lsync_on_delete_target", "rowid", &args[1])?;
+        // The detach is the delete's consequence, not a new local change.
+        let _off = apply::CaptureOff::new(&c);
+        fk::detach_local(db, tbl, rowid, &args[2]).map(|()| Value::Null)
     })?;
     db.create_function("lsync_hlc_wall", 0, INNOCUOUS, |_, _| {
         Ok(lsync_wire::hlc::wall().into())

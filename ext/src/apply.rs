@@ -90,10 +90,10 @@ impl Drop for TriggersOff {
 }
 
 /// Switches capture off for one connection while it applies.
-struct CaptureOff<'a>(&'a Conn, bool);
+pub struct CaptureOff<'a>(&'a Conn, bool);
 
 impl<'a> CaptureOff<'a> {
-    fn new(conn: &'a Conn) -> Self {
+    pub fn new(conn: &'a Conn) -> Self {
         CaptureOff(conn, conn.capturing.swap(false, Ordering::SeqCst))
     }
 }

@@ -178,6 +178,25 @@ pub fn resolve(db: Db, tables: &[Table]) -> Result<i64> {
     Ok(resolved)
 }
 
+/// After a local delete of row `rid` of table `tbl` (the DELETE trigger,
+/// capture off): where SQLite enforces no FK (`foreign_keys` OFF, as in the
+/// `sqlite3` shell), rows of tracked tables that still point at the rowid are
+/// detached as a remote delete detaches them (`detach_referrers`), so the
+/// next row to take the rowid never becomes their target, and this device
+/// ends where its peers end when the delete reaches them. With `foreign_keys`
+/// ON, SQLite has refused the delete or applied the FK's action already.
+pub fn detach_local(db: Db, tbl: i64, rid: i64, uuid: &Value) -> Result<()> {
+    if db.query_i64("PRAGMA foreign_keys", &[])? == Some(1) {
+        return Ok(());
+    }
+    let tables = crate::track::load_all(db)?;
+    let Some(t) = tables.iter().find(|t| t.id == tbl) else {
+        return Ok(());
+    };
+    let all: Vec<&Table> = tables.iter().collect();
+    detach_referrers(db, &all, t, rid, uuid)
+}
+
 /// Before a remote delete removes row `rid` of `t`, turns every FK cell that
 /// points at it into a deferred link to its uuid (and NULL), so no cell is
 /// left dangling (or silently re-pointed when the rowid is reused) and the

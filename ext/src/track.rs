@@ -347,8 +347,13 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
             &[table.into()],
         )?;
         let t = load(db, table)?.ok_or_else(|| Error::msg("lsync_track: lost the table row"))?;
-        db.exec(&drop_triggers_sql(table))?;
-        db.exec(&triggers_sql(&t, shape.uuid_fill(&uuid_col)))?;
+        install_triggers(db, &t)?;
+        // A table this one points at now has a referrer to detach on delete.
+        for target in t.fks.values().filter(|n| **n != *t.name) {
+            if let Some(tt) = load(db, target)? {
+                install_triggers(db, &tt)?;
+            }
+        }
         Ok(serde_json::json!({
             "table": t.name, "mode": t.mode.as_str(), "uuid_column": t.uuid_col,
             "columns": t.columns, "fks": t.fks,
@@ -383,6 +388,16 @@ pub fn untrack(db: Db, table: &str) -> Result<bool> {
 /// the temp table.
 fn trigger_name(kind: &str, table: &str) -> String {
     format!("main.{}", q(&format!("lsync_{kind}_{table}")))
+}
+
+/// (Re)creates the capture triggers of a tracked table.
+fn install_triggers(db: Db, t: &Table) -> Result<()> {
+    let fill = shape(db, &t.name)?.uuid_fill(&t.uuid_col);
+    let referenced = load_all(db)?
+        .iter()
+        .any(|s| s.fks.values().any(|n| *n == *t.name));
+    db.exec(&drop_triggers_sql(&t.name))?;
+    db.exec(&triggers_sql(t, fill, referenced))
 }
 
 fn drop_triggers_sql(table: &str) -> String {
@@ -439,10 +454,18 @@ fn change_mask(t: &Table) -> String {
         .join(" | ")
 }
 
-fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
+/// `referenced`: rows of tracked tables may point at this table's rows.
+fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
     let (id, tbl, u) = (t.id, q(&t.name), q(&t.uuid_col));
     let below_hwm = format!("NEW.rowid <= (SELECT hwm FROM lsync_tables WHERE id = {id})");
     let owner_old = owner_check(t, "OLD.rowid", "");
+    // Where SQLite enforces no FK, a deleted row's referrers are detached
+    // as a peer detaches them, before a new row can take its rowid.
+    let detach = if referenced {
+        format!("SELECT lsync_on_delete_target({id}, OLD.rowid, OLD.{u});")
+    } else {
+        String::new()
+    };
 
     let mask = change_mask(t);
     let hlc_bump = hlc_bump();
@@ -514,6 +537,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str) -> String {
              ON CONFLICT(tbl, uuid, rid) DO UPDATE SET hlc = excluded.hlc;
            DELETE FROM lsync_dirty WHERE tbl = {id} AND rid = OLD.rowid;
            DELETE FROM lsync_deferred WHERE tbl = {id} AND rid = OLD.rowid;
+           {detach}
          END;",
         ins = trigger_name("ins", &t.name),
         del = trigger_name("del", &t.name),

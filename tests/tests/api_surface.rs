@@ -20,6 +20,7 @@ const FUNCTIONS: &[&str] = &[
     "lsync_hlc_wall",
     "lsync_library_id",
     "lsync_missing",
+    "lsync_on_delete_target",
     "lsync_on_insert",
     "lsync_prune",
     "lsync_restore",

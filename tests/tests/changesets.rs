@@ -1763,7 +1763,8 @@ fn a_changeset_for_one_device_carries_its_senders_ack() {
         [&da],
     )
     .unwrap();
-    b.execute("INSERT INTO tags(name) VALUES ('w')", []).unwrap();
+    b.execute("INSERT INTO tags(name) VALUES ('w')", [])
+        .unwrap();
     let blob: Vec<u8> = b
         .query_row("SELECT lsync_changeset(0, NULL, ?1)", [&da], |r| r.get(0))
         .unwrap();
@@ -1780,7 +1781,10 @@ fn a_changeset_for_one_device_carries_its_senders_ack() {
             |r| r.get(0),
         )
         .unwrap();
-    let head: i64 = scalar(&a, "SELECT value - 1 FROM lsync_config WHERE key = 'next_seq'");
+    let head: i64 = scalar(
+        &a,
+        "SELECT value - 1 FROM lsync_config WHERE key = 'next_seq'",
+    );
     assert!(head < 5, "the test needs a head below the claim: {head}");
     assert_eq!(acked, head, "b claimed 5; a's newest cursor is {head}");
 }
@@ -1820,4 +1824,48 @@ fn a_changeset_read_before_a_pruned_delete_is_refused() {
     assert_eq!(count(&a, "tags"), 0);
     apply(&a, &export_for_a(&b));
     assert_eq!(count(&a, "tags"), 0);
+}
+
+/// Issue 9.2: where SQLite enforces no FK (`foreign_keys` is OFF, as in the
+/// `sqlite3` shell and Python), a local delete leaves rows pointing at the
+/// deleted row's rowid. The next row that takes that rowid must not become
+/// their target: the reference is detached as a peer detaches it when the
+/// delete arrives (NULL, with a deferred link to the deleted row's uuid).
+#[test]
+fn a_reused_rowid_never_becomes_the_target_of_an_old_reference() {
+    let (_dir, [a, b]) = peers();
+    a.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+    a.execute("INSERT INTO tags(uuid, name) VALUES ('OLD', 'old')", [])
+        .unwrap();
+    let old = a.last_insert_rowid();
+    a.execute(
+        "INSERT INTO tag_assignments(uuid, tag_id) VALUES ('A1', ?1)",
+        [old],
+    )
+    .unwrap();
+    let (first, to) = changeset(&a, 0);
+    apply(&b, &first);
+    a.execute("DELETE FROM tags WHERE id = ?1", [old]).unwrap();
+    a.execute("INSERT INTO tags(uuid, name) VALUES ('NEW', 'new')", [])
+        .unwrap();
+    assert_eq!(a.last_insert_rowid(), old, "the test needs a reused rowid");
+    let points_at_new: i64 = scalar(
+        &a,
+        "SELECT count(*) FROM tag_assignments t JOIN tags x ON x.id = t.tag_id WHERE x.uuid = 'NEW'",
+    );
+    assert_eq!(points_at_new, 0, "A1 took the new tag as its target");
+    apply(&b, &changeset(&a, to).0);
+    assert_eq!(canon(&a), canon(&b));
+    // An edit of the assignment after the reuse does not retarget it either.
+    a.execute(
+        "UPDATE tag_assignments SET created_at = 1 WHERE uuid = 'A1'",
+        [],
+    )
+    .unwrap();
+    let (_, to2) = changeset(&a, 0);
+    apply(&b, &changeset(&a, to).0);
+    assert!(to2 > to);
+    assert_eq!(canon(&a), canon(&b));
+    let link: String = scalar(&b, "SELECT target_uuid FROM lsync_pending WHERE pk = 'A1'");
+    assert_eq!(link, "OLD");
 }

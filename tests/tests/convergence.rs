@@ -364,7 +364,13 @@ impl Replicas {
             "SELECT lsync_apply(?1) ->> 'applied', lsync_changeset_info(?1) ->> 'from',
                     lsync_changeset_info(?1) ->> 'to'",
             [blob],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            },
         );
         match applied {
             Ok((n, lo, hi)) => {
@@ -426,7 +432,14 @@ impl Replicas {
                             |r| r.get(0),
                         )
                         .unwrap();
-                    prop_assert_eq!(live, 0, "deleted row {} of {} is live on replica {}", u, t, i);
+                    prop_assert_eq!(
+                        live,
+                        0,
+                        "deleted row {} of {} is live on replica {}",
+                        u,
+                        t,
+                        i
+                    );
                 }
             }
         }
