@@ -16,8 +16,8 @@ pub mod ids;
 pub mod restore;
 pub mod schema;
 pub mod snapshot;
-pub mod stability;
 pub mod sql;
+pub mod stability;
 pub mod track;
 pub mod vtab;
 
