@@ -266,8 +266,11 @@ pub fn is_stale(e: &StoreError) -> bool {
 /// tombstones that every known peer holds.
 pub fn ack(c: &Connection, peer: &str, cursor: i64) -> R<i64> {
     immediate(c, |c| {
+        // A peer cannot hold changes that were never made: the claim is
+        // capped at our newest cursor.
         c.execute(
-            "UPDATE lsync_peers SET acked_cursor = max(acked_cursor, ?2), last_contact = ?3
+            "UPDATE lsync_peers SET last_contact = ?3, acked_cursor = max(acked_cursor,
+               min(?2, (SELECT value FROM lsync_config WHERE key = 'next_seq') - 1))
              WHERE device_id = ?1",
             params![peer, cursor, now_ms()],
         )?;
