@@ -8,7 +8,7 @@
 use std::ffi::{c_char, c_int};
 use std::path::{Path, PathBuf};
 
-use rusqlite::{ffi, Connection, LoadExtensionGuard};
+use rusqlite::{ffi, Connection, LoadExtensionGuard, OpenFlags};
 
 /// Entry point name of the extension in `liblsync.so`.
 const ENTRY_POINT: &str = "sqlite3_lsync_init";
@@ -111,7 +111,17 @@ fn check_linked_sqlite() -> Result<(), DbError> {
 /// Opens (or creates) `path` in WAL mode with `synchronous=NORMAL`, with the
 /// lsync extension loaded.
 pub fn open(path: &Path, opts: &DbOptions) -> Result<Connection, DbError> {
-    let conn = connect(path, opts)?;
+    tune(path, opts, connect(path, opts)?)
+}
+
+/// [`open`], but never creates the file: a database that is gone stays gone
+/// instead of coming back empty, with new identities.
+pub fn open_existing(path: &Path, opts: &DbOptions) -> Result<Connection, DbError> {
+    let flags = OpenFlags::default() - OpenFlags::SQLITE_OPEN_CREATE;
+    tune(path, opts, connect_with(path, opts, flags)?)
+}
+
+fn tune(path: &Path, opts: &DbOptions, conn: Connection) -> Result<Connection, DbError> {
     let configure = |what, source| DbError::Configure {
         path: path.to_owned(),
         what,
@@ -136,7 +146,11 @@ pub fn open(path: &Path, opts: &DbOptions) -> Result<Connection, DbError> {
 /// Opens `path` (or `:memory:`) with the extension loaded, without
 /// configuring anything else.
 pub fn connect(path: &Path, opts: &DbOptions) -> Result<Connection, DbError> {
-    let conn = Connection::open(path).map_err(|source| DbError::Open {
+    connect_with(path, opts, OpenFlags::default())
+}
+
+fn connect_with(path: &Path, opts: &DbOptions, flags: OpenFlags) -> Result<Connection, DbError> {
+    let conn = Connection::open_with_flags(path, flags).map_err(|source| DbError::Open {
         path: path.to_owned(),
         source,
     })?;

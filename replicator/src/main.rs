@@ -15,6 +15,7 @@ mod cluster;
 mod config;
 mod courtesy;
 mod db;
+mod dbfile;
 mod demo;
 mod node;
 mod peer;

@@ -12,12 +12,15 @@ use tracing::{error, info, warn};
 
 use crate::cli::Strategy;
 use crate::config::RunConfig;
+use crate::dbfile::{self, FileId};
 use crate::protocol::Secret;
 use crate::{peer, store};
 
 /// What every session of this sidecar shares.
 pub struct Node {
     pub db_path: PathBuf,
+    /// The file `db_path` named at start; sessions refuse to open another.
+    pub db_file: FileId,
     pub secret: Secret,
     pub join: bool,
     pub batch: u32,
@@ -38,6 +41,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     // Fail early, before listening, if the database cannot be opened.
     let conn = store::open(&cfg.db)?;
     let id = store::identity(&conn)?;
+    let db_file = FileId::of(&cfg.db)?;
     drop(conn);
     info!(db = %cfg.db.display(), device = %id.device_id, library = %id.library_id, "lsync replicator starting");
 
@@ -45,6 +49,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let (changed, _) = watch::channel(0u64);
     let node = Arc::new(Node {
         db_path: cfg.db.clone(),
+        db_file,
         secret,
         join: cfg.join,
         batch: cfg.batch,
@@ -70,8 +75,16 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         tasks.spawn(dial(node.clone(), addr.clone(), cfg.backoff()));
     }
 
-    shutdown_signal().await;
-    info!("shutting down");
+    // A sidecar whose database was removed (or replaced) would go on
+    // writing to a file nobody can open again: stop, and say why.
+    let gone = tokio::select! {
+        _ = shutdown_signal() => None,
+        gone = dbfile::watch(cfg.db.clone(), db_file) => Some(gone),
+    };
+    match &gone {
+        None => info!("shutting down"),
+        Some(g) => error!("{g}"),
+    }
     let _ = stop_tx.send(true);
     let grace = tokio::time::timeout(Duration::from_secs(5), async {
         while tasks.join_next().await.is_some() {}
@@ -81,7 +94,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         tasks.abort_all();
     }
     info!("stopped");
-    Ok(())
+    match gone {
+        None => Ok(()),
+        Some(g) => Err(g.into()),
+    }
 }
 
 async fn shutdown_signal() {
@@ -100,7 +116,7 @@ async fn shutdown_signal() {
 /// when any other connection (the app, or a session's apply) commits.
 async fn watch_commits(node: Arc<Node>, every: Duration) {
     let mut stop = node.shutdown.clone();
-    let conn = match store::open(&node.db_path) {
+    let conn = match store::open_existing(&node.db_path) {
         Ok(c) => c,
         Err(e) => {
             error!("cannot open the database to watch commits: {e}");

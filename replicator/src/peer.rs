@@ -33,6 +33,8 @@ pub enum SessionError {
     Silent(Duration),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    DbGone(#[from] crate::dbfile::Gone),
 }
 
 pub(crate) type R<T> = Result<T, SessionError>;
@@ -114,7 +116,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut tx, mut rx) = protocol::handshake(io, &node.secret, initiator).await?;
-    let conn = Arc::new(Mutex::new(store::open(&node.db_path)?));
+    // Never a session on a file other than the one this sidecar serves.
+    node.db_file.check(&node.db_path)?;
+    let conn = Arc::new(Mutex::new(store::open_existing(&node.db_path)?));
     let me = blocking(&conn, |c| {
         let id = store::identity(c)?;
         let head = store::head(c)?;

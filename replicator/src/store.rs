@@ -51,13 +51,21 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
 /// Opens the database the way the sidecar shares it with the app: WAL, a
 /// busy timeout, the extension loaded.
 pub fn open(path: &Path) -> R<Connection> {
-    let conn = db::open(
-        path,
-        &DbOptions {
-            extension: Extension::Static,
-            foreign_keys: true,
-        },
-    )?;
+    shared(db::open(path, &OPTIONS)?)
+}
+
+/// [`open`] for a database that must already exist: the sidecar's sessions
+/// and watchers never create one where theirs was removed.
+pub fn open_existing(path: &Path) -> R<Connection> {
+    shared(db::open_existing(path, &OPTIONS)?)
+}
+
+const OPTIONS: DbOptions = DbOptions {
+    extension: Extension::Static,
+    foreign_keys: true,
+};
+
+fn shared(conn: Connection) -> R<Connection> {
     conn.busy_timeout(Duration::from_secs(30))?;
     // Checkpoints fsync; a stream of small applies checkpointing every 1000
     // pages (SQLite's default) spends much of its time there.
