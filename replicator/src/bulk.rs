@@ -14,7 +14,7 @@ use crate::cli::Strategy;
 use crate::peer::{blocking, Session, SessionError, R};
 use crate::progress::Progress;
 use crate::protocol::Msg;
-use crate::snapshot::{Chunk, Incoming, Meta, Outgoing, SnapError};
+use crate::snapshot::{Chunk, Incoming, Meta, Outgoing, RestoreFailure, SnapError};
 use crate::store;
 
 /// Chunks compressed ahead of the socket (they compress in parallel).
@@ -106,6 +106,15 @@ fn test_chunk_delay() -> Option<std::time::Duration> {
         .map(std::time::Duration::from_millis)
 }
 
+/// How importing a complete download ended.
+enum Import {
+    Restored(store::Restored),
+    /// The file does not match its checksum.
+    BadFile,
+    /// `lsync_restore` (or reading the file) failed.
+    Failed(String),
+}
+
 fn snap_err(e: SnapError) -> SessionError {
     SessionError::Store(e.into())
 }
@@ -117,13 +126,18 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         let (head, missing) = blocking(&self.conn, move |c| store::behind(c, since, &peer)).await?;
         let missing = missing.max(0) as u64;
         let n = &self.node;
-        let p = plan(
-            n.strategy,
-            missing,
-            head.max(0) as u64,
-            n.single_max,
-            n.snapshot_min,
-        );
+        let head = head.max(0) as u64;
+        let mut p = plan(n.strategy, missing, head, n.single_max, n.snapshot_min);
+        if p == Plan::Snapshot && self.snapshot_offered.is_some_and(|at| since <= at) {
+            // It pulls again from where it was offered a snapshot: it could
+            // not use it (its restore failed, or the file was damaged).
+            // Another offer would fail the same way.
+            warn!(
+                since,
+                "the peer did not move past the snapshot offered to it: sending changesets instead"
+            );
+            p = plan(Strategy::Batch, missing, head, n.single_max, n.snapshot_min);
+        }
         if missing > 0 {
             let how = match p {
                 Plan::Snapshot => "a snapshot",
@@ -135,15 +149,28 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         Ok(p)
     }
 
-    pub(crate) async fn offer_snapshot(&mut self) -> R<()> {
+    /// Offers the peer pulling from `since` a snapshot. Returns false, and
+    /// offers nothing, when no snapshot would be ahead of `since`.
+    pub(crate) async fn offer_snapshot(&mut self, since: i64) -> R<bool> {
         let db = self.node.db_path.clone();
         let started = Instant::now();
         let conn = self.conn.clone();
         let (meta, made) = self
             .keep_alive(async move {
-                blocking(&conn, move |c| Ok(Outgoing::new(&db)?.get_or_make(c)?)).await
+                blocking(&conn, move |c| {
+                    Ok(Outgoing::new(&db)?.get_or_make(c, since)?)
+                })
+                .await
             })
             .await?;
+        if meta.cursor <= since {
+            warn!(
+                since,
+                cursor = meta.cursor,
+                "a new snapshot is not ahead of the peer: sending changesets instead"
+            );
+            return Ok(false);
+        }
         info!(
             id = %meta.id,
             bytes = meta.size,
@@ -162,7 +189,8 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             rows: meta.rows,
         };
         self.tx.send(&offer, &[]).await?;
-        Ok(())
+        self.snapshot_offered = Some(since);
+        Ok(true)
     }
 
     /// Starts (or restarts, from `offset`) sending snapshot `id`.
@@ -378,28 +406,65 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         };
         let started = Instant::now();
         let conn = self.conn.clone();
+        let (db, peer) = (self.node.db_path.clone(), self.peer.clone());
         let import = async move {
             blocking(&conn, move |c| {
-                let restored = match inc.verified() {
+                let (id, cursor) = (inc.meta.id.clone(), inc.meta.cursor);
+                let outcome = match inc.verified() {
                     Ok(path) => {
                         let t = Instant::now();
-                        let r = store::restore(c, path)?;
+                        let r = store::restore(c, path);
                         debug!(restore_seconds = t.elapsed().as_secs_f64(), "lsync_restore");
-                        Some(r)
+                        match r {
+                            Ok(r) => Import::Restored(r),
+                            Err(e) => Import::Failed(e.to_string()),
+                        }
                     }
-                    Err(SnapError::BadFile) => None,
-                    Err(e) => return Err(e.into()),
+                    Err(SnapError::BadFile) => Import::BadFile,
+                    Err(e) => Import::Failed(e.to_string()),
                 };
+                // Never resumed nor retried: a failed file would fail again,
+                // and the peer's data has moved on since.
                 inc.discard();
-                Ok(restored)
+                match &outcome {
+                    Import::Restored(_) => RestoreFailure::clear(&db, &peer),
+                    Import::BadFile => {}
+                    Import::Failed(error) => {
+                        let failure = RestoreFailure {
+                            peer: peer.clone(),
+                            snapshot: id,
+                            cursor,
+                            error: error.clone(),
+                            at_ms: store::now_ms(),
+                        };
+                        failure.record(&db)?;
+                        let msg = format!("snapshot restore failed: {error}");
+                        store::record_error(c, &peer, &msg, false)?;
+                    }
+                }
+                Ok(outcome)
             })
             .await
         };
-        let restored = self.keep_alive(import).await?;
+        let outcome = self.keep_alive(import).await?;
         drop(d.progress);
-        let Some(r) = restored else {
-            warn!("the received snapshot does not match its checksum: discarded, pulling again");
-            return self.pull(self.recv_cursor).await;
+        let r = match outcome {
+            Import::Restored(r) => r,
+            Import::BadFile => {
+                warn!(
+                    "the received snapshot does not match its checksum: discarded, pulling again"
+                );
+                return self.pull(self.recv_cursor).await;
+            }
+            Import::Failed(error) => {
+                // The peer answers this pull with changesets: it sees that
+                // the snapshot did not move our watermark.
+                warn!(
+                    %error,
+                    "the snapshot could not be restored: discarded, catching up by changesets instead"
+                );
+                return self.pull(self.recv_cursor).await;
+            }
         };
         info!(
             mode = %r.mode,

@@ -1,5 +1,6 @@
 //! Command-line interface of the `lsync` binary.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -293,5 +294,15 @@ pub enum OnOff {
 impl OnOff {
     pub fn is_on(self) -> bool {
         self == OnOff::On
+    }
+}
+
+/// Writes command output to stdout. When the reader has gone (`lsync status
+/// | head`), the output just ends, as with any Unix tool.
+pub fn print(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
     }
 }

@@ -51,7 +51,7 @@ fn run(cli: Cli) -> Result<()> {
                 .build()?
                 .block_on(node::run(cfg))?;
         }
-        Command::Secret(SecretCommand::New) => println!("{}", secret::new()?),
+        Command::Secret(SecretCommand::New) => cli::print(&format!("{}\n", secret::new()?))?,
         Command::Demo(args) => {
             db::register(&db::Extension::Static)?;
             demo::run(&args.dir, args.keep)?;

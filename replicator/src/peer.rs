@@ -105,6 +105,8 @@ pub(crate) struct Session<W> {
     pub prefetched: Option<Prefetch>,
     /// A snapshot we are receiving.
     pub download: Option<bulk::Download>,
+    /// The cursor the peer pulled from when we last offered it a snapshot.
+    pub snapshot_offered: Option<i64>,
     /// Whether to leave the write lock to the app between two applies.
     pub courtesy: Courtesy,
 }
@@ -282,6 +284,7 @@ where
         upload: None,
         prefetched: None,
         download: None,
+        snapshot_offered: None,
         courtesy: Courtesy::new(version),
     };
     let result = s.serve(&mut in_rx).await;
@@ -451,7 +454,11 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         let mut max = max.clamp(1, 100_000);
         if !self.streaming {
             match self.choose(since).await? {
-                bulk::Plan::Snapshot => return self.offer_snapshot().await,
+                bulk::Plan::Snapshot => {
+                    if self.offer_snapshot(since).await? {
+                        return Ok(());
+                    }
+                }
                 bulk::Plan::Single(n) => max = n,
                 bulk::Plan::Batches => {}
             }

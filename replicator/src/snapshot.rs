@@ -176,15 +176,17 @@ impl Outgoing {
         false
     }
 
-    /// A recent snapshot, or a new one made with `lsync_snapshot`. Returns
-    /// the description and whether it was made now.
-    pub fn get_or_make(&self, c: &Connection) -> R<(Meta, bool)> {
+    /// A recent snapshot that is ahead of the peer's watermark `since`, or
+    /// a new one made with `lsync_snapshot`. Returns the description and
+    /// whether it was made now. A snapshot not ahead of `since` would bring
+    /// the peer nothing and leave it pulling from the same cursor again.
+    pub fn get_or_make(&self, c: &Connection, since: i64) -> R<(Meta, bool)> {
         let now = now_ms();
         if let Some(m) = self
             .all()
             .into_iter()
             .rev()
-            .find(|m| now - m.created_ms < REUSE.as_millis() as i64)
+            .find(|m| now - m.created_ms < REUSE.as_millis() as i64 && m.cursor > since)
         {
             if self.file(&m.id).exists() && self.intact(&m) {
                 return Ok((m, false));
@@ -383,6 +385,54 @@ impl Incoming {
     pub fn discard(self) {
         let _ = fs::remove_file(&self.part);
         let _ = fs::remove_file(&self.json);
+    }
+}
+
+/// A downloaded snapshot that `lsync_restore` refused. The download is
+/// discarded and the peer's changes come as changesets instead; the record,
+/// `<db>-lsync/failed/<peer>.json`, is what `lsync status` shows until a
+/// later snapshot from that peer is imported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestoreFailure {
+    pub peer: String,
+    pub snapshot: String,
+    pub cursor: i64,
+    pub error: String,
+    pub at_ms: i64,
+}
+
+impl RestoreFailure {
+    fn path(db: &Path, peer: &str) -> R<PathBuf> {
+        if !valid_id(peer) {
+            return Err(SnapError::BadPeer(peer.to_owned()));
+        }
+        Ok(work_dir(db, "failed")?.join(format!("{peer}.json")))
+    }
+
+    pub fn record(&self, db: &Path) -> R<()> {
+        write_json(&Self::path(db, &self.peer)?, self)
+    }
+
+    pub fn clear(db: &Path, peer: &str) {
+        if let Ok(p) = Self::path(db, peer) {
+            let _ = fs::remove_file(p);
+        }
+    }
+
+    /// Every recorded failure, oldest first; creates nothing.
+    pub fn all(db: &Path) -> Vec<RestoreFailure> {
+        let mut dir = db.as_os_str().to_owned();
+        dir.push("-lsync/failed");
+        let Ok(entries) = fs::read_dir(PathBuf::from(dir)) else {
+            return Vec::new();
+        };
+        let mut out: Vec<RestoreFailure> = entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| read_json(&e.path()))
+            .collect();
+        out.sort_by_key(|f| f.at_ms);
+        out
     }
 }
 

@@ -1,8 +1,11 @@
 //! `lsync status`: what the database knows about its peers.
 
+use std::fmt::Write as _;
+
 use anyhow::Result;
 
-use crate::cli::StatusArgs;
+use crate::cli::{print, StatusArgs};
+use crate::snapshot::RestoreFailure;
 use crate::store;
 
 pub fn run(args: &StatusArgs) -> Result<()> {
@@ -12,20 +15,36 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     let conn = store::open(&args.db)?;
     let s = store::status(&conn)?;
     let transfers = crate::progress::current(&args.db);
-    if args.json {
+    let failures = RestoreFailure::all(&args.db);
+    let text = if args.json {
         let mut v = serde_json::to_value(&s)?;
         v["transfers"] = serde_json::to_value(&transfers)?;
-        println!("{v}");
-        return Ok(());
-    }
-    println!("device   {}", s.device_id);
-    println!("library  {}", s.library_id);
-    println!("head     {}", s.head);
-    println!(
+        v["snapshot_failures"] = serde_json::to_value(&failures)?;
+        format!("{v}\n")
+    } else {
+        table(&s, &transfers, &failures)?
+    };
+    print(&text)?;
+    Ok(())
+}
+
+fn table(
+    s: &store::Status,
+    transfers: &[crate::progress::Transfer],
+    failures: &[RestoreFailure],
+) -> Result<String, std::fmt::Error> {
+    let mut o = String::new();
+    writeln!(o, "device   {}", s.device_id)?;
+    writeln!(o, "library  {}", s.library_id)?;
+    writeln!(o, "head     {}", s.head)?;
+    writeln!(
+        o,
         "deferred links: {}   tombstones: {} ({} waiting for ACKs)",
         s.deferred_links, s.tombstones, s.tombstones_awaiting_ack
-    );
-    for t in &transfers {
+    )?;
+    let now = store::now_ms();
+    let ago = |t: i64| format!("{:.1}s ago", (now - t) as f64 / 1000.0);
+    for t in transfers {
         let pct = if t.total_bytes > 0 {
             100.0 * t.bytes as f64 / t.total_bytes as f64
         } else if t.total_rows > 0 {
@@ -33,7 +52,8 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         } else {
             0.0
         };
-        println!(
+        writeln!(
+            o,
             "receiving {} from {}: {pct:.0}% ({} of {} rows, {:.1} of {:.1} MB), {:.0} rows/s, eta {}",
             t.what,
             t.peer,
@@ -43,22 +63,30 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             t.total_bytes as f64 / 1e6,
             t.rows_per_s,
             t.eta_s.map_or("-".to_owned(), |s| format!("{s:.1}s")),
-        );
+        )?;
+    }
+    for f in failures {
+        writeln!(
+            o,
+            "snapshot from {} (cursor {}) failed to restore {}; changesets are pulled instead: {}",
+            f.peer,
+            f.cursor,
+            ago(f.at_ms),
+            f.error
+        )?;
     }
     if s.peers.is_empty() {
-        println!("no peers yet");
-        return Ok(());
+        writeln!(o, "no peers yet")?;
+        return Ok(o);
     }
-    println!(
+    writeln!(
+        o,
         "{:<38} {:<22} {:>10} {:>10} {:>8} {:>8} {:>14}  last error",
         "peer", "addr", "received", "acked", "lag", "failures", "last contact"
-    );
-    let now = store::now_ms();
+    )?;
     for p in &s.peers {
-        let ago = p.last_contact_ms.map_or("never".to_owned(), |t| {
-            format!("{:.1}s ago", (now - t) as f64 / 1000.0)
-        });
-        println!(
+        writeln!(
+            o,
             "{:<38} {:<22} {:>10} {:>10} {:>8} {:>8} {:>14}  {}",
             p.device_id,
             p.addr.as_deref().unwrap_or("-"),
@@ -66,9 +94,9 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             p.acked_cursor,
             p.lag,
             p.failures,
-            ago,
+            p.last_contact_ms.map_or("never".to_owned(), ago),
             p.last_error.as_deref().unwrap_or("-")
-        );
+        )?;
     }
-    Ok(())
+    Ok(o)
 }
