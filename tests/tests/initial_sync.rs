@@ -366,11 +366,6 @@ fn a_copy_of_a_database_is_refused_by_peers_that_know_its_device() {
     assert_eq!(count(&b, "entries"), 20);
 }
 
-/// Single-quotes `s` for `sh -c`.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 #[test]
 fn a_snapshot_download_draws_a_progress_bar_on_a_terminal() {
     let dir = TempDir::new();
@@ -385,48 +380,21 @@ fn a_snapshot_download_draws_a_progress_bar_on_a_terminal() {
         &[],
         &[("LSYNC_TEST_CHUNK_DELAY_MS", "150")],
     );
-    // B runs under script(1), so its stderr is a pseudo-terminal.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cmd = [
-        lsync_tests::lsync_bin().display().to_string(),
-        "run".into(),
-        "--db".into(),
-        b_db.display().to_string(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--secret-file".into(),
-        secret.display().to_string(),
-        "--peer".into(),
-        node_a.addr().to_owned(),
-        "--join".into(),
-    ]
-    .iter()
-    .map(|s| sh_quote(s))
-    .collect::<Vec<_>>()
-    .join(" ");
-    let screen = dir.path().join("b.screen");
-    let mut b_term = std::process::Command::new("script")
-        .arg("-qfec")
-        .arg(&cmd)
-        .arg(&screen)
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("run script(1)");
-    let done = (0..2400).any(|_| {
-        std::thread::sleep(Duration::from_millis(50));
+    // B's stderr is a pseudo-terminal; its log is what the terminal showed.
+    let node_b = Sidecar::start_on_terminal(
+        dir.path(),
+        "B",
+        &b_db,
+        &secret,
+        &[node_a.addr()],
+        &["--join"],
+        &[],
+    );
+    wait_for_within("B receives the snapshot", &[&node_a, &node_b], LONG, || {
         count(&b, "entries") == N
     });
-    let _ = b_term.kill();
-    let _ = b_term.wait();
-    let shown = std::fs::read_to_string(&screen).unwrap_or_default();
-    assert!(done, "B received the snapshot; its terminal:\n{shown}");
     // The bar: "snapshot [====>   ] 12.00 MiB/27.00 MiB 40 MiB/s eta 1s".
+    let shown = node_b.log();
     let bar = shown
         .split(['\r', '\n'])
         .find(|l| l.contains("snapshot [") && l.contains("eta"))

@@ -5,8 +5,10 @@
 use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -53,6 +55,77 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
+type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns `cmd` so that it dies with this test process, however that ends:
+/// a guard's drop covers a test that passes, fails or panics, but not a
+/// test binary that is killed (a CI timeout, say).
+///
+/// The child gets `PR_SET_PDEATHSIG(SIGKILL)`. Linux sends that signal when
+/// the *thread* that forked the child ends, so every child is forked by one
+/// thread that lives as long as the process: a sidecar started (or
+/// restarted) from a short-lived helper thread does not die with it.
+pub fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec the closure makes only async-signal-safe
+    // calls (prctl, getppid) and does not allocate.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The test process died before the prctl: no signal will come.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("lsync-test-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply))
+        .expect("the spawner thread runs");
+    answer.recv().expect("the spawner thread answers")
+}
+
+/// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
+pub fn process_ended(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+/// Single-quotes `s` for `sh -c`.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 /// A new library secret from `lsync secret new`, written to `dir/name`.
 pub fn new_secret(dir: &Path, name: &str) -> PathBuf {
     let out = Command::new(lsync_bin())
@@ -72,7 +145,8 @@ pub fn new_secret(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// One `lsync run` child process. Killed (SIGKILL) when dropped; when the
-/// drop happens during a panic, its logs are printed first.
+/// drop happens during a panic, its logs are printed first. It also dies
+/// with the test process (see [`spawn_tied`]).
 pub struct Sidecar {
     pub name: String,
     dir: PathBuf,
@@ -82,6 +156,10 @@ pub struct Sidecar {
     args: Vec<String>,
     env: Vec<(String, String)>,
     child: RefCell<Option<Child>>,
+    /// Run under script(1), with a pseudo-terminal as stderr: `child` is
+    /// script, and `lsync` is its child, with pid `inner`.
+    terminal: bool,
+    inner: Cell<Option<i32>>,
     /// Number of times the process was started; run `n` logs to `name.n.log`.
     runs: Cell<usize>,
 }
@@ -110,6 +188,34 @@ impl Sidecar {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Sidecar {
+        Self::start_with(dir, name, db, secret, peers, extra, env, false)
+    }
+
+    /// `start_env` under script(1): stderr is a pseudo-terminal (so progress
+    /// bars are drawn), and the log is what that terminal showed.
+    pub fn start_on_terminal(
+        dir: &Path,
+        name: &str,
+        db: &Path,
+        secret: &Path,
+        peers: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Sidecar {
+        Self::start_with(dir, name, db, secret, peers, extra, env, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_with(
+        dir: &Path,
+        name: &str,
+        db: &Path,
+        secret: &Path,
+        peers: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+        terminal: bool,
+    ) -> Sidecar {
         let mut args = vec!["--secret-file".to_owned(), secret.display().to_string()];
         for p in peers {
             args.push("--peer".into());
@@ -127,6 +233,8 @@ impl Sidecar {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             child: RefCell::new(None),
+            terminal,
+            inner: Cell::new(None),
             runs: Cell::new(0),
         };
         // The port was free a moment ago; if another process took it since,
@@ -152,28 +260,58 @@ impl Sidecar {
         let run = self.runs.get() + 1;
         self.runs.set(run);
         let log = File::create(self.log_path(run)).expect("create log file");
-        let child = Command::new(lsync_bin())
-            .arg("run")
-            .arg("--db")
-            .arg(&self.db)
-            .arg("--listen")
-            .arg(&self.listen)
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+        let mut argv = vec![
+            lsync_bin().display().to_string(),
+            "run".into(),
+            "--db".into(),
+            self.db.display().to_string(),
+            "--listen".into(),
+            self.listen.clone(),
+        ];
+        argv.extend(self.args.iter().cloned());
+        let pid_file = self.dir.join(format!("{}.{run}.pid", self.name));
+        let mut cmd = if self.terminal {
+            // script runs `$SHELL -c`; the shell notes its pid, which exec
+            // hands on to lsync.
+            let line = format!(
+                "echo $$ > {} && exec {}",
+                sh_quote(&pid_file.display().to_string()),
+                argv.iter()
+                    .map(|a| sh_quote(a))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            let mut cmd = Command::new("script");
+            cmd.arg("-qfec")
+                .arg(line)
+                .arg(self.log_path(run))
+                .env("SHELL", "/bin/sh")
+                .stderr(Stdio::null());
+            cmd
+        } else {
+            let mut cmd = Command::new(&argv[0]);
+            cmd.args(&argv[1..]).stderr(log);
+            cmd
+        };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .env(
                 "RUST_LOG",
                 std::env::var("LSYNC_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn lsync run");
+            .stdout(Stdio::null());
+        self.inner.set(None);
+        let child = spawn_tied(cmd).expect("spawn lsync run");
         *self.child.borrow_mut() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if self.log().contains("listening") {
+            if self.terminal && self.inner.get().is_none() {
+                let pid = std::fs::read_to_string(&pid_file).ok();
+                self.inner
+                    .set(pid.and_then(|p| p.trim().parse().ok()).filter(|&p| p > 0));
+            }
+            if self.log().contains("listening") && (!self.terminal || self.inner.get().is_some()) {
                 return Ok(());
             }
             if let Some(status) = self.try_status() {
@@ -217,11 +355,11 @@ impl Sidecar {
         out
     }
 
+    /// The pid of `lsync run` (under script(1), script's child).
     pub fn pid(&self) -> i32 {
-        self.child
-            .borrow()
-            .as_ref()
-            .map(|c| c.id() as i32)
+        self.inner
+            .get()
+            .or_else(|| self.child.borrow().as_ref().map(|c| c.id() as i32))
             .expect("process started")
     }
 
@@ -239,7 +377,9 @@ impl Sidecar {
 
     pub fn signal(&self, sig: libc::c_int) {
         // SAFETY: kill(2) on the pid of our own child, which has not been
-        // reaped yet (the Child is still held), so the pid cannot be reused.
+        // reaped yet (the Child is still held), so the pid cannot be reused;
+        // under script(1), on script's child, which script reaps only as it
+        // exits itself.
         let rc = unsafe { libc::kill(self.pid(), sig) };
         assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
     }
@@ -271,8 +411,7 @@ impl Sidecar {
     /// SIGKILL, and reap.
     pub fn kill9(&self) {
         if let Some(c) = self.child.borrow_mut().as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_and_reap(c, self.inner.get());
         }
     }
 
@@ -285,11 +424,24 @@ impl Sidecar {
     }
 }
 
+/// SIGKILL to `child`, and first to its own child `inner` (lsync under
+/// script(1), which a killed script would leave behind until the terminal
+/// hangs up), then reaps `child`.
+fn kill_and_reap(child: &mut Child, inner: Option<i32>) {
+    if let (Some(pid), Ok(None)) = (inner, child.try_wait()) {
+        // SAFETY: kill(2) on script's child while script runs: script reaps
+        // it only as it exits itself, so the pid is still lsync's.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for Sidecar {
     fn drop(&mut self) {
+        let inner = self.inner.get();
         if let Some(c) = self.child.get_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_and_reap(c, inner);
         }
         if std::thread::panicking() || std::env::var_os("LSYNC_TEST_SHOW_LOGS").is_some() {
             eprintln!("{}", self.all_logs());
