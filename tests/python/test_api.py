@@ -24,6 +24,7 @@ EXPECTED_FUNCTIONS = sorted(
         "lsync_hlc_now",
         "lsync_hlc_text",
         "lsync_hlc_wall",
+        "lsync_on_delete_target",
         "lsync_on_insert",
         "lsync_library_id",
         "lsync_missing",
