@@ -101,7 +101,7 @@ pub fn record_ack(db: Db, fence: Option<&Fence>) -> Result<()> {
     }
     db.run(
         "UPDATE lsync_peers SET acked_cursor = max(acked_cursor,
-           min(?2, (SELECT value FROM lsync_config WHERE key = 'next_seq') - 1))
+           min(?2, coalesce((SELECT value FROM lsync_config WHERE key = 'next_seq'), 1) - 1))
          WHERE device_id = ?1",
         &[f.sender.as_str().into(), f.acked.into()],
     )

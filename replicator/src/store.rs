@@ -278,7 +278,7 @@ pub fn ack(c: &Connection, peer: &str, cursor: i64) -> R<i64> {
         // capped at our newest cursor.
         c.execute(
             "UPDATE lsync_peers SET last_contact = ?3, acked_cursor = max(acked_cursor,
-               min(?2, (SELECT value FROM lsync_config WHERE key = 'next_seq') - 1))
+               min(?2, coalesce((SELECT value FROM lsync_config WHERE key = 'next_seq'), 1) - 1))
              WHERE device_id = ?1",
             params![peer, cursor, now_ms()],
         )?;
