@@ -181,9 +181,7 @@ fn local_write(c: &Connection, s: &Step) -> Option<String> {
         Step::Update {
             table, row, col, v, ..
         } => {
-            let Some(id) = pick(c, TABLES[table], row) else {
-                return None;
-            };
+            let id = pick(c, TABLES[table], row)?;
             let (col, val): (&str, rusqlite::types::Value) = match (table, col % 3) {
                 (0, _) => ("path", format!("/p{v}").into()),
                 (1, 0) => ("parent_id", pick(c, "entries", v).into()),
