@@ -127,10 +127,18 @@ fn step() -> impl Strategy<Value = Step> {
 /// The plain steps, plus acks and prunes.
 fn pruning_step() -> impl Strategy<Value = Step> {
     let r = 0..3usize;
+    // More syncs held back, releases, duplicates and prunes than in the
+    // plain property: a resurrection needs a changeset read before a
+    // delete, the acks of both other replicas, and a prune before that
+    // changeset is delivered (again).
     prop_oneof![
-        12 => step(),
+        10 => step(),
+        4 => (r.clone(), r.clone(), proptest::bool::weighted(0.5))
+            .prop_map(|(from, to, hold)| Step::Sync { from, to, max: None, hold }),
+        2 => any::<u8>().prop_map(|pick| Step::Release { pick }),
+        3 => any::<u8>().prop_map(|pick| Step::Duplicate { pick }),
         2 => (r.clone(), r.clone()).prop_map(|(by, of)| Step::Ack { by, of }),
-        1 => r.prop_map(|at| Step::Prune { at }),
+        3 => r.prop_map(|at| Step::Prune { at }),
     ]
 }
 
@@ -739,6 +747,29 @@ fn regression_a_changeset_read_before_a_pruned_delete_is_refused() {
         sync(2, 0, false),
         Step::Prune { at: 0 },
         Step::Release { pick: 0 },
+    ];
+    run(&steps, &all_pairs(), Mode::Pruning).unwrap();
+}
+
+/// The same with a changeset delivered once before the delete and again
+/// (a retransmission) after the prune.
+#[test]
+fn regression_a_changeset_delivered_again_after_a_pruned_delete_is_refused() {
+    let steps = [
+        ins(2, 2),
+        sync(2, 1, false),
+        sync(1, 0, false),
+        Step::Delete {
+            at: 0,
+            table: 2,
+            row: 0,
+        },
+        sync(0, 1, false),
+        sync(1, 0, false),
+        sync(0, 2, false),
+        sync(2, 0, false),
+        Step::Prune { at: 0 },
+        Step::Duplicate { pick: 1 },
     ];
     run(&steps, &all_pairs(), Mode::Pruning).unwrap();
 }
