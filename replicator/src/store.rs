@@ -208,6 +208,7 @@ pub fn apply(
     to: i64,
     caught_up: bool,
 ) -> R<(Applied, Turn)> {
+    check_claims(peer, blob, to)?;
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let began = Instant::now();
     let version = data_version(&tx)?;
@@ -228,6 +229,28 @@ pub fn apply(
         held: began.elapsed(),
     };
     Ok((serde_json::from_str(&report)?, turn))
+}
+
+/// What the peer says about a changeset must be what the changeset says:
+/// the watermark moves to the changeset's own `to`, and its fence (the ack
+/// it records) must name the peer as its sender, not another device.
+fn check_claims(peer: &str, blob: &[u8], to: i64) -> R<()> {
+    use lsync_wire::changeset::{Changeset, DEFAULT_MAX_BODY};
+    let s = Changeset::summary(blob, DEFAULT_MAX_BODY)
+        .map_err(|e| StoreError::Corrupt(format!("the peer's changeset: {e}")))?;
+    if s.to != to {
+        return Err(StoreError::Corrupt(format!(
+            "the peer announced a changeset up to cursor {to}, but it holds changes up to {}",
+            s.to
+        )));
+    }
+    if let Some(f) = s.fence.filter(|f| !f.sender.eq_ignore_ascii_case(peer)) {
+        return Err(StoreError::Corrupt(format!(
+            "the peer {peer} sent a changeset that claims to come from device {}",
+            f.sender
+        )));
+    }
+    Ok(())
 }
 
 /// Test hook: `LSYNC_TEST_APPLY_DELAY_MS` makes every apply hold the write
@@ -392,6 +415,39 @@ mod tests {
         c.query_row("SELECT lsync_device_id()", [], |_| Ok(()))
             .unwrap();
         (dir, c)
+    }
+
+    /// A peer cannot move our watermark past what it sent, nor have us
+    /// record an ack in another device's name.
+    #[test]
+    fn a_peers_claims_about_its_changeset_are_checked() {
+        use lsync_wire::changeset::{Changeset, Fence};
+        let (peer, other) = (
+            "01a20142-c196-70dc-8b46-cc82023ee619",
+            "01a20142-c196-70dc-8b46-cc82023ee61a",
+        );
+        let blob = |sender: &str| {
+            Changeset {
+                library_id: "01a20142-c196-70dc-8b46-cc83df4c5b94".into(),
+                from: 3,
+                to: 9,
+                fence: Some(Fence {
+                    sender: sender.into(),
+                    receiver: other.into(),
+                    acked: 1,
+                }),
+                tables: Vec::new(),
+                changes: Vec::new(),
+            }
+            .encode()
+            .unwrap()
+        };
+        assert!(check_claims(peer, &blob(peer), 9).is_ok());
+        let e = check_claims(peer, &blob(peer), 10).unwrap_err().to_string();
+        assert!(e.contains("holds changes up to 9"), "{e}");
+        let e = check_claims(peer, &blob(other), 9).unwrap_err().to_string();
+        assert!(e.contains("claims to come from device"), "{e}");
+        assert!(check_claims(peer, b"LSYNCjunk", 9).is_err());
     }
 
     #[test]

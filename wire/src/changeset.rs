@@ -93,7 +93,7 @@ pub struct TableDesc {
 /// the receiver's delete may still carry the deleted row's older state; the
 /// fence lets the receiver tell such a stale changeset from a current one
 /// after it has pruned that delete's tombstone.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {
     /// The exporting device.
     pub sender: String,
@@ -134,11 +134,12 @@ fn uuid16(s: &str) -> Result<[u8; 16], EncodeError> {
 }
 
 /// What [`Changeset::summary`] reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub from: i64,
     pub to: i64,
     pub changes: u64,
+    pub fence: Option<Fence>,
 }
 
 impl Changeset {
@@ -251,7 +252,7 @@ impl Changeset {
         let quick = (|| {
             r.uuid()?;
             let (from, to) = (r.ivar()?, r.ivar()?);
-            r.fence()?;
+            let fence = r.fence()?;
             let origins = r.count()?;
             r.take(
                 origins
@@ -266,7 +267,12 @@ impl Changeset {
                 }
             }
             let changes = r.uvar()?;
-            Ok(Summary { from, to, changes })
+            Ok(Summary {
+                from,
+                to,
+                changes,
+                fence,
+            })
         })();
         match quick {
             Ok(s) => Ok(s),
@@ -274,6 +280,7 @@ impl Changeset {
                 from: c.from,
                 to: c.to,
                 changes: c.changes.len() as u64,
+                fence: c.fence,
             }),
             Err(e) => Err(e),
         }
@@ -603,9 +610,11 @@ mod tests {
             Summary {
                 from: 10,
                 to: 12,
-                changes: 2
+                changes: 2,
+                fence: cs.fence.clone(),
             }
         );
+        assert!(cs.fence.is_some(), "the summary must be shown a fence");
         // A body far larger than the prefix that is read.
         let one = cs.changes[0].clone();
         cs.changes = (0..20_000)
