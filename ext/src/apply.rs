@@ -12,7 +12,6 @@
 //! memory or with one query per FK column; a missing target defers the link
 //! (`lsync_deferred`) until the target arrives.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -20,14 +19,14 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use lsync_wire::changeset::{Change, Changeset, Op};
 use std::borrow::Cow;
 
-use crate::api::Conn;
+use crate::catalog::{self, Mode, Table};
+use crate::clock::{code_of, Clock};
+use crate::conn::{CaptureOff, Conn};
 use crate::error::{Error, Result};
-use crate::flush::{Clock, OP_DELETE, OP_INSERT, OP_UPDATE};
 use crate::ident::{q, qm};
 use crate::ids::{self, IdMap};
 use crate::sql::{Db, Stmt, Value};
-use crate::track::{self, Mode, Table};
-use crate::{bail, export, fk, flush, schema, stability};
+use crate::{bail, fk, flush, schema, stability};
 
 /// What an apply did, returned as JSON.
 #[derive(Debug, Default, serde::Serialize)]
@@ -89,24 +88,9 @@ impl Drop for TriggersOff {
     }
 }
 
-/// Switches capture off for one connection while it applies.
-pub struct CaptureOff<'a>(&'a Conn, bool);
-
-impl<'a> CaptureOff<'a> {
-    pub fn new(conn: &'a Conn) -> Self {
-        CaptureOff(conn, conn.capturing.swap(false, Ordering::SeqCst))
-    }
-}
-
-impl Drop for CaptureOff<'_> {
-    fn drop(&mut self) {
-        self.0.capturing.store(self.1, Ordering::SeqCst);
-    }
-}
-
 pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<Report> {
     schema::ensure(db)?;
-    let cs = Changeset::decode(blob, export::max_body(db))
+    let cs = Changeset::decode(blob, schema::max_body(db))
         .map_err(|e| Error::msg(format!("lsync_apply: {e}; nothing was applied")))?;
     let library = schema::get_text(db, "library_id")?;
     if cs.library_id != library {
@@ -131,7 +115,7 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<Report> {
         // recorded as local before remote rows are inserted above them.
         flush::flush(db)?;
         db.exec("PRAGMA defer_foreign_keys = ON")?;
-        let tables: HashMap<Arc<str>, Table> = track::load_all(db)?
+        let tables: HashMap<Arc<str>, Table> = catalog::load_all(db)?
             .into_iter()
             .map(|t| (t.name.clone(), t))
             .collect();
@@ -150,7 +134,7 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<Report> {
 fn check_schema(db: Db, cs: &Changeset) -> Result<()> {
     let mut described = HashSet::default();
     for d in &cs.tables {
-        let Some(t) = track::load(db, &d.name)? else {
+        let Some(t) = catalog::load(db, &d.name)? else {
             bail!(
                 "lsync_apply: schema mismatch: table '{}' is not tracked here; nothing was applied",
                 d.name
@@ -204,7 +188,7 @@ pub fn apply_stream(
     mut next: impl FnMut() -> Result<Option<Changeset>>,
 ) -> Result<Report> {
     let _off = CaptureOff::new(conn);
-    let tables: HashMap<Arc<str>, Table> = track::load_all(db)?
+    let tables: HashMap<Arc<str>, Table> = catalog::load_all(db)?
         .into_iter()
         .map(|t| (t.name.clone(), t))
         .collect();
@@ -303,14 +287,6 @@ struct Applier {
     updates: HashMap<(i64, u64), Stmt>,
     reads: HashMap<(i64, u64), Stmt>,
     touched: HashSet<Arc<str>>,
-}
-
-fn op_code(op: Op) -> i64 {
-    match op {
-        Op::Insert => OP_INSERT,
-        Op::Update => OP_UPDATE,
-        Op::Delete => OP_DELETE,
-    }
 }
 
 fn check_id(c: &Change) -> Result<()> {
@@ -585,7 +561,7 @@ impl Applier {
                             Vec::new()
                         } else {
                             self.write(t, rid, &vals)?;
-                            self.extend_run(t.id, rid, c.hlc, origin, op_code(c.op), true)?;
+                            self.extend_run(t.id, rid, c.hlc, origin, code_of(c.op), true)?;
                             vals.iter().map(|(c, _)| (*c).clone()).collect()
                         }
                     }
@@ -648,7 +624,7 @@ impl Applier {
                     }
                 }
                 let rid = self.insert(t, &c.pk, &vals)?;
-                self.extend_run(t.id, rid, c.hlc, origin, op_code(c.op), false)?;
+                self.extend_run(t.id, rid, c.hlc, origin, code_of(c.op), false)?;
                 self.rids
                     .entry(t.name.clone())
                     .or_default()

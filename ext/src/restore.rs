@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 
 use lsync_wire::changeset::{Changeset, Fence};
 
-use crate::api::Conn;
+use crate::catalog::{self, Table};
+use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::ident::{q, qm};
 use crate::snapshot::{objects, private, remove_db_files, SHARED_KEYS};
 use crate::sql::{Connection, Db, Value, OPEN_READONLY, OPEN_READWRITE};
-use crate::track::{self, Table};
 use crate::{apply, bail, changes, schema, stability};
 
 /// Changes per batch on the merge path.
@@ -162,8 +162,8 @@ fn check(db: Db, s: Db, path: &str) -> Result<Snap> {
             config("schema_version")?.as_i64()
         );
     }
-    let mine = track::load_all(db)?;
-    let theirs = track::load_all(s).map_err(|e| not_snapshot(e.detail()))?;
+    let mine = catalog::load_all(db)?;
+    let theirs = catalog::load_all(s).map_err(|e| not_snapshot(e.detail()))?;
     check_tables(&mine, &theirs)?;
     let mut tables = BTreeMap::new();
     let mut rows = 0;
@@ -254,7 +254,7 @@ fn empty_path_refusal(db: Db, s: Db) -> Result<Option<String>> {
             return Ok(Some(format!("{meta} is not empty")));
         }
     }
-    for t in track::load_all(db)? {
+    for t in catalog::load_all(db)? {
         if db.query_i64(
             &format!("SELECT EXISTS (SELECT 1 FROM {})", qm(&t.name)),
             &[],
