@@ -17,6 +17,7 @@ pub mod fk;
 pub mod flush;
 pub mod ident;
 pub mod ids;
+pub mod merge;
 pub mod restore;
 pub mod schema;
 pub mod snapshot;
