@@ -53,7 +53,9 @@ pub fn open(path: &Path) -> Connection {
 /// entry point after `testing_mode()` on this thread.
 pub fn load(conn: &Connection) {
     let ext = ext_path();
-    let entry = TESTING.with(Cell::get).then_some("sqlite3_lsync_testing_init");
+    let entry = TESTING
+        .with(Cell::get)
+        .then_some("sqlite3_lsync_testing_init");
     // SAFETY: loading a trusted extension that this workspace built; the
     // guard turns extension loading off again when it drops.
     unsafe {

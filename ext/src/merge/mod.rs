@@ -3,7 +3,9 @@
 //! (`owned`); shared rows merge last-writer-wins per column, ordered by
 //! (HLC, origin device UUID) (`shared`). Edits that come before their row
 //! are parked (`park`); FK links whose target is missing are deferred
-//! (`links`); rows and clock entries are written in `write`.
+//! (`links`); rows and clock entries are written in `write`. Tables are
+//! merged parents first, so FK targets are usually here before their
+//! referrers.
 
 mod links;
 mod owned;
@@ -48,6 +50,8 @@ enum Outcome {
     Written(Vec<Arc<str>>),
 }
 
+/// One changeset's merge: what was looked up once for all its changes, the
+/// statements it prepared, and the run of rows pending as one clock entry.
 struct Applier {
     db: Db,
     clock: Clock,
@@ -337,35 +341,32 @@ impl Applier {
         let theirs: Clk = (c.hlc, c.origin.clone());
         let existing = self.rids.get(&t.name).and_then(|m| m.get(key)).copied();
         self.end_run()?;
-        let Some(rid) = existing else {
-            self.drop_parked(t, key)?;
-            let tomb = self.tombs.get(&t.name).and_then(|m| m.get(key));
-            if tomb.is_some_and(|tc| theirs <= *tc) {
-                self.report.stale += 1;
-            } else {
-                self.clock.tombstone(t.id, key.clone(), c.hlc, origin)?;
-                self.tombs
-                    .entry(t.name.clone())
-                    .or_default()
-                    .insert(key, theirs);
-                self.report.applied += 1;
+        match existing {
+            None => {
+                self.drop_parked(t, key)?;
+                let tomb = self.tombs.get(&t.name).and_then(|m| m.get(key));
+                if tomb.is_some_and(|tc| theirs <= *tc) {
+                    self.report.stale += 1;
+                    return Ok(());
+                }
             }
-            return Ok(());
-        };
-        let base = self.row_clock(t.id, rid)?;
-        // A device-owned row goes only by its owner; a shared row's delete
-        // wins over its creation (insert or newer re-insert) when it is
-        // newer, whatever later column edits.
-        if t.mode == Mode::DeviceOwned && !owned::is_owner(base, origin) {
-            self.report.refused += 1;
-            return Ok(());
+            Some(rid) => {
+                let base = self.row_clock(t.id, rid)?;
+                // A device-owned row goes only by its owner; a shared row's
+                // delete wins over its creation (insert or newer re-insert)
+                // when it is newer, whatever later column edits.
+                if t.mode == Mode::DeviceOwned && !owned::is_owner(base, origin) {
+                    self.report.refused += 1;
+                    return Ok(());
+                }
+                let created = self.clk(base)?;
+                if !newer(t.mode, &theirs, &created) {
+                    self.report.stale += 1;
+                    return Ok(());
+                }
+                self.remove(t, rid, key)?;
+            }
         }
-        let created = self.clk(base)?;
-        if !newer(t.mode, &theirs, &created) {
-            self.report.stale += 1;
-            return Ok(());
-        }
-        self.remove(t, rid, key)?;
         self.clock.tombstone(t.id, key.clone(), c.hlc, origin)?;
         self.tombs
             .entry(t.name.clone())
