@@ -1,27 +1,28 @@
 //! The SQL surface: every function `liblsync.so` registers, with the
 //! strictest flags that still work (docs/sql-api.md documents each one).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::catalog::Mode;
+use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::sql::{Db, Value, DETERMINISTIC, DIRECTONLY, INNOCUOUS};
-use crate::track::{self, Mode};
-use crate::{apply, bail, changes, export, fk, flush, restore, schema, snapshot, stability};
-
-/// Per-connection state shared by the functions registered on it.
-#[derive(Default)]
-pub struct Conn {
-    /// False while this connection applies remote changes, so that the
-    /// triggers do not echo them as local changes.
-    pub capturing: AtomicBool,
-}
+use crate::track;
+use crate::{apply, bail, capture, changes, export, flush, restore, schema, snapshot, stability};
 
 /// Registers everything on a connection. Called from the entry point.
 pub fn register(db: Db) -> Result<()> {
-    let conn = Arc::new(Conn {
-        capturing: AtomicBool::new(true),
-    });
+    register_on(db, Conn::new(false))
+}
+
+/// Registers everything on a test connection: the test-only hooks work on
+/// it. Called from the `sqlite3_lsync_testing_init` entry point.
+pub fn register_testing(db: Db) -> Result<()> {
+    register_on(db, Conn::new(true))
+}
+
+fn register_on(db: Db, conn: Conn) -> Result<()> {
+    let conn = Arc::new(conn);
     let pure = DETERMINISTIC | INNOCUOUS;
 
     db.create_function("lsync_version", 0, pure, |_, _| {
@@ -111,12 +112,13 @@ pub fn register(db: Db) -> Result<()> {
     })?;
 
     for n in [1, 2, 3] {
-        db.create_function("lsync_snapshot", n, DIRECTONLY, |db, args| {
+        let c = conn.clone();
+        db.create_function("lsync_snapshot", n, DIRECTONLY, move |db, args| {
             let path = text_arg("lsync_snapshot", "path", &args[0])?;
             let owner = opt_uuid_arg("lsync_snapshot", args.get(1))?;
             let opts: snapshot::Options =
                 options_arg("lsync_snapshot", args.get(2), r#"{"sync": true|false}"#)?;
-            snapshot::snapshot(db, &path, owner.as_deref(), &opts).map(Value::from)
+            snapshot::snapshot(db, &c, &path, owner.as_deref(), &opts).map(Value::from)
         })?;
     }
     let c = conn.clone();
@@ -133,7 +135,7 @@ pub fn register(db: Db) -> Result<()> {
     // Called by the generated triggers, so INNOCUOUS (trusted_schema=OFF).
     let c = conn.clone();
     db.create_function("lsync_capturing", 0, INNOCUOUS, move |_, _| {
-        Ok(Value::Integer(c.capturing.load(Ordering::Relaxed).into()))
+        Ok(Value::Integer(c.capturing().into()))
     })?;
     let c = conn.clone();
     db.create_function("lsync_on_insert", 4, INNOCUOUS, move |db, args| {
@@ -141,16 +143,13 @@ pub fn register(db: Db) -> Result<()> {
         let rowid = int_arg("lsync_on_insert", "rowid", &args[1])?;
         let null_uuid = int_arg("lsync_on_insert", "uuid_is_null", &args[2])? != 0;
         let fill = text_arg("lsync_on_insert", "fill statement", &args[3])?;
-        let capturing = c.capturing.load(Ordering::Relaxed);
-        track::on_insert(db, capturing, tbl, rowid, null_uuid, &fill)
+        capture::on_insert(db, c.capturing(), tbl, rowid, null_uuid, &fill)
     })?;
     let c = conn.clone();
     db.create_function("lsync_on_delete_target", 3, INNOCUOUS, move |db, args| {
         let tbl = int_arg("lsync_on_delete_target", "table id", &args[0])?;
         let rowid = int_arg("lsync_on_delete_target", "rowid", &args[1])?;
-        // The detach is the delete's consequence, not a new local change.
-        let _off = apply::CaptureOff::new(&c);
-        fk::detach_local(db, tbl, rowid, &args[2]).map(|()| Value::Null)
+        capture::on_delete_target(db, &c, tbl, rowid, &args[2])
     })?;
     db.create_function("lsync_hlc_wall", 0, INNOCUOUS, |_, _| {
         Ok(lsync_wire::hlc::wall().into())
@@ -159,12 +158,18 @@ pub fn register(db: Db) -> Result<()> {
         let id = int_arg("lsync_deny_owned", "table id", &args[0])?;
         let rowid = int_arg("lsync_deny_owned", "rowid", &args[1])?;
         let owner = int_arg("lsync_deny_owned", "owner", &args[2])?;
-        track::deny_owned(db, id, rowid, owner)
+        capture::deny_owned(db, id, rowid, owner)
     })?;
-    db.create_function("lsync_debug_set_device_id", 1, DIRECTONLY, |db, args| {
-        let id = uuid_arg("lsync_debug_set_device_id", &args[0])?;
-        set_device_id_for_testing(db, &id).map(Value::from)
-    })?;
+    let c = conn.clone();
+    db.create_function(
+        "lsync_debug_set_device_id",
+        1,
+        DIRECTONLY,
+        move |db, args| {
+            let id = uuid_arg("lsync_debug_set_device_id", &args[0])?;
+            set_device_id_for_testing(db, &c, &id).map(Value::from)
+        },
+    )?;
 
     sqlite_loadable::define_table_function::<crate::vtab::ChangesTable>(
         db.raw(),
@@ -289,11 +294,14 @@ fn join_library(db: Db, id: &str) -> Result<String> {
 }
 
 /// Test-only: gives this database another device id, after folding pending
-/// captures under the old one. Refused unless `LSYNC_TESTING=1`, because two
-/// databases sharing a device id breaks ownership.
-fn set_device_id_for_testing(db: Db, id: &str) -> Result<String> {
-    if std::env::var("LSYNC_TESTING").as_deref() != Ok("1") {
-        bail!("lsync_debug_set_device_id: test-only; set LSYNC_TESTING=1 in the process environment to use it");
+/// captures under the old one. Refused except on a test connection, because
+/// two databases sharing a device id breaks ownership.
+fn set_device_id_for_testing(db: Db, conn: &Conn, id: &str) -> Result<String> {
+    if !conn.testing {
+        bail!(
+            "lsync_debug_set_device_id: test-only; it works only on a connection that loaded \
+             the extension with the entry point sqlite3_lsync_testing_init"
+        );
     }
     flush::flush(db)?;
     db.savepoint("lsync_device", || {

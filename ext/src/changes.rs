@@ -9,21 +9,13 @@ use std::sync::Arc;
 
 pub use lsync_wire::changeset::{Change, Op};
 
+use crate::catalog::{self, Table};
+use crate::clock::op_of;
 use crate::error::Result;
 use crate::fk;
-use crate::flush::{OP_DELETE, OP_INSERT};
 use crate::ident::{q, qm};
 use crate::schema;
 use crate::sql::{Cache, Db, Value};
-use crate::track::{self, Table};
-
-fn op_from_code(c: i64) -> Op {
-    match c {
-        OP_INSERT => Op::Insert,
-        OP_DELETE => Op::Delete,
-        _ => Op::Update,
-    }
-}
 
 /// A change with the local rowid it was read from (tombstones have none).
 struct Row {
@@ -53,7 +45,7 @@ pub fn read(db: Db, since: i64, limit: usize) -> Result<Vec<Change>> {
 /// needs its own changes back).
 pub fn read_except(db: Db, since: i64, limit: usize, except: Option<&str>) -> Result<Vec<Change>> {
     let except_idx = known_device(db, except)?;
-    let tables: HashMap<i64, Table> = track::load_all(db)?
+    let tables: HashMap<i64, Table> = catalog::load_all(db)?
         .into_iter()
         .map(|t| (t.id, t))
         .collect();
@@ -150,7 +142,7 @@ fn read_entry(
             origin: origin.clone(),
             tbl: t.name.clone(),
             pk,
-            op: op_from_code(e.op),
+            op: op_of(e.op),
             data,
         },
     };

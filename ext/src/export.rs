@@ -3,18 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use lsync_wire::changeset::{Changeset, Fence, TableDesc, DEFAULT_MAX_BODY};
+use lsync_wire::changeset::{Changeset, Fence, TableDesc};
 
 use crate::error::{Error, Result};
 use crate::sql::Db;
-use crate::{changes, flush, schema, track};
+use crate::{catalog, changes, flush, schema};
 
 /// The changes after cursor `since` (at most `max`), in cursor order, which
 /// is an order that applies: each row's latest state, FKs as uuids.
 pub fn changeset(db: Db, since: i64, max: usize, except: Option<&str>) -> Result<Vec<u8>> {
     flush::flush(db)?;
     let changes = changes::read_except(db, since, max, except)?;
-    let tables: Vec<TableDesc> = track::load_all(db)?
+    let tables: Vec<TableDesc> = catalog::load_all(db)?
         .into_iter()
         .filter(|t| changes.iter().any(|c| c.tbl == t.name))
         .map(|t| TableDesc {
@@ -60,17 +60,9 @@ fn fence(db: Db, receiver: &str) -> Result<Fence> {
     })
 }
 
-/// The decompressed-size cap for changesets, from `lsync_config`.
-pub fn max_body(db: Db) -> u64 {
-    schema::get_i64(db, "max_changeset_bytes")
-        .ok()
-        .filter(|v| *v > 0)
-        .map_or(DEFAULT_MAX_BODY, |v| v as u64)
-}
-
 /// `lsync_changeset_info(blob)`: JSON describing a changeset.
 pub fn info(db: Db, blob: &[u8]) -> Result<String> {
-    let cs = Changeset::decode(blob, max_body(db))
+    let cs = Changeset::decode(blob, schema::max_body(db))
         .map_err(|e| Error::msg(format!("lsync_changeset_info: {e}")))?;
     let (format, body) = Changeset::peek(blob).map_err(|e| Error::msg(e.to_string()))?;
     let mut per_table: BTreeMap<&str, usize> = BTreeMap::new();

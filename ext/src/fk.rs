@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 
+use crate::catalog::{self, Table};
 use crate::error::Result;
 use crate::ident::{q, qm};
 use crate::ids::IdMap;
 use crate::sql::{Cache, Db, Value};
-use crate::track::Table;
 
 /// Local id -> uuid for a set of ids of one table, in one query.
 pub fn uuids_of(db: Db, t: &Table, ids: &[i64]) -> Result<HashMap<i64, Value>> {
@@ -189,7 +189,7 @@ pub fn detach_local(db: Db, tbl: i64, rid: i64, uuid: &Value) -> Result<()> {
     if db.query_i64("PRAGMA foreign_keys", &[])? == Some(1) {
         return Ok(());
     }
-    let tables = crate::track::load_all(db)?;
+    let tables = catalog::load_all(db)?;
     let Some(t) = tables.iter().find(|t| t.id == tbl) else {
         return Ok(());
     };

@@ -6,13 +6,18 @@
 
 pub mod api;
 pub mod apply;
+pub mod capture;
+pub mod catalog;
 pub mod changes;
+pub mod clock;
+pub mod conn;
 pub mod error;
 pub mod export;
 pub mod fk;
 pub mod flush;
 pub mod ident;
 pub mod ids;
+pub mod merge;
 pub mod restore;
 pub mod schema;
 pub mod snapshot;
@@ -35,9 +40,32 @@ pub unsafe extern "C" fn sqlite3_lsync_init(
     _pz_err_msg: *mut *mut c_char,
     p_api: *mut sqlite3_api_routines,
 ) -> c_int {
+    init(db, p_api, api::register)
+}
+
+/// The entry point for tests (`.load liblsync sqlite3_lsync_testing_init`):
+/// registers as usual and marks the connection as a test connection, where
+/// the test-only hooks (`lsync_debug_set_device_id`) work.
+///
+/// # Safety
+/// Called by SQLite with a valid connection and API table.
+#[no_mangle]
+pub unsafe extern "C" fn sqlite3_lsync_testing_init(
+    db: *mut sqlite3,
+    _pz_err_msg: *mut *mut c_char,
+    p_api: *mut sqlite3_api_routines,
+) -> c_int {
+    init(db, p_api, api::register_testing)
+}
+
+fn init(
+    db: *mut sqlite3,
+    p_api: *mut sqlite3_api_routines,
+    register: fn(Db) -> error::Result<()>,
+) -> c_int {
     let outcome = std::panic::catch_unwind(|| {
         sql::init_api(p_api);
-        api::register(Db::from_raw(db))
+        register(Db::from_raw(db))
     });
     match outcome {
         Ok(Ok(())) => 0,

@@ -12,13 +12,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use lsync_wire::changeset::{Changeset, Fence};
+use lsync_wire::report::{ApplyReport, RestoreMode, RestoreReport};
 
-use crate::api::Conn;
+use crate::catalog::{self, Table};
+use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::ident::{q, qm};
 use crate::snapshot::{objects, private, remove_db_files, SHARED_KEYS};
 use crate::sql::{Connection, Db, Value, OPEN_READONLY, OPEN_READWRITE};
-use crate::track::{self, Table};
 use crate::{apply, bail, changes, schema, stability};
 
 /// Changes per batch on the merge path.
@@ -56,24 +57,25 @@ pub fn restore(db: Db, conn: &Conn, path: &str, opts: &Options) -> Result<String
     let reader = Connection::open(file, OPEN_READONLY).map_err(restore_error)?;
     let snap = check(db, reader.db(), path)?;
     let me = schema::get_text(db, "device_id")?;
-    let mut report = serde_json::json!({
-        "rows": snap.rows,
-        "tables": snap.tables,
-        "source_device": snap.device,
-        "cursor": if snap.owner.is_some() { 0 } else { snap.cursor },
-        "owner": snap.owner,
-    });
+    let mut report = RestoreReport {
+        rows: snap.rows,
+        tables: snap.tables.clone(),
+        source_device: snap.device.clone(),
+        cursor: if snap.owner.is_some() { 0 } else { snap.cursor },
+        owner: snap.owner.clone(),
+        ..Default::default()
+    };
     let fallback = match empty_path_refusal(db, reader.db())? {
         None => {
             drop(reader);
             match restore_empty(db, file, &snap, &me, opts.consume) {
                 Ok(Empty::Done(deferred)) => {
-                    report["mode"] = "empty".into();
-                    report["deferred"] = deferred.into();
+                    report.mode = RestoreMode::Empty;
+                    report.merged.deferred = deferred;
                     if opts.consume {
                         remove_db_files(file);
                     }
-                    return Ok(report.to_string());
+                    return to_json(&report);
                 }
                 Ok(Empty::Unusable(why)) => why,
                 Err(e) => return Err(restore_error(e)),
@@ -98,21 +100,18 @@ pub fn restore(db: Db, conn: &Conn, path: &str, opts: &Options) -> Result<String
             Ok(r)
         })
         .map_err(restore_error)?;
-    report["mode"] = "merge".into();
-    report["why_not_empty"] = fallback.into();
-    for (k, v) in serde_json::to_value(&merged)
-        .map_err(|e| Error::msg(e.to_string()))?
-        .as_object()
-        .into_iter()
-        .flatten()
-    {
-        report[k] = v.clone();
-    }
+    report.mode = RestoreMode::Merge;
+    report.why_not_empty = Some(fallback);
+    report.merged = merged;
     if opts.consume {
         drop(reader);
         remove_db_files(file);
     }
-    Ok(report.to_string())
+    to_json(&report)
+}
+
+fn to_json(report: &RestoreReport) -> Result<String> {
+    serde_json::to_string(report).map_err(|e| Error::msg(e.to_string()))
 }
 
 fn restore_error(e: Error) -> Error {
@@ -162,8 +161,8 @@ fn check(db: Db, s: Db, path: &str) -> Result<Snap> {
             config("schema_version")?.as_i64()
         );
     }
-    let mine = track::load_all(db)?;
-    let theirs = track::load_all(s).map_err(|e| not_snapshot(e.detail()))?;
+    let mine = catalog::load_all(db)?;
+    let theirs = catalog::load_all(s).map_err(|e| not_snapshot(e.detail()))?;
     check_tables(&mine, &theirs)?;
     let mut tables = BTreeMap::new();
     let mut rows = 0;
@@ -254,7 +253,7 @@ fn empty_path_refusal(db: Db, s: Db) -> Result<Option<String>> {
             return Ok(Some(format!("{meta} is not empty")));
         }
     }
-    for t in track::load_all(db)? {
+    for t in catalog::load_all(db)? {
         if db.query_i64(
             &format!("SELECT EXISTS (SELECT 1 FROM {})", qm(&t.name)),
             &[],
@@ -506,7 +505,7 @@ fn watermarks(
 
 /// Streams the snapshot's changes (all of them, tombstones included, in
 /// cursor order) through the apply code, batch by batch.
-fn merge(db: Db, conn: &Conn, s: Db) -> Result<apply::Report> {
+fn merge(db: Db, conn: &Conn, s: Db) -> Result<ApplyReport> {
     let library = schema::get_text(db, "library_id")?;
     let mut since = 0;
     let mut done = false;

@@ -77,6 +77,14 @@ pub fn set(db: Db, key: &str, value: Value) -> Result<()> {
     )
 }
 
+/// The decompressed-size cap for changesets (`max_changeset_bytes`).
+pub fn max_body(db: Db) -> u64 {
+    get_i64(db, "max_changeset_bytes")
+        .ok()
+        .filter(|v| *v > 0)
+        .map_or(lsync_wire::changeset::DEFAULT_MAX_BODY, |v| v as u64)
+}
+
 /// The local alias of a device UUID in `lsync_devices`, created if new.
 pub fn device_idx(db: Db, id: &str) -> Result<i64> {
     db.run(

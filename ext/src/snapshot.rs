@@ -10,11 +10,12 @@
 
 use std::path::Path;
 
+use crate::catalog::{self, Mode, Table};
+use crate::clock::{Clock, OP_INSERT};
+use crate::conn::Conn;
 use crate::error::{Error, Result};
-use crate::flush::Clock;
 use crate::ident::{q, qm};
 use crate::sql::{Connection, Db, Stmt, Value, OPEN_CREATE, OPEN_READWRITE};
-use crate::track::{self, Mode, Table};
 use crate::{bail, flush, schema};
 
 /// The settings a snapshot keeps; every other one is local to the device
@@ -48,7 +49,13 @@ impl Default for Options {
 }
 
 /// Writes the snapshot and returns its size in bytes.
-pub fn snapshot(db: Db, path: &str, owner: Option<&str>, opts: &Options) -> Result<i64> {
+pub fn snapshot(
+    db: Db,
+    conn: &Conn,
+    path: &str,
+    owner: Option<&str>,
+    opts: &Options,
+) -> Result<i64> {
     schema::ensure(db)?;
     if !db.autocommit() {
         bail!(
@@ -74,7 +81,7 @@ pub fn snapshot(db: Db, path: &str, owner: Option<&str>, opts: &Options) -> Resu
     };
     // Every row folded and committed, so the clock covers what is copied.
     // (Tests skip it to stand for writes that land between fold and copy.)
-    if !skip_flush_for_testing(db)? {
+    if !skip_flush_for_testing(db, conn)? {
         db.write_savepoint("lsync_snapshot", || flush::flush(db))?;
     }
     let written = (|| -> Result<i64> {
@@ -100,12 +107,12 @@ pub fn snapshot(db: Db, path: &str, owner: Option<&str>, opts: &Options) -> Resu
     })
 }
 
-/// `test_snapshot_no_flush` = 1 in lsync_config, honoured only with
-/// `LSYNC_TESTING=1`: the captures left pending are then exactly what
-/// another connection could commit between the fold and the copy.
-fn skip_flush_for_testing(db: Db) -> Result<bool> {
-    Ok(std::env::var("LSYNC_TESTING").as_deref() == Ok("1")
-        && schema::get_i64(db, "test_snapshot_no_flush")? == 1)
+/// `test_snapshot_no_flush` = 1 in lsync_config, honoured only on a test
+/// connection (`sqlite3_lsync_testing_init`): the captures left pending are
+/// then exactly what another connection could commit between the fold and
+/// the copy.
+fn skip_flush_for_testing(db: Db, conn: &Conn) -> Result<bool> {
+    Ok(conn.testing && schema::get_i64(db, "test_snapshot_no_flush")? == 1)
 }
 
 /// Removes a database file and its journals.
@@ -137,7 +144,7 @@ fn strip(c: Db, owner: Option<&str>, owner_idx: Option<i64>) -> Result<()> {
     c.exec("PRAGMA secure_delete = ON")?;
     c.exec("BEGIN IMMEDIATE")?;
     let stripped = (|| {
-        let tables = track::load_all(c)?;
+        let tables = catalog::load_all(c)?;
         drop_local_objects(c, &tables)?;
         let mut clock = Clock::open(c)?;
         for t in &tables {
@@ -286,9 +293,9 @@ pub fn objects(mut s: Stmt) -> Result<Vec<(String, String, String)>> {
 fn drop_uncommitted_captures(c: Db, tables: &[Table], t: &Table, clock: &mut Clock) -> Result<()> {
     let mut s = c.prepare(
         "SELECT rid FROM lsync_deleted WHERE tbl = ?1
-         UNION SELECT rid FROM lsync_dirty WHERE tbl = ?1 AND op = 0",
+         UNION SELECT rid FROM lsync_dirty WHERE tbl = ?1 AND op = ?2",
     )?;
-    s.bind(1, &t.id.into())?;
+    s.bind_all(&[t.id.into(), OP_INSERT.into()])?;
     let mut rids = Vec::new();
     while s.step()? {
         rids.push(s.i64(0));

@@ -9,53 +9,15 @@
 //! `lsync_deleted`, which `flush` folds into `lsync_clock`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::catalog::{load, load_all, Mode, Table, MAX_COLUMNS};
+use crate::clock::OP_UPDATE;
 use crate::error::{Error, Result};
 use crate::ident::{lit, q, qm};
-use crate::sql::{Db, Value};
+use crate::sql::Db;
 use crate::{bail, flush, schema};
-
-/// Column masks are one INTEGER, so at most this many tracked columns.
-pub const MAX_COLUMNS: usize = 63;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    DeviceOwned,
-    Shared,
-}
-
-impl Mode {
-    pub fn parse(s: &str) -> Result<Mode> {
-        match s {
-            "device_owned" => Ok(Mode::DeviceOwned),
-            "shared" => Ok(Mode::Shared),
-            other => bail!("lsync_track: mode must be 'device_owned' or 'shared', got '{other}'"),
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::DeviceOwned => "device_owned",
-            Mode::Shared => "shared",
-        }
-    }
-}
-
-/// A tracked table, as recorded in `lsync_tables`.
-#[derive(Debug, Clone)]
-pub struct Table {
-    pub id: i64,
-    pub name: Arc<str>,
-    pub mode: Mode,
-    pub uuid_col: String,
-    pub hwm: i64,
-    /// Tracked columns (not the rowid alias, not the uuid), in mask-bit order.
-    pub columns: Vec<Arc<str>>,
-    /// FK column -> target table.
-    pub fks: BTreeMap<String, String>,
-}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,49 +25,6 @@ struct Options {
     uuid_column: Option<String>,
     #[serde(default)]
     fks: BTreeMap<String, String>,
-}
-
-const TABLE_COLS: &str = "id, name, mode, uuid_col, hwm, columns, fks";
-
-fn table_from_row(s: &crate::sql::Stmt) -> Result<Table> {
-    let corrupt = |what: &str| Error::msg(format!("lsync: lsync_tables has a corrupt {what}"));
-    Ok(Table {
-        id: s.i64(0),
-        name: Arc::from(s.text(1).unwrap_or_default()),
-        mode: Mode::parse(&s.text(2).unwrap_or_default())?,
-        uuid_col: s.text(3).unwrap_or_default(),
-        hwm: s.i64(4),
-        columns: serde_json::from_str::<Vec<String>>(&s.text(5).unwrap_or_default())
-            .map_err(|_| corrupt("column list"))?
-            .into_iter()
-            .map(Arc::from)
-            .collect(),
-        fks: serde_json::from_str(&s.text(6).unwrap_or_default()).map_err(|_| corrupt("FK map"))?,
-    })
-}
-
-/// All tracked tables, in id order.
-pub fn load_all(db: Db) -> Result<Vec<Table>> {
-    let mut s = db.prepare(&format!(
-        "SELECT {TABLE_COLS} FROM lsync_tables ORDER BY id"
-    ))?;
-    let mut out = Vec::new();
-    while s.step()? {
-        out.push(table_from_row(&s)?);
-    }
-    Ok(out)
-}
-
-pub fn load(db: Db, name: &str) -> Result<Option<Table>> {
-    let mut s = db.prepare(&format!(
-        "SELECT {TABLE_COLS} FROM lsync_tables WHERE name = ?1 COLLATE NOCASE"
-    ))?;
-    s.bind(1, &name.into())?;
-    if s.step()? {
-        Ok(Some(table_from_row(&s)?))
-    } else {
-        Ok(None)
-    }
 }
 
 /// What `pragma_table_info` says about a table.
@@ -504,7 +423,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
                {owner_old}
                {hlc_bump}
                INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
-                 VALUES ({id}, NEW.rowid, 1, {HLC_VALUE}, {mask})
+                 VALUES ({id}, NEW.rowid, {OP_UPDATE}, {HLC_VALUE}, {mask})
                  ON CONFLICT(tbl, rid) DO UPDATE SET hlc = excluded.hlc, cols = cols | excluded.cols;
                {forget_links}
              END;",
@@ -542,69 +461,5 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
         ins = trigger_name("ins", &t.name),
         del = trigger_name("del", &t.name),
         ids = trigger_name("ids", &t.name),
-    )
-}
-
-/// `lsync_on_insert(table_id, rowid, uuid_is_null, fill_sql)`, the whole body of the
-/// INSERT trigger, which runs only when its WHEN clause holds. The trigger
-/// stays one function call because SQLite sets up a trigger program's
-/// cursors for every inserted row, even when WHEN is false; a body with an
-/// UPDATE in it costs about a third more per insert.
-///
-/// It fills a NULL uuid with a UUIDv7. A row inserted at or below the
-/// high-water mark (an explicit rowid, a reused one, INSERT OR REPLACE) is
-/// not found by the mark, so it is recorded in `lsync_dirty`; on a
-/// device-owned table it must not land on another device's row.
-pub fn on_insert(
-    db: Db,
-    capturing: bool,
-    tbl: i64,
-    rowid: i64,
-    uuid_is_null: bool,
-    fill_sql: &str,
-) -> Result<Value> {
-    if uuid_is_null {
-        db.run(fill_sql, &[rowid.into()])?;
-    }
-    if !capturing {
-        return Ok(Value::Null);
-    }
-    // The WHEN clause held: with a uuid given, the row is below the mark.
-    if uuid_is_null {
-        let hwm = db.query_i64("SELECT hwm FROM lsync_tables WHERE id = ?1", &[tbl.into()])?;
-        if hwm.is_none_or(|h| rowid > h) {
-            return Ok(Value::Null);
-        }
-    }
-    let owner = db.query_value(
-        "SELECT c.origin FROM (SELECT hi, origin FROM lsync_clock
-           WHERE tbl = ?1 AND col IS NULL AND lo <= ?2 ORDER BY lo DESC LIMIT 1) AS c
-         JOIN lsync_tables t ON t.id = ?1 AND t.mode = 'device_owned'
-         WHERE c.hi >= ?2 AND c.origin IS NOT (SELECT value FROM lsync_config WHERE key = 'device_idx')",
-        &[tbl.into(), rowid.into()],
-    )?;
-    if let Some(Value::Integer(owner)) = owner {
-        return deny_owned(db, tbl, rowid, owner);
-    }
-    let hlc = schema::next_hlc(db)?;
-    db.run(
-        "INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols) VALUES (?1, ?2, 0, ?3, 0)
-         ON CONFLICT(tbl, rid) DO UPDATE SET op = 0, hlc = excluded.hlc",
-        &[tbl.into(), rowid.into(), hlc.into()],
-    )?;
-    Ok(Value::Null)
-}
-
-/// Formats the `owned by` refusal for `lsync_deny_owned`.
-pub fn deny_owned(db: Db, tbl_id: i64, rowid: i64, owner_idx: i64) -> Result<Value> {
-    let name = db
-        .query_text(
-            "SELECT name FROM lsync_tables WHERE id = ?1",
-            &[tbl_id.into()],
-        )?
-        .unwrap_or_else(|| format!("table #{tbl_id}"));
-    let owner = schema::device_uuid(db, owner_idx)?;
-    bail!(
-        "lsync: row {rowid} of '{name}' is owned by device {owner}; only its owner may change or delete it"
     )
 }

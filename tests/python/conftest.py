@@ -9,8 +9,16 @@ import pytest
 
 from util import EXT, connect
 
-# Enables lsync_debug_set_device_id; read by the extension in this process.
-os.environ["LSYNC_TESTING"] = "1"
+
+def connect_testing(path):
+    """connect(), through the testing entry point: lsync_debug_set_device_id
+    works on this connection (Debian's python 3.11 has no entrypoint
+    argument to load_extension, so SQL's load_extension() names it)."""
+    con = connect(path, load=False)
+    con.enable_load_extension(True)
+    con.execute("SELECT load_extension(?, 'sqlite3_lsync_testing_init')", (EXT,))
+    con.enable_load_extension(False)
+    return con
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +37,7 @@ def db_path(tmp_path):
 def db(db_path, ext_path):
     """A fresh database file with the extension loaded, plus two tables:
     `files` (device_owned) and `tags` (shared), both tracked."""
-    con = connect(db_path)
+    con = connect_testing(db_path)
     con.executescript(
         """
         CREATE TABLE files(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT, size INTEGER);

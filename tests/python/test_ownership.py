@@ -1,6 +1,5 @@
 """Device-owned rows may only be written by the device that inserted them."""
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -44,7 +43,7 @@ def test_shared_rows_are_writable_by_any_device(db):
     assert db.execute("SELECT name, color FROM tags").fetchall() == [("a", "red")]
 
 
-def test_set_device_id_needs_testing_env(db_path, ext_path):
+def test_set_device_id_needs_the_testing_entry_point(db_path, ext_path):
     script = (
         "import sqlite3, sys\n"
         "con = sqlite3.connect(sys.argv[1])\n"
@@ -55,9 +54,8 @@ def test_set_device_id_needs_testing_env(db_path, ext_path):
         "except sqlite3.Error as e:\n"
         "    print('refused:', e)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "LSYNC_TESTING"}
     out = subprocess.run(
         [sys.executable, "-c", script, str(db_path), EXT],
-        env=env, capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True,
     ).stdout
-    assert out.startswith("refused:") and "LSYNC_TESTING" in out
+    assert out.startswith("refused:") and "sqlite3_lsync_testing_init" in out

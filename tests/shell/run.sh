@@ -16,6 +16,8 @@ failed=0
 
 # sql DB ARGS...: one shell run with the extension loaded; stdout+stderr.
 sql() { local db=$1; shift; "$sqlite" -batch -bail "$db" ".load $ext" "$@" 2>&1; }
+# tsql DB ARGS...: the same through the testing entry point (test-only hooks on).
+tsql() { local db=$1; shift; "$sqlite" -batch -bail "$db" ".load $ext sqlite3_lsync_testing_init" "$@" 2>&1; }
 # plain DB ARGS...: the same without loading the extension.
 plain() { local db=$1; shift; "$sqlite" -batch -bail "$db" "$@" 2>&1; }
 
@@ -80,10 +82,11 @@ expect "rollback records nothing" "0" \
 db=$(fresh owned)
 sql "$db" "INSERT INTO files(name) VALUES ('a');" "INSERT INTO tags(name) VALUES ('t');" >/dev/null
 other=$(sql :memory: "SELECT lsync_uuid();")
-# as_other DB ARGS...: run as device $other (the test-only route needs LSYNC_TESTING=1).
+# as_other DB ARGS...: run as device $other (the test-only route needs the
+# testing entry point).
 as_other() {
   local db=$1; shift
-  LSYNC_TESTING=1 sql "$db" ".output /dev/null" "SELECT lsync_debug_set_device_id('$other');" \
+  tsql "$db" ".output /dev/null" "SELECT lsync_debug_set_device_id('$other');" \
     ".output stdout" "$@"
 }
 for stmt in "UPDATE files SET size = 2;" "DELETE FROM files;"; do
@@ -93,10 +96,9 @@ expect "ownership: owned row unchanged" "a|" "$(plain "$db" "SELECT name, size F
 expect "ownership: shared table writable by another device" "0" \
   "$(as_other "$db" "UPDATE tags SET color = 'red';" "DELETE FROM tags;" "SELECT count(*) FROM tags;")"
 
-# 7. the debug route refuses without LSYNC_TESTING=1
-expect_match "set_device_id needs LSYNC_TESTING=1" "LSYNC_TESTING" \
-  "$(env -u LSYNC_TESTING "$sqlite" -batch -bail "$db" ".load $ext" \
-    "SELECT lsync_debug_set_device_id('$other');" 2>&1)"
+# 7. the debug route refuses without the testing entry point
+expect_match "set_device_id needs sqlite3_lsync_testing_init" "sqlite3_lsync_testing_init" \
+  "$(sql "$db" "SELECT lsync_debug_set_device_id('$other');")"
 
 # 8. PRAGMA trusted_schema=OFF: inserts, updates and deletes are still captured
 db=$(fresh untrusted)

@@ -1,9 +1,9 @@
 //! Helpers for the end-to-end tests: they load the real `liblsync.so` into
 //! rusqlite's bundled SQLite, exactly as an app would.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 use std::time::Duration;
 
 use rusqlite::types::Value;
@@ -49,14 +49,18 @@ pub fn open(path: &Path) -> Connection {
     conn
 }
 
-/// Loads the extension into an existing connection.
+/// Loads the extension into an existing connection: through the testing
+/// entry point after `testing_mode()` on this thread.
 pub fn load(conn: &Connection) {
     let ext = ext_path();
+    let entry = TESTING
+        .with(Cell::get)
+        .then_some("sqlite3_lsync_testing_init");
     // SAFETY: loading a trusted extension that this workspace built; the
     // guard turns extension loading off again when it drops.
     unsafe {
         let _guard = LoadExtensionGuard::new(conn).expect("enable extension loading");
-        conn.load_extension(&ext, None::<&str>)
+        conn.load_extension(&ext, entry)
             .unwrap_or_else(|e| panic!("load {}: {e}", ext.display()));
     }
 }
@@ -69,11 +73,16 @@ pub fn open_plain(path: &Path) -> Connection {
     conn
 }
 
-/// Enables the test-only functions (`lsync_debug_set_device_id`). The
-/// extension reads the variable at call time; every test sets the same value.
+thread_local! {
+    static TESTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Enables the test-only hooks (`lsync_debug_set_device_id`,
+/// `test_snapshot_no_flush`) on the connections this thread (this test)
+/// opens from now on: `load` uses the `sqlite3_lsync_testing_init` entry
+/// point.
 pub fn testing_mode() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| std::env::set_var("LSYNC_TESTING", "1"));
+    TESTING.with(|t| t.set(true));
 }
 
 /// A fresh directory under the system temp dir, removed on drop.

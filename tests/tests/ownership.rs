@@ -121,6 +121,16 @@ fn set_device_id_needs_testing_mode_flag_and_a_uuid() {
     assert!(err.starts_with("lsync_debug_set_device_id:"), "{err}");
 }
 
+#[test]
+fn set_device_id_is_refused_without_the_testing_entry_point() {
+    // No testing_mode() on this thread: the ordinary entry point.
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    let id = uuid::Uuid::now_v7().to_string();
+    let err = error_of(&conn, &format!("SELECT lsync_debug_set_device_id('{id}')"));
+    assert!(err.contains("sqlite3_lsync_testing_init"), "{err}");
+}
+
 /// The update trigger only fires when a tracked column changes (its WHEN
 /// clause tests the column mask), and the uuid and the rowid are not tracked
 /// columns: a statement that changes only them skips the "cannot change"

@@ -47,14 +47,15 @@ impl Op {
             Op::Delete => "delete",
         }
     }
-    fn code(self) -> u8 {
+    /// The op's code: on the wire, and in the extension's clock and triggers.
+    pub const fn code(self) -> u8 {
         match self {
             Op::Insert => 0,
             Op::Update => 1,
             Op::Delete => 2,
         }
     }
-    fn from_code(c: u8) -> Option<Op> {
+    pub const fn from_code(c: u8) -> Option<Op> {
         match c {
             0 => Some(Op::Insert),
             1 => Some(Op::Update),

@@ -1,0 +1,42 @@
+//! Per-connection state, shared by the functions registered on one
+//! connection.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub struct Conn {
+    /// False while this connection applies remote changes, so that the
+    /// triggers do not echo them as local changes.
+    pub capturing: AtomicBool,
+    /// Loaded through `sqlite3_lsync_testing_init`: the test-only hooks
+    /// work here. Not a setting or an environment variable, so that an app
+    /// cannot turn them on by accident.
+    pub testing: bool,
+}
+
+impl Conn {
+    pub fn new(testing: bool) -> Conn {
+        Conn {
+            capturing: AtomicBool::new(true),
+            testing,
+        }
+    }
+
+    pub fn capturing(&self) -> bool {
+        self.capturing.load(Ordering::Relaxed)
+    }
+}
+
+/// Switches capture off for one connection while it applies.
+pub struct CaptureOff<'a>(&'a Conn, bool);
+
+impl<'a> CaptureOff<'a> {
+    pub fn new(conn: &'a Conn) -> Self {
+        CaptureOff(conn, conn.capturing.swap(false, Ordering::SeqCst))
+    }
+}
+
+impl Drop for CaptureOff<'_> {
+    fn drop(&mut self) {
+        self.0.capturing.store(self.1, Ordering::SeqCst);
+    }
+}

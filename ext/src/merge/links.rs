@@ -1,0 +1,127 @@
+//! FK links: changesets carry FK targets as uuids; here they become local
+//! rowids, looked up once per FK column per changeset, and a link whose
+//! target is not here yet is deferred (`lsync_deferred`) until it arrives.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use lsync_wire::changeset::Change;
+use rustc_hash::FxHashMap as HashMap;
+
+use super::Applier;
+use crate::catalog::Table;
+use crate::error::Result;
+use crate::fk;
+use crate::ids::{self, IdMap};
+use crate::sql::Value;
+
+/// Column values ready to write, FK uuids already mapped to local ids.
+pub(super) type LocalValues<'c> = Vec<(&'c Arc<str>, Cow<'c, Value>)>;
+/// An FK link to complete later: (column, target table, target uuid).
+pub(super) type Link = (Arc<str>, String, Value);
+
+impl Applier {
+    /// Finds the local rows of the FK targets that one table's changes
+    /// name, one query per FK column; targets that arrive in the same
+    /// changeset are mapped in memory.
+    pub(super) fn find_targets(
+        &mut self,
+        t: &Table,
+        list: &[&Change],
+        groups: &HashMap<&str, Vec<&Change>>,
+    ) -> Result<()> {
+        for (col, target) in &t.fks {
+            let Some(tt) = self.tables.get(target.as_str()) else {
+                continue;
+            };
+            // Targets that arrive in this same changeset are mapped in memory.
+            let mut incoming: IdMap<()> = IdMap::default();
+            for c in groups.get(target.as_str()).into_iter().flatten() {
+                incoming.insert(&c.pk, ());
+            }
+            let known = self.rids.get(target.as_str());
+            let mut seen: IdMap<()> = IdMap::default();
+            let mut missing: Vec<&Value> = Vec::new();
+            for (_, v) in list
+                .iter()
+                .flat_map(|c| c.data.iter())
+                .filter(|(k, _)| **k == **col)
+            {
+                if ids::is_id(v)
+                    && !incoming.contains(v)
+                    && known.is_none_or(|m| !m.contains(v))
+                    && !seen.contains(v)
+                {
+                    seen.insert(v, ());
+                    missing.push(v);
+                }
+            }
+            if missing.is_empty() {
+                continue;
+            }
+            let found = fk::rids_of(self.db, tt, &missing)?;
+            self.report.fk_queries += 1;
+            let name = tt.name.clone();
+            self.rids.entry(name).or_default().extend(found);
+        }
+        Ok(())
+    }
+
+    /// Column values with FK uuids mapped to local ids; unresolved links are
+    /// returned separately and stored as NULL until their target arrives.
+    pub(super) fn local_values<'c>(
+        &self,
+        t: &Table,
+        c: &'c Change,
+    ) -> (LocalValues<'c>, Vec<Link>) {
+        let mut vals = Vec::with_capacity(c.data.len());
+        let mut deferred = Vec::new();
+        for (col, v) in &c.data {
+            let target = if t.fks.is_empty() {
+                None
+            } else {
+                t.fks
+                    .get(&**col)
+                    .filter(|n| self.tables.contains_key(n.as_str()))
+            };
+            let local = match target {
+                Some(target) if ids::is_id(v) => {
+                    match self.rids.get(target.as_str()).and_then(|m| m.get(v)) {
+                        Some(rid) => Cow::Owned(Value::Integer(*rid)),
+                        None => {
+                            deferred.push((col.clone(), target.clone(), v.clone()));
+                            Cow::Owned(Value::Null)
+                        }
+                    }
+                }
+                _ => Cow::Borrowed(v),
+            };
+            vals.push((col, local));
+        }
+        (vals, deferred)
+    }
+
+    /// After a write of `rid`: links of the `written` FK columns are
+    /// replaced (all of them for a new row, `written` = None), and those
+    /// still missing their target are deferred.
+    pub(super) fn settle_links(
+        &mut self,
+        t: &Table,
+        rid: i64,
+        pk: &Value,
+        written: Option<&[Arc<str>]>,
+        mut deferred: Vec<Link>,
+    ) -> Result<()> {
+        if let Some(written) = written {
+            for col in written.iter().filter(|c| t.fks.contains_key(&***c)) {
+                fk::forget(&self.clock.cache, t.id, rid, Some(col))?;
+            }
+            deferred.retain(|(col, _, _)| written.contains(col));
+        }
+        for (col, target, target_uuid) in deferred {
+            fk::defer(self.db, t, rid, pk, &col, &target, &target_uuid)?;
+            self.report.deferred += 1;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,434 @@
+//! Merging changes into this database, one change at a time, under the
+//! table's policy: device-owned rows take their owner's latest state
+//! (`owned`); shared rows merge last-writer-wins per column, ordered by
+//! (HLC, origin device UUID) (`shared`). Edits that come before their row
+//! are parked (`park`); FK links whose target is missing are deferred
+//! (`links`); rows and clock entries are written in `write`. Tables are
+//! merged parents first, so FK targets are usually here before their
+//! referrers.
+
+mod links;
+mod owned;
+mod park;
+mod shared;
+mod write;
+
+use std::sync::Arc;
+
+use lsync_wire::changeset::{Change, Changeset, Op};
+use lsync_wire::report::ApplyReport;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+
+use crate::catalog::{Mode, Table};
+use crate::clock::{code_of, Clock};
+use crate::error::Result;
+use crate::ident::qm;
+use crate::ids::{self, IdMap};
+use crate::sql::{Db, Stmt, Value};
+use crate::{bail, fk, schema};
+
+use write::Run;
+
+/// A clock for LWW ordering: (HLC, origin device UUID).
+type Clk = (i64, Arc<str>);
+
+/// Merges one changeset's changes (the caller has checked it, and holds the
+/// savepoint); returns what it did.
+pub fn merge(db: Db, tables: HashMap<Arc<str>, Table>, cs: &Changeset) -> Result<ApplyReport> {
+    let mut a = Applier::new(db, tables)?;
+    a.run(cs)?;
+    Ok(a.report)
+}
+
+/// What a table's policy makes of a change to a row that is here.
+enum Outcome {
+    /// A device-owned row of another device.
+    Refused,
+    /// The row's own state is as new or newer.
+    Stale,
+    /// These columns took the change (none: stale).
+    Written(Vec<Arc<str>>),
+}
+
+/// One changeset's merge: what was looked up once for all its changes, the
+/// statements it prepared, and the run of rows pending as one clock entry.
+struct Applier {
+    db: Db,
+    clock: Clock,
+    tables: HashMap<Arc<str>, Table>,
+    report: ApplyReport,
+    origin_idx: HashMap<Arc<str>, i64>,
+    idx_origin: HashMap<i64, Arc<str>>,
+    /// uuid -> local rowid, per table, for rows touched by this changeset.
+    rids: HashMap<Arc<str>, IdMap<i64>>,
+    tombs: HashMap<Arc<str>, IdMap<Clk>>,
+    /// Tables with parked edits (edits that arrived before their row).
+    parked: HashSet<i64>,
+    /// The last origin looked up (changes from one device share it).
+    last_origin: Option<(Arc<str>, i64)>,
+    run: Option<Run>,
+    inserts: HashMap<(i64, u64), Stmt>,
+    updates: HashMap<(i64, u64), Stmt>,
+    reads: HashMap<(i64, u64), Stmt>,
+    touched: HashSet<Arc<str>>,
+}
+
+fn check_id(c: &Change) -> Result<()> {
+    if ids::is_id(&c.pk) {
+        return Ok(());
+    }
+    bail!(
+        "lsync_apply: a change to '{}' has a row id that is neither text nor blob; nothing was applied",
+        c.tbl
+    )
+}
+
+impl Applier {
+    fn new(db: Db, tables: HashMap<Arc<str>, Table>) -> Result<Applier> {
+        Ok(Applier {
+            db,
+            clock: Clock::open(db)?,
+            tables,
+            report: ApplyReport::default(),
+            origin_idx: HashMap::default(),
+            idx_origin: HashMap::default(),
+            rids: HashMap::default(),
+            last_origin: None,
+            parked: HashSet::default(),
+            tombs: HashMap::default(),
+            run: None,
+            inserts: HashMap::default(),
+            updates: HashMap::default(),
+            reads: HashMap::default(),
+            touched: HashSet::default(),
+        })
+    }
+
+    fn idx(&mut self, origin: &Arc<str>) -> Result<i64> {
+        if let Some((o, i)) = &self.last_origin {
+            if Arc::ptr_eq(o, origin) {
+                return Ok(*i);
+            }
+        }
+        if let Some(i) = self.origin_idx.get(origin) {
+            self.last_origin = Some((origin.clone(), *i));
+            return Ok(*i);
+        }
+        let i = schema::device_idx(self.db, origin)?;
+        self.origin_idx.insert(origin.clone(), i);
+        self.idx_origin.insert(i, origin.clone());
+        Ok(i)
+    }
+
+    fn uuid_of(&mut self, idx: i64) -> Result<Arc<str>> {
+        if let Some(u) = self.idx_origin.get(&idx) {
+            return Ok(u.clone());
+        }
+        let u: Arc<str> = Arc::from(schema::device_uuid(self.db, idx)?);
+        self.idx_origin.insert(idx, u.clone());
+        self.origin_idx.insert(u.clone(), idx);
+        Ok(u)
+    }
+
+    fn clk(&mut self, (hlc, origin): (i64, i64)) -> Result<Clk> {
+        Ok((hlc, self.uuid_of(origin)?))
+    }
+
+    fn run(&mut self, cs: &Changeset) -> Result<()> {
+        self.report.changes = cs.changes.len() as i64;
+        // By tracked name: a changeset may spell one in another letter case.
+        let names: Vec<Arc<str>> = self.tables.keys().cloned().collect();
+        let mut spelled: HashMap<&str, &str> = HashMap::default();
+        let mut groups: HashMap<&str, Vec<&Change>> = HashMap::default();
+        for c in &cs.changes {
+            let name = match spelled.get(&*c.tbl) {
+                Some(name) => *name,
+                None => {
+                    let Some(name) = names.iter().find(|n| n.eq_ignore_ascii_case(&c.tbl)) else {
+                        bail!(
+                            "lsync_apply: a change is for table '{}', which is not tracked here; nothing was applied",
+                            c.tbl
+                        );
+                    };
+                    spelled.insert(&c.tbl, name);
+                    name
+                }
+            };
+            groups.entry(name).or_default().push(c);
+        }
+        let order = parents_first(&self.tables);
+        for name in &order {
+            let Some(list) = groups.get(&**name) else {
+                continue;
+            };
+            let t = self.tables[name].clone();
+            self.prepare_table(&t, list, &groups)?;
+            for c in list.iter().filter(|c| c.op != Op::Delete) {
+                self.upsert(&t, c)?;
+            }
+        }
+        // Children before parents, so FK checks see a consistent state.
+        for name in order.iter().rev() {
+            let Some(list) = groups.get(&**name) else {
+                continue;
+            };
+            let t = self.tables[name].clone();
+            for c in list.iter().filter(|c| c.op == Op::Delete) {
+                self.delete(&t, c)?;
+            }
+        }
+        self.end_run()?;
+        let all: Vec<Table> = self.tables.values().cloned().collect();
+        self.report.resolved += fk::resolve(self.db, &all)?;
+        for name in &self.touched {
+            self.db.run(
+                &format!(
+                    "UPDATE lsync_tables SET hwm = (SELECT coalesce(max(rowid), 0) FROM {})
+                     WHERE name = ?1",
+                    qm(name)
+                ),
+                &[(**name).into()],
+            )?;
+        }
+        self.clock.save()?;
+        if let Some(max) = cs.changes.iter().map(|c| c.hlc).max() {
+            self.db.run(
+                "UPDATE lsync_config SET value = max(value, ?1) WHERE key = 'hlc'",
+                &[max.into()],
+            )?;
+        }
+        let me = schema::get_text(self.db, "device_id")?;
+        if cs.changes.iter().any(|c| *c.origin != *me) {
+            schema::set(self.db, "library_locked", 1.into())?;
+        }
+        Ok(())
+    }
+
+    /// Set-based lookups for one table's changes: existing rows by uuid,
+    /// tombstones, and the FK targets of every FK column.
+    fn prepare_table(
+        &mut self,
+        t: &Table,
+        list: &[&Change],
+        groups: &HashMap<&str, Vec<&Change>>,
+    ) -> Result<()> {
+        let has_rows = self.db.query_i64(
+            &format!("SELECT EXISTS (SELECT 1 FROM {})", qm(&t.name)),
+            &[],
+        )? == Some(1);
+        let rids = self.rids.entry(t.name.clone()).or_default();
+        rids.reserve(list.len());
+        if has_rows {
+            let keys: Vec<&Value> = list.iter().map(|c| &c.pk).collect();
+            rids.extend(fk::rids_of(self.db, t, &keys)?);
+        }
+        self.touched.insert(t.name.clone());
+        if self.db.query_i64(
+            "SELECT EXISTS (SELECT 1 FROM lsync_parked WHERE tbl = ?1)",
+            &[t.id.into()],
+        )? == Some(1)
+        {
+            self.parked.insert(t.id);
+        }
+        let mut tombs = IdMap::default();
+        let mut s = self.db.prepare(
+            "SELECT uuid, hlc, origin FROM lsync_clock WHERE tbl = ?1 AND uuid IS NOT NULL",
+        )?;
+        s.bind(1, &t.id.into())?;
+        let mut raw = Vec::new();
+        while s.step()? {
+            raw.push((s.value(0), s.i64(1), s.i64(2)));
+        }
+        drop(s);
+        for (k, hlc, origin) in raw {
+            let clk = self.clk((hlc, origin))?;
+            tombs.insert(&k, clk);
+        }
+        self.tombs.insert(t.name.clone(), tombs);
+        self.find_targets(t, list, groups)
+    }
+
+    fn upsert(&mut self, t: &Table, c: &Change) -> Result<()> {
+        check_id(c)?;
+        let (vals, deferred) = self.local_values(t, c);
+        let existing = self.rids.get(&t.name).and_then(|m| m.get(&c.pk)).copied();
+        let origin = self.idx(&c.origin)?;
+        let Some(rid) = existing else {
+            let Some(rid) = self.create(t, c, origin, &vals)? else {
+                return Ok(());
+            };
+            self.report.applied += 1;
+            self.settle_links(t, rid, &c.pk, None, deferred)?;
+            // Parked edits are newer news about the row: they go on top of
+            // the insert, deferred links included (a parked FK edit replaces
+            // the insert's waiting link, never the other way round).
+            if self.parked.contains(&t.id) {
+                self.unpark(t, &c.pk)?;
+            }
+            return Ok(());
+        };
+        self.end_run_holding(t.id, rid)?;
+        let base = self.row_clock(t.id, rid)?;
+        let outcome = match t.mode {
+            Mode::DeviceOwned => self.update_owned(t, c, rid, origin, base, &vals)?,
+            Mode::Shared => self.update_shared(t, c, rid, origin, base, &vals)?,
+        };
+        match outcome {
+            Outcome::Refused => self.report.refused += 1,
+            Outcome::Written(cols) if !cols.is_empty() => {
+                self.report.applied += 1;
+                self.settle_links(t, rid, &c.pk, Some(&cols), deferred)?;
+            }
+            Outcome::Stale | Outcome::Written(_) => self.report.stale += 1,
+        }
+        Ok(())
+    }
+
+    /// The (hlc, origin) of the row entry covering `rid`; a row with none
+    /// counts as this device's, from the beginning of time.
+    fn row_clock(&self, tbl: i64, rid: i64) -> Result<(i64, i64)> {
+        Ok(self
+            .clock
+            .row_clock(tbl, rid)?
+            .unwrap_or((0, self.clock.self_idx)))
+    }
+
+    /// A change to a row that is not here: inserts it unless its tombstone
+    /// is newer; a shared row's edit is parked until the row comes. Returns
+    /// the new row's rowid.
+    fn create(
+        &mut self,
+        t: &Table,
+        c: &Change,
+        origin: i64,
+        vals: &links::LocalValues,
+    ) -> Result<Option<i64>> {
+        let key = &c.pk;
+        let tomb = self.tombs.get(&t.name).and_then(|m| m.get(key)).cloned();
+        if t.mode == Mode::Shared && c.op != Op::Insert {
+            // It lost to the row's delete, or it came before the row.
+            if tomb.is_some() {
+                self.report.stale += 1;
+            } else {
+                self.park(t, c)?;
+            }
+            return Ok(None);
+        }
+        if let Some(tc) = &tomb {
+            // Only a newer insert brings a deleted row back.
+            if !newer(t.mode, &(c.hlc, c.origin.clone()), tc) {
+                self.report.stale += 1;
+                return Ok(None);
+            }
+            self.clock.drop_tombstone(t.id, key)?;
+            if let Some(m) = self.tombs.get_mut(&t.name) {
+                m.remove(key);
+            }
+        }
+        let rid = self.insert(t, key, vals)?;
+        self.extend_run(t.id, rid, c.hlc, origin, code_of(c.op), false)?;
+        self.rids
+            .entry(t.name.clone())
+            .or_default()
+            .insert(key, rid);
+        Ok(Some(rid))
+    }
+
+    fn delete(&mut self, t: &Table, c: &Change) -> Result<()> {
+        check_id(c)?;
+        let key = &c.pk;
+        let origin = self.idx(&c.origin)?;
+        let theirs: Clk = (c.hlc, c.origin.clone());
+        let existing = self.rids.get(&t.name).and_then(|m| m.get(key)).copied();
+        self.end_run()?;
+        match existing {
+            None => {
+                self.drop_parked(t, key)?;
+                let tomb = self.tombs.get(&t.name).and_then(|m| m.get(key));
+                if tomb.is_some_and(|tc| theirs <= *tc) {
+                    self.report.stale += 1;
+                    return Ok(());
+                }
+            }
+            Some(rid) => {
+                let base = self.row_clock(t.id, rid)?;
+                // A device-owned row goes only by its owner; a shared row's
+                // delete wins over its creation (insert or newer re-insert)
+                // when it is newer, whatever later column edits.
+                if t.mode == Mode::DeviceOwned && !owned::is_owner(base, origin) {
+                    self.report.refused += 1;
+                    return Ok(());
+                }
+                let created = self.clk(base)?;
+                if !newer(t.mode, &theirs, &created) {
+                    self.report.stale += 1;
+                    return Ok(());
+                }
+                self.remove(t, rid, key)?;
+            }
+        }
+        self.clock.tombstone(t.id, key.clone(), c.hlc, origin)?;
+        self.tombs
+            .entry(t.name.clone())
+            .or_default()
+            .insert(key, theirs);
+        self.report.applied += 1;
+        Ok(())
+    }
+
+    /// Deletes row `rid`, its coverage and its links; referrers are
+    /// detached first, so no FK cell is left dangling.
+    fn remove(&mut self, t: &Table, rid: i64, key: &Value) -> Result<()> {
+        let all: Vec<&Table> = self.tables.values().collect();
+        fk::detach_referrers(self.db, &all, t, rid, key)?;
+        self.db.run(
+            &format!("DELETE FROM {} WHERE rowid = ?1", qm(&t.name)),
+            &[rid.into()],
+        )?;
+        self.clock.uncover(t.id, rid)?;
+        self.clock.drop_columns(t.id, rid)?;
+        fk::forget(&self.clock.cache, t.id, rid, None)?;
+        if let Some(m) = self.rids.get_mut(&t.name) {
+            m.remove(key);
+        }
+        self.touched.insert(t.name.clone());
+        Ok(())
+    }
+}
+
+/// Whether a change beats the state it meets: device-owned rows have one
+/// writer, so the HLC orders them; shared rows order by (HLC, origin).
+fn newer(mode: Mode, theirs: &Clk, mine: &Clk) -> bool {
+    match mode {
+        Mode::DeviceOwned => theirs.0 > mine.0,
+        Mode::Shared => theirs > mine,
+    }
+}
+
+/// Tracked tables ordered so that FK targets come before the tables that
+/// point at them (self-references and cycles are left to deferral).
+fn parents_first(tables: &HashMap<Arc<str>, Table>) -> Vec<Arc<str>> {
+    fn visit(
+        t: &Table,
+        tables: &HashMap<Arc<str>, Table>,
+        seen: &mut HashSet<i64>,
+        out: &mut Vec<Arc<str>>,
+    ) {
+        if !seen.insert(t.id) {
+            return;
+        }
+        for target in t.fks.values().filter(|n| **n != *t.name) {
+            if let Some(tt) = tables.get(target.as_str()) {
+                visit(tt, tables, seen, out);
+            }
+        }
+        out.push(t.name.clone());
+    }
+    let mut all: Vec<&Table> = tables.values().collect();
+    all.sort_by_key(|t| t.id);
+    let (mut seen, mut out) = (HashSet::default(), Vec::new());
+    for t in all {
+        visit(t, tables, &mut seen, &mut out);
+    }
+    out
+}

@@ -1,0 +1,211 @@
+//! Writing rows and their clock entries: cached statements per column set,
+//! and runs of consecutive rows that become one range entry.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap as HashMap;
+
+use super::Applier;
+use crate::catalog::Table;
+use crate::error::{Error, Result};
+use crate::ident::{q, qm};
+use crate::sql::{Stmt, Value};
+
+/// Consecutive rows from one origin at one HLC, recorded as one range:
+/// new rows, or existing rows whose old coverage it replaces.
+pub(super) struct Run {
+    tbl: i64,
+    lo: i64,
+    hi: i64,
+    hlc: i64,
+    origin: i64,
+    op: i64,
+    replace: bool,
+}
+
+impl Applier {
+    fn bit(t: &Table, col: &Arc<str>) -> u64 {
+        t.columns
+            .iter()
+            .position(|x| x == col)
+            .map_or(0, |i| 1 << i)
+    }
+
+    fn mask(t: &Table, vals: &[(&Arc<str>, Cow<Value>)]) -> u64 {
+        vals.iter().fold(0, |m, (c, _)| m | Self::bit(t, c))
+    }
+
+    pub(super) fn insert(
+        &mut self,
+        t: &Table,
+        pk: &Value,
+        vals: &[(&Arc<str>, Cow<Value>)],
+    ) -> Result<i64> {
+        let mask = Self::mask(t, vals);
+        let db = self.db;
+        let stmt = cached(&mut self.inserts, (t.id, mask), || {
+            let cols: Vec<String> = vals.iter().map(|(c, _)| q(c)).collect();
+            let marks: Vec<String> = (0..=vals.len()).map(|i| format!("?{}", i + 1)).collect();
+            // OR FAIL: no statement journal per row; the savepoint around the
+            // apply still makes it all-or-nothing.
+            db.prepare(&format!(
+                "INSERT OR FAIL INTO {t}({u}{sep}{cols}) VALUES ({marks})",
+                t = qm(&t.name),
+                u = q(&t.uuid_col),
+                sep = if cols.is_empty() { "" } else { ", " },
+                cols = cols.join(", "),
+                marks = marks.join(", ")
+            ))
+        })?;
+        let r = stmt.run_borrowed(std::iter::once(pk).chain(vals.iter().map(|(_, v)| v.as_ref())));
+        r.map_err(|e| {
+            Error::msg(format!(
+                "lsync_apply: inserting into '{}': {e}; nothing was applied",
+                t.name
+            ))
+        })?;
+        Ok(db.last_insert_rowid())
+    }
+
+    pub(super) fn write(
+        &mut self,
+        t: &Table,
+        rid: i64,
+        vals: &[(&Arc<str>, Cow<Value>)],
+    ) -> Result<()> {
+        if vals.is_empty() {
+            return Ok(());
+        }
+        // Write only the columns whose value changes: an unchanged indexed
+        // or FK column then costs no index update and no FK check.
+        let db = self.db;
+        let read = cached(&mut self.reads, (t.id, Self::mask(t, vals)), || {
+            let cols: Vec<String> = vals.iter().map(|(c, _)| q(c)).collect();
+            db.prepare(&format!(
+                "SELECT {} FROM {} WHERE rowid = ?1",
+                cols.join(", "),
+                qm(&t.name)
+            ))
+        })?;
+        read.bind(1, &rid.into())?;
+        let current: Vec<Value> = if read.step()? {
+            (0..vals.len()).map(|i| read.value(i)).collect()
+        } else {
+            Vec::new()
+        };
+        read.reset();
+        let changed: Vec<&(&Arc<str>, Cow<Value>)> = vals
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, v))| current.get(*i) != Some(v.as_ref()))
+            .map(|(_, cv)| cv)
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let mask = changed.iter().fold(0, |m, (c, _)| m | Self::bit(t, c));
+        let stmt = cached(&mut self.updates, (t.id, mask), || {
+            let sets: Vec<String> = changed
+                .iter()
+                .enumerate()
+                .map(|(i, (c, _))| format!("{} = ?{}", q(c), i + 2))
+                .collect();
+            db.prepare(&format!(
+                "UPDATE OR FAIL {} SET {} WHERE rowid = ?1",
+                qm(&t.name),
+                sets.join(", ")
+            ))
+        })?;
+        let rid = Value::Integer(rid);
+        stmt.run_borrowed(std::iter::once(&rid).chain(changed.iter().map(|(_, v)| v.as_ref())))
+            .map_err(|e| {
+                Error::msg(format!(
+                    "lsync_apply: updating '{}': {e}; nothing was applied",
+                    t.name
+                ))
+            })
+    }
+
+    pub(super) fn extend_run(
+        &mut self,
+        tbl: i64,
+        rid: i64,
+        hlc: i64,
+        origin: i64,
+        op: i64,
+        replace: bool,
+    ) -> Result<()> {
+        if let Some(r) = &mut self.run {
+            if r.tbl == tbl
+                && r.hi + 1 == rid
+                && r.hlc == hlc
+                && r.origin == origin
+                && r.op == op
+                && r.replace == replace
+            {
+                r.hi = rid;
+                return Ok(());
+            }
+        }
+        self.end_run()?;
+        self.run = Some(Run {
+            tbl,
+            lo: rid,
+            hi: rid,
+            hlc,
+            origin,
+            op,
+            replace,
+        });
+        Ok(())
+    }
+
+    pub(super) fn end_run(&mut self) -> Result<()> {
+        if let Some(r) = self.run.take() {
+            if r.replace {
+                self.clock
+                    .cover_rows(r.tbl, r.lo, r.hi, r.op, r.hlc, r.origin)?;
+            } else {
+                self.clock.add(
+                    r.tbl,
+                    Some((r.lo, r.hi)),
+                    None,
+                    r.op,
+                    r.hlc,
+                    r.origin,
+                    Value::Null,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a pending run that holds `rid`: the clock lookups that follow
+    /// must see it.
+    pub(super) fn end_run_holding(&mut self, tbl: i64, rid: i64) -> Result<()> {
+        if self
+            .run
+            .as_ref()
+            .is_some_and(|r| r.tbl == tbl && (r.lo..=r.hi).contains(&rid))
+        {
+            self.end_run()?;
+        }
+        Ok(())
+    }
+}
+
+/// The statement cached under `key`, prepared by `prepare` the first time.
+/// Statements bind by position: within one apply every change of a table
+/// lists its columns in the changeset's order, so a column set fixes it
+/// (`check_schema` refuses a table described twice, or a column named twice).
+fn cached(
+    cache: &mut HashMap<(i64, u64), Stmt>,
+    key: (i64, u64),
+    prepare: impl FnOnce() -> Result<Stmt>,
+) -> Result<&mut Stmt> {
+    match cache.entry(key) {
+        std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+        std::collections::hash_map::Entry::Vacant(e) => Ok(e.insert(prepare()?)),
+    }
+}
