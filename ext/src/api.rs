@@ -166,6 +166,9 @@ pub fn register(db: Db) -> Result<()> {
         set_device_id_for_testing(db, &id).map(Value::from)
     })?;
 
+    crate::peers::register(db)?;
+    crate::status::register(db)?;
+
     sqlite_loadable::define_table_function::<crate::vtab::ChangesTable>(
         db.raw(),
         "lsync_changes",
