@@ -90,8 +90,9 @@ CREATE VIEW IF NOT EXISTS lsync_pending AS
   SELECT t.name AS tbl, d.uuid AS pk, d.col AS col, d.target AS target, d.target_uuid AS target_uuid
   FROM lsync_deferred d JOIN lsync_tables t ON t.id = d.tbl;
 
--- Replication peers, as the replicator knows them. Watermarks advance in the
--- same transaction as the apply, so a crash never loses or repeats a change.
+-- Replication peers, as the replicator knows them; it keeps them through the
+-- lsync_peer* functions. Watermarks advance in the same transaction as the
+-- apply, so a crash never loses or repeats a change.
 CREATE TABLE IF NOT EXISTS lsync_peers(
   device_id    TEXT PRIMARY KEY,
   addr         TEXT,

@@ -171,6 +171,9 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
         },
     )?;
 
+    crate::peers::register(db)?;
+    crate::status::register(db)?;
+
     sqlite_loadable::define_table_function::<crate::vtab::ChangesTable>(
         db.raw(),
         "lsync_changes",

@@ -18,11 +18,13 @@ pub mod flush;
 pub mod ident;
 pub mod ids;
 pub mod merge;
+pub mod peers;
 pub mod restore;
 pub mod schema;
 pub mod snapshot;
 pub mod sql;
 pub mod stability;
+pub mod status;
 pub mod track;
 pub mod vtab;
 

@@ -18,6 +18,7 @@ mod db;
 mod dbfile;
 mod demo;
 mod node;
+mod now;
 mod peer;
 mod progress;
 mod protocol;

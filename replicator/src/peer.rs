@@ -619,7 +619,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         }
         let peer = self.peer.clone();
         let (report, turn) = blocking(&self.conn, move |c| {
-            store::apply(c, &peer, &blob, to, caught_up)
+            store::apply(c, &peer, &blob, to, caught_up, None)
         })
         .await?;
         self.courtesy.record(turn);

@@ -19,11 +19,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
-use crate::store::now_ms;
+use crate::now::now_ms;
 
 /// Bytes per chunk: large enough to compress well, small enough that a
 /// resumed transfer repeats little.
@@ -205,7 +205,7 @@ impl Outgoing {
             let _ = fs::remove_file(&path);
             return Err(e.into());
         }
-        let (cursor, rows) = describe(&path)?;
+        let (cursor, rows) = describe(c, &path)?;
         let meta = Meta {
             size: io(&path, fs::metadata(&path))?.len(),
             chunk_size: CHUNK_SIZE,
@@ -253,17 +253,16 @@ impl Outgoing {
     }
 }
 
-/// The snapshot's cursor and row count, from its own lsync_config.
-fn describe(path: &Path) -> R<(i64, i64)> {
-    let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let get = |k: &str| -> R<i64> {
-        Ok(c.query_row(
-            "SELECT coalesce((SELECT value FROM lsync_config WHERE key = ?1), 0)",
-            [k],
-            |r| r.get(0),
-        )?)
-    };
-    Ok((get("snapshot_cursor")?, get("snapshot_rows")?))
+/// The snapshot's cursor and row count, as it describes itself.
+fn describe(c: &Connection, path: &Path) -> R<(i64, i64)> {
+    let info: String = c.query_row(
+        "SELECT lsync_snapshot_info(?1)",
+        [path.to_string_lossy()],
+        |r| r.get(0),
+    )?;
+    let info: serde_json::Value = serde_json::from_str(&info)?;
+    let get = |k: &str| info[k].as_i64().unwrap_or(0);
+    Ok((get("cursor"), get("rows")))
 }
 
 /// One compressed chunk, ready to send.

@@ -1,16 +1,23 @@
 //! The replicator's view of the database. Every call is blocking SQLite work
 //! (run it with `spawn_blocking`), and everything goes through the
-//! extension's SQL functions, except the peer bookkeeping in `lsync_peers`.
+//! extension's SQL functions: lsync's tables, the peers' included, are the
+//! extension's own.
 
 use std::path::Path;
 #[cfg(test)]
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use lsync_wire::report::{ApplyReport, RestoreReport};
+use rusqlite::{params, Connection};
 
 use crate::courtesy::Turn;
 use crate::db::{self, DbOptions, Extension};
+pub use crate::now::now_ms;
+
+/// The session code's names for the shared reports.
+pub type Applied = ApplyReport;
+pub type Restored = RestoreReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -73,23 +80,12 @@ fn shared(conn: Connection) -> R<Connection> {
     Ok(conn)
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 pub fn identity(c: &Connection) -> R<Identity> {
     let (library_id, device_id): (String, String) =
         c.query_row("SELECT lsync_library_id(), lsync_device_id()", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?;
-    let schema: String = c.query_row(
-        "SELECT coalesce(json_group_array(json_array(name, mode, json(columns))), '[]')
-         FROM (SELECT name, mode, columns FROM lsync_tables ORDER BY name)",
-        [],
-        |r| r.get(0),
-    )?;
+    let schema: String = c.query_row("SELECT lsync_schema_fingerprint()", [], |r| r.get(0))?;
     Ok(Identity {
         library_id,
         device_id,
@@ -127,11 +123,7 @@ pub fn head(c: &Connection) -> R<i64> {
 
 /// The newest cursor of the changes folded so far.
 fn folded_head(c: &Connection) -> R<i64> {
-    Ok(c.query_row(
-        "SELECT coalesce((SELECT value FROM lsync_config WHERE key = 'next_seq'), 1) - 1",
-        [],
-        |r| r.get(0),
-    )?)
+    Ok(c.query_row("SELECT lsync_head()", [], |r| r.get(0))?)
 }
 
 /// Our head, and how many of our changes after `since` the peer `peer`
@@ -168,34 +160,20 @@ pub fn export(c: &Connection, since: i64, max: u32, peer: &str) -> R<Export> {
 /// The peer's row, created on first contact. Returns its receive watermark,
 /// first applying a pending escalation to a full resync.
 pub fn peer_hello(c: &Connection, peer: &str, addr: &str, escalate_after: i64) -> R<(i64, bool)> {
-    c.execute(
-        "INSERT INTO lsync_peers(device_id, addr, last_contact) VALUES (?1, ?2, ?3)
-         ON CONFLICT(device_id) DO UPDATE SET addr = excluded.addr, last_contact = excluded.last_contact",
-        params![peer, addr, now_ms()],
+    c.query_row(
+        "SELECT lsync_peer_contact(?1, ?2)",
+        params![peer, addr],
+        |_| Ok(()),
     )?;
-    let (cursor, failures): (i64, i64) = c.query_row(
-        "SELECT recv_cursor, failures FROM lsync_peers WHERE device_id = ?1",
-        [peer],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+    let row: Option<String> = c.query_row("SELECT lsync_peer(?1)", [peer], |r| r.get(0))?;
+    let row: PeerStatus = serde_json::from_str(
+        &row.ok_or_else(|| StoreError::Corrupt(format!("peer {peer} was not recorded")))?,
     )?;
-    if failures >= escalate_after {
-        c.execute(
-            "UPDATE lsync_peers SET recv_cursor = 0, failures = 0 WHERE device_id = ?1",
-            [peer],
-        )?;
+    if row.failures >= escalate_after {
+        c.query_row("SELECT lsync_peer_reset(?1)", [peer], |_| Ok(()))?;
         return Ok((0, true));
     }
-    Ok((cursor, false))
-}
-
-/// What `lsync_apply` reported.
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct Applied {
-    pub changes: i64,
-    pub applied: i64,
-    pub deferred: i64,
-    pub resolved: i64,
-    pub refused: i64,
+    Ok((row.recv_cursor, false))
 }
 
 /// Applies a peer's changeset and advances its watermark in the same
@@ -207,21 +185,21 @@ pub fn apply(
     blob: &[u8],
     to: i64,
     caught_up: bool,
-) -> R<(Applied, Turn)> {
+    delay: Option<Duration>,
+) -> R<(ApplyReport, Turn)> {
     check_claims(peer, blob, to)?;
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let began = Instant::now();
     let version = data_version(&tx)?;
     let report: String = tx.query_row("SELECT lsync_apply(?1)", [blob], |r| r.get(0))?;
-    if let Some(d) = test_apply_delay() {
+    // Test hook: hold the write lock longer, for a long catch-up.
+    if let Some(d) = delay {
         std::thread::sleep(d);
     }
-    tx.execute(
-        "UPDATE lsync_peers SET recv_cursor = max(recv_cursor, ?2), last_contact = ?3,
-           failures = CASE WHEN ?4 THEN 0 ELSE failures END,
-           last_error = CASE WHEN ?4 THEN NULL ELSE last_error END
-         WHERE device_id = ?1",
-        params![peer, to, now_ms(), caught_up],
+    tx.query_row(
+        "SELECT lsync_peer_received(?1, ?2, ?3)",
+        params![peer, to, caught_up],
+        |_| Ok(()),
     )?;
     tx.commit()?;
     let turn = Turn {
@@ -253,31 +231,11 @@ fn check_claims(peer: &str, blob: &[u8], to: i64) -> R<()> {
     Ok(())
 }
 
-/// Test hook: `LSYNC_TEST_APPLY_DELAY_MS` makes every apply hold the write
-/// lock that much longer, so that tests can have a long catch-up.
-fn test_apply_delay() -> Option<Duration> {
-    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
-    *DELAY.get_or_init(|| {
-        std::env::var("LSYNC_TEST_APPLY_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis)
-    })
-}
-
-/// What `lsync_restore` reported.
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct Restored {
-    pub mode: String,
-    pub rows: i64,
-    pub cursor: i64,
-}
-
 /// Imports a verified snapshot file, and deletes it: it is our scratch
 /// copy, so the import works in it instead of copying it again.
 /// `lsync_restore` is atomic and sets the watermark of the snapshot's device
 /// in the same transaction.
-pub fn restore(c: &Connection, path: &Path) -> R<Restored> {
+pub fn restore(c: &Connection, path: &Path) -> R<RestoreReport> {
     let report: String = c.query_row(
         r#"SELECT lsync_restore(?1, '{"consume": true}')"#,
         [path.to_string_lossy()],
@@ -297,24 +255,22 @@ pub fn is_stale(e: &StoreError) -> bool {
 /// tombstones that every known peer holds.
 pub fn ack(c: &Connection, peer: &str, cursor: i64) -> R<i64> {
     immediate(c, |c| {
-        // A peer cannot hold changes that were never made: the claim is
-        // capped at our newest cursor.
-        c.execute(
-            "UPDATE lsync_peers SET last_contact = ?3, acked_cursor = max(acked_cursor,
-               min(?2, coalesce((SELECT value FROM lsync_config WHERE key = 'next_seq'), 1) - 1))
-             WHERE device_id = ?1",
-            params![peer, cursor, now_ms()],
+        // A peer cannot hold changes that were never made: the extension
+        // caps the claim at our newest cursor.
+        c.query_row(
+            "SELECT lsync_peer_acked(?1, ?2)",
+            params![peer, cursor],
+            |_| Ok(()),
         )?;
         Ok(c.query_row("SELECT lsync_prune()", [], |r| r.get(0))?)
     })
 }
 
 pub fn record_error(c: &Connection, peer: &str, error: &str, failed_catch_up: bool) -> R<()> {
-    c.execute(
-        "UPDATE lsync_peers SET last_error = ?2,
-           failures = failures + CASE WHEN ?3 THEN 1 ELSE 0 END
-         WHERE device_id = ?1",
+    c.query_row(
+        "SELECT lsync_peer_error(?1, ?2, ?3)",
         params![peer, error, failed_catch_up],
+        |_| Ok(()),
     )?;
     Ok(())
 }
@@ -324,8 +280,8 @@ pub fn data_version(c: &Connection) -> R<i64> {
     Ok(c.query_row("PRAGMA data_version", [], |r| r.get(0))?)
 }
 
-/// The per-peer rows for `lsync status`.
-#[derive(Debug, serde::Serialize)]
+/// The per-peer rows for `lsync status` (`lsync_peer`, `lsync_status`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct PeerStatus {
     pub device_id: String,
     pub addr: Option<String>,
@@ -337,7 +293,8 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, serde::Serialize)]
+/// The status document of `lsync_status`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Status {
     pub device_id: String,
     pub library_id: String,
@@ -351,55 +308,8 @@ pub struct Status {
 /// Folds pending captures first, so that unsynced deletes and edits count.
 pub fn status(c: &Connection) -> R<Status> {
     head(c)?;
-    let id = identity(c)?;
-    let head: i64 = c
-        .query_row(
-            "SELECT coalesce((SELECT value FROM lsync_config WHERE key = 'next_seq'), 1) - 1",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
-    let mut s = c.prepare(
-        "SELECT device_id, addr, recv_cursor, acked_cursor, failures, last_contact, last_error
-         FROM lsync_peers ORDER BY device_id",
-    )?;
-    let peers = s
-        .query_map([], |r| {
-            let acked: i64 = r.get(3)?;
-            Ok(PeerStatus {
-                device_id: r.get(0)?,
-                addr: r.get(1)?,
-                recv_cursor: r.get(2)?,
-                acked_cursor: acked,
-                lag: (head - acked).max(0),
-                failures: r.get(4)?,
-                last_contact_ms: r.get(5)?,
-                last_error: r.get(6)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let deferred_links = c.query_row("SELECT count(*) FROM lsync_deferred", [], |r| r.get(0))?;
-    let tombstones = c.query_row(
-        "SELECT count(*) FROM lsync_clock WHERE uuid IS NOT NULL",
-        [],
-        |r| r.get(0),
-    )?;
-    let tombstones_awaiting_ack = c.query_row(
-        "SELECT count(*) FROM lsync_clock WHERE uuid IS NOT NULL
-           AND seq > coalesce((SELECT min(acked_cursor) FROM lsync_peers), 0)",
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(Status {
-        device_id: id.device_id,
-        library_id: id.library_id,
-        head,
-        peers,
-        deferred_links,
-        tombstones,
-        tombstones_awaiting_ack,
-    })
+    let s: String = c.query_row("SELECT lsync_status()", [], |r| r.get(0))?;
+    Ok(serde_json::from_str(&s)?)
 }
 
 #[cfg(test)]
@@ -415,6 +325,16 @@ mod tests {
         c.query_row("SELECT lsync_device_id()", [], |_| Ok(()))
             .unwrap();
         (dir, c)
+    }
+
+    /// The peer's changes up to `cursor` are applied here.
+    fn received(c: &Connection, peer: &str, cursor: i64) {
+        c.query_row(
+            "SELECT lsync_peer_received(?1, ?2, 0)",
+            params![peer, cursor],
+            |_| Ok(()),
+        )
+        .unwrap();
     }
 
     /// A peer cannot move our watermark past what it sent, nor have us
@@ -455,8 +375,7 @@ mod tests {
         let (dir, c) = temp_db();
         let peer = "01a20142-c196-70dc-8b46-cc82023ee619";
         assert_eq!(peer_hello(&c, peer, "x", 5).unwrap(), (0, false));
-        c.execute("UPDATE lsync_peers SET recv_cursor = 42", [])
-            .unwrap();
+        received(&c, peer, 42);
         for i in 0..5 {
             assert_eq!(
                 peer_hello(&c, peer, "x", 5).unwrap(),
@@ -469,8 +388,7 @@ mod tests {
         assert_eq!(peer_hello(&c, peer, "x", 5).unwrap(), (0, true));
         assert_eq!(peer_hello(&c, peer, "x", 5).unwrap(), (0, false));
         // Errors after a completed catch-up do not count.
-        c.execute("UPDATE lsync_peers SET recv_cursor = 7", [])
-            .unwrap();
+        received(&c, peer, 7);
         for _ in 0..6 {
             record_error(&c, peer, "gone", false).unwrap();
         }

@@ -52,6 +52,16 @@ pub enum RestoreMode {
     Merge,
 }
 
+/// As in the JSON report: `empty` or `merge`.
+impl std::fmt::Display for RestoreMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RestoreMode::Empty => "empty",
+            RestoreMode::Merge => "merge",
+        })
+    }
+}
+
 /// What a restore did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -94,6 +104,7 @@ mod tests {
         };
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["mode"], "merge");
+        assert_eq!(r.mode.to_string(), "merge");
         assert_eq!(v["applied"], 2);
         assert_eq!(v["why_not_empty"], "not empty");
         let back: RestoreReport = serde_json::from_value(v).unwrap();

@@ -207,7 +207,11 @@ fn check_identical(peer: &Connection, src: &Path, n: i64) -> Result<()> {
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let deferred: i64 = peer.query_row("SELECT count(*) FROM lsync_deferred", [], |r| r.get(0))?;
+    let deferred: i64 = peer.query_row(
+        "SELECT json_extract(lsync_status(), '$.deferred_links')",
+        [],
+        |r| r.get(0),
+    )?;
     if count != n || same != n || deferred != 0 {
         bail!("the peer differs from the source: {count} entries, {same} identical of {n}, {deferred} deferred links");
     }

@@ -1,0 +1,223 @@
+//! The replication peers (`lsync_peers`): what this database has applied of
+//! each peer's changes, what each peer holds of ours, and how contact with it
+//! went. The replicator keeps this bookkeeping through these functions only;
+//! the tables stay the extension's.
+//!
+//! Every writer is `DIRECTONLY`; `lsync_peer` only reads, so it is
+//! `INNOCUOUS`.
+
+use lsync_wire::changeset::Fence;
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::sql::{Db, Value, DIRECTONLY, INNOCUOUS};
+use crate::{bail, schema, stability};
+
+pub fn register(db: Db) -> Result<()> {
+    db.create_function("lsync_peer", 1, INNOCUOUS, |db, args| {
+        let peer = device_arg("lsync_peer", &args[0])?;
+        if !has_table(db, "lsync_peers")? {
+            return Ok(Value::Null);
+        }
+        let head = head(db)?;
+        Ok(rows(db, head, Some(&peer))?
+            .pop()
+            .map(|r| Value::from(r.to_string()))
+            .unwrap_or(Value::Null))
+    })?;
+    db.create_function("lsync_peer_contact", 2, DIRECTONLY, |db, args| {
+        let peer = device_arg("lsync_peer_contact", &args[0])?;
+        let addr = match &args[1] {
+            Value::Null => None,
+            v => Some(text_arg("lsync_peer_contact", "addr", v)?),
+        };
+        contact(db, &peer, addr).map(|()| Value::Null)
+    })?;
+    db.create_function("lsync_peer_received", 3, DIRECTONLY, |db, args| {
+        let f = "lsync_peer_received";
+        let peer = device_arg(f, &args[0])?;
+        let cursor = int_arg(f, "cursor", &args[1])?;
+        let caught_up = int_arg(f, "caught_up", &args[2])? != 0;
+        received(db, &peer, cursor, caught_up)
+    })?;
+    db.create_function("lsync_peer_acked", 2, DIRECTONLY, |db, args| {
+        let peer = device_arg("lsync_peer_acked", &args[0])?;
+        let cursor = int_arg("lsync_peer_acked", "cursor", &args[1])?;
+        acked(db, &peer, cursor)
+    })?;
+    db.create_function("lsync_peer_error", 3, DIRECTONLY, |db, args| {
+        let f = "lsync_peer_error";
+        let peer = device_arg(f, &args[0])?;
+        let error = text_arg(f, "error", &args[1])?;
+        let failed_catch_up = int_arg(f, "failed_catch_up", &args[2])? != 0;
+        failed(db, &peer, &error, failed_catch_up)
+    })?;
+    db.create_function("lsync_peer_reset", 1, DIRECTONLY, |db, args| {
+        let peer = device_arg("lsync_peer_reset", &args[0])?;
+        reset(db, &peer)
+    })?;
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Notes contact with a peer at `addr`, creating its row on first contact.
+fn contact(db: Db, peer: &str, addr: Option<String>) -> Result<()> {
+    schema::ensure(db)?;
+    db.run(
+        "INSERT INTO lsync_peers(device_id, addr, last_contact) VALUES (?1, ?2, ?3)
+         ON CONFLICT(device_id) DO UPDATE SET addr = excluded.addr,
+           last_contact = excluded.last_contact",
+        &[peer.into(), addr.into(), now_ms().into()],
+    )
+}
+
+/// Runs `sql` on the peer's row. An unknown peer is left alone (its row is
+/// made by `lsync_peer_contact`), and the caller's result is then NULL.
+fn update(db: Db, sql: &str, params: &[Value]) -> Result<()> {
+    schema::ensure(db)?;
+    db.run(sql, params)
+}
+
+/// The peer's changes up to `cursor` are applied here: called in the
+/// transaction of the apply, so that the watermark moves with the data.
+/// A completed catch-up clears the failure count and the last error.
+fn received(db: Db, peer: &str, cursor: i64, caught_up: bool) -> Result<Value> {
+    update(
+        db,
+        "UPDATE lsync_peers SET recv_cursor = max(recv_cursor, ?2), last_contact = ?3,
+           failures = CASE WHEN ?4 THEN 0 ELSE failures END,
+           last_error = CASE WHEN ?4 THEN NULL ELSE last_error END
+         WHERE device_id = ?1",
+        &[
+            peer.into(),
+            cursor.into(),
+            now_ms().into(),
+            i64::from(caught_up).into(),
+        ],
+    )?;
+    column(db, "recv_cursor", peer)
+}
+
+/// The peer holds our changes up to `cursor` (its ack message). Recorded as
+/// a certificate, like the fence of a changeset, and capped the same way.
+fn acked(db: Db, peer: &str, cursor: i64) -> Result<Value> {
+    db.savepoint("lsync_peer_acked", || {
+        update(
+            db,
+            "UPDATE lsync_peers SET last_contact = ?2 WHERE device_id = ?1",
+            &[peer.into(), now_ms().into()],
+        )?;
+        let fence = Fence {
+            sender: peer.to_owned(),
+            receiver: schema::get_text(db, "device_id")?,
+            acked: cursor,
+        };
+        stability::record_ack(db, Some(&fence))?;
+        column(db, "acked_cursor", peer)
+    })
+}
+
+/// A session with the peer failed; a failed catch-up counts towards the
+/// escalation to a full resync.
+fn failed(db: Db, peer: &str, error: &str, failed_catch_up: bool) -> Result<Value> {
+    update(
+        db,
+        "UPDATE lsync_peers SET last_error = ?2,
+           failures = failures + CASE WHEN ?3 THEN 1 ELSE 0 END
+         WHERE device_id = ?1",
+        &[peer.into(), error.into(), i64::from(failed_catch_up).into()],
+    )?;
+    column(db, "failures", peer)
+}
+
+/// Starts the peer over: its changes are pulled again from cursor 0.
+fn reset(db: Db, peer: &str) -> Result<Value> {
+    update(
+        db,
+        "UPDATE lsync_peers SET recv_cursor = 0, failures = 0 WHERE device_id = ?1",
+        &[peer.into()],
+    )?;
+    column(db, "recv_cursor", peer)
+}
+
+fn column(db: Db, col: &str, peer: &str) -> Result<Value> {
+    Ok(db
+        .query_value(
+            &format!("SELECT {col} FROM lsync_peers WHERE device_id = ?1"),
+            &[peer.into()],
+        )?
+        .unwrap_or(Value::Null))
+}
+
+/// The newest cursor of the change clock: 0 before the first change.
+pub fn head(db: Db) -> Result<i64> {
+    if !has_table(db, "lsync_config")? {
+        return Ok(0);
+    }
+    Ok((schema::get_i64(db, "next_seq")?.max(1)) - 1)
+}
+
+/// Whether lsync's metadata table `name` exists yet (readers create
+/// nothing).
+pub fn has_table(db: Db, name: &str) -> Result<bool> {
+    Ok(db
+        .query_i64(
+            "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+            &[name.into()],
+        )?
+        .is_some())
+}
+
+/// The peers' rows as JSON objects, ordered by device id; only `only`'s when
+/// given. `lag` is how far the peer's ack is behind `head`.
+pub fn rows(db: Db, head: i64, only: Option<&str>) -> Result<Vec<serde_json::Value>> {
+    let mut s = db.prepare(
+        "SELECT device_id, addr, recv_cursor, acked_cursor, failures, last_contact, last_error
+         FROM lsync_peers WHERE ?1 IS NULL OR device_id = ?1 ORDER BY device_id",
+    )?;
+    s.bind(1, &only.into())?;
+    let mut out = Vec::new();
+    while s.step()? {
+        let acked = s.i64(3);
+        out.push(json!({
+            "device_id": s.text(0),
+            "addr": s.text(1),
+            "recv_cursor": s.i64(2),
+            "acked_cursor": acked,
+            "lag": (head - acked).max(0),
+            "failures": s.i64(4),
+            "last_contact_ms": s.value(5).as_i64(),
+            "last_error": s.text(6),
+        }));
+    }
+    Ok(out)
+}
+
+pub fn text_arg(func: &str, what: &str, v: &Value) -> Result<String> {
+    match v {
+        Value::Text(s) => Ok(s.clone()),
+        Value::Null => bail!("{func}: {what} must not be NULL"),
+        _ => bail!("{func}: {what} must be text"),
+    }
+}
+
+fn int_arg(func: &str, what: &str, v: &Value) -> Result<i64> {
+    match v {
+        Value::Integer(i) => Ok(*i),
+        Value::Null => bail!("{func}: {what} must not be NULL"),
+        _ => bail!("{func}: {what} must be an INTEGER"),
+    }
+}
+
+/// A device id, in the hyphenated lower-case form `lsync_peers` keys on.
+fn device_arg(func: &str, v: &Value) -> Result<String> {
+    let s = text_arg(func, "device id", v)?;
+    uuid::Uuid::parse_str(&s)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|e| Error::msg(format!("{func}: '{s}' is not a device id (a UUID): {e}")))
+}

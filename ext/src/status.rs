@@ -1,0 +1,109 @@
+//! What the database says about itself, for the replicator and for people:
+//! its head cursor, the fingerprint of its tracked schema, a status document,
+//! and the description of a snapshot file.
+//!
+//! The readers of this database create nothing and write nothing (so they
+//! are `INNOCUOUS`, and say 0 or an empty list before lsync's metadata
+//! exists); `lsync_snapshot_info` opens a file by name, so it is
+//! `DIRECTONLY`.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::peers::{self, has_table};
+use crate::sql::{Connection, Db, Value, DIRECTONLY, INNOCUOUS, OPEN_READONLY};
+use crate::{bail, schema};
+
+pub fn register(db: Db) -> Result<()> {
+    db.create_function("lsync_head", 0, INNOCUOUS, |db, _| {
+        peers::head(db).map(Value::from)
+    })?;
+    db.create_function("lsync_schema_fingerprint", 0, INNOCUOUS, |db, _| {
+        fingerprint(db).map(Value::from)
+    })?;
+    db.create_function("lsync_status", 0, INNOCUOUS, |db, _| {
+        status(db).map(|s| Value::from(s.to_string()))
+    })?;
+    db.create_function("lsync_snapshot_info", 1, DIRECTONLY, |_, args| {
+        let path = peers::text_arg("lsync_snapshot_info", "path", &args[0])?;
+        snapshot_info(&path).map(|s| Value::from(s.to_string()))
+    })?;
+    Ok(())
+}
+
+/// The tracked tables as peers compare them in the handshake: a JSON array
+/// of `[name, mode, columns]`, ordered by name.
+fn fingerprint(db: Db) -> Result<String> {
+    if !has_table(db, "lsync_tables")? {
+        return Ok("[]".into());
+    }
+    Ok(db
+        .query_text(
+            "SELECT coalesce(json_group_array(json_array(name, mode, json(columns))), '[]')
+             FROM (SELECT name, mode, columns FROM lsync_tables ORDER BY name)",
+            &[],
+        )?
+        .unwrap_or_else(|| "[]".into()))
+}
+
+/// The status document: identity, head, the figures of what waits (FK
+/// links, tombstones) and one row per peer. Captures not yet folded have no
+/// cursor: `lsync_flush()` first to count them.
+fn status(db: Db) -> Result<serde_json::Value> {
+    if !has_table(db, "lsync_peers")? {
+        bail!(
+            "lsync_status: this database has no lsync metadata yet; it is made by the first \
+             lsync function that needs it, e.g. SELECT lsync_device_id()"
+        );
+    }
+    let count = |sql: &str| -> Result<i64> { Ok(db.query_i64(sql, &[])?.unwrap_or(0)) };
+    let head = peers::head(db)?;
+    Ok(json!({
+        "device_id": schema::get(db, "device_id")?.as_str(),
+        "library_id": schema::get(db, "library_id")?.as_str(),
+        "head": head,
+        "deferred_links": count("SELECT count(*) FROM lsync_deferred")?,
+        "tombstones": count("SELECT count(*) FROM lsync_clock WHERE uuid IS NOT NULL")?,
+        "tombstones_awaiting_ack": count(
+            "SELECT count(*) FROM lsync_clock WHERE uuid IS NOT NULL
+               AND seq > coalesce((SELECT min(acked_cursor) FROM lsync_peers), 0)"
+        )?,
+        "peers": peers::rows(db, head, None)?,
+    }))
+}
+
+/// What a snapshot file made by `lsync_snapshot` says about itself.
+fn snapshot_info(path: &str) -> Result<serde_json::Value> {
+    let not_snapshot = |why: &str| {
+        Error::msg(format!(
+            "lsync_snapshot_info: '{path}' is not an lsync snapshot ({why}); make one with lsync_snapshot"
+        ))
+    };
+    if !Path::new(path).is_file() {
+        bail!("lsync_snapshot_info: no such file: '{path}'");
+    }
+    let reader = Connection::open(Path::new(path), OPEN_READONLY)?;
+    let s = reader.db();
+    let config = |key: &str| -> Result<Value> {
+        s.query_value(
+            "SELECT value FROM lsync_config WHERE key = ?1",
+            &[key.into()],
+        )
+        .map_err(|e| not_snapshot(e.detail()))
+        .map(|v| v.unwrap_or(Value::Null))
+    };
+    let device = config("snapshot_device")?;
+    if device.as_str().is_none() {
+        return Err(not_snapshot("it has no snapshot_device setting"));
+    }
+    Ok(json!({
+        "library_id": config("library_id")?.as_str(),
+        "device": device.as_str(),
+        "cursor": config("snapshot_cursor")?.as_i64().unwrap_or(0),
+        "rows": config("snapshot_rows")?.as_i64().unwrap_or(0),
+        "created_ms": config("snapshot_created_ms")?.as_i64(),
+        "owner": config("snapshot_owner")?.as_str(),
+    }))
+}
