@@ -9,7 +9,6 @@
 extern crate lsync;
 
 mod bench;
-mod bulk;
 mod cli;
 mod cluster;
 mod config;
@@ -18,10 +17,10 @@ mod db;
 mod dbfile;
 mod demo;
 mod node;
-mod peer;
 mod progress;
 mod protocol;
 mod secret;
+mod session;
 mod snapshot;
 mod status;
 mod store;

@@ -207,13 +207,14 @@ pub fn apply(
     blob: &[u8],
     to: i64,
     caught_up: bool,
+    delay: Option<std::time::Duration>,
 ) -> R<(Applied, Turn)> {
     check_claims(peer, blob, to)?;
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let began = Instant::now();
     let version = data_version(&tx)?;
     let report: String = tx.query_row("SELECT lsync_apply(?1)", [blob], |r| r.get(0))?;
-    if let Some(d) = test_apply_delay() {
+    if let Some(d) = delay {
         std::thread::sleep(d);
     }
     tx.execute(
@@ -251,18 +252,6 @@ fn check_claims(peer: &str, blob: &[u8], to: i64) -> R<()> {
         )));
     }
     Ok(())
-}
-
-/// Test hook: `LSYNC_TEST_APPLY_DELAY_MS` makes every apply hold the write
-/// lock that much longer, so that tests can have a long catch-up.
-fn test_apply_delay() -> Option<Duration> {
-    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
-    *DELAY.get_or_init(|| {
-        std::env::var("LSYNC_TEST_APPLY_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis)
-    })
 }
 
 /// What `lsync_restore` reported.
