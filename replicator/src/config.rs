@@ -187,6 +187,34 @@ mod tests {
     }
 
     #[test]
+    fn test_hooks_are_hidden_flags() {
+        let c = resolve_with(BASE, &[]).unwrap();
+        assert_eq!(
+            (c.test.chunk_delay, c.test.corrupt_chunk, c.test.apply_delay),
+            (None, None, None)
+        );
+        let flags = [
+            "--test-chunk-delay-ms",
+            "150",
+            "--test-corrupt-chunk",
+            "1",
+            "--test-apply-delay-ms",
+            "40",
+        ];
+        let c = resolve_with(BASE, &flags).unwrap();
+        assert_eq!(c.test.chunk_delay, Some(Duration::from_millis(150)));
+        assert_eq!(c.test.corrupt_chunk, Some(1));
+        assert_eq!(c.test.apply_delay, Some(Duration::from_millis(40)));
+        let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+        let help = cmd
+            .find_subcommand_mut("run")
+            .map(|run| run.render_long_help().to_string())
+            .unwrap_or_default();
+        assert!(help.contains("--bulk-notify"), "{help}");
+        assert!(!help.contains("--test-"), "{help}");
+    }
+
+    #[test]
     fn inconsistent_bulk_settings_are_refused() {
         let e = resolve_with(BASE, &["--single-max", "200000"]).unwrap_err();
         assert!(e.to_string().contains("single-max"), "{e}");

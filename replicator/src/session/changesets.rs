@@ -83,9 +83,8 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             self.pull(to).await?;
             let total = (self.peer_head - self.recv_cursor).max(0) as u64;
             let (db, peer) = (&self.node.cfg.db, &self.peer);
-            if let Some(p @ None) = self.receiving.progress() {
-                *p = Some(Progress::new(db, peer, "catch-up", total, 0));
-            }
+            self.receiving
+                .stream_goes_on(|| Progress::new(db, peer, "catch-up", total, 0));
         }
         let bytes = payload.len() as u64;
         let report = match self.apply(payload, to, !has_more).await {
@@ -225,7 +224,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 "changes to rows the sender does not own were refused"
             );
         }
-        if let Some(Some(p)) = self.receiving.progress() {
+        if let Some(p) = self.receiving.progress() {
             p.advance(n, bytes);
         }
     }

@@ -75,10 +75,18 @@ impl Receiving {
         matches!(self, Receiving::Pulling { .. })
     }
 
-    /// The progress of the stream we are pulling, once it is long.
-    pub fn progress(&mut self) -> Option<&mut Option<Progress>> {
+    /// The stream we pull has more than one batch: show its progress,
+    /// made by `make` the first time.
+    pub fn stream_goes_on(&mut self, make: impl FnOnce() -> Progress) {
+        if let Receiving::Pulling { progress: p @ None } = self {
+            *p = Some(make());
+        }
+    }
+
+    /// The progress of a long stream we pull.
+    pub fn progress(&mut self) -> Option<&mut Progress> {
         match self {
-            Receiving::Pulling { progress } => Some(progress),
+            Receiving::Pulling { progress } => progress.as_mut(),
             _ => None,
         }
     }
@@ -180,7 +188,7 @@ mod tests {
         r.pull_sent();
         assert!(r.is_pulling());
         r.pull_sent();
-        assert!(r.progress().is_some());
+        assert!(r.is_pulling());
         r.stream_ended();
         assert!(r.is_idle());
         assert!(r.download_ended().is_none());
