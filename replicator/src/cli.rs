@@ -17,7 +17,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the replicator sidecar until SIGINT or SIGTERM: keep the database
     /// converged with its peers over authenticated, encrypted TCP.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Manage the library secret.
     #[command(subcommand)]
     Secret(SecretCommand),
@@ -95,6 +95,16 @@ pub struct RunArgs {
     /// notification and pull at their own pace instead of a push (default 10000).
     #[arg(long, value_name = "N")]
     pub bulk_notify: Option<u64>,
+    /// Test hook: sleep this long before sending each snapshot chunk.
+    #[arg(long, hide = true, value_name = "MS")]
+    pub test_chunk_delay_ms: Option<u64>,
+    /// Test hook: corrupt the snapshot chunk of this index (from 0) the first
+    /// time this process sends it.
+    #[arg(long, hide = true, value_name = "N")]
+    pub test_corrupt_chunk: Option<u64>,
+    /// Test hook: hold the write lock this much longer in every apply.
+    #[arg(long, hide = true, value_name = "MS")]
+    pub test_apply_delay_ms: Option<u64>,
 }
 
 /// How a peer that is behind is brought up to date.
@@ -176,6 +186,10 @@ pub struct LatencyArgs {
     /// Also print one JSON object (p50_ms, p99_ms, commits) as the last line.
     #[arg(long)]
     pub json: bool,
+    /// Keep the temporary directory, its databases and the replicators'
+    /// logs, and print its path.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Options of `lsync bench propagate`.
@@ -190,6 +204,10 @@ pub struct PropagateArgs {
     /// Also print one JSON object (rows, seconds) as the last line.
     #[arg(long)]
     pub json: bool,
+    /// Keep the temporary directory, its databases and the replicators'
+    /// logs, and print its path.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Options of `lsync bench apply`.

@@ -8,7 +8,6 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::cli::{RunArgs, Strategy};
-use crate::node::Backoff;
 
 /// The resolved settings.
 #[derive(Debug, Clone)]
@@ -27,6 +26,26 @@ pub struct RunConfig {
     pub snapshot_min: u64,
     pub single_max: u64,
     pub bulk_notify: u64,
+    pub test: TestHooks,
+}
+
+/// Test hooks, set only by hidden flags of `lsync run`: they let the
+/// end-to-end tests slow a transfer down or damage it on purpose.
+#[derive(Debug, Clone, Default)]
+pub struct TestHooks {
+    /// Sleep before sending each snapshot chunk (to interrupt a transfer).
+    pub chunk_delay: Option<Duration>,
+    /// Corrupt the chunk of this index (from 0) the first time it is sent.
+    pub corrupt_chunk: Option<u64>,
+    /// Hold the write lock this much longer in every apply (a long catch-up).
+    pub apply_delay: Option<Duration>,
+}
+
+/// Capped exponential backoff for dialing a peer.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
 }
 
 impl RunConfig {
@@ -35,6 +54,10 @@ impl RunConfig {
             initial: Duration::from_millis(self.backoff_initial_ms),
             max: Duration::from_millis(self.backoff_max_ms),
         }
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
     }
 }
 
@@ -96,6 +119,11 @@ pub fn resolve(a: &RunArgs) -> Result<RunConfig> {
         snapshot_min: a.snapshot_min.or(f.snapshot_min).unwrap_or(100_000),
         single_max: a.single_max.or(f.single_max).unwrap_or(5_000),
         bulk_notify: a.bulk_notify.or(f.bulk_notify).unwrap_or(10_000),
+        test: TestHooks {
+            chunk_delay: a.test_chunk_delay_ms.map(Duration::from_millis),
+            corrupt_chunk: a.test_corrupt_chunk,
+            apply_delay: a.test_apply_delay_ms.map(Duration::from_millis),
+        },
     };
     if cfg.single_max >= cfg.snapshot_min {
         bail!("single-max must be smaller than snapshot-min");
@@ -156,6 +184,34 @@ mod tests {
         );
         let c = resolve_with(&toml, &["--strategy", "snapshot"]).unwrap();
         assert_eq!(c.strategy, Strategy::Snapshot);
+    }
+
+    #[test]
+    fn test_hooks_are_hidden_flags() {
+        let c = resolve_with(BASE, &[]).unwrap();
+        assert_eq!(
+            (c.test.chunk_delay, c.test.corrupt_chunk, c.test.apply_delay),
+            (None, None, None)
+        );
+        let flags = [
+            "--test-chunk-delay-ms",
+            "150",
+            "--test-corrupt-chunk",
+            "1",
+            "--test-apply-delay-ms",
+            "40",
+        ];
+        let c = resolve_with(BASE, &flags).unwrap();
+        assert_eq!(c.test.chunk_delay, Some(Duration::from_millis(150)));
+        assert_eq!(c.test.corrupt_chunk, Some(1));
+        assert_eq!(c.test.apply_delay, Some(Duration::from_millis(40)));
+        let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+        let help = cmd
+            .find_subcommand_mut("run")
+            .map(|run| run.render_long_help().to_string())
+            .unwrap_or_default();
+        assert!(help.contains("--bulk-notify"), "{help}");
+        assert!(!help.contains("--test-"), "{help}");
     }
 
     #[test]

@@ -9,7 +9,6 @@
 extern crate lsync;
 
 mod bench;
-mod bulk;
 mod cli;
 mod cluster;
 mod config;
@@ -19,10 +18,10 @@ mod dbfile;
 mod demo;
 mod node;
 mod now;
-mod peer;
 mod progress;
 mod protocol;
 mod secret;
+mod session;
 mod snapshot;
 mod status;
 mod store;

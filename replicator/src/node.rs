@@ -2,7 +2,6 @@
 //! ones with capped exponential backoff, notices local commits through
 //! `PRAGMA data_version`, and shuts down cleanly on SIGINT or SIGTERM.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,31 +9,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::cli::Strategy;
-use crate::config::RunConfig;
+use crate::config::{Backoff, RunConfig};
 use crate::dbfile::{self, FileId};
-use crate::protocol::Secret;
-use crate::{peer, store};
-
-/// What every session of this sidecar shares.
-pub struct Node {
-    pub db_path: PathBuf,
-    /// The file `db_path` named at start; sessions refuse to open another.
-    pub db_file: FileId,
-    pub secret: Secret,
-    pub join: bool,
-    pub batch: u32,
-    pub heartbeat: Duration,
-    pub escalate_after: i64,
-    pub strategy: Strategy,
-    pub snapshot_min: u64,
-    pub single_max: u64,
-    pub bulk_notify: u64,
-    /// Bumped whenever another connection commits to the database.
-    pub changed: watch::Sender<u64>,
-    /// Flips to true on shutdown.
-    pub shutdown: watch::Receiver<bool>,
-}
+use crate::session::{self, Node};
+use crate::store;
 
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let secret = crate::secret::read(&cfg.secret_file)?;
@@ -48,20 +26,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (changed, _) = watch::channel(0u64);
     let node = Arc::new(Node {
-        db_path: cfg.db.clone(),
+        cfg,
         db_file,
         secret,
-        join: cfg.join,
-        batch: cfg.batch,
-        heartbeat: Duration::from_millis(cfg.heartbeat_ms),
-        escalate_after: 5,
-        strategy: cfg.strategy,
-        snapshot_min: cfg.snapshot_min,
-        single_max: cfg.single_max,
-        bulk_notify: cfg.bulk_notify,
         changed,
         shutdown: stop_rx,
     });
+    let cfg = &node.cfg;
 
     let listener = TcpListener::bind(&cfg.listen).await?;
     info!(listen = %listener.local_addr()?, "listening");
@@ -116,7 +87,7 @@ async fn shutdown_signal() {
 /// when any other connection (the app, or a session's apply) commits.
 async fn watch_commits(node: Arc<Node>, every: Duration) {
     let mut stop = node.shutdown.clone();
-    let conn = match store::open_existing(&node.db_path) {
+    let conn = match store::open_existing(&node.cfg.db) {
         Ok(c) => c,
         Err(e) => {
             error!("cannot open the database to watch commits: {e}");
@@ -157,7 +128,7 @@ async fn accept(node: Arc<Node>, listener: TcpListener) {
         let node = node.clone();
         sessions.spawn(async move {
             let addr = addr.to_string();
-            if let Err(e) = peer::run(node, sock, false, addr.clone()).await {
+            if let Err(e) = session::run(node, sock, false, addr.clone()).await {
                 warn!(peer = %addr, "session ended: {e}");
             }
         });
@@ -165,13 +136,6 @@ async fn accept(node: Arc<Node>, listener: TcpListener) {
         while sessions.try_join_next().is_some() {}
     }
     while sessions.join_next().await.is_some() {}
-}
-
-/// Capped exponential backoff for dialing a peer.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
 }
 
 /// Keeps a session open to one configured peer, retrying with capped
@@ -184,7 +148,7 @@ async fn dial(node: Arc<Node>, addr: String, backoff: Backoff) {
         let outcome = match TcpStream::connect(&addr).await {
             Ok(sock) => {
                 let _ = sock.set_nodelay(true);
-                peer::run(node.clone(), sock, true, addr.clone())
+                session::run(node.clone(), sock, true, addr.clone())
                     .await
                     .map_err(|e| e.to_string())
             }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::snapshot::work_dir;
-use crate::store::now_ms;
+use crate::now::now_ms;
 
 const LOG_ROWS: u64 = 10_000;
 const LOG_BYTES: u64 = 10 << 20;

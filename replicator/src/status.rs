@@ -42,7 +42,7 @@ fn table(
         "deferred links: {}   tombstones: {} ({} waiting for ACKs)",
         s.deferred_links, s.tombstones, s.tombstones_awaiting_ack
     )?;
-    let now = store::now_ms();
+    let now = crate::now::now_ms();
     let ago = |t: i64| format!("{:.1}s ago", (now - t) as f64 / 1000.0);
     for t in transfers {
         let pct = if t.total_bytes > 0 {

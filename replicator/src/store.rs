@@ -13,11 +13,6 @@ use rusqlite::{params, Connection};
 
 use crate::courtesy::Turn;
 use crate::db::{self, DbOptions, Extension};
-pub use crate::now::now_ms;
-
-/// The session code's names for the shared reports.
-pub type Applied = ApplyReport;
-pub type Restored = RestoreReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

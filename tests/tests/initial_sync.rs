@@ -70,14 +70,13 @@ fn a_fresh_peer_joins_by_snapshot_and_writes_made_meanwhile_arrive() {
     let secret = new_secret(dir.path(), "secret");
     let (a_db, a, b_db, b) = big_source(dir.path());
     let b_device = device_id(&b);
-    let node_a = Sidecar::start_env(
+    let node_a = Sidecar::start(
         dir.path(),
         "A",
         &a_db,
         &secret,
         &[],
-        &[],
-        &[("LSYNC_TEST_CHUNK_DELAY_MS", "150")],
+        &["--test-chunk-delay-ms", "150"],
     );
     let node_b = Sidecar::start(
         dir.path(),
@@ -166,14 +165,13 @@ fn killed_mid_transfer(kill_sender: bool) {
     let dir = TempDir::new();
     let secret = new_secret(dir.path(), "secret");
     let (a_db, a, b_db, b) = big_source(dir.path());
-    let node_a = Sidecar::start_env(
+    let node_a = Sidecar::start(
         dir.path(),
         "A",
         &a_db,
         &secret,
         &[],
-        &[],
-        &[("LSYNC_TEST_CHUNK_DELAY_MS", "300")],
+        &["--test-chunk-delay-ms", "300"],
     );
     let node_b = Sidecar::start(
         dir.path(),
@@ -238,14 +236,13 @@ fn a_corrupted_chunk_is_detected_and_sent_again() {
     let dir = TempDir::new();
     let secret = new_secret(dir.path(), "secret");
     let (a_db, a, b_db, b) = big_source(dir.path());
-    let node_a = Sidecar::start_env(
+    let node_a = Sidecar::start(
         dir.path(),
         "A",
         &a_db,
         &secret,
         &[],
-        &[],
-        &[("LSYNC_TEST_CORRUPT_CHUNK", "1")],
+        &["--test-corrupt-chunk", "1"],
     );
     let node_b = Sidecar::start(
         dir.path(),
@@ -371,14 +368,13 @@ fn a_snapshot_download_draws_a_progress_bar_on_a_terminal() {
     let dir = TempDir::new();
     let secret = new_secret(dir.path(), "secret");
     let (a_db, _a, b_db, b) = big_source(dir.path());
-    let node_a = Sidecar::start_env(
+    let node_a = Sidecar::start(
         dir.path(),
         "A",
         &a_db,
         &secret,
         &[],
-        &[],
-        &[("LSYNC_TEST_CHUNK_DELAY_MS", "150")],
+        &["--test-chunk-delay-ms", "150"],
     );
     // B's stderr is a pseudo-terminal; its log is what the terminal showed.
     let node_b = Sidecar::start_on_terminal(

@@ -214,7 +214,7 @@ fn a_peer_that_was_offline_catches_up_after_a_restart() {
 fn stream_catch_up(
     n: i64,
     batch: &str,
-    b_env: &[(&str, &str)],
+    b_extra: &[&str],
 ) -> (TempDir, Connection, Connection, Sidecar, Sidecar) {
     let dir = TempDir::new();
     let secret = new_secret(dir.path(), "secret");
@@ -229,15 +229,9 @@ fn stream_catch_up(
         &[],
         &["--batch", batch, "--strategy", "batch"],
     );
-    let node_b = Sidecar::start_env(
-        dir.path(),
-        "B",
-        &b_db,
-        &secret,
-        &[node_a.addr()],
-        &["--join", "--batch", batch, FAST_RETRY[0], FAST_RETRY[1]],
-        b_env,
-    );
+    let mut b_args = vec!["--join", "--batch", batch, FAST_RETRY[0], FAST_RETRY[1]];
+    b_args.extend_from_slice(b_extra);
+    let node_b = Sidecar::start(dir.path(), "B", &b_db, &secret, &[node_a.addr()], &b_args);
     (dir, a, b, node_a, node_b)
 }
 
@@ -438,8 +432,7 @@ fn an_idle_apps_first_write_during_a_long_catch_up_gets_in() {
     const N: i64 = 40_000;
     // 200 applies of 200 changes, each holding the lock 40 ms longer:
     // a catch-up of at least 8 s.
-    let (_dir, a, b, node_a, node_b) =
-        stream_catch_up(N, "200", &[("LSYNC_TEST_APPLY_DELAY_MS", "40")]);
+    let (_dir, a, b, node_a, node_b) = stream_catch_up(N, "200", &["--test-apply-delay-ms", "40"]);
     let nodes = [&node_a, &node_b];
     wait_for_within(
         "the catch-up begins",

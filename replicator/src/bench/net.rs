@@ -35,11 +35,11 @@ fn two_peers(tag: &str, extra: &[&str]) -> Result<(Cluster, std::path::PathBuf)>
     Ok((cluster, dir))
 }
 
-/// Stops the replicators and removes their files (kept, and named, when
-/// `LSYNC_BENCH_KEEP` is set, to read the logs).
-fn finish(cluster: Cluster, dir: &std::path::Path) {
+/// Stops the replicators and removes their files (kept, and named, with
+/// `--keep`, to read the logs).
+fn finish(cluster: Cluster, dir: &std::path::Path, keep: bool) {
     drop(cluster);
-    if std::env::var_os("LSYNC_BENCH_KEEP").is_none() {
+    if !keep {
         let _ = std::fs::remove_dir_all(dir);
     } else {
         eprintln!("kept {}", dir.display());
@@ -91,7 +91,7 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
             serde_json::json!({"commits": args.commits, "p50_ms": p50, "p99_ms": p99, "max_ms": ms[ms.len() - 1]})
         );
     }
-    finish(cluster, &dir);
+    finish(cluster, &dir, args.keep);
     Ok(())
 }
 
@@ -144,6 +144,6 @@ pub fn propagate(args: &PropagateArgs) -> Result<()> {
             serde_json::json!({"rows": n, "seconds": seconds, "commit_seconds": committed.as_secs_f64()})
         );
     }
-    finish(cluster, &dir);
+    finish(cluster, &dir, args.keep);
     Ok(())
 }

@@ -175,24 +175,12 @@ impl Sidecar {
         peers: &[&str],
         extra: &[&str],
     ) -> Sidecar {
-        Self::start_env(dir, name, db, secret, peers, extra, &[])
+        Self::start_with(dir, name, db, secret, peers, extra, &[], false)
     }
 
-    /// `start`, with extra environment variables (the test hooks).
-    pub fn start_env(
-        dir: &Path,
-        name: &str,
-        db: &Path,
-        secret: &Path,
-        peers: &[&str],
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Sidecar {
-        Self::start_with(dir, name, db, secret, peers, extra, env, false)
-    }
-
-    /// `start_env` under script(1): stderr is a pseudo-terminal (so progress
-    /// bars are drawn), and the log is what that terminal showed.
+    /// `start` under script(1), with extra environment variables: stderr is
+    /// a pseudo-terminal (so progress bars are drawn), and the log is what
+    /// that terminal showed.
     pub fn start_on_terminal(
         dir: &Path,
         name: &str,

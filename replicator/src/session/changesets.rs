@@ -1,0 +1,233 @@
+//! Changesets both ways: pulling the peer's changes and applying them, and
+//! answering its pulls or pushing our new commits to it.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWrite;
+use tracing::{debug, info, warn};
+
+use crate::progress::Progress;
+use crate::protocol::Msg;
+use lsync_wire::report::ApplyReport;
+
+use crate::store;
+
+use super::error::{blocking, SessionError, R};
+use super::plan::Plan;
+use super::Session;
+
+/// Least time between two acks while a stream of batches goes on.
+const ACK_EVERY: Duration = Duration::from_millis(100);
+
+/// The next batch of a stream, exported ahead of the peer's pull for it.
+pub(super) struct Prefetch {
+    since: i64,
+    max: u32,
+    task: tokio::task::JoinHandle<R<store::Export>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Session<W> {
+    /// Asks the peer for its changes after `since`.
+    pub(super) async fn pull(&mut self, since: i64) -> R<()> {
+        self.receiving.pull_sent();
+        let max = self.node.cfg.batch;
+        self.tx.send(&Msg::Pull { since, max }, &[]).await?;
+        Ok(())
+    }
+
+    /// Answers a pull: a snapshot for a peer far behind, otherwise one
+    /// changeset (a small gap) or the first of a stream of batches.
+    pub(super) async fn serve_pull(&mut self, since: i64, max: u32) -> R<()> {
+        let mut max = max.clamp(1, 100_000);
+        if !self.sending.is_streaming() {
+            match self.choose(since).await? {
+                Plan::Snapshot => {
+                    if self.offer_snapshot(since).await? {
+                        return Ok(());
+                    }
+                }
+                Plan::Single(n) => max = n,
+                Plan::Batches => {}
+            }
+        }
+        self.sent_cursor = since;
+        let more = self.send_changes(max, true).await?;
+        self.sending.pull_answered(more);
+        Ok(())
+    }
+
+    pub(super) async fn receive_changes(
+        &mut self,
+        from: i64,
+        to: i64,
+        count: u64,
+        has_more: bool,
+        payload: Vec<u8>,
+    ) -> R<()> {
+        if from > self.recv_cursor {
+            debug!(
+                from,
+                have = self.recv_cursor,
+                "gap in the change stream: pulling again"
+            );
+            return self.pull(self.recv_cursor).await;
+        }
+        // Ask for the next batch before applying this one, so the peer
+        // exports while we apply.
+        if has_more {
+            self.pull(to).await?;
+            let total = (self.peer_head - self.recv_cursor).max(0) as u64;
+            let (db, peer) = (&self.node.cfg.db, &self.peer);
+            self.receiving
+                .stream_goes_on(|| Progress::new(db, peer, "catch-up", total, 0));
+        }
+        let bytes = payload.len() as u64;
+        let report = match self.apply(payload, to, !has_more).await {
+            Err(SessionError::Store(e)) if store::is_stale(&e) => {
+                // Read before the peer had applied deletes we have pruned
+                // since: ask for its current state from our watermark (with a
+                // pull already out, its answer shows the gap and re-pulls).
+                warn!("the peer sent a changeset read before it had our deletes: pulling again");
+                if !has_more {
+                    self.pull(self.recv_cursor).await?;
+                }
+                return Ok(());
+            }
+            other => other?,
+        };
+        self.recv_cursor = self.recv_cursor.max(to);
+        // During a long stream, one ack per ACK_EVERY is enough: each costs
+        // the sender a write transaction. An ack lets the peer prune
+        // tombstones, so it is sent only when no batch we exported earlier
+        // is still on its way: that batch may predate what we just applied.
+        // (Each batch carries its own certificate, read with its changes.)
+        if self.prefetched.is_none() && (!has_more || self.last_ack.elapsed() >= ACK_EVERY) {
+            self.last_ack = Instant::now();
+            self.tx.send(&Msg::Ack { cursor: to }, &[]).await?;
+        }
+        self.note_applied(count, bytes, &report);
+        if !has_more {
+            self.receiving.stream_ended();
+            if self.sending.take_owed_push() {
+                self.push().await?;
+            }
+            if !self.caught_up_once {
+                self.caught_up_once = true;
+                info!(
+                    applied = self.applied_total,
+                    seconds = self.started.elapsed().as_secs_f64(),
+                    wire_bytes = self.wire_bytes.load(Ordering::Relaxed),
+                    "caught up with the peer"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends our changes after `sent_cursor`; returns whether more remain.
+    /// A pull is answered even when there is nothing new (`always`); a push
+    /// with nothing new sends nothing.
+    async fn send_changes(&mut self, max: u32, always: bool) -> R<bool> {
+        let since = self.sent_cursor;
+        let e = match self.prefetched.take() {
+            Some(mut p) if p.since == since && p.max == max => (&mut p.task)
+                .await
+                .map_err(|e| SessionError::Internal(e.to_string()))??,
+            _ => self.export(since, max).await?,
+        };
+        if e.has_more && always {
+            // Export the next batch while this one travels and is applied:
+            // the peer's next pull is answered at once.
+            let (conn, peer, next) = (self.conn.clone(), self.peer.clone(), e.to);
+            self.prefetched = Some(Prefetch {
+                since: next,
+                max,
+                task: tokio::spawn(async move {
+                    blocking(&conn, move |c| store::export(c, next, max, &peer)).await
+                }),
+            });
+        }
+        if always || e.to != since {
+            let msg = Msg::Changes {
+                from: e.from,
+                to: e.to,
+                count: e.count,
+                has_more: e.has_more,
+            };
+            self.tx.send(&msg, &e.blob).await?;
+        }
+        self.sent_cursor = e.to;
+        Ok(e.has_more)
+    }
+
+    async fn export(&self, since: i64, max: u32) -> R<store::Export> {
+        let peer = self.peer.clone();
+        blocking(&self.conn, move |c| store::export(c, since, max, &peer)).await
+    }
+
+    /// Pushes commits made since the last send. After a bulk write the peer
+    /// only gets a notification and pulls at its own pace; with more pending
+    /// than one batch, it pulls the rest.
+    pub(super) async fn push(&mut self) -> R<()> {
+        let (since, peer) = (self.sent_cursor, self.peer.clone());
+        let (head, pending) = blocking(&self.conn, move |c| store::behind(c, since, &peer)).await?;
+        if pending >= self.node.cfg.bulk_notify as i64 {
+            info!(
+                pending,
+                "bulk write: notifying the peer, which pulls at its own pace"
+            );
+            self.tx.send(&Msg::Notify { head }, &[]).await?;
+            self.sending.notified();
+            return Ok(());
+        }
+        let more = self.send_changes(self.node.cfg.batch, false).await?;
+        self.sending.pushed(more);
+        Ok(())
+    }
+
+    async fn apply(&mut self, blob: Vec<u8>, to: i64, caught_up: bool) -> R<ApplyReport> {
+        let pause = self.courtesy.pause();
+        if !pause.is_zero() {
+            debug!(
+                ?pause,
+                "other connections are writing: leaving them the write lock"
+            );
+            tokio::time::sleep(pause).await;
+        }
+        let (peer, delay) = (self.peer.clone(), self.node.cfg.test.apply_delay);
+        let (report, turn) = blocking(&self.conn, move |c| {
+            store::apply(c, &peer, &blob, to, caught_up, delay)
+        })
+        .await?;
+        self.courtesy.record(turn);
+        Ok(report)
+    }
+
+    fn note_applied(&mut self, count: u64, bytes: u64, report: &ApplyReport) {
+        let n = count.max(report.changes as u64);
+        self.applied_total += n as i64;
+        debug!(
+            changes = report.changes,
+            applied = report.applied,
+            resolved = report.resolved,
+            deferred = report.deferred,
+            "applied a changeset"
+        );
+        if report.refused > 0 {
+            warn!(
+                refused = report.refused,
+                "changes to rows the sender does not own were refused"
+            );
+        }
+        if let Some(p) = self.receiving.progress() {
+            p.advance(n, bytes);
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! How a session fails, and the helper that runs database work off the
+//! async threads.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use crate::protocol::ProtoError;
+use crate::snapshot::SnapError;
+use crate::store::{self, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("the peer reported: {0}")]
+    Remote(String),
+    #[error("no message from the peer for {0:?}")]
+    Silent(Duration),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error(transparent)]
+    DbGone(#[from] crate::dbfile::Gone),
+}
+
+impl From<SnapError> for SessionError {
+    fn from(e: SnapError) -> Self {
+        SessionError::Store(e.into())
+    }
+}
+
+pub(crate) type R<T> = Result<T, SessionError>;
+
+/// Runs blocking database work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    conn: &Arc<Mutex<Connection>>,
+    f: impl FnOnce(&mut Connection) -> store::R<T> + Send + 'static,
+) -> R<T> {
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut c = conn
+            .lock()
+            .map_err(|_| SessionError::Internal("database lock poisoned".into()))?;
+        f(&mut c).map_err(SessionError::from)
+    })
+    .await
+    .map_err(|e| SessionError::Internal(e.to_string()))?
+}
+
+/// Runs blocking work that needs no connection off the async threads.
+pub(crate) async fn off_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> R<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SessionError::Internal(e.to_string()))
+}

@@ -1,0 +1,340 @@
+//! One session with one peer: handshake, then pull the peer's changes from
+//! our persisted watermark while serving its pulls and pushing our new
+//! commits. Both sides run this same session.
+//!
+//! - `handshake`: the hellos, before anything else;
+//! - `state`: what the session is receiving and what it is sending;
+//! - `changesets`: pulls, pushes and applies;
+//! - `plan`: how to serve a peer that is behind;
+//! - `snapshots`, `upload`, `download`: snapshot transfers;
+//! - `error`: how a session fails, and running database work off the async
+//!   threads.
+
+mod changesets;
+mod download;
+mod error;
+mod handshake;
+mod plan;
+mod shared;
+mod snapshots;
+mod state;
+mod upload;
+
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rusqlite::Connection;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::courtesy::Courtesy;
+use crate::protocol::{self, Msg, ProtoError};
+use crate::snapshot::Meta;
+use crate::store;
+
+pub use error::SessionError;
+pub use shared::Node;
+
+use changesets::Prefetch;
+use error::{blocking, R};
+use state::{Receiving, Sending};
+use upload::Upload;
+
+/// Consecutive failed catch-ups from a peer before a full resync from it.
+const ESCALATE_AFTER: i64 = 5;
+
+/// A session after the hellos matched.
+struct Session<W> {
+    node: Arc<Node>,
+    conn: Arc<Mutex<Connection>>,
+    tx: protocol::Sender<W>,
+    /// The peer's device id.
+    peer: String,
+    /// The peer's newest cursor, as of its hello.
+    peer_head: i64,
+    /// The peer's cursor we have applied up to (persisted in lsync_peers).
+    recv_cursor: i64,
+    /// Our cursor we have sent the peer up to.
+    sent_cursor: i64,
+    receiving: Receiving,
+    sending: Sending,
+    /// A snapshot we are sending. It runs beside `sending`: the peer may
+    /// pull changesets while the last chunks are on their way.
+    upload: Option<Upload>,
+    /// The next batch of a stream we are sending.
+    prefetched: Option<Prefetch>,
+    /// The cursor the peer pulled from when we last offered it a snapshot.
+    snapshot_offered: Option<i64>,
+    /// This session has caught up with the peer once: failing before that
+    /// counts as a failed catch-up.
+    caught_up_once: bool,
+    applied_total: i64,
+    started: Instant,
+    last_ack: Instant,
+    /// Bytes received over this session.
+    wire_bytes: Arc<AtomicU64>,
+    /// Whether to leave the write lock to the app between two applies.
+    courtesy: Courtesy,
+}
+
+/// Runs a whole session over an established connection. Returns when the
+/// peer disconnects, on error, or on shutdown.
+pub async fn run<S>(
+    node: Arc<Node>,
+    io: S,
+    initiator: bool,
+    addr: String,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (opened, peer) = handshake::hello(&node, io, initiator).await?;
+    let span = tracing::info_span!("peer", device = %short(&peer.device_id), addr = %addr);
+    established(node, opened, peer, addr).instrument(span).await
+}
+
+/// The part of a session after the hellos matched, inside the peer's span.
+async fn established<W, Rd>(
+    node: Arc<Node>,
+    opened: handshake::Opened<W, Rd>,
+    peer: handshake::Peer,
+    addr: String,
+) -> R<()>
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+    Rd: AsyncRead + Unpin + Send + 'static,
+{
+    let handshake::Opened { conn, tx, mut rx } = opened;
+    let handshake::Peer {
+        device_id,
+        head: peer_head,
+    } = peer;
+    let (peer, a) = (device_id.clone(), addr.clone());
+    let (recv_cursor, escalated, version) = blocking(&conn, move |c| {
+        let (cursor, escalated) = store::peer_hello(c, &peer, &a, ESCALATE_AFTER)?;
+        Ok((cursor, escalated, store::data_version(c)?))
+    })
+    .await?;
+    if escalated {
+        warn!(
+            "{ESCALATE_AFTER} consecutive failed catch-ups: escalating to a full resync from this peer"
+        );
+    }
+    if peer_head < recv_cursor {
+        // The same device cannot forget changes it already sent us: this is
+        // a copy of its database, or an old backup of it, under its id.
+        let m = format!(
+            "device {device_id} announces history up to {peer_head}, but this side has \
+             already applied its changes up to {recv_cursor}: its database is a copy or an \
+             old backup of that device's. Start it from a fresh database that joins \
+             (a new device id) instead"
+        );
+        let mut tx = tx;
+        let _ = tx.send(&Msg::Error { message: m.clone() }, &[]).await;
+        let (peer, msg) = (device_id.clone(), m.clone());
+        let _ = blocking(&conn, move |c| store::record_error(c, &peer, &msg, false)).await;
+        return Err(SessionError::Refused(m));
+    }
+    info!(recv_cursor, peer_head, "session established");
+    let wire_bytes = rx.wire_bytes.clone();
+
+    // Frames are read by their own task into a small bounded queue: when we
+    // are busy applying, the queue fills, TCP pushes back, the peer waits.
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<(Msg, Vec<u8>), ProtoError>>(4);
+    let reader = tokio::spawn(async move {
+        loop {
+            let m = rx.recv().await;
+            let end = m.is_err();
+            if in_tx.send(m).await.is_err() || end {
+                break;
+            }
+        }
+    });
+
+    let mut s = Session {
+        node,
+        conn,
+        tx,
+        peer: device_id,
+        peer_head,
+        recv_cursor,
+        sent_cursor: 0,
+        receiving: Receiving::Idle,
+        sending: Sending::Idle,
+        upload: None,
+        prefetched: None,
+        snapshot_offered: None,
+        caught_up_once: false,
+        applied_total: 0,
+        started: Instant::now(),
+        last_ack: Instant::now(),
+        wire_bytes,
+        courtesy: Courtesy::new(version),
+    };
+    let result = s.serve(&mut in_rx).await;
+    reader.abort();
+    if let Err(e) = &result {
+        if !matches!(e, SessionError::Proto(ProtoError::Closed)) {
+            let _ =
+                s.tx.send(
+                    &Msg::Error {
+                        message: e.to_string(),
+                    },
+                    &[],
+                )
+                .await;
+        }
+        let (peer, msg, failed) = (s.peer.clone(), e.to_string(), !s.caught_up_once);
+        let _ = blocking(&s.conn, move |c| {
+            store::record_error(c, &peer, &msg, failed)
+        })
+        .await;
+    }
+    result
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+impl<W: AsyncWrite + Unpin> Session<W> {
+    async fn serve(
+        &mut self,
+        inbox: &mut mpsc::Receiver<Result<(Msg, Vec<u8>), ProtoError>>,
+    ) -> R<()> {
+        let mut changed: watch::Receiver<u64> = self.node.changed.subscribe();
+        let mut shutdown = self.node.shutdown.clone();
+        let heartbeat = self.node.cfg.heartbeat();
+        let mut beat = tokio::time::interval(heartbeat);
+        let mut last_heard = Instant::now();
+        if !self.resume_download().await? {
+            self.pull(self.recv_cursor).await?;
+        }
+        loop {
+            tokio::select! {
+                m = inbox.recv() => {
+                    let Some(m) = m else { return Err(ProtoError::Closed.into()) };
+                    let (msg, payload) = m?;
+                    self.handle(msg, payload).await?;
+                    // Handling may take long (an import); what queued up
+                    // meanwhile shows the peer is alive.
+                    last_heard = Instant::now();
+                }
+                c = upload::next_chunk(&mut self.upload) => match c {
+                    Some(c) => {
+                        let (msg, data) = c?;
+                        self.tx.send(&msg, &data).await?;
+                    }
+                    None => {
+                        if let Some(u) = self.upload.take() {
+                            u.finished();
+                        }
+                    }
+                },
+                r = changed.changed() => {
+                    if r.is_err() { return Ok(()); }
+                    // While we pull a stream from this peer, our commits are
+                    // mostly its own changes being applied: push once the
+                    // stream ends rather than after every batch.
+                    if self.receiving.is_pulling() {
+                        self.sending.owe_push();
+                    } else if self.sending.is_subscribed() {
+                        self.push().await?;
+                    }
+                }
+                _ = beat.tick() => {
+                    let silent = last_heard.elapsed();
+                    if silent > heartbeat * 4 {
+                        return Err(SessionError::Silent(silent));
+                    }
+                    self.tx.send(&Msg::Heartbeat, &[]).await?;
+                }
+                _ = shutdown.changed() => {
+                    info!("shutting down the session");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Awaits `work` (long database work) while sending heartbeats, so the
+    /// peer does not drop a session that is busy importing or exporting.
+    async fn keep_alive<T>(&mut self, work: impl Future<Output = R<T>>) -> R<T> {
+        tokio::pin!(work);
+        let mut beat = tokio::time::interval(self.node.cfg.heartbeat());
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                r = &mut work => return r,
+                _ = beat.tick() => self.tx.send(&Msg::Heartbeat, &[]).await?,
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: Msg, payload: Vec<u8>) -> R<()> {
+        match msg {
+            Msg::Pull { since, max } => self.serve_pull(since, max).await?,
+            Msg::Changes {
+                from,
+                to,
+                count,
+                has_more,
+            } => {
+                self.receive_changes(from, to, count, has_more, payload)
+                    .await?
+            }
+            Msg::Ack { cursor } => {
+                let peer = self.peer.clone();
+                let pruned = blocking(&self.conn, move |c| store::ack(c, &peer, cursor)).await?;
+                if pruned > 0 {
+                    debug!(pruned, "pruned tombstones every peer has acknowledged");
+                }
+            }
+            Msg::Notify { head } => {
+                debug!(head, "the peer notified a bulk write");
+                if head > self.recv_cursor && self.receiving.is_idle() {
+                    self.pull(self.recv_cursor).await?;
+                }
+            }
+            Msg::SnapshotOffer {
+                id,
+                size,
+                chunk_size,
+                checksum,
+                cursor,
+                rows,
+            } => {
+                let meta = Meta {
+                    id,
+                    size,
+                    chunk_size,
+                    checksum,
+                    cursor,
+                    rows,
+                    created_ms: crate::now::now_ms(),
+                };
+                self.accept_offer(meta).await?
+            }
+            Msg::SnapshotGet { id, offset } => self.upload_from(id, offset).await?,
+            Msg::SnapshotChunk {
+                id,
+                offset,
+                len,
+                checksum,
+            } => {
+                self.receive_chunk(id, offset, len, checksum, payload)
+                    .await?
+            }
+            Msg::SnapshotMissing { id } => self.snapshot_missing(&id).await?,
+            Msg::Heartbeat => {}
+            Msg::Error { message } => return Err(SessionError::Remote(message)),
+            Msg::Hello { .. } => {
+                return Err(SessionError::Refused("unexpected second hello".into()))
+            }
+        }
+        Ok(())
+    }
+}
