@@ -27,6 +27,8 @@ pub struct RunConfig {
     pub snapshot_min: u64,
     pub single_max: u64,
     pub bulk_notify: u64,
+    /// `extension` in the file; --extension wins over it.
+    pub extension: Option<PathBuf>,
 }
 
 impl RunConfig {
@@ -57,6 +59,7 @@ struct File {
     snapshot_min: Option<u64>,
     single_max: Option<u64>,
     bulk_notify: Option<u64>,
+    extension: Option<PathBuf>,
 }
 
 fn load(path: &Path) -> Result<File> {
@@ -96,6 +99,7 @@ pub fn resolve(a: &RunArgs) -> Result<RunConfig> {
         snapshot_min: a.snapshot_min.or(f.snapshot_min).unwrap_or(100_000),
         single_max: a.single_max.or(f.single_max).unwrap_or(5_000),
         bulk_notify: a.bulk_notify.or(f.bulk_notify).unwrap_or(10_000),
+        extension: f.extension,
     };
     if cfg.single_max >= cfg.snapshot_min {
         bail!("single-max must be smaller than snapshot-min");
