@@ -11,8 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// The lsync extension to load into every connection (default:
-    /// liblsync.so next to this executable, else ../lib/liblsync.so).
+    /// The lsync extension to load into every connection; `lsync run` also
+    /// reads it as `extension` from --config (default: liblsync.so next to
+    /// this executable, else ../lib/liblsync.so).
     #[arg(long, global = true, value_name = "PATH")]
     pub extension: Option<PathBuf>,
 }
