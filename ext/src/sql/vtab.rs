@@ -128,10 +128,10 @@ const fn module<T: TableFunction>() -> sqlite3_module {
         xCreate: None,
         xConnect: Some(x_connect::<T>),
         xBestIndex: Some(x_best_index::<T>),
-        xDisconnect: Some(x_disconnect::<T>),
-        xDestroy: Some(x_disconnect::<T>),
+        xDisconnect: Some(take_back::<sqlite3_vtab, T>),
+        xDestroy: Some(take_back::<sqlite3_vtab, T>),
         xOpen: Some(x_open::<T>),
-        xClose: Some(x_close::<T::Cursor>),
+        xClose: Some(take_back::<sqlite3_vtab_cursor, T::Cursor>),
         xFilter: Some(x_filter::<T::Cursor>),
         xNext: Some(x_next::<T::Cursor>),
         xEof: Some(x_eof::<T::Cursor>),
@@ -151,18 +151,48 @@ const fn module<T: TableFunction>() -> sqlite3_module {
     }
 }
 
-/// What SQLite holds as the `sqlite3_vtab`: its header first, then ours.
+/// What SQLite holds as a `sqlite3_vtab` or `sqlite3_vtab_cursor`: the C
+/// header first (SQLite reads and writes it), then our value.
 #[repr(C)]
-struct Table<T> {
-    base: sqlite3_vtab,
-    table: T,
+struct WithHeader<H, T> {
+    header: H,
+    value: T,
 }
 
-/// What SQLite holds as the `sqlite3_vtab_cursor`.
-#[repr(C)]
-struct Cursor<C> {
-    base: sqlite3_vtab_cursor,
-    cursor: C,
+/// Moves `value` to the heap behind a zeroed header, which SQLite fills in,
+/// and hands it to SQLite through its out parameter `out`.
+///
+/// # Safety
+/// `out` is SQLite's out parameter; `H` is a plain C struct of pointers and
+/// integers, for which all-zero is a valid state.
+unsafe fn hand_over<H, T>(out: *mut *mut H, value: T) {
+    // SAFETY: guaranteed by the caller.
+    let header = unsafe { std::mem::zeroed::<H>() };
+    let boxed = Box::new(WithHeader { header, value });
+    // SAFETY: guaranteed by the caller; `take_back` frees the box.
+    unsafe { *out = Box::into_raw(boxed).cast::<H>() };
+}
+
+/// The value behind a header that `hand_over` gave SQLite.
+///
+/// # Safety
+/// `p` came from `hand_over::<H, T>` and is live for the current callback.
+unsafe fn value_of<'a, H, T>(p: *mut H) -> &'a mut T {
+    // SAFETY: guaranteed by the caller.
+    unsafe { &mut (*p.cast::<WithHeader<H, T>>()).value }
+}
+
+/// Frees what `hand_over` gave SQLite (xDisconnect, xClose).
+///
+/// # Safety
+/// `p` is null or came from `hand_over::<H, T>`; SQLite gives it back once.
+unsafe extern "C" fn take_back<H, T>(p: *mut H) -> c_int {
+    if !p.is_null() {
+        // SAFETY: guaranteed by the caller.
+        let boxed = unsafe { Box::from_raw(p.cast::<WithHeader<H, T>>()) };
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(boxed)));
+    }
+    SQLITE_OK
 }
 
 /// Runs a callback body; a panic becomes an error, so nothing unwinds into
@@ -214,15 +244,8 @@ unsafe extern "C" fn x_connect<T: TableFunction>(
     });
     match made {
         Ok(table) => {
-            let boxed = Box::new(Table {
-                // SAFETY: a plain C struct of a pointer and integers; SQLite
-                // fills it in after xConnect returns.
-                base: unsafe { std::mem::zeroed() },
-                table,
-            });
-            // SAFETY: `pp_vtab` is SQLite's out parameter; the box is freed
-            // in x_disconnect.
-            unsafe { *pp_vtab = Box::into_raw(boxed).cast::<sqlite3_vtab>() };
+            // SAFETY: SQLite's out parameter; freed by take_back (xDisconnect).
+            unsafe { hand_over(pp_vtab, table) };
             SQLITE_OK
         }
         Err(e) => {
@@ -238,9 +261,9 @@ unsafe extern "C" fn x_best_index<T: TableFunction>(
     info: *mut sqlite3_index_info,
 ) -> c_int {
     let planned = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `vtab` is a Table<T> made by x_connect; `info` is valid and
-        // writable for this call.
-        let (table, raw) = unsafe { (&(*vtab.cast::<Table<T>>()).table, &mut *info) };
+        // SAFETY: `vtab` came from x_connect; `info` is valid and writable
+        // for this call.
+        let (table, raw) = unsafe { (value_of::<_, T>(vtab), &mut *info) };
         table.best_index(&mut IndexInfo { raw })
     }));
     match planned {
@@ -251,30 +274,16 @@ unsafe extern "C" fn x_best_index<T: TableFunction>(
     }
 }
 
-unsafe extern "C" fn x_disconnect<T: TableFunction>(vtab: *mut sqlite3_vtab) -> c_int {
-    if !vtab.is_null() {
-        // SAFETY: made by Box::into_raw in x_connect; SQLite disconnects once.
-        let table = unsafe { Box::from_raw(vtab.cast::<Table<T>>()) };
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(table)));
-    }
-    SQLITE_OK
-}
-
 unsafe extern "C" fn x_open<T: TableFunction>(
     vtab: *mut sqlite3_vtab,
     pp_cursor: *mut *mut sqlite3_vtab_cursor,
 ) -> c_int {
-    // SAFETY: `vtab` is a Table<T> made by x_connect.
-    let table = unsafe { &(*vtab.cast::<Table<T>>()).table };
+    // SAFETY: `vtab` came from x_connect.
+    let table = unsafe { value_of::<_, T>(vtab) };
     match guarded(|| table.open()) {
         Ok(cursor) => {
-            let boxed = Box::new(Cursor {
-                // SAFETY: a plain C struct; SQLite sets pVtab after xOpen.
-                base: unsafe { std::mem::zeroed() },
-                cursor,
-            });
-            // SAFETY: SQLite's out parameter; freed in x_close.
-            unsafe { *pp_cursor = Box::into_raw(boxed).cast::<sqlite3_vtab_cursor>() };
+            // SAFETY: SQLite's out parameter; freed by take_back (xClose).
+            unsafe { hand_over(pp_cursor, cursor) };
             SQLITE_OK
         }
         // SAFETY: `vtab` is live for this call.
@@ -285,13 +294,10 @@ unsafe extern "C" fn x_open<T: TableFunction>(
 /// The Rust cursor behind SQLite's, and its table for error messages.
 ///
 /// # Safety
-/// `cursor` is a Cursor<C> made by x_open, live for the current callback.
+/// `cursor` came from x_open and is live for the current callback.
 unsafe fn cursor_of<'a, C>(cursor: *mut sqlite3_vtab_cursor) -> (&'a mut C, *mut sqlite3_vtab) {
     // SAFETY: guaranteed by the caller.
-    unsafe {
-        let pvtab = (*cursor).pVtab;
-        (&mut (*cursor.cast::<Cursor<C>>()).cursor, pvtab)
-    }
+    unsafe { (value_of::<_, C>(cursor), (*cursor).pVtab) }
 }
 
 /// Runs a cursor callback: errors and panics become the table's message.
@@ -309,15 +315,6 @@ unsafe fn with_cursor<C>(
         // SAFETY: the cursor's table is live while the cursor is.
         Err(e) => unsafe { fail(vtab, &e) },
     }
-}
-
-unsafe extern "C" fn x_close<C: TableCursor>(cursor: *mut sqlite3_vtab_cursor) -> c_int {
-    if !cursor.is_null() {
-        // SAFETY: made by Box::into_raw in x_open; SQLite closes once.
-        let boxed = unsafe { Box::from_raw(cursor.cast::<Cursor<C>>()) };
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(boxed)));
-    }
-    SQLITE_OK
 }
 
 unsafe extern "C" fn x_filter<C: TableCursor>(
