@@ -64,10 +64,12 @@ pub enum DbError {
 /// `../lib/liblsync.so` relative to it.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, DbError> {
     if let Some(p) = explicit {
-        if !p.is_file() {
-            return Err(DbError::Missing(p.to_owned()));
-        }
-        return Ok(p.to_owned());
+        // Absolute, so that dlopen does not search the library path for a
+        // bare file name.
+        return match p.canonicalize() {
+            Ok(abs) if abs.is_file() => Ok(abs),
+            _ => Err(DbError::Missing(p.to_owned())),
+        };
     }
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().unwrap_or(Path::new("."));
