@@ -174,12 +174,7 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
     crate::peers::register(db)?;
     crate::status::register(db)?;
 
-    sqlite_loadable::define_table_function::<crate::vtab::ChangesTable>(
-        db.raw(),
-        "lsync_changes",
-        None,
-    )
-    .map_err(|_| Error::msg("lsync: cannot register lsync_changes"))?;
+    db.create_table_function::<crate::vtab::ChangesTable>("lsync_changes")?;
     Ok(())
 }
 
@@ -269,7 +264,7 @@ fn debug_info(db: Db) -> Result<String> {
         .query_text("SELECT sqlite_version()", &[])?
         .unwrap_or_default();
     Ok(format!(
-        "lsync {} ({} build, {}-{}), sqlite-loadable 0.0.6-alpha.6, host SQLite {sqlite}",
+        "lsync {} ({} build, {}-{}), SQLite API {}, host SQLite {sqlite}",
         env!("CARGO_PKG_VERSION"),
         if cfg!(debug_assertions) {
             "debug"
@@ -278,6 +273,7 @@ fn debug_info(db: Db) -> Result<String> {
         },
         std::env::consts::ARCH,
         std::env::consts::OS,
+        crate::sql::api_version(),
     ))
 }
 

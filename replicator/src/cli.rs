@@ -11,6 +11,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// The lsync extension to load into every connection; `lsync run` also
+    /// reads it as `extension` from --config (default: liblsync.so next to
+    /// this executable, else ../lib/liblsync.so).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub extension: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,11 +282,6 @@ pub struct CaptureArgs {
     /// Keep the temporary directory and its databases, and print its path.
     #[arg(long)]
     pub keep: bool,
-
-    /// Load the extension from this shared library (e.g.
-    /// target/release/liblsync.so) instead of the copy linked into this binary.
-    #[arg(long, value_name = "PATH")]
-    pub extension: Option<PathBuf>,
 }
 
 /// Which UUID version the benchmark writes into `uuid` columns.

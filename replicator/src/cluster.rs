@@ -95,7 +95,10 @@ impl Cluster {
         let m = &mut self.members[i];
         let log = std::fs::File::create(&m.log)?;
         let mut cmd = Command::new(exe);
-        cmd.arg("run")
+        // The extension this process loads, wherever it was found.
+        cmd.arg("--extension")
+            .arg(crate::db::extension()?)
+            .arg("run")
             .arg("--db")
             .arg(&m.db)
             .arg("--listen")

@@ -27,6 +27,8 @@ pub struct RunConfig {
     pub single_max: u64,
     pub bulk_notify: u64,
     pub test: TestHooks,
+    /// `extension` in the file; --extension wins over it.
+    pub extension: Option<PathBuf>,
 }
 
 /// Test hooks, set only by hidden flags of `lsync run`: they let the
@@ -80,6 +82,7 @@ struct File {
     snapshot_min: Option<u64>,
     single_max: Option<u64>,
     bulk_notify: Option<u64>,
+    extension: Option<PathBuf>,
 }
 
 fn load(path: &Path) -> Result<File> {
@@ -124,6 +127,7 @@ pub fn resolve(a: &RunArgs) -> Result<RunConfig> {
             corrupt_chunk: a.test_corrupt_chunk,
             apply_delay: a.test_apply_delay_ms.map(Duration::from_millis),
         },
+        extension: f.extension,
     };
     if cfg.single_max >= cfg.snapshot_min {
         bail!("single-max must be smaller than snapshot-min");

@@ -1,38 +1,41 @@
 //! Opening SQLite connections with the lsync extension loaded.
 //!
-//! By default the extension crate is linked into this binary and registered
-//! as a SQLite *auto-extension*, so every connection opened afterwards has
-//! the `lsync_*` functions. Alternatively the extension can be loaded from
-//! its shared library (`liblsync.so`), like any other SQLite host would.
+//! The extension is loaded at run time from its shared library,
+//! `liblsync.so`, into every connection, as any other SQLite host loads it:
+//! this binary links one SQLite (rusqlite's bundled copy) and no extension
+//! code. [`register`] finds the library once, at startup.
 
-use std::ffi::{c_char, c_int};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use rusqlite::{ffi, Connection, LoadExtensionGuard, OpenFlags};
+use rusqlite::{Connection, LoadExtensionGuard, OpenFlags};
 
 /// Entry point name of the extension in `liblsync.so`.
 const ENTRY_POINT: &str = "sqlite3_lsync_init";
 
-/// Where the lsync extension comes from.
-#[derive(Debug, Clone)]
-pub enum Extension {
-    /// The copy linked into this binary, registered as an auto-extension.
-    Static,
-    /// A shared library loaded into every connection with `load_extension`.
-    Shared(PathBuf),
-}
+/// File name of the extension.
+const LIBRARY: &str = "liblsync.so";
+
+/// The library every connection loads, set by [`register`].
+static EXTENSION: OnceLock<PathBuf> = OnceLock::new();
 
 /// Connection settings.
 #[derive(Debug, Clone)]
 pub struct DbOptions {
-    pub extension: Extension,
     pub foreign_keys: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("registering the statically linked lsync extension")]
-    Register(#[source] rusqlite::Error),
+    #[error(
+        "cannot find the lsync extension: tried {}; give its path with --extension",
+        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NotFound { tried: Vec<PathBuf> },
+    #[error("the lsync extension {} does not exist", .0.display())]
+    Missing(PathBuf),
+    #[error("the lsync extension was not registered before opening a database")]
+    NotRegistered,
     #[error("opening {}", path.display())]
     Open {
         path: PathBuf,
@@ -52,73 +55,68 @@ pub enum DbError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error(
-        "this binary runs SQLite {runtime} but was built against {header}: \
-         the extension's SQLite copy was linked instead of the bundled one"
-    )]
-    WrongSqlite { runtime: String, header: String },
     #[error("{}: journal_mode is {mode:?}, expected \"wal\"", path.display())]
     NotWal { path: PathBuf, mode: String },
 }
 
-/// Adapts the extension's entry point to rusqlite's `RawAutoExtension`.
-///
-/// The extension is written against `sqlite3ext-sys` (SQLite 3.39 headers),
-/// whose `sqlite3` and `sqlite3_api_routines` are distinct Rust types from
-/// `libsqlite3-sys`'s, and it takes the API pointer as `*mut` where rusqlite
-/// passes `*const`. Only the pointer types differ: `sqlite3` is opaque, and
-/// SQLite only ever appends to `sqlite3_api_routines`, so the 3.39 layout is
-/// a prefix of the 3.54 table that SQLite passes here.
-unsafe extern "C" fn lsync_auto_init(
-    db: *mut ffi::sqlite3,
-    pz_err: *mut *mut c_char,
-    api: *const ffi::sqlite3_api_routines,
-) -> c_int {
-    // SAFETY: SQLite calls this with a valid connection and API table; the
-    // extension only reads through `api`.
-    unsafe { lsync::sqlite3_lsync_init(db.cast(), pz_err, api.cast_mut().cast()) }
+/// Where the extension is: `explicit` (from --extension or the config file)
+/// if given, else `liblsync.so` next to this executable, else
+/// `../lib/liblsync.so` relative to it.
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, DbError> {
+    if let Some(p) = explicit {
+        // Absolute, so that dlopen does not search the library path for a
+        // bare file name.
+        return match p.canonicalize() {
+            Ok(abs) if abs.is_file() => Ok(abs),
+            _ => Err(DbError::Missing(p.to_owned())),
+        };
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let prefix = dir.parent().unwrap_or(dir);
+    let tried = vec![dir.join(LIBRARY), prefix.join("lib").join(LIBRARY)];
+    match tried.iter().find(|p| p.is_file()) {
+        Some(p) => Ok(p.clone()),
+        None => Err(DbError::NotFound { tried }),
+    }
 }
 
-/// Registers the linked-in extension for all connections opened afterwards,
-/// when `ext` is [`Extension::Static`]. Call it once, before opening
-/// connections (SQLite ignores a repeated registration of the same function).
-pub fn register(ext: &Extension) -> Result<(), DbError> {
-    check_linked_sqlite()?;
-    if let Extension::Static = ext {
-        // SAFETY: the entry point neither opens nor closes connections and
-        // does not touch the auto-extension list.
-        unsafe { rusqlite::auto_extension::register_auto_extension(lsync_auto_init) }
-            .map_err(DbError::Register)?;
+/// Finds the extension (see [`locate`]), checks that it loads, and makes
+/// every connection opened afterwards load it. Call it once, before opening
+/// connections; a later call keeps the first library. Returns the library
+/// in use.
+pub fn register(explicit: Option<&Path>) -> Result<&'static Path, DbError> {
+    if let Some(lib) = EXTENSION.get() {
+        return Ok(lib);
     }
-    Ok(())
+    let lib = locate(explicit)?;
+    let probe = Connection::open_in_memory().map_err(|source| DbError::Open {
+        path: PathBuf::from(":memory:"),
+        source,
+    })?;
+    load(&probe, &lib)?;
+    Ok(EXTENSION.get_or_init(|| lib))
 }
 
-/// Fails if the SQLite that answers at run time is not the bundled one that
-/// rusqlite was compiled against (see the link-order note in `main.rs`).
-fn check_linked_sqlite() -> Result<(), DbError> {
-    let header = ffi::SQLITE_VERSION.to_str().unwrap_or_default().to_owned();
-    let runtime = rusqlite::version();
-    if runtime == header {
-        Ok(())
-    } else {
-        Err(DbError::WrongSqlite {
-            runtime: runtime.to_owned(),
-            header,
-        })
-    }
+/// The library that [`register`] chose.
+pub fn extension() -> Result<&'static Path, DbError> {
+    EXTENSION
+        .get()
+        .map(PathBuf::as_path)
+        .ok_or(DbError::NotRegistered)
 }
 
 /// Opens (or creates) `path` in WAL mode with `synchronous=NORMAL`, with the
 /// lsync extension loaded.
 pub fn open(path: &Path, opts: &DbOptions) -> Result<Connection, DbError> {
-    tune(path, opts, connect(path, opts)?)
+    tune(path, opts, connect(path)?)
 }
 
 /// [`open`], but never creates the file: a database that is gone stays gone
 /// instead of coming back empty, with new identities.
 pub fn open_existing(path: &Path, opts: &DbOptions) -> Result<Connection, DbError> {
     let flags = OpenFlags::default() - OpenFlags::SQLITE_OPEN_CREATE;
-    tune(path, opts, connect_with(path, opts, flags)?)
+    tune(path, opts, connect_with(path, flags)?)
 }
 
 fn tune(path: &Path, opts: &DbOptions, conn: Connection) -> Result<Connection, DbError> {
@@ -145,27 +143,27 @@ fn tune(path: &Path, opts: &DbOptions, conn: Connection) -> Result<Connection, D
 
 /// Opens `path` (or `:memory:`) with the extension loaded, without
 /// configuring anything else.
-pub fn connect(path: &Path, opts: &DbOptions) -> Result<Connection, DbError> {
-    connect_with(path, opts, OpenFlags::default())
+pub fn connect(path: &Path) -> Result<Connection, DbError> {
+    connect_with(path, OpenFlags::default())
 }
 
-fn connect_with(path: &Path, opts: &DbOptions, flags: OpenFlags) -> Result<Connection, DbError> {
+fn connect_with(path: &Path, flags: OpenFlags) -> Result<Connection, DbError> {
+    let lib = extension()?;
     let conn = Connection::open_with_flags(path, flags).map_err(|source| DbError::Open {
         path: path.to_owned(),
         source,
     })?;
-    if let Extension::Shared(lib) = &opts.extension {
-        load_shared(&conn, lib)?;
-    }
+    load(&conn, lib)?;
     Ok(conn)
 }
 
-fn load_shared(conn: &Connection, lib: &Path) -> Result<(), DbError> {
+fn load(conn: &Connection, lib: &Path) -> Result<(), DbError> {
     let load = |source| DbError::Load {
         lib: lib.to_owned(),
         source,
     };
-    // SAFETY: loading native code is inherently trusted; the user named it.
+    // SAFETY: loading native code is inherently trusted: the user named the
+    // library, or it is the one installed beside this binary.
     unsafe {
         let _guard = LoadExtensionGuard::new(conn).map_err(load)?;
         conn.load_extension(lib, Some(ENTRY_POINT)).map_err(load)

@@ -1,13 +1,5 @@
 //! `lsync`: the lsync replicator sidecar and its benchmarks.
 
-// Link order workaround. The extension crate depends (through sqlite-loadable)
-// on sqlite3ext-sys, whose archive contains a whole SQLite 3.39 amalgamation.
-// The linker must see libsqlite3-sys (bundled 3.54) first, or it pulls in both
-// copies and fails on duplicate symbols. rustc lists rlibs in reverse order of
-// crate loading, so loading `lsync` before anything mentions `rusqlite` puts
-// libsqlite3-sys ahead of sqlite3ext-sys. `db::register` checks the result.
-extern crate lsync;
-
 mod bench;
 mod cli;
 mod cluster;
@@ -40,11 +32,13 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Every command but `secret` opens databases with the extension loaded.
+    let extension = cli.extension.as_deref();
     match cli.command {
         Command::Run(args) => {
             init_logging();
             let cfg = config::resolve(&args)?;
-            db::register(&db::Extension::Static)?;
+            db::register(extension.or(cfg.extension.as_deref()))?;
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -53,18 +47,23 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Secret(SecretCommand::New) => cli::print(&format!("{}\n", secret::new()?))?,
         Command::Demo(args) => {
-            db::register(&db::Extension::Static)?;
+            db::register(extension)?;
             demo::run(&args.dir, args.keep)?;
         }
         Command::Status(args) => {
-            db::register(&db::Extension::Static)?;
+            db::register(extension)?;
             status::run(&args)?;
         }
-        Command::Bench(BenchCommand::Capture(args)) => bench::capture::run(&args)?,
-        Command::Bench(BenchCommand::Apply(args)) => bench::apply::run(&args)?,
-        Command::Bench(BenchCommand::Latency(args)) => bench::net::latency(&args)?,
-        Command::Bench(BenchCommand::Propagate(args)) => bench::net::propagate(&args)?,
-        Command::Bench(BenchCommand::InitialSync(args)) => bench::initial::run(&args)?,
+        Command::Bench(bench) => {
+            db::register(extension)?;
+            match bench {
+                BenchCommand::Capture(args) => bench::capture::run(&args)?,
+                BenchCommand::Apply(args) => bench::apply::run(&args)?,
+                BenchCommand::Latency(args) => bench::net::latency(&args)?,
+                BenchCommand::Propagate(args) => bench::net::propagate(&args)?,
+                BenchCommand::InitialSync(args) => bench::initial::run(&args)?,
+            }
+        }
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use lsync_wire::report::{ApplyReport, RestoreReport};
 use rusqlite::{params, Connection};
 
 use crate::courtesy::Turn;
-use crate::db::{self, DbOptions, Extension};
+use crate::db::{self, DbOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -62,10 +62,7 @@ pub fn open_existing(path: &Path) -> R<Connection> {
     shared(db::open_existing(path, &OPTIONS)?)
 }
 
-const OPTIONS: DbOptions = DbOptions {
-    extension: Extension::Static,
-    foreign_keys: true,
-};
+const OPTIONS: DbOptions = DbOptions { foreign_keys: true };
 
 fn shared(conn: Connection) -> R<Connection> {
     conn.busy_timeout(Duration::from_secs(30))?;
@@ -312,7 +309,7 @@ mod tests {
     use super::*;
 
     fn temp_db() -> (PathBuf, Connection) {
-        crate::db::register(&Extension::Static).unwrap();
+        crate::db::register(None).unwrap();
         let dir = std::env::temp_dir().join(format!("lsync-store-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.db");

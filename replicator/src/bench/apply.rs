@@ -8,7 +8,7 @@ use super::data;
 use super::ops;
 use super::{BenchError, SqlContext, TempDir};
 use crate::cli::ApplyArgs;
-use crate::db::{self, DbOptions, Extension};
+use crate::db::{self, DbOptions};
 
 #[derive(Debug, serde::Serialize)]
 struct Outcome {
@@ -29,11 +29,7 @@ struct Outcome {
 }
 
 pub fn run(args: &ApplyArgs) -> Result<(), BenchError> {
-    let opts = DbOptions {
-        extension: Extension::Static,
-        foreign_keys: true,
-    };
-    db::register(&opts.extension)?;
+    let opts = DbOptions { foreign_keys: true };
     let rows = args.rows as usize;
     eprintln!("generating {rows} entries ...");
     let data = data::generate(rows, args.uuid);

@@ -17,7 +17,7 @@ use super::ops;
 use super::report;
 use super::{BenchError, TempDir};
 use crate::cli::CaptureArgs;
-use crate::db::{self, DbOptions, Extension};
+use crate::db::{self, DbOptions};
 
 /// The three ways the `entries` and `locations` tables are set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,19 +101,13 @@ impl Outcome<'_> {
 /// Runs `lsync bench capture`, printing progress to stderr and the results
 /// to stdout.
 pub fn run(args: &CaptureArgs) -> Result<(), BenchError> {
-    let extension = match &args.extension {
-        Some(lib) => Extension::Shared(lib.clone()),
-        None => Extension::Static,
-    };
-    db::register(&extension)?;
     let opts = DbOptions {
-        extension,
         foreign_keys: args.foreign_keys.is_on(),
     };
     let rows = usize::try_from(args.rows)
         .map_err(|_| BenchError::Check(format!("--rows {} is too large", args.rows)))?;
 
-    preflight(&opts)?;
+    preflight()?;
     let dir = TempDir::new(args.dir.as_deref(), args.keep)?;
     eprintln!("databases in {}", dir.path().display());
 
@@ -160,8 +154,8 @@ pub fn run(args: &CaptureArgs) -> Result<(), BenchError> {
 }
 
 /// Checks, before any work, that the extension provides what we call.
-fn preflight(opts: &DbOptions) -> Result<(), BenchError> {
-    let conn = db::connect(Path::new(":memory:"), opts)?;
+fn preflight() -> Result<(), BenchError> {
+    let conn = db::connect(Path::new(":memory:"))?;
     ops::require_function(&conn, "lsync_track")?;
     ops::require_function(&conn, "lsync_flush")
 }

@@ -13,7 +13,7 @@ use rusqlite::Connection;
 use super::{data, ops, TempDir};
 use crate::cli::{InitialSyncArgs, Strategy, UuidKind};
 use crate::cluster::{wait_until, Cluster};
-use crate::db::{self, DbOptions, Extension};
+use crate::db::{self, DbOptions};
 
 #[derive(Debug, serde::Serialize)]
 struct Outcome {
@@ -31,11 +31,7 @@ struct Outcome {
 }
 
 pub fn run(args: &InitialSyncArgs) -> Result<()> {
-    let opts = DbOptions {
-        extension: Extension::Static,
-        foreign_keys: true,
-    };
-    db::register(&opts.extension)?;
+    let opts = DbOptions { foreign_keys: true };
     let rows = args.rows as usize;
     let dir = TempDir::new(args.dir.as_deref(), args.keep)?;
     let src_path = dir.path().join("source.db");

@@ -9,10 +9,8 @@ use rusqlite::params;
 
 use crate::cli::{LatencyArgs, PropagateArgs};
 use crate::cluster::{wait_until, Cluster, LIBRARY_SQL, TRACK_SQL};
-use crate::db;
 
 fn two_peers(tag: &str, extra: &[&str]) -> Result<(Cluster, std::path::PathBuf)> {
-    db::register(&db::Extension::Static)?;
     let dir = std::env::temp_dir().join(format!("lsync-bench-{tag}-{}", std::process::id()));
     let mut cluster = Cluster::create(&dir, 2, &format!("{LIBRARY_SQL}\n{TRACK_SQL}"))?;
     cluster.start(0, &[], extra)?;

@@ -1,23 +1,20 @@
 //! The only module that touches the raw SQLite C API.
 //!
 //! Everything else in the extension works on the safe `Db`, `Stmt` and
-//! `Value` types defined here. SQLite hands us a table of function pointers
+//! `Value` types defined here, on the registration of SQL functions
+//! (`func`) and on the `TableFunction` trait for eponymous virtual tables
+//! (`vtab`). SQLite hands us a table of function pointers
 //! (`sqlite3_api_routines`) when the extension is loaded; we keep it and call
-//! through it, which works both for the `.so` and for static registration.
-
-// The raw pointers taken by the pub functions here are the ones SQLite hands
-// to our callbacks (contexts, values, the API table), valid for the call.
-#![allow(clippy::not_unsafe_ptr_arg_deref)]
+//! through it, so the extension links no SQLite of its own. The C types come
+//! from the bindgen crate `sqlite3ext-sys`; its SQLite functions are never
+//! called (nor linked).
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-pub use sqlite_loadable::ext::{
-    sqlite3, sqlite3_api_routines, sqlite3_context, sqlite3_stmt, sqlite3_value, sqlite3_vtab,
-    sqlite3_vtab_cursor,
-};
+pub use sqlite3ext_sys::{sqlite3, sqlite3_api_routines};
+use sqlite3ext_sys::{sqlite3_stmt, sqlite3_value};
 
 use crate::error::{Error, Result};
 
@@ -48,9 +45,6 @@ static API: AtomicPtr<sqlite3_api_routines> = AtomicPtr::new(ptr::null_mut());
 pub fn init_api(api: *mut sqlite3_api_routines) {
     if !api.is_null() {
         API.store(api, Ordering::Release);
-        // SAFETY: `api` is the non-null table SQLite passed to the entry point;
-        // sqlite-loadable keeps a copy for its own vtab helpers.
-        unsafe { sqlite_loadable::ext::faux_sqlite_extension_init2(api) };
     }
 }
 
@@ -67,7 +61,20 @@ macro_rules! call {
     };
 }
 
+// After `call!`, which they use.
+mod func;
+mod vtab;
+
+pub use vtab::{IndexInfo, TableCursor, TableFunction, Unusable};
+
 pub use lsync_wire::value::Value;
+
+/// The version of the `sqlite3ext.h` that the API table's layout comes from:
+/// the oldest host SQLite whose table has every entry we call.
+pub fn api_version() -> &'static str {
+    let v = sqlite3ext_sys::SQLITE_VERSION;
+    std::str::from_utf8(&v[..v.len().saturating_sub(1)]).unwrap_or("?")
+}
 
 /// A borrowed database handle: the connection that called us.
 #[derive(Clone, Copy)]
@@ -80,10 +87,6 @@ unsafe impl Send for Db {}
 impl Db {
     pub fn from_raw(db: *mut sqlite3) -> Db {
         Db(db)
-    }
-
-    pub fn raw(&self) -> *mut sqlite3 {
-        self.0
     }
 
     fn errmsg(&self) -> String {
@@ -248,33 +251,6 @@ impl Db {
             }
         }
     }
-
-    /// Registers a scalar function. The closure receives owned copies of the
-    /// arguments; errors become SQL errors and panics are caught, so nothing
-    /// unwinds into SQLite.
-    pub fn create_function<F>(&self, name: &str, n_args: c_int, flags: c_int, f: F) -> Result<()>
-    where
-        F: Fn(Db, &[Value]) -> Result<Value> + 'static,
-    {
-        let cname = CString::new(name).map_err(|_| Error::msg("bad function name"))?;
-        let boxed: *mut ScalarFn = Box::into_raw(Box::new(Box::new(f)));
-        // SAFETY: `boxed` is a leaked Box reclaimed by `destroy_fn` when SQLite
-        // drops the function (on replacement or connection close).
-        let rc = unsafe {
-            call!(create_function_v2(
-                self.0,
-                cname.as_ptr(),
-                n_args,
-                SQLITE_UTF8 | flags,
-                boxed.cast::<c_void>(),
-                Some(scalar_trampoline),
-                None,
-                None,
-                Some(destroy_fn)
-            ))
-        };
-        self.check(rc, "create_function")
-    }
 }
 
 impl Db {
@@ -381,40 +357,6 @@ impl Drop for Connection {
     }
 }
 
-type ScalarFn = Box<dyn Fn(Db, &[Value]) -> Result<Value>>;
-
-unsafe extern "C" fn scalar_trampoline(
-    ctx: *mut sqlite3_context,
-    argc: c_int,
-    argv: *mut *mut sqlite3_value,
-) {
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: user_data is the ScalarFn registered in create_function;
-        // argv holds argc valid values for the duration of the call.
-        let f = unsafe { &*call!(user_data(ctx)).cast::<ScalarFn>() };
-        let db = Db(unsafe { call!(context_db_handle(ctx)) });
-        let args: Vec<Value> = (0..argc.max(0) as usize)
-            .map(|i| unsafe { value_from_raw(*argv.add(i)) })
-            .collect();
-        f(db, &args)
-    }));
-    match outcome {
-        Ok(Ok(v)) => set_result(ctx, &v),
-        Ok(Err(e)) => set_error(ctx, &e.to_string()),
-        Err(_) => set_error(
-            ctx,
-            "lsync: internal error (caught a panic); nothing was changed",
-        ),
-    }
-}
-
-unsafe extern "C" fn destroy_fn(p: *mut c_void) {
-    if !p.is_null() {
-        // SAFETY: `p` came from Box::into_raw in create_function.
-        drop(unsafe { Box::from_raw(p.cast::<ScalarFn>()) });
-    }
-}
-
 /// Copies an `sqlite3_value` into an owned `Value`.
 ///
 /// # Safety
@@ -442,58 +384,6 @@ pub unsafe fn value_from_raw(v: *mut sqlite3_value) -> Value {
             _ => Value::Null,
         }
     }
-}
-
-/// Copies an argument that SQLite passed to a callback (xFilter).
-pub fn arg_value(v: *mut sqlite3_value) -> Value {
-    // SAFETY: only called with argument pointers SQLite handed to the current
-    // callback, which stay valid for its duration.
-    unsafe { value_from_raw(v) }
-}
-
-/// The initial state of a virtual table struct.
-pub fn empty_vtab() -> sqlite3_vtab {
-    // SAFETY: a plain C struct of pointers and integers; all-zero is the
-    // state SQLite expects before it fills it in.
-    unsafe { std::mem::zeroed() }
-}
-
-/// The initial state of a virtual table cursor struct.
-pub fn empty_cursor() -> sqlite3_vtab_cursor {
-    // SAFETY: as for `empty_vtab`.
-    unsafe { std::mem::zeroed() }
-}
-
-/// Sets a function or vtab column result.
-pub fn set_result(ctx: *mut sqlite3_context, v: &Value) {
-    // SAFETY: `ctx` is the live context of the current callback; text and
-    // blobs are copied by SQLite (SQLITE_TRANSIENT).
-    unsafe {
-        match v {
-            Value::Null => call!(result_null(ctx)),
-            Value::Integer(i) => call!(result_int64(ctx, *i)),
-            Value::Real(f) => call!(result_double(ctx, *f)),
-            Value::Text(s) => call!(result_text64(
-                ctx,
-                s.as_ptr().cast::<c_char>(),
-                s.len() as u64,
-                transient(),
-                SQLITE_UTF8 as u8
-            )),
-            Value::Blob(b) => call!(result_blob64(
-                ctx,
-                b.as_ptr().cast::<c_void>(),
-                b.len() as u64,
-                transient()
-            )),
-        }
-    }
-}
-
-fn set_error(ctx: *mut sqlite3_context, msg: &str) {
-    let len = c_int::try_from(msg.len()).unwrap_or(c_int::MAX);
-    // SAFETY: SQLite copies the message (length given explicitly).
-    unsafe { call!(result_error(ctx, msg.as_ptr().cast::<c_char>(), len)) };
 }
 
 /// Prepared statements kept for the length of one operation (a flush, an
