@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::ident::{q, qm};
 use crate::snapshot::{objects, private, remove_db_files, SHARED_KEYS};
 use crate::sql::{Connection, Db, Value, OPEN_READONLY, OPEN_READWRITE};
-use crate::{apply, bail, changes, schema, stability};
+use crate::{apply, bail, changes, schema, snapshot, stability};
 
 /// Changes per batch on the merge path.
 const BATCH: usize = 10_000;
@@ -125,23 +125,15 @@ fn restore_error(e: Error) -> Error {
 
 /// Validates the snapshot against this database. Writes nothing.
 fn check(db: Db, s: Db, path: &str) -> Result<Snap> {
-    let not_snapshot = |why: &str| {
-        Error::msg(format!(
-            "lsync_restore: '{path}' is not an lsync snapshot ({why}); make one with lsync_snapshot; nothing was restored"
-        ))
+    let settings = snapshot::Settings {
+        file: s,
+        func: "lsync_restore",
+        path,
+        tail: "; nothing was restored",
     };
-    let config = |key: &str| -> Result<Value> {
-        s.query_value(
-            "SELECT value FROM lsync_config WHERE key = ?1",
-            &[key.into()],
-        )
-        .map_err(|e| not_snapshot(e.detail()))
-        .map(|v| v.unwrap_or(Value::Null))
-    };
-    let device = match config("snapshot_device")? {
-        Value::Text(d) => d,
-        _ => return Err(not_snapshot("it has no snapshot_device setting")),
-    };
+    let not_snapshot = |why: &str| settings.not_snapshot(why);
+    let config = |key: &str| settings.get(key);
+    let device = settings.device()?;
     let cursor = config("snapshot_cursor")?
         .as_i64()
         .ok_or_else(|| not_snapshot("it has no snapshot_cursor setting"))?;

@@ -115,6 +115,44 @@ fn skip_flush_for_testing(db: Db, conn: &Conn) -> Result<bool> {
     Ok(conn.testing && schema::get_i64(db, "test_snapshot_no_flush")? == 1)
 }
 
+/// The settings (`lsync_config`) of a snapshot file, read for `func`. A file
+/// without them is not a snapshot, and the errors say so; `tail` ends each
+/// message (e.g. "; nothing was restored").
+pub struct Settings<'a> {
+    pub file: Db,
+    pub func: &'a str,
+    pub path: &'a str,
+    pub tail: &'a str,
+}
+
+impl Settings<'_> {
+    pub fn not_snapshot(&self, why: &str) -> Error {
+        Error::msg(format!(
+            "{}: '{}' is not an lsync snapshot ({why}); make one with lsync_snapshot{}",
+            self.func, self.path, self.tail
+        ))
+    }
+
+    /// One setting; NULL when the snapshot does not have it.
+    pub fn get(&self, key: &str) -> Result<Value> {
+        self.file
+            .query_value(
+                "SELECT value FROM lsync_config WHERE key = ?1",
+                &[key.into()],
+            )
+            .map_err(|e| self.not_snapshot(e.detail()))
+            .map(|v| v.unwrap_or(Value::Null))
+    }
+
+    /// The device that made the snapshot: every snapshot names one.
+    pub fn device(&self) -> Result<String> {
+        match self.get("snapshot_device")? {
+            Value::Text(d) => Ok(d),
+            _ => Err(self.not_snapshot("it has no snapshot_device setting")),
+        }
+    }
+}
+
 /// Removes a database file and its journals.
 pub fn remove_db_files(file: &Path) {
     let _ = std::fs::remove_file(file);

@@ -11,10 +11,10 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::peers::{self, has_table};
 use crate::sql::{Connection, Db, Value, DIRECTONLY, INNOCUOUS, OPEN_READONLY};
-use crate::{bail, schema};
+use crate::{bail, schema, snapshot};
 
 pub fn register(db: Db) -> Result<()> {
     db.create_function("lsync_head", 0, INNOCUOUS, |db, _| {
@@ -76,31 +76,21 @@ fn status(db: Db) -> Result<serde_json::Value> {
 
 /// What a snapshot file made by `lsync_snapshot` says about itself.
 fn snapshot_info(path: &str) -> Result<serde_json::Value> {
-    let not_snapshot = |why: &str| {
-        Error::msg(format!(
-            "lsync_snapshot_info: '{path}' is not an lsync snapshot ({why}); make one with lsync_snapshot"
-        ))
-    };
     if !Path::new(path).is_file() {
         bail!("lsync_snapshot_info: no such file: '{path}'");
     }
     let reader = Connection::open(Path::new(path), OPEN_READONLY)?;
-    let s = reader.db();
-    let config = |key: &str| -> Result<Value> {
-        s.query_value(
-            "SELECT value FROM lsync_config WHERE key = ?1",
-            &[key.into()],
-        )
-        .map_err(|e| not_snapshot(e.detail()))
-        .map(|v| v.unwrap_or(Value::Null))
+    let settings = snapshot::Settings {
+        file: reader.db(),
+        func: "lsync_snapshot_info",
+        path,
+        tail: "",
     };
-    let device = config("snapshot_device")?;
-    if device.as_str().is_none() {
-        return Err(not_snapshot("it has no snapshot_device setting"));
-    }
+    let config = |key: &str| settings.get(key);
+    let device = settings.device()?;
     Ok(json!({
         "library_id": config("library_id")?.as_str(),
-        "device": device.as_str(),
+        "device": device,
         "cursor": config("snapshot_cursor")?.as_i64().unwrap_or(0),
         "rows": config("snapshot_rows")?.as_i64().unwrap_or(0),
         "created_ms": config("snapshot_created_ms")?.as_i64(),

@@ -65,7 +65,7 @@ pub fn run(args: &InitialSyncArgs) -> Result<()> {
     eprintln!("the fresh peer joins ({strategy}) ...");
     let started = Instant::now();
     cluster.start(1, &[0], &["--join", "--batch", &args.batch.to_string()])?;
-    let peer = Connection::open(&peer_path)?;
+    let peer = db::connect(&peer_path)?;
     peer.busy_timeout(Duration::from_secs(30))?;
     let n = rows as i64;
     // Rows land in cursor order, so the highest rowid is the last to land;
