@@ -11,8 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::snapshot::work_dir;
 use crate::now::now_ms;
+use crate::snapshot::work_dir;
 
 const LOG_ROWS: u64 = 10_000;
 const LOG_BYTES: u64 = 10 << 20;
