@@ -112,6 +112,7 @@ pub fn index_tree(c: &Connection, root: &str, n: i64) -> i64 {
     loc
 }
 
+/// Inserts a tag; returns its local id.
 pub fn add_tag(c: &Connection, name: &str, color: &str) -> i64 {
     c.execute(
         "INSERT INTO tags(name, color) VALUES (?1, ?2)",
@@ -121,6 +122,7 @@ pub fn add_tag(c: &Connection, name: &str, color: &str) -> i64 {
     c.last_insert_rowid()
 }
 
+/// Assigns tag `tag` to entry `entry` (local ids).
 pub fn assign(c: &Connection, tag: i64, entry: i64) {
     c.execute(
         "INSERT INTO tag_assignments(tag_id, entry_id, created_at) VALUES (?1, ?2, 1700000000000)",

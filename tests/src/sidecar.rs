@@ -364,6 +364,7 @@ pub fn wait_for_within(
     );
 }
 
+/// [`wait_for_within`] with the usual [`PATIENCE`].
 pub fn wait_for(what: &str, nodes: &[&Sidecar], ok: impl FnMut() -> bool) {
     wait_for_within(what, nodes, PATIENCE, ok)
 }
@@ -398,6 +399,7 @@ pub fn logged_cursor(line: &str) -> Option<i64> {
         .ok()
 }
 
+/// How often `needle` occurs in a log.
 pub fn occurrences(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
