@@ -1,5 +1,6 @@
 """The shape of the source tree: no import loops between the modules of a
-crate, and no source file over 600 lines (in-file test modules aside).
+crate, no source file over 600 lines (in-file test modules aside), and no
+two Rust test helpers of the same name.
 
 A loop means two modules that cannot be understood or changed apart; a long
 file means an idea without its own home. Both are checked here so that they
@@ -126,3 +127,66 @@ def test_no_source_file_over_600_lines(crate):
         if (n := without_tests(p.read_text()).count("\n")) > MAX_LINES
     }
     assert long == {}, f"files over {MAX_LINES} lines (tests aside): {long}"
+
+
+# ---------------------------------------------------------------------------
+# Rust test helpers: one name, one meaning. The tests share one helper layer
+# (`lsync_tests`, glob-imported), where a local function silently shadows a
+# shared one of the same name; so no free function name may be defined in two
+# files of tests/src and tests/tests. Methods (indented) and #[test] functions
+# (one per behaviour, named for it) are not helpers.
+
+RUST_TEST_FILES = ["tests/src", "tests/tests"]
+FREE_FN = re.compile(r"^(?:pub(?:\([\w:]+\))? )?fn (\w+)")
+INLINE_MOD = re.compile(r"^(?:pub(?:\([\w:]+\))? )?mod \w+ \{")
+
+
+def free_functions(text):
+    """Names of the free functions in a Rust file: `fn` or `pub fn` at column
+    0, or at 4 spaces inside a `mod x {` block, not marked `#[test]`."""
+    lines = text.splitlines()
+    in_mod = False
+    for i, line in enumerate(lines):
+        if INLINE_MOD.match(line):
+            in_mod = True
+            continue
+        if in_mod and line.startswith("}"):
+            in_mod = False
+            continue
+        if in_mod and line.startswith("    ") and not line.startswith("     "):
+            line = line[4:]
+        m = FREE_FN.match(line)
+        if not m:
+            continue
+        attrs, j = [], i - 1
+        while j >= 0 and lines[j].strip().startswith(("#[", "//")):
+            attrs.append(lines[j].strip())
+            j -= 1
+        if "#[test]" not in attrs:
+            yield m.group(1)
+
+
+def helper_files():
+    for d in RUST_TEST_FILES:
+        yield from sorted((ROOT / d).rglob("*.rs"))
+
+
+def test_the_helper_finder_skips_tests_and_methods():
+    text = (
+        "fn helper() {}\n"
+        "pub fn shared(c: &C) -> i64 {\n    0\n}\n"
+        "#[test]\n#[ignore = \"slow\"]\nfn a_test() {}\n"
+        "impl X {\n    fn method(&self) {}\n}\n"
+        "proptest! {\n    #[test]\n    fn prop(x in any::<u8>()) {}\n}\n"
+        "mod inner {\n    pub fn nested() {}\n        fn deeper() {}\n}\n"
+    )
+    assert list(free_functions(text)) == ["helper", "shared", "nested"]
+
+
+def test_no_two_rust_test_helpers_share_a_name():
+    where = {}
+    for path in helper_files():
+        for name in free_functions(path.read_text()):
+            where.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+    shared = {n: sorted(f) for n, f in where.items() if len(f) > 1}
+    assert shared == {}, f"helpers defined in more than one file: {shared}"

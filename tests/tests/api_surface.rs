@@ -42,7 +42,7 @@ const FUNCTIONS: &[&str] = &[
 ];
 
 fn function_names(conn: &Connection) -> Vec<String> {
-    dump(
+    query_rows(
         conn,
         "SELECT DISTINCT name FROM pragma_function_list WHERE name LIKE 'lsync%' ORDER BY 1",
     )
@@ -64,7 +64,7 @@ fn function_list_before_and_after_loading() {
 
     load(&conn);
     assert_eq!(function_names(&conn), FUNCTIONS);
-    let modules = dump(
+    let modules = query_rows(
         &conn,
         "SELECT name FROM pragma_module_list WHERE name LIKE 'lsync%' ORDER BY 1",
     );
@@ -77,7 +77,7 @@ fn function_list_before_and_after_loading() {
 fn function_signatures_and_flags() {
     let dir = TempDir::new();
     let conn = open(&dir.db());
-    let rows = dump(
+    let rows = query_rows(
         &conn,
         "SELECT name, narg, flags FROM pragma_function_list
          WHERE name LIKE 'lsync%' ORDER BY name, narg",
@@ -191,7 +191,7 @@ fn user_errors_are_clear_and_harmless() {
         assert!(conn.is_autocommit(), "{sql} left a transaction open");
     }
     insta::assert_snapshot!(report);
-    let tracked = dump(&conn, "SELECT name, mode FROM lsync_tables ORDER BY name");
+    let tracked = query_rows(&conn, "SELECT name, mode FROM lsync_tables ORDER BY name");
     assert_eq!(
         tracked,
         [["sh", "shared"]],

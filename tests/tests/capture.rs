@@ -24,7 +24,7 @@ fn uuid_of(conn: &Connection, table: &str, id: i64) -> String {
 }
 
 /// The metadata a rollback must leave untouched.
-fn pending(conn: &Connection) -> (i64, i64) {
+fn dirty_and_deleted(conn: &Connection) -> (i64, i64) {
     (count(conn, "lsync_dirty"), count(conn, "lsync_deleted"))
 }
 
@@ -95,7 +95,7 @@ fn rows_present_before_tracking_get_uuids_and_are_captured() {
     let nulls: i64 = scalar(&conn, "SELECT count(*) FROM old WHERE uuid IS NULL");
     assert_eq!(nulls, 0);
     let got: BTreeSet<String> = changes(&conn, 0).iter().map(Change::pk_text).collect();
-    let want: BTreeSet<String> = dump(&conn, "SELECT uuid FROM old")
+    let want: BTreeSet<String> = query_rows(&conn, "SELECT uuid FROM old")
         .into_iter()
         .map(|r| r[0].clone())
         .collect();
@@ -261,7 +261,7 @@ fn rolled_back_transaction_captures_nothing() {
     flush(&conn);
     let before = changes(&conn, 0);
     let hlc_before: i64 = scalar(&conn, "SELECT value FROM lsync_config WHERE key = 'hlc'");
-    assert_eq!(pending(&conn), (0, 0));
+    assert_eq!(dirty_and_deleted(&conn), (0, 0));
 
     conn.execute_batch(
         "BEGIN;
@@ -274,12 +274,12 @@ fn rolled_back_transaction_captures_nothing() {
     )
     .unwrap();
     assert!(
-        pending(&conn) != (0, 0),
+        dirty_and_deleted(&conn) != (0, 0),
         "the transaction did capture something"
     );
     conn.execute_batch("ROLLBACK").unwrap();
 
-    assert_eq!(pending(&conn), (0, 0));
+    assert_eq!(dirty_and_deleted(&conn), (0, 0));
     let hlc_after: i64 = scalar(&conn, "SELECT value FROM lsync_config WHERE key = 'hlc'");
     assert_eq!(hlc_after, hlc_before);
     assert_eq!(flush(&conn), 0);
@@ -296,7 +296,7 @@ fn failed_multi_row_insert_captures_nothing() {
     .unwrap();
     flush(&conn);
     let before = changes(&conn, 0);
-    let data_before = dump(&conn, "SELECT * FROM files ORDER BY id");
+    let data_before = query_rows(&conn, "SELECT * FROM files ORDER BY id");
     // Rows 2 and 3 are below the high-water mark (so the insert trigger
     // writes capture marks for them) and get uuids filled in; row 3 of the
     // statement then violates UNIQUE(uuid), so the statement is undone.
@@ -305,8 +305,11 @@ fn failed_multi_row_insert_captures_nothing() {
         "INSERT INTO files(id, uuid, name) VALUES (2, NULL, 'x'), (3, NULL, 'y'), (5, 'a', 'z')",
     );
     assert!(err.contains("UNIQUE"), "{err}");
-    assert_eq!(pending(&conn), (0, 0));
-    assert_eq!(dump(&conn, "SELECT * FROM files ORDER BY id"), data_before);
+    assert_eq!(dirty_and_deleted(&conn), (0, 0));
+    assert_eq!(
+        query_rows(&conn, "SELECT * FROM files ORDER BY id"),
+        data_before
+    );
     assert_eq!(changes(&conn, 0), before);
 }
 
@@ -330,11 +333,14 @@ fn update_refused_midway_by_ownership_captures_nothing() {
     .unwrap();
     flush(&conn);
     let before = changes(&conn, 0);
-    let data_before = dump(&conn, "SELECT * FROM files ORDER BY id");
+    let data_before = query_rows(&conn, "SELECT * FROM files ORDER BY id");
     let err = error_of(&conn, "UPDATE files SET n = n + 1");
     assert!(err.contains("owned by"), "{err}");
-    assert_eq!(pending(&conn), (0, 0));
-    assert_eq!(dump(&conn, "SELECT * FROM files ORDER BY id"), data_before);
+    assert_eq!(dirty_and_deleted(&conn), (0, 0));
+    assert_eq!(
+        query_rows(&conn, "SELECT * FROM files ORDER BY id"),
+        data_before
+    );
     assert_eq!(changes(&conn, 0), before);
 }
 
@@ -351,8 +357,8 @@ fn writers_without_the_extension_are_refused() {
     let plain = open_plain(&dir.db());
     let snapshot = |c: &Connection| {
         (
-            dump(c, "SELECT * FROM files ORDER BY id"),
-            dump(c, "SELECT * FROM tags ORDER BY id"),
+            query_rows(c, "SELECT * FROM files ORDER BY id"),
+            query_rows(c, "SELECT * FROM tags ORDER BY id"),
         )
     };
     let data_before = snapshot(&plain);
@@ -547,10 +553,11 @@ fn reused_rowid_is_a_new_insert_and_the_old_row_a_tombstone() {
         .collect();
     let mut live = live;
     live.sort();
-    let want: Vec<(String, String)> = dump(&conn, "SELECT uuid, name FROM files ORDER BY uuid")
-        .into_iter()
-        .map(|r| (r[0].clone(), r[1].clone()))
-        .collect();
+    let want: Vec<(String, String)> =
+        query_rows(&conn, "SELECT uuid, name FROM files ORDER BY uuid")
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].clone()))
+            .collect();
     assert_eq!(live, want);
 }
 

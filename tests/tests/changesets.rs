@@ -29,24 +29,9 @@ fn peers<const N: usize>() -> (TempDir, [Connection; N]) {
     });
     let library = library_id(&conns[0]);
     for c in &conns[1..] {
-        join(c, &library);
+        join_library(c, &library);
     }
     (dir, conns)
-}
-
-fn library_id(c: &Connection) -> String {
-    scalar(c, "SELECT lsync_library_id()")
-}
-
-fn join(c: &Connection, library: &str) {
-    let joined: String = c
-        .query_row("SELECT lsync_library_id(?1)", [library], |r| r.get(0))
-        .expect("join library");
-    assert_eq!(joined, library);
-}
-
-fn device(c: &Connection) -> String {
-    scalar(c, "SELECT lsync_device_id()")
 }
 
 /// The changes after `since`, and the cursor to continue from.
@@ -128,41 +113,17 @@ fn set_hlc(c: &Connection, hlc: i64) {
     .unwrap();
 }
 
-/// A logical FK: the target's uuid, or the uuid of a link still deferred.
-fn link(table: &str, col: &str, target: &str) -> String {
-    format!(
-        "coalesce((SELECT x.uuid FROM {target} x WHERE x.id = t.{col}),
-                  (SELECT d.target_uuid FROM lsync_deferred d
-                   WHERE d.tbl = (SELECT id FROM lsync_tables WHERE name = '{table}')
-                     AND d.rid = t.id AND d.col = '{col}'))"
-    )
-}
-
 /// Every tracked table, keyed by uuid, FKs as uuids (local ids never leave a
 /// device, so they are not compared).
 fn canon(c: &Connection) -> Vec<Vec<String>> {
-    let queries = [
-        "SELECT 'L', uuid, path, name, total_size, created_at FROM locations t".to_owned(),
-        format!(
-            "SELECT 'E', uuid, {}, {}, name, size, kind, mtime FROM entries t",
-            link("entries", "parent_id", "entries"),
-            link("entries", "location_id", "locations")
-        ),
-        "SELECT 'T', uuid, name, color FROM tags t".to_owned(),
-        format!(
-            "SELECT 'A', uuid, {}, {}, created_at FROM tag_assignments t",
-            link("tag_assignments", "tag_id", "tags"),
-            link("tag_assignments", "entry_id", "entries")
-        ),
-    ];
-    queries
+    library_by_uuid("path, name, total_size, created_at")
         .iter()
-        .flat_map(|q| dump(c, &format!("{q} ORDER BY uuid")))
+        .flat_map(|q| query_rows(c, q))
         .collect()
 }
 
 /// The tables and all of lsync's metadata, for "nothing changed" checks.
-fn snapshot(c: &Connection) -> Vec<Vec<String>> {
+fn tables_and_metadata(c: &Connection) -> Vec<Vec<String>> {
     let mut out = canon(c);
     for q in [
         "SELECT * FROM lsync_clock ORDER BY seq",
@@ -174,7 +135,7 @@ fn snapshot(c: &Connection) -> Vec<Vec<String>> {
         "SELECT * FROM lsync_deleted ORDER BY tbl, uuid",
     ] {
         out.push(vec![q.to_owned()]);
-        out.extend(dump(c, q));
+        out.extend(query_rows(c, q));
     }
     out
 }
@@ -183,8 +144,8 @@ fn snapshot(c: &Connection) -> Vec<Vec<String>> {
 /// change must not touch. (The HLC may still merge: the change was received.)
 fn rows_and_clock(c: &Connection) -> Vec<Vec<String>> {
     let mut out = canon(c);
-    out.extend(dump(c, "SELECT * FROM lsync_clock ORDER BY seq"));
-    out.extend(dump(
+    out.extend(query_rows(c, "SELECT * FROM lsync_clock ORDER BY seq"));
+    out.extend(query_rows(
         c,
         "SELECT * FROM lsync_deferred ORDER BY tbl, rid, col",
     ));
@@ -192,8 +153,8 @@ fn rows_and_clock(c: &Connection) -> Vec<Vec<String>> {
 }
 
 /// `lsync_pending` as (tbl, pk, col, target, target_uuid) rows.
-fn pending(c: &Connection) -> Vec<Vec<String>> {
-    dump(
+fn pending_links(c: &Connection) -> Vec<Vec<String>> {
+    query_rows(
         c,
         "SELECT tbl, pk, col, target, target_uuid FROM lsync_pending ORDER BY tbl, pk, col",
     )
@@ -276,7 +237,7 @@ fn device_owned_rows_take_the_owners_state_as_is() {
     let r = apply(&b, &c2);
     assert_eq!(n(&r, "applied"), 2, "{r}");
     assert_eq!(
-        dump(
+        query_rows(
             &b,
             "SELECT name, size, mtime FROM entries WHERE uuid = 'E2'"
         ),
@@ -299,8 +260,8 @@ fn applied_device_owned_rows_cannot_be_changed_locally() {
     let (_dir, [a, b]) = peers();
     seed_tree(&a);
     sync(&a, &b);
-    let owner = device(&a);
-    let before = snapshot(&b);
+    let owner = device_id(&a);
+    let before = tables_and_metadata(&b);
     for sql in [
         "UPDATE entries SET name = 'mine' WHERE uuid = 'E2'",
         "UPDATE locations SET path = '/elsewhere'",
@@ -314,7 +275,7 @@ fn applied_device_owned_rows_cannot_be_changed_locally() {
             "{sql}: the error names the owner: {err}"
         );
     }
-    assert_eq!(snapshot(&b), before);
+    assert_eq!(tables_and_metadata(&b), before);
     // B may still add its own rows pointing at A's rows.
     b.execute(
         "INSERT INTO entries(uuid, parent_id, location_id, name) VALUES ('B1', ?1, ?2, 'b')",
@@ -361,7 +322,7 @@ fn changes_to_device_owned_rows_from_a_non_owner_are_refused() {
     assert_eq!((n(&r, "refused"), n(&r, "applied")), (1, 0), "{r}");
     assert_eq!(rows_and_clock(&b), before, "refused changes leave no trace");
     assert_eq!(
-        dump(&b, "SELECT path, name FROM locations"),
+        query_rows(&b, "SELECT path, name FROM locations"),
         [["/a", "from-a"]]
     );
 }
@@ -380,7 +341,7 @@ fn forged_changes_to_another_devices_row_are_refused() {
     seed_tree(&a);
     sync(&a, &b);
     sync(&b, &c);
-    let (owner, forger) = (device(&a), device(&c));
+    let (owner, forger) = (device_id(&a), device_id(&c));
     let forge = |origin: &str, op: Op| {
         let mut cs = Changeset::decode(&changeset(&c, 0).0, DEFAULT_MAX_BODY).unwrap();
         cs.changes.retain(|ch| ch.pk == Value::Text("E2".into()));
@@ -413,7 +374,7 @@ fn forged_changes_to_another_devices_row_are_refused() {
     let r = apply(&b, &forge(&owner, Op::Update));
     assert_eq!((n(&r, "refused"), n(&r, "applied")), (0, 1), "{r}");
     assert_eq!(
-        dump(&b, "SELECT name FROM entries WHERE uuid = 'E2'"),
+        query_rows(&b, "SELECT name FROM entries WHERE uuid = 'E2'"),
         [["forged"]]
     );
 }
@@ -437,7 +398,7 @@ fn concurrent_edits_to_different_columns_both_survive() {
     apply(&a, &cb);
     for (who, db) in [("A", &a), ("B", &b)] {
         assert_eq!(
-            dump(db, "SELECT uuid, name, color FROM tags"),
+            query_rows(db, "SELECT uuid, name, color FROM tags"),
             [["T1", "nA", "cB"]],
             "at {who}"
         );
@@ -464,7 +425,7 @@ fn concurrent_edits_to_one_column_converge_on_the_higher_hlc_then_origin() {
     .unwrap();
     sync(&a, &b);
     // lo has the smaller device id, hi the larger.
-    let (lo, hi) = if device(&a) < device(&b) {
+    let (lo, hi) = if device_id(&a) < device_id(&b) {
         (&a, &b)
     } else {
         (&b, &a)
@@ -499,7 +460,7 @@ fn concurrent_edits_to_one_column_converge_on_the_higher_hlc_then_origin() {
     apply(&a, &cb);
     for (who, db) in [("lo", lo), ("hi", hi)] {
         assert_eq!(
-            dump(db, "SELECT uuid, name FROM tags ORDER BY uuid"),
+            query_rows(db, "SELECT uuid, name FROM tags ORDER BY uuid"),
             [["T1", "lo"], ["T2", "hi"]],
             "at {who}"
         );
@@ -533,7 +494,7 @@ fn every_order(library: &str, blobs: &[Vec<u8>]) -> Vec<(Vec<usize>, Vec<Vec<Str
             let dir = TempDir::new();
             let p = open(&dir.db());
             track_library(&p);
-            join(&p, library);
+            join_library(&p, library);
             for &i in &order {
                 apply(&p, &blobs[i]);
             }
@@ -611,7 +572,7 @@ fn a_later_reinsert_wins_over_the_delete_in_any_order() {
     apply(&a, &c_del);
     for (who, db) in [("A", &a), ("B", &b)] {
         assert_eq!(
-            dump(db, "SELECT uuid, name, color FROM tags"),
+            query_rows(db, "SELECT uuid, name, color FROM tags"),
             [["T1", "again", "c1"]],
             "at {who}"
         );
@@ -779,7 +740,7 @@ fn fk_lookups_are_set_based_for_blob_uuids_too() {
     let mut b = open(&db_path(&dir, 1));
     a.execute_batch(SCHEMA).unwrap();
     b.execute_batch(SCHEMA).unwrap();
-    join(&b, &library_id(&a));
+    join_library(&b, &library_id(&a));
     a.execute_batch(
         "WITH RECURSIVE i(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM i WHERE n < 300)
          INSERT INTO folders(name) SELECT 'folder' || n FROM i;",
@@ -939,13 +900,13 @@ fn a_child_before_its_parents_is_deferred_then_completed() {
     let r = apply(&b, &child);
     assert_eq!((n(&r, "applied"), n(&r, "deferred")), (1, 2), "{r}");
     assert_eq!(
-        dump(
+        query_rows(
             &b,
             "SELECT parent_id, location_id, name FROM entries WHERE uuid = 'F'"
         ),
         [["NULL", "NULL", "file"]]
     );
-    assert_eq!(pending(&b), pending_f());
+    assert_eq!(pending_links(&b), pending_f());
 
     let r = apply(&b, &parents);
     assert_eq!((n(&r, "applied"), n(&r, "resolved")), (2, 2), "{r}");
@@ -954,13 +915,13 @@ fn a_child_before_its_parents_is_deferred_then_completed() {
         rowid(&b, "locations", "L1").unwrap(),
     );
     assert_eq!(
-        dump(
+        query_rows(
             &b,
             "SELECT parent_id, location_id FROM entries WHERE uuid = 'F'"
         ),
         [[d.to_string(), l.to_string()]]
     );
-    assert!(pending(&b).is_empty());
+    assert!(pending_links(&b).is_empty());
     assert_eq!(canon(&b), canon(&a));
 }
 
@@ -971,11 +932,11 @@ fn a_deferred_link_survives_a_restart() {
     assert_eq!(n(&apply(&b, &child), "deferred"), 2);
     drop(b);
     let b = open(&db_path(&dir, 1));
-    assert_eq!(pending(&b), pending_f());
+    assert_eq!(pending_links(&b), pending_f());
     let r = apply(&b, &parents);
     assert_eq!(n(&r, "resolved"), 2, "{r}");
     assert_eq!(
-        dump(
+        query_rows(
             &b,
             "SELECT parent_id, location_id FROM entries WHERE uuid = 'F'"
         ),
@@ -984,7 +945,7 @@ fn a_deferred_link_survives_a_restart() {
             rowid(&b, "locations", "L1").unwrap().to_string()
         ]]
     );
-    assert!(pending(&b).is_empty());
+    assert!(pending_links(&b).is_empty());
 }
 
 #[test]
@@ -1006,10 +967,10 @@ fn a_self_reference_in_the_same_changeset_is_completed_in_that_apply() {
     assert_eq!(n(&r, "applied"), 3, "{r}");
     assert_eq!(n(&r, "deferred"), n(&r, "resolved"), "{r}");
     assert_eq!(
-        dump(&b, "SELECT parent_id FROM entries WHERE uuid = 'CHILD'"),
+        query_rows(&b, "SELECT parent_id FROM entries WHERE uuid = 'CHILD'"),
         [[rowid(&b, "entries", "PARENT").unwrap().to_string()]]
     );
-    assert!(pending(&b).is_empty());
+    assert!(pending_links(&b).is_empty());
     assert_eq!(canon(&b), canon(&a));
 }
 
@@ -1027,11 +988,11 @@ fn a_pending_link_is_relayed_and_completed_at_the_next_peer() {
     assert_eq!(f.data["location_id"], "L1");
     let r = sync(&b, &c);
     assert_eq!(n(&r, "deferred"), 2, "{r}");
-    assert_eq!(pending(&c), pending_f());
+    assert_eq!(pending_links(&c), pending_f());
     let r = apply(&c, &parents);
     assert_eq!(n(&r, "resolved"), 2, "{r}");
     assert_eq!(
-        dump(
+        query_rows(
             &c,
             "SELECT parent_id, location_id FROM entries WHERE uuid = 'F'"
         ),
@@ -1077,7 +1038,7 @@ fn a_newer_local_edit_of_a_deferred_column_is_not_overwritten_by_the_late_link()
     sync(&a, &b);
     for (who, db) in [("A", &a), ("B", &b)] {
         assert_eq!(
-            dump(
+            query_rows(
                 db,
                 "SELECT t.uuid FROM tag_assignments x JOIN tags t ON t.id = x.tag_id"
             ),
@@ -1109,7 +1070,7 @@ fn a_pending_link_of_a_deleted_row_does_not_land_in_a_row_that_reuses_its_rowid(
     );
     apply(&b, &tag);
     assert_eq!(
-        dump(&b, "SELECT uuid, tag_id FROM tag_assignments"),
+        query_rows(&b, "SELECT uuid, tag_id FROM tag_assignments"),
         [["Y", "NULL"]],
         "Y never pointed at T1"
     );
@@ -1166,12 +1127,12 @@ fn applying_a_changeset_twice_changes_nothing_the_second_time() {
     let dir = TempDir::new();
     let p = open(&dir.db());
     track_library(&p);
-    join(&p, &library_id(&a));
+    join_library(&p, &library_id(&a));
     for blob in &blobs {
         let first = apply(&p, blob);
         assert!(n(&first, "applied") > 0, "{first}");
         let tables = canon(&p);
-        let meta = snapshot(&p);
+        let meta = tables_and_metadata(&p);
         let second = apply(&p, blob);
         assert_eq!(n(&second, "applied"), 0, "{second}");
         assert_eq!(
@@ -1181,7 +1142,7 @@ fn applying_a_changeset_twice_changes_nothing_the_second_time() {
         );
         assert_eq!(canon(&p), tables);
         assert_eq!(
-            snapshot(&p)
+            tables_and_metadata(&p)
                 .into_iter()
                 .filter(|r| r.first().map(String::as_str) != Some("hlc"))
                 .collect::<Vec<_>>(),
@@ -1232,7 +1193,7 @@ fn applied_changes_keep_their_origin_and_hlc_and_are_relayed() {
     let mut at_b: Vec<_> = changes(&b, b_cursor).iter().map(key).collect();
     at_b.sort();
     assert_eq!(at_b, at_a, "B lists A's changes with A's origin and HLCs");
-    assert!(changes(&b, 0).iter().all(|ch| ch.origin == device(&a)));
+    assert!(changes(&b, 0).iter().all(|ch| ch.origin == device_id(&a)));
 
     // B relays them to C, still as A's.
     let r = sync(&b, &c);
@@ -1244,7 +1205,7 @@ fn applied_changes_keep_their_origin_and_hlc_and_are_relayed() {
     // A's device-owned rows arrived at C through B and belong to A there.
     let err = error_of(&c, "UPDATE entries SET name = 'x' WHERE uuid = 'E1'");
     assert!(
-        err.contains("owned by") && err.contains(&device(&a)),
+        err.contains("owned by") && err.contains(&device_id(&a)),
         "{err}"
     );
 }
@@ -1262,7 +1223,11 @@ fn local_writes_pending_at_apply_time_stay_local() {
         .map(|c| (c.pk_text(), c.origin))
         .collect();
     for (pk, origin) in &origins {
-        let want = if pk == "LB" { device(&b) } else { device(&a) };
+        let want = if pk == "LB" {
+            device_id(&b)
+        } else {
+            device_id(&a)
+        };
         assert_eq!(origin, &want, "{pk}: {origins:?}");
     }
     b.execute("UPDATE locations SET name = 'mine' WHERE uuid = 'LB'", [])
@@ -1282,10 +1247,10 @@ fn a_device_applying_its_own_changes_back_changes_nothing() {
     a.execute("INSERT INTO tags(uuid, name) VALUES ('T1', 'one')", [])
         .unwrap();
     sync(&a, &b);
-    let before = snapshot(&a);
+    let before = tables_and_metadata(&a);
     let r = sync(&b, &a);
     assert_eq!((n(&r, "applied"), n(&r, "refused")), (0, 0), "{r}");
-    assert_eq!(snapshot(&a), before);
+    assert_eq!(tables_and_metadata(&a), before);
 }
 
 // -------------------------------------------------------------- HLC merge
@@ -1326,11 +1291,15 @@ fn a_changeset_too_far_ahead_is_refused_until_the_drift_limit_allows_it() {
     set_hlc(&a, (now_ms() + 3_600_000) << 16);
     seed_tree(&a);
     let (blob, _) = changeset(&a, 0);
-    let before = snapshot(&b);
+    let before = tables_and_metadata(&b);
     let err = apply_error(&b, &blob);
     assert!(err.starts_with("lsync"), "{err}");
     assert!(err.contains("ahead"), "{err}");
-    assert_eq!(snapshot(&b), before, "nothing applied, clock not merged");
+    assert_eq!(
+        tables_and_metadata(&b),
+        before,
+        "nothing applied, clock not merged"
+    );
 
     b.execute(
         "UPDATE lsync_config SET value = 7200000 WHERE key = 'max_drift_ms'",
@@ -1347,11 +1316,11 @@ fn a_changeset_too_far_ahead_is_refused_until_the_drift_limit_allows_it() {
 /// Asserts that `blob` is refused with an lsync error containing `needle`,
 /// and that the receiver is unchanged.
 fn refused(c: &Connection, blob: &[u8], needle: &str) -> String {
-    let before = snapshot(c);
+    let before = tables_and_metadata(c);
     let err = apply_error(c, blob);
     assert!(err.starts_with("lsync"), "not an lsync error: {err}");
     assert!(err.contains(needle), "expected '{needle}' in: {err}");
-    assert_eq!(snapshot(c), before, "nothing applied for: {err}");
+    assert_eq!(tables_and_metadata(c), before, "nothing applied for: {err}");
     err
 }
 
@@ -1376,7 +1345,7 @@ fn a_corrupted_byte_is_an_error_never_silently_different_data() {
     .unwrap();
     let (blob, _) = changeset(&a, 0);
     let expected = canon(&a);
-    let before = snapshot(&b);
+    let before = tables_and_metadata(&b);
     let mut silent = Vec::new();
     for pos in 14..blob.len() {
         for flip in [0x01u8, 0x80] {
@@ -1396,7 +1365,7 @@ fn a_corrupted_byte_is_an_error_never_silently_different_data() {
             }
         }
     }
-    assert_eq!(snapshot(&b), before);
+    assert_eq!(tables_and_metadata(&b), before);
     assert!(
         silent.is_empty(),
         "{} of {} single-bit corruptions of the compressed part were applied as different \
@@ -1448,7 +1417,7 @@ fn a_table_not_tracked_here_is_refused() {
          SELECT lsync_track('entries', 'device_owned');",
     )
     .unwrap();
-    join(&b, &library_id(&a));
+    join_library(&b, &library_id(&a));
     let err = refused(&b, &blob, "tags");
     assert!(err.contains("schema mismatch"), "{err}");
     assert_eq!(count(&b, "entries"), 0, "not even the tracked tables' rows");
@@ -1520,7 +1489,7 @@ fn null_and_non_blob_arguments_are_refused() {
     let (_dir, [a, b]) = peers();
     seed_tree(&a);
     sync(&a, &b);
-    let before = snapshot(&b);
+    let before = tables_and_metadata(&b);
     for sql in [
         "SELECT lsync_apply(NULL)",
         "SELECT lsync_apply('LSYNC')",
@@ -1532,7 +1501,7 @@ fn null_and_non_blob_arguments_are_refused() {
         let err = error_of(&b, sql);
         assert!(err.starts_with("lsync"), "{sql}: {err}");
     }
-    assert_eq!(snapshot(&b), before);
+    assert_eq!(tables_and_metadata(&b), before);
 }
 
 // ---------------------------------------------------------- atomic apply
@@ -1584,18 +1553,18 @@ fn a_failing_change_leaves_nothing_of_the_changeset() {
     };
     assert!(err.contains("UNIQUE"), "{err}");
     b.execute_batch("COMMIT").unwrap();
-    assert_eq!(dump(&b, "SELECT uuid FROM tags"), [["BT"]]);
+    assert_eq!(query_rows(&b, "SELECT uuid FROM tags"), [["BT"]]);
     assert_eq!(count(&b, "apply_log"), 0);
     assert_eq!(rowid(&b, "entries", "X"), None);
     assert_eq!(rowid(&b, "locations", "L1"), None);
 
     // A successful apply rolled back by the caller leaves nothing either.
     flush(&b);
-    let before = snapshot(&b);
+    let before = tables_and_metadata(&b);
     b.execute_batch("BEGIN").unwrap();
     assert_eq!(n(&apply(&b, &good), "applied"), 3);
     b.execute_batch("ROLLBACK").unwrap();
-    assert_eq!(snapshot(&b), before);
+    assert_eq!(tables_and_metadata(&b), before);
     // ... and it can then be applied for real.
     assert_eq!(n(&apply(&b, &good), "applied"), 3);
     assert!(rowid(&b, "entries", "Y").is_some());
@@ -1751,7 +1720,7 @@ fn a_table_described_twice_or_a_column_named_twice_is_refused() {
 #[test]
 fn a_changeset_for_one_device_carries_its_senders_ack() {
     let (_dir, [a, b]) = peers();
-    let (da, db) = (device(&a), device(&b));
+    let (da, db) = (device_id(&a), device_id(&b));
     for (c, other) in [(&a, &db), (&b, &da)] {
         c.execute("INSERT INTO lsync_peers(device_id) VALUES (?1)", [other])
             .unwrap();
@@ -1795,7 +1764,7 @@ fn a_changeset_for_one_device_carries_its_senders_ack() {
 #[test]
 fn a_changeset_read_before_a_pruned_delete_is_refused() {
     let (_dir, [a, b]) = peers();
-    let (da, db) = (device(&a), device(&b));
+    let (da, db) = (device_id(&a), device_id(&b));
     for (c, other) in [(&a, &db), (&b, &da)] {
         c.execute("INSERT INTO lsync_peers(device_id) VALUES (?1)", [other])
             .unwrap();

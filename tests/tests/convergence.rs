@@ -20,7 +20,7 @@
 use proptest::prelude::*;
 use rusqlite::Connection;
 
-use lsync_tests::{open, TempDir};
+use lsync_tests::{logical_fk, open, query_rows_typed, TempDir};
 
 const SCHEMA: &str = "
 CREATE TABLE locations(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, path TEXT);
@@ -143,7 +143,7 @@ fn pruning_step() -> impl Strategy<Value = Step> {
 }
 
 /// A random existing row id of `table` at one replica.
-fn pick(c: &Connection, table: &str, n: u8) -> Option<i64> {
+fn pick_id(c: &Connection, table: &str, n: u8) -> Option<i64> {
     let count: i64 = c
         .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
         .ok()?;
@@ -171,8 +171,8 @@ fn local_write(c: &Connection, s: &Step) -> Option<String> {
             1 => c.execute(
                 "INSERT INTO entries(parent_id, location_id, name, size) VALUES (?1, ?2, ?3, ?4)",
                 rusqlite::params![
-                    pick(c, "entries", a),
-                    pick(c, "locations", b),
+                    pick_id(c, "entries", a),
+                    pick_id(c, "locations", b),
                     format!("f{v}"),
                     v
                 ],
@@ -183,22 +183,26 @@ fn local_write(c: &Connection, s: &Step) -> Option<String> {
             ),
             _ => c.execute(
                 "INSERT INTO tag_assignments(tag_id, entry_id, note) VALUES (?1, ?2, ?3)",
-                rusqlite::params![pick(c, "tags", a), pick(c, "entries", b), format!("n{v}")],
+                rusqlite::params![
+                    pick_id(c, "tags", a),
+                    pick_id(c, "entries", b),
+                    format!("n{v}")
+                ],
             ),
         },
         Step::Update {
             table, row, col, v, ..
         } => {
-            let id = pick(c, TABLES[table], row)?;
+            let id = pick_id(c, TABLES[table], row)?;
             let (col, val): (&str, rusqlite::types::Value) = match (table, col % 3) {
                 (0, _) => ("path", format!("/p{v}").into()),
-                (1, 0) => ("parent_id", pick(c, "entries", v).into()),
+                (1, 0) => ("parent_id", pick_id(c, "entries", v).into()),
                 (1, 1) => ("name", format!("g{v}").into()),
                 (1, _) => ("size", i64::from(v).into()),
                 (2, 0) => ("name", format!("t{v}").into()),
                 (2, _) => ("color", format!("c{v}").into()),
-                (_, 0) => ("tag_id", pick(c, "tags", v).into()),
-                (_, 1) => ("entry_id", pick(c, "entries", v).into()),
+                (_, 0) => ("tag_id", pick_id(c, "tags", v).into()),
+                (_, 1) => ("entry_id", pick_id(c, "entries", v).into()),
                 (_, _) => ("note", format!("m{v}").into()),
             };
             c.execute(
@@ -207,7 +211,7 @@ fn local_write(c: &Connection, s: &Step) -> Option<String> {
             )
         }
         Step::Delete { table, row, .. } => {
-            let id = pick(c, TABLES[table], row)?;
+            let id = pick_id(c, TABLES[table], row)?;
             let uuid: String = c
                 .query_row(
                     &format!("SELECT uuid FROM {} WHERE id = ?1", TABLES[table]),
@@ -226,46 +230,26 @@ fn local_write(c: &Connection, s: &Step) -> Option<String> {
     None
 }
 
-/// A logical FK: the target's uuid, or the uuid of a link still deferred.
-fn fk(table: &str, col: &str, target: &str) -> String {
-    format!(
-        "coalesce((SELECT x.uuid FROM {target} x WHERE x.id = t.{col}),
-                  (SELECT d.target_uuid FROM lsync_deferred d
-                   WHERE d.tbl = (SELECT id FROM lsync_tables WHERE name = '{table}')
-                     AND d.rid = t.id AND d.col = '{col}'))"
-    )
-}
-
 /// Every tracked table, keyed by uuid, FKs as uuids.
-fn dump(c: &Connection) -> Vec<Vec<String>> {
+fn replica_dump(c: &Connection) -> Vec<Vec<String>> {
     let queries = [
         "SELECT 'L', uuid, path FROM locations t".to_owned(),
         format!(
             "SELECT 'E', uuid, {}, {}, name, size FROM entries t",
-            fk("entries", "parent_id", "entries"),
-            fk("entries", "location_id", "locations")
+            logical_fk("entries", "parent_id", "entries"),
+            logical_fk("entries", "location_id", "locations")
         ),
         "SELECT 'T', uuid, name, color FROM tags t".to_owned(),
         format!(
             "SELECT 'A', uuid, {}, {}, note FROM tag_assignments t",
-            fk("tag_assignments", "tag_id", "tags"),
-            fk("tag_assignments", "entry_id", "entries")
+            logical_fk("tag_assignments", "tag_id", "tags"),
+            logical_fk("tag_assignments", "entry_id", "entries")
         ),
     ];
-    let mut rows = Vec::new();
-    for q in queries {
-        let mut s = c.prepare(&format!("{q} ORDER BY uuid")).unwrap();
-        let n = s.column_count();
-        let mut r = s.query([]).unwrap();
-        while let Some(row) = r.next().unwrap() {
-            rows.push(
-                (0..n)
-                    .map(|i| format!("{:?}", row.get::<_, rusqlite::types::Value>(i).unwrap()))
-                    .collect(),
-            );
-        }
-    }
-    rows
+    queries
+        .iter()
+        .flat_map(|q| query_rows_typed(c, &format!("{q} ORDER BY uuid")))
+        .collect()
 }
 
 /// Three replicas of one library, and how changesets travel between them.
@@ -482,7 +466,7 @@ fn check_missing(from: &Connection, since: i64, except: &str) -> Result<(), Test
     Ok(())
 }
 
-fn run(steps: &[Step], order: &[(usize, usize)], mode: Mode) -> Result<(), TestCaseError> {
+fn run_replicas(steps: &[Step], order: &[(usize, usize)], mode: Mode) -> Result<(), TestCaseError> {
     let dir = TempDir::new();
     let r = Replicas::new(dir.path(), mode);
     let dbs = &r.dbs;
@@ -584,9 +568,9 @@ fn run(steps: &[Step], order: &[(usize, usize)], mode: Mode) -> Result<(), TestC
         }
         prop_assert!(rounds < 8, "no fixpoint after {} rounds", rounds);
     }
-    let first = dump(&dbs[0]);
+    let first = replica_dump(&dbs[0]);
     for (i, c) in dbs.iter().enumerate().skip(1) {
-        let other = dump(c);
+        let other = replica_dump(c);
         prop_assert_eq!(&first, &other, "replica {} differs from replica 0", i);
     }
     r.check_deleted(&deleted)?;
@@ -606,7 +590,7 @@ fn run(steps: &[Step], order: &[(usize, usize)], mode: Mode) -> Result<(), TestC
                     to
                 ),
                 Mode::Pruning => prop_assert_eq!(
-                    &dump(&dbs[to]),
+                    &replica_dump(&dbs[to]),
                     &first,
                     "full changeset {} -> {} changed the target's tables",
                     from,
@@ -637,7 +621,7 @@ proptest! {
 
     #[test]
     fn replicas_converge(steps in proptest::collection::vec(step(), 1..80), order in pairs()) {
-        run(&steps, &order, Mode::Plain)?;
+        run_replicas(&steps, &order, Mode::Plain)?;
     }
 
     #[test]
@@ -645,7 +629,7 @@ proptest! {
         steps in proptest::collection::vec(pruning_step(), 1..80),
         order in pairs(),
     ) {
-        run(&steps, &order, Mode::Pruning)?;
+        run_replicas(&steps, &order, Mode::Pruning)?;
     }
 }
 
@@ -666,7 +650,7 @@ fn ins(at: usize, table: usize) -> Step {
     }
 }
 
-fn sync(from: usize, to: usize, hold: bool) -> Step {
+fn sync_step(from: usize, to: usize, hold: bool) -> Step {
     Step::Sync {
         from,
         to,
@@ -690,9 +674,9 @@ fn regression_missing_counts_a_row_deleted_before_its_fold() {
             table: 3,
             row: 1,
         },
-        sync(0, 1, false),
+        sync_step(0, 1, false),
     ];
-    run(&steps, &all_pairs(), Mode::Plain).unwrap();
+    run_replicas(&steps, &all_pairs(), Mode::Plain).unwrap();
 }
 
 /// Issue 9.2: replicas disagreed on which tag an assignment points to. An
@@ -702,7 +686,7 @@ fn regression_missing_counts_a_row_deleted_before_its_fold() {
 fn regression_a_parked_fk_edit_beats_the_inserts_deferred_link() {
     let steps = [
         ins(0, 2),
-        sync(0, 2, false),
+        sync_step(0, 2, false),
         ins(0, 2),
         Step::Delete {
             at: 0,
@@ -711,8 +695,8 @@ fn regression_a_parked_fk_edit_beats_the_inserts_deferred_link() {
         },
         ins(1, 0),
         ins(2, 3),
-        sync(2, 1, true),
-        sync(0, 2, false),
+        sync_step(2, 1, true),
+        sync_step(0, 2, false),
         Step::Update {
             at: 2,
             table: 3,
@@ -720,9 +704,9 @@ fn regression_a_parked_fk_edit_beats_the_inserts_deferred_link() {
             col: 21,
             v: 0,
         },
-        sync(2, 1, false),
+        sync_step(2, 1, false),
     ];
-    run(&steps, &all_pairs(), Mode::Plain).unwrap();
+    run_replicas(&steps, &all_pairs(), Mode::Plain).unwrap();
 }
 
 /// Issue 9.3 in miniature: replica 1 exports a changeset holding a tag's
@@ -733,22 +717,22 @@ fn regression_a_parked_fk_edit_beats_the_inserts_deferred_link() {
 fn regression_a_changeset_read_before_a_pruned_delete_is_refused() {
     let steps = [
         ins(2, 2),
-        sync(2, 1, false),
-        sync(1, 0, true),
-        sync(2, 0, false),
+        sync_step(2, 1, false),
+        sync_step(1, 0, true),
+        sync_step(2, 0, false),
         Step::Delete {
             at: 0,
             table: 2,
             row: 0,
         },
-        sync(0, 1, false),
-        sync(1, 0, false),
-        sync(0, 2, false),
-        sync(2, 0, false),
+        sync_step(0, 1, false),
+        sync_step(1, 0, false),
+        sync_step(0, 2, false),
+        sync_step(2, 0, false),
         Step::Prune { at: 0 },
         Step::Release { pick: 0 },
     ];
-    run(&steps, &all_pairs(), Mode::Pruning).unwrap();
+    run_replicas(&steps, &all_pairs(), Mode::Pruning).unwrap();
 }
 
 /// The same with a changeset delivered once before the delete and again
@@ -757,19 +741,19 @@ fn regression_a_changeset_read_before_a_pruned_delete_is_refused() {
 fn regression_a_changeset_delivered_again_after_a_pruned_delete_is_refused() {
     let steps = [
         ins(2, 2),
-        sync(2, 1, false),
-        sync(1, 0, false),
+        sync_step(2, 1, false),
+        sync_step(1, 0, false),
         Step::Delete {
             at: 0,
             table: 2,
             row: 0,
         },
-        sync(0, 1, false),
-        sync(1, 0, false),
-        sync(0, 2, false),
-        sync(2, 0, false),
+        sync_step(0, 1, false),
+        sync_step(1, 0, false),
+        sync_step(0, 2, false),
+        sync_step(2, 0, false),
         Step::Prune { at: 0 },
         Step::Duplicate { pick: 1 },
     ];
-    run(&steps, &all_pairs(), Mode::Pruning).unwrap();
+    run_replicas(&steps, &all_pairs(), Mode::Pruning).unwrap();
 }

@@ -224,7 +224,10 @@ fn an_hlc_at_the_top_of_its_range_stays_an_integer_and_says_so() {
         );
         assert_eq!(hlc_setting(&conn), top, "{sql}");
     }
-    assert_eq!(dump(&conn, "SELECT name, n FROM tags"), [["a", "NULL"]]);
+    assert_eq!(
+        query_rows(&conn, "SELECT name, n FROM tags"),
+        [["a", "NULL"]]
+    );
     // Export and apply need no new HLC.
     let peer = peer_of(&dir, &conn, "peer.db");
     peer.execute("INSERT INTO tags(uuid, name) VALUES ('t2', 'b')", [])

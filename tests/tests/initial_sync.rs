@@ -4,15 +4,12 @@
 //! copied database. Real `lsync run` processes on 127.0.0.1; see
 //! `sidecar.rs` for the conventions.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
-use common::*;
-use lsync_tests::TempDir;
+use lsync_tests::*;
 
 const N: i64 = 200_000;
 const LONG: Duration = Duration::from_secs(120);
@@ -47,7 +44,7 @@ fn assert_identical(a: &Connection, b: &Connection, rows: i64) {
         .unwrap();
     assert_eq!((total, distinct), (rows, rows), "no duplicates at B");
     assert_eq!(count(b, "lsync_deferred"), 0, "every link resolved");
-    let (da, db) = (dump(a), dump(b));
+    let (da, db) = (library_dump(a), library_dump(b));
     assert!(da == db, "dumps differ: {}", first_difference(&da, &db));
 }
 
@@ -116,7 +113,7 @@ fn a_fresh_peer_joins_by_snapshot_and_writes_made_meanwhile_arrive() {
     });
     assert!(in_flight > 0, "some writes happened during the transfer");
     wait_for_within("B converges with A", &nodes, LONG, || {
-        count(&b, "entries") == count(&a, "entries") && converged(&[&a, &b], dump(&a).len())
+        count(&b, "entries") == count(&a, "entries") && converged(&[&a, &b], library_dump(&a).len())
     });
     assert_identical(&a, &b, count(&a, "entries"));
     // B now relays all of A's changes, but A is missing none of them: B
@@ -189,7 +186,7 @@ fn killed_mid_transfer(kill_sender: bool) {
         std::fs::metadata(&part).is_ok_and(|m| m.len() >= 8 << 20)
     });
     // lsync status shows the transfer while it runs.
-    let s = status(&b_db);
+    let s = lsync_status(&b_db);
     let t = &s["transfers"][0];
     assert_eq!(t["what"], "snapshot", "{s}");
     assert!(t["total_bytes"].as_u64().unwrap() > t["bytes"].as_u64().unwrap());
@@ -200,7 +197,7 @@ fn killed_mid_transfer(kill_sender: bool) {
     let held = std::fs::metadata(&part).unwrap().len();
     victim.restart();
     wait_for_within("B converges after the restart", &nodes, LONG, || {
-        count(&b, "entries") == N && converged(&[&a, &b], dump(&a).len())
+        count(&b, "entries") == N && converged(&[&a, &b], library_dump(&a).len())
     });
     assert_identical(&a, &b, N);
     let (la, lb) = (node_a.all_logs(), node_b.all_logs());
@@ -254,7 +251,7 @@ fn a_corrupted_chunk_is_detected_and_sent_again() {
     );
     let nodes = [&node_a, &node_b];
     wait_for_within("B converges with A", &nodes, LONG, || {
-        count(&b, "entries") == N && converged(&[&a, &b], dump(&a).len())
+        count(&b, "entries") == N && converged(&[&a, &b], library_dump(&a).len())
     });
     assert_identical(&a, &b, N);
     let lb = node_b.log();
@@ -310,7 +307,7 @@ fn a_bulk_write_is_notified_and_pulled_in_batches() {
         "a bulk write streams batches: {chose}"
     );
     wait_for("B converges with A", &nodes, || {
-        converged(&[&a, &b], dump(&a).len())
+        converged(&[&a, &b], library_dump(&a).len())
     });
 }
 
@@ -419,7 +416,7 @@ fn a_peer_with_data_merges_the_snapshot_and_the_session_stays_alive() {
     );
     let nodes = [&node_a, &node_b];
     wait_for_within("A and B converge", &nodes, LONG, || {
-        count(&b, "entries") == N + 50 && converged(&[&a, &b], dump(&a).len())
+        count(&b, "entries") == N + 50 && converged(&[&a, &b], library_dump(&a).len())
     });
     assert!(id_by_name(&a, "tags", "blue").is_some() && b_tag > 0);
     let lb = node_b.log();

@@ -4,8 +4,6 @@
 //! pipe. Real `lsync` processes on 127.0.0.1; see `sidecar.rs` for the
 //! conventions.
 
-mod common;
-
 use std::os::fd::FromRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -13,8 +11,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use common::*;
-use lsync_tests::{lsync_bin, TempDir};
+use lsync_tests::*;
 
 /// How long a sidecar may take to notice that its file is gone and stop.
 const NOTICE: Duration = Duration::from_secs(10);
@@ -128,12 +125,12 @@ fn a_snapshot_that_fails_to_restore_is_discarded_for_changesets() {
         "B records that the snapshot failed to restore",
         &nodes,
         || {
-            status(&b_db)["snapshot_failures"]
+            lsync_status(&b_db)["snapshot_failures"]
                 .as_array()
                 .is_some_and(|f| !f.is_empty())
         },
     );
-    let s = status(&b_db);
+    let s = lsync_status(&b_db);
     let failure = &s["snapshot_failures"][0];
     assert_eq!(failure["peer"], device_id(&a).as_str(), "{s}");
     assert!(

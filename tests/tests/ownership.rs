@@ -31,7 +31,7 @@ fn switched() -> (TempDir, Connection, String, String) {
 #[test]
 fn other_devices_rows_cannot_be_updated_or_deleted() {
     let (_dir, conn, old, _new) = switched();
-    let before = dump(&conn, "SELECT * FROM files ORDER BY id");
+    let before = query_rows(&conn, "SELECT * FROM files ORDER BY id");
     let changes_before = changes(&conn, 0);
     for sql in [
         "UPDATE files SET n = 10 WHERE id = 1",
@@ -43,7 +43,7 @@ fn other_devices_rows_cannot_be_updated_or_deleted() {
         assert!(err.contains("owned by"), "{sql}: {err}");
         assert!(err.contains(&old), "the message names the owner: {err}");
     }
-    assert_eq!(dump(&conn, "SELECT * FROM files ORDER BY id"), before);
+    assert_eq!(query_rows(&conn, "SELECT * FROM files ORDER BY id"), before);
     assert_eq!(changes(&conn, 0), changes_before);
 }
 
@@ -52,7 +52,10 @@ fn shared_rows_can_be_changed_by_any_device() {
     let (_dir, conn, old, new) = switched();
     conn.execute_batch("UPDATE tags SET n = 10 WHERE id = 1; DELETE FROM tags WHERE id = 2;")
         .unwrap();
-    assert_eq!(dump(&conn, "SELECT uuid, n FROM tags"), [["t1", "10"]]);
+    assert_eq!(
+        query_rows(&conn, "SELECT uuid, n FROM tags"),
+        [["t1", "10"]]
+    );
     let mine: BTreeSet<(String, String)> = changes(&conn, 0)
         .into_iter()
         .filter(|c| c.tbl == "tags" && c.origin == new)
@@ -173,7 +176,7 @@ fn rowid_move_cannot_take_over_another_devices_row() {
         "moving another device's row was allowed; f1's origin is now {origin:?} \
          (owner {old}, this device {new})"
     );
-    let ids = dump(&conn, "SELECT id FROM files ORDER BY id");
+    let ids = query_rows(&conn, "SELECT id FROM files ORDER BY id");
     assert_eq!(ids, [["1"], ["2"]]);
 }
 

@@ -38,8 +38,6 @@
 //! `--peer`, so each pair has exactly one session, and it goes through that
 //! pair's proxy.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -51,8 +49,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use common::*;
-use lsync_tests::{open, scalar, TempDir};
+use lsync_tests::*;
 
 /// Changes per batch, and the most changes served as one changeset: a peer
 /// that missed more than `SINGLE_MAX` changes gets a stream of batches.
@@ -349,7 +346,7 @@ struct WriterReport {
 
 /// A random row of `table`: (id, uuid). With `above`, one of the rows whose
 /// local id is above it (rows that arrived or were created lately), if any.
-fn pick(
+fn pick_row(
     c: &Connection,
     rng: &mut Rng,
     table: &str,
@@ -428,7 +425,7 @@ fn write_once(
             "insert tag"
         }
         22..=35 => {
-            if let Some((id, _)) = pick(&tx, rng, "tags", None)? {
+            if let Some((id, _)) = pick_row(&tx, rng, "tags", None)? {
                 if rng.chance(0.5) {
                     tx.execute(
                         "UPDATE tags SET color = ?2 WHERE id = ?1",
@@ -447,7 +444,7 @@ fn write_once(
             // A tag and its assignments (the app cascades by hand: the
             // example schema declares no ON DELETE).
             let above = rng.chance(RECENT_DELETES).then_some(recent.0);
-            if let Some((id, uuid)) = pick(&tx, rng, "tags", above)? {
+            if let Some((id, uuid)) = pick_row(&tx, rng, "tags", above)? {
                 let assigned: Vec<String> = {
                     let mut s = tx.prepare("SELECT uuid FROM tag_assignments WHERE tag_id = ?1")?;
                     let v = s.query_map([id], |r| r.get(0))?.collect::<Result<_, _>>()?;
@@ -463,8 +460,8 @@ fn write_once(
             "delete tag"
         }
         52..=71 => {
-            let tag = pick(&tx, rng, "tags", None)?;
-            let entry = pick(&tx, rng, "entries", None)?;
+            let tag = pick_row(&tx, rng, "tags", None)?;
+            let entry = pick_row(&tx, rng, "entries", None)?;
             if let (Some((t, _)), Some((e, _))) = (tag, entry) {
                 tx.execute(
                     "INSERT INTO tag_assignments(tag_id, entry_id, created_at) VALUES (?1, ?2, ?3)",
@@ -474,7 +471,7 @@ fn write_once(
             "insert assignment"
         }
         72..=77 => {
-            if let Some((id, _)) = pick(&tx, rng, "tag_assignments", None)? {
+            if let Some((id, _)) = pick_row(&tx, rng, "tag_assignments", None)? {
                 tx.execute(
                     "UPDATE tag_assignments SET created_at = created_at + 1 WHERE id = ?1",
                     [id],
@@ -484,7 +481,7 @@ fn write_once(
         }
         78..=89 => {
             let above = rng.chance(RECENT_DELETES).then_some(recent.1);
-            if let Some((id, uuid)) = pick(&tx, rng, "tag_assignments", above)? {
+            if let Some((id, uuid)) = pick_row(&tx, rng, "tag_assignments", above)? {
                 if tx.execute("DELETE FROM tag_assignments WHERE id = ?1", [id])? == 1 {
                     deleted.push(("tag_assignments", uuid));
                 }
@@ -1005,7 +1002,7 @@ fn deleted_shared_rows_stay_deleted_across_partitions_kills_and_pruning() {
                 panic!("{} exited ({s}) while converging", n.name);
             }
         }
-        let now: Vec<Vec<String>> = conns.iter().map(|c| dump(c)).collect();
+        let now: Vec<Vec<String>> = conns.iter().map(|c| library_dump(c)).collect();
         if now != dumps {
             unchanged_since = Instant::now();
         }
@@ -1013,7 +1010,7 @@ fn deleted_shared_rows_stay_deleted_across_partitions_kills_and_pruning() {
         if dumps[1] == dumps[0] && dumps[2] == dumps[0] {
             // Stable for a second, too.
             sleep(Duration::from_secs(1));
-            let again: Vec<Vec<String>> = conns.iter().map(|c| dump(c)).collect();
+            let again: Vec<Vec<String>> = conns.iter().map(|c| library_dump(c)).collect();
             if again == dumps {
                 converged_in = Some(converge_start.elapsed());
                 break;

@@ -60,7 +60,7 @@ type Rows = BTreeMap<String, serde_json::Value>;
 
 /// uuid -> {name, n} of a table.
 fn live_rows(conn: &Connection, table: &str) -> Rows {
-    dump(conn, &format!("SELECT uuid, name, n FROM {table}"))
+    query_rows(conn, &format!("SELECT uuid, name, n FROM {table}"))
         .into_iter()
         .map(|r| {
             let n: i64 = r[2].parse().unwrap();
@@ -118,7 +118,7 @@ impl Reader {
     }
 }
 
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+fn run_ops(ops: &[Op]) -> Result<(), TestCaseError> {
     let dir = TempDir::new();
     let conn = open(&dir.db());
     two_tables(&conn);
@@ -292,7 +292,7 @@ proptest! {
     #![proptest_config(config(64, RngSeed::Fixed(0x15_9c)))]
     #[test]
     fn changes_describe_the_tables(ops in ops()) {
-        run(&ops)?;
+        run_ops(&ops)?;
     }
 }
 
@@ -303,6 +303,6 @@ proptest! {
     #[test]
     #[ignore = "long random search; finds the known double-delete bug (see capture.rs)"]
     fn search(ops in ops()) {
-        run(&ops)?;
+        run_ops(&ops)?;
     }
 }

@@ -11,8 +11,6 @@
 //! `RUST_LOG` (default `info`); with `LSYNC_TEST_SHOW_LOGS` set, every
 //! process prints its logs when it is dropped, not only on failure.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
@@ -22,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use common::*;
-use lsync_tests::{lsync_bin, open, track_library, TempDir};
+use lsync_tests::*;
 // ---------------------------------------------------------------------------
 // 1. Two peers
 // ---------------------------------------------------------------------------
@@ -77,7 +74,7 @@ fn two_peers_converge_after_writes_on_both_sides() {
     wait_for("A and B converge after cross-device writes", &nodes, || {
         converged(&[&a, &b], 56)
     });
-    let d = dump(&b);
+    let d = library_dump(&b);
     assert!(
         d.iter()
             .any(|r| r.contains("\"rouge\"") && r.contains("\"crimson\"")),
@@ -142,7 +139,7 @@ fn three_peers_in_a_line_converge() {
     wait_for("A, B and C converge after relayed writes", &nodes, || {
         converged(&[&a, &b, &c], 46)
     });
-    assert!(dump(&a).iter().any(|r| r.contains("\"lime\"")));
+    assert!(library_dump(&a).iter().any(|r| r.contains("\"lime\"")));
 
     // A and C never had a session with each other.
     let peers_of = |conn: &Connection| -> Vec<String> {
@@ -314,7 +311,7 @@ fn a_replicator_killed_mid_catch_up_converges_without_duplicates() {
     assert_eq!((total, distinct), (N, N), "no duplicates at B");
     assert_eq!(count(&b, "locations"), 1);
     assert_eq!(count(&b, "lsync_deferred"), 0, "every link resolved");
-    let (da, db) = (dump(&a), dump(&b));
+    let (da, db) = (library_dump(&a), library_dump(&b));
     assert!(da == db, "dumps differ: {}", first_difference(&da, &db));
 }
 
@@ -405,7 +402,7 @@ fn the_app_writes_without_errors_while_the_replicator_applies() {
     wait_for("A has the app's tags", &nodes, || {
         count(&a, "tags") == ok * TAGS_PER_TX && count(&b, "tags") == ok * TAGS_PER_TX
     });
-    let (da, db) = (dump(&a), dump(&b));
+    let (da, db) = (library_dump(&a), library_dump(&b));
     assert!(da == db, "dumps differ: {}", first_difference(&da, &db));
     // Nor did the replicator's sessions fail because the app held the write
     // lock: it waits for it like the app does.
@@ -741,7 +738,7 @@ fn a_client_without_the_secret_can_neither_read_nor_write() {
     wait_for("B has A's rows", &[&node_a, &node_b], || {
         converged(&[&a, &b], 12)
     });
-    let before = dump(&a);
+    let before = library_dump(&a);
     let peers_before = count(&a, "lsync_peers");
 
     // A Noise client that runs the real handshake with a wrong key, then
@@ -804,7 +801,7 @@ fn a_client_without_the_secret_can_neither_read_nor_write() {
         );
     }
     assert!(node_a.alive(), "A survives the garbage");
-    assert_eq!(dump(&a), before, "nothing was written to A");
+    assert_eq!(library_dump(&a), before, "nothing was written to A");
     assert_eq!(count(&a, "lsync_peers"), peers_before);
 
     // A keeps serving its legitimate peer B, both ways...
@@ -930,10 +927,10 @@ fn status_shows_lag_and_tombstones_are_pruned_after_acks() {
     let (dev_a, dev_b) = (device_id(&a), device_id(&b));
 
     wait_for("A's status shows B with lag 0", &nodes, || {
-        let s = status(&a_db);
+        let s = lsync_status(&a_db);
         peer_entry(&s, &dev_b)["lag"] == 0
     });
-    let s = status(&a_db);
+    let s = lsync_status(&a_db);
     assert_eq!(s["device_id"], dev_a.as_str());
     assert_eq!(s["library_id"], library_id(&a).as_str());
     assert_eq!(s["deferred_links"], 0);
@@ -941,7 +938,7 @@ fn status_shows_lag_and_tombstones_are_pruned_after_acks() {
     assert!(p["last_error"].is_null(), "A's view of B: {p}");
     assert!(p["last_contact_ms"].as_i64().unwrap() > 0, "{p}");
     assert_eq!(p["acked_cursor"], s["head"], "{s}");
-    let s = status(&b_db);
+    let s = lsync_status(&b_db);
     assert_eq!(s["library_id"], library_id(&a).as_str());
     let p = peer_entry(&s, &dev_a);
     assert!(p["recv_cursor"].as_i64().unwrap() > 0, "{p}");
@@ -969,7 +966,7 @@ fn status_shows_lag_and_tombstones_are_pruned_after_acks() {
         "A prunes the tombstones once B has ACKed them",
         &nodes,
         || {
-            let s = status(&a_db);
+            let s = lsync_status(&a_db);
             s["tombstones_awaiting_ack"] == 0
                 && s["tombstones"] == 0
                 && peer_entry(&s, &dev_b)["lag"] == 0
@@ -979,7 +976,7 @@ fn status_shows_lag_and_tombstones_are_pruned_after_acks() {
         "B shows A with lag 0 and no tombstones awaiting ACK",
         &nodes,
         || {
-            let s = status(&b_db);
+            let s = lsync_status(&b_db);
             s["tombstones_awaiting_ack"] == 0 && peer_entry(&s, &dev_a)["lag"] == 0
         },
     );
@@ -1006,7 +1003,7 @@ fn status_counts_changes_a_stopped_peer_has_not_acked() {
     wait_for("B has A's rows", &nodes, || converged(&[&a, &b], 7));
     let dev_b = device_id(&b);
     wait_for("A's status shows B with lag 0", &nodes, || {
-        peer_entry(&status(&a_db), &dev_b)["lag"] == 0
+        peer_entry(&lsync_status(&a_db), &dev_b)["lag"] == 0
     });
 
     // B goes away; A deletes a tag. A's replicator keeps running, with no
@@ -1015,7 +1012,7 @@ fn status_counts_changes_a_stopped_peer_has_not_acked() {
     a.execute("DELETE FROM tags WHERE name = 'doomed'", [])
         .unwrap();
     sleep(Duration::from_millis(200));
-    let s = status(&a_db);
+    let s = lsync_status(&a_db);
     assert!(
         s["tombstones_awaiting_ack"].as_i64().unwrap() >= 1,
         "a delete B has not ACKed is a tombstone awaiting an ACK: {s}"
@@ -1032,7 +1029,7 @@ fn status_counts_changes_a_stopped_peer_has_not_acked() {
         || converged(&[&a, &b], 6),
     );
     wait_for("A prunes the tombstone", &[&node_a, &node_b], || {
-        let s = status(&a_db);
+        let s = lsync_status(&a_db);
         s["tombstones_awaiting_ack"] == 0 && s["tombstones"] == 0
     });
 }

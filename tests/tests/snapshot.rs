@@ -13,24 +13,13 @@ use serde_json::Value as Json;
 
 // ---------------------------------------------------------------- helpers
 
-fn library_id(c: &Connection) -> String {
-    scalar(c, "SELECT lsync_library_id()")
-}
-
-fn device(c: &Connection) -> String {
-    scalar(c, "SELECT lsync_device_id()")
-}
-
 /// A tracked library database at `dir/name.db`, joined to `library` if given.
 fn library(dir: &TempDir, name: &str, library: Option<&str>) -> (PathBuf, Connection) {
     let path = dir.path().join(format!("{name}.db"));
     let c = open(&path);
     track_library(&c);
     if let Some(l) = library {
-        let joined: String = c
-            .query_row("SELECT lsync_library_id(?1)", [l], |r| r.get(0))
-            .expect("join library");
-        assert_eq!(joined, l);
+        join_library(&c, l);
     }
     (path, c)
 }
@@ -76,7 +65,7 @@ fn catch_up(from: &Connection, to: &Connection, since: i64) -> Json {
 fn watermark(c: &Connection, peer: &Connection) -> i64 {
     c.query_row(
         "SELECT recv_cursor FROM lsync_peers WHERE device_id = ?1",
-        [device(peer)],
+        [device_id(peer)],
         |r| r.get(0),
     )
     .unwrap()
@@ -85,7 +74,7 @@ fn watermark(c: &Connection, peer: &Connection) -> i64 {
 /// The tracked tables, by uuid, with FKs as the target uuids: comparable
 /// across databases whatever their local ids.
 fn content(c: &Connection) -> Vec<Vec<String>> {
-    dump(
+    query_rows(
         c,
         "SELECT 'loc', uuid, path, name, NULL FROM locations
          UNION ALL SELECT 'ent', e.uuid, e.name, p.uuid, l.uuid FROM entries e
@@ -101,7 +90,10 @@ fn content(c: &Connection) -> Vec<Vec<String>> {
 fn raw(c: &Connection) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for t in ["locations", "entries", "tags", "tag_assignments"] {
-        out.extend(dump(c, &format!("SELECT '{t}', * FROM {t} ORDER BY id")));
+        out.extend(query_rows(
+            c,
+            &format!("SELECT '{t}', * FROM {t} ORDER BY id"),
+        ));
     }
     out
 }
@@ -146,7 +138,7 @@ fn restore_into_an_empty_library_is_identical_and_keeps_the_device_id() {
     // Another connection (a replicator, say) has the database open.
     let other = open(&dst_path);
     assert_eq!(count(&other, "entries"), 0);
-    let me = device(&dst);
+    let me = device_id(&dst);
     let report = restore(&dst, &snap);
     assert_eq!(
         count(&other, "entries"),
@@ -155,19 +147,19 @@ fn restore_into_an_empty_library_is_identical_and_keeps_the_device_id() {
     );
     assert_eq!(report["mode"], "empty", "{report}");
     assert_eq!(report["rows"], 9);
-    assert_eq!(report["source_device"], device(&src));
+    assert_eq!(report["source_device"], device_id(&src));
     assert_eq!(report["cursor"].as_i64().unwrap(), cursor(&src));
     assert_eq!(report["tables"]["entries"], 4);
 
     assert_eq!(raw(&dst), raw(&src), "rowids, uuids and FKs are identical");
     assert_eq!(
-        device(&dst),
+        device_id(&dst),
         me,
         "the restored database keeps its own device id"
     );
-    assert_ne!(device(&dst), device(&src));
+    assert_ne!(device_id(&dst), device_id(&src));
     assert_eq!(
-        dump(&dst, "SELECT name FROM devices"),
+        query_rows(&dst, "SELECT name FROM devices"),
         [["phone"]],
         "local tables are this database's own"
     );
@@ -243,7 +235,7 @@ fn the_restored_library_continues_by_changesets() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(owner, device(&dst));
+    assert_eq!(owner, device_id(&dst));
     catch_up(&dst, &src, 0);
     assert_eq!(content(&dst), content(&src));
     assert!(error_of(&dst, "UPDATE entries SET size = 1 WHERE name = 'root'").contains("owned by"));
@@ -336,7 +328,7 @@ fn merge_into_a_library_that_has_rows() {
     .unwrap();
     let snap = dir.path().join("snap.db");
     snapshot(&src, &snap);
-    let mine_before = dump(
+    let mine_before = query_rows(
         &dst,
         "SELECT * FROM entries WHERE name LIKE 'mine%' ORDER BY id",
     );
@@ -345,14 +337,14 @@ fn merge_into_a_library_that_has_rows() {
     assert_eq!(report["mode"], "merge", "{report}");
     assert!(!report["why_not_empty"].as_str().unwrap().is_empty());
     assert_eq!(
-        dump(
+        query_rows(
             &dst,
             "SELECT name, color FROM tags WHERE name IN ('crimson', 'red')"
         ),
         [["crimson", "dst-color"]]
     );
     assert_eq!(
-        dump(
+        query_rows(
             &dst,
             "SELECT * FROM entries WHERE name LIKE 'mine%' ORDER BY id"
         ),
@@ -385,7 +377,7 @@ fn merge_into_a_library_that_has_rows() {
     catch_up(&src, &dst, watermark);
     catch_up(&dst, &src, 0);
     assert_eq!(content(&dst), content(&src));
-    assert_ne!(device(&dst), device(&src));
+    assert_ne!(device_id(&dst), device_id(&src));
 }
 
 #[test]
@@ -408,7 +400,7 @@ fn a_snapshot_of_one_owner_holds_its_rows_and_defers_links_to_others() {
     )
     .unwrap();
     let snap = dir.path().join("b-only.db");
-    let owner = device(&b);
+    let owner = device_id(&b);
     a.query_row(
         "SELECT lsync_snapshot(?1, ?2)",
         [snap.to_str().unwrap(), owner.as_str()],
@@ -418,13 +410,13 @@ fn a_snapshot_of_one_owner_holds_its_rows_and_defers_links_to_others() {
 
     let s = Connection::open(&snap).unwrap();
     assert_eq!(
-        dump(&s, "SELECT name FROM entries ORDER BY name"),
+        query_rows(&s, "SELECT name FROM entries ORDER BY name"),
         [["b-child"], ["b-root"]]
     );
-    assert_eq!(dump(&s, "SELECT path FROM locations"), [["/b"]]);
+    assert_eq!(query_rows(&s, "SELECT path FROM locations"), [["/b"]]);
     assert_eq!(count(&s, "tags"), 2, "shared tables are whole");
     assert_eq!(count(&s, "tag_assignments"), 4);
-    let owners = dump(
+    let owners = query_rows(
         &s,
         "SELECT DISTINCT d.id FROM lsync_clock c JOIN lsync_devices d ON d.idx = c.origin
          WHERE c.tbl IN (SELECT id FROM lsync_tables WHERE mode = 'device_owned')",
@@ -438,7 +430,7 @@ fn a_snapshot_of_one_owner_holds_its_rows_and_defers_links_to_others() {
            AND entry_id NOT IN (SELECT id FROM entries)",
     );
     assert_eq!(dangling, 0);
-    let links = dump(&s, "SELECT col, target, target_uuid FROM lsync_pending");
+    let links = query_rows(&s, "SELECT col, target, target_uuid FROM lsync_pending");
     assert!(
         links.contains(&vec!["entry_id".into(), "entries".into(), root.clone()]),
         "{links:?}"
@@ -471,7 +463,10 @@ fn whole(c: &Connection) -> Vec<Vec<String>> {
         "lsync_tables",
         "devices",
     ] {
-        out.extend(dump(c, &format!("SELECT '{t}', * FROM {t} ORDER BY 2, 3")));
+        out.extend(query_rows(
+            c,
+            &format!("SELECT '{t}', * FROM {t} ORDER BY 2, 3"),
+        ));
     }
     out
 }
@@ -614,7 +609,7 @@ fn a_snapshot_holds_nothing_private() {
     snapshot(&src, &snap);
 
     let s = Connection::open(&snap).unwrap();
-    let objects = dump(
+    let objects = query_rows(
         &s,
         "SELECT name FROM sqlite_schema WHERE name NOT LIKE 'lsync%' AND name NOT LIKE 'sqlite%'
          ORDER BY 1",
@@ -632,7 +627,7 @@ fn a_snapshot_holds_nothing_private() {
             "tags"
         ]
     );
-    let keys = dump(&s, "SELECT key FROM lsync_config ORDER BY 1");
+    let keys = query_rows(&s, "SELECT key FROM lsync_config ORDER BY 1");
     let keys: Vec<&str> = keys.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(
         keys,
@@ -649,7 +644,7 @@ fn a_snapshot_holds_nothing_private() {
         ]
     );
     assert_eq!(
-        dump(
+        query_rows(
             &s,
             "SELECT device_id, addr, recv_cursor, acked_cursor, last_error FROM lsync_peers"
         ),
@@ -722,8 +717,8 @@ fn a_snapshot_taken_while_another_connection_writes_is_consistent() {
             assert_eq!(count(&dst, t), count(&src, t), "snapshot {k}: {t}");
         }
         assert_eq!(
-            dump(&dst, "SELECT id, size FROM entries ORDER BY id"),
-            dump(&src, "SELECT id, size FROM entries ORDER BY id")
+            query_rows(&dst, "SELECT id, size FROM entries ORDER BY id"),
+            query_rows(&src, "SELECT id, size FROM entries ORDER BY id")
         );
     }
 }
@@ -818,7 +813,7 @@ fn a_consumed_snapshot_restores_the_same_and_is_deleted() {
     assert!(snap.exists(), "a restore without consume leaves its file");
     assert_eq!(raw(&consumed), raw(&src));
     assert_eq!(
-        dump(&consumed, "SELECT name FROM devices"),
+        query_rows(&consumed, "SELECT name FROM devices"),
         [["phone"]],
         "local tables are this database's own"
     );

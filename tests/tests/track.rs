@@ -90,7 +90,7 @@ fn tracking_twice_is_harmless() {
     .unwrap();
     flush(&conn);
     let before = changes(&conn, 0);
-    let schema_before = dump(
+    let schema_before = query_rows(
         &conn,
         "SELECT type, name, sql FROM sqlite_schema ORDER BY name",
     );
@@ -101,7 +101,7 @@ fn tracking_twice_is_harmless() {
         .unwrap();
     assert_eq!(changes(&conn, 0), before);
     assert_eq!(
-        dump(
+        query_rows(
             &conn,
             "SELECT type, name, sql FROM sqlite_schema ORDER BY name"
         ),
@@ -233,7 +233,7 @@ fn a_temp_table_of_the_same_name_never_stands_in_for_the_tracked_table() {
     assert_eq!(v["columns"], serde_json::json!(["name", "parent"]), "{v}");
     assert_eq!(v["fks"]["parent"], "t", "{v}");
     let objects = |schema: &str| {
-        dump(
+        query_rows(
             &conn,
             &format!(
                 "SELECT type, name FROM {schema}.sqlite_schema
@@ -309,7 +309,7 @@ fn a_temp_table_of_the_same_name_never_stands_in_for_the_tracked_table() {
             .unwrap();
     };
     let rows = |c: &rusqlite::Connection| {
-        dump(
+        query_rows(
             c,
             "SELECT x.uuid, x.name, p.uuid FROM main.t x LEFT JOIN main.t p ON p.id = x.parent
              ORDER BY x.uuid",
@@ -325,7 +325,7 @@ fn a_temp_table_of_the_same_name_never_stands_in_for_the_tracked_table() {
     sync(&peer, &conn);
     assert_eq!(rows(&conn), rows(&peer));
     assert_eq!(
-        dump(&conn, "SELECT id, uuid, name FROM temp.t ORDER BY id"),
+        query_rows(&conn, "SELECT id, uuid, name FROM temp.t ORDER BY id"),
         [
             ["1", "NULL", "temp2"],
             ["70", "NULL", "temp2"],

@@ -1,21 +1,15 @@
-//! Helpers shared by the end-to-end tests that run real `lsync run`
-//! processes: see the header of `sidecar.rs`.
-#![allow(dead_code)]
+//! The harness for tests that run real `lsync run` processes (see the header
+//! of `tests/tests/sidecar.rs`), and the `lsync` CLI around them.
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Mutex, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use rusqlite::types::Value;
-use rusqlite::{params, Connection};
-
-use lsync_tests::{lsync_bin, open, scalar, track_library};
+use crate::artifacts::lsync_bin;
+use crate::process::{free_port, sh_quote, spawn_tied, strip_ansi};
 
 pub const POLL: Duration = Duration::from_millis(50);
 /// How long any one condition may take before the test fails.
@@ -23,108 +17,6 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// Fast retries, so that the refused first session of a `--join` (and the
 /// refusal tests) do not wait long.
 pub const FAST_RETRY: [&str; 4] = ["--backoff-initial-ms", "50", "--backoff-max-ms", "400"];
-
-// ---------------------------------------------------------------------------
-// Processes
-// ---------------------------------------------------------------------------
-
-/// A free TCP port on 127.0.0.1 (bound, then released for the child).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// Removes ANSI colour sequences, in case the logger writes them.
-pub fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
-
-/// Spawns `cmd` so that it dies with this test process, however that ends:
-/// a guard's drop covers a test that passes, fails or panics, but not a
-/// test binary that is killed (a CI timeout, say).
-///
-/// The child gets `PR_SET_PDEATHSIG(SIGKILL)`. Linux sends that signal when
-/// the *thread* that forked the child ends, so every child is forked by one
-/// thread that lives as long as the process: a sidecar started (or
-/// restarted) from a short-lived helper thread does not die with it.
-pub fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: between fork and exec the closure makes only async-signal-safe
-    // calls (prctl, getppid) and does not allocate.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The test process died before the prctl: no signal will come.
-            if libc::getppid() != parent {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnJob>();
-        std::thread::Builder::new()
-            .name("lsync-test-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .expect("start the spawner thread");
-        Mutex::new(tx)
-    });
-    let (reply, answer) = mpsc::channel();
-    spawner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((cmd, reply))
-        .expect("the spawner thread runs");
-    answer.recv().expect("the spawner thread answers")
-}
-
-/// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
-pub fn process_ended(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-        Err(_) => true,
-    }
-}
-
-/// Single-quotes `s` for `sh -c`.
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
 
 /// A new library secret from `lsync secret new`, written to `dir/name`.
 pub fn new_secret(dir: &Path, name: &str) -> PathBuf {
@@ -472,167 +364,13 @@ pub fn wait_for_within(
     );
 }
 
+/// [`wait_for_within`] with the usual [`PATIENCE`].
 pub fn wait_for(what: &str, nodes: &[&Sidecar], ok: impl FnMut() -> bool) {
     wait_for_within(what, nodes, PATIENCE, ok)
 }
 
-// ---------------------------------------------------------------------------
-// Databases
-// ---------------------------------------------------------------------------
-
-/// A new library database at `dir/name.db`: `sql/examples/library.sql`, then
-/// tracked as in `sql/examples/track.sql`. Returns its path and an app
-/// connection (extension loaded, WAL, busy timeout).
-pub fn library_db(dir: &Path, name: &str) -> (PathBuf, Connection) {
-    let path = dir.join(format!("{name}.db"));
-    let c = open(&path);
-    track_library(&c);
-    (path, c)
-}
-
-/// Inserts a location and `n` entries under it, in one transaction: a tree in
-/// which entry k's parent is entry (k-1)/16. Names are `{root}-{k}`.
-/// Returns the location's id.
-pub fn index_tree(c: &Connection, root: &str, n: i64) -> i64 {
-    let tx = c.unchecked_transaction().unwrap();
-    tx.execute(
-        "INSERT INTO locations(path, name, total_size, created_at) VALUES (?1, ?2, ?3, 1700000000000)",
-        params![format!("/mnt/{root}"), root, n * 7],
-    )
-    .unwrap();
-    let loc = tx.last_insert_rowid();
-    let base: i64 = tx
-        .query_row("SELECT coalesce(max(id), 0) + 1 FROM entries", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    {
-        let mut st = tx
-            .prepare(
-                "INSERT INTO entries(id, parent_id, location_id, name, size, kind, mtime)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .unwrap();
-        let dirs = n / 16 + 1;
-        for k in 0..n {
-            let parent = (k > 0).then(|| base + (k - 1) / 16);
-            st.execute(params![
-                base + k,
-                parent,
-                loc,
-                format!("{root}-{k}"),
-                k * 7,
-                i64::from(k >= dirs),
-                1_700_000_000_000i64 + k
-            ])
-            .unwrap();
-        }
-    }
-    tx.commit().unwrap();
-    loc
-}
-
-pub fn add_tag(c: &Connection, name: &str, color: &str) -> i64 {
-    c.execute(
-        "INSERT INTO tags(name, color) VALUES (?1, ?2)",
-        params![name, color],
-    )
-    .unwrap();
-    c.last_insert_rowid()
-}
-
-pub fn assign(c: &Connection, tag: i64, entry: i64) {
-    c.execute(
-        "INSERT INTO tag_assignments(tag_id, entry_id, created_at) VALUES (?1, ?2, 1700000000000)",
-        params![tag, entry],
-    )
-    .unwrap();
-}
-
-/// The local id of the row with this name (tags) or name (entries).
-pub fn id_by_name(c: &Connection, table: &str, name: &str) -> Option<i64> {
-    c.query_row(
-        &format!("SELECT id FROM {table} WHERE name = ?1"),
-        [name],
-        |r| r.get(0),
-    )
-    .ok()
-}
-
-pub fn count(c: &Connection, table: &str) -> i64 {
-    scalar(c, &format!("SELECT count(*) FROM {table}"))
-}
-
-pub fn library_id(c: &Connection) -> String {
-    scalar(c, "SELECT lsync_library_id()")
-}
-
-pub fn device_id(c: &Connection) -> String {
-    scalar(c, "SELECT lsync_device_id()")
-}
-
-/// A logical FK: the target's uuid, or the uuid of a link still deferred.
-pub fn fk(table: &str, col: &str, target: &str) -> String {
-    format!(
-        "coalesce((SELECT x.uuid FROM {target} x WHERE x.id = t.{col}),
-                  (SELECT d.target_uuid FROM lsync_deferred d
-                   WHERE d.tbl = (SELECT id FROM lsync_tables WHERE name = '{table}')
-                     AND d.rid = t.id AND d.col = '{col}'))"
-    )
-}
-
-/// Every tracked table, keyed by uuid, FKs as uuids, one string per row.
-/// Local ids never appear, so two replicas compare equal when they hold the
-/// same data.
-pub fn dump(c: &Connection) -> Vec<String> {
-    let queries = [
-        "SELECT 'L', uuid, device_id, path, name, total_size, created_at FROM locations t"
-            .to_owned(),
-        format!(
-            "SELECT 'E', uuid, {}, {}, name, size, kind, mtime FROM entries t",
-            fk("entries", "parent_id", "entries"),
-            fk("entries", "location_id", "locations")
-        ),
-        "SELECT 'T', uuid, name, color FROM tags t".to_owned(),
-        format!(
-            "SELECT 'A', uuid, {}, {}, created_at FROM tag_assignments t",
-            fk("tag_assignments", "tag_id", "tags"),
-            fk("tag_assignments", "entry_id", "entries")
-        ),
-    ];
-    let mut rows = Vec::new();
-    for q in queries {
-        let mut s = c.prepare(&format!("{q} ORDER BY uuid")).unwrap();
-        let n = s.column_count();
-        let mut r = s.query([]).unwrap();
-        while let Some(row) = r.next().unwrap() {
-            let cols: Vec<String> = (0..n)
-                .map(|i| format!("{:?}", row.get::<_, Value>(i).unwrap()))
-                .collect();
-            rows.push(cols.join("|"));
-        }
-    }
-    rows
-}
-
-/// All replicas hold the same data, and `rows` rows of it.
-pub fn converged(conns: &[&Connection], rows: usize) -> bool {
-    let first = dump(conns[0]);
-    first.len() == rows && conns[1..].iter().all(|c| dump(c) == first)
-}
-
-/// The first difference between two dumps, for failure messages.
-pub fn first_difference(a: &[String], b: &[String]) -> String {
-    for (x, y) in a.iter().zip(b) {
-        if x != y {
-            return format!("{x}\n  vs\n{y}");
-        }
-    }
-    format!("lengths {} vs {}", a.len(), b.len())
-}
-
 /// `lsync status --db DB --json`.
-pub fn status(db: &Path) -> serde_json::Value {
+pub fn lsync_status(db: &Path) -> serde_json::Value {
     let out = Command::new(lsync_bin())
         .args(["status", "--json", "--db"])
         .arg(db)
@@ -661,6 +399,7 @@ pub fn logged_cursor(line: &str) -> Option<i64> {
         .ok()
 }
 
+/// How often `needle` occurs in a log.
 pub fn occurrences(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
