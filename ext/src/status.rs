@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::error::Result;
 use crate::peers::{self, has_table};
 use crate::sql::{Connection, Db, Value, DIRECTONLY, INNOCUOUS, OPEN_READONLY};
-use crate::{bail, schema, snapshot};
+use crate::{bail, schema, snapfile};
 
 pub fn register(db: Db) -> Result<()> {
     db.create_function("lsync_head", 0, INNOCUOUS, |db, _| {
@@ -80,7 +80,7 @@ fn snapshot_info(path: &str) -> Result<serde_json::Value> {
         bail!("lsync_snapshot_info: no such file: '{path}'");
     }
     let reader = Connection::open(Path::new(path), OPEN_READONLY)?;
-    let settings = snapshot::Settings {
+    let settings = snapfile::Settings {
         file: reader.db(),
         func: "lsync_snapshot_info",
         path,
