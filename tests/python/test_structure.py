@@ -190,3 +190,21 @@ def test_no_two_rust_test_helpers_share_a_name():
             where.setdefault(name, set()).add(str(path.relative_to(ROOT)))
     shared = {n: sorted(f) for n, f in where.items() if len(f) > 1}
     assert shared == {}, f"helpers defined in more than one file: {shared}"
+
+
+LSYNC_TABLE = re.compile(
+    r"\blsync_(config|devices|tables|dirty|deleted|clock|deferred|pending|peers|parked)\b(?!\s*\()"
+)
+
+
+def test_the_replicator_names_no_lsync_table():
+    """The replicator reaches lsync's state through SQL functions only, so the
+    extension can change its tables without breaking the sidecar."""
+    named = []
+    for path in sources("replicator"):
+        code = without_tests(path.read_text())
+        for n, line in enumerate(code.splitlines(), 1):
+            line = line.split("//", 1)[0]
+            if LSYNC_TABLE.search(line):
+                named.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert named == [], "\n".join(named)

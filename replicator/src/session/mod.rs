@@ -55,7 +55,7 @@ struct Session<W> {
     peer: String,
     /// The peer's newest cursor, as of its hello.
     peer_head: i64,
-    /// The peer's cursor we have applied up to (persisted in lsync_peers).
+    /// The peer's cursor we have applied up to (recorded by `lsync_peer_received`).
     recv_cursor: i64,
     /// Our cursor we have sent the peer up to.
     sent_cursor: i64,
