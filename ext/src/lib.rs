@@ -28,6 +28,7 @@ pub mod stability;
 pub mod status;
 pub mod track;
 pub mod vtab;
+pub mod warnings;
 
 use std::ffi::{c_char, c_int};
 

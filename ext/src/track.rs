@@ -17,7 +17,7 @@ use crate::clock::OP_UPDATE;
 use crate::error::{Error, Result};
 use crate::ident::{lit, q, qm};
 use crate::sql::Db;
-use crate::{bail, flush, schema};
+use crate::{bail, flush, schema, warnings};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,7 +158,8 @@ fn declared_name(db: Db, table: &str) -> Result<Option<String>> {
     )
 }
 
-/// `lsync_track(table, mode [, options])`. Returns a JSON summary.
+/// `lsync_track(table, mode [, options])`. Returns a JSON summary, with
+/// the `warnings` of `warnings::for_table`.
 pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<String> {
     let canonical = declared_name(db, table)?.unwrap_or_else(|| table.to_owned());
     let table = canonical.as_str();
@@ -275,7 +276,7 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
         }
         Ok(serde_json::json!({
             "table": t.name, "mode": t.mode.as_str(), "uuid_column": t.uuid_col,
-            "columns": t.columns, "fks": t.fks,
+            "columns": t.columns, "fks": t.fks, "warnings": warnings::for_table(db, &t)?,
         })
         .to_string())
     })

@@ -1,5 +1,6 @@
 """lsync_track / lsync_untrack: requirements, errors, options, re-tracking."""
 
+import json
 import sqlite3
 
 import pytest
@@ -114,3 +115,48 @@ def test_untrack_stops_capture(db):
     db.execute("INSERT INTO tags(uuid, name) VALUES ('0190a0a0-0000-7000-8000-000000000001', 'x')")
     db.execute("DELETE FROM tags")
     assert changes(db, since) == []
+
+
+@pytest.mark.parametrize(
+    "column, on_delete",
+    [
+        ("tag_id INTEGER NOT NULL REFERENCES tags(id)", "NO ACTION"),
+        ("tag_id INTEGER NOT NULL REFERENCES tags(id) ON DELETE RESTRICT", "RESTRICT"),
+        ("tag_id INTEGER NOT NULL REFERENCES tags(id) ON DELETE SET NULL", "SET NULL"),
+        ("tag_id INTEGER REFERENCES tags(id)", None),
+        ("tag_id INTEGER REFERENCES tags(id) ON DELETE SET NULL", None),
+        ("tag_id INTEGER NOT NULL REFERENCES tags(id) ON DELETE CASCADE", None),
+    ],
+)
+def test_not_null_fk_without_on_delete_action_warns(db, column, on_delete):
+    """A NOT NULL FK column cannot hold the NULL of a link whose target has
+    not arrived: lsync_track says so, and tracks the table all the same."""
+    db.execute(f"CREATE TABLE tag_on_object(id INTEGER PRIMARY KEY, uuid TEXT, obj TEXT, {column})")
+    summary = json.loads(db.execute("SELECT lsync_track('tag_on_object', 'shared')").fetchone()[0])
+    if on_delete is None:
+        assert summary["warnings"] == []
+    else:
+        [w] = summary["warnings"]
+        assert (w["table"], w["column"], w["target"], w["on_delete"]) == (
+            "tag_on_object",
+            "tag_id",
+            "tags",
+            on_delete,
+        )
+        assert "tag_on_object.tag_id is NOT NULL" in w["message"]
+        assert "cannot be applied here" in w["message"]
+    assert triggers(db, "tag_on_object") > 0
+    db.execute("INSERT INTO tags(uuid, name) VALUES ('0190a0a0-0000-7000-8000-00000000000a', 'red')")
+    db.execute("INSERT INTO tag_on_object(obj, tag_id) VALUES ('x', 1)")
+    [change] = [c for c in changes(db) if c["tbl"] == "tag_on_object"]
+    assert change["data"]["tag_id"] == "0190a0a0-0000-7000-8000-00000000000a"
+
+
+def test_not_null_link_named_by_the_fks_option_warns(db):
+    db.execute("CREATE TABLE marks(id INTEGER PRIMARY KEY, uuid TEXT, tag INTEGER NOT NULL)")
+    summary = json.loads(
+        db.execute("""SELECT lsync_track('marks', 'shared', '{"fks": {"tag": "tags"}}')""").fetchone()[0]
+    )
+    [w] = summary["warnings"]
+    assert (w["column"], w["target"], w["on_delete"]) == ("tag", "tags", None)
+    assert "no declared FK" in w["message"]

@@ -17,6 +17,8 @@ fn track_returns_a_summary() {
     assert_eq!(v["uuid_column"], "uuid");
     assert_eq!(v["fks"]["parent_id"], "entries");
     assert_eq!(v["fks"]["location_id"], "locations");
+    // The example library's FK columns are nullable.
+    assert_eq!(v["warnings"], serde_json::json!([]));
     let cols: BTreeSet<String> = serde_json::from_value(v["columns"].clone()).unwrap();
     assert!(
         cols.contains("name") && !cols.contains("id") && !cols.contains("uuid"),
@@ -370,4 +372,137 @@ fn an_fk_naming_its_table_in_another_letter_case_travels_as_a_uuid() {
         .find(|c| c.tbl == "marks")
         .unwrap();
     assert_eq!(m.data, serde_json::json!({"tag": "T1", "other": "T1"}));
+}
+
+/// The `warnings` of `lsync_track` for a table whose FK columns to `tags`
+/// are declared as `cols`, tracked after `tags`.
+fn warnings_for(cols: &str, options: &str) -> (TempDir, rusqlite::Connection, serde_json::Value) {
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    conn.execute_batch(&format!(
+        "CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
+         CREATE TABLE tag_on_object(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, obj TEXT, {cols});
+         SELECT lsync_track('tags', 'shared');"
+    ))
+    .unwrap();
+    let summary: String = scalar(
+        &conn,
+        &format!("SELECT lsync_track('tag_on_object', 'shared', '{options}')"),
+    );
+    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    (dir, conn, v["warnings"].clone())
+}
+
+/// A NOT NULL FK column cannot hold the NULL that stands for a link whose
+/// target has not arrived (or was deleted on another device), so its table
+/// is tracked with a warning that says what will happen.
+#[test]
+fn a_not_null_fk_with_no_on_delete_action_is_tracked_with_a_warning() {
+    let (_dir, conn, w) = warnings_for("tag_id INTEGER NOT NULL REFERENCES tags(id)", "{}");
+    assert_eq!(w.as_array().unwrap().len(), 1, "{w}");
+    let w = &w[0];
+    assert_eq!(w["table"], "tag_on_object");
+    assert_eq!(w["column"], "tag_id");
+    assert_eq!(w["target"], "tags");
+    assert_eq!(w["on_delete"], "NO ACTION");
+    let msg = w["message"].as_str().unwrap();
+    for part in [
+        "tag_on_object.tag_id is NOT NULL",
+        "FK to tags has no ON DELETE action",
+        "has not arrived, or was deleted on another device, cannot be applied here",
+    ] {
+        assert!(msg.contains(part), "{msg}");
+    }
+    // A warning, not a refusal: the table is tracked and captured.
+    conn.execute_batch(
+        "INSERT INTO tags(uuid, name) VALUES ('T', 'red');
+         INSERT INTO tag_on_object(uuid, tag_id, obj) VALUES ('O', 1, 'x');",
+    )
+    .unwrap();
+    let o = changes(&conn, 0)
+        .into_iter()
+        .find(|c| c.tbl == "tag_on_object")
+        .unwrap();
+    assert_eq!(o.data["tag_id"], "T");
+}
+
+/// Which FK columns warn: NOT NULL ones whose ON DELETE action leaves a
+/// dependant of a deleted target with nowhere to go.
+#[test]
+fn which_fk_columns_warn() {
+    for (col, on_delete) in [
+        (
+            "INTEGER NOT NULL REFERENCES tags(id) ON DELETE RESTRICT",
+            Some("RESTRICT"),
+        ),
+        (
+            "INTEGER NOT NULL REFERENCES tags(id) ON DELETE SET NULL",
+            Some("SET NULL"),
+        ),
+        (
+            "INTEGER NOT NULL REFERENCES tags ON DELETE SET DEFAULT",
+            Some("SET DEFAULT"),
+        ),
+        ("INTEGER REFERENCES tags(id)", None),
+        ("INTEGER REFERENCES tags(id) ON DELETE SET NULL", None),
+        (
+            "INTEGER NOT NULL REFERENCES tags(id) ON DELETE CASCADE",
+            None,
+        ),
+        (
+            "INTEGER NOT NULL DEFAULT 1 REFERENCES tags ON DELETE SET DEFAULT",
+            None,
+        ),
+    ] {
+        let (_dir, _conn, w) = warnings_for(&format!("tag_id {col}"), "{}");
+        match on_delete {
+            Some(action) => {
+                assert_eq!(w.as_array().unwrap().len(), 1, "{col}: {w}");
+                assert_eq!(w[0]["on_delete"], action, "{col}: {w}");
+            }
+            None => assert_eq!(w, serde_json::json!([]), "{col}"),
+        }
+    }
+}
+
+/// A link named by the `fks` option has no declared FK, so no ON DELETE
+/// action either.
+#[test]
+fn a_not_null_link_from_the_fks_option_warns() {
+    let (_dir, _conn, w) =
+        warnings_for("tag_id INTEGER NOT NULL", r#"{"fks": {"tag_id": "tags"}}"#);
+    assert_eq!(w.as_array().unwrap().len(), 1, "{w}");
+    assert_eq!(w[0]["column"], "tag_id");
+    assert_eq!(w[0]["on_delete"], serde_json::Value::Null);
+    let msg = w[0]["message"].as_str().unwrap();
+    assert!(msg.contains("no declared FK"), "{msg}");
+}
+
+/// The link travels as a uuid once both tables are tracked: the warning
+/// comes with whichever of the two is tracked last, and again on re-tracking.
+#[test]
+fn the_warning_comes_when_the_second_table_is_tracked() {
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    conn.execute_batch(
+        "CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
+         CREATE TABLE tag_on_object(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE,
+                                    tag_id INTEGER NOT NULL REFERENCES tags(id));",
+    )
+    .unwrap();
+    let warnings = |sql: &str| -> serde_json::Value {
+        let s: String = scalar(&conn, sql);
+        serde_json::from_str::<serde_json::Value>(&s).unwrap()["warnings"].clone()
+    };
+    let first = warnings("SELECT lsync_track('tag_on_object', 'shared')");
+    assert_eq!(first, serde_json::json!([]));
+    let second = warnings("SELECT lsync_track('tags', 'shared')");
+    assert_eq!(second.as_array().unwrap().len(), 1, "{second}");
+    assert_eq!(second[0]["table"], "tag_on_object");
+    assert_eq!(second[0]["column"], "tag_id");
+    assert_eq!(second[0]["target"], "tags");
+    assert_eq!(
+        warnings("SELECT lsync_track('tag_on_object', 'shared')"),
+        second
+    );
 }
