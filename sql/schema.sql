@@ -100,7 +100,11 @@ CREATE TABLE IF NOT EXISTS lsync_peers(
   acked_cursor INTEGER NOT NULL DEFAULT 0,  -- our cursor: the peer holds our changes up to it
   failures     INTEGER NOT NULL DEFAULT 0,  -- consecutive failed catch-ups from the peer
   last_contact INTEGER,                     -- unix ms
-  last_error   TEXT
+  last_error   TEXT,
+  -- The error a full resync from the peer was started for, or that a
+  -- resync would hit again: no (further) escalation until a catch-up
+  -- completes. Added in schema version 6 (see schema.rs's migration).
+  resync_error TEXT
 );
 
 -- Column edits of shared rows that arrived before the row itself (changesets

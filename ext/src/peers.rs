@@ -56,6 +56,12 @@ pub fn register(db: Db) -> Result<()> {
         let peer = device_arg("lsync_peer_reset", &args[0])?;
         reset(db, &peer)
     })?;
+    db.create_function("lsync_peer_stuck", 2, DIRECTONLY, |db, args| {
+        let f = "lsync_peer_stuck";
+        let peer = device_arg(f, &args[0])?;
+        let error = text_arg(f, "error", &args[1])?;
+        stuck(db, &peer, &error)
+    })?;
     Ok(())
 }
 
@@ -85,13 +91,15 @@ fn update(db: Db, sql: &str, params: &[Value]) -> Result<()> {
 
 /// The peer's changes up to `cursor` are applied here: called in the
 /// transaction of the apply, so that the watermark moves with the data.
-/// A completed catch-up clears the failure count and the last error.
+/// A completed catch-up clears the failure count, the last error and the
+/// resync's error (escalating is allowed again).
 fn received(db: Db, peer: &str, cursor: i64, caught_up: bool) -> Result<Value> {
     update(
         db,
         "UPDATE lsync_peers SET recv_cursor = max(recv_cursor, ?2), last_contact = ?3,
            failures = CASE WHEN ?4 THEN 0 ELSE failures END,
-           last_error = CASE WHEN ?4 THEN NULL ELSE last_error END
+           last_error = CASE WHEN ?4 THEN NULL ELSE last_error END,
+           resync_error = CASE WHEN ?4 THEN NULL ELSE resync_error END
          WHERE device_id = ?1",
         &[
             peer.into(),
@@ -135,14 +143,30 @@ fn failed(db: Db, peer: &str, error: &str, failed_catch_up: bool) -> Result<Valu
     column(db, "failures", peer)
 }
 
-/// Starts the peer over: its changes are pulled again from cursor 0.
+/// Starts the peer over: its changes are pulled again from cursor 0. The
+/// error the resync is for (the last one) is kept until a catch-up
+/// completes, so that a resync ending the same way is not started again.
 fn reset(db: Db, peer: &str) -> Result<Value> {
     update(
         db,
-        "UPDATE lsync_peers SET recv_cursor = 0, failures = 0 WHERE device_id = ?1",
+        "UPDATE lsync_peers SET recv_cursor = 0, failures = 0,
+           resync_error = coalesce(last_error, 'unknown error')
+         WHERE device_id = ?1",
         &[peer.into()],
     )?;
     column(db, "recv_cursor", peer)
+}
+
+/// A session with the peer failed in a way that a full resync would hit
+/// again: recorded as its last error and as the resync's error, without
+/// counting towards an escalation. Returns the failure count.
+fn stuck(db: Db, peer: &str, error: &str) -> Result<Value> {
+    update(
+        db,
+        "UPDATE lsync_peers SET last_error = ?2, resync_error = ?2 WHERE device_id = ?1",
+        &[peer.into(), error.into()],
+    )?;
+    column(db, "failures", peer)
 }
 
 fn column(db: Db, col: &str, peer: &str) -> Result<Value> {
@@ -174,12 +198,23 @@ pub fn has_table(db: Db, name: &str) -> Result<bool> {
 }
 
 /// The peers' rows as JSON objects, ordered by device id; only `only`'s when
-/// given. `lag` is how far the peer's ack is behind `head`.
+/// given. `lag` is how far the peer's ack is behind `head`; `stuck` says that
+/// the last error is one a full resync would hit again (`resync_error`).
 pub fn rows(db: Db, head: i64, only: Option<&str>) -> Result<Vec<serde_json::Value>> {
-    let mut s = db.prepare(
-        "SELECT device_id, addr, recv_cursor, acked_cursor, failures, last_contact, last_error
-         FROM lsync_peers WHERE ?1 IS NULL OR device_id = ?1 ORDER BY device_id",
-    )?;
+    // Readers create nothing: a database not yet upgraded to schema
+    // version 6 has no resync_error column, and reads as none.
+    let upgraded = db
+        .query_i64(
+            "SELECT 1 FROM pragma_table_info('lsync_peers') WHERE name = 'resync_error'",
+            &[],
+        )?
+        .is_some();
+    let resync = if upgraded { "resync_error" } else { "NULL" };
+    let mut s = db.prepare(&format!(
+        "SELECT device_id, addr, recv_cursor, acked_cursor, failures, last_contact, last_error,
+           {resync}, {resync} IS NOT NULL AND {resync} IS last_error
+         FROM lsync_peers WHERE ?1 IS NULL OR device_id = ?1 ORDER BY device_id"
+    ))?;
     s.bind(1, &only.into())?;
     let mut out = Vec::new();
     while s.step()? {
@@ -193,6 +228,8 @@ pub fn rows(db: Db, head: i64, only: Option<&str>) -> Result<Vec<serde_json::Val
             "failures": s.i64(4),
             "last_contact_ms": s.value(5).as_i64(),
             "last_error": s.text(6),
+            "resync_error": s.text(7),
+            "stuck": s.i64(8) != 0,
         }));
     }
     Ok(out)

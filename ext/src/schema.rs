@@ -7,8 +7,10 @@ use crate::sql::{Db, Value};
 const SCHEMA_SQL: &str = include_str!("../../sql/schema.sql");
 
 /// Bumped whenever sql/schema.sql gains objects; every statement there is
-/// idempotent, so older databases are upgraded by running it again.
-const SCHEMA_VERSION: i64 = 5;
+/// idempotent, so older databases are upgraded by running it again. A
+/// column added to an existing table also needs its `ALTER TABLE` in
+/// [`migrate`] (`CREATE TABLE IF NOT EXISTS` leaves an old table as it is).
+const SCHEMA_VERSION: i64 = 6;
 
 /// Default maximum clock drift accepted from a peer, in milliseconds.
 pub const DEFAULT_MAX_DRIFT_MS: i64 = 60_000;
@@ -29,6 +31,7 @@ pub fn ensure(db: Db) -> Result<()> {
     }
     db.savepoint("lsyncschema", || {
         db.exec(SCHEMA_SQL)?;
+        migrate(db)?;
         let device = uuid::Uuid::now_v7().to_string();
         let library = uuid::Uuid::now_v7().to_string();
         db.run(
@@ -45,6 +48,19 @@ pub fn ensure(db: Db) -> Result<()> {
         )?;
         set(db, "schema_version", SCHEMA_VERSION.into())
     })
+}
+
+/// Columns added to tables that older databases already have.
+fn migrate(db: Db) -> Result<()> {
+    // Version 6: lsync_peers.resync_error (no resync loops, issue 11).
+    let has = db.query_i64(
+        "SELECT 1 FROM pragma_table_info('lsync_peers') WHERE name = 'resync_error'",
+        &[],
+    )?;
+    if has.is_none() {
+        db.exec("ALTER TABLE lsync_peers ADD COLUMN resync_error TEXT")?;
+    }
+    Ok(())
 }
 
 pub fn get(db: Db, key: &str) -> Result<Value> {

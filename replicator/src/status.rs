@@ -98,5 +98,14 @@ fn table(
             p.last_error.as_deref().unwrap_or("-")
         )?;
     }
+    for p in s.peers.iter().filter(|p| p.stuck) {
+        writeln!(
+            o,
+            "peer {} is stuck: a full resync would fail again, so none is started (retrying \
+             continues until the cause is fixed): {}",
+            p.device_id,
+            p.resync_error.as_deref().unwrap_or("-")
+        )?;
+    }
     Ok(o)
 }

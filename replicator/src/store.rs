@@ -149,23 +149,138 @@ pub fn export(c: &Connection, since: i64, max: u32, peer: &str) -> R<Export> {
     })
 }
 
+/// What this database knows of a peer as a session with it starts.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The peer's cursor we have applied up to (0 after an escalation).
+    pub recv_cursor: i64,
+    /// This session starts a full resync from the peer.
+    pub escalated: bool,
+    /// Escalating is due, but a full resync from this peer already ended
+    /// with (or would hit again) this error: the session retries from its
+    /// watermark instead.
+    pub not_escalated: Option<String>,
+}
+
 /// The peer's row, created on first contact. Returns its receive watermark,
-/// first applying a pending escalation to a full resync.
-pub fn peer_hello(c: &Connection, peer: &str, addr: &str, escalate_after: i64) -> R<(i64, bool)> {
+/// first applying a pending escalation to a full resync: at most one per
+/// completed catch-up, since a resync that is already on its way, or that
+/// would hit the same error again, gains nothing by starting over.
+pub fn peer_hello(c: &Connection, peer: &str, addr: &str, escalate_after: i64) -> R<Hello> {
     c.query_row(
         "SELECT lsync_peer_contact(?1, ?2)",
         params![peer, addr],
         |_| Ok(()),
     )?;
-    let row: Option<String> = c.query_row("SELECT lsync_peer(?1)", [peer], |r| r.get(0))?;
-    let row: PeerStatus = serde_json::from_str(
-        &row.ok_or_else(|| StoreError::Corrupt(format!("peer {peer} was not recorded")))?,
-    )?;
-    if row.failures >= escalate_after {
-        c.query_row("SELECT lsync_peer_reset(?1)", [peer], |_| Ok(()))?;
-        return Ok((0, true));
+    let row = peer_row(c, peer)?;
+    if row.failures < escalate_after {
+        return Ok(Hello {
+            recv_cursor: row.recv_cursor,
+            escalated: false,
+            not_escalated: None,
+        });
     }
-    Ok((row.recv_cursor, false))
+    if let Some(e) = row.resync_error {
+        return Ok(Hello {
+            recv_cursor: row.recv_cursor,
+            escalated: false,
+            not_escalated: Some(e),
+        });
+    }
+    c.query_row("SELECT lsync_peer_reset(?1)", [peer], |_| Ok(()))?;
+    Ok(Hello {
+        recv_cursor: 0,
+        escalated: true,
+        not_escalated: None,
+    })
+}
+
+fn peer_row(c: &Connection, peer: &str) -> R<PeerStatus> {
+    let row: Option<String> = c.query_row("SELECT lsync_peer(?1)", [peer], |r| r.get(0))?;
+    Ok(serde_json::from_str(&row.ok_or_else(|| {
+        StoreError::Corrupt(format!("peer {peer} was not recorded"))
+    })?)?)
+}
+
+/// Why a session failed, as far as escalating to a full resync goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The same changes would be refused again, so a full resync would hit
+    /// it again: a constraint, a schema mismatch, the drift guard, a
+    /// changeset that contradicts itself, another library. Never counts
+    /// towards an escalation.
+    Deterministic,
+    /// A gap, the transport, a busy or vanished database, a stale
+    /// changeset: retrying, or a full resync, may get through.
+    Transient,
+}
+
+impl Failure {
+    /// Classifies an error of ours.
+    pub fn of(e: &StoreError) -> Failure {
+        match e {
+            StoreError::Corrupt(_) => Failure::Deterministic,
+            StoreError::Sql(rusqlite::Error::SqliteFailure(f, msg)) => {
+                use rusqlite::ErrorCode as C;
+                match f.code {
+                    C::DatabaseBusy | C::DatabaseLocked | C::SystemIoFailure | C::DiskFull => {
+                        Failure::Transient
+                    }
+                    C::ConstraintViolation => Failure::Deterministic,
+                    _ => msg
+                        .as_deref()
+                        .map_or(Failure::Transient, Failure::of_message),
+                }
+            }
+            _ => Failure::Transient,
+        }
+    }
+
+    /// Classifies an error by its text: the peer's report of its own
+    /// failure arrives as text only. The extension's refusals of a
+    /// changeset say "nothing was applied" (or "... restored"); a stale
+    /// changeset (pulling again fixes it) and a busy database are the
+    /// exceptions.
+    pub fn of_message(msg: &str) -> Failure {
+        let refused = msg.contains("nothing was applied") || msg.contains("nothing was restored");
+        let retry = [
+            " is stale: ",
+            "database is locked",
+            "database table is locked",
+        ]
+        .iter()
+        .any(|m| msg.contains(m));
+        if refused && !retry {
+            Failure::Deterministic
+        } else {
+            Failure::Transient
+        }
+    }
+}
+
+/// Records a failed session with the peer. A deterministic failure, or the
+/// error a full resync from the peer was started for coming back, marks the
+/// peer stuck (`lsync_peer_stuck`) instead of counting towards an
+/// escalation; otherwise a failed catch-up counts. Returns whether the peer
+/// is stuck: no resync will be started for this error.
+pub fn record_failure(
+    c: &Connection,
+    peer: &str,
+    error: &str,
+    failure: Failure,
+    failed_catch_up: bool,
+) -> R<bool> {
+    let again = peer_row(c, peer)?.resync_error.as_deref() == Some(error);
+    if failure == Failure::Deterministic || again {
+        c.query_row(
+            "SELECT lsync_peer_stuck(?1, ?2)",
+            params![peer, error],
+            |_| Ok(()),
+        )?;
+        return Ok(true);
+    }
+    record_error(c, peer, error, failed_catch_up)?;
+    Ok(false)
 }
 
 /// Applies a peer's changeset and advances its watermark in the same
@@ -283,6 +398,14 @@ pub struct PeerStatus {
     pub failures: i64,
     pub last_contact_ms: Option<i64>,
     pub last_error: Option<String>,
+    /// The error a full resync from the peer was started for, or that one
+    /// would hit again; cleared by a completed catch-up.
+    #[serde(default)]
+    pub resync_error: Option<String>,
+    /// The last error is `resync_error`: retrying goes on, escalating
+    /// stopped (see `record_failure`).
+    #[serde(default)]
+    pub stuck: bool,
 }
 
 /// The status document of `lsync_status`.
@@ -362,29 +485,106 @@ mod tests {
         assert!(check_claims(peer, b"LSYNCjunk", 9).is_err());
     }
 
+    fn hello(c: &Connection, peer: &str) -> (i64, bool, Option<String>) {
+        let h = peer_hello(c, peer, "x", 5).unwrap();
+        (h.recv_cursor, h.escalated, h.not_escalated)
+    }
+
     #[test]
     fn five_failed_catch_ups_escalate_to_a_full_resync() {
         let (dir, c) = temp_db();
         let peer = "01a20142-c196-70dc-8b46-cc82023ee619";
-        assert_eq!(peer_hello(&c, peer, "x", 5).unwrap(), (0, false));
+        assert_eq!(hello(&c, peer), (0, false, None));
         received(&c, peer, 42);
         for i in 0..5 {
-            assert_eq!(
-                peer_hello(&c, peer, "x", 5).unwrap(),
-                (42, false),
-                "attempt {i}"
-            );
+            assert_eq!(hello(&c, peer), (42, false, None), "attempt {i}");
             record_error(&c, peer, "boom", true).unwrap();
         }
         // The sixth session starts over from cursor 0, and the count resets.
-        assert_eq!(peer_hello(&c, peer, "x", 5).unwrap(), (0, true));
-        assert_eq!(peer_hello(&c, peer, "x", 5).unwrap(), (0, false));
+        assert_eq!(hello(&c, peer), (0, true, None));
+        assert_eq!(hello(&c, peer), (0, false, None));
         // Errors after a completed catch-up do not count.
         received(&c, peer, 7);
         for _ in 0..6 {
             record_error(&c, peer, "gone", false).unwrap();
         }
-        assert_eq!(peer_hello(&c, peer, "x", 5).unwrap(), (7, false));
+        assert_eq!(hello(&c, peer), (7, false, None));
+        drop(c);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// What a resync would hit again never counts, and a resync that ends
+    /// with the error it was started for is not started again: retrying
+    /// goes on from the watermark, and the peer reads as stuck.
+    #[test]
+    fn a_failure_a_resync_would_hit_again_never_escalates() {
+        let unique = "lsync_apply: inserting into 'tags': UNIQUE constraint failed: tags.name; \
+                      nothing was applied";
+        assert_eq!(Failure::of_message(unique), Failure::Deterministic);
+        let remote = format!("the peer reported: {unique}");
+        assert_eq!(Failure::of_message(&remote), Failure::Deterministic);
+        for transient in [
+            "lsync_apply: the changeset is stale: it was read before ...; nothing was applied",
+            "connection reset by peer",
+            "no message from the peer for 4s",
+            "database is locked",
+        ] {
+            assert_eq!(
+                Failure::of_message(transient),
+                Failure::Transient,
+                "{transient}"
+            );
+        }
+        let corrupt = StoreError::Corrupt("the peer's changeset: bad magic".into());
+        assert_eq!(Failure::of(&corrupt), Failure::Deterministic);
+
+        let (dir, c) = temp_db();
+        let peer = "01a20142-c196-70dc-8b46-cc82023ee619";
+        let status = |c: &Connection| peer_row(c, peer).unwrap();
+        assert_eq!(hello(&c, peer), (0, false, None));
+        received(&c, peer, 42);
+        // A deterministic failure, however often: no count, stuck at once.
+        for _ in 0..7 {
+            assert_eq!(hello(&c, peer), (42, false, None));
+            assert!(record_failure(&c, peer, unique, Failure::Deterministic, true).unwrap());
+        }
+        let s = status(&c);
+        assert_eq!((s.failures, s.stuck), (0, true));
+        assert_eq!(s.resync_error.as_deref(), Some(unique));
+        assert_eq!(s.last_error.as_deref(), Some(unique));
+
+        // A completed catch-up clears it.
+        c.query_row("SELECT lsync_peer_received(?1, 50, 1)", [peer], |_| Ok(()))
+            .unwrap();
+        let s = status(&c);
+        assert_eq!((s.failures, s.stuck, s.resync_error), (0, false, None));
+
+        // A transient failure counts, and escalates once...
+        for _ in 0..5 {
+            assert!(!record_failure(&c, peer, "boom", Failure::Transient, true).unwrap());
+        }
+        assert!(!status(&c).stuck);
+        assert_eq!(hello(&c, peer), (0, true, None));
+        assert_eq!(status(&c).resync_error.as_deref(), Some("boom"));
+        // ... and when the resync ends with the same error, the peer is
+        // stuck rather than counting towards another resync.
+        assert!(record_failure(&c, peer, "boom", Failure::Transient, true).unwrap());
+        let s = status(&c);
+        assert_eq!((s.failures, s.stuck), (0, true));
+        // Other failures of the resync count, but start no second one while
+        // the first has not completed a catch-up.
+        for _ in 0..6 {
+            assert!(!record_failure(&c, peer, "reset", Failure::Transient, true).unwrap());
+        }
+        received(&c, peer, 30);
+        assert_eq!(hello(&c, peer), (30, false, Some("boom".into())));
+        assert!(!status(&c).stuck);
+
+        // The bookkeeping lives in the database: a new connection sees it.
+        drop(c);
+        let c = open(&dir.join("t.db")).unwrap();
+        assert_eq!(status(&c).resync_error.as_deref(), Some("boom"));
+        assert_eq!(hello(&c, peer), (30, false, Some("boom".into())));
         drop(c);
         let _ = std::fs::remove_dir_all(dir);
     }

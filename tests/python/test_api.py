@@ -35,6 +35,7 @@ EXPECTED_FUNCTIONS = sorted(
         "lsync_peer_error",
         "lsync_peer_received",
         "lsync_peer_reset",
+        "lsync_peer_stuck",
         "lsync_prune",
         "lsync_restore",
         "lsync_schema_fingerprint",

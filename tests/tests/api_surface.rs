@@ -29,6 +29,7 @@ const FUNCTIONS: &[&str] = &[
     "lsync_peer_error",
     "lsync_peer_received",
     "lsync_peer_reset",
+    "lsync_peer_stuck",
     "lsync_prune",
     "lsync_restore",
     "lsync_schema_fingerprint",

@@ -82,6 +82,75 @@ fn a_peers_row_records_contact_cursors_and_failures() {
 }
 
 /// The received cursor moves with the apply: rolled back together.
+/// A failure a full resync would hit again: the peer reads as stuck until a
+/// catch-up completes; a reset remembers the error it was for.
+#[test]
+fn a_stuck_peer_and_the_error_of_its_resync() {
+    let dir = TempDir::new();
+    let c = open(&dir.db());
+    use rusqlite::types::Value::{Integer, Null};
+    assert_eq!(call(&c, "SELECT lsync_peer_stuck(?1, 'x')", [PEER]), Null);
+    call(&c, "SELECT lsync_peer_contact(?1, NULL)", [PEER]);
+    let p = peer(&c, PEER);
+    assert_eq!(
+        (&p["stuck"], &p["resync_error"]),
+        (&Json::Bool(false), &Json::Null)
+    );
+    let unique = "UNIQUE constraint failed: tags.name; nothing was applied";
+    assert_eq!(
+        call(&c, "SELECT lsync_peer_stuck(?1, ?2)", params![PEER, unique]),
+        Integer(0)
+    );
+    let p = peer(&c, PEER);
+    assert_eq!(p["stuck"], true);
+    assert_eq!(
+        (p["last_error"].as_str(), p["resync_error"].as_str()),
+        (Some(unique), Some(unique))
+    );
+    // Another error is not the one a resync would hit again.
+    call(&c, "SELECT lsync_peer_error(?1, 'reset', 1)", [PEER]);
+    assert_eq!(peer(&c, PEER)["stuck"], false);
+    call(&c, "SELECT lsync_peer_received(?1, 3, 1)", [PEER]);
+    let p = peer(&c, PEER);
+    assert_eq!(
+        (&p["stuck"], &p["resync_error"], &p["last_error"]),
+        (&Json::Bool(false), &Json::Null, &Json::Null)
+    );
+    // A reset keeps the error it was for.
+    call(&c, "SELECT lsync_peer_error(?1, 'boom', 1)", [PEER]);
+    call(&c, "SELECT lsync_peer_reset(?1)", [PEER]);
+    assert_eq!(peer(&c, PEER)["resync_error"], "boom");
+    assert_eq!(peer(&c, PEER)["stuck"], true);
+}
+
+/// A database made before `resync_error` (schema version 5) reads as before
+/// and gains the column on its first write.
+#[test]
+fn an_older_peers_table_is_upgraded() {
+    let dir = TempDir::new();
+    let c = open(&dir.db());
+    call(&c, "SELECT lsync_peer_contact(?1, NULL)", [PEER]);
+    c.execute_batch(
+        "ALTER TABLE lsync_peers DROP COLUMN resync_error;
+         UPDATE lsync_config SET value = 5 WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    drop(c);
+    let c = open(&dir.db());
+    let p = peer(&c, PEER);
+    assert_eq!(
+        (&p["stuck"], &p["resync_error"]),
+        (&Json::Bool(false), &Json::Null)
+    );
+    call(&c, "SELECT lsync_peer_stuck(?1, 'x')", [PEER]);
+    assert_eq!(peer(&c, PEER)["resync_error"], "x");
+    let version: i64 = scalar(
+        &c,
+        "SELECT value FROM lsync_config WHERE key = 'schema_version'",
+    );
+    assert_eq!(version, 6);
+}
+
 #[test]
 fn the_received_cursor_is_part_of_the_callers_transaction() {
     let dir = TempDir::new();

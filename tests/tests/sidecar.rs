@@ -1258,3 +1258,112 @@ fn retries_back_off_exponentially_up_to_the_cap() {
         6,
     );
 }
+
+// ---------------------------------------------------------------------------
+// 11. No resync loops
+// ---------------------------------------------------------------------------
+
+/// A database in `library` (a new one when `None`) with one shared table
+/// whose `name` is UNIQUE, holding a tag named 'red'.
+fn red_tag_db(dir: &std::path::Path, name: &str, library: Option<&str>) -> (PathBuf, Connection) {
+    let path = dir.join(format!("{name}.db"));
+    let c = open(&path);
+    if let Some(l) = library {
+        join_library(&c, l);
+    }
+    c.execute_batch(
+        "CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT UNIQUE);
+         SELECT lsync_track('tags', 'shared');
+         INSERT INTO tags(name) VALUES ('red');",
+    )
+    .unwrap();
+    (path, c)
+}
+
+/// Issue 11, rule 3: an apply that fails for a reason a resync would hit
+/// again (here a UNIQUE collision: both sides made a tag 'red') never
+/// escalates to a full resync over and over. The peer reads as stuck in
+/// `lsync status`, retrying goes on, and once the user removes the clashing
+/// row the change gets through.
+#[test]
+fn an_apply_that_would_fail_again_does_not_loop_through_full_resyncs() {
+    let dir = TempDir::new();
+    let secret = new_secret(dir.path(), "secret");
+    let (a_db, a) = red_tag_db(dir.path(), "a", None);
+    let (b_db, b) = red_tag_db(dir.path(), "b", Some(&library_id(&a)));
+    let a_id = device_id(&a);
+    let fast = [
+        "--heartbeat-ms",
+        "200",
+        FAST_RETRY[0],
+        FAST_RETRY[1],
+        FAST_RETRY[2],
+        FAST_RETRY[3],
+    ];
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &secret, &[], &fast);
+    let node_b = Sidecar::start(dir.path(), "B", &b_db, &secret, &[node_a.addr()], &fast);
+    let nodes = [&node_a, &node_b];
+
+    // B reports A as stuck, with the apply's error.
+    let a_at_b = || {
+        let s = lsync_status(&b_db);
+        s["peers"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["device_id"] == a_id.as_str()).cloned())
+            .unwrap_or_default()
+    };
+    wait_for(
+        "B's status shows A stuck on the UNIQUE error",
+        &nodes,
+        || {
+            let p = a_at_b();
+            p["stuck"] == true
+                && p["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("UNIQUE constraint failed"))
+                && p["resync_error"] == p["last_error"]
+        },
+    );
+    // Enough failed sessions to escalate twice (5 each) if they counted...
+    let stuck = "not escalating: a resync would fail again";
+    wait_for_within(
+        "B fails 12 sessions",
+        &nodes,
+        Duration::from_secs(60),
+        || occurrences(&node_b.log(), stuck) >= 12,
+    );
+    // ... start at most one full resync on each side (none: they never
+    // count; one if they did, and the resync then ends the same way).
+    let at_most_one_resync = || {
+        for n in nodes {
+            let log = n.all_logs();
+            let escalations = occurrences(&log, "escalating to a full resync");
+            assert!(
+                escalations <= 1,
+                "{}: {escalations} escalations to a full resync:\n{log}",
+                n.name
+            );
+        }
+    };
+    at_most_one_resync();
+    let s = lsync_status(&b_db);
+    assert!(
+        peer_entry(&s, &a_id)["failures"].as_i64() < Some(5),
+        "deterministic failures do not count towards an escalation: {s}"
+    );
+
+    // The user removes B's clashing tag: the sessions, still retrying, get
+    // A's tag through, and the stuck state clears.
+    b.execute("DELETE FROM tags WHERE name = 'red'", [])
+        .unwrap();
+    let tags = |c: &Connection| query_rows(c, "SELECT uuid, name FROM tags ORDER BY uuid");
+    wait_for("B holds A's tag 'red', and A only it", &nodes, || {
+        let t = tags(&a);
+        t.len() == 1 && tags(&b) == t
+    });
+    wait_for("B's status no longer shows A stuck", &nodes, || {
+        let p = a_at_b();
+        p["stuck"] == false && p["last_error"].is_null() && p["resync_error"].is_null()
+    });
+    at_most_one_resync();
+}

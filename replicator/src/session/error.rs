@@ -8,7 +8,7 @@ use rusqlite::Connection;
 
 use crate::protocol::ProtoError;
 use crate::snapshot::SnapError;
-use crate::store::{self, StoreError};
+use crate::store::{self, Failure, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -26,6 +26,20 @@ pub enum SessionError {
     Internal(String),
     #[error(transparent)]
     DbGone(#[from] crate::dbfile::Gone),
+}
+
+impl SessionError {
+    /// Whether a full resync from the peer could get past this failure.
+    /// The peer's report of its own failure counts as deterministic when
+    /// the peer refused our changes: a resync from it changes what we
+    /// apply, never what it does.
+    pub(crate) fn failure(&self) -> Failure {
+        match self {
+            SessionError::Store(e) => Failure::of(e),
+            SessionError::Remote(m) | SessionError::Refused(m) => Failure::of_message(m),
+            _ => Failure::Transient,
+        }
+    }
 }
 
 impl From<SnapError> for SessionError {

@@ -113,15 +113,19 @@ where
         head: peer_head,
     } = peer;
     let (peer, a) = (device_id.clone(), addr.clone());
-    let (recv_cursor, escalated, version) = blocking(&conn, move |c| {
-        let (cursor, escalated) = store::peer_hello(c, &peer, &a, ESCALATE_AFTER)?;
-        Ok((cursor, escalated, store::data_version(c)?))
+    let (hello, version) = blocking(&conn, move |c| {
+        let hello = store::peer_hello(c, &peer, &a, ESCALATE_AFTER)?;
+        Ok((hello, store::data_version(c)?))
     })
     .await?;
-    if escalated {
+    let recv_cursor = hello.recv_cursor;
+    if hello.escalated {
         warn!(
             "{ESCALATE_AFTER} consecutive failed catch-ups: escalating to a full resync from this peer"
         );
+    }
+    if let Some(e) = &hello.not_escalated {
+        warn!("{ESCALATE_AFTER} consecutive failed catch-ups, but not escalating again: a full resync from this peer already ended with: {e}");
     }
     if peer_head < recv_cursor {
         // The same device cannot forget changes it already sent us: this is
@@ -188,10 +192,16 @@ where
                 .await;
         }
         let (peer, msg, failed) = (s.peer.clone(), e.to_string(), !s.caught_up_once);
-        let _ = blocking(&s.conn, move |c| {
-            store::record_error(c, &peer, &msg, failed)
+        let failure = e.failure();
+        let m = msg.clone();
+        let stuck = blocking(&s.conn, move |c| {
+            store::record_failure(c, &peer, &m, failure, failed)
         })
         .await;
+        if let Ok(true) = stuck {
+            // Retrying goes on (the user may fix the cause); escalating stops.
+            warn!("not escalating: a resync would fail again: {msg}");
+        }
     }
     result
 }
