@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{Framed, FramedParts, FramedWrite, LengthDelimitedCodec};
 
 /// Bumped on any incompatible change to the messages below.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -140,7 +140,7 @@ pub struct Sender<W> {
 
 /// The receiving half of an authenticated session.
 pub struct Receiver<Rd> {
-    frames: FramedRead<Rd, LengthDelimitedCodec>,
+    frames: Framed<Rd, LengthDelimitedCodec>,
     noise: std::sync::Arc<std::sync::Mutex<snow::TransportState>>,
     /// Bytes read off the wire so far (frames and their length prefixes).
     pub wire_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -190,10 +190,12 @@ where
     let noise = std::sync::Arc::new(std::sync::Mutex::new(transport));
     let parts = framed.into_parts();
     let (rd, wr) = tokio::io::split(parts.io);
-    let mut frames_in = FramedRead::new(rd, codec());
-    frames_in
-        .read_buffer_mut()
-        .extend_from_slice(&parts.read_buf);
+    // Bytes read past the handshake (the peer's first message, when both
+    // came in one read) must be decoded before the next read: built from
+    // parts with a non-empty buffer, the reader starts by decoding it.
+    let mut read_parts = FramedParts::new::<Bytes>(rd, codec());
+    read_parts.read_buf = parts.read_buf;
+    let frames_in = Framed::from_parts(read_parts);
     Ok((
         Sender {
             frames: FramedWrite::new(wr, codec()),
@@ -310,6 +312,34 @@ mod tests {
             rx.recv().await
         };
         tokio::join!(client, server)
+    }
+
+    /// The responder's first message can arrive in the same read as its
+    /// handshake reply (a busy initiator reads both at once). It must be
+    /// delivered at once, not when the next bytes or the peer's close come:
+    /// that held a joining peer's first hello back until the other side gave
+    /// up on the session (10 s).
+    #[tokio::test]
+    async fn a_message_read_with_the_handshake_is_delivered_at_once() {
+        let (x, y) = tokio::io::duplex(1 << 20);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let client = async move {
+            let (_tx, mut rx) = handshake(x, &[1; 32], true).await?;
+            let got = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+            let _ = done_tx.send(());
+            got.map_err(|_| ProtoError::Timeout)?
+        };
+        // Replies and sends without yielding, then keeps the stream open
+        // until the client is done.
+        let server = async move {
+            let (mut tx, _rx) = handshake(y, &[1; 32], false).await?;
+            tx.send(&Msg::Heartbeat, &[]).await?;
+            let _ = done_rx.await;
+            Ok::<_, ProtoError>(())
+        };
+        let (got, sent) = tokio::join!(client, server);
+        sent.unwrap();
+        assert_eq!(got.unwrap().0, Msg::Heartbeat);
     }
 
     #[tokio::test]
