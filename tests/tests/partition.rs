@@ -47,6 +47,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, sleep, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rand::rngs::StdRng;
+use rand::{Rng as _, RngExt, SeedableRng};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use lsync_tests::*;
@@ -76,36 +78,31 @@ const BUSY: f64 = 0.4;
 const NAMES: [&str; 3] = ["A", "B", "C"];
 
 // ---------------------------------------------------------------------------
-// A small seeded RNG (SplitMix64), so that a failing run can be repeated
-// as far as timing allows.
+// A seeded RNG (rand's StdRng), so that a failing run can be repeated as
+// far as timing allows.
 // ---------------------------------------------------------------------------
 
-#[derive(Clone)]
-struct Rng(u64);
+struct Rng(StdRng);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(StdRng::seed_from_u64(seed))
     }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.0.random_range(0..n)
         }
     }
     fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+        self.0.random_bool(p)
     }
     fn ms(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo + 1))
+        Duration::from_millis(self.0.random_range(lo..=hi))
     }
     /// A seed for another stream.
     fn fork(&mut self) -> Rng {

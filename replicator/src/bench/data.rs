@@ -2,6 +2,8 @@
 
 use std::collections::VecDeque;
 
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use uuid::Uuid;
 
 use crate::cli::UuidKind;
@@ -43,30 +45,6 @@ pub struct Dataset {
     pub updates: Vec<Update>,
 }
 
-/// SplitMix64: small, fast and good enough for synthetic data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// A non-negative i64 below `n` (n > 0).
-    fn int(&mut self, n: u64) -> i64 {
-        // n is at most a few billion here, so the cast is lossless.
-        self.below(n) as i64
-    }
-}
-
 fn new_uuid(kind: UuidKind) -> String {
     let u = match kind {
         UuidKind::V7 => Uuid::now_v7(),
@@ -81,7 +59,8 @@ fn new_uuid(kind: UuidKind) -> String {
 /// fresh table assigns (1..=rows). Also generates `rows / 10` (at least 1)
 /// updates of random ids.
 pub fn generate(rows: usize, kind: UuidKind) -> Dataset {
-    let mut rng = Rng(0x1bad_5eed_0ddb_a110);
+    // Seeded: every run generates the same tree.
+    let mut rng = StdRng::seed_from_u64(0x1bad_5eed_0ddb_a110);
     let locations = (1..=LOCATIONS)
         .map(|k| Location {
             uuid: new_uuid(kind),
@@ -98,19 +77,19 @@ pub fn generate(rows: usize, kind: UuidKind) -> Dataset {
         let (parent_id, location) = if i < LOCATIONS || recent_dirs.is_empty() {
             (None, (i % LOCATIONS) as u8 + 1)
         } else {
-            let pick = rng.below(recent_dirs.len() as u64) as usize;
+            let pick = rng.random_range(0..recent_dirs.len());
             let parent = recent_dirs[pick];
             (Some(parent), location_of[(parent - 1) as usize])
         };
-        let is_dir = parent_id.is_none() || rng.below(DIR_EVERY) == 0;
-        let suffix = rng.below(1 << 20);
+        let is_dir = parent_id.is_none() || rng.random_range(0..DIR_EVERY) == 0;
+        let suffix = rng.random_range(0..1u32 << 20);
         let (kind_value, name, size) = if is_dir {
             (KIND_DIR, format!("d{i:09}-{suffix:05x}.dir"), 4096)
         } else {
             (
                 KIND_FILE,
                 format!("f{i:09}-{suffix:05x}.dat"),
-                rng.int(1 << 32),
+                rng.random_range(0..1i64 << 32),
             )
         };
         if is_dir {
@@ -127,16 +106,16 @@ pub fn generate(rows: usize, kind: UuidKind) -> Dataset {
             name,
             size,
             kind: kind_value,
-            mtime: base_mtime + rng.int(100_000_000),
+            mtime: base_mtime + rng.random_range(0..100_000_000i64),
         });
     }
 
     let n_updates = (rows / 10).max(1);
     let updates = (0..n_updates)
         .map(|_| Update {
-            id: 1 + rng.int(rows as u64),
-            size: rng.int(1 << 32),
-            mtime: base_mtime + 100_000_000 + rng.int(1_000_000),
+            id: 1 + rng.random_range(0..rows as i64),
+            size: rng.random_range(0..1i64 << 32),
+            mtime: base_mtime + 100_000_000 + rng.random_range(0..1_000_000i64),
         })
         .collect();
 
