@@ -119,3 +119,33 @@ CREATE TABLE IF NOT EXISTS lsync_parked(
   origin TEXT NOT NULL,
   PRIMARY KEY (tbl, uuid, col)
 ) WITHOUT ROWID;
+
+-- Quarantine: changes from peers that this database refused for a
+-- constraint (CHECK, NOT NULL, UNIQUE, an app trigger's RAISE), kept aside
+-- so that the rest of their changeset applies (docs/conflicts.md). `change`
+-- is the change itself as a one-change changeset, for retries; `data` its
+-- values as JSON (FK columns hold their target's global id; blobs as hex). Retried when
+-- a later changeset touches the row, its table, or a table it links to, and
+-- by lsync_conflict_retry(id); dropped by lsync_conflict_drop(id).
+CREATE TABLE IF NOT EXISTS lsync_quarantine(
+  id       INTEGER PRIMARY KEY,
+  tbl      TEXT NOT NULL,
+  uuid     ANY NOT NULL,
+  origin   TEXT NOT NULL,
+  hlc      INTEGER NOT NULL,
+  op       INTEGER NOT NULL,       -- 0 insert, 1 update, 2 delete
+  change   BLOB NOT NULL,
+  data     TEXT NOT NULL,
+  error    TEXT NOT NULL,
+  at       INTEGER NOT NULL,       -- unix ms, first refused
+  tried_at INTEGER NOT NULL,       -- unix ms, last refused
+  tries    INTEGER NOT NULL DEFAULT 1,
+  UNIQUE (tbl, uuid, origin, hlc, op)
+);
+
+-- The quarantine, readably.
+CREATE VIEW IF NOT EXISTS lsync_conflicts AS
+  SELECT id, tbl, uuid, origin, hlc,
+         CASE op WHEN 0 THEN 'insert' WHEN 1 THEN 'update' ELSE 'delete' END AS op,
+         data, error, at, tried_at, tries
+  FROM lsync_quarantine;

@@ -8,7 +8,9 @@ use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::sql::{Db, Value, DETERMINISTIC, DIRECTONLY, INNOCUOUS};
 use crate::track;
-use crate::{apply, bail, capture, changes, export, flush, restore, schema, snapshot, stability};
+use crate::{
+    apply, bail, capture, changes, export, flush, merge, restore, schema, snapshot, stability,
+};
 
 /// Registers everything on a connection. Called from the entry point.
 pub fn register(db: Db) -> Result<()> {
@@ -109,6 +111,17 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
         serde_json::to_string(&report)
             .map(Value::from)
             .map_err(|e| Error::msg(e.to_string()))
+    })?;
+
+    let c = conn.clone();
+    db.create_function("lsync_conflict_retry", 1, DIRECTONLY, move |db, args| {
+        let id = int_arg("lsync_conflict_retry", "id", &args[0])?;
+        apply::retry_conflict(db, &c, id).map(Value::from)
+    })?;
+    db.create_function("lsync_conflict_drop", 1, DIRECTONLY, |db, args| {
+        let id = int_arg("lsync_conflict_drop", "id", &args[0])?;
+        schema::ensure(db)?;
+        merge::drop_conflict(db, id).map(|()| Value::from(1))
     })?;
 
     for n in [1, 2, 3] {

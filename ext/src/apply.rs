@@ -166,6 +166,21 @@ pub fn apply_stream(
     Ok(total)
 }
 
+/// `lsync_conflict_retry(id)`: applies quarantined change `id` now, as
+/// an apply would; returns JSON `{"id", "applied", "error"}`. Refused
+/// again, it stays quarantined with the new error.
+pub fn retry_conflict(db: Db, conn: &Conn, id: i64) -> Result<String> {
+    schema::ensure(db)?;
+    let _off = CaptureOff::new(conn);
+    let tables = by_name(db)?;
+    let error = db.savepoint("lsync_retry", || {
+        flush::flush(db)?;
+        db.exec("PRAGMA defer_foreign_keys = ON")?;
+        merge::retry_conflict(db, &tables, id)
+    })?;
+    Ok(serde_json::json!({"id": id, "applied": error.is_none(), "error": error}).to_string())
+}
+
 /// The tracked tables by name.
 fn by_name(db: Db) -> Result<HashMap<Arc<str>, Table>> {
     Ok(catalog::load_all(db)?

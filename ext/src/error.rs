@@ -9,6 +9,16 @@ pub enum Error {
     /// SQLite refused a statement that lsync ran.
     #[error("lsync: {0}")]
     Sqlite(String),
+    /// SQLite refused a write for a constraint (UNIQUE, NOT NULL, CHECK,
+    /// FOREIGN KEY, or a trigger's `RAISE`): the data, not the database,
+    /// is at fault, so the change is quarantined rather than retried.
+    #[error("{full}")]
+    Constraint {
+        /// The whole message, as for any other error.
+        full: String,
+        /// What was refused and why, for the quarantine.
+        cause: String,
+    },
 }
 
 impl Error {
@@ -17,6 +27,40 @@ impl Error {
         match self {
             Error::Msg(m) => m.strip_prefix("lsync: ").unwrap_or(m),
             Error::Sqlite(m) => m,
+            Error::Constraint { full, .. } => full.strip_prefix("lsync: ").unwrap_or(full),
+        }
+    }
+
+    /// A constraint failure of a statement, as SQLite words it.
+    pub fn constraint(msg: String) -> Error {
+        Error::Constraint {
+            full: format!("lsync: {msg}"),
+            cause: msg,
+        }
+    }
+
+    pub fn is_constraint(&self) -> bool {
+        matches!(self, Error::Constraint { .. })
+    }
+
+    /// What was refused and why, without the wrapping of an apply.
+    pub fn cause(&self) -> &str {
+        match self {
+            Error::Constraint { cause, .. } => cause,
+            other => other.detail(),
+        }
+    }
+
+    /// An error of `lsync_apply` while it did `action` (e.g. "inserting
+    /// into 'tags'"); a constraint failure stays one.
+    pub fn in_apply(self, action: &str) -> Error {
+        let full = format!("lsync_apply: {action}: {self}; nothing was applied");
+        match self {
+            Error::Constraint { cause, .. } => Error::Constraint {
+                full,
+                cause: format!("{action}: {cause}"),
+            },
+            _ => Error::Msg(full),
         }
     }
 

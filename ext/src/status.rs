@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::error::Result;
 use crate::peers::{self, has_table};
 use crate::sql::{Connection, Db, Value, DIRECTONLY, INNOCUOUS, OPEN_READONLY};
-use crate::{bail, schema, snapfile};
+use crate::{bail, merge, schema, snapfile};
 
 pub fn register(db: Db) -> Result<()> {
     db.create_function("lsync_head", 0, INNOCUOUS, |db, _| {
@@ -70,6 +70,11 @@ fn status(db: Db) -> Result<serde_json::Value> {
             "SELECT count(*) FROM lsync_clock WHERE uuid IS NOT NULL
                AND seq > coalesce((SELECT min(acked_cursor) FROM lsync_peers), 0)"
         )?,
+        "conflicts": if has_table(db, "lsync_quarantine")? {
+            merge::conflicts(db)?
+        } else {
+            0
+        },
         "peers": peers::rows(db, head, None)?,
     }))
 }

@@ -16,6 +16,8 @@ EXPECTED_FUNCTIONS = sorted(
         "lsync_capturing",
         "lsync_changeset",
         "lsync_changeset_info",
+        "lsync_conflict_drop",
+        "lsync_conflict_retry",
         "lsync_debug",
         "lsync_debug_set_device_id",
         "lsync_deny_owned",

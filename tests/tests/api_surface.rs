@@ -10,6 +10,8 @@ const FUNCTIONS: &[&str] = &[
     "lsync_capturing",
     "lsync_changeset",
     "lsync_changeset_info",
+    "lsync_conflict_drop",
+    "lsync_conflict_retry",
     "lsync_debug",
     "lsync_debug_set_device_id",
     "lsync_deny_owned",

@@ -1507,7 +1507,7 @@ fn null_and_non_blob_arguments_are_refused() {
 // ---------------------------------------------------------- atomic apply
 
 #[test]
-fn a_failing_change_leaves_nothing_of_the_changeset() {
+fn a_refused_change_leaves_nothing_of_itself_and_the_rest_applies() {
     let (_dir, [a, b]) = peers();
     // B has a rule A lacks: entry names are unique.
     b.execute_batch(
@@ -1532,31 +1532,20 @@ fn a_failing_change_leaves_nothing_of_the_changeset() {
     assert_eq!(info(&a, &bad)["count"], 4);
     assert_eq!(info(&a, &changeset(&a, cur).0)["count"], 1);
 
-    // `refused` compares every table and all metadata: B's own pending
-    // captures (its rows above the high-water mark) are left as they are.
-    let err = refused(&b, &bad, "UNIQUE");
-    assert!(err.contains("entries"), "{err}");
-    assert_eq!(rowid(&b, "entries", "X"), None);
-
-    // Inside the caller's transaction: the caller's own writes survive the
-    // failed apply, and the changeset leaves nothing.
-    b.execute_batch("BEGIN; INSERT INTO tags(uuid, name) VALUES ('BT', 'mine');")
-        .unwrap();
-    let err = apply_error(&b, &bad);
-    assert!(err.contains("UNIQUE"), "{err}");
-    // Also when the apply runs inside the caller's write statement.
+    // Inside the caller's write statement SQLite allows no savepoint, so
+    // the refused change cannot be set aside: the whole apply fails and
+    // leaves nothing (`refused` compares every table and all metadata; B's
+    // own pending captures are left as they are).
     b.execute("CREATE TABLE apply_log(report TEXT)", [])
         .unwrap();
+    let before = tables_and_metadata(&b);
     let err = match b.execute("INSERT INTO apply_log SELECT lsync_apply(?1)", [&bad]) {
         Ok(_) => panic!("applied a changeset that cannot apply"),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains("UNIQUE"), "{err}");
-    b.execute_batch("COMMIT").unwrap();
-    assert_eq!(query_rows(&b, "SELECT uuid FROM tags"), [["BT"]]);
+    assert!(err.contains("UNIQUE") && err.contains("entries"), "{err}");
+    assert_eq!(tables_and_metadata(&b), before);
     assert_eq!(count(&b, "apply_log"), 0);
-    assert_eq!(rowid(&b, "entries", "X"), None);
-    assert_eq!(rowid(&b, "locations", "L1"), None);
 
     // A successful apply rolled back by the caller leaves nothing either.
     flush(&b);
@@ -1565,9 +1554,34 @@ fn a_failing_change_leaves_nothing_of_the_changeset() {
     assert_eq!(n(&apply(&b, &good), "applied"), 3);
     b.execute_batch("ROLLBACK").unwrap();
     assert_eq!(tables_and_metadata(&b), before);
-    // ... and it can then be applied for real.
-    assert_eq!(n(&apply(&b, &good), "applied"), 3);
+
+    // Inside the caller's transaction: the caller's own writes survive,
+    // the refused change is quarantined and leaves nothing of itself, and
+    // the rest of the changeset applies.
+    b.execute_batch("BEGIN; INSERT INTO tags(uuid, name) VALUES ('BT', 'mine');")
+        .unwrap();
+    let report = apply(&b, &bad);
+    assert_eq!(
+        (n(&report, "applied"), n(&report, "quarantined")),
+        (3, 1),
+        "{report}"
+    );
+    b.execute_batch("COMMIT").unwrap();
+    assert_eq!(query_rows(&b, "SELECT uuid FROM tags"), [["BT"]]);
+    assert_eq!(rowid(&b, "entries", "Z"), None);
     assert!(rowid(&b, "entries", "Y").is_some());
+    assert!(rowid(&b, "locations", "L1").is_some());
+    let q = query_rows(&b, "SELECT tbl, uuid, op, error FROM lsync_conflicts");
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0][..3], ["entries", "Z", "insert"]);
+    assert!(
+        q[0][3].contains("UNIQUE constraint failed: entries.name"),
+        "{q:?}"
+    );
+    assert!(
+        changes(&b, 0).iter().all(|c| c.pk_text() != "Z"),
+        "B relays only what it applied"
+    );
 }
 
 // ------------------------------------- table and column names (issue 9)

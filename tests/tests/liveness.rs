@@ -99,11 +99,16 @@ fn a_snapshot_that_fails_to_restore_is_discarded_for_changesets() {
     let (b_db, b) = library_db(dir.path(), "b");
     add_tag(&a, "red", "#f00");
     let a_dup = add_tag(&a, "dup", "#a00");
-    // B has data of its own, so the snapshot is merged, and B's app keeps
-    // tag names unique: A's "dup" collides with B's.
-    b.execute_batch("CREATE UNIQUE INDEX tags_name ON tags(name)")
-        .unwrap();
+    // B has data of its own, so the snapshot is merged, and an app trigger
+    // at B fails on a new tag named "dup" with an error that is not a
+    // constraint (a refused change would be quarantined instead): the
+    // restore of A's snapshot fails, whole.
     add_tag(&b, "dup", "#b00");
+    b.execute_batch(
+        "CREATE TRIGGER tags_dup BEFORE INSERT ON tags WHEN NEW.name = 'dup'
+         BEGIN SELECT json('not json'); END",
+    )
+    .unwrap();
     let node_a = Sidecar::start(
         dir.path(),
         "A",
@@ -134,7 +139,10 @@ fn a_snapshot_that_fails_to_restore_is_discarded_for_changesets() {
     let failure = &s["snapshot_failures"][0];
     assert_eq!(failure["peer"], device_id(&a).as_str(), "{s}");
     assert!(
-        failure["error"].as_str().unwrap().contains("UNIQUE"),
+        failure["error"]
+            .as_str()
+            .unwrap()
+            .contains("malformed JSON"),
         "{failure}"
     );
     let text = Command::new(lsync_bin())

@@ -1275,25 +1275,30 @@ fn red_tag_db(dir: &std::path::Path, name: &str, library: Option<&str>) -> (Path
         join_library(&c, l);
     }
     c.execute_batch(
-        "CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT UNIQUE);
+        "CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
          SELECT lsync_track('tags', 'shared');
-         INSERT INTO tags(name) VALUES ('red');",
+         INSERT INTO tags(name) VALUES ('red');
+         CREATE TRIGGER no_second_red BEFORE INSERT ON tags WHEN NEW.name = 'red'
+         BEGIN SELECT json('not json'); END;",
     )
     .unwrap();
     (path, c)
 }
 
 /// Issue 11, rule 3: an apply that fails for a reason a resync would hit
-/// again (here a UNIQUE collision: both sides made a tag 'red') never
-/// escalates to a full resync over and over. The peer reads as stuck in
-/// `lsync status`, retrying goes on, and once the user removes the clashing
-/// row the change gets through.
+/// again (here an app trigger that fails on a second tag 'red' with an
+/// error that is not a constraint, so the change cannot be quarantined)
+/// never escalates to a full resync over and over. The peer reads as stuck
+/// in `lsync status`, retrying goes on, and once the user removes the
+/// trigger the change gets through.
 #[test]
 fn an_apply_that_would_fail_again_does_not_loop_through_full_resyncs() {
     let dir = TempDir::new();
     let secret = new_secret(dir.path(), "secret");
     let (a_db, a) = red_tag_db(dir.path(), "a", None);
     let (b_db, b) = red_tag_db(dir.path(), "b", Some(&library_id(&a)));
+    // Only B refuses a second 'red'.
+    a.execute("DROP TRIGGER no_second_red", []).unwrap();
     let a_id = device_id(&a);
     let fast = [
         "--heartbeat-ms",
@@ -1316,14 +1321,14 @@ fn an_apply_that_would_fail_again_does_not_loop_through_full_resyncs() {
             .unwrap_or_default()
     };
     wait_for(
-        "B's status shows A stuck on the UNIQUE error",
+        "B's status shows A stuck on the trigger's error",
         &nodes,
         || {
             let p = a_at_b();
             p["stuck"] == true
                 && p["last_error"]
                     .as_str()
-                    .is_some_and(|e| e.contains("UNIQUE constraint failed"))
+                    .is_some_and(|e| e.contains("malformed JSON"))
                 && p["resync_error"] == p["last_error"]
         },
     );
@@ -1355,14 +1360,13 @@ fn an_apply_that_would_fail_again_does_not_loop_through_full_resyncs() {
         "deterministic failures do not count towards an escalation: {s}"
     );
 
-    // The user removes B's clashing tag: the sessions, still retrying, get
-    // A's tag through, and the stuck state clears.
-    b.execute("DELETE FROM tags WHERE name = 'red'", [])
-        .unwrap();
+    // The user removes B's trigger: the sessions, still retrying, get A's
+    // tag through, and the stuck state clears.
+    b.execute("DROP TRIGGER no_second_red", []).unwrap();
     let tags = |c: &Connection| query_rows(c, "SELECT uuid, name FROM tags ORDER BY uuid");
-    wait_for("B holds A's tag 'red', and A only it", &nodes, || {
+    wait_for("A and B hold both tags 'red'", &nodes, || {
         let t = tags(&a);
-        t.len() == 1 && tags(&b) == t
+        t.len() == 2 && tags(&b) == t
     });
     wait_for("B's status no longer shows A stuck", &nodes, || {
         let p = a_at_b();

@@ -25,6 +25,10 @@ pub struct ApplyReport {
     pub parked: i64,
     /// FK lookup queries run (at most one per FK column).
     pub fk_queries: i64,
+    /// Changes refused for a constraint and set aside (`lsync_conflicts`).
+    pub quarantined: i64,
+    /// Quarantined changes of earlier applies that applied this time.
+    pub retried: i64,
 }
 
 impl ApplyReport {
@@ -38,6 +42,8 @@ impl ApplyReport {
         self.refused += r.refused;
         self.parked += r.parked;
         self.fk_queries += r.fk_queries;
+        self.quarantined += r.quarantined;
+        self.retried += r.retried;
     }
 }
 

@@ -10,6 +10,7 @@
 mod links;
 mod owned;
 mod park;
+mod quarantine;
 mod shared;
 mod write;
 
@@ -21,7 +22,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::catalog::{Mode, Table};
 use crate::clock::{code_of, Clock};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ident::qm;
 use crate::ids::{self, IdMap};
 use crate::sql::{Db, Stmt, Value};
@@ -32,12 +33,60 @@ use write::Run;
 /// A clock for LWW ordering: (HLC, origin device UUID).
 type Clk = (i64, Arc<str>);
 
+pub use quarantine::{count as conflicts, drop as drop_conflict, retry as retry_conflict};
+
 /// Merges one changeset's changes (the caller has checked it, and holds the
 /// savepoint); returns what it did.
+///
+/// A change that SQLite refuses for a constraint is quarantined: the merge
+/// is rolled back and run again without it, so the rest of the changeset
+/// applies. Nothing conflicts on the fast path, which costs one savepoint;
+/// each refused change costs one more pass. Inside a running statement no
+/// savepoint can be taken, and a refusal fails the whole merge instead.
 pub fn merge(db: Db, tables: HashMap<Arc<str>, Table>, cs: &Changeset) -> Result<ApplyReport> {
-    let mut a = Applier::new(db, tables)?;
-    a.run(cs)?;
-    Ok(a.report)
+    let mut refused: Vec<(usize, Error)> = Vec::new();
+    let a = loop {
+        let skip = refused.iter().map(|(i, _)| *i).collect();
+        let mut a = Applier::new(db, tables.clone(), skip)?;
+        match attempt(db, &mut a, cs) {
+            Ok(()) => break a,
+            Err(Attempt::Refused(i, e)) => refused.push((i, e)),
+            Err(Attempt::Failed(e)) => return Err(e),
+        }
+    };
+    let mut report = a.report;
+    report.retried += quarantine::retry_after(db, &tables, &a.touched)?;
+    for (i, e) in &refused {
+        quarantine::record(db, &tables, &cs.changes[*i], e)?;
+    }
+    report.quarantined += refused.len() as i64;
+    Ok(report)
+}
+
+/// Why one pass of a merge stopped.
+enum Attempt {
+    /// SQLite refused change `i` for a constraint; the pass left nothing.
+    Refused(usize, Error),
+    Failed(Error),
+}
+
+/// One pass of a merge in its own savepoint.
+fn attempt(db: Db, a: &mut Applier, cs: &Changeset) -> std::result::Result<(), Attempt> {
+    if db.exec("SAVEPOINT lsync_merge").is_err() {
+        // Inside a running statement: no savepoint, so nothing to quarantine with.
+        return a.run(cs).map_err(Attempt::Failed);
+    }
+    match a.run(cs) {
+        Ok(()) => db.exec("RELEASE lsync_merge").map_err(Attempt::Failed),
+        Err(e) => {
+            db.exec("ROLLBACK TO lsync_merge; RELEASE lsync_merge")
+                .map_err(Attempt::Failed)?;
+            match a.current {
+                Some(i) if e.is_constraint() => Err(Attempt::Refused(i, e)),
+                _ => Err(Attempt::Failed(e)),
+            }
+        }
+    }
 }
 
 /// What a table's policy makes of a change to a row that is here.
@@ -71,6 +120,11 @@ struct Applier {
     updates: HashMap<(i64, u64), Stmt>,
     reads: HashMap<(i64, u64), Stmt>,
     touched: HashSet<Arc<str>>,
+    /// Changes (by index in the changeset) this pass leaves out: refused
+    /// by an earlier pass, they are quarantined.
+    skip: HashSet<usize>,
+    /// The change being merged, to which an error belongs.
+    current: Option<usize>,
 }
 
 fn check_id(c: &Change) -> Result<()> {
@@ -84,7 +138,7 @@ fn check_id(c: &Change) -> Result<()> {
 }
 
 impl Applier {
-    fn new(db: Db, tables: HashMap<Arc<str>, Table>) -> Result<Applier> {
+    fn new(db: Db, tables: HashMap<Arc<str>, Table>, skip: HashSet<usize>) -> Result<Applier> {
         Ok(Applier {
             db,
             clock: Clock::open(db)?,
@@ -101,6 +155,8 @@ impl Applier {
             updates: HashMap::default(),
             reads: HashMap::default(),
             touched: HashSet::default(),
+            skip,
+            current: None,
         })
     }
 
@@ -140,7 +196,12 @@ impl Applier {
         let names: Vec<Arc<str>> = self.tables.keys().cloned().collect();
         let mut spelled: HashMap<&str, &str> = HashMap::default();
         let mut groups: HashMap<&str, Vec<&Change>> = HashMap::default();
-        for c in &cs.changes {
+        // Each grouped change's index in the changeset, in group order.
+        let mut index: HashMap<&str, Vec<usize>> = HashMap::default();
+        for (i, c) in cs.changes.iter().enumerate() {
+            if self.skip.contains(&i) {
+                continue;
+            }
             let name = match spelled.get(&*c.tbl) {
                 Some(name) => *name,
                 None => {
@@ -155,6 +216,7 @@ impl Applier {
                 }
             };
             groups.entry(name).or_default().push(c);
+            index.entry(name).or_default().push(i);
         }
         let order = parents_first(&self.tables);
         for name in &order {
@@ -163,8 +225,11 @@ impl Applier {
             };
             let t = self.tables[name].clone();
             self.prepare_table(&t, list, &groups)?;
-            for c in list.iter().filter(|c| c.op != Op::Delete) {
-                self.upsert(&t, c)?;
+            for (c, i) in list.iter().zip(&index[&**name]) {
+                if c.op != Op::Delete {
+                    self.current = Some(*i);
+                    self.upsert(&t, c)?;
+                }
             }
         }
         // Children before parents, so FK checks see a consistent state.
@@ -173,10 +238,14 @@ impl Applier {
                 continue;
             };
             let t = self.tables[name].clone();
-            for c in list.iter().filter(|c| c.op == Op::Delete) {
-                self.delete(&t, c)?;
+            for (c, i) in list.iter().zip(&index[&**name]) {
+                if c.op == Op::Delete {
+                    self.current = Some(*i);
+                    self.delete(&t, c)?;
+                }
             }
         }
+        self.current = None;
         self.end_run()?;
         let all: Vec<Table> = self.tables.values().cloned().collect();
         self.report.resolved += fk::resolve(self.db, &all)?;

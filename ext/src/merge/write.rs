@@ -8,7 +8,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::Applier;
 use crate::catalog::Table;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ident::{q, qm};
 use crate::sql::{Stmt, Value};
 
@@ -59,12 +59,7 @@ impl Applier {
             ))
         })?;
         let r = stmt.run_borrowed(std::iter::once(pk).chain(vals.iter().map(|(_, v)| v.as_ref())));
-        r.map_err(|e| {
-            Error::msg(format!(
-                "lsync_apply: inserting into '{}': {e}; nothing was applied",
-                t.name
-            ))
-        })?;
+        r.map_err(|e| e.in_apply(&format!("inserting into '{}'", t.name)))?;
         Ok(db.last_insert_rowid())
     }
 
@@ -119,12 +114,7 @@ impl Applier {
         })?;
         let rid = Value::Integer(rid);
         stmt.run_borrowed(std::iter::once(&rid).chain(changed.iter().map(|(_, v)| v.as_ref())))
-            .map_err(|e| {
-                Error::msg(format!(
-                    "lsync_apply: updating '{}': {e}; nothing was applied",
-                    t.name
-                ))
-            })
+            .map_err(|e| e.in_apply(&format!("updating '{}'", t.name)))
     }
 
     pub(super) fn extend_run(

@@ -20,6 +20,17 @@ use crate::error::{Error, Result};
 
 const SQLITE_OK: c_int = 0;
 const SQLITE_ROW: c_int = 100;
+const SQLITE_CONSTRAINT: c_int = 19;
+
+/// An error from a statement's result code: constraint failures are told
+/// apart (the primary code is the low byte of an extended one).
+fn step_error(rc: c_int, msg: String) -> Error {
+    if rc & 0xff == SQLITE_CONSTRAINT {
+        Error::constraint(msg)
+    } else {
+        Error::Sqlite(msg)
+    }
+}
 const SQLITE_DONE: c_int = 101;
 const SQLITE_INTEGER: c_int = 1;
 const SQLITE_FLOAT: c_int = 2;
@@ -141,7 +152,7 @@ impl Db {
             unsafe { call!(free(err.cast::<c_void>())) };
             m
         };
-        Err(Error::Sqlite(msg))
+        Err(step_error(rc, msg))
     }
 
     /// Runs one statement with parameters, discarding any rows.
@@ -515,7 +526,7 @@ impl Stmt {
         match unsafe { call!(step(self.ptr)) } {
             SQLITE_ROW => Ok(true),
             SQLITE_DONE => Ok(false),
-            _ => Err(Error::Sqlite(self.db.errmsg())),
+            rc => Err(step_error(rc, self.db.errmsg())),
         }
     }
 

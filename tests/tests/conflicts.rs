@@ -1,0 +1,277 @@
+//! Constraint conflicts (issue 11): a change that SQLite refuses here is
+//! quarantined, never blocking. The rest of its changeset applies, the
+//! quarantine is visible (`lsync_conflicts`, `lsync_status`), retried when
+//! a later change touches its table, and a DBA can retry or drop it.
+//! Real `liblsync.so`, separate database files in one library.
+
+use lsync_tests::*;
+use rusqlite::Connection;
+use serde_json::Value as Json;
+
+/// Two databases with `schema` run on each (it tracks its own tables), the
+/// second joined to the first one's library.
+fn pair(schema: &str) -> (TempDir, Connection, Connection) {
+    let dir = TempDir::new();
+    let a = open(&dir.path().join("a.db"));
+    let b = open(&dir.path().join("b.db"));
+    a.execute_batch(schema).unwrap();
+    b.execute_batch(schema).unwrap();
+    join_library(&b, &library_id(&a));
+    (dir, a, b)
+}
+
+/// Everything `from` has after `since`, applied at `to`; the report.
+fn send(from: &Connection, to: &Connection, since: i64) -> Json {
+    let blob: Vec<u8> = from
+        .query_row("SELECT lsync_changeset(?1)", [since], |r| r.get(0))
+        .unwrap();
+    let report: String = to
+        .query_row("SELECT lsync_apply(?1)", [&blob], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("lsync_apply: {e}"));
+    serde_json::from_str(&report).unwrap()
+}
+
+fn n(report: &Json, key: &str) -> i64 {
+    report[key]
+        .as_i64()
+        .unwrap_or_else(|| panic!("report has no '{key}': {report}"))
+}
+
+/// The quarantine as (table, uuid, op, error), in id order.
+fn conflicts(c: &Connection) -> Vec<Vec<String>> {
+    query_rows(
+        c,
+        "SELECT tbl, uuid, op, error FROM lsync_conflicts ORDER BY id",
+    )
+}
+
+fn conflict_id(c: &Connection) -> i64 {
+    scalar(c, "SELECT min(id) FROM lsync_conflicts")
+}
+
+const RANGES: &str = "
+CREATE TABLE ranges(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT,
+  lo INTEGER, hi INTEGER, CHECK (lo <= hi));
+CREATE TABLE notes(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, body TEXT);
+SELECT lsync_track('ranges', 'shared');
+SELECT lsync_track('notes', 'shared');
+";
+
+/// Two edits, each valid where it was made, merge per column into a row
+/// the CHECK refuses: the refused change waits in the quarantine, the rest
+/// of its changeset applies, and a later edit that makes it fit brings it in.
+#[test]
+fn a_refused_change_waits_in_the_quarantine_and_the_rest_applies() {
+    let (_dir, a, b) = pair(RANGES);
+    a.execute_batch("INSERT INTO ranges(uuid, name, lo, hi) VALUES ('R', 'r', 1, 10)")
+        .unwrap();
+    send(&a, &b, 0);
+    let since = cursor(&a);
+    b.execute_batch("UPDATE ranges SET lo = 5 WHERE uuid = 'R'")
+        .unwrap();
+    a.execute_batch(
+        "UPDATE ranges SET hi = 3 WHERE uuid = 'R';
+         INSERT INTO notes(uuid, body) VALUES ('N', 'unrelated');",
+    )
+    .unwrap();
+    let report = send(&a, &b, since);
+    assert_eq!(n(&report, "quarantined"), 1, "{report}");
+    assert_eq!(n(&report, "applied"), 1, "{report}");
+    // The unrelated change arrived; the refused one left nothing.
+    assert_eq!(query_rows(&b, "SELECT body FROM notes"), [["unrelated"]]);
+    assert_eq!(query_rows(&b, "SELECT lo, hi FROM ranges"), [["5", "10"]]);
+    let q = conflicts(&b);
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0][..3], ["ranges", "R", "update"]);
+    assert!(q[0][3].contains("CHECK constraint failed"), "{q:?}");
+    assert_eq!(
+        query_rows(
+            &b,
+            "SELECT data, origin = lsync_device_id() FROM lsync_conflicts"
+        ),
+        [[r#"{"hi":3}"#, "0"]]
+    );
+    let status: Json =
+        serde_json::from_str(&scalar::<String>(&b, "SELECT lsync_status()")).unwrap();
+    assert_eq!(status["conflicts"], 1, "{status}");
+    // B does not relay what it has not applied.
+    let relayed: i64 = b
+        .query_row(
+            "SELECT lsync_changeset_info(lsync_changeset(0)) ->> 'count'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        relayed, 3,
+        "B's own edit, and A's row and note, not A's refused edit"
+    );
+
+    // Delivered again: still one entry, tried twice.
+    let again = send(&a, &b, since);
+    assert_eq!(n(&again, "quarantined"), 1, "{again}");
+    assert_eq!(
+        query_rows(&b, "SELECT count(*), max(tries) FROM lsync_conflicts"),
+        [["1", "2"]]
+    );
+
+    // A later change to the table that makes room retries it: A lowers lo
+    // after B's edit (so it wins), and hi = 3 then fits.
+    send(&b, &a, 0);
+    let since = cursor(&a);
+    a.execute_batch("UPDATE ranges SET lo = 0 WHERE uuid = 'R'")
+        .unwrap();
+    let report = send(&a, &b, since);
+    assert_eq!(n(&report, "retried"), 1, "{report}");
+    assert_eq!(query_rows(&b, "SELECT lo, hi FROM ranges"), [["0", "3"]]);
+    assert!(conflicts(&b).is_empty());
+    assert_eq!(
+        query_rows(&a, "SELECT lo, hi FROM ranges"),
+        query_rows(&b, "SELECT lo, hi FROM ranges")
+    );
+}
+
+/// An app trigger that says no, and a NOT NULL data column that one
+/// device lacks: each refused change is quarantined; `lsync_conflict_retry`
+/// and `lsync_conflict_drop` act on one entry.
+#[test]
+fn a_dba_retries_or_drops_a_quarantined_change() {
+    let (_dir, a, b) = pair(RANGES);
+    b.execute_batch(
+        "CREATE TRIGGER no_secrets BEFORE INSERT ON notes WHEN NEW.body LIKE 'secret%'
+         BEGIN SELECT RAISE(ABORT, 'no secrets here'); END;",
+    )
+    .unwrap();
+    a.execute_batch(
+        "INSERT INTO notes(uuid, body) VALUES ('S', 'secret plans');
+         INSERT INTO notes(uuid, body) VALUES ('P', 'public');",
+    )
+    .unwrap();
+    let report = send(&a, &b, 0);
+    assert_eq!(
+        (n(&report, "applied"), n(&report, "quarantined")),
+        (1, 1),
+        "{report}"
+    );
+    let q = conflicts(&b);
+    assert_eq!(q[0][..3], ["notes", "S", "insert"]);
+    assert!(q[0][3].contains("no secrets here"), "{q:?}");
+    let id = conflict_id(&b);
+
+    // Retried while the trigger still refuses: stays, with the error.
+    let r: Json = serde_json::from_str(&scalar::<String>(
+        &b,
+        &format!("SELECT lsync_conflict_retry({id})"),
+    ))
+    .unwrap();
+    assert_eq!(r["applied"], false, "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("no secrets here"),
+        "{r}"
+    );
+    assert_eq!(scalar::<i64>(&b, "SELECT tries FROM lsync_conflicts"), 2);
+
+    // The DBA lifts the rule and retries: it applies, as a peer's change
+    // (no echo as a local write), and leaves the quarantine.
+    b.execute_batch("DROP TRIGGER no_secrets").unwrap();
+    let before = cursor(&b);
+    let r: Json = serde_json::from_str(&scalar::<String>(
+        &b,
+        &format!("SELECT lsync_conflict_retry({id})"),
+    ))
+    .unwrap();
+    assert_eq!(r["applied"], true, "{r}");
+    assert_eq!(
+        query_rows(&b, "SELECT body FROM notes ORDER BY uuid"),
+        [["public"], ["secret plans"]]
+    );
+    assert!(conflicts(&b).is_empty());
+    let origin: i64 = b
+        .query_row(
+            "SELECT lsync_changeset_info(lsync_changeset(?1)) ->> 'count'",
+            [before],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(origin, 1, "the retried change is recorded once, to relay");
+    let relayed = changes(&b, before);
+    assert_eq!(relayed[0].origin, device_id(&a), "{relayed:?}");
+
+    // Drop: a NOT NULL column that only B has refuses A's row; dropped, it
+    // is gone for good.
+    b.execute_batch(
+        "CREATE TABLE strict(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, v TEXT NOT NULL);
+         SELECT lsync_track('strict', 'shared');",
+    )
+    .unwrap();
+    a.execute_batch(
+        "CREATE TABLE strict(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, v TEXT);
+         SELECT lsync_track('strict', 'shared');
+         INSERT INTO strict(uuid, v) VALUES ('V', NULL);",
+    )
+    .unwrap();
+    let since = cursor(&a) - 1;
+    let report = send(&a, &b, since);
+    assert_eq!(n(&report, "quarantined"), 1, "{report}");
+    let id = conflict_id(&b);
+    assert!(conflicts(&b)[0][3].contains("NOT NULL constraint failed"));
+    assert_eq!(
+        scalar::<i64>(&b, &format!("SELECT lsync_conflict_drop({id})")),
+        1
+    );
+    assert!(conflicts(&b).is_empty());
+    assert_eq!(count(&b, "strict"), 0);
+
+    // Ids that do not exist are errors that say where to look.
+    for f in ["lsync_conflict_retry", "lsync_conflict_drop"] {
+        let err = error_of(&b, &format!("SELECT {f}({id})"));
+        assert!(
+            err.contains("no quarantined change") && err.contains("lsync_conflicts"),
+            "{err}"
+        );
+    }
+}
+
+/// Two owners each hold a row with the same unique path: neither can
+/// change the other's row, so each side quarantines the other's, and
+/// everything else keeps flowing in both directions.
+#[test]
+fn a_unique_clash_between_owners_never_stops_replication() {
+    let schema = "
+        CREATE TABLE places(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, path TEXT UNIQUE);
+        CREATE TABLE notes(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, body TEXT);
+        SELECT lsync_track('places', 'device_owned');
+        SELECT lsync_track('notes', 'shared');";
+    let (_dir, a, b) = pair(schema);
+    a.execute_batch("INSERT INTO places(uuid, path) VALUES ('PA', '/music')")
+        .unwrap();
+    b.execute_batch("INSERT INTO places(uuid, path) VALUES ('PB', '/music')")
+        .unwrap();
+    let (ca, cb) = (cursor(&a), cursor(&b));
+    assert_eq!(n(&send(&a, &b, 0), "quarantined"), 1);
+    assert_eq!(n(&send(&b, &a, 0), "quarantined"), 1);
+    a.execute_batch("INSERT INTO notes(uuid, body) VALUES ('NA', 'from a')")
+        .unwrap();
+    b.execute_batch("INSERT INTO notes(uuid, body) VALUES ('NB', 'from b')")
+        .unwrap();
+    send(&a, &b, ca);
+    send(&b, &a, cb);
+    for c in [&a, &b] {
+        assert_eq!(
+            query_rows(c, "SELECT body FROM notes ORDER BY uuid"),
+            [["from a"], ["from b"]]
+        );
+        assert_eq!(conflicts(c).len(), 1);
+    }
+    // B's owner renames its row; the retry then brings it to A.
+    let cb = cursor(&b);
+    b.execute_batch("UPDATE places SET path = '/music-b' WHERE uuid = 'PB'")
+        .unwrap();
+    let report = send(&b, &a, cb);
+    assert_eq!(n(&report, "applied"), 1, "{report}");
+    assert!(conflicts(&a).is_empty(), "{:?}", conflicts(&a));
+    assert_eq!(
+        query_rows(&a, "SELECT uuid, path FROM places ORDER BY uuid"),
+        [["PA", "/music"], ["PB", "/music-b"]]
+    );
+}
