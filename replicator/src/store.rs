@@ -406,6 +406,12 @@ pub struct PeerStatus {
     /// stopped (see `record_failure`).
     #[serde(default)]
     pub stuck: bool,
+    /// We hold the peer's changes: its clock is ahead (see `held`).
+    #[serde(default)]
+    pub held: Option<crate::held::Hold>,
+    /// The peer holds our changes: our clock is ahead.
+    #[serde(default)]
+    pub held_by_peer: Option<crate::held::Hold>,
 }
 
 /// The status document of `lsync_status`.
