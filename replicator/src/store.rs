@@ -206,7 +206,8 @@ fn peer_row(c: &Connection, peer: &str) -> R<PeerStatus> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// The same changes would be refused again, so a full resync would hit
-    /// it again: a constraint, a schema mismatch, the drift guard, a
+    /// it again: a constraint, a schema mismatch, an HLC beyond every
+    /// clock (one only ahead for now is held, see `held`), a
     /// changeset that contradicts itself, another library. Never counts
     /// towards an escalation.
     Deterministic,
