@@ -104,7 +104,16 @@ CREATE TABLE IF NOT EXISTS lsync_peers(
   -- The error a full resync from the peer was started for, or that a
   -- resync would hit again: no (further) escalation until a catch-up
   -- completes. Added in schema version 6 (see schema.rs's migration).
-  resync_error TEXT
+  resync_error TEXT,
+  -- A peer whose clock is ahead is held, not failed (issue 11; schema
+  -- version 7): we hold its changes, its newest HLC being held_ahead_ms
+  -- ahead of our clock, until held_until_ms (unix ms, our clock); and it
+  -- holds ours, by its report, held_by_peer_ahead_ms and
+  -- held_by_peer_until_ms (its clock). Cleared by an apply and an ack.
+  held_ahead_ms         INTEGER,
+  held_until_ms         INTEGER,
+  held_by_peer_ahead_ms INTEGER,
+  held_by_peer_until_ms INTEGER
 );
 
 -- Column edits of shared rows that arrived before the row itself (changesets

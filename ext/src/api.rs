@@ -104,6 +104,10 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
         let blob = blob_arg("lsync_changeset_info", &args[0])?;
         export::info(db, &blob).map(Value::from)
     })?;
+    db.create_function("lsync_drift", 1, INNOCUOUS, |db, args| {
+        let blob = blob_arg("lsync_drift", &args[0])?;
+        apply::drift_of(db, &blob)
+    })?;
     let c = conn.clone();
     db.create_function("lsync_apply", 1, DIRECTONLY, move |db, args| {
         let blob = blob_arg("lsync_apply", &args[0])?;

@@ -17,8 +17,8 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use crate::catalog::{self, Table};
 use crate::conn::{CaptureOff, Conn};
 use crate::error::{Error, Result};
-use crate::sql::Db;
-use crate::{bail, flush, merge, schema, stability};
+use crate::sql::{Db, Value};
+use crate::{bail, flush, merge, peers, schema, stability};
 
 /// Turns triggers off for the apply when every trigger on the tables it
 /// touches is lsync's own (capture is off anyway): a trigger program per
@@ -61,16 +61,7 @@ impl Drop for TriggersOff {
 
 pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
     schema::ensure(db)?;
-    let cs = Changeset::decode(blob, schema::max_body(db))
-        .map_err(|e| Error::msg(format!("lsync_apply: {e}; nothing was applied")))?;
-    let library = schema::get_text(db, "library_id")?;
-    if cs.library_id != library {
-        bail!(
-            "lsync_apply: the changeset belongs to library {}, this database to library {library}; nothing was applied",
-            cs.library_id
-        );
-    }
-    check_schema(db, &cs)?;
+    let cs = checked(db, blob, "lsync_apply")?;
     check_drift(
         db,
         cs.changes.iter().map(|c| c.hlc).max(),
@@ -92,23 +83,39 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
     })
 }
 
+/// The changeset, decoded, if it belongs here: this library, and tables
+/// tracked here as it describes them.
+fn checked(db: Db, blob: &[u8], func: &str) -> Result<Changeset> {
+    let cs = Changeset::decode(blob, schema::max_body(db))
+        .map_err(|e| Error::msg(format!("{func}: {e}; nothing was applied")))?;
+    let library = schema::get_text(db, "library_id")?;
+    if cs.library_id != library {
+        bail!(
+            "{func}: the changeset belongs to library {}, this database to library {library}; nothing was applied",
+            cs.library_id
+        );
+    }
+    check_schema(db, &cs, func)?;
+    Ok(cs)
+}
+
 /// Each described table is tracked here (its name matched as SQLite
 /// matches names, without regard to letter case), described once, in the
 /// same mode, with columns that exist here, each named once. Statements are
 /// cached per table and column set and bind by position, so one table
 /// must have one column order in a changeset.
-fn check_schema(db: Db, cs: &Changeset) -> Result<()> {
+fn check_schema(db: Db, cs: &Changeset, func: &str) -> Result<()> {
     let mut described = HashSet::default();
     for d in &cs.tables {
         let Some(t) = catalog::load(db, &d.name)? else {
             bail!(
-                "lsync_apply: schema mismatch: table '{}' is not tracked here; nothing was applied",
+                "{func}: schema mismatch: table '{}' is not tracked here; nothing was applied",
                 d.name
             );
         };
         if !described.insert(t.id) {
             bail!(
-                "lsync_apply: schema mismatch: the changeset describes table '{}' twice; nothing was applied",
+                "{func}: schema mismatch: the changeset describes table '{}' twice; nothing was applied",
                 t.name
             );
         }
@@ -119,13 +126,13 @@ fn check_schema(db: Db, cs: &Changeset) -> Result<()> {
             .find(|c| !names.insert(c.to_ascii_lowercase()))
         {
             bail!(
-                "lsync_apply: schema mismatch: the changeset names column '{}.{c}' twice; nothing was applied",
+                "{func}: schema mismatch: the changeset names column '{}.{c}' twice; nothing was applied",
                 d.name
             );
         }
         if t.mode.as_str() != d.mode {
             bail!(
-                "lsync_apply: schema mismatch: '{}' is '{}' here but '{}' at the sender; nothing was applied",
+                "{func}: schema mismatch: '{}' is '{}' here but '{}' at the sender; nothing was applied",
                 d.name,
                 t.mode.as_str(),
                 d.mode
@@ -137,7 +144,7 @@ fn check_schema(db: Db, cs: &Changeset) -> Result<()> {
             .find(|c| !t.columns.iter().any(|x| **x == ***c))
         {
             bail!(
-                "lsync_apply: schema mismatch: column '{}.{c}' is missing here; nothing was applied",
+                "{func}: schema mismatch: column '{}.{c}' is missing here; nothing was applied",
                 d.name
             );
         }
@@ -189,6 +196,65 @@ fn by_name(db: Db) -> Result<HashMap<Arc<str>, Table>> {
         .collect())
 }
 
+/// How far a changeset's newest HLC is ahead of this device's clock, when
+/// that is more than `max_drift_ms`: the drift guard refuses it now and
+/// accepts it once the wall clock reaches `accept_at_ms` (unix ms).
+#[derive(Debug, serde::Serialize)]
+pub struct Drift {
+    pub max_hlc: i64,
+    pub ahead_ms: i64,
+    pub max_drift_ms: i64,
+    pub accept_at_ms: i64,
+}
+
+/// The drift of `max` beyond what this device accepts, or `None` when it is
+/// accepted now or is beyond every clock (refused for good: `check_drift`).
+pub fn drift(db: Db, max: Option<i64>) -> Result<Option<Drift>> {
+    let Some(max) = max.filter(|m| *m <= lsync_wire::hlc::MAX_ACCEPTED) else {
+        return Ok(None);
+    };
+    // Readers create nothing: before lsync's metadata exists, the default.
+    let drift_ms = if peers::has_table(db, "lsync_config")? {
+        schema::get_i64(db, "max_drift_ms")?.max(0)
+    } else {
+        schema::DEFAULT_MAX_DRIFT_MS
+    };
+    let wall = lsync_wire::hlc::wall();
+    let limit = wall.saturating_add(lsync_wire::hlc::from_millis(drift_ms as u64));
+    if max <= limit {
+        return Ok(None);
+    }
+    let (max_ms, wall_ms) = (
+        lsync_wire::hlc::millis(max) as i64,
+        lsync_wire::hlc::millis(wall) as i64,
+    );
+    Ok(Some(Drift {
+        max_hlc: max,
+        ahead_ms: max_ms - wall_ms,
+        max_drift_ms: drift_ms,
+        // The first millisecond at which `max <= limit` holds whatever its
+        // counter.
+        accept_at_ms: max_ms - drift_ms + 1,
+    }))
+}
+
+/// `lsync_drift(blob)`: the changeset's drift beyond what this device
+/// accepts now, as JSON, or NULL when the drift guard lets it through. A
+/// changeset `lsync_apply` refuses for another reason first (its library,
+/// its schema) gets that error.
+pub fn drift_of(db: Db, blob: &[u8]) -> Result<Value> {
+    if !peers::has_table(db, "lsync_config")? {
+        bail!("lsync_drift: this database has no library yet; nothing was applied");
+    }
+    let cs = checked(db, blob, "lsync_drift")?;
+    let Some(d) = drift(db, cs.changes.iter().map(|c| c.hlc).max())? else {
+        return Ok(Value::Null);
+    };
+    serde_json::to_string(&d)
+        .map(Value::from)
+        .map_err(|e| Error::msg(e.to_string()))
+}
+
 /// Refuses HLCs more than the allowed drift ahead of this device's clock;
 /// `func` and `what` name the caller and where the HLCs came from.
 pub fn check_drift(db: Db, max: Option<i64>, func: &str, what: &str) -> Result<()> {
@@ -204,16 +270,14 @@ pub fn check_drift(db: Db, max: Option<i64>, func: &str, what: &str) -> Result<(
             lsync_wire::hlc::to_text(lsync_wire::hlc::MAX_ACCEPTED)
         );
     }
-    let drift_ms = schema::get_i64(db, "max_drift_ms")?.max(0);
-    let wall = lsync_wire::hlc::wall();
-    let limit = wall.saturating_add(lsync_wire::hlc::from_millis(drift_ms as u64));
-    if max > limit {
+    if let Some(d) = drift(db, Some(max))? {
         bail!(
-            "{func}: the {what} holds HLC {} which is more than {drift_ms} ms ahead of this \
+            "{func}: the {what} holds HLC {} which is more than {} ms ahead of this \
              device's clock ({}); refusing it, nothing was applied. Check the sender's clock, or \
              raise max_drift_ms in lsync_config",
             lsync_wire::hlc::to_text(max),
-            lsync_wire::hlc::to_text(wall)
+            d.max_drift_ms,
+            lsync_wire::hlc::to_text(lsync_wire::hlc::wall())
         );
     }
     Ok(())

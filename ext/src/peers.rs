@@ -62,6 +62,14 @@ pub fn register(db: Db) -> Result<()> {
         let error = text_arg(f, "error", &args[1])?;
         stuck(db, &peer, &error)
     })?;
+    for (name, ours) in [("lsync_peer_held", true), ("lsync_peer_held_by", false)] {
+        db.create_function(name, 3, DIRECTONLY, move |db, args| {
+            let peer = device_arg(name, &args[0])?;
+            let ahead = opt_int_arg(name, "ahead_ms", &args[1])?;
+            let until = opt_int_arg(name, "until_ms", &args[2])?;
+            held(db, &peer, ours, ahead, until)
+        })?;
+    }
     Ok(())
 }
 
@@ -92,14 +100,15 @@ fn update(db: Db, sql: &str, params: &[Value]) -> Result<()> {
 /// The peer's changes up to `cursor` are applied here: called in the
 /// transaction of the apply, so that the watermark moves with the data.
 /// A completed catch-up clears the failure count, the last error and the
-/// resync's error (escalating is allowed again).
+/// resync's error (escalating is allowed again); any apply ends a hold.
 fn received(db: Db, peer: &str, cursor: i64, caught_up: bool) -> Result<Value> {
     update(
         db,
         "UPDATE lsync_peers SET recv_cursor = max(recv_cursor, ?2), last_contact = ?3,
            failures = CASE WHEN ?4 THEN 0 ELSE failures END,
            last_error = CASE WHEN ?4 THEN NULL ELSE last_error END,
-           resync_error = CASE WHEN ?4 THEN NULL ELSE resync_error END
+           resync_error = CASE WHEN ?4 THEN NULL ELSE resync_error END,
+           held_ahead_ms = NULL, held_until_ms = NULL
          WHERE device_id = ?1",
         &[
             peer.into(),
@@ -113,11 +122,14 @@ fn received(db: Db, peer: &str, cursor: i64, caught_up: bool) -> Result<Value> {
 
 /// The peer holds our changes up to `cursor` (its ack message). Recorded as
 /// a certificate, like the fence of a changeset, and capped the same way.
+/// The peer applied something of ours, so it no longer holds our changes.
 fn acked(db: Db, peer: &str, cursor: i64) -> Result<Value> {
     db.savepoint("lsync_peer_acked", || {
         update(
             db,
-            "UPDATE lsync_peers SET last_contact = ?2 WHERE device_id = ?1",
+            "UPDATE lsync_peers SET last_contact = ?2,
+               held_by_peer_ahead_ms = NULL, held_by_peer_until_ms = NULL
+             WHERE device_id = ?1",
             &[peer.into(), now_ms().into()],
         )?;
         let fence = Fence {
@@ -169,6 +181,24 @@ fn stuck(db: Db, peer: &str, error: &str) -> Result<Value> {
     column(db, "failures", peer)
 }
 
+/// A peer whose clock is ahead is held, not failed. `ours`: we hold the
+/// peer's changes (its newest HLC is `ahead` ms ahead of our clock) until
+/// `until` (unix ms, our clock); else the peer holds ours, as it reported
+/// (`until` by its clock). NULLs clear it. Returns `until`.
+fn held(db: Db, peer: &str, ours: bool, ahead: Option<i64>, until: Option<i64>) -> Result<Value> {
+    let (a, u) = if ours {
+        ("held_ahead_ms", "held_until_ms")
+    } else {
+        ("held_by_peer_ahead_ms", "held_by_peer_until_ms")
+    };
+    update(
+        db,
+        &format!("UPDATE lsync_peers SET {a} = ?2, {u} = ?3 WHERE device_id = ?1"),
+        &[peer.into(), ahead.into(), until.into()],
+    )?;
+    column(db, u, peer)
+}
+
 fn column(db: Db, col: &str, peer: &str) -> Result<Value> {
     Ok(db
         .query_value(
@@ -199,20 +229,22 @@ pub fn has_table(db: Db, name: &str) -> Result<bool> {
 
 /// The peers' rows as JSON objects, ordered by device id; only `only`'s when
 /// given. `lag` is how far the peer's ack is behind `head`; `stuck` says that
-/// the last error is one a full resync would hit again (`resync_error`).
+/// the last error is one a full resync would hit again (`resync_error`);
+/// `held` and `held_by_peer` say whose clock is ahead (see `held`).
 pub fn rows(db: Db, head: i64, only: Option<&str>) -> Result<Vec<serde_json::Value>> {
     // Readers create nothing: a database not yet upgraded to schema
     // version 6 has no resync_error column, and reads as none.
-    let upgraded = db
-        .query_i64(
-            "SELECT 1 FROM pragma_table_info('lsync_peers') WHERE name = 'resync_error'",
-            &[],
-        )?
-        .is_some();
+    let upgraded = has_column(db, "resync_error")?;
     let resync = if upgraded { "resync_error" } else { "NULL" };
+    // Likewise version 7's hold columns.
+    let held = if has_column(db, "held_until_ms")? {
+        schema::HELD_COLUMNS.join(", ")
+    } else {
+        "NULL, NULL, NULL, NULL".to_owned()
+    };
     let mut s = db.prepare(&format!(
         "SELECT device_id, addr, recv_cursor, acked_cursor, failures, last_contact, last_error,
-           {resync}, {resync} IS NOT NULL AND {resync} IS last_error
+           {resync}, {resync} IS NOT NULL AND {resync} IS last_error, {held}
          FROM lsync_peers WHERE ?1 IS NULL OR device_id = ?1 ORDER BY device_id"
     ))?;
     s.bind(1, &only.into())?;
@@ -230,9 +262,28 @@ pub fn rows(db: Db, head: i64, only: Option<&str>) -> Result<Vec<serde_json::Val
             "last_error": s.text(6),
             "resync_error": s.text(7),
             "stuck": s.i64(8) != 0,
+            "held": hold(s.value(9).as_i64(), s.value(10).as_i64()),
+            "held_by_peer": hold(s.value(11).as_i64(), s.value(12).as_i64()),
         }));
     }
     Ok(out)
+}
+
+/// A hold as JSON: `{"ahead_ms", "until_ms"}`, or null.
+fn hold(ahead: Option<i64>, until: Option<i64>) -> serde_json::Value {
+    match (ahead, until) {
+        (Some(a), Some(u)) => json!({ "ahead_ms": a, "until_ms": u }),
+        _ => serde_json::Value::Null,
+    }
+}
+
+fn has_column(db: Db, col: &str) -> Result<bool> {
+    Ok(db
+        .query_i64(
+            "SELECT 1 FROM pragma_table_info('lsync_peers') WHERE name = ?1",
+            &[col.into()],
+        )?
+        .is_some())
 }
 
 pub fn text_arg(func: &str, what: &str, v: &Value) -> Result<String> {
@@ -248,6 +299,13 @@ fn int_arg(func: &str, what: &str, v: &Value) -> Result<i64> {
         Value::Integer(i) => Ok(*i),
         Value::Null => bail!("{func}: {what} must not be NULL"),
         _ => bail!("{func}: {what} must be an INTEGER"),
+    }
+}
+
+fn opt_int_arg(func: &str, what: &str, v: &Value) -> Result<Option<i64>> {
+    match v {
+        Value::Null => Ok(None),
+        v => int_arg(func, what, v).map(Some),
     }
 }
 

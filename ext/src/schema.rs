@@ -50,6 +50,14 @@ pub fn ensure(db: Db) -> Result<()> {
     })
 }
 
+/// The columns of a held peer in `lsync_peers` (schema version 7).
+pub const HELD_COLUMNS: [&str; 4] = [
+    "held_ahead_ms",
+    "held_until_ms",
+    "held_by_peer_ahead_ms",
+    "held_by_peer_until_ms",
+];
+
 /// Columns added to tables that older databases already have.
 fn migrate(db: Db) -> Result<()> {
     // Version 6: lsync_peers.resync_error (no resync loops, issue 11).
@@ -59,6 +67,16 @@ fn migrate(db: Db) -> Result<()> {
     )?;
     if has.is_none() {
         db.exec("ALTER TABLE lsync_peers ADD COLUMN resync_error TEXT")?;
+    }
+    // Version 7: a peer whose clock is ahead is held (issue 11).
+    for col in HELD_COLUMNS {
+        let has = db.query_i64(
+            "SELECT 1 FROM pragma_table_info('lsync_peers') WHERE name = ?1",
+            &[col.into()],
+        )?;
+        if has.is_none() {
+            db.exec(&format!("ALTER TABLE lsync_peers ADD COLUMN {col} INTEGER"))?;
+        }
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod courtesy;
 mod db;
 mod dbfile;
 mod demo;
+mod held;
 mod node;
 mod now;
 mod progress;

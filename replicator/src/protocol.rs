@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, FramedParts, FramedWrite, LengthDelimitedCodec};
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// A Noise message is at most 65535 bytes; larger frames are refused.
 pub const MAX_FRAME: usize = 65535;
@@ -105,6 +105,14 @@ pub enum Msg {
     /// The sender no longer has snapshot `id`: pull again.
     SnapshotMissing {
         id: String,
+    },
+    /// The receiver holds the sender's changes after its watermark: the
+    /// newest HLC in them is `ahead_ms` ahead of its clock, more than its
+    /// `max_drift_ms`. It accepts them at `until_ms` (unix ms, its clock)
+    /// and pulls them again then. Not an error: the session goes on.
+    Held {
+        ahead_ms: i64,
+        until_ms: i64,
     },
     Heartbeat,
     /// A fatal problem; the sender closes the session after it.

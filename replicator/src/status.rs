@@ -107,5 +107,10 @@ fn table(
             p.resync_error.as_deref().unwrap_or("-")
         )?;
     }
+    for p in &s.peers {
+        for l in crate::held::lines(&p.device_id, p.held, p.held_by_peer, now) {
+            writeln!(o, "{l}")?;
+        }
+    }
     Ok(o)
 }

@@ -206,7 +206,8 @@ fn peer_row(c: &Connection, peer: &str) -> R<PeerStatus> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// The same changes would be refused again, so a full resync would hit
-    /// it again: a constraint, a schema mismatch, the drift guard, a
+    /// it again: a constraint, a schema mismatch, an HLC beyond every
+    /// clock (one only ahead for now is held, see `held`), a
     /// changeset that contradicts itself, another library. Never counts
     /// towards an escalation.
     Deterministic,
@@ -406,6 +407,12 @@ pub struct PeerStatus {
     /// stopped (see `record_failure`).
     #[serde(default)]
     pub stuck: bool,
+    /// We hold the peer's changes: its clock is ahead (see `held`).
+    #[serde(default)]
+    pub held: Option<crate::held::Hold>,
+    /// The peer holds our changes: our clock is ahead.
+    #[serde(default)]
+    pub held_by_peer: Option<crate::held::Hold>,
 }
 
 /// The status document of `lsync_status`.

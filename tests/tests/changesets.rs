@@ -1311,6 +1311,67 @@ fn a_changeset_too_far_ahead_is_refused_until_the_drift_limit_allows_it() {
     assert_eq!(canon(&b), canon(&a));
 }
 
+/// `lsync_drift` tells a changeset refused by the drift guard for now (the
+/// sender's clock is ahead) from one refused for good, from the changeset
+/// itself: how far ahead it is and when it will be accepted.
+#[test]
+fn lsync_drift_says_how_far_ahead_a_changeset_is_and_when_it_is_accepted() {
+    let (dir, [a, b]) = peers();
+    let drift = |c: &Connection, blob: &[u8]| -> Option<Json> {
+        c.query_row("SELECT lsync_drift(?1)", [blob], |r| {
+            r.get::<_, Option<String>>(0)
+        })
+        .expect("lsync_drift")
+        .map(|s| serde_json::from_str(&s).unwrap())
+    };
+    seed_tree(&a);
+    let (now, _) = changeset(&a, 0);
+    assert_eq!(drift(&b, &now), None, "within the drift: accepted now");
+
+    let ahead = now_ms() + 600_000;
+    set_hlc(&a, ahead << 16);
+    a.execute("UPDATE entries SET size = 6 WHERE uuid = 'E2'", [])
+        .unwrap();
+    let (blob, _) = changeset(&a, 0);
+    let max = info(&a, &blob)["max_hlc"].as_i64().unwrap();
+    let d = drift(&b, &blob).expect("held for drift");
+    assert_eq!(d["max_hlc"], max, "{d}");
+    assert_eq!(d["max_drift_ms"], 60_000, "{d}");
+    assert_eq!(d["accept_at_ms"], (max >> 16) - 60_000 + 1, "{d}");
+    let ahead_ms = d["ahead_ms"].as_i64().unwrap();
+    assert!((599_000..=600_100).contains(&ahead_ms), "{d}");
+    assert!(apply_error(&b, &blob).contains("ahead"));
+
+    // Raising the drift lets it through.
+    b.execute(
+        "UPDATE lsync_config SET value = 700000 WHERE key = 'max_drift_ms'",
+        [],
+    )
+    .unwrap();
+    assert_eq!(drift(&b, &blob), None);
+
+    // Refused for another reason first: that error, not a hold.
+    let lone = open(&db_path(&dir, 9));
+    track_library(&lone);
+    let e = lone
+        .query_row("SELECT lsync_drift(?1)", [&blob], |r| {
+            r.get::<_, Option<String>>(0)
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("lsync_drift: the changeset belongs to library"),
+        "{e}"
+    );
+    // Beyond every clock: refused for good, never held.
+    set_hlc(&a, 1 << 62);
+    a.execute("UPDATE entries SET size = 7 WHERE uuid = 'E2'", [])
+        .unwrap();
+    let (far, _) = changeset(&a, 0);
+    assert_eq!(drift(&b, &far), None);
+    assert!(apply_error(&b, &far).contains("beyond the range"));
+}
+
 // -------------------------------------------------------------- bad input
 
 /// Asserts that `blob` is refused with an lsync error containing `needle`,

@@ -132,6 +132,10 @@ fn an_older_peers_table_is_upgraded() {
     call(&c, "SELECT lsync_peer_contact(?1, NULL)", [PEER]);
     c.execute_batch(
         "ALTER TABLE lsync_peers DROP COLUMN resync_error;
+         ALTER TABLE lsync_peers DROP COLUMN held_ahead_ms;
+         ALTER TABLE lsync_peers DROP COLUMN held_until_ms;
+         ALTER TABLE lsync_peers DROP COLUMN held_by_peer_ahead_ms;
+         ALTER TABLE lsync_peers DROP COLUMN held_by_peer_until_ms;
          UPDATE lsync_config SET value = 5 WHERE key = 'schema_version';",
     )
     .unwrap();
@@ -139,16 +143,49 @@ fn an_older_peers_table_is_upgraded() {
     let c = open(&dir.db());
     let p = peer(&c, PEER);
     assert_eq!(
-        (&p["stuck"], &p["resync_error"]),
-        (&Json::Bool(false), &Json::Null)
+        (&p["stuck"], &p["resync_error"], &p["held"]),
+        (&Json::Bool(false), &Json::Null, &Json::Null)
     );
     call(&c, "SELECT lsync_peer_stuck(?1, 'x')", [PEER]);
     assert_eq!(peer(&c, PEER)["resync_error"], "x");
+    call(&c, "SELECT lsync_peer_held(?1, 600000, 42)", [PEER]);
+    assert_eq!(peer(&c, PEER)["held"]["until_ms"], 42);
     let version: i64 = scalar(
         &c,
         "SELECT value FROM lsync_config WHERE key = 'schema_version'",
     );
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
+}
+
+/// A hold is no error; an apply from the peer ends ours, its ack ends its.
+#[test]
+fn holds_are_recorded_and_cleared_by_an_apply_and_an_ack() {
+    let dir = TempDir::new();
+    let c = open(&dir.db());
+    call(&c, "SELECT lsync_peer_contact(?1, NULL)", [PEER]);
+    call(&c, "SELECT lsync_peer_held(?1, 600000, 42)", [PEER]);
+    call(&c, "SELECT lsync_peer_held_by(?1, 5000, 43)", [PEER]);
+    let p = peer(&c, PEER);
+    assert_eq!(
+        p["held"],
+        serde_json::json!({"ahead_ms": 600000, "until_ms": 42})
+    );
+    assert_eq!(
+        p["held_by_peer"],
+        serde_json::json!({"ahead_ms": 5000, "until_ms": 43})
+    );
+    assert_eq!(
+        (&p["stuck"], &p["failures"], &p["last_error"]),
+        (&Json::Bool(false), &Json::from(0), &Json::Null)
+    );
+    call(&c, "SELECT lsync_peer_received(?1, 1, 0)", [PEER]);
+    let p = peer(&c, PEER);
+    assert!(p["held"].is_null() && !p["held_by_peer"].is_null(), "{p}");
+    call(&c, "SELECT lsync_peer_acked(?1, 0)", [PEER]);
+    assert!(peer(&c, PEER)["held_by_peer"].is_null());
+    call(&c, "SELECT lsync_peer_held(?1, 1, 2)", [PEER]);
+    call(&c, "SELECT lsync_peer_held(?1, NULL, NULL)", [PEER]);
+    assert!(peer(&c, PEER)["held"].is_null());
 }
 
 #[test]

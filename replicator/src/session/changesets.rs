@@ -11,11 +11,18 @@ use crate::progress::Progress;
 use crate::protocol::Msg;
 use lsync_wire::report::ApplyReport;
 
+use crate::held;
 use crate::store;
 
 use super::error::{blocking, SessionError, R};
 use super::plan::Plan;
 use super::Session;
+
+/// What became of a changeset from the peer.
+enum Applied {
+    Report(ApplyReport),
+    Held(held::Hold),
+}
 
 /// Least time between two acks while a stream of batches goes on.
 const ACK_EVERY: Duration = Duration::from_millis(100);
@@ -71,6 +78,16 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         has_more: bool,
         payload: Vec<u8>,
     ) -> R<()> {
+        if from > self.recv_cursor && self.holding.is_held() {
+            // Pushed after the changes we hold: those are pulled again when
+            // they are acceptable, and these after them.
+            debug!(
+                from,
+                have = self.recv_cursor,
+                "held: leaving pushed changes for later"
+            );
+            return Ok(());
+        }
         if from > self.recv_cursor {
             debug!(
                 from,
@@ -90,6 +107,8 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         }
         let bytes = payload.len() as u64;
         let report = match self.apply(payload, to, !has_more).await {
+            Ok(Applied::Held(h)) => return self.hold(h).await,
+            Ok(Applied::Report(r)) => Ok(r),
             Err(SessionError::Store(e)) if store::is_stale(&e) => {
                 // Read before the peer had applied deletes we have pruned
                 // since: ask for its current state from our watermark (with a
@@ -100,8 +119,9 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 }
                 return Ok(());
             }
-            other => other?,
-        };
+            Err(e) => Err(e),
+        }?;
+        self.release();
         self.recv_cursor = self.recv_cursor.max(to);
         // During a long stream, one ack per ACK_EVERY is enough: each costs
         // the sender a write transaction. An ack lets the peer prune
@@ -192,7 +212,9 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         Ok(())
     }
 
-    async fn apply(&mut self, blob: Vec<u8>, to: i64, caught_up: bool) -> R<ApplyReport> {
+    /// Applies the peer's changeset, unless the drift guard refuses it for
+    /// now (the peer's clock is ahead): then it is held.
+    async fn apply(&mut self, blob: Vec<u8>, to: i64, caught_up: bool) -> R<Applied> {
         let pause = self.courtesy.pause();
         if !pause.is_zero() {
             debug!(
@@ -202,12 +224,25 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             tokio::time::sleep(pause).await;
         }
         let (peer, delay) = (self.peer.clone(), self.node.cfg.test.apply_delay);
-        let (report, turn) = blocking(&self.conn, move |c| {
-            store::apply(c, &peer, &blob, to, caught_up, delay)
+        let applied = blocking(&self.conn, move |c| {
+            match store::apply(c, &peer, &blob, to, caught_up, delay) {
+                Ok(r) => Ok(Ok(r)),
+                // Only a refused apply asks why: the extension answers
+                // from the changeset, so no error text is parsed.
+                Err(e) => match held::check(c, &peer, &blob) {
+                    Ok(Some(h)) => Ok(Err(h)),
+                    _ => Err(e),
+                },
+            }
         })
         .await?;
-        self.courtesy.record(turn);
-        Ok(report)
+        match applied {
+            Ok((report, turn)) => {
+                self.courtesy.record(turn);
+                Ok(Applied::Report(report))
+            }
+            Err(h) => Ok(Applied::Held(h)),
+        }
     }
 
     fn note_applied(&mut self, count: u64, bytes: u64, report: &ApplyReport) {

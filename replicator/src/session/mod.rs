@@ -6,6 +6,7 @@
 //! - `state`: what the session is receiving and what it is sending;
 //! - `changesets`: pulls, pushes and applies;
 //! - `plan`: how to serve a peer that is behind;
+//! - `held`: a peer whose clock is ahead is held, not failed;
 //! - `snapshots`, `upload`, `download`: snapshot transfers;
 //! - `error`: how a session fails, and running database work off the async
 //!   threads.
@@ -14,6 +15,7 @@ mod changesets;
 mod download;
 mod error;
 mod handshake;
+mod held;
 mod plan;
 mod shared;
 mod snapshots;
@@ -40,6 +42,7 @@ pub use shared::Node;
 
 use changesets::Prefetch;
 use error::{blocking, R};
+use held::Holding;
 use state::{Receiving, Sending};
 use upload::Upload;
 
@@ -78,6 +81,9 @@ struct Session<W> {
     wire_bytes: Arc<AtomicU64>,
     /// Whether to leave the write lock to the app between two applies.
     courtesy: Courtesy,
+    /// Whether we hold the peer's changes (its clock is ahead), and when
+    /// we pull them again.
+    holding: Holding,
 }
 
 /// Runs a whole session over an established connection. Returns when the
@@ -158,6 +164,7 @@ where
         }
     });
 
+    let backoff = node.cfg.backoff();
     let mut s = Session {
         node,
         conn,
@@ -177,6 +184,7 @@ where
         last_ack: Instant::now(),
         wire_bytes,
         courtesy: Courtesy::new(version),
+        holding: Holding::new(backoff.initial, backoff.max),
     };
     let result = s.serve(&mut in_rx).await;
     reader.abort();
@@ -191,7 +199,10 @@ where
                 )
                 .await;
         }
-        let (peer, msg, failed) = (s.peer.clone(), e.to_string(), !s.caught_up_once);
+        // A session that got as far as a hold is no failed catch-up: a
+        // resync would be held the same way.
+        let failed = !s.caught_up_once && !s.holding.is_held();
+        let (peer, msg) = (s.peer.clone(), e.to_string());
         let failure = e.failure();
         let m = msg.clone();
         let stuck = blocking(&s.conn, move |c| {
@@ -224,6 +235,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             self.pull(self.recv_cursor).await?;
         }
         loop {
+            let retry = self.holding.retry_at();
             tokio::select! {
                 m = inbox.recv() => {
                     let Some(m) = m else { return Err(ProtoError::Closed.into()) };
@@ -255,6 +267,8 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                         self.push().await?;
                     }
                 }
+                _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)),
+                    if retry.is_some() => self.retry_held().await?,
                 _ = beat.tick() => {
                     let silent = last_heard.elapsed();
                     if silent > heartbeat * 4 {
@@ -297,6 +311,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                     .await?
             }
             Msg::Ack { cursor } => {
+                self.holding.peer_acked();
                 let peer = self.peer.clone();
                 let pruned = blocking(&self.conn, move |c| store::ack(c, &peer, cursor)).await?;
                 if pruned > 0 {
@@ -305,7 +320,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             }
             Msg::Notify { head } => {
                 debug!(head, "the peer notified a bulk write");
-                if head > self.recv_cursor && self.receiving.is_idle() {
+                if head > self.recv_cursor && self.receiving.is_idle() && !self.holding.is_held() {
                     self.pull(self.recv_cursor).await?;
                 }
             }
@@ -339,6 +354,10 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                     .await?
             }
             Msg::SnapshotMissing { id } => self.snapshot_missing(&id).await?,
+            Msg::Held { ahead_ms, until_ms } => {
+                self.held_by_peer(crate::held::Hold { ahead_ms, until_ms })
+                    .await?
+            }
             Msg::Heartbeat => {}
             Msg::Error { message } => return Err(SessionError::Remote(message)),
             Msg::Hello { .. } => {

@@ -124,6 +124,12 @@ impl Sending {
         *self = Sending::Idle;
     }
 
+    /// The peer holds what we sent (our clock is ahead of its): it pulls
+    /// again when it can accept it, and pushes meanwhile would be dropped.
+    pub fn held(&mut self) {
+        *self = Sending::Idle;
+    }
+
     /// We committed while pulling from the peer.
     pub fn owe_push(&mut self) {
         if let Sending::Subscribed { push_owed } = self {
@@ -179,6 +185,9 @@ mod tests {
         assert!(matches!(s, Sending::Idle));
         s.pull_answered(false);
         s.notified();
+        assert!(matches!(s, Sending::Idle));
+        s.pull_answered(true);
+        s.held();
         assert!(matches!(s, Sending::Idle));
     }
 
