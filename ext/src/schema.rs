@@ -58,25 +58,26 @@ pub const HELD_COLUMNS: [&str; 4] = [
     "held_by_peer_until_ms",
 ];
 
-/// Columns added to tables that older databases already have.
+/// Columns added to tables that older databases already have. (Tables
+/// added, such as version 7's `lsync_quarantine`, need nothing here.)
 fn migrate(db: Db) -> Result<()> {
     // Version 6: lsync_peers.resync_error (no resync loops, issue 11).
-    let has = db.query_i64(
-        "SELECT 1 FROM pragma_table_info('lsync_peers') WHERE name = 'resync_error'",
-        &[],
-    )?;
-    if has.is_none() {
-        db.exec("ALTER TABLE lsync_peers ADD COLUMN resync_error TEXT")?;
-    }
+    add_column(db, "lsync_peers", "resync_error", "TEXT")?;
     // Version 7: a peer whose clock is ahead is held (issue 11).
     for col in HELD_COLUMNS {
-        let has = db.query_i64(
-            "SELECT 1 FROM pragma_table_info('lsync_peers') WHERE name = ?1",
-            &[col.into()],
-        )?;
-        if has.is_none() {
-            db.exec(&format!("ALTER TABLE lsync_peers ADD COLUMN {col} INTEGER"))?;
-        }
+        add_column(db, "lsync_peers", col, "INTEGER")?;
+    }
+    Ok(())
+}
+
+/// `ALTER TABLE table ADD COLUMN col decl`, unless the column is there.
+fn add_column(db: Db, table: &str, col: &str, decl: &str) -> Result<()> {
+    let has = db.query_i64(
+        "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2",
+        &[table.into(), col.into()],
+    )?;
+    if has.is_none() {
+        db.exec(&format!("ALTER TABLE {table} ADD COLUMN {col} {decl}"))?;
     }
     Ok(())
 }

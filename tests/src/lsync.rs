@@ -87,3 +87,10 @@ pub fn join_library(c: &Connection, library: &str) {
         .expect("join library");
     assert_eq!(joined, library);
 }
+
+/// A number from an `lsync_apply` or `lsync_restore` report.
+pub fn n(report: &serde_json::Value, key: &str) -> i64 {
+    report[key]
+        .as_i64()
+        .unwrap_or_else(|| panic!("report has no '{key}': {report}"))
+}

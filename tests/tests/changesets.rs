@@ -81,12 +81,6 @@ fn sync(from: &Connection, to: &Connection) -> Json {
     apply(to, &changeset(from, 0).0)
 }
 
-fn n(report: &Json, key: &str) -> i64 {
-    report[key]
-        .as_i64()
-        .unwrap_or_else(|| panic!("report has no '{key}': {report}"))
-}
-
 fn rowid(c: &Connection, table: &str, uuid: &str) -> Option<i64> {
     c.query_row(
         &format!("SELECT id FROM {table} WHERE uuid = ?1"),

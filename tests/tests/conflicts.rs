@@ -31,12 +31,6 @@ fn send(from: &Connection, to: &Connection, since: i64) -> Json {
     serde_json::from_str(&report).unwrap()
 }
 
-fn n(report: &Json, key: &str) -> i64 {
-    report[key]
-        .as_i64()
-        .unwrap_or_else(|| panic!("report has no '{key}': {report}"))
-}
-
 /// The quarantine as (table, uuid, op, error), in id order.
 fn conflicts(c: &Connection) -> Vec<Vec<String>> {
     query_rows(
