@@ -10,6 +10,26 @@ use crate::ident::{q, qm};
 use crate::ids::IdMap;
 use crate::sql::{Cache, Db, Value};
 
+/// The declared `ON DELETE` action of each FK column of `table` (as SQLite
+/// spells it: `CASCADE`, `SET NULL`, `SET DEFAULT`, `RESTRICT`, `NO
+/// ACTION`), with the column's default expression.
+pub fn on_delete(db: Db, table: &str) -> Result<Vec<(String, (String, Option<String>))>> {
+    let mut s = db.prepare(
+        "SELECT f.\"from\", f.on_delete, c.dflt_value
+         FROM pragma_foreign_key_list(?1, 'main') f
+         LEFT JOIN pragma_table_info(?1, 'main') c ON c.name = f.\"from\"",
+    )?;
+    s.bind(1, &table.into())?;
+    let mut out = Vec::new();
+    while s.step()? {
+        out.push((
+            s.text(0).unwrap_or_default(),
+            (s.text(1).unwrap_or_default(), s.text(2)),
+        ));
+    }
+    Ok(out)
+}
+
 /// Local id -> uuid for a set of ids of one table, in one query.
 pub fn uuids_of(db: Db, t: &Table, ids: &[i64]) -> Result<HashMap<i64, Value>> {
     if ids.is_empty() {
@@ -181,10 +201,12 @@ pub fn resolve(db: Db, tables: &[Table]) -> Result<i64> {
 /// After a local delete of row `rid` of table `tbl` (the DELETE trigger,
 /// capture off): where SQLite enforces no FK (`foreign_keys` OFF, as in the
 /// `sqlite3` shell), rows of tracked tables that still point at the rowid are
-/// detached as a remote delete detaches them (`detach_referrers`), so the
+/// detached (`detach_referrers`), so the
 /// next row to take the rowid never becomes their target, and this device
-/// ends where its peers end when the delete reaches them. With `foreign_keys`
-/// ON, SQLite has refused the delete or applied the FK's action already.
+/// ends where its peers end when the delete reaches them: the next apply
+/// gives those links their FK's `ON DELETE` action (`merge`'s sweep of links
+/// to deleted rows), as every peer does. With `foreign_keys` ON, SQLite has
+/// refused the delete or applied the FK's action already.
 pub fn detach_local(db: Db, tbl: i64, rid: i64, uuid: &Value) -> Result<()> {
     if db.query_i64("PRAGMA foreign_keys", &[])? == Some(1) {
         return Ok(());
@@ -197,10 +219,10 @@ pub fn detach_local(db: Db, tbl: i64, rid: i64, uuid: &Value) -> Result<()> {
     detach_referrers(db, &all, t, rid, uuid)
 }
 
-/// Before a remote delete removes row `rid` of `t`, turns every FK cell that
-/// points at it into a deferred link to its uuid (and NULL), so no cell is
-/// left dangling (or silently re-pointed when the rowid is reused) and the
-/// link comes back if the row is ever re-inserted.
+/// After a local delete of row `rid` of `t`, turns every FK cell that
+/// pointed at it into a deferred link to its uuid (and NULL), so no cell is
+/// left dangling (or silently re-pointed when the rowid is reused) until
+/// the next apply gives it its FK's action.
 pub fn detach_referrers(
     db: Db,
     tables: &[&Table],

@@ -39,9 +39,16 @@ fn table(
     writeln!(o, "head     {}", s.head)?;
     writeln!(
         o,
-        "deferred links: {}   tombstones: {} ({} waiting for ACKs)",
-        s.deferred_links, s.tombstones, s.tombstones_awaiting_ack
+        "deferred links: {}   tombstones: {} ({} waiting for ACKs)   conflicts: {}",
+        s.deferred_links, s.tombstones, s.tombstones_awaiting_ack, s.conflicts
     )?;
+    if s.conflicts > 0 {
+        writeln!(
+            o,
+            "  {} change(s) from peers quarantined: SELECT * FROM lsync_conflicts (docs/conflicts.md)",
+            s.conflicts
+        )?;
+    }
     let now = crate::now::now_ms();
     let ago = |t: i64| format!("{:.1}s ago", (now - t) as f64 / 1000.0);
     for t in transfers {

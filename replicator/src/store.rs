@@ -425,6 +425,9 @@ pub struct Status {
     pub deferred_links: i64,
     pub tombstones: i64,
     pub tombstones_awaiting_ack: i64,
+    /// Changes from peers quarantined here (`lsync_conflicts`).
+    #[serde(default)]
+    pub conflicts: i64,
 }
 
 /// Folds pending captures first, so that unsynced deletes and edits count.

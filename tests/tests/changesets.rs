@@ -1867,8 +1867,9 @@ fn a_changeset_read_before_a_pruned_delete_is_refused() {
 /// Issue 9.2: where SQLite enforces no FK (`foreign_keys` is OFF, as in the
 /// `sqlite3` shell and Python), a local delete leaves rows pointing at the
 /// deleted row's rowid. The next row that takes that rowid must not become
-/// their target: the reference is detached as a peer detaches it when the
-/// delete arrives (NULL, with a deferred link to the deleted row's uuid).
+/// their target: the reference gets its FK's action as a peer applies it
+/// when the delete arrives (issue 11: the default action is delete-wins, so
+/// the assignment goes with its tag).
 #[test]
 fn a_reused_rowid_never_becomes_the_target_of_an_old_reference() {
     let (_dir, [a, b]) = peers();
@@ -1892,18 +1893,17 @@ fn a_reused_rowid_never_becomes_the_target_of_an_old_reference() {
         "SELECT count(*) FROM tag_assignments t JOIN tags x ON x.id = t.tag_id WHERE x.uuid = 'NEW'",
     );
     assert_eq!(points_at_new, 0, "A1 took the new tag as its target");
-    apply(&b, &changeset(&a, to).0);
+    assert_eq!(
+        rowid(&a, "tag_assignments", "A1"),
+        None,
+        "A1 went with its tag"
+    );
+    let report = apply(&b, &changeset(&a, to).0);
+    assert_eq!(n(&report, "cascaded"), 1, "{report}");
     assert_eq!(canon(&a), canon(&b));
-    // An edit of the assignment after the reuse does not retarget it either.
-    a.execute(
-        "UPDATE tag_assignments SET created_at = 1 WHERE uuid = 'A1'",
-        [],
-    )
-    .unwrap();
-    let (_, to2) = changeset(&a, 0);
-    apply(&b, &changeset(&a, to).0);
-    assert!(to2 > to);
-    assert_eq!(canon(&a), canon(&b));
-    let link: String = scalar(&b, "SELECT target_uuid FROM lsync_pending WHERE pk = 'A1'");
-    assert_eq!(link, "OLD");
+    assert_eq!(
+        count(&b, "lsync_pending"),
+        0,
+        "no link waits for a deleted row"
+    );
 }

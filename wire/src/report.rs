@@ -29,6 +29,9 @@ pub struct ApplyReport {
     pub quarantined: i64,
     /// Quarantined changes of earlier applies that applied this time.
     pub retried: i64,
+    /// Rows removed with the row their FK points at (its `ON DELETE`
+    /// action, or delete-wins; docs/conflicts.md).
+    pub cascaded: i64,
 }
 
 impl ApplyReport {
@@ -44,6 +47,7 @@ impl ApplyReport {
         self.fk_queries += r.fk_queries;
         self.quarantined += r.quarantined;
         self.retried += r.retried;
+        self.cascaded += r.cascaded;
     }
 }
 

@@ -7,6 +7,7 @@
 //! merged parents first, so FK targets are usually here before their
 //! referrers.
 
+mod cascade;
 mod links;
 mod owned;
 mod park;
@@ -125,6 +126,10 @@ struct Applier {
     skip: HashSet<usize>,
     /// The change being merged, to which an error belongs.
     current: Option<usize>,
+    /// FK `ON DELETE` actions, per table id and column (`cascade`).
+    actions: HashMap<i64, HashMap<String, cascade::Action>>,
+    /// Rows being removed with their FK target, so FK cycles end.
+    removing: HashSet<(i64, i64)>,
 }
 
 fn check_id(c: &Change) -> Result<()> {
@@ -157,6 +162,8 @@ impl Applier {
             touched: HashSet::default(),
             skip,
             current: None,
+            actions: HashMap::default(),
+            removing: HashSet::default(),
         })
     }
 
@@ -247,6 +254,8 @@ impl Applier {
         }
         self.current = None;
         self.end_run()?;
+        self.sweep_dead_links()?;
+        self.end_run()?;
         let all: Vec<Table> = self.tables.values().cloned().collect();
         self.report.resolved += fk::resolve(self.db, &all)?;
         for name in &self.touched {
@@ -319,9 +328,17 @@ impl Applier {
 
     fn upsert(&mut self, t: &Table, c: &Change) -> Result<()> {
         check_id(c)?;
-        let (vals, deferred) = self.local_values(t, c);
+        let (mut vals, mut deferred) = self.local_values(t, c);
         let existing = self.rids.get(&t.name).and_then(|m| m.get(&c.pk)).copied();
         let origin = self.idx(&c.origin)?;
+        if !deferred.is_empty() {
+            let dead = self.dead_links(t, &mut vals, &mut deferred)?;
+            if !dead.is_empty()
+                && self.dead_change(t, c, existing, origin, &dead, &mut vals, &mut deferred)?
+            {
+                return Ok(());
+            }
+        }
         let Some(rid) = existing else {
             let Some(rid) = self.create(t, c, origin, &vals)? else {
                 return Ok(());
@@ -445,11 +462,10 @@ impl Applier {
         Ok(())
     }
 
-    /// Deletes row `rid`, its coverage and its links; referrers are
-    /// detached first, so no FK cell is left dangling.
+    /// Deletes row `rid`, its coverage and its links; its dependants get
+    /// their FK's action first, so no FK cell is left dangling.
     fn remove(&mut self, t: &Table, rid: i64, key: &Value) -> Result<()> {
-        let all: Vec<&Table> = self.tables.values().collect();
-        fk::detach_referrers(self.db, &all, t, rid, key)?;
+        self.target_deleted(t, rid)?;
         self.db.run(
             &format!("DELETE FROM {} WHERE rowid = ?1", qm(&t.name)),
             &[rid.into()],

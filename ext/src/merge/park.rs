@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use lsync_wire::changeset::{Change, Op};
 
-use super::Applier;
+use super::{Applier, Clk};
 use crate::catalog::Table;
 use crate::error::Result;
 use crate::sql::Value;
@@ -15,26 +15,40 @@ impl Applier {
     /// Keeps the edits of a shared row that has not arrived yet; the newest
     /// value per column wins, as it would on the row.
     pub(super) fn park(&mut self, t: &Table, c: &Change) -> Result<()> {
+        let clk: Clk = (c.hlc, c.origin.clone());
         for (col, v) in &c.data {
-            self.clock.cache.run(
-                "INSERT INTO lsync_parked(tbl, uuid, col, value, hlc, origin)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT(tbl, uuid, col) DO UPDATE SET value = excluded.value,
-                   hlc = excluded.hlc, origin = excluded.origin
-                 WHERE excluded.hlc > hlc OR (excluded.hlc = hlc AND excluded.origin > origin)",
-                &[
-                    t.id.into(),
-                    c.pk.clone(),
-                    (**col).into(),
-                    v.clone(),
-                    c.hlc.into(),
-                    (*c.origin).into(),
-                ],
-            )?;
+            self.park_value(t, &c.pk, col, v, &clk)?;
         }
         self.parked.insert(t.id);
         self.report.parked += 1;
         Ok(())
+    }
+
+    /// Parks one column value of row `key` at clock `clk`, unless a newer
+    /// one is parked.
+    pub(super) fn park_value(
+        &mut self,
+        t: &Table,
+        key: &Value,
+        col: &str,
+        v: &Value,
+        clk: &Clk,
+    ) -> Result<()> {
+        self.clock.cache.run(
+            "INSERT INTO lsync_parked(tbl, uuid, col, value, hlc, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(tbl, uuid, col) DO UPDATE SET value = excluded.value,
+               hlc = excluded.hlc, origin = excluded.origin
+             WHERE excluded.hlc > hlc OR (excluded.hlc = hlc AND excluded.origin > origin)",
+            &[
+                t.id.into(),
+                key.clone(),
+                col.into(),
+                v.clone(),
+                clk.0.into(),
+                (*clk.1).into(),
+            ],
+        )
     }
 
     /// Applies the parked edits of a row that has just arrived.

@@ -47,7 +47,7 @@ impl Applier {
     }
 
     /// Each column's clock: its own entry, else the row entry's.
-    fn column_clocks(
+    pub(super) fn column_clocks(
         &mut self,
         t: &Table,
         rid: i64,

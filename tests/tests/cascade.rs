@@ -1,0 +1,207 @@
+//! A row deleted on one device while another device links to it (issue
+//! 11, rule 1): the FK's declared `ON DELETE` action applies on every
+//! replica, also to links that arrive after the delete; `NO ACTION` and
+//! `RESTRICT` are delete-wins. Real `liblsync.so`, two database files.
+
+use lsync_tests::*;
+use rusqlite::Connection;
+use serde_json::Value as Json;
+
+/// Tags, objects and assignments; `action` is the assignment's FK action
+/// on tags, `tag_col` its column declaration.
+fn schema(tag_col: &str) -> String {
+    format!(
+        "CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
+         CREATE TABLE objects(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
+         CREATE TABLE tag_on_object(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, {tag_col},
+           object_id INTEGER NOT NULL REFERENCES objects(id) ON DELETE CASCADE, note TEXT);
+         SELECT lsync_track('tags', 'shared');
+         SELECT lsync_track('objects', 'shared');
+         SELECT lsync_track('tag_on_object', 'shared');"
+    )
+}
+
+/// A and B in one library with tags T and T2 and objects O1..O3 on both;
+/// `fk_on` says whether A enforces FKs (B always does).
+fn pair(tag_col: &str, fk_on: bool) -> (TempDir, Connection, Connection) {
+    let dir = TempDir::new();
+    let a = open(&dir.path().join("a.db"));
+    let b = open(&dir.path().join("b.db"));
+    for c in [&a, &b] {
+        c.execute_batch(&schema(tag_col)).unwrap();
+    }
+    join_library(&b, &library_id(&a));
+    a.execute_batch(
+        "INSERT INTO tags(uuid, name) VALUES ('T', 'red'), ('T2', 'blue');
+         INSERT INTO objects(uuid, name) VALUES ('O1', 'a'), ('O2', 'b'), ('O3', 'c');",
+    )
+    .unwrap();
+    send(&a, &b);
+    a.execute_batch(if fk_on {
+        "PRAGMA foreign_keys = ON"
+    } else {
+        "PRAGMA foreign_keys = OFF"
+    })
+    .unwrap();
+    b.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+    (dir, a, b)
+}
+
+/// Everything `from` has, applied at `to`.
+fn send(from: &Connection, to: &Connection) -> Json {
+    let blob: Vec<u8> = from
+        .query_row("SELECT lsync_changeset(0)", [], |r| r.get(0))
+        .unwrap();
+    let report: String = to
+        .query_row("SELECT lsync_apply(?1)", [&blob], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("lsync_apply: {e}"));
+    serde_json::from_str(&report).unwrap()
+}
+
+/// Both ways, twice (so what each side derived reaches the other).
+fn exchange(a: &Connection, b: &Connection) {
+    for _ in 0..2 {
+        send(a, b);
+        send(b, a);
+    }
+}
+
+/// Assignments as (uuid, tag uuid, object uuid, note), by uuid.
+fn assignments(c: &Connection) -> Vec<Vec<String>> {
+    query_rows(
+        c,
+        &format!(
+            "SELECT uuid, {}, {}, note FROM tag_on_object t ORDER BY uuid",
+            logical_fk("tag_on_object", "tag_id", "tags"),
+            logical_fk("tag_on_object", "object_id", "objects")
+        ),
+    )
+}
+
+fn assert_converged_without_conflicts(a: &Connection, b: &Connection) {
+    assert_eq!(assignments(a), assignments(b));
+    assert_eq!(
+        query_rows(a, "SELECT uuid, name FROM tags ORDER BY uuid"),
+        query_rows(b, "SELECT uuid, name FROM tags ORDER BY uuid")
+    );
+    for c in [a, b] {
+        assert_eq!(count(c, "lsync_conflicts"), 0);
+        assert_eq!(
+            count(c, "lsync_pending"),
+            0,
+            "no link waits for a deleted row"
+        );
+        let fk: i64 = scalar(c, "SELECT count(*) FROM pragma_foreign_key_check");
+        assert_eq!(fk, 0, "no dangling FK");
+    }
+}
+
+/// B assigns tag T to all three objects while A deletes T.
+fn assign_all(b: &Connection, tag: &str) {
+    b.execute_batch(&format!(
+        "INSERT INTO tag_on_object(uuid, tag_id, object_id)
+         SELECT 'J' || o.name, t.id, o.id FROM objects o, tags t WHERE t.uuid = '{tag}'"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn cascade_removes_links_made_elsewhere_after_the_delete() {
+    let (_dir, a, b) = pair(
+        "tag_id INTEGER NOT NULL REFERENCES tags(id) ON DELETE CASCADE",
+        true,
+    );
+    assign_all(&b, "T");
+    a.execute_batch("DELETE FROM tags WHERE uuid = 'T'")
+        .unwrap();
+    // A meets links to a deleted row: it removes them (tombstones that
+    // travel), and nothing is quarantined.
+    let at_a = send(&b, &a);
+    assert_eq!(n(&at_a, "quarantined"), 0, "{at_a}");
+    assert_eq!(n(&at_a, "applied"), 3, "the three links, removed: {at_a}");
+    // B meets the delete of a row its links point at: they go with it.
+    let at_b = send(&a, &b);
+    assert_eq!(n(&at_b, "quarantined"), 0, "{at_b}");
+    exchange(&a, &b);
+    assert!(assignments(&a).is_empty(), "{:?}", assignments(&a));
+    assert_converged_without_conflicts(&a, &b);
+}
+
+#[test]
+fn no_action_is_delete_wins() {
+    // The issue's case: A removes the tag's assignments first (the FK is
+    // enforced), then the tag, while B assigns it to three objects.
+    let (_dir, a, b) = pair("tag_id INTEGER NOT NULL REFERENCES tags(id)", true);
+    a.execute_batch("INSERT INTO tag_on_object(uuid, tag_id, object_id) VALUES ('A1', 1, 1);")
+        .unwrap();
+    send(&a, &b);
+    assign_all(&b, "T");
+    a.execute_batch(
+        "DELETE FROM tag_on_object WHERE tag_id = 1;
+         DELETE FROM tags WHERE uuid = 'T';",
+    )
+    .unwrap();
+    exchange(&a, &b);
+    assert!(assignments(&b).is_empty(), "{:?}", assignments(&b));
+    assert_eq!(query_rows(&b, "SELECT uuid FROM tags"), [["T2"]]);
+    assert_converged_without_conflicts(&a, &b);
+    // The other order of arrival ends the same.
+    let (_dir, a, b) = pair("tag_id INTEGER NOT NULL REFERENCES tags(id)", true);
+    assign_all(&b, "T");
+    a.execute_batch("DELETE FROM tags WHERE uuid = 'T'")
+        .unwrap();
+    send(&a, &b);
+    send(&b, &a);
+    exchange(&a, &b);
+    assert!(assignments(&a).is_empty());
+    assert_converged_without_conflicts(&a, &b);
+}
+
+#[test]
+fn set_null_clears_links_made_elsewhere_and_nothing_waits() {
+    let (_dir, a, b) = pair(
+        "tag_id INTEGER REFERENCES tags(id) ON DELETE SET NULL",
+        true,
+    );
+    assign_all(&b, "T");
+    a.execute_batch("DELETE FROM tags WHERE uuid = 'T'")
+        .unwrap();
+    exchange(&a, &b);
+    let rows = assignments(&a);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r[1] == "NULL"), "{rows:?}");
+    assert_converged_without_conflicts(&a, &b);
+}
+
+/// B moves an assignment to another tag while A (FKs not enforced, as in
+/// the sqlite3 shell) deletes its old tag: A detaches the assignment at
+/// once, removes it at its next apply, and that removal travels, so B ends without it too, although
+/// B moved it before it learnt of the delete. Delete-wins: every replica
+/// ends the same, whichever saw the link to the deleted row.
+#[test]
+fn a_dependant_removed_on_one_device_is_removed_everywhere() {
+    let (_dir, a, b) = pair("tag_id INTEGER REFERENCES tags(id)", false);
+    a.execute_batch(
+        "INSERT INTO tag_on_object(uuid, tag_id, object_id, note) VALUES ('J', 1, 1, 'x');",
+    )
+    .unwrap();
+    send(&a, &b);
+    b.execute_batch(
+        "UPDATE tag_on_object SET tag_id = (SELECT id FROM tags WHERE uuid = 'T2') WHERE uuid = 'J'",
+    )
+    .unwrap();
+    a.execute_batch("DELETE FROM tags WHERE uuid = 'T'")
+        .unwrap();
+    assert_eq!(
+        query_rows(
+            &a,
+            "SELECT tag_id IS NULL, (SELECT count(*) FROM lsync_pending) FROM tag_on_object"
+        ),
+        [["1", "1"]],
+        "detached at once, the link waiting"
+    );
+    send(&b, &a);
+    exchange(&a, &b);
+    assert!(assignments(&b).is_empty(), "{:?}", assignments(&b));
+    assert_converged_without_conflicts(&a, &b);
+}
