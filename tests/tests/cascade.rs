@@ -174,34 +174,49 @@ fn set_null_clears_links_made_elsewhere_and_nothing_waits() {
 }
 
 /// B moves an assignment to another tag while A (FKs not enforced, as in
-/// the sqlite3 shell) deletes its old tag: A detaches the assignment at
-/// once, removes it at its next apply, and that removal travels, so B ends without it too, although
-/// B moved it before it learnt of the delete. Delete-wins: every replica
-/// ends the same, whichever saw the link to the deleted row.
+/// the sqlite3 shell) deletes its old tag. A detaches the assignment at
+/// once and gives it its FK's action at its next apply: if that apply
+/// comes before B's edit, A removes the assignment, and the removal
+/// travels, so B ends without it too, although B had moved it. If B's edit
+/// comes first, nobody removes it. Either way both sides end the same.
 #[test]
 fn a_dependant_removed_on_one_device_is_removed_everywhere() {
-    let (_dir, a, b) = pair("tag_id INTEGER REFERENCES tags(id)", false);
-    a.execute_batch(
-        "INSERT INTO tag_on_object(uuid, tag_id, object_id, note) VALUES ('J', 1, 1, 'x');",
-    )
-    .unwrap();
-    send(&a, &b);
-    b.execute_batch(
-        "UPDATE tag_on_object SET tag_id = (SELECT id FROM tags WHERE uuid = 'T2') WHERE uuid = 'J'",
-    )
-    .unwrap();
-    a.execute_batch("DELETE FROM tags WHERE uuid = 'T'")
+    for edit_first in [false, true] {
+        let (_dir, a, b) = pair("tag_id INTEGER REFERENCES tags(id)", false);
+        a.execute_batch(
+            "INSERT INTO tag_on_object(uuid, tag_id, object_id, note) VALUES ('J', 1, 1, 'x');",
+        )
         .unwrap();
-    assert_eq!(
-        query_rows(
-            &a,
-            "SELECT tag_id IS NULL, (SELECT count(*) FROM lsync_pending) FROM tag_on_object"
-        ),
-        [["1", "1"]],
-        "detached at once, the link waiting"
-    );
-    send(&b, &a);
-    exchange(&a, &b);
-    assert!(assignments(&b).is_empty(), "{:?}", assignments(&b));
-    assert_converged_without_conflicts(&a, &b);
+        send(&a, &b);
+        let before_edit: Vec<u8> = b
+            .query_row("SELECT lsync_changeset(0)", [], |r| r.get(0))
+            .unwrap();
+        b.execute_batch(
+            "UPDATE tag_on_object SET tag_id = (SELECT id FROM tags WHERE uuid = 'T2') WHERE uuid = 'J'",
+        )
+        .unwrap();
+        a.execute_batch("DELETE FROM tags WHERE uuid = 'T'")
+            .unwrap();
+        assert_eq!(
+            query_rows(
+                &a,
+                "SELECT tag_id IS NULL, (SELECT count(*) FROM lsync_pending) FROM tag_on_object"
+            ),
+            [["1", "1"]],
+            "detached at once, the link waiting"
+        );
+        if !edit_first {
+            a.query_row("SELECT lsync_apply(?1)", [&before_edit], |_| Ok(()))
+                .unwrap();
+            assert!(assignments(&a).is_empty(), "removed at A's next apply");
+        }
+        exchange(&a, &b);
+        let expected: Vec<Vec<String>> = if edit_first {
+            vec![["J", "T2", "O1", "x"].map(String::from).to_vec()]
+        } else {
+            vec![]
+        };
+        assert_eq!(assignments(&b), expected, "edit first: {edit_first}");
+        assert_converged_without_conflicts(&a, &b);
+    }
 }
