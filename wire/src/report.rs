@@ -29,6 +29,9 @@ pub struct ApplyReport {
     pub quarantined: i64,
     /// Quarantined changes of earlier applies that applied this time.
     pub retried: i64,
+    /// Rows merged into another row of a shared table because they held
+    /// the same values in a UNIQUE index (docs/conflicts.md).
+    pub merged: i64,
 }
 
 impl ApplyReport {
@@ -44,6 +47,7 @@ impl ApplyReport {
         self.fk_queries += r.fk_queries;
         self.quarantined += r.quarantined;
         self.retried += r.retried;
+        self.merged += r.merged;
     }
 }
 
