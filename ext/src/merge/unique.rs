@@ -331,9 +331,11 @@ impl Applier {
         let clk: Clk = (c.hlc, c.origin.clone());
         for (col, v) in vals {
             let sent = c.data.iter().find(|(k, _)| k == col).map(|(_, v)| v);
-            if let (Value::Null, Some(target), Some(id)) =
-                (v.as_ref(), t.fks.get(&**col), sent.filter(|v| ids::is_id(v)))
-            {
+            if let (Value::Null, Some(target), Some(id)) = (
+                v.as_ref(),
+                t.fks.get(&**col),
+                sent.filter(|v| ids::is_id(v)),
+            ) {
                 if self.tables.contains_key(target.as_str()) {
                     side.links.insert(col.clone(), (target.clone(), id.clone()));
                 }
@@ -436,7 +438,11 @@ impl Applier {
             self.clock.uncover(t.id, g)?;
             self.clock.drop_columns(t.id, g)?;
         }
-        let cols: Vec<&Arc<str>> = t.columns.iter().filter(|c| m.cols.contains_key(*c)).collect();
+        let cols: Vec<&Arc<str>> = t
+            .columns
+            .iter()
+            .filter(|c| m.cols.contains_key(*c))
+            .collect();
         let sets: Vec<String> = std::iter::once(q(&t.uuid_col))
             .chain(cols.iter().map(|c| q(c)))
             .enumerate()
@@ -473,8 +479,15 @@ impl Applier {
         let hlc = m.created.0;
         if self.row_clock(t.id, keep)? != (hlc, origin) {
             self.clock.uncover(t.id, keep)?;
-            self.clock
-                .add(t.id, Some((keep, keep)), None, OP_INSERT, hlc, origin, Value::Null)?;
+            self.clock.add(
+                t.id,
+                Some((keep, keep)),
+                None,
+                OP_INSERT,
+                hlc,
+                origin,
+                Value::Null,
+            )?;
         }
         self.clock.drop_columns(t.id, keep)?;
         for col in &t.columns {
@@ -545,12 +558,7 @@ impl Applier {
             )?;
             cache.run(
                 "UPDATE lsync_deferred SET target_uuid = ?3 WHERE target = ?4 AND target_uuid = ?2",
-                &[
-                    t.id.into(),
-                    l.clone(),
-                    m.uuid.clone(),
-                    (*t.name).into(),
-                ],
+                &[t.id.into(), l.clone(), m.uuid.clone(), (*t.name).into()],
             )?;
         }
         if self.parked.contains(&t.id) {
