@@ -33,12 +33,12 @@ fn devices(n: usize) -> (TempDir, Vec<Connection>) {
     (dir, out)
 }
 
-fn changeset(from: &Connection, since: i64) -> Vec<u8> {
+fn export(from: &Connection, since: i64) -> Vec<u8> {
     from.query_row("SELECT lsync_changeset(?1)", [since], |r| r.get(0))
         .unwrap()
 }
 
-fn apply(to: &Connection, blob: &[u8]) -> Json {
+fn import(to: &Connection, blob: &[u8]) -> Json {
     let report: String = to
         .query_row("SELECT lsync_apply(?1)", [blob], |r| r.get(0))
         .unwrap_or_else(|e| panic!("lsync_apply: {e}"));
@@ -46,8 +46,8 @@ fn apply(to: &Connection, blob: &[u8]) -> Json {
 }
 
 /// Everything `from` has, applied at `to`; the report.
-fn send(from: &Connection, to: &Connection) -> Json {
-    apply(to, &changeset(from, 0))
+fn deliver(from: &Connection, to: &Connection) -> Json {
+    import(to, &export(from, 0))
 }
 
 /// Every pair, both ways, twice: what a mesh of sidecars does.
@@ -56,7 +56,7 @@ fn sync_all(cs: &[&Connection]) {
         for a in cs {
             for b in cs {
                 if !std::ptr::eq(*a, *b) {
-                    send(a, b);
+                    deliver(a, b);
                 }
             }
         }
@@ -89,7 +89,7 @@ fn tags(c: &Connection) -> Vec<Vec<String>> {
     query_rows(c, "SELECT uuid, name, color FROM tags ORDER BY name")
 }
 
-fn add_tag(c: &Connection, uuid: &str, name: &str, color: &str) {
+fn new_tag(c: &Connection, uuid: &str, name: &str, color: &str) {
     c.execute(
         "INSERT INTO tags(uuid, name, color) VALUES (?1, ?2, ?3)",
         [uuid, name, color],
@@ -101,7 +101,7 @@ fn add_tag(c: &Connection, uuid: &str, name: &str, color: &str) {
     flush(c);
 }
 
-fn assign(c: &Connection, uuid: &str, tag: &str, entry: &str) {
+fn pair_up(c: &Connection, uuid: &str, tag: &str, entry: &str) {
     c.execute(
         "INSERT INTO tag_assignments(uuid, tag_id, entry_id)
          VALUES (?1, (SELECT id FROM tags WHERE uuid = ?2), (SELECT id FROM entries WHERE uuid = ?3))",
@@ -131,15 +131,15 @@ fn two_devices_create_the_same_tag_and_get_one() {
     let (a, b) = (&d[0], &d[1]);
     a.execute_batch("INSERT INTO entries(uuid, name) VALUES ('E1', 'one'), ('E2', 'two')")
         .unwrap();
-    send(a, b);
-    add_tag(a, "TA", "red", "#a00");
-    add_tag(b, "TB", "red", "#b00");
-    assign(a, "AA", "TA", "E1");
-    assign(b, "AB", "TB", "E2");
-    let report = send(a, b);
+    deliver(a, b);
+    new_tag(a, "TA", "red", "#a00");
+    new_tag(b, "TB", "red", "#b00");
+    pair_up(a, "AA", "TA", "E1");
+    pair_up(b, "AB", "TB", "E2");
+    let report = deliver(a, b);
     assert_eq!(n(&report, "merged"), 1, "{report}");
     // B sends the merged row: A has nothing to merge.
-    send(b, a);
+    deliver(b, a);
     for c in [a, b] {
         assert_eq!(tags(c), [["TA", "red", "#b00"]]);
         assert_eq!(
@@ -164,20 +164,20 @@ fn two_devices_create_the_same_tag_and_get_one() {
 fn an_edit_addressed_to_the_loser_lands_on_the_winner() {
     let (_dir, d) = devices(3);
     let (a, b, c) = (&d[0], &d[1], &d[2]);
-    add_tag(a, "TA", "red", "#a00");
-    add_tag(b, "TB", "red", "#b00");
-    send(b, c);
+    new_tag(a, "TA", "red", "#a00");
+    new_tag(b, "TB", "red", "#b00");
+    deliver(b, c);
     // A merges B's tag; C has only B's, and edits it.
-    send(b, a);
+    deliver(b, a);
     assert_eq!(tags(a), [["TA", "red", "#b00"]]);
     let since = cursor(c);
     c.execute_batch("UPDATE tags SET color = '#c00' WHERE uuid = 'TB'")
         .unwrap();
-    let report = apply(a, &changeset(c, since));
+    let report = import(a, &export(c, since));
     assert_eq!(n(&report, "applied"), 1, "{report}");
     assert_eq!(tags(a), [["TA", "red", "#c00"]]);
     // C learns of A's tag and merges its own into it.
-    send(a, c);
+    deliver(a, c);
     assert_eq!(tags(c), [["TA", "red", "#c00"]]);
     sync_all(&[a, b, c]);
     for x in [b, c] {
@@ -197,18 +197,18 @@ fn the_same_pair_assigned_on_two_devices_becomes_one() {
     let (a, b) = (&d[0], &d[1]);
     a.execute_batch("INSERT INTO entries(uuid, name) VALUES ('E1', 'one')")
         .unwrap();
-    add_tag(a, "TA", "red", "#a00");
-    send(a, b);
+    new_tag(a, "TA", "red", "#a00");
+    deliver(a, b);
     // The same pair on the same tag.
-    assign(a, "AA", "TA", "E1");
-    assign(b, "AB", "TA", "E1");
+    pair_up(a, "AA", "TA", "E1");
+    pair_up(b, "AB", "TA", "E1");
     // And the same pair on two tags that merge.
-    add_tag(a, "GA", "green", "#0a0");
-    add_tag(b, "GB", "green", "#0b0");
-    assign(b, "GAB", "GB", "E1");
-    assign(a, "GAA", "GA", "E1");
-    send(a, b);
-    send(b, a);
+    new_tag(a, "GA", "green", "#0a0");
+    new_tag(b, "GB", "green", "#0b0");
+    pair_up(b, "GAB", "GB", "E1");
+    pair_up(a, "GAA", "GA", "E1");
+    deliver(a, b);
+    deliver(b, a);
     for c in [a, b] {
         assert_eq!(
             assignments(c),
@@ -227,19 +227,19 @@ fn the_same_pair_assigned_on_two_devices_becomes_one() {
 fn a_rename_onto_an_existing_name_merges_the_two() {
     let (_dir, d) = devices(2);
     let (a, b) = (&d[0], &d[1]);
-    add_tag(a, "BLUE", "blue", "#00f");
+    new_tag(a, "BLUE", "blue", "#00f");
     a.execute_batch("INSERT INTO entries(uuid, name) VALUES ('E1', 'one')")
         .unwrap();
-    send(a, b);
-    add_tag(a, "GREEN", "green", "#0f0");
-    assign(a, "AG", "GREEN", "E1");
+    deliver(a, b);
+    new_tag(a, "GREEN", "green", "#0f0");
+    pair_up(a, "AG", "GREEN", "E1");
     b.execute_batch("UPDATE tags SET name = 'green', color = '#0b0' WHERE uuid = 'BLUE'")
         .unwrap();
     flush(b);
-    let report = send(b, a);
+    let report = deliver(b, a);
     assert_eq!(n(&report, "merged"), 1, "{report}");
     // A sends the merged row, under the winner's id: B has it already.
-    send(a, b);
+    deliver(a, b);
     for c in [a, b] {
         assert_eq!(tags(c), [["BLUE", "green", "#0b0"]]);
         assert_eq!(assignments(c), [["AG", "BLUE", "E1"]]);
@@ -250,12 +250,12 @@ fn a_rename_onto_an_existing_name_merges_the_two() {
 }
 
 /// All orderings of k items.
-fn permutations(k: usize) -> Vec<Vec<usize>> {
+fn orders(k: usize) -> Vec<Vec<usize>> {
     if k == 0 {
         return vec![Vec::new()];
     }
     let mut out = Vec::new();
-    for p in permutations(k - 1) {
+    for p in orders(k - 1) {
         for i in 0..=p.len() {
             let mut q = p.clone();
             q.insert(i, k - 1);
@@ -275,35 +275,31 @@ fn three_devices_converge_whatever_the_order() {
     let (a, b, c) = (&d[0], &d[1], &d[2]);
     a.execute_batch("INSERT INTO entries(uuid, name) VALUES ('E1', 'one'), ('E2', 'two')")
         .unwrap();
-    let base = changeset(a, 0);
-    apply(b, &base);
-    apply(c, &base);
+    let base = export(a, 0);
+    import(b, &base);
+    import(c, &base);
     let since: Vec<i64> = d.iter().map(cursor).collect();
-    add_tag(b, "RB", "red", "#b00");
-    add_tag(a, "RA", "red", "#a00");
-    add_tag(c, "RC", "red", "#c00");
-    add_tag(c, "BC", "blue", "#00c");
-    add_tag(a, "BA", "blue", "#00a");
-    assign(a, "XA", "RA", "E1");
-    assign(b, "XB", "RB", "E1");
-    assign(c, "XC", "RC", "E2");
-    assign(c, "YC", "BC", "E1");
+    new_tag(b, "RB", "red", "#b00");
+    new_tag(a, "RA", "red", "#a00");
+    new_tag(c, "RC", "red", "#c00");
+    new_tag(c, "BC", "blue", "#00c");
+    new_tag(a, "BA", "blue", "#00a");
+    pair_up(a, "XA", "RA", "E1");
+    pair_up(b, "XB", "RB", "E1");
+    pair_up(c, "XC", "RC", "E2");
+    pair_up(c, "YC", "BC", "E1");
     a.execute_batch("UPDATE tags SET color = '#a11' WHERE uuid = 'BA'")
         .unwrap();
     flush(a);
-    let sets: Vec<Vec<u8>> = d
-        .iter()
-        .zip(&since)
-        .map(|(x, s)| changeset(x, *s))
-        .collect();
+    let sets: Vec<Vec<u8>> = d.iter().zip(&since).map(|(x, s)| export(x, *s)).collect();
     let mut seen: Option<Vec<Vec<String>>> = None;
-    for (i, order) in permutations(3).iter().enumerate() {
+    for (i, order) in orders(3).iter().enumerate() {
         let r = open(&dir.path().join(format!("p{i}.db")));
         join_library(&r, &library_id(a));
         r.execute_batch(SCHEMA).unwrap();
-        apply(&r, &base);
+        import(&r, &base);
         for k in order {
-            apply(&r, &sets[*k]);
+            import(&r, &sets[*k]);
         }
         assert_eq!(quarantined(&r), 0, "order {order:?}");
         let got = dump(&r);

@@ -7,6 +7,7 @@
 //! merged parents first, so FK targets are usually here before their
 //! referrers.
 
+mod fold;
 mod links;
 mod owned;
 mod park;

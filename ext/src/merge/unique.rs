@@ -22,7 +22,6 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use super::links::LocalValues;
 use super::{Applier, Clk};
 use crate::catalog::{Mode, Table};
-use crate::clock::OP_INSERT;
 use crate::error::Result;
 use crate::fk;
 use crate::ident::{q, qm};
@@ -35,7 +34,7 @@ const MAX_HOPS: usize = 64;
 
 /// A UNIQUE index or constraint of a shared table, over tracked columns.
 pub(super) struct Key {
-    cols: Vec<Arc<str>>,
+    pub(super) cols: Vec<Arc<str>>,
     /// The row holding given values (?1.., in `cols` order), under the
     /// index's collations.
     find: String,
@@ -47,26 +46,29 @@ pub(super) struct Uniques {
     keys: HashMap<i64, Rc<Vec<Key>>>,
     /// Tables whose aliases are loaded; only non-empty maps are kept.
     loaded: HashSet<i64>,
-    aliases: HashMap<i64, IdMap<Value>>,
+    pub(super) aliases: HashMap<i64, IdMap<Value>>,
 }
+
+/// A column of an index (`None`: an expression) and its collation.
+type IndexColumn = (Option<String>, String);
 
 /// Where a merged column's value comes from: a local row, or the change
 /// being applied (`None`).
-type Src = Option<i64>;
+pub(super) type Src = Option<i64>;
 
 /// A row's state for a merge: a local row, the incoming change, or rows
 /// already merged in memory.
-struct Side {
-    uuid: Value,
-    created: Clk,
+pub(super) struct Side {
+    pub(super) uuid: Value,
+    pub(super) created: Clk,
     /// The local rows it stands for; the first is the one kept.
-    rids: Vec<i64>,
-    cols: HashMap<Arc<str>, (Value, Clk, Src)>,
+    pub(super) rids: Vec<i64>,
+    pub(super) cols: HashMap<Arc<str>, (Value, Clk, Src)>,
     /// The incoming change's FK links whose target is not here:
     /// column -> (target table, target uuid).
-    links: HashMap<Arc<str>, (String, Value)>,
+    pub(super) links: HashMap<Arc<str>, (String, Value)>,
     /// Global ids merged into this one.
-    losers: Vec<Value>,
+    pub(super) losers: Vec<Value>,
 }
 
 /// Global ids in SQLite's order (text before blob), for a tie of clocks.
@@ -84,7 +86,7 @@ fn cmp_id(a: &Value, b: &Value) -> Ordering {
 /// identity, and each column takes the value with the newer clock (the
 /// winner's on a tie). Commutative and associative, so every replica gets
 /// the same row whatever order it meets the rows in.
-fn join(a: Side, b: Side) -> Side {
+pub(super) fn join(a: Side, b: Side) -> Side {
     let a_wins = match a.created.cmp(&b.created) {
         Ordering::Equal => cmp_id(&a.uuid, &b.uuid) != Ordering::Greater,
         o => o == Ordering::Less,
@@ -206,7 +208,7 @@ impl Applier {
     /// The UNIQUE keys of a shared table that lsync merges on: every unique
     /// index or constraint over tracked columns, except the global id's own
     /// and partial or expression indexes (those stay SQLite's to refuse).
-    fn keys_of(&mut self, t: &Table) -> Result<Rc<Vec<Key>>> {
+    pub(super) fn keys_of(&mut self, t: &Table) -> Result<Rc<Vec<Key>>> {
         if let Some(k) = self.uniq.keys.get(&t.id) {
             return Ok(k.clone());
         }
@@ -217,7 +219,8 @@ impl Applier {
              ORDER BY il.seq, ii.seqno",
         )?;
         s.bind(1, &(*t.name).into())?;
-        let mut by_index: Vec<(String, Vec<(Option<String>, String)>)> = Vec::new();
+        // (index, [(column, collation)]); an expression has no column name.
+        let mut by_index: Vec<(String, Vec<IndexColumn>)> = Vec::new();
         while s.step()? {
             let index = s.text(0).unwrap_or_default();
             let col = (s.text(1), s.text(2).unwrap_or_else(|| "BINARY".into()));
@@ -347,7 +350,7 @@ impl Applier {
 
     /// A row, other than the side's own, that holds the side's values in
     /// some UNIQUE key (NULLs never collide).
-    fn collider(&self, t: &Table, side: &Side) -> Result<Option<i64>> {
+    pub(super) fn collider(&self, t: &Table, side: &Side) -> Result<Option<i64>> {
         let Some(keys) = self.uniq.keys.get(&t.id) else {
             return Ok(None);
         };
@@ -371,7 +374,7 @@ impl Applier {
     }
 
     /// A local row's state: its values and each column's clock.
-    fn read_side(&mut self, t: &Table, rid: i64) -> Result<Side> {
+    pub(super) fn read_side(&mut self, t: &Table, rid: i64) -> Result<Side> {
         let cols: Vec<String> = std::iter::once(q(&t.uuid_col))
             .chain(t.columns.iter().map(|c| q(c)))
             .collect();
@@ -410,212 +413,5 @@ impl Applier {
             links: HashMap::default(),
             losers: Vec::new(),
         })
-    }
-
-    /// Merges every row that collides with `side`, then writes the result.
-    fn fold(&mut self, t: &Table, mut side: Side) -> Result<()> {
-        while let Some(other) = self.collider(t, &side)? {
-            let other = self.read_side(t, other)?;
-            side = join(side, other);
-        }
-        self.settle(t, side)
-    }
-
-    /// Writes a merged row: the losers' rows go (their referrers moved to
-    /// the kept row), the kept row takes the merged identity, values and
-    /// clocks, and the losers' ids become aliases.
-    fn settle(&mut self, t: &Table, m: Side) -> Result<()> {
-        self.end_run()?;
-        let Some((&keep, gone)) = m.rids.split_first() else {
-            return Ok(());
-        };
-        for &g in gone {
-            self.repoint(t, g, keep)?;
-            self.db.run(
-                &format!("DELETE FROM {} WHERE rowid = ?1", qm(&t.name)),
-                &[g.into()],
-            )?;
-            self.clock.uncover(t.id, g)?;
-            self.clock.drop_columns(t.id, g)?;
-        }
-        let cols: Vec<&Arc<str>> = t
-            .columns
-            .iter()
-            .filter(|c| m.cols.contains_key(*c))
-            .collect();
-        let sets: Vec<String> = std::iter::once(q(&t.uuid_col))
-            .chain(cols.iter().map(|c| q(c)))
-            .enumerate()
-            .map(|(i, c)| format!("{c} = ?{}", i + 2))
-            .collect();
-        let params: Vec<Value> = [Value::Integer(keep), m.uuid.clone()]
-            .into_iter()
-            .chain(cols.iter().map(|c| m.cols[*c].0.clone()))
-            .collect();
-        self.db
-            .run(
-                &format!(
-                    "UPDATE OR FAIL {} SET {} WHERE rowid = ?1",
-                    qm(&t.name),
-                    sets.join(", ")
-                ),
-                &params,
-            )
-            .map_err(|e| e.in_apply(&format!("merging rows of '{}'", t.name)))?;
-        self.touched.insert(t.name.clone());
-        if m.losers.is_empty() {
-            // A referrer moved to a merged row, colliding with nothing.
-            return Ok(());
-        }
-        self.settle_clocks(t, keep, &m)?;
-        self.settle_merged_links(t, keep, gone, &m)?;
-        self.record_aliases(t, keep, &m)
-    }
-
-    /// The kept row's clock: the winner's creation as its row entry, and an
-    /// entry for each column whose value is newer than that.
-    fn settle_clocks(&mut self, t: &Table, keep: i64, m: &Side) -> Result<()> {
-        let origin = self.idx(&m.created.1)?;
-        let hlc = m.created.0;
-        if self.row_clock(t.id, keep)? != (hlc, origin) {
-            self.clock.uncover(t.id, keep)?;
-            self.clock.add(
-                t.id,
-                Some((keep, keep)),
-                None,
-                OP_INSERT,
-                hlc,
-                origin,
-                Value::Null,
-            )?;
-        }
-        self.clock.drop_columns(t.id, keep)?;
-        for col in &t.columns {
-            let Some((_, clk, _)) = m.cols.get(col) else {
-                continue;
-            };
-            if *clk != m.created {
-                let o = self.idx(&clk.1)?;
-                self.clock.cover_column(t.id, keep, col, clk.0, o)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Each FK column keeps the link of the row its value came from.
-    fn settle_merged_links(&mut self, t: &Table, keep: i64, gone: &[i64], m: &Side) -> Result<()> {
-        let cache = &self.clock.cache;
-        for (col, _) in &t.fks {
-            match m.cols.get(col.as_str()).map(|(_, _, src)| *src) {
-                None => {}
-                Some(Some(r)) if r == keep => {}
-                Some(Some(r)) => {
-                    fk::forget(cache, t.id, keep, Some(col))?;
-                    cache.run(
-                        "UPDATE lsync_deferred SET rid = ?2 WHERE tbl = ?1 AND rid = ?3 AND col = ?4",
-                        &[t.id.into(), keep.into(), r.into(), col.as_str().into()],
-                    )?;
-                }
-                Some(None) => {
-                    fk::forget(cache, t.id, keep, Some(col))?;
-                    if let Some((target, id)) = m.links.get(col.as_str()) {
-                        fk::defer(self.db, t, keep, &m.uuid, col, target, id)?;
-                        self.report.deferred += 1;
-                    }
-                }
-            }
-        }
-        for &g in gone {
-            fk::forget(cache, t.id, g, None)?;
-        }
-        cache.run(
-            "UPDATE lsync_deferred SET uuid = ?3 WHERE tbl = ?1 AND rid = ?2",
-            &[t.id.into(), keep.into(), m.uuid.clone()],
-        )
-    }
-
-    /// The losers' ids become aliases of the winner's (chains flattened),
-    /// and links and parked edits that name them go to the winner.
-    fn record_aliases(&mut self, t: &Table, keep: i64, m: &Side) -> Result<()> {
-        self.report.merged += m.losers.len() as i64;
-        let rids = self.rids.entry(t.name.clone()).or_default();
-        rids.insert(&m.uuid, keep);
-        for l in &m.losers {
-            rids.insert(l, keep);
-        }
-        let aliases = self.uniq.aliases.entry(t.id).or_default();
-        for l in &m.losers {
-            aliases.insert(l, m.uuid.clone());
-            let p = [t.id.into(), l.clone(), m.uuid.clone()];
-            let cache = &self.clock.cache;
-            cache.run(
-                "INSERT OR REPLACE INTO lsync_alias(tbl, uuid, winner) VALUES (?1, ?2, ?3)",
-                &p,
-            )?;
-            cache.run(
-                "UPDATE lsync_alias SET winner = ?3 WHERE tbl = ?1 AND winner = ?2",
-                &p,
-            )?;
-            cache.run(
-                "UPDATE lsync_deferred SET target_uuid = ?3 WHERE target = ?4 AND target_uuid = ?2",
-                &[t.id.into(), l.clone(), m.uuid.clone(), (*t.name).into()],
-            )?;
-        }
-        if self.parked.contains(&t.id) {
-            for l in &m.losers {
-                self.unpark(t, l)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Moves the FK cells that point at row `gone` of `t` to row `keep`. A
-    /// referrer whose UNIQUE key holds the FK (a join pair) may then meet
-    /// its twin: the two merge, as any collision does.
-    fn repoint(&mut self, t: &Table, gone: i64, keep: i64) -> Result<()> {
-        let mut referrers: Vec<(Table, String)> = Vec::new();
-        for s in self.tables.values() {
-            for (col, target) in &s.fks {
-                if **target == *t.name {
-                    referrers.push((s.clone(), col.clone()));
-                }
-            }
-        }
-        referrers.sort_by_key(|(s, _)| s.id);
-        for (s, col) in referrers {
-            self.touched.insert(s.name.clone());
-            let keyed = s.mode == Mode::Shared
-                && self
-                    .keys_of(&s)?
-                    .iter()
-                    .any(|k| k.cols.iter().any(|c| **c == *col));
-            let (st, c) = (qm(&s.name), q(&col));
-            if !keyed {
-                self.db.run(
-                    &format!("UPDATE {st} SET {c} = ?1 WHERE {c} = ?2"),
-                    &[keep.into(), gone.into()],
-                )?;
-                continue;
-            }
-            let mut rows = Vec::new();
-            self.clock.cache.with(
-                &format!("SELECT rowid FROM {st} WHERE {c} = ?1 ORDER BY rowid"),
-                &[gone.into()],
-                |stmt| {
-                    while stmt.step()? {
-                        rows.push(stmt.i64(0));
-                    }
-                    Ok(())
-                },
-            )?;
-            for r in rows {
-                let mut side = self.read_side(&s, r)?;
-                if let Some(cell) = side.cols.get_mut(col.as_str()) {
-                    cell.0 = Value::Integer(keep);
-                }
-                self.fold(&s, side)?;
-            }
-        }
-        Ok(())
     }
 }
