@@ -61,8 +61,10 @@ impl Applier {
             }
             let found = fk::rids_of(self.db, tt, &missing)?;
             self.report.fk_queries += 1;
-            let name = tt.name.clone();
-            self.rids.entry(name).or_default().extend(found);
+            let tt = tt.clone();
+            self.rids.entry(tt.name.clone()).or_default().extend(found);
+            // Targets merged into another row by a UNIQUE key.
+            self.alias_targets(&tt, &missing)?;
         }
         Ok(())
     }
