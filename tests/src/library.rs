@@ -197,3 +197,15 @@ pub fn first_difference(a: &[String], b: &[String]) -> String {
     }
     format!("lengths {} vs {}", a.len(), b.len())
 }
+
+/// Two databases, `a.db` and `b.db`, with `schema` run on each (it tracks
+/// its own tables), the second joined to the first one's library.
+pub fn two_libraries(schema: &str) -> (crate::TempDir, Connection, Connection) {
+    let dir = crate::TempDir::new();
+    let a = crate::open(&dir.path().join("a.db"));
+    let b = crate::open(&dir.path().join("b.db"));
+    a.execute_batch(schema).expect("schema at a");
+    b.execute_batch(schema).expect("schema at b");
+    crate::join_library(&b, &crate::library_id(&a));
+    (dir, a, b)
+}

@@ -94,3 +94,18 @@ pub fn n(report: &serde_json::Value, key: &str) -> i64 {
         .as_i64()
         .unwrap_or_else(|| panic!("report has no '{key}': {report}"))
 }
+
+/// Everything `from` has after cursor `since`, applied at `to`; the report.
+pub fn send(
+    from: &rusqlite::Connection,
+    to: &rusqlite::Connection,
+    since: i64,
+) -> serde_json::Value {
+    let blob: Vec<u8> = from
+        .query_row("SELECT lsync_changeset(?1)", [since], |r| r.get(0))
+        .expect("lsync_changeset");
+    let report: String = to
+        .query_row("SELECT lsync_apply(?1)", [&blob], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("lsync_apply: {e}"));
+    serde_json::from_str(&report).expect("report")
+}

@@ -23,20 +23,14 @@ fn schema(tag_col: &str) -> String {
 
 /// A and B in one library with tags T and T2 and objects O1..O3 on both;
 /// `fk_on` says whether A enforces FKs (B always does).
-fn pair(tag_col: &str, fk_on: bool) -> (TempDir, Connection, Connection) {
-    let dir = TempDir::new();
-    let a = open(&dir.path().join("a.db"));
-    let b = open(&dir.path().join("b.db"));
-    for c in [&a, &b] {
-        c.execute_batch(&schema(tag_col)).unwrap();
-    }
-    join_library(&b, &library_id(&a));
+fn tagged_pair(tag_col: &str, fk_on: bool) -> (TempDir, Connection, Connection) {
+    let (dir, a, b) = two_libraries(&schema(tag_col));
     a.execute_batch(
         "INSERT INTO tags(uuid, name) VALUES ('T', 'red'), ('T2', 'blue');
          INSERT INTO objects(uuid, name) VALUES ('O1', 'a'), ('O2', 'b'), ('O3', 'c');",
     )
     .unwrap();
-    send(&a, &b);
+    send(&a, &b, 0);
     a.execute_batch(if fk_on {
         "PRAGMA foreign_keys = ON"
     } else {
@@ -47,27 +41,16 @@ fn pair(tag_col: &str, fk_on: bool) -> (TempDir, Connection, Connection) {
     (dir, a, b)
 }
 
-/// Everything `from` has, applied at `to`.
-fn send(from: &Connection, to: &Connection) -> Json {
-    let blob: Vec<u8> = from
-        .query_row("SELECT lsync_changeset(0)", [], |r| r.get(0))
-        .unwrap();
-    let report: String = to
-        .query_row("SELECT lsync_apply(?1)", [&blob], |r| r.get(0))
-        .unwrap_or_else(|e| panic!("lsync_apply: {e}"));
-    serde_json::from_str(&report).unwrap()
-}
-
 /// Both ways, twice (so what each side derived reaches the other).
 fn exchange(a: &Connection, b: &Connection) {
     for _ in 0..2 {
-        send(a, b);
-        send(b, a);
+        send(a, b, 0);
+        send(b, a, 0);
     }
 }
 
 /// Assignments as (uuid, tag uuid, object uuid, note), by uuid.
-fn assignments(c: &Connection) -> Vec<Vec<String>> {
+fn tag_links(c: &Connection) -> Vec<Vec<String>> {
     query_rows(
         c,
         &format!(
@@ -79,7 +62,7 @@ fn assignments(c: &Connection) -> Vec<Vec<String>> {
 }
 
 fn assert_converged_without_conflicts(a: &Connection, b: &Connection) {
-    assert_eq!(assignments(a), assignments(b));
+    assert_eq!(tag_links(a), tag_links(b));
     assert_eq!(
         query_rows(a, "SELECT uuid, name FROM tags ORDER BY uuid"),
         query_rows(b, "SELECT uuid, name FROM tags ORDER BY uuid")
@@ -107,7 +90,7 @@ fn assign_all(b: &Connection, tag: &str) {
 
 #[test]
 fn cascade_removes_links_made_elsewhere_after_the_delete() {
-    let (_dir, a, b) = pair(
+    let (_dir, a, b) = tagged_pair(
         "tag_id INTEGER NOT NULL REFERENCES tags(id) ON DELETE CASCADE",
         true,
     );
@@ -116,14 +99,14 @@ fn cascade_removes_links_made_elsewhere_after_the_delete() {
         .unwrap();
     // A meets links to a deleted row: it removes them (tombstones that
     // travel), and nothing is quarantined.
-    let at_a = send(&b, &a);
+    let at_a = send(&b, &a, 0);
     assert_eq!(n(&at_a, "quarantined"), 0, "{at_a}");
     assert_eq!(n(&at_a, "applied"), 3, "the three links, removed: {at_a}");
     // B meets the delete of a row its links point at: they go with it.
-    let at_b = send(&a, &b);
+    let at_b = send(&a, &b, 0);
     assert_eq!(n(&at_b, "quarantined"), 0, "{at_b}");
     exchange(&a, &b);
-    assert!(assignments(&a).is_empty(), "{:?}", assignments(&a));
+    assert!(tag_links(&a).is_empty(), "{:?}", tag_links(&a));
     assert_converged_without_conflicts(&a, &b);
 }
 
@@ -131,10 +114,10 @@ fn cascade_removes_links_made_elsewhere_after_the_delete() {
 fn no_action_is_delete_wins() {
     // The issue's case: A removes the tag's assignments first (the FK is
     // enforced), then the tag, while B assigns it to three objects.
-    let (_dir, a, b) = pair("tag_id INTEGER NOT NULL REFERENCES tags(id)", true);
+    let (_dir, a, b) = tagged_pair("tag_id INTEGER NOT NULL REFERENCES tags(id)", true);
     a.execute_batch("INSERT INTO tag_on_object(uuid, tag_id, object_id) VALUES ('A1', 1, 1);")
         .unwrap();
-    send(&a, &b);
+    send(&a, &b, 0);
     assign_all(&b, "T");
     a.execute_batch(
         "DELETE FROM tag_on_object WHERE tag_id = 1;
@@ -142,24 +125,24 @@ fn no_action_is_delete_wins() {
     )
     .unwrap();
     exchange(&a, &b);
-    assert!(assignments(&b).is_empty(), "{:?}", assignments(&b));
+    assert!(tag_links(&b).is_empty(), "{:?}", tag_links(&b));
     assert_eq!(query_rows(&b, "SELECT uuid FROM tags"), [["T2"]]);
     assert_converged_without_conflicts(&a, &b);
     // The other order of arrival ends the same.
-    let (_dir, a, b) = pair("tag_id INTEGER NOT NULL REFERENCES tags(id)", true);
+    let (_dir, a, b) = tagged_pair("tag_id INTEGER NOT NULL REFERENCES tags(id)", true);
     assign_all(&b, "T");
     a.execute_batch("DELETE FROM tags WHERE uuid = 'T'")
         .unwrap();
-    send(&a, &b);
-    send(&b, &a);
+    send(&a, &b, 0);
+    send(&b, &a, 0);
     exchange(&a, &b);
-    assert!(assignments(&a).is_empty());
+    assert!(tag_links(&a).is_empty());
     assert_converged_without_conflicts(&a, &b);
 }
 
 #[test]
 fn set_null_clears_links_made_elsewhere_and_nothing_waits() {
-    let (_dir, a, b) = pair(
+    let (_dir, a, b) = tagged_pair(
         "tag_id INTEGER REFERENCES tags(id) ON DELETE SET NULL",
         true,
     );
@@ -167,7 +150,7 @@ fn set_null_clears_links_made_elsewhere_and_nothing_waits() {
     a.execute_batch("DELETE FROM tags WHERE uuid = 'T'")
         .unwrap();
     exchange(&a, &b);
-    let rows = assignments(&a);
+    let rows = tag_links(&a);
     assert_eq!(rows.len(), 3, "{rows:?}");
     assert!(rows.iter().all(|r| r[1] == "NULL"), "{rows:?}");
     assert_converged_without_conflicts(&a, &b);
@@ -182,12 +165,12 @@ fn set_null_clears_links_made_elsewhere_and_nothing_waits() {
 #[test]
 fn a_dependant_removed_on_one_device_is_removed_everywhere() {
     for edit_first in [false, true] {
-        let (_dir, a, b) = pair("tag_id INTEGER REFERENCES tags(id)", false);
+        let (_dir, a, b) = tagged_pair("tag_id INTEGER REFERENCES tags(id)", false);
         a.execute_batch(
             "INSERT INTO tag_on_object(uuid, tag_id, object_id, note) VALUES ('J', 1, 1, 'x');",
         )
         .unwrap();
-        send(&a, &b);
+        send(&a, &b, 0);
         let before_edit: Vec<u8> = b
             .query_row("SELECT lsync_changeset(0)", [], |r| r.get(0))
             .unwrap();
@@ -208,7 +191,7 @@ fn a_dependant_removed_on_one_device_is_removed_everywhere() {
         if !edit_first {
             a.query_row("SELECT lsync_apply(?1)", [&before_edit], |_| Ok(()))
                 .unwrap();
-            assert!(assignments(&a).is_empty(), "removed at A's next apply");
+            assert!(tag_links(&a).is_empty(), "removed at A's next apply");
         }
         exchange(&a, &b);
         let expected: Vec<Vec<String>> = if edit_first {
@@ -216,7 +199,7 @@ fn a_dependant_removed_on_one_device_is_removed_everywhere() {
         } else {
             vec![]
         };
-        assert_eq!(assignments(&b), expected, "edit first: {edit_first}");
+        assert_eq!(tag_links(&b), expected, "edit first: {edit_first}");
         assert_converged_without_conflicts(&a, &b);
     }
 }

@@ -8,29 +8,6 @@ use lsync_tests::*;
 use rusqlite::Connection;
 use serde_json::Value as Json;
 
-/// Two databases with `schema` run on each (it tracks its own tables), the
-/// second joined to the first one's library.
-fn pair(schema: &str) -> (TempDir, Connection, Connection) {
-    let dir = TempDir::new();
-    let a = open(&dir.path().join("a.db"));
-    let b = open(&dir.path().join("b.db"));
-    a.execute_batch(schema).unwrap();
-    b.execute_batch(schema).unwrap();
-    join_library(&b, &library_id(&a));
-    (dir, a, b)
-}
-
-/// Everything `from` has after `since`, applied at `to`; the report.
-fn send(from: &Connection, to: &Connection, since: i64) -> Json {
-    let blob: Vec<u8> = from
-        .query_row("SELECT lsync_changeset(?1)", [since], |r| r.get(0))
-        .unwrap();
-    let report: String = to
-        .query_row("SELECT lsync_apply(?1)", [&blob], |r| r.get(0))
-        .unwrap_or_else(|e| panic!("lsync_apply: {e}"));
-    serde_json::from_str(&report).unwrap()
-}
-
 /// The quarantine as (table, uuid, op, error), in id order.
 fn conflicts(c: &Connection) -> Vec<Vec<String>> {
     query_rows(
@@ -56,7 +33,7 @@ SELECT lsync_track('notes', 'shared');
 /// of its changeset applies, and a later edit that makes it fit brings it in.
 #[test]
 fn a_refused_change_waits_in_the_quarantine_and_the_rest_applies() {
-    let (_dir, a, b) = pair(RANGES);
+    let (_dir, a, b) = two_libraries(RANGES);
     a.execute_batch("INSERT INTO ranges(uuid, name, lo, hi) VALUES ('R', 'r', 1, 10)")
         .unwrap();
     send(&a, &b, 0);
@@ -130,7 +107,7 @@ fn a_refused_change_waits_in_the_quarantine_and_the_rest_applies() {
 /// and `lsync_conflict_drop` act on one entry.
 #[test]
 fn a_dba_retries_or_drops_a_quarantined_change() {
-    let (_dir, a, b) = pair(RANGES);
+    let (_dir, a, b) = two_libraries(RANGES);
     b.execute_batch(
         "CREATE TRIGGER no_secrets BEFORE INSERT ON notes WHEN NEW.body LIKE 'secret%'
          BEGIN SELECT RAISE(ABORT, 'no secrets here'); END;",
@@ -236,7 +213,7 @@ fn a_unique_clash_between_owners_never_stops_replication() {
         CREATE TABLE notes(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, body TEXT);
         SELECT lsync_track('places', 'device_owned');
         SELECT lsync_track('notes', 'shared');";
-    let (_dir, a, b) = pair(schema);
+    let (_dir, a, b) = two_libraries(schema);
     a.execute_batch("INSERT INTO places(uuid, path) VALUES ('PA', '/music')")
         .unwrap();
     b.execute_batch("INSERT INTO places(uuid, path) VALUES ('PB', '/music')")
