@@ -90,19 +90,6 @@ CREATE VIEW IF NOT EXISTS lsync_pending AS
   SELECT t.name AS tbl, d.uuid AS pk, d.col AS col, d.target AS target, d.target_uuid AS target_uuid
   FROM lsync_deferred d JOIN lsync_tables t ON t.id = d.tbl;
 
--- Aliases: a shared row that held the same values as another in a UNIQUE
--- index was merged into it (docs/conflicts.md). `uuid` is the loser's
--- global id, `winner` the row it became: changes and FK values that name
--- the loser apply to the winner. Chains are kept flat (a winner that later
--- loses passes its aliases on), so one lookup finds the row.
-CREATE TABLE IF NOT EXISTS lsync_alias(
-  tbl    INTEGER NOT NULL,
-  uuid   ANY NOT NULL,
-  winner ANY NOT NULL,
-  PRIMARY KEY (tbl, uuid)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS lsync_alias_winner ON lsync_alias(tbl, winner);
-
 -- Replication peers, as the replicator knows them; it keeps them through the
 -- lsync_peer* functions. Watermarks advance in the same transaction as the
 -- apply, so a crash never loses or repeats a change.

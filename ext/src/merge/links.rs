@@ -61,10 +61,8 @@ impl Applier {
             }
             let found = fk::rids_of(self.db, tt, &missing)?;
             self.report.fk_queries += 1;
-            let tt = tt.clone();
-            self.rids.entry(tt.name.clone()).or_default().extend(found);
-            // Targets merged into another row by a UNIQUE key.
-            self.alias_targets(&tt, &missing)?;
+            let name = tt.name.clone();
+            self.rids.entry(name).or_default().extend(found);
         }
         Ok(())
     }

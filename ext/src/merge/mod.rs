@@ -8,13 +8,11 @@
 //! referrers.
 
 mod cascade;
-mod fold;
 mod links;
 mod owned;
 mod park;
 mod quarantine;
 mod shared;
-mod unique;
 mod write;
 
 use std::sync::Arc;
@@ -100,9 +98,6 @@ enum Outcome {
     Stale,
     /// These columns took the change (none: stale).
     Written(Vec<Arc<str>>),
-    /// The change made the row collide with another in a UNIQUE key, and
-    /// the two were merged (`unique`).
-    Merged,
 }
 
 /// One changeset's merge: what was looked up once for all its changes, the
@@ -135,8 +130,6 @@ struct Applier {
     actions: HashMap<i64, HashMap<String, cascade::Action>>,
     /// Rows being removed with their FK target, so FK cycles end.
     removing: HashSet<(i64, i64)>,
-    /// UNIQUE keys and aliases of shared tables (`unique`).
-    uniq: unique::Uniques,
 }
 
 fn check_id(c: &Change) -> Result<()> {
@@ -171,7 +164,6 @@ impl Applier {
             current: None,
             actions: HashMap::default(),
             removing: HashSet::default(),
-            uniq: unique::Uniques::default(),
         })
     }
 
@@ -331,14 +323,11 @@ impl Applier {
             tombs.insert(&k, clk);
         }
         self.tombs.insert(t.name.clone(), tombs);
-        self.prepare_unique(t, list)?;
         self.find_targets(t, list, groups)
     }
 
     fn upsert(&mut self, t: &Table, c: &Change) -> Result<()> {
         check_id(c)?;
-        let dealiased = self.dealias(t, c);
-        let c = dealiased.as_ref().unwrap_or(c);
         let (mut vals, mut deferred) = self.local_values(t, c);
         let existing = self.rids.get(&t.name).and_then(|m| m.get(&c.pk)).copied();
         let origin = self.idx(&c.origin)?;
@@ -372,7 +361,6 @@ impl Applier {
         };
         match outcome {
             Outcome::Refused => self.report.refused += 1,
-            Outcome::Merged => self.report.applied += 1,
             Outcome::Written(cols) if !cols.is_empty() => {
                 self.report.applied += 1;
                 self.settle_links(t, rid, &c.pk, Some(&cols), deferred)?;
@@ -423,9 +411,6 @@ impl Applier {
                 m.remove(key);
             }
         }
-        if t.mode == Mode::Shared && self.merge_insert(t, c, vals)? {
-            return Ok(None);
-        }
         let rid = self.insert(t, key, vals)?;
         self.extend_run(t.id, rid, c.hlc, origin, code_of(c.op), false)?;
         self.rids
@@ -437,9 +422,6 @@ impl Applier {
 
     fn delete(&mut self, t: &Table, c: &Change) -> Result<()> {
         check_id(c)?;
-        // A delete of a merged row's loser deletes the merged row.
-        let dealiased = self.dealias(t, c);
-        let c = dealiased.as_ref().unwrap_or(c);
         let key = &c.pk;
         let origin = self.idx(&c.origin)?;
         let theirs: Clk = (c.hlc, c.origin.clone());

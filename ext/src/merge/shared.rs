@@ -31,9 +31,6 @@ impl Applier {
             .filter(|(col, _)| clocks.get(*col).is_none_or(|mine| theirs > *mine))
             .cloned()
             .collect();
-        if self.merge_update(t, c, rid, &winners)? {
-            return Ok(Outcome::Merged);
-        }
         self.write(t, rid, &winners)?;
         // A newer re-insert also renews the row's creation clock, which is
         // what a delete is compared with.
