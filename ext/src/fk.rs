@@ -10,10 +10,18 @@ use crate::ident::{q, qm};
 use crate::ids::IdMap;
 use crate::sql::{Cache, Db, Value};
 
-/// The declared `ON DELETE` action of each FK column of `table` (as SQLite
-/// spells it: `CASCADE`, `SET NULL`, `SET DEFAULT`, `RESTRICT`, `NO
-/// ACTION`), with the column's default expression.
-pub fn on_delete(db: Db, table: &str) -> Result<Vec<(String, (String, Option<String>))>> {
+/// A declared FK column's `ON DELETE` action.
+pub struct OnDelete {
+    pub col: String,
+    /// As SQLite spells it: `CASCADE`, `SET NULL`, `SET DEFAULT`,
+    /// `RESTRICT`, `NO ACTION`.
+    pub action: String,
+    /// The column's default expression, if any.
+    pub default: Option<String>,
+}
+
+/// The declared `ON DELETE` action of each FK column of `table`.
+pub fn on_delete(db: Db, table: &str) -> Result<Vec<OnDelete>> {
     let mut s = db.prepare(
         "SELECT f.\"from\", f.on_delete, c.dflt_value
          FROM pragma_foreign_key_list(?1, 'main') f
@@ -22,10 +30,11 @@ pub fn on_delete(db: Db, table: &str) -> Result<Vec<(String, (String, Option<Str
     s.bind(1, &table.into())?;
     let mut out = Vec::new();
     while s.step()? {
-        out.push((
-            s.text(0).unwrap_or_default(),
-            (s.text(1).unwrap_or_default(), s.text(2)),
-        ));
+        out.push(OnDelete {
+            col: s.text(0).unwrap_or_default(),
+            action: s.text(1).unwrap_or_default(),
+            default: s.text(2),
+        });
     }
     Ok(out)
 }

@@ -5,7 +5,6 @@
 
 use lsync_tests::*;
 use rusqlite::Connection;
-use serde_json::Value as Json;
 
 /// Tags, objects and assignments; `action` is the assignment's FK action
 /// on tags, `tag_col` its column declaration.

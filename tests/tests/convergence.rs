@@ -16,6 +16,11 @@
 //! applied and delivered after its tombstone was pruned: they must be
 //! refused, never bring the row back. In both properties no row deleted
 //! anywhere may be live anywhere at the end.
+//!
+//! The schema has constraints of real apps (issue 11): a NOT NULL CASCADE
+//! FK, a RESTRICT FK and FKs with no action (both delete-wins), and a CHECK
+//! that local writes sometimes break. Replicas must end with nothing
+//! quarantined. UNIQUE keys are not in it yet: docs/conflicts.md says why.
 
 use proptest::prelude::*;
 use rusqlite::Connection;
@@ -28,12 +33,11 @@ CREATE TABLE entries(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE,
   parent_id INTEGER REFERENCES entries(id), location_id INTEGER REFERENCES locations(id),
   name TEXT, size INTEGER);
 CREATE INDEX entries_parent ON entries(parent_id);
-CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT UNIQUE, color TEXT);
+CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT, color TEXT);
 CREATE TABLE tag_assignments(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE,
   tag_id INTEGER NOT NULL REFERENCES tags(id) ON DELETE CASCADE,
   entry_id INTEGER REFERENCES entries(id) ON DELETE RESTRICT,
-  note TEXT CHECK (length(note) <= 3),
-  UNIQUE (tag_id, entry_id));
+  note TEXT CHECK (length(note) <= 3));
 SELECT lsync_track('locations', 'device_owned');
 SELECT lsync_track('entries', 'device_owned');
 SELECT lsync_track('tags', 'shared');

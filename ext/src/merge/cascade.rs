@@ -43,13 +43,15 @@ impl Applier {
     pub(super) fn action(&mut self, t: &Table, col: &str) -> Result<Action> {
         if !self.actions.contains_key(&t.id) {
             let mut map = HashMap::default();
-            for (c, (action, default)) in fk::on_delete(self.db, &t.name)? {
-                let a = match action.as_str() {
+            for fk in fk::on_delete(self.db, &t.name)? {
+                let a = match fk.action.as_str() {
                     "SET NULL" => Action::SetNull,
-                    "SET DEFAULT" => Action::SetDefault(default.unwrap_or_else(|| "NULL".into())),
+                    "SET DEFAULT" => {
+                        Action::SetDefault(fk.default.unwrap_or_else(|| "NULL".into()))
+                    }
                     _ => Action::Remove,
                 };
-                map.insert(c, a);
+                map.insert(fk.col, a);
             }
             self.actions.insert(t.id, map);
         }
@@ -67,11 +69,11 @@ impl Applier {
         let Some(tt) = self.tables.get(target) else {
             return Ok(false);
         };
-        Ok(self.clock.cache.with(
+        self.clock.cache.with(
             "SELECT 1 FROM lsync_clock WHERE tbl = ?1 AND uuid = ?2",
             &[tt.id.into(), uuid.clone()],
             |s| s.step(),
-        )?)
+        )
     }
 
     /// Before row `rid` of `t` is deleted: its dependants get their FK's
