@@ -4,8 +4,10 @@
 //!
 //! Today one kind: an FK column that is `NOT NULL` and whose FK has no
 //! `ON DELETE` action that resolves a dependant of a deleted target. lsync
-//! stores a link whose target has not arrived (or was deleted on another
-//! device) as NULL until the target comes, and such a column cannot hold it.
+//! stores a link whose target has not arrived as NULL until the target
+//! comes, and such a column cannot hold it (the change waits in the
+//! quarantine instead); a delete of the target removes the row
+//! (delete-wins) or, with SET NULL, cannot be held.
 
 use std::collections::BTreeMap;
 
@@ -62,26 +64,29 @@ fn fk_column(db: Db, table: &str, col: &str, target: &str) -> Result<Option<Warn
         return Ok(None);
     }
     let on_delete = declared_on_delete(db, table)?.remove(col);
-    let why = match on_delete.as_deref() {
+    let waits = format!(
+        "a change to {table} whose {target} row has not arrived yet waits in the quarantine \
+         (lsync_conflicts) until it does, where a nullable column would hold the link as NULL"
+    );
+    let message = match on_delete.as_deref() {
         Some("CASCADE") => return Ok(None),
         Some("SET DEFAULT") if has_default => return Ok(None),
-        Some("SET DEFAULT") => {
-            format!("its FK to {target} says ON DELETE SET DEFAULT, but the column has no default")
-        }
-        Some("SET NULL") => {
-            format!("its FK to {target} says ON DELETE SET NULL, which the column cannot hold")
-        }
-        Some(action) => format!("its FK to {target} has no ON DELETE action ({action})"),
-        None => format!(
-            "its link to {target} (the fks option) has no declared FK, so no ON DELETE action"
+        Some(set @ ("SET DEFAULT" | "SET NULL")) => format!(
+            "{table}.{col} is NOT NULL and its FK to {target} says ON DELETE {set}, which the \
+             column cannot hold{}: a delete of a {target} row that {table} rows point at is \
+             quarantined (lsync_conflicts) where such rows exist; and {waits}",
+            if set == "SET DEFAULT" { " (it has no default)" } else { "" }
+        ),
+        action => format!(
+            "{table}.{col} is NOT NULL and {}: a {table} row whose {target} row is deleted, \
+             here or on another device, is removed with it on every replica (delete-wins); \
+             and {waits}",
+            match action {
+                Some(a) => format!("its FK to {target} has no ON DELETE action ({a})"),
+                None => format!("its link to {target} (the fks option) has no declared FK"),
+            }
         ),
     };
-    let message = format!(
-        "{table}.{col} is NOT NULL and {why}: a change to {table} whose {target} row has \
-         not arrived, or was deleted on another device, cannot be applied here, and \
-         replication from that device stops at it; a nullable column would hold the link \
-         as NULL until the row arrives"
-    );
     Ok(Some(Warning {
         table: table.to_owned(),
         column: col.to_owned(),

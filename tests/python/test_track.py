@@ -130,7 +130,8 @@ def test_untrack_stops_capture(db):
 )
 def test_not_null_fk_without_on_delete_action_warns(db, column, on_delete):
     """A NOT NULL FK column cannot hold the NULL of a link whose target has
-    not arrived: lsync_track says so, and tracks the table all the same."""
+    not arrived (such a change waits in the quarantine): lsync_track says
+    so, and tracks the table all the same."""
     db.execute(f"CREATE TABLE tag_on_object(id INTEGER PRIMARY KEY, uuid TEXT, obj TEXT, {column})")
     summary = json.loads(db.execute("SELECT lsync_track('tag_on_object', 'shared')").fetchone()[0])
     if on_delete is None:
@@ -144,7 +145,7 @@ def test_not_null_fk_without_on_delete_action_warns(db, column, on_delete):
             on_delete,
         )
         assert "tag_on_object.tag_id is NOT NULL" in w["message"]
-        assert "cannot be applied here" in w["message"]
+        assert "waits in the quarantine (lsync_conflicts)" in w["message"]
     assert triggers(db, "tag_on_object") > 0
     db.execute("INSERT INTO tags(uuid, name) VALUES ('0190a0a0-0000-7000-8000-00000000000a', 'red')")
     db.execute("INSERT INTO tag_on_object(obj, tag_id) VALUES ('x', 1)")

@@ -409,7 +409,8 @@ fn a_not_null_fk_with_no_on_delete_action_is_tracked_with_a_warning() {
     for part in [
         "tag_on_object.tag_id is NOT NULL",
         "FK to tags has no ON DELETE action",
-        "has not arrived, or was deleted on another device, cannot be applied here",
+        "is deleted, here or on another device, is removed with it on every replica (delete-wins)",
+        "has not arrived yet waits in the quarantine (lsync_conflicts)",
     ] {
         assert!(msg.contains(part), "{msg}");
     }
