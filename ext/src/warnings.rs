@@ -68,25 +68,28 @@ fn fk_column(db: Db, table: &str, col: &str, target: &str) -> Result<Option<Warn
         "a change to {table} whose {target} row has not arrived yet waits in the quarantine \
          (lsync_conflicts) until it does, where a nullable column would hold the link as NULL"
     );
-    let message = match on_delete.as_deref() {
-        Some("CASCADE") => return Ok(None),
-        Some("SET DEFAULT") if has_default => return Ok(None),
-        Some(set @ ("SET DEFAULT" | "SET NULL")) => format!(
+    let message =
+        match on_delete.as_deref() {
+            Some("CASCADE") => return Ok(None),
+            Some("SET DEFAULT") if has_default => return Ok(None),
+            Some(set @ ("SET DEFAULT" | "SET NULL")) => {
+                format!(
             "{table}.{col} is NOT NULL and its FK to {target} says ON DELETE {set}, which the \
              column cannot hold{}: a delete of a {target} row that {table} rows point at is \
              quarantined (lsync_conflicts) where such rows exist; and {waits}",
             if set == "SET DEFAULT" { " (it has no default)" } else { "" }
-        ),
-        action => format!(
-            "{table}.{col} is NOT NULL and {}: a {table} row whose {target} row is deleted, \
+        )
+            }
+            action => format!(
+                "{table}.{col} is NOT NULL and {}: a {table} row whose {target} row is deleted, \
              here or on another device, is removed with it on every replica (delete-wins); \
              and {waits}",
-            match action {
-                Some(a) => format!("its FK to {target} has no ON DELETE action ({a})"),
-                None => format!("its link to {target} (the fks option) has no declared FK"),
-            }
-        ),
-    };
+                match action {
+                    Some(a) => format!("its FK to {target} has no ON DELETE action ({a})"),
+                    None => format!("its link to {target} (the fks option) has no declared FK"),
+                }
+            ),
+        };
     Ok(Some(Warning {
         table: table.to_owned(),
         column: col.to_owned(),

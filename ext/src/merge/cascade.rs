@@ -179,13 +179,16 @@ impl Applier {
     pub(super) fn dead_links(
         &mut self,
         t: &Table,
+        c: &Change,
         vals: &mut LocalValues,
         deferred: &mut Vec<Link>,
     ) -> Result<Vec<Arc<str>>> {
         let mut dead = Vec::new();
         let mut kept = Vec::new();
         for (col, target, uuid) in std::mem::take(deferred) {
-            if !self.tombstoned(&target, &uuid)? {
+            // A row that links to itself brings itself back with this change.
+            let itself = *target == *t.name && uuid == c.pk;
+            if itself || !self.tombstoned(&target, &uuid)? {
                 kept.push((col, target, uuid));
                 continue;
             }

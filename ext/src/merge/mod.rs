@@ -332,7 +332,7 @@ impl Applier {
         let existing = self.rids.get(&t.name).and_then(|m| m.get(&c.pk)).copied();
         let origin = self.idx(&c.origin)?;
         if !deferred.is_empty() {
-            let dead = self.dead_links(t, &mut vals, &mut deferred)?;
+            let dead = self.dead_links(t, c, &mut vals, &mut deferred)?;
             if !dead.is_empty()
                 && self.dead_change(t, c, existing, origin, &dead, &mut vals, &mut deferred)?
             {
