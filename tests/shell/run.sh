@@ -172,5 +172,19 @@ expect "lsync_missing folds new rows first, as the docs show" "3|2|0" \
   "$(sql "$db" "INSERT INTO tags(name) VALUES ('a'), ('b'), ('c');" \
     "SELECT lsync_missing(0), lsync_missing(1), lsync_missing(0, lsync_device_id());")"
 
+# 14. A change the receiver refuses for a constraint is quarantined, the rest
+#     applies, and the DBA sees it in lsync_conflicts and drops it
+qa=$(fresh quarantine_a)
+qb=$(fresh quarantine_b)
+sql "$qb" "SELECT lsync_library_id('$(sql "$qa" "SELECT lsync_library_id();")');" \
+  "CREATE TRIGGER no_black BEFORE INSERT ON tags WHEN NEW.color = 'black' BEGIN SELECT RAISE(ABORT, 'no black tags'); END;" >/dev/null
+sql "$qa" "INSERT INTO tags(name, color) VALUES ('night', 'black'), ('day', 'white');" \
+  "SELECT writefile('$tmp/q.lsync', lsync_changeset(0));" >/dev/null
+expect "a refused change is quarantined, the rest applies" "1|1|day|tags|insert|no black tags" \
+  "$(sql "$qb" "SELECT json_extract(r, '\$.applied'), json_extract(r, '\$.quarantined') FROM (SELECT lsync_apply(readfile('$tmp/q.lsync')) AS r);" \
+    "SELECT name FROM tags;" "SELECT tbl, op, substr(error, instr(error, 'no black')) FROM lsync_conflicts;" | paste -sd'|')"
+expect "lsync_conflict_drop empties the quarantine" "1|0" \
+  "$(sql "$qb" "SELECT lsync_conflict_drop(id) FROM lsync_conflicts;" "SELECT count(*) FROM lsync_conflicts;" | paste -sd'|')"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
