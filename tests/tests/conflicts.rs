@@ -246,3 +246,37 @@ fn a_unique_clash_between_owners_never_stops_replication() {
         [["PA", "/music"], ["PB", "/music-b"]]
     );
 }
+
+/// A snapshot merged into a library that has data goes through the same
+/// merge: a row refused here is quarantined and the rest is restored.
+#[test]
+fn a_snapshot_merge_quarantines_what_it_cannot_apply() {
+    let (dir, a, b) = two_libraries(RANGES);
+    a.execute_batch("INSERT INTO notes(uuid, body) VALUES ('S', 'secret'), ('P', 'public');")
+        .unwrap();
+    b.execute_batch(
+        "INSERT INTO notes(uuid, body) VALUES ('B', 'mine');
+         CREATE TRIGGER no_secrets BEFORE INSERT ON notes WHEN NEW.body = 'secret'
+         BEGIN SELECT RAISE(ABORT, 'no secrets here'); END;",
+    )
+    .unwrap();
+    let snap = dir.path().join("a.snap");
+    a.query_row(
+        "SELECT lsync_snapshot(?1)",
+        [snap.to_string_lossy()],
+        |_| Ok(()),
+    )
+    .unwrap();
+    let report: Json = serde_json::from_str(&scalar::<String>(
+        &b,
+        &format!("SELECT lsync_restore('{}')", snap.display()),
+    ))
+    .unwrap();
+    assert_eq!(report["mode"], "merge", "{report}");
+    assert_eq!(n(&report, "quarantined"), 1, "{report}");
+    assert_eq!(
+        query_rows(&b, "SELECT uuid FROM notes ORDER BY uuid"),
+        [["B"], ["P"]]
+    );
+    assert_eq!(conflicts(&b)[0][..3], ["notes", "S", "insert"]);
+}
