@@ -280,3 +280,33 @@ fn a_snapshot_merge_quarantines_what_it_cannot_apply() {
     );
     assert_eq!(conflicts(&b)[0][..3], ["notes", "S", "insert"]);
 }
+
+/// A quarantined change that can no longer be applied at all (here its
+/// stored form is damaged) stays quarantined with the error, and never
+/// blocks the applies that retry it.
+#[test]
+fn a_quarantined_change_that_cannot_be_read_never_blocks() {
+    let (_dir, a, b) = two_libraries(RANGES);
+    b.execute_batch(
+        "CREATE TRIGGER no_secrets BEFORE INSERT ON notes WHEN NEW.body = 'secret'
+         BEGIN SELECT RAISE(ABORT, 'no secrets here'); END;",
+    )
+    .unwrap();
+    a.execute_batch("INSERT INTO notes(uuid, body) VALUES ('S', 'secret')")
+        .unwrap();
+    let since = cursor(&a);
+    assert_eq!(n(&send(&a, &b, 0), "quarantined"), 1);
+    b.execute_batch("UPDATE lsync_quarantine SET change = x'00'")
+        .unwrap();
+    a.execute_batch("INSERT INTO notes(uuid, body) VALUES ('P', 'public')")
+        .unwrap();
+    let report = send(&a, &b, since);
+    assert_eq!(
+        (n(&report, "applied"), n(&report, "retried")),
+        (1, 0),
+        "{report}"
+    );
+    let q = query_rows(&b, "SELECT tries, error FROM lsync_conflicts");
+    assert_eq!(q[0][0], "2", "{q:?}");
+    assert!(q[0][1].contains("corrupt"), "{q:?}");
+}

@@ -162,6 +162,27 @@ pub fn retry(db: Db, tables: &HashMap<Arc<str>, Table>, id: i64) -> Result<Optio
 }
 
 fn retry_one(db: Db, tables: &HashMap<Arc<str>, Table>, id: i64) -> Result<Option<String>> {
+    match apply_one(db, tables, id) {
+        Ok(()) => {
+            db.run("DELETE FROM lsync_quarantine WHERE id = ?1", &[id.into()])?;
+            Ok(None)
+        }
+        // Any error leaves it quarantined, with the error: a change set
+        // aside never blocks an apply (its table's columns may have
+        // changed since, say).
+        Err(e) => {
+            db.run(
+                "UPDATE lsync_quarantine SET error = ?2, tried_at = ?3, tries = tries + 1
+                 WHERE id = ?1",
+                &[id.into(), e.cause().into(), now_ms().into()],
+            )?;
+            Ok(Some(e.cause().to_owned()))
+        }
+    }
+}
+
+/// Applies quarantined change `id` in a savepoint of its own: all or nothing.
+fn apply_one(db: Db, tables: &HashMap<Arc<str>, Table>, id: i64) -> Result<()> {
     let Some(Value::Blob(blob)) = db.query_value(
         "SELECT change FROM lsync_quarantine WHERE id = ?1",
         &[id.into()],
@@ -172,21 +193,7 @@ fn retry_one(db: Db, tables: &HashMap<Arc<str>, Table>, id: i64) -> Result<Optio
     let cs = Changeset::decode(&blob, schema::max_body(db))
         .map_err(|e| Error::msg(format!("lsync: quarantined change {id} is corrupt: {e}")))?;
     let mut a = Applier::new(db, tables.clone(), HashSet::default())?;
-    match attempt(db, &mut a, &cs) {
-        Ok(()) => {
-            db.run("DELETE FROM lsync_quarantine WHERE id = ?1", &[id.into()])?;
-            Ok(None)
-        }
-        Err(Attempt::Refused(_, e)) => {
-            db.run(
-                "UPDATE lsync_quarantine SET error = ?2, tried_at = ?3, tries = tries + 1
-                 WHERE id = ?1",
-                &[id.into(), e.cause().into(), now_ms().into()],
-            )?;
-            Ok(Some(e.cause().to_owned()))
-        }
-        Err(Attempt::Failed(e)) => Err(e),
-    }
+    attempt(db, &mut a, &cs).map_err(|(Attempt::Refused(_, e) | Attempt::Failed(e))| e)
 }
 
 /// Removes quarantined change `id` for good.
