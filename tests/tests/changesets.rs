@@ -1867,9 +1867,10 @@ fn a_changeset_read_before_a_pruned_delete_is_refused() {
 /// Issue 9.2: where SQLite enforces no FK (`foreign_keys` is OFF, as in the
 /// `sqlite3` shell and Python), a local delete leaves rows pointing at the
 /// deleted row's rowid. The next row that takes that rowid must not become
-/// their target: the reference gets its FK's action as a peer applies it
-/// when the delete arrives (issue 11: the default action is delete-wins, so
-/// the assignment goes with its tag).
+/// their target: the reference is detached at once (NULL, with a link to
+/// the deleted row's uuid), and gets its FK's action at the next apply, as
+/// a peer applies it when the delete arrives (issue 11: the default action
+/// is delete-wins, so the assignment goes with its tag).
 #[test]
 fn a_reused_rowid_never_becomes_the_target_of_an_old_reference() {
     let (_dir, [a, b]) = peers();
@@ -1893,13 +1894,18 @@ fn a_reused_rowid_never_becomes_the_target_of_an_old_reference() {
         "SELECT count(*) FROM tag_assignments t JOIN tags x ON x.id = t.tag_id WHERE x.uuid = 'NEW'",
     );
     assert_eq!(points_at_new, 0, "A1 took the new tag as its target");
+    let link: String = scalar(&a, "SELECT target_uuid FROM lsync_pending WHERE pk = 'A1'");
+    assert_eq!(link, "OLD");
+    let report = apply(&b, &changeset(&a, to).0);
+    assert_eq!(n(&report, "cascaded"), 1, "{report}");
     assert_eq!(
-        rowid(&a, "tag_assignments", "A1"),
+        rowid(&b, "tag_assignments", "A1"),
         None,
         "A1 went with its tag"
     );
-    let report = apply(&b, &changeset(&a, to).0);
-    assert_eq!(n(&report, "cascaded"), 1, "{report}");
+    // B's removal travels back (or A's next apply removes it itself).
+    apply(&a, &changeset(&b, 0).0);
+    assert_eq!(rowid(&a, "tag_assignments", "A1"), None);
     assert_eq!(canon(&a), canon(&b));
     assert_eq!(
         count(&b, "lsync_pending"),

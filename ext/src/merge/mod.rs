@@ -203,8 +203,6 @@ impl Applier {
         let names: Vec<Arc<str>> = self.tables.keys().cloned().collect();
         let mut spelled: HashMap<&str, &str> = HashMap::default();
         let mut groups: HashMap<&str, Vec<&Change>> = HashMap::default();
-        // Each grouped change's index in the changeset, in group order.
-        let mut index: HashMap<&str, Vec<usize>> = HashMap::default();
         for (i, c) in cs.changes.iter().enumerate() {
             if self.skip.contains(&i) {
                 continue;
@@ -223,7 +221,6 @@ impl Applier {
                 }
             };
             groups.entry(name).or_default().push(c);
-            index.entry(name).or_default().push(i);
         }
         let order = parents_first(&self.tables);
         for name in &order {
@@ -232,9 +229,9 @@ impl Applier {
             };
             let t = self.tables[name].clone();
             self.prepare_table(&t, list, &groups)?;
-            for (c, i) in list.iter().zip(&index[&**name]) {
+            for c in list {
                 if c.op != Op::Delete {
-                    self.current = Some(*i);
+                    self.current = Some(index_of(cs, c));
                     self.upsert(&t, c)?;
                 }
             }
@@ -245,9 +242,9 @@ impl Applier {
                 continue;
             };
             let t = self.tables[name].clone();
-            for (c, i) in list.iter().zip(&index[&**name]) {
+            for c in list {
                 if c.op == Op::Delete {
-                    self.current = Some(*i);
+                    self.current = Some(index_of(cs, c));
                     self.delete(&t, c)?;
                 }
             }
@@ -479,6 +476,13 @@ impl Applier {
         self.touched.insert(t.name.clone());
         Ok(())
     }
+}
+
+/// The index in `cs.changes` of `c`, a reference into it: by address, so
+/// that grouping the changes by table needs no second map.
+fn index_of(cs: &Changeset, c: &Change) -> usize {
+    let base = cs.changes.as_ptr() as usize;
+    (std::ptr::from_ref(c) as usize - base) / std::mem::size_of::<Change>()
 }
 
 /// Whether a change beats the state it meets: device-owned rows have one
