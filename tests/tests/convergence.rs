@@ -775,3 +775,34 @@ fn regression_a_changeset_delivered_again_after_a_pruned_delete_is_refused() {
     ];
     run_replicas(&steps, &all_pairs(), Mode::Pruning).unwrap();
 }
+
+/// Issue 11: an entry whose parent was deleted was removed with it
+/// (delete-wins) and buried; its owner's newer state, parented to itself,
+/// then counted its own tombstone as a deleted target and stayed removed on
+/// one replica.
+#[test]
+fn regression_a_row_that_links_to_itself_comes_back_over_its_tombstone() {
+    let steps = [
+        ins(0, 0),
+        ins(0, 0),
+        ins(0, 0),
+        ins(0, 1),
+        sync_step(0, 1, false),
+        Step::Delete {
+            at: 0,
+            table: 1,
+            row: 0,
+        },
+        Step::Snapshot { from: 0, to: 2 },
+        ins(1, 1),
+        sync_step(1, 2, false),
+        Step::Update {
+            at: 1,
+            table: 1,
+            row: 43,
+            col: 15,
+            v: 43,
+        },
+    ];
+    run_replicas(&steps, &all_pairs(), Mode::Plain).unwrap();
+}
