@@ -180,7 +180,7 @@ pub fn retry_conflict(db: Db, conn: &Conn, id: i64) -> Result<String> {
     schema::ensure(db)?;
     let _off = CaptureOff::new(conn);
     let tables = by_name(db)?;
-    let error = db.savepoint("lsync_retry", || {
+    let error = db.savepoint("lsync_conflict_retry", || {
         flush::flush(db)?;
         db.exec("PRAGMA defer_foreign_keys = ON")?;
         merge::retry_conflict(db, &tables, id)
