@@ -155,6 +155,24 @@ fn set_null_clears_links_made_elsewhere_and_nothing_waits() {
     assert_converged_without_conflicts(&a, &b);
 }
 
+/// SET DEFAULT sets the column to its declared default, evaluated on each
+/// replica: here rowid 2, which is tag T2 on both sides.
+#[test]
+fn set_default_sets_links_made_elsewhere_to_the_default() {
+    let (_dir, a, b) = tagged_pair(
+        "tag_id INTEGER NOT NULL DEFAULT 2 REFERENCES tags(id) ON DELETE SET DEFAULT",
+        true,
+    );
+    assign_all(&b, "T");
+    a.execute_batch("DELETE FROM tags WHERE uuid = 'T'")
+        .unwrap();
+    exchange(&a, &b);
+    let rows = tag_links(&a);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r[1] == "T2"), "{rows:?}");
+    assert_converged_without_conflicts(&a, &b);
+}
+
 /// B moves an assignment to another tag while A (FKs not enforced, as in
 /// the sqlite3 shell) deletes its old tag. A detaches the assignment at
 /// once and gives it its FK's action at its next apply: if that apply

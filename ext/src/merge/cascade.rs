@@ -238,27 +238,23 @@ impl Applier {
             };
             match self.action(&t, &col)? {
                 Action::Remove => self.kill(&t, rid, &uuid, None)?,
-                a => {
-                    if let Action::SetDefault(_) = a {
-                        let value = self.set_value(&t, &col)?;
-                        self.db.run(
-                            &format!(
-                                "UPDATE {} SET {} = {value} WHERE rowid = ?1",
-                                qm(&t.name),
-                                q(&col)
-                            ),
-                            &[rid.into()],
-                        )?;
-                    }
+                Action::SetNull => fk::forget(&self.clock.cache, tbl, rid, Some(&col))?,
+                Action::SetDefault(e) => {
+                    self.db.run(
+                        &format!(
+                            "UPDATE {} SET {} = ({e}) WHERE rowid = ?1",
+                            qm(&t.name),
+                            q(&col)
+                        ),
+                        &[rid.into()],
+                    )?;
                     fk::forget(&self.clock.cache, tbl, rid, Some(&col))?;
                 }
             }
         }
         Ok(())
     }
-}
 
-impl Applier {
     /// A change with links whose action removes the row (`dead`): applies
     /// it as the row's removal when it wins, and returns true when it has
     /// been dealt with. When it loses those columns, they are left out of
