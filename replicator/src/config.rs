@@ -43,11 +43,53 @@ pub struct TestHooks {
     pub apply_delay: Option<Duration>,
 }
 
-/// Capped exponential backoff for dialing a peer.
+/// Capped exponential backoff: for dialing a peer, and for pulling a
+/// held peer's changes again.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
     pub initial: Duration,
     pub max: Duration,
+}
+
+impl Backoff {
+    /// The delays of one run of retries.
+    pub fn delays(self) -> Delays {
+        Delays {
+            backoff: self,
+            next: self.initial,
+        }
+    }
+}
+
+/// The delays of a run of retries: each doubles the last, up to the max.
+#[derive(Debug)]
+pub struct Delays {
+    backoff: Backoff,
+    next: Duration,
+}
+
+impl Delays {
+    /// The delay to wait now.
+    pub fn next(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (d * 2).min(self.backoff.max);
+        d
+    }
+
+    /// Starts a new run: the next delay is the first again.
+    pub fn reset(&mut self) {
+        self.next = self.backoff.initial;
+    }
+
+    /// Whether no delay of this run has been taken yet.
+    pub fn is_fresh(&self) -> bool {
+        self.next == self.backoff.initial
+    }
+
+    /// The longest delay.
+    pub fn max(&self) -> Duration {
+        self.backoff.max
+    }
 }
 
 impl RunConfig {

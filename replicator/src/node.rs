@@ -142,7 +142,7 @@ async fn accept(node: Arc<Node>, listener: TcpListener) {
 /// exponential backoff. The delay resets after a session that lasted.
 async fn dial(node: Arc<Node>, addr: String, backoff: Backoff) {
     let mut stop = node.shutdown.clone();
-    let mut delay = backoff.initial;
+    let mut delays = backoff.delays();
     loop {
         let started = tokio::time::Instant::now();
         let outcome = match TcpStream::connect(&addr).await {
@@ -157,17 +157,17 @@ async fn dial(node: Arc<Node>, addr: String, backoff: Backoff) {
         if *stop.borrow() {
             return;
         }
+        if started.elapsed() > Duration::from_secs(10) {
+            delays.reset();
+        }
+        let delay = delays.next();
         match outcome {
             Ok(()) => info!(peer = %addr, "session closed"),
             Err(e) => warn!(peer = %addr, retry_in = ?delay, "session failed: {e}"),
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            delay = backoff.initial;
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,
         }
-        delay = (delay * 2).min(backoff.max);
     }
 }

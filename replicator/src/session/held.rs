@@ -7,6 +7,7 @@ use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::config::{Backoff, Delays};
 use crate::held::{self, Hold};
 use crate::protocol::Msg;
 
@@ -18,23 +19,19 @@ use super::Session;
 pub(super) struct Holding {
     /// When to pull again: `None` while nothing is held.
     retry_at: Option<Instant>,
-    /// The longest wait before the next retry: it doubles with every hold
-    /// in a row (from the dialing backoff's first delay up to its last), so
-    /// a raised `max_drift_ms`, or our clock set right, is seen soon.
-    backoff: Duration,
-    initial: Duration,
-    max: Duration,
+    /// The longest waits before the next retries: they double with every
+    /// hold in a row (the dialing backoff's), so a raised `max_drift_ms`,
+    /// or our clock set right, is seen soon.
+    delays: Delays,
     /// The peer said it holds our changes, and has acked nothing since.
     held_by_peer: bool,
 }
 
 impl Holding {
-    pub fn new(initial: Duration, max: Duration) -> Holding {
+    pub fn new(backoff: Backoff) -> Holding {
         Holding {
             retry_at: None,
-            backoff: initial,
-            initial,
-            max,
+            delays: backoff.delays(),
             held_by_peer: false,
         }
     }
@@ -52,17 +49,16 @@ impl Holding {
     /// the backoff runs out, whichever comes first; returns the wait.
     /// Whether this hold is the first in a row, too.
     fn hold(&mut self, accept_in: Duration) -> (Duration, bool) {
-        let first = self.backoff == self.initial;
-        let wait = accept_in.min(self.backoff);
+        let first = self.delays.is_fresh();
+        let wait = accept_in.min(self.delays.next());
         self.retry_at = Some(Instant::now() + wait);
-        self.backoff = (self.backoff * 2).min(self.max);
         (wait, first)
     }
 
     /// The retry is due: the pull goes out, and the hold stays until it is
     /// answered.
     pub fn retrying(&mut self) {
-        self.retry_at = Some(Instant::now() + self.max);
+        self.retry_at = Some(Instant::now() + self.delays.max());
     }
 
     /// The peer acked our changes: it holds none.
@@ -74,7 +70,7 @@ impl Holding {
     /// something was.
     pub fn released(&mut self) -> bool {
         let was = self.retry_at.take().is_some();
-        self.backoff = self.initial;
+        self.delays.reset();
         was
     }
 }
@@ -135,7 +131,7 @@ mod tests {
     #[test]
     fn a_hold_retries_no_sooner_than_needed_with_backoff() {
         let (initial, max) = (Duration::from_millis(200), Duration::from_secs(30));
-        let mut h = Holding::new(initial, max);
+        let mut h = Holding::new(Backoff { initial, max });
         assert!(!h.is_held());
         let ten_min = Duration::from_secs(600);
         let waits: Vec<_> = (0..10).map(|_| h.hold(ten_min).0).collect();

@@ -184,7 +184,7 @@ where
         last_ack: Instant::now(),
         wire_bytes,
         courtesy: Courtesy::new(version),
-        holding: Holding::new(backoff.initial, backoff.max),
+        holding: Holding::new(backoff),
     };
     let result = s.serve(&mut in_rx).await;
     reader.abort();
