@@ -139,38 +139,36 @@ fn no_action_is_delete_wins() {
     assert_converged_without_conflicts(&a, &b);
 }
 
-#[test]
-fn set_null_clears_links_made_elsewhere_and_nothing_waits() {
-    let (_dir, a, b) = tagged_pair(
-        "tag_id INTEGER REFERENCES tags(id) ON DELETE SET NULL",
-        true,
-    );
+/// B assigns tag T to three objects while A deletes T: with a SET NULL or
+/// SET DEFAULT FK, every assignment ends with its tag column `expected`.
+fn links_made_elsewhere_are_set(tag_col: &str, expected: &str) {
+    let (_dir, a, b) = tagged_pair(tag_col, true);
     assign_all(&b, "T");
     a.execute_batch("DELETE FROM tags WHERE uuid = 'T'")
         .unwrap();
     exchange(&a, &b);
     let rows = tag_links(&a);
     assert_eq!(rows.len(), 3, "{rows:?}");
-    assert!(rows.iter().all(|r| r[1] == "NULL"), "{rows:?}");
+    assert!(rows.iter().all(|r| r[1] == expected), "{rows:?}");
     assert_converged_without_conflicts(&a, &b);
+}
+
+#[test]
+fn set_null_clears_links_made_elsewhere_and_nothing_waits() {
+    links_made_elsewhere_are_set(
+        "tag_id INTEGER REFERENCES tags(id) ON DELETE SET NULL",
+        "NULL",
+    );
 }
 
 /// SET DEFAULT sets the column to its declared default, evaluated on each
 /// replica: here rowid 2, which is tag T2 on both sides.
 #[test]
 fn set_default_sets_links_made_elsewhere_to_the_default() {
-    let (_dir, a, b) = tagged_pair(
+    links_made_elsewhere_are_set(
         "tag_id INTEGER NOT NULL DEFAULT 2 REFERENCES tags(id) ON DELETE SET DEFAULT",
-        true,
+        "T2",
     );
-    assign_all(&b, "T");
-    a.execute_batch("DELETE FROM tags WHERE uuid = 'T'")
-        .unwrap();
-    exchange(&a, &b);
-    let rows = tag_links(&a);
-    assert_eq!(rows.len(), 3, "{rows:?}");
-    assert!(rows.iter().all(|r| r[1] == "T2"), "{rows:?}");
-    assert_converged_without_conflicts(&a, &b);
 }
 
 /// B moves an assignment to another tag while A (FKs not enforced, as in

@@ -14,6 +14,7 @@
 //! back); a shared row's just after its creation, made by this device (a
 //! shared delete beats the row's creation, whatever later edits).
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use lsync_wire::changeset::{Change, Op};
@@ -27,6 +28,14 @@ use crate::fk;
 use crate::ident::{q, qm};
 use crate::ids;
 use crate::sql::Value;
+
+/// An FK column that points at a table, as `target_deleted` uses it.
+pub(super) struct Referrer {
+    table: Table,
+    action: Action,
+    /// `Remove`: selects the dependants' rowids and uuids; else sets them.
+    sql: String,
+}
 
 /// What a tracked FK column does when its target row is deleted.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,7 +88,36 @@ impl Applier {
     /// Before row `rid` of `t` is deleted: its dependants get their FK's
     /// action.
     pub(super) fn target_deleted(&mut self, t: &Table, rid: i64) -> Result<()> {
-        let referrers: Vec<(Table, String)> = self
+        for r in self.referrers(t)?.iter() {
+            if r.action != Action::Remove {
+                self.clock.cache.run(&r.sql, &[rid.into()])?;
+                self.touched.insert(r.table.name.clone());
+                continue;
+            }
+            let rows = self.clock.cache.with(&r.sql, &[rid.into()], |st| {
+                let mut out = Vec::new();
+                while st.step()? {
+                    out.push((st.i64(0), st.value(1)));
+                }
+                Ok(out)
+            })?;
+            for (dependant, uuid) in rows {
+                if ids::is_id(&uuid) {
+                    self.kill(&r.table, dependant, &uuid, None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The FK columns that point at `t`, with their actions and the
+    /// statement each takes for a deleted row (`?1`, its rowid): worked
+    /// out once per table per changeset, not per deleted row.
+    fn referrers(&mut self, t: &Table) -> Result<Rc<Vec<Referrer>>> {
+        if let Some(r) = self.referrers.get(&t.id) {
+            return Ok(r.clone());
+        }
+        let cols: Vec<(Table, String)> = self
             .tables
             .values()
             .flat_map(|s| {
@@ -89,51 +127,25 @@ impl Applier {
                     .map(move |(col, _)| (s.clone(), col.clone()))
             })
             .collect();
-        for (s, col) in referrers {
-            match self.action(&s, &col)? {
+        let mut out = Vec::with_capacity(cols.len());
+        for (table, col) in cols {
+            let action = self.action(&table, &col)?;
+            let (st, c) = (qm(&table.name), q(&col));
+            let sql = match &action {
                 Action::Remove => {
-                    let sql = format!(
-                        "SELECT rowid, {u} FROM {st} WHERE {c} = ?1",
-                        u = q(&s.uuid_col),
-                        st = qm(&s.name),
-                        c = q(&col)
-                    );
-                    let rows = self.clock.cache.with(&sql, &[rid.into()], |st| {
-                        let mut out = Vec::new();
-                        while st.step()? {
-                            out.push((st.i64(0), st.value(1)));
-                        }
-                        Ok(out)
-                    })?;
-                    for (r, uuid) in rows {
-                        if ids::is_id(&uuid) {
-                            self.kill(&s, r, &uuid, None)?;
-                        }
-                    }
+                    format!(
+                        "SELECT rowid, {} FROM {st} WHERE {c} = ?1",
+                        q(&table.uuid_col)
+                    )
                 }
-                Action::SetNull | Action::SetDefault(_) => {
-                    let value = self.set_value(&s, &col)?;
-                    self.db.run(
-                        &format!(
-                            "UPDATE {st} SET {c} = {value} WHERE {c} = ?1",
-                            st = qm(&s.name),
-                            c = q(&col)
-                        ),
-                        &[rid.into()],
-                    )?;
-                    self.touched.insert(s.name.clone());
-                }
-            }
+                Action::SetNull => format!("UPDATE {st} SET {c} = NULL WHERE {c} = ?1"),
+                Action::SetDefault(e) => format!("UPDATE {st} SET {c} = ({e}) WHERE {c} = ?1"),
+            };
+            out.push(Referrer { table, action, sql });
         }
-        Ok(())
-    }
-
-    /// The SQL expression a SET NULL or SET DEFAULT column is set to.
-    fn set_value(&mut self, s: &Table, col: &str) -> Result<String> {
-        Ok(match self.action(s, col)? {
-            Action::SetDefault(e) => format!("({e})"),
-            _ => "NULL".into(),
-        })
+        let out = Rc::new(out);
+        self.referrers.insert(t.id, out.clone());
+        Ok(out)
     }
 
     /// Removes dependant row `rid` of `t`, leaving a tombstone: a

@@ -130,6 +130,8 @@ struct Applier {
     actions: HashMap<i64, HashMap<String, cascade::Action>>,
     /// Rows being removed with their FK target, so FK cycles end.
     removing: HashSet<(i64, i64)>,
+    /// The FK columns that point at each table (`cascade`).
+    referrers: HashMap<i64, std::rc::Rc<Vec<cascade::Referrer>>>,
 }
 
 fn check_id(c: &Change) -> Result<()> {
@@ -164,6 +166,7 @@ impl Applier {
             current: None,
             actions: HashMap::default(),
             removing: HashSet::default(),
+            referrers: HashMap::default(),
         })
     }
 
