@@ -179,30 +179,70 @@ pub fn resolve(db: Db, tables: &[Table]) -> Result<i64> {
         else {
             continue;
         };
-        db.run(
+        let (tn, c, ttn, tu) = (qm(&t.name), q(&col), qm(&tt.name), q(&tt.uuid_col));
+        let params = [tbl.into(), col.as_str().into()];
+        let set = db.run(
             &format!(
-                "UPDATE {t} SET {c} = r.trid FROM
+                "UPDATE {tn} SET {c} = r.trid FROM
                    (SELECT d.rid AS rid, x.rowid AS trid FROM lsync_deferred d
-                    JOIN {tt} x ON x.{tu} = d.target_uuid
+                    JOIN {ttn} x ON x.{tu} = d.target_uuid
                     WHERE d.tbl = ?1 AND d.col = ?2) AS r
-                 WHERE {t}.rowid = r.rid",
-                t = qm(&t.name),
-                c = q(&col),
-                tt = qm(&tt.name),
-                tu = q(&tt.uuid_col),
+                 WHERE {tn}.rowid = r.rid"
             ),
-            &[tbl.into(), col.as_str().into()],
-        )?;
-        db.run(
-            &format!(
-                "DELETE FROM lsync_deferred WHERE tbl = ?1 AND col = ?2
-                   AND target_uuid IN (SELECT {tu} FROM {tt})",
-                tt = qm(&tt.name),
-                tu = q(&tt.uuid_col),
-            ),
-            &[tbl.into(), col.as_str().into()],
-        )?;
-        resolved += db.changes();
+            &params,
+        );
+        match set {
+            Ok(()) => {
+                db.run(
+                    &format!(
+                        "DELETE FROM lsync_deferred WHERE tbl = ?1 AND col = ?2
+                           AND target_uuid IN (SELECT {tu} FROM {ttn})"
+                    ),
+                    &params,
+                )?;
+                resolved += db.changes();
+            }
+            // One link breaks a constraint (a UNIQUE pair, say): the
+            // statement left nothing, so link one row at a time; those
+            // refused stay pending, retried by the next apply, and never
+            // stop this one.
+            Err(e) if e.is_constraint() => {
+                resolved += resolve_each(db, &tn, &c, &ttn, &tu, &params)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(resolved)
+}
+
+/// `resolve` for one (table, column, target), link by link.
+fn resolve_each(db: Db, tn: &str, c: &str, ttn: &str, tu: &str, params: &[Value]) -> Result<i64> {
+    let mut s = db.prepare(&format!(
+        "SELECT d.rid, x.rowid FROM lsync_deferred d JOIN {ttn} x ON x.{tu} = d.target_uuid
+         WHERE d.tbl = ?1 AND d.col = ?2"
+    ))?;
+    s.bind_all(params)?;
+    let mut links = Vec::new();
+    while s.step()? {
+        links.push((s.i64(0), s.i64(1)));
+    }
+    drop(s);
+    let mut resolved = 0;
+    for (rid, trid) in links {
+        match db.run(
+            &format!("UPDATE {tn} SET {c} = ?2 WHERE rowid = ?1"),
+            &[rid.into(), trid.into()],
+        ) {
+            Ok(()) => {
+                db.run(
+                    "DELETE FROM lsync_deferred WHERE tbl = ?1 AND col = ?2 AND rid = ?3",
+                    &[params[0].clone(), params[1].clone(), rid.into()],
+                )?;
+                resolved += 1;
+            }
+            Err(e) if e.is_constraint() => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(resolved)
 }

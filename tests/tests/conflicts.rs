@@ -310,3 +310,62 @@ fn a_quarantined_change_that_cannot_be_read_never_blocks() {
     assert_eq!(q[0][0], "2", "{q:?}");
     assert!(q[0][1].contains("corrupt"), "{q:?}");
 }
+
+/// Two devices assign the same tag to the same object, and both
+/// assignments reach a third device before the tag does: their links wait.
+/// When the tag arrives, completing both would break the UNIQUE pair. One
+/// link completes, the other stays pending, and the apply goes through.
+#[test]
+fn a_link_that_cannot_complete_stays_pending_and_never_blocks() {
+    let schema = "
+        CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
+        CREATE TABLE objects(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
+        CREATE TABLE pairs(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE,
+          tag_id INTEGER REFERENCES tags(id), object_id INTEGER REFERENCES objects(id),
+          UNIQUE (tag_id, object_id));
+        SELECT lsync_track('tags', 'shared');
+        SELECT lsync_track('objects', 'shared');
+        SELECT lsync_track('pairs', 'shared');";
+    let (dir, a, b) = two_libraries(schema);
+    let c = open(&dir.path().join("c.db"));
+    c.execute_batch(schema).unwrap();
+    join_library(&c, &library_id(&a));
+    a.execute_batch(
+        "INSERT INTO tags(uuid, name) VALUES ('T', 'red');
+         INSERT INTO objects(uuid, name) VALUES ('O', 'photo');",
+    )
+    .unwrap();
+    send(&a, &c, 0);
+    let (a_at, c_at) = (cursor(&a), cursor(&c));
+    let pair = "INSERT INTO pairs(uuid, tag_id, object_id) VALUES (?1, 1, 1)";
+    a.execute(pair, ["PA"]).unwrap();
+    c.execute(pair, ["PC"]).unwrap();
+    // B gets the object, then both pairs, then the tag.
+    let part = |from: &Connection, since: i64, max: i64| -> Vec<u8> {
+        from.query_row("SELECT lsync_changeset(?1, ?2)", [since, max], |r| r.get(0))
+            .unwrap()
+    };
+    let apply = |blob: &[u8]| -> Json { serde_json::from_str(&applied_report(&b, blob)).unwrap() };
+    apply(&part(&a, 1, 1));
+    apply(&part(&a, a_at, 10));
+    apply(&part(&c, c_at, 10));
+    assert_eq!(count(&b, "lsync_pending"), 2);
+    let report = apply(&part(&a, 0, 1));
+    assert_eq!(n(&report, "resolved"), 1, "{report}");
+    assert_eq!(count(&b, "lsync_pending"), 1);
+    assert_eq!(
+        scalar::<i64>(&b, "SELECT count(*) FROM pairs WHERE tag_id = 1"),
+        1
+    );
+    // Later applies go through too.
+    a.execute_batch("INSERT INTO objects(uuid, name) VALUES ('O2', 'video')")
+        .unwrap();
+    let report = send(&a, &b, a_at);
+    assert_eq!(n(&report, "quarantined"), 0, "{report}");
+    assert_eq!(count(&b, "objects"), 2);
+}
+
+fn applied_report(c: &Connection, blob: &[u8]) -> String {
+    c.query_row("SELECT lsync_apply(?1)", [blob], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("lsync_apply: {e}"))
+}

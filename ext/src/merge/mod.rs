@@ -234,7 +234,7 @@ impl Applier {
             self.prepare_table(&t, list, &groups)?;
             for c in list {
                 if c.op != Op::Delete {
-                    self.current = Some(index_of(cs, c));
+                    self.current = index_of(cs, c);
                     self.upsert(&t, c)?;
                 }
             }
@@ -247,7 +247,7 @@ impl Applier {
             let t = self.tables[name].clone();
             for c in list {
                 if c.op == Op::Delete {
-                    self.current = Some(index_of(cs, c));
+                    self.current = index_of(cs, c);
                     self.delete(&t, c)?;
                 }
             }
@@ -482,10 +482,12 @@ impl Applier {
 }
 
 /// The index in `cs.changes` of `c`, a reference into it: by address, so
-/// that grouping the changes by table needs no second map.
-fn index_of(cs: &Changeset, c: &Change) -> usize {
-    let base = cs.changes.as_ptr() as usize;
-    (std::ptr::from_ref(c) as usize - base) / std::mem::size_of::<Change>()
+/// that grouping the changes by table needs no second map. (None for a
+/// change from elsewhere: its errors then fail the whole merge.)
+fn index_of(cs: &Changeset, c: &Change) -> Option<usize> {
+    let offset = (std::ptr::from_ref(c) as usize).checked_sub(cs.changes.as_ptr() as usize)?;
+    let i = offset / std::mem::size_of::<Change>();
+    (i < cs.changes.len()).then_some(i)
 }
 
 /// Whether a change beats the state it meets: device-owned rows have one
