@@ -3,16 +3,15 @@
 //! links to a deleted row, the link's declared action decides.
 //!
 //! - `CASCADE`, and `NO ACTION` / `RESTRICT` (delete-wins: a delete that
-//!   has happened on another device cannot be refused here): the
-//!   dependant goes too.
+//!   has happened on another device cannot be refused here): a shared
+//!   dependant goes too. A device-owned one is detached (NULL, its link
+//!   pending): only its owner changes it.
 //! - `SET NULL` / `SET DEFAULT`: the column is set; the link is dropped.
 //!
-//! A removed dependant leaves a tombstone, which travels like any delete,
-//! so every replica ends the same whichever saw the link to the deleted
-//! row: a device-owned row's at the clock of its owner's state that made
-//! the link (older states stay out, a newer one of its owner brings it
-//! back); a shared row's just after its creation, made by this device (a
-//! shared delete beats the row's creation, whatever later edits).
+//! A removed shared dependant leaves a tombstone just after its creation,
+//! which travels like any delete (a shared delete beats the row's
+//! creation, whatever later edits), so every replica ends the same
+//! whichever saw the link to the deleted row.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -32,9 +31,21 @@ use crate::sql::Value;
 /// An FK column that points at a table, as `target_deleted` uses it.
 pub(super) struct Referrer {
     table: Table,
-    action: Action,
-    /// `Remove`: selects the dependants' rowids and uuids; else sets them.
-    sql: String,
+    plan: Plan,
+}
+
+/// What a deleted row does to the rows that point at it through one column,
+/// as statements of its rowid (`?1`).
+enum Plan {
+    /// Shared dependants: select their rowids and uuids, to remove them.
+    Remove(String),
+    /// Set the column (SET NULL, SET DEFAULT).
+    Set(String),
+    /// Device-owned dependants: their owner decides, so they are detached
+    /// (NULL, with a link to the deleted row's uuid, `?2`) as before issue
+    /// 11: a device-owned row can come back by a newer state of its owner,
+    /// and a removal could then not be undone where it was made.
+    Detach { link: String, clear: String },
 }
 
 /// What a tracked FK column does when its target row is deleted.
@@ -85,27 +96,32 @@ impl Applier {
         )
     }
 
-    /// Before row `rid` of `t` is deleted: its dependants get their FK's
-    /// action.
-    pub(super) fn target_deleted(&mut self, t: &Table, rid: i64) -> Result<()> {
+    /// Before row `rid` (`key`) of `t` is deleted: its dependants get their
+    /// FK's action.
+    pub(super) fn target_deleted(&mut self, t: &Table, rid: i64, key: &Value) -> Result<()> {
         for r in self.referrers(t)?.iter() {
-            if r.action != Action::Remove {
-                self.clock.cache.run(&r.sql, &[rid.into()])?;
-                self.touched.insert(r.table.name.clone());
-                continue;
-            }
-            let rows = self.clock.cache.with(&r.sql, &[rid.into()], |st| {
-                let mut out = Vec::new();
-                while st.step()? {
-                    out.push((st.i64(0), st.value(1)));
+            match &r.plan {
+                Plan::Set(sql) => self.clock.cache.run(sql, &[rid.into()])?,
+                Plan::Detach { link, clear } => {
+                    self.clock.cache.run(link, &[rid.into(), key.clone()])?;
+                    self.clock.cache.run(clear, &[rid.into()])?;
                 }
-                Ok(out)
-            })?;
-            for (dependant, uuid) in rows {
-                if ids::is_id(&uuid) {
-                    self.kill(&r.table, dependant, &uuid, None)?;
+                Plan::Remove(sql) => {
+                    let rows = self.clock.cache.with(sql, &[rid.into()], |st| {
+                        let mut out = Vec::new();
+                        while st.step()? {
+                            out.push((st.i64(0), st.value(1)));
+                        }
+                        Ok(out)
+                    })?;
+                    for (dependant, uuid) in rows {
+                        if ids::is_id(&uuid) {
+                            self.kill(&r.table, dependant, &uuid)?;
+                        }
+                    }
                 }
             }
+            self.touched.insert(r.table.name.clone());
         }
         Ok(())
     }
@@ -130,44 +146,52 @@ impl Applier {
         let mut out = Vec::with_capacity(cols.len());
         for (table, col) in cols {
             let action = self.action(&table, &col)?;
-            let (st, c) = (qm(&table.name), q(&col));
-            let sql = match &action {
-                Action::Remove => {
-                    format!(
-                        "SELECT rowid, {} FROM {st} WHERE {c} = ?1",
-                        q(&table.uuid_col)
-                    )
+            let (st, c, u) = (qm(&table.name), q(&col), q(&table.uuid_col));
+            let plan = match (&action, table.mode) {
+                (Action::Remove, Mode::Shared) => {
+                    Plan::Remove(format!("SELECT rowid, {u} FROM {st} WHERE {c} = ?1"))
                 }
-                Action::SetNull => format!("UPDATE {st} SET {c} = NULL WHERE {c} = ?1"),
-                Action::SetDefault(e) => format!("UPDATE {st} SET {c} = ({e}) WHERE {c} = ?1"),
+                (Action::Remove, Mode::DeviceOwned) => Plan::Detach {
+                    link: format!(
+                        "INSERT INTO lsync_deferred(tbl, rid, col, uuid, target, target_uuid)
+                         SELECT {id}, rowid, {cl}, {u}, {tl}, ?2 FROM {st}
+                         WHERE {c} = ?1 AND {u} IS NOT NULL
+                         ON CONFLICT(tbl, rid, col) DO UPDATE SET target = excluded.target,
+                           target_uuid = excluded.target_uuid",
+                        id = table.id,
+                        cl = crate::ident::lit(&col),
+                        tl = crate::ident::lit(&t.name),
+                    ),
+                    clear: format!("UPDATE {st} SET {c} = NULL WHERE {c} = ?1"),
+                },
+                (Action::SetNull, _) => {
+                    Plan::Set(format!("UPDATE {st} SET {c} = NULL WHERE {c} = ?1"))
+                }
+                (Action::SetDefault(e), _) => {
+                    Plan::Set(format!("UPDATE {st} SET {c} = ({e}) WHERE {c} = ?1"))
+                }
             };
-            out.push(Referrer { table, action, sql });
+            out.push(Referrer { table, plan });
         }
         let out = Rc::new(out);
         self.referrers.insert(t.id, out.clone());
         Ok(out)
     }
 
-    /// Removes dependant row `rid` of `t`, leaving a tombstone: a
-    /// device-owned row's at `at` (default: the row's clock), a shared
-    /// row's just after its creation. A row removed already is left alone
-    /// (FK cycles).
-    pub(super) fn kill(&mut self, t: &Table, rid: i64, key: &Value, at: Option<Clk>) -> Result<()> {
+    /// Removes shared dependant row `rid` of `t`, leaving a tombstone just
+    /// after its creation, made by this device: any origin beats the
+    /// creation with that HLC, and this device's reaches the row's creator
+    /// too, which a peer never sends its own changes. A row removed already
+    /// is left alone (FK cycles).
+    pub(super) fn kill(&mut self, t: &Table, rid: i64, key: &Value) -> Result<()> {
         if !self.removing.insert((t.id, rid)) {
             return Ok(());
         }
         self.end_run()?;
-        let base = self.row_clock(t.id, rid)?;
-        let (hlc, origin) = match (t.mode, &at) {
-            (Mode::DeviceOwned, Some((hlc, o))) => (*hlc, self.idx(o)?),
-            (Mode::DeviceOwned, None) => base,
-            // Any origin beats the creation with this HLC; this device's,
-            // so that the row's creator, which a peer never sends its own
-            // changes, gets the tombstone too.
-            (Mode::Shared, _) => (base.0 + 1, self.clock.self_idx),
-        };
+        let (created, _) = self.row_clock(t.id, rid)?;
         self.remove(t, rid, key)?;
-        self.bury(t, key, hlc, origin)?;
+        let me = self.clock.self_idx;
+        self.bury(t, key, created + 1, me)?;
         self.report.cascaded += 1;
         Ok(())
     }
@@ -205,6 +229,8 @@ impl Applier {
                 continue;
             }
             match self.action(t, &col)? {
+                // A device-owned row's link waits (see `Plan::Detach`).
+                Action::Remove if t.mode == Mode::DeviceOwned => kept.push((col, target, uuid)),
                 Action::Remove => {
                     dead.push(col.clone());
                     kept.push((col, target, uuid));
@@ -249,7 +275,8 @@ impl Applier {
                 continue;
             };
             match self.action(&t, &col)? {
-                Action::Remove => self.kill(&t, rid, &uuid, None)?,
+                Action::Remove if t.mode == Mode::DeviceOwned => {}
+                Action::Remove => self.kill(&t, rid, &uuid)?,
                 Action::SetNull => fk::forget(&self.clock.cache, tbl, rid, Some(&col))?,
                 Action::SetDefault(e) => {
                     self.db.run(
@@ -267,44 +294,23 @@ impl Applier {
         Ok(())
     }
 
-    /// A change with links whose action removes the row (`dead`): applies
-    /// it as the row's removal when it wins, and returns true when it has
-    /// been dealt with. When it loses those columns, they are left out of
-    /// `vals` and `deferred` and it applies as usual (false).
-    #[allow(clippy::too_many_arguments)]
+    /// A change to a shared row with links whose action removes the row
+    /// (`dead`; device-owned rows never have any): applies it as the row's
+    /// removal when it wins, and returns true when it has been dealt with.
+    /// When it loses those columns, they are left out of `vals` and
+    /// `deferred` and it applies as usual (false).
     pub(super) fn dead_change(
         &mut self,
         t: &Table,
         c: &Change,
         existing: Option<i64>,
-        origin: i64,
         dead: &[Arc<str>],
         vals: &mut LocalValues,
         deferred: &mut Vec<Link>,
     ) -> Result<bool> {
         let theirs: Clk = (c.hlc, c.origin.clone());
-        let tomb = self.tombs.get(&t.name).and_then(|m| m.get(&c.pk)).cloned();
-        match (t.mode, existing) {
-            (Mode::DeviceOwned, Some(rid)) => {
-                let base = self.row_clock(t.id, rid)?;
-                if !super::owned::is_owner(base, origin) {
-                    self.report.refused += 1;
-                } else if c.hlc <= base.0 {
-                    self.report.stale += 1;
-                } else {
-                    self.kill(t, rid, &c.pk, Some(theirs))?;
-                    self.report.applied += 1;
-                }
-            }
-            (Mode::DeviceOwned, None) => {
-                if tomb.as_ref().is_some_and(|tc| theirs.0 <= tc.0) {
-                    self.report.stale += 1;
-                } else {
-                    self.bury(t, &c.pk, c.hlc, origin)?;
-                    self.report.applied += 1;
-                }
-            }
-            (Mode::Shared, Some(rid)) => {
+        match existing {
+            Some(rid) => {
                 let base = self.row_clock(t.id, rid)?;
                 let clocks = self.column_clocks(t, rid, base)?;
                 let wins = |col: &Arc<str>| clocks.get(col).is_none_or(|mine| theirs > *mine);
@@ -313,13 +319,14 @@ impl Applier {
                     deferred.retain(|(col, _, _)| !dead.contains(col));
                     return Ok(false);
                 }
-                self.kill(t, rid, &c.pk, None)?;
+                self.kill(t, rid, &c.pk)?;
                 self.report.applied += 1;
             }
             // An edit of a row not here waits for the row, as any other.
-            (Mode::Shared, None) if c.op != Op::Insert => return Ok(false),
-            (Mode::Shared, None) => {
-                if tomb.is_some_and(|tc| theirs <= tc) {
+            None if c.op != Op::Insert => return Ok(false),
+            None => {
+                let tomb = self.tombs.get(&t.name).and_then(|m| m.get(&c.pk));
+                if tomb.is_some_and(|tc| theirs <= *tc) {
                     self.report.stale += 1;
                 } else {
                     let me = self.clock.self_idx;

@@ -334,7 +334,7 @@ impl Applier {
         if !deferred.is_empty() {
             let dead = self.dead_links(t, c, &mut vals, &mut deferred)?;
             if !dead.is_empty()
-                && self.dead_change(t, c, existing, origin, &dead, &mut vals, &mut deferred)?
+                && self.dead_change(t, c, existing, &dead, &mut vals, &mut deferred)?
             {
                 return Ok(());
             }
@@ -465,7 +465,7 @@ impl Applier {
     /// Deletes row `rid`, its coverage and its links; its dependants get
     /// their FK's action first, so no FK cell is left dangling.
     fn remove(&mut self, t: &Table, rid: i64, key: &Value) -> Result<()> {
-        self.target_deleted(t, rid)?;
+        self.target_deleted(t, rid, key)?;
         self.db.run(
             &format!("DELETE FROM {} WHERE rowid = ?1", qm(&t.name)),
             &[rid.into()],
