@@ -64,6 +64,7 @@ fn fk_column(db: Db, table: &str, col: &str, target: &str) -> Result<Option<Warn
         return Ok(None);
     }
     let on_delete = declared_on_delete(db, table)?.remove(col);
+    let owned = catalog::load(db, table)?.is_some_and(|t| t.mode == catalog::Mode::DeviceOwned);
     let waits = format!(
         "a change to {table} whose {target} row has not arrived yet waits in the quarantine \
          (lsync_conflicts) until it does, where a nullable column would hold the link as NULL"
@@ -81,12 +82,22 @@ fn fk_column(db: Db, table: &str, col: &str, target: &str) -> Result<Option<Warn
         )
             }
             action => format!(
-                "{table}.{col} is NOT NULL and {}: a {table} row whose {target} row is deleted, \
-             here or on another device, is removed with it on every replica (delete-wins); \
-             and {waits}",
+                "{table}.{col} is NOT NULL and {}: {}; and {waits}",
                 match action {
                     Some(a) => format!("its FK to {target} has no ON DELETE action ({a})"),
                     None => format!("its link to {target} (the fks option) has no declared FK"),
+                },
+                if owned {
+                    format!(
+                        "a delete of a {target} row that {table} rows point at is quarantined \
+                         where such rows exist (device-owned rows are detached, and the column \
+                         cannot hold the NULL)"
+                    )
+                } else {
+                    format!(
+                        "a {table} row whose {target} row is deleted, here or on another device, \
+                         is removed with it on every replica (delete-wins)"
+                    )
                 }
             ),
         };
