@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS lsync_deleted(
 -- The change clock: what a peer at cursor `since` is missing is every entry
 -- with seq > since. An entry covers the rowids lo..hi of one table (a whole
 -- bulk insert is one entry), or one column of one row (`col`, shared tables),
--- or a tombstone (lo IS NULL, uuid set). The row with rowid r in an entry has
+-- or a tombstone (lo IS NULL, uuid set, op 2), or a merge (lo IS NULL, op 3,
+-- uuid the row merged away; see lsync_alias). The row with rowid r in an entry has
 -- cursor seq - (hi - r). Each live row is covered by exactly one row entry.
 CREATE TABLE IF NOT EXISTS lsync_clock(
   seq    INTEGER PRIMARY KEY,
@@ -70,6 +71,19 @@ CREATE INDEX IF NOT EXISTS lsync_clock_cover ON lsync_clock(tbl, col, lo) WHERE 
 -- The entries of one rowid (its column entries), found without a scan.
 CREATE INDEX IF NOT EXISTS lsync_clock_rid ON lsync_clock(tbl, lo) WHERE lo IS NOT NULL;
 CREATE INDEX IF NOT EXISTS lsync_clock_tomb ON lsync_clock(tbl, uuid) WHERE uuid IS NOT NULL;
+
+-- Rows of shared tables that clashed on a UNIQUE key and became one
+-- (docs/conflicts.md): `uuid` is an alias of `root`, the lowest global id of
+-- the rows merged together. Changes addressed to an alias apply to its root.
+-- The merge itself travels as a clock entry (op 3, uuid = the alias, pruned
+-- like a tombstone); this table stays, so that late changes still find it.
+CREATE TABLE IF NOT EXISTS lsync_alias(
+  tbl  INTEGER NOT NULL,
+  uuid ANY NOT NULL,
+  root ANY NOT NULL,
+  PRIMARY KEY (tbl, uuid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS lsync_alias_root ON lsync_alias(tbl, root);
 
 -- FK links that arrived before their target row. The row was applied with
 -- the column NULL; the link is completed (and removed from here) as soon as

@@ -7,10 +7,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-pub use lsync_wire::changeset::{Change, Op};
+pub use lsync_wire::changeset::{Change, Op, MERGE_INTO};
 
 use crate::catalog::{self, Table};
-use crate::clock::op_of;
+use crate::clock::{op_of, OP_MERGE};
 use crate::error::Result;
 use crate::fk;
 use crate::ident::{q, qm};
@@ -147,7 +147,20 @@ fn read_entry(
         },
     };
     let Some(lo) = e.lo else {
-        out.push(change(e.seq, None, e.uuid.clone(), Vec::new()));
+        let mut data = Vec::new();
+        if e.op == OP_MERGE {
+            // A merge names the row merged away; it goes into its root.
+            let root = cache.with(
+                "SELECT root FROM lsync_alias WHERE tbl = ?1 AND uuid = ?2",
+                &[e.tbl.into(), e.uuid.clone()],
+                |s| Ok(if s.step()? { Some(s.value(0)) } else { None }),
+            )?;
+            let Some(root) = root else {
+                return Ok(());
+            };
+            data.push((Arc::from(MERGE_INTO), root));
+        }
+        out.push(change(e.seq, None, e.uuid.clone(), data));
         return Ok(());
     };
     // Row r of the entry has cursor seq - (hi - r): skip rows at or below `since`.

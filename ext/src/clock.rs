@@ -16,6 +16,7 @@ use crate::sql::{Cache, Db, Value};
 pub const OP_INSERT: i64 = Op::Insert.code() as i64;
 pub const OP_UPDATE: i64 = Op::Update.code() as i64;
 pub const OP_DELETE: i64 = Op::Delete.code() as i64;
+pub const OP_MERGE: i64 = Op::Merge.code() as i64;
 
 /// The op of a clock code; an unknown code reads as an update.
 pub fn op_of(code: i64) -> Op {
@@ -150,7 +151,7 @@ impl Clock {
     /// Removes the tombstone of a row that is live again.
     pub fn drop_tombstone(&self, tbl: i64, uuid: &Value) -> Result<()> {
         self.cache.run(
-            "DELETE FROM lsync_clock WHERE tbl = ?1 AND uuid = ?2",
+            "DELETE FROM lsync_clock WHERE tbl = ?1 AND uuid = ?2 AND op = 2",
             &[tbl.into(), uuid.clone()],
         )
     }
@@ -271,7 +272,7 @@ impl Clock {
     /// Records a tombstone for a deleted row, replacing an older one.
     pub fn tombstone(&mut self, tbl: i64, uuid: Value, hlc: i64, origin: i64) -> Result<i64> {
         self.cache.run(
-            "DELETE FROM lsync_clock WHERE tbl = ?1 AND uuid = ?2",
+            "DELETE FROM lsync_clock WHERE tbl = ?1 AND uuid = ?2 AND op = 2",
             &[tbl.into(), uuid.clone()],
         )?;
         self.add(tbl, None, None, OP_DELETE, hlc, origin, uuid)

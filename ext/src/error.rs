@@ -19,6 +19,15 @@ pub enum Error {
         /// What was refused and why, for the quarantine.
         cause: String,
     },
+    /// Two rows of shared table `tbl` clash on a UNIQUE key: the merge
+    /// takes them as one (`merge::unite`) and runs again.
+    #[error("{full}")]
+    Clash {
+        full: String,
+        tbl: std::sync::Arc<str>,
+        a: crate::sql::Value,
+        b: crate::sql::Value,
+    },
 }
 
 impl Error {
@@ -27,7 +36,9 @@ impl Error {
         match self {
             Error::Msg(m) => m.strip_prefix("lsync: ").unwrap_or(m),
             Error::Sqlite(m) => m,
-            Error::Constraint { full, .. } => full.strip_prefix("lsync: ").unwrap_or(full),
+            Error::Constraint { full, .. } | Error::Clash { full, .. } => {
+                full.strip_prefix("lsync: ").unwrap_or(full)
+            }
         }
     }
 

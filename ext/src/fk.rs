@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::catalog::{self, Table};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ident::{q, qm};
 use crate::ids::IdMap;
 use crate::sql::{Cache, Db, Value};
@@ -124,6 +124,24 @@ pub fn deferred_links(db: Db, tbl: i64, col: &str, rids: &[i64]) -> Result<HashM
     Ok(map)
 }
 
+/// The pending links of row `rid` of table `tbl`: (column, target table,
+/// target uuid).
+pub fn deferred_of(db: Db, tbl: i64, rid: i64) -> Result<Vec<(String, String, Value)>> {
+    let mut s = db.prepare(
+        "SELECT col, target, target_uuid FROM lsync_deferred WHERE tbl = ?1 AND rid = ?2",
+    )?;
+    s.bind_all(&[tbl.into(), rid.into()])?;
+    let mut out = Vec::new();
+    while s.step()? {
+        out.push((
+            s.text(0).unwrap_or_default(),
+            s.text(1).unwrap_or_default(),
+            s.value(2),
+        ));
+    }
+    Ok(out)
+}
+
 /// Records that row `rid` of `t` should point at `target_uuid` in `target`.
 pub fn defer(
     db: Db,
@@ -159,9 +177,21 @@ pub fn forget(cache: &Cache, tbl: i64, rid: i64, col: Option<&str>) -> Result<()
     )
 }
 
+/// A link whose completion a constraint refused: (table id, rowid,
+/// column, target rowid, the refusal).
+pub type Refused = (i64, i64, String, i64, Error);
+
 /// Completes every deferred link whose target now exists: one UPDATE per
-/// (table, column, target). Returns how many links were completed.
-pub fn resolve(db: Db, tables: &[Table]) -> Result<i64> {
+/// (table, column, target). Returns how many links were completed, and the
+/// links a constraint refused (they stay pending).
+pub fn resolve(db: Db, tables: &[Table]) -> Result<(i64, Vec<Refused>)> {
+    // A link to a row merged into another (`lsync_alias`) is a link to it.
+    db.run(
+        "UPDATE lsync_deferred SET target_uuid = a.root
+         FROM lsync_alias a JOIN lsync_tables t ON t.id = a.tbl
+         WHERE t.name = lsync_deferred.target AND a.uuid = lsync_deferred.target_uuid",
+        &[],
+    )?;
     let mut s = db.prepare("SELECT DISTINCT tbl, col, target FROM lsync_deferred")?;
     let mut groups = Vec::new();
     while s.step()? {
@@ -173,7 +203,7 @@ pub fn resolve(db: Db, tables: &[Table]) -> Result<i64> {
     }
     drop(s);
     let by_id: HashMap<i64, &Table> = tables.iter().map(|t| (t.id, t)).collect();
-    let mut resolved = 0;
+    let (mut resolved, mut refused) = (0, Vec::new());
     for (tbl, col, target) in groups {
         let (Some(t), Some(tt)) = (by_id.get(&tbl), tables.iter().find(|t| *t.name == *target))
         else {
@@ -207,16 +237,24 @@ pub fn resolve(db: Db, tables: &[Table]) -> Result<i64> {
             // refused stay pending, retried by the next apply, and never
             // stop this one.
             Err(e) if e.is_constraint() => {
-                resolved += resolve_each(db, &tn, &c, &ttn, &tu, &params)?;
+                resolved += resolve_each(db, &tn, &c, &ttn, &tu, &params, &mut refused)?;
             }
             Err(e) => return Err(e),
         }
     }
-    Ok(resolved)
+    Ok((resolved, refused))
 }
 
 /// `resolve` for one (table, column, target), link by link.
-fn resolve_each(db: Db, tn: &str, c: &str, ttn: &str, tu: &str, params: &[Value]) -> Result<i64> {
+fn resolve_each(
+    db: Db,
+    tn: &str,
+    c: &str,
+    ttn: &str,
+    tu: &str,
+    params: &[Value],
+    refused: &mut Vec<Refused>,
+) -> Result<i64> {
     let mut s = db.prepare(&format!(
         "SELECT d.rid, x.rowid FROM lsync_deferred d JOIN {ttn} x ON x.{tu} = d.target_uuid
          WHERE d.tbl = ?1 AND d.col = ?2"
@@ -240,7 +278,14 @@ fn resolve_each(db: Db, tn: &str, c: &str, ttn: &str, tu: &str, params: &[Value]
                 )?;
                 resolved += 1;
             }
-            Err(e) if e.is_constraint() => {}
+            Err(e) if e.is_constraint() => {
+                let (tbl, col) = (params[0].as_i64().unwrap_or(0), params[1].clone());
+                let col = match col {
+                    Value::Text(c) => c,
+                    _ => String::new(),
+                };
+                refused.push((tbl, rid, col, trid, e));
+            }
             Err(e) => return Err(e),
         }
     }

@@ -134,7 +134,7 @@ fn flush_table(db: Db, t: &Table, clock: &mut Clock) -> Result<i64> {
         // A uuid that was deleted and inserted again is live: drop its tombstone.
         db.run(
             &format!(
-                "DELETE FROM lsync_clock WHERE tbl = ?1 AND uuid IS NOT NULL
+                "DELETE FROM lsync_clock WHERE tbl = ?1 AND uuid IS NOT NULL AND op = 2
                    AND uuid IN (SELECT {u} FROM {t})",
                 u = q(&t.uuid_col),
                 t = qm(&t.name)

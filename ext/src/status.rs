@@ -65,9 +65,9 @@ fn status(db: Db) -> Result<serde_json::Value> {
         "library_id": schema::get(db, "library_id")?.as_str(),
         "head": head,
         "deferred_links": count("SELECT count(*) FROM lsync_deferred")?,
-        "tombstones": count("SELECT count(*) FROM lsync_clock WHERE uuid IS NOT NULL")?,
+        "tombstones": count("SELECT count(*) FROM lsync_clock WHERE uuid IS NOT NULL AND op = 2")?,
         "tombstones_awaiting_ack": count(
-            "SELECT count(*) FROM lsync_clock WHERE uuid IS NOT NULL
+            "SELECT count(*) FROM lsync_clock WHERE uuid IS NOT NULL AND op = 2
                AND seq > coalesce((SELECT min(acked_cursor) FROM lsync_peers), 0)"
         )?,
         "conflicts": if has_table(db, "lsync_quarantine")? {

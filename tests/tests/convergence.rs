@@ -20,7 +20,13 @@
 //! The schema has constraints of real apps (issue 11): a NOT NULL CASCADE
 //! FK, a RESTRICT FK and FKs with no action (both delete-wins), and a CHECK
 //! that local writes sometimes break. Replicas must end with nothing
-//! quarantined. UNIQUE keys are not in it yet: docs/conflicts.md says why.
+//! quarantined.
+//!
+//! A third property adds UNIQUE keys to the shared tables: a tag's name,
+//! drawn from four values so that clashes are frequent, and an
+//! assignment's (tag, entry) pair. Rows that clash are merged into one
+//! (docs/conflicts.md); replicas must end with identical tables and nothing
+//! quarantined.
 
 use proptest::prelude::*;
 use rusqlite::Connection;
@@ -111,7 +117,15 @@ enum Step {
 enum Mode {
     Plain,
     Pruning,
+    /// Plain, with UNIQUE keys on the shared tables (issue 11).
+    UniqueKeys,
 }
+
+/// The UNIQUE keys of the third property.
+const UNIQUE_KEYS: &str = "
+CREATE UNIQUE INDEX tags_name ON tags(name);
+CREATE UNIQUE INDEX tag_assignments_pair ON tag_assignments(tag_id, entry_id);
+";
 
 fn step() -> impl Strategy<Value = Step> {
     let r = 0..3usize;
@@ -284,6 +298,9 @@ impl Replicas {
                     c.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
                 }
                 c.execute_batch(SCHEMA).unwrap();
+                if mode == Mode::UniqueKeys {
+                    c.execute_batch(UNIQUE_KEYS).unwrap();
+                }
                 c
             })
             .collect();
@@ -354,7 +371,7 @@ impl Replicas {
     /// refusal is part of normal life.
     fn deliver(&self, from: usize, to: usize, blob: &[u8]) -> Result<i64, TestCaseError> {
         let c = &self.dbs[to];
-        if self.mode == Mode::Plain {
+        if self.mode != Mode::Pruning {
             return c
                 .query_row("SELECT lsync_apply(?1) ->> 'applied'", [blob], |r| {
                     r.get::<_, i64>(0)
@@ -481,7 +498,7 @@ fn run_replicas(steps: &[Step], order: &[(usize, usize)], mode: Mode) -> Result<
     // (plain mode; pruning mode pulls from the applied watermark).
     let mut seen = [[0i64; 3]; 3];
     let since = |seen: &[[i64; 3]; 3], to: usize, from: usize| match mode {
-        Mode::Plain => seen[to][from],
+        Mode::Plain | Mode::UniqueKeys => seen[to][from],
         Mode::Pruning => r.watermark(to, from),
     };
     // (from, to, changeset)
@@ -600,7 +617,7 @@ fn run_replicas(steps: &[Step], order: &[(usize, usize)], mode: Mode) -> Result<
             let (blob, _) = r.export(from, to, 0, None);
             let applied = r.deliver(from, to, &blob)?;
             match mode {
-                Mode::Plain => prop_assert_eq!(
+                Mode::Plain | Mode::UniqueKeys => prop_assert_eq!(
                     applied,
                     0,
                     "full changeset {} -> {} changed the target",
@@ -648,6 +665,14 @@ proptest! {
         order in pairs(),
     ) {
         run_replicas(&steps, &order, Mode::Pruning)?;
+    }
+
+    #[test]
+    fn replicas_converge_with_unique_keys(
+        steps in proptest::collection::vec(step(), 1..80),
+        order in pairs(),
+    ) {
+        run_replicas(&steps, &order, Mode::UniqueKeys)?;
     }
 }
 
@@ -805,4 +830,35 @@ fn regression_a_row_that_links_to_itself_comes_back_over_its_tombstone() {
         },
     ];
     run_replicas(&steps, &all_pairs(), Mode::Plain).unwrap();
+}
+
+/// UNIQUE keys (issue 11): replica 0 has tags 'tag0' and 'tag2'; replica 1
+/// creates X 'tag0' (held on its way to replica 2) and renames it 'tag2'.
+/// X meets each of replica 0's tags under a different name on different
+/// replicas, so all three are merged, and every replica ends with X's
+/// newest name.
+#[test]
+fn regression_a_row_renamed_into_a_second_clash_merges_all_three() {
+    let tag = |at, v| Step::Insert {
+        at,
+        table: 2,
+        a: 0,
+        b: 0,
+        v,
+    };
+    let steps = [
+        tag(1, 88),
+        tag(0, 28),
+        tag(0, 54),
+        sync_step(1, 2, true),
+        Step::Update {
+            at: 1,
+            table: 2,
+            row: 131,
+            col: 165,
+            v: 234,
+        },
+    ];
+    let order = [(2, 0), (0, 1), (1, 2), (2, 1), (0, 2), (1, 0)];
+    run_replicas(&steps, &order, Mode::UniqueKeys).unwrap();
 }

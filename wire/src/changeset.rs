@@ -37,7 +37,13 @@ pub enum Op {
     Insert,
     Update,
     Delete,
+    /// Rows that clashed on a UNIQUE key of a shared table became one: the
+    /// row `pk` is an alias of the row in [`Change::merged_into`].
+    Merge,
 }
+
+/// The name under which a merge carries the row it merges into.
+pub const MERGE_INTO: &str = "into";
 
 impl Op {
     pub fn as_str(self) -> &'static str {
@@ -45,6 +51,7 @@ impl Op {
             Op::Insert => "insert",
             Op::Update => "update",
             Op::Delete => "delete",
+            Op::Merge => "merge",
         }
     }
     /// The op's code: on the wire, and in the extension's clock and triggers.
@@ -53,6 +60,7 @@ impl Op {
             Op::Insert => 0,
             Op::Update => 1,
             Op::Delete => 2,
+            Op::Merge => 3,
         }
     }
     pub const fn from_code(c: u8) -> Option<Op> {
@@ -60,6 +68,7 @@ impl Op {
             0 => Some(Op::Insert),
             1 => Some(Op::Update),
             2 => Some(Op::Delete),
+            3 => Some(Op::Merge),
             _ => None,
         }
     }
@@ -79,6 +88,16 @@ pub struct Change {
     /// Column values; FK columns hold the target row's uuid. Names are
     /// shared, so a million changes do not mean millions of name copies.
     pub data: Vec<(Arc<str>, Value)>,
+}
+
+impl Change {
+    /// The row a merge makes this row an alias of.
+    pub fn merged_into(&self) -> Option<&Value> {
+        (self.op == Op::Merge)
+            .then(|| self.data.iter().find(|(k, _)| &**k == MERGE_INTO))
+            .flatten()
+            .map(|(_, v)| v)
+    }
 }
 
 /// A table as the sender knows it, so the receiver can check its schema.
@@ -195,6 +214,10 @@ impl Changeset {
             (seq, hlc) = (c.seq, c.hlc);
             w.uvar(origins[&*c.origin]);
             w.value(&c.pk);
+            if c.op == Op::Merge {
+                w.value(c.merged_into().unwrap_or(&Value::Null));
+                continue;
+            }
             let mut present: Vec<(u32, &Value)> = Vec::with_capacity(c.data.len());
             for (k, v) in &c.data {
                 let j = cols
@@ -515,6 +538,19 @@ impl<'a> Reader<'a> {
                 .ok_or(DecodeError::Corrupt("origin index"))?
                 .clone();
             let pk = self.value()?;
+            if op == Op::Merge {
+                let into = self.value()?;
+                changes.push(Change {
+                    seq,
+                    hlc,
+                    origin,
+                    tbl: tname.clone(),
+                    pk,
+                    op,
+                    data: vec![(Arc::from(MERGE_INTO), into)],
+                });
+                continue;
+            }
             let mask = self.uvar()?;
             if mask >> tcols.len() != 0 {
                 return Err(DecodeError::Corrupt("column mask"));

@@ -32,6 +32,9 @@ pub struct ApplyReport {
     /// Rows removed with the row their FK points at (its `ON DELETE`
     /// action, or delete-wins; docs/conflicts.md).
     pub cascaded: i64,
+    /// Rows merged into another row of a shared table, because they clashed
+    /// on a UNIQUE key here or on another replica (docs/conflicts.md).
+    pub merged: i64,
 }
 
 impl ApplyReport {
@@ -48,6 +51,7 @@ impl ApplyReport {
         self.quarantined += r.quarantined;
         self.retried += r.retried;
         self.cascaded += r.cascaded;
+        self.merged += r.merged;
     }
 }
 

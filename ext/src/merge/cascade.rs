@@ -90,7 +90,7 @@ impl Applier {
             return Ok(false);
         };
         self.clock.cache.with(
-            "SELECT 1 FROM lsync_clock WHERE tbl = ?1 AND uuid = ?2",
+            "SELECT 1 FROM lsync_clock WHERE tbl = ?1 AND uuid = ?2 AND op = 2",
             &[tt.id.into(), uuid.clone()],
             |s| s.step(),
         )

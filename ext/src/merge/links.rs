@@ -9,7 +9,7 @@ use lsync_wire::changeset::Change;
 use rustc_hash::FxHashMap as HashMap;
 
 use super::Applier;
-use crate::catalog::Table;
+use crate::catalog::{Mode, Table};
 use crate::error::Result;
 use crate::fk;
 use crate::ids::{self, IdMap};
@@ -31,8 +31,14 @@ impl Applier {
         groups: &HashMap<&str, Vec<&Change>>,
     ) -> Result<()> {
         for (col, target) in &t.fks {
-            let Some(tt) = self.tables.get(target.as_str()) else {
+            let Some(tt) = self.tables.get(target.as_str()).cloned() else {
                 continue;
+            };
+            // A link to a row merged into another is a link to that row.
+            let aliases = if self.any_alias && tt.mode == Mode::Shared {
+                Some(self.aliases(&tt)?)
+            } else {
+                None
             };
             // Targets that arrive in this same changeset are mapped in memory.
             let mut incoming: IdMap<()> = IdMap::default();
@@ -47,6 +53,7 @@ impl Applier {
                 .flat_map(|c| c.data.iter())
                 .filter(|(k, _)| **k == **col)
             {
+                let v = aliases.as_ref().map_or(v, |a| a.root_of(v));
                 if ids::is_id(v)
                     && !incoming.contains(v)
                     && known.is_none_or(|m| !m.contains(v))
@@ -59,7 +66,7 @@ impl Applier {
             if missing.is_empty() {
                 continue;
             }
-            let found = fk::rids_of(self.db, tt, &missing)?;
+            let found = fk::rids_of(self.db, &tt, &missing)?;
             self.report.fk_queries += 1;
             let name = tt.name.clone();
             self.rids.entry(name).or_default().extend(found);
@@ -86,6 +93,7 @@ impl Applier {
             };
             let local = match target {
                 Some(target) if ids::is_id(v) => {
+                    let v = self.root_in(target, v);
                     match self.rids.get(target.as_str()).and_then(|m| m.get(v)) {
                         Some(rid) => Cow::Owned(Value::Integer(*rid)),
                         None => {
@@ -99,6 +107,15 @@ impl Applier {
             vals.push((col, local));
         }
         (vals, deferred)
+    }
+
+    /// The row that a link to row `v` of table `target` points at: its
+    /// root, when `v` was merged into another row.
+    fn root_in<'a>(&'a self, target: &str, v: &'a Value) -> &'a Value {
+        self.tables
+            .get(target)
+            .and_then(|tt| self.aliases.get(&tt.id))
+            .map_or(v, |a| a.root_of(v))
     }
 
     /// After a write of `rid`: links of the `written` FK columns are

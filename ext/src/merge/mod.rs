@@ -8,11 +8,13 @@
 //! referrers.
 
 mod cascade;
+mod keys;
 mod links;
 mod owned;
 mod park;
 mod quarantine;
 mod shared;
+mod unite;
 mod write;
 
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use crate::ids::{self, IdMap};
 use crate::sql::{Db, Stmt, Value};
 use crate::{bail, fk, schema};
 
+use unite::Fact;
 use write::Run;
 
 /// A clock for LWW ordering: (HLC, origin device UUID).
@@ -46,12 +49,24 @@ pub use quarantine::{count as conflicts, drop as drop_conflict, retry as retry_c
 /// savepoint can be taken, and a refusal fails the whole merge instead.
 pub fn merge(db: Db, tables: HashMap<Arc<str>, Table>, cs: &Changeset) -> Result<ApplyReport> {
     let mut refused: Vec<(usize, Error)> = Vec::new();
+    let mut facts: Vec<Fact> = Vec::new();
     let a = loop {
         let skip = refused.iter().map(|(i, _)| *i).collect();
-        let mut a = Applier::new(db, tables.clone(), skip)?;
+        let mut a = Applier::new(db, tables.clone(), skip, facts.clone())?;
         match attempt(db, &mut a, cs) {
             Ok(()) => break a,
             Err(Attempt::Refused(i, e)) => refused.push((i, e)),
+            Err(Attempt::Clash(f, e)) => {
+                // A clash that its merge did not end is refused, so that
+                // every pass makes progress.
+                if !facts.contains(&f) {
+                    facts.push(f);
+                } else if let Some(i) = a.current {
+                    refused.push((i, e));
+                } else {
+                    return Err(e);
+                }
+            }
             Err(Attempt::Failed(e)) => return Err(e),
         }
     };
@@ -68,6 +83,9 @@ pub fn merge(db: Db, tables: HashMap<Arc<str>, Table>, cs: &Changeset) -> Result
 enum Attempt {
     /// SQLite refused change `i` for a constraint; the pass left nothing.
     Refused(usize, Error),
+    /// Two rows clash on a UNIQUE key of a shared table: the next pass
+    /// merges them first.
+    Clash(Fact, Error),
     Failed(Error),
 }
 
@@ -82,8 +100,16 @@ fn attempt(db: Db, a: &mut Applier, cs: &Changeset) -> std::result::Result<(), A
         Err(e) => {
             db.exec("ROLLBACK TO lsync_merge; RELEASE lsync_merge")
                 .map_err(Attempt::Failed)?;
-            match a.current {
-                Some(i) if e.is_constraint() => Err(Attempt::Refused(i, e)),
+            match (&e, a.current) {
+                (Error::Clash { tbl, a, b, .. }, _) => {
+                    let f = Fact {
+                        tbl: tbl.clone(),
+                        a: a.clone(),
+                        b: b.clone(),
+                    };
+                    Err(Attempt::Clash(f, e))
+                }
+                (_, Some(i)) if e.is_constraint() => Err(Attempt::Refused(i, e)),
                 _ => Err(Attempt::Failed(e)),
             }
         }
@@ -132,6 +158,13 @@ struct Applier {
     removing: HashSet<(i64, i64)>,
     /// The FK columns that point at each table (`cascade`).
     referrers: HashMap<i64, std::rc::Rc<Vec<cascade::Referrer>>>,
+    /// UNIQUE keys of shared tables, read when a write clashes (`keys`).
+    keys: keys::Keys,
+    /// Whether the library has merged rows at all (`lsync_alias`).
+    any_alias: bool,
+    aliases: HashMap<i64, std::rc::Rc<unite::Aliases>>,
+    /// Clashes found by earlier passes, merged before this one starts.
+    facts: Vec<Fact>,
 }
 
 fn check_id(c: &Change) -> Result<()> {
@@ -145,7 +178,13 @@ fn check_id(c: &Change) -> Result<()> {
 }
 
 impl Applier {
-    fn new(db: Db, tables: HashMap<Arc<str>, Table>, skip: HashSet<usize>) -> Result<Applier> {
+    fn new(
+        db: Db,
+        tables: HashMap<Arc<str>, Table>,
+        skip: HashSet<usize>,
+        facts: Vec<Fact>,
+    ) -> Result<Applier> {
+        let any_alias = db.query_i64("SELECT EXISTS (SELECT 1 FROM lsync_alias)", &[])? == Some(1);
         Ok(Applier {
             db,
             clock: Clock::open(db)?,
@@ -167,6 +206,10 @@ impl Applier {
             actions: HashMap::default(),
             removing: HashSet::default(),
             referrers: HashMap::default(),
+            keys: HashMap::default(),
+            any_alias,
+            aliases: HashMap::default(),
+            facts,
         })
     }
 
@@ -202,6 +245,13 @@ impl Applier {
 
     fn run(&mut self, cs: &Changeset) -> Result<()> {
         self.report.changes = cs.changes.len() as i64;
+        for f in std::mem::take(&mut self.facts) {
+            if let Some(t) = self.tables.get(&f.tbl).cloned() {
+                let hlc = self.clock.hlc()?;
+                let me = self.clock.self_idx;
+                self.unite(&t, &f.a, &f.b, hlc, me)?;
+            }
+        }
         // By tracked name: a changeset may spell one in another letter case.
         let names: Vec<Arc<str>> = self.tables.keys().cloned().collect();
         let mut spelled: HashMap<&str, &str> = HashMap::default();
@@ -233,9 +283,11 @@ impl Applier {
             let t = self.tables[name].clone();
             self.prepare_table(&t, list, &groups)?;
             for c in list {
-                if c.op != Op::Delete {
-                    self.current = index_of(cs, c);
-                    self.upsert(&t, c)?;
+                self.current = index_of(cs, c);
+                match c.op {
+                    Op::Delete => {}
+                    Op::Merge => self.merge_change(&t, c)?,
+                    Op::Insert | Op::Update => self.upsert(&t, c)?,
                 }
             }
         }
@@ -257,7 +309,9 @@ impl Applier {
         self.sweep_dead_links()?;
         self.end_run()?;
         let all: Vec<Table> = self.tables.values().cloned().collect();
-        self.report.resolved += fk::resolve(self.db, &all)?;
+        let (resolved, refused) = fk::resolve(self.db, &all)?;
+        self.report.resolved += resolved;
+        self.links_refused(refused)?;
         for name in &self.touched {
             self.db.run(
                 &format!(
@@ -310,7 +364,7 @@ impl Applier {
         }
         let mut tombs = IdMap::default();
         let mut s = self.db.prepare(
-            "SELECT uuid, hlc, origin FROM lsync_clock WHERE tbl = ?1 AND uuid IS NOT NULL",
+            "SELECT uuid, hlc, origin FROM lsync_clock WHERE tbl = ?1 AND uuid IS NOT NULL AND op = 2",
         )?;
         s.bind(1, &t.id.into())?;
         let mut raw = Vec::new();
@@ -328,6 +382,10 @@ impl Applier {
 
     fn upsert(&mut self, t: &Table, c: &Change) -> Result<()> {
         check_id(c)?;
+        if let Some(root) = self.redirect(t, &c.pk)? {
+            let c = self.redirected(t, c, root)?;
+            return self.upsert(t, &c);
+        }
         let (mut vals, mut deferred) = self.local_values(t, c);
         let existing = self.rids.get(&t.name).and_then(|m| m.get(&c.pk)).copied();
         let origin = self.idx(&c.origin)?;
@@ -401,8 +459,9 @@ impl Applier {
             return Ok(None);
         }
         if let Some(tc) = &tomb {
-            // Only a newer insert brings a deleted row back.
-            if !newer(t.mode, &(c.hlc, c.origin.clone()), tc) {
+            // Only a newer insert brings a deleted row back, and never a
+            // row merged with others (`unite`: a delete of one is final).
+            if !newer(t.mode, &(c.hlc, c.origin.clone()), tc) || self.merged(t, key)? {
                 self.report.stale += 1;
                 return Ok(None);
             }
@@ -425,6 +484,9 @@ impl Applier {
         let key = &c.pk;
         let origin = self.idx(&c.origin)?;
         let theirs: Clk = (c.hlc, c.origin.clone());
+        if self.merged(t, key)? {
+            return self.delete_merged(t, key, theirs);
+        }
         let existing = self.rids.get(&t.name).and_then(|m| m.get(key)).copied();
         self.end_run()?;
         match existing {

@@ -39,7 +39,8 @@ impl Applier {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(tbl, uuid, col) DO UPDATE SET value = excluded.value,
                hlc = excluded.hlc, origin = excluded.origin
-             WHERE excluded.hlc > hlc OR (excluded.hlc = hlc AND excluded.origin > origin)",
+             WHERE excluded.hlc > hlc OR (excluded.hlc = hlc AND excluded.origin > origin)
+                OR (excluded.hlc = hlc AND excluded.origin = origin AND excluded.value > value)",
             &[
                 t.id.into(),
                 key.clone(),

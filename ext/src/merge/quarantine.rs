@@ -192,8 +192,21 @@ fn apply_one(db: Db, tables: &HashMap<Arc<str>, Table>, id: i64) -> Result<()> {
     };
     let cs = Changeset::decode(&blob, schema::max_body(db))
         .map_err(|e| Error::msg(format!("lsync: quarantined change {id} is corrupt: {e}")))?;
-    let mut a = Applier::new(db, tables.clone(), HashSet::default())?;
-    attempt(db, &mut a, &cs).map_err(|(Attempt::Refused(_, e) | Attempt::Failed(e))| e)
+    let mut facts = Vec::new();
+    loop {
+        let mut a = Applier::new(db, tables.clone(), HashSet::default(), facts.clone())?;
+        match attempt(db, &mut a, &cs) {
+            Ok(()) => return Ok(()),
+            // A UNIQUE clash merges the rows, as in any apply.
+            Err(Attempt::Clash(f, e)) => {
+                if facts.contains(&f) {
+                    return Err(e);
+                }
+                facts.push(f);
+            }
+            Err(Attempt::Refused(_, e) | Attempt::Failed(e)) => return Err(e),
+        }
+    }
 }
 
 /// Removes quarantined change `id` for good.

@@ -8,9 +8,11 @@ use lsync_wire::changeset::{Change, Op};
 use rustc_hash::FxHashMap as HashMap;
 
 use super::links::LocalValues;
+use super::unite::beats;
 use super::{Applier, Clk, Outcome};
 use crate::catalog::Table;
 use crate::error::Result;
+use crate::ident::{q, qm};
 use crate::sql::Value;
 
 impl Applier {
@@ -26,10 +28,33 @@ impl Applier {
     ) -> Result<Outcome> {
         let theirs: Clk = (c.hlc, c.origin.clone());
         let clocks = self.column_clocks(t, rid, base)?;
+        // Rows merged together can hold different values under one clock:
+        // equal clocks then compare values (`unite::beats`). Elsewhere an
+        // equal clock is the same write.
+        let current = if self.merged(t, &c.pk)? {
+            let cols: Vec<String> = vals.iter().map(|(col, _)| q(col)).collect();
+            let sql = format!(
+                "SELECT {} FROM {} WHERE rowid = ?1",
+                cols.join(", "),
+                qm(&t.name)
+            );
+            let mut s = self.db.prepare(&sql)?;
+            s.bind(1, &rid.into())?;
+            s.step()?;
+            (0..vals.len()).map(|i| s.value(i)).collect()
+        } else {
+            Vec::new()
+        };
         let winners: Vec<(&Arc<str>, Cow<Value>)> = vals
             .iter()
-            .filter(|(col, _)| clocks.get(*col).is_none_or(|mine| theirs > *mine))
-            .cloned()
+            .enumerate()
+            .filter(|(i, (col, v))| {
+                clocks.get(*col).is_none_or(|mine| match current.get(*i) {
+                    Some(cur) => beats((&theirs, v.as_ref()), (mine, cur)),
+                    None => theirs > *mine,
+                })
+            })
+            .map(|(_, cv)| cv.clone())
             .collect();
         self.write(t, rid, &winners)?;
         // A newer re-insert also renews the row's creation clock, which is

@@ -59,7 +59,10 @@ impl Applier {
             ))
         })?;
         let r = stmt.run_borrowed(std::iter::once(pk).chain(vals.iter().map(|(_, v)| v.as_ref())));
-        r.map_err(|e| e.in_apply(&format!("inserting into '{}'", t.name)))?;
+        if let Err(e) = r {
+            let e = e.in_apply(&format!("inserting into '{}'", t.name));
+            return Err(self.clash_or(t, None, Some(pk), vals, e));
+        }
         Ok(db.last_insert_rowid())
     }
 
@@ -112,9 +115,13 @@ impl Applier {
                 sets.join(", ")
             ))
         })?;
-        let rid = Value::Integer(rid);
-        stmt.run_borrowed(std::iter::once(&rid).chain(changed.iter().map(|(_, v)| v.as_ref())))
-            .map_err(|e| e.in_apply(&format!("updating '{}'", t.name)))
+        let key = Value::Integer(rid);
+        let r =
+            stmt.run_borrowed(std::iter::once(&key).chain(changed.iter().map(|(_, v)| v.as_ref())));
+        r.map_err(|e| {
+            let e = e.in_apply(&format!("updating '{}'", t.name));
+            self.clash_or(t, Some(rid), None, vals, e)
+        })
     }
 
     pub(super) fn extend_run(

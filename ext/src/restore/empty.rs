@@ -30,6 +30,7 @@ pub(super) fn empty_path_refusal(db: Db, s: Db) -> Result<Option<String>> {
         "lsync_deleted",
         "lsync_deferred",
         "lsync_parked",
+        "lsync_alias",
     ] {
         if db.query_i64(&format!("SELECT EXISTS (SELECT 1 FROM {meta})"), &[])? == Some(1) {
             return Ok(Some(format!("{meta} is not empty")));

@@ -1,0 +1,133 @@
+//! The UNIQUE keys of shared tables whose clashing rows `unite` merges,
+//! read from SQLite's index lists once per changeset, and only when a
+//! write was refused; and the lookup of the row that holds a key's values.
+
+use std::borrow::Cow;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap as HashMap;
+
+use super::Applier;
+use crate::catalog::{Mode, Table};
+use crate::error::Result;
+use crate::ident::{q, qm};
+use crate::sql::Value;
+
+/// A UNIQUE index or constraint of a shared table, over tracked columns.
+pub(super) struct Key {
+    pub(super) cols: Vec<Arc<str>>,
+    /// Another row holding given values (?1.., in `cols` order; the row
+    /// itself, ?n+1, excluded), under the index's collations.
+    find: String,
+}
+
+/// A column of an index (`None`: an expression) and its collation.
+type IndexColumn = (Option<String>, String);
+
+/// The UNIQUE keys read so far, by table id.
+pub(super) type Keys = HashMap<i64, Rc<Vec<Key>>>;
+
+impl Applier {
+    /// The UNIQUE keys of a shared table that lsync merges on: every unique
+    /// index or constraint over tracked columns, except the global id's
+    /// own and partial or expression indexes (those stay SQLite's to
+    /// refuse, and quarantined).
+    pub(super) fn keys_of(&mut self, t: &Table) -> Result<Rc<Vec<Key>>> {
+        if let Some(k) = self.keys.get(&t.id) {
+            return Ok(k.clone());
+        }
+        let mut keys = Vec::new();
+        if t.mode == Mode::Shared {
+            let mut s = self.db.prepare(
+                "SELECT il.name, ii.name, ii.coll FROM pragma_index_list(?1) il
+                   JOIN pragma_index_xinfo(il.name) ii
+                 WHERE il.\"unique\" = 1 AND il.partial = 0 AND ii.key = 1
+                 ORDER BY il.seq, ii.seqno",
+            )?;
+            s.bind(1, &(*t.name).into())?;
+            let mut by_index: Vec<(String, Vec<IndexColumn>)> = Vec::new();
+            while s.step()? {
+                let index = s.text(0).unwrap_or_default();
+                let col = (s.text(1), s.text(2).unwrap_or_else(|| "BINARY".into()));
+                match by_index.last_mut() {
+                    Some((name, cols)) if *name == index => cols.push(col),
+                    _ => by_index.push((index, vec![col])),
+                }
+            }
+            drop(s);
+            for (_, cols) in by_index {
+                let tracked: Option<Vec<(Arc<str>, String)>> = cols
+                    .into_iter()
+                    .map(|(name, coll)| {
+                        let name = name?;
+                        let col = t.columns.iter().find(|c| c.eq_ignore_ascii_case(&name))?;
+                        Some((col.clone(), coll))
+                    })
+                    .collect();
+                let Some(tracked) = tracked else { continue };
+                let n = tracked.len();
+                let terms: Vec<String> = tracked
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (c, coll))| format!("{} = ?{} COLLATE {}", q(c), i + 1, q(coll)))
+                    .collect();
+                keys.push(Key {
+                    cols: tracked.into_iter().map(|(c, _)| c).collect(),
+                    find: format!(
+                        "SELECT rowid FROM {} WHERE {} AND rowid IS NOT ?{} LIMIT 1",
+                        qm(&t.name),
+                        terms.join(" AND "),
+                        n + 1
+                    ),
+                });
+            }
+        }
+        let keys = Rc::new(keys);
+        self.keys.insert(t.id, keys.clone());
+        Ok(keys)
+    }
+
+    /// A live row other than `rid` that would hold a UNIQUE key value of
+    /// row `rid` (None: a new row) once `vals` are written over it.
+    pub(super) fn clash(
+        &mut self,
+        t: &Table,
+        rid: Option<i64>,
+        vals: &[(&Arc<str>, Cow<Value>)],
+    ) -> Result<Option<(i64, Vec<Arc<str>>)>> {
+        let keys = self.keys_of(t)?;
+        for k in keys.iter() {
+            // An edit that writes none of a key's columns leaves its values.
+            if rid.is_some() && !k.cols.iter().any(|c| vals.iter().any(|(w, _)| *w == c)) {
+                continue;
+            }
+            let mut args = Vec::with_capacity(k.cols.len() + 1);
+            for col in &k.cols {
+                let v = match vals.iter().find(|(c, _)| *c == col) {
+                    Some((_, v)) => v.as_ref().clone(),
+                    None => match rid {
+                        Some(rid) => self
+                            .db
+                            .query_value(
+                                &format!("SELECT {} FROM {} WHERE rowid = ?1", q(col), qm(&t.name)),
+                                &[rid.into()],
+                            )?
+                            .unwrap_or(Value::Null),
+                        None => Value::Null,
+                    },
+                };
+                args.push(v);
+            }
+            // NULLs never clash in a UNIQUE index.
+            if args.contains(&Value::Null) {
+                continue;
+            }
+            args.push(rid.map_or(Value::Null, Value::Integer));
+            if let Some(other) = self.db.query_i64(&k.find, &args)? {
+                return Ok(Some((other, k.cols.clone())));
+            }
+        }
+        Ok(None)
+    }
+}
