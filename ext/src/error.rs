@@ -25,8 +25,8 @@ pub enum Error {
     Clash {
         full: String,
         tbl: std::sync::Arc<str>,
-        a: crate::sql::Value,
-        b: crate::sql::Value,
+        a: lsync_wire::value::Value,
+        b: lsync_wire::value::Value,
     },
 }
 

@@ -29,6 +29,14 @@ impl<V> IdMap<V> {
         }
     }
 
+    pub fn get_mut(&mut self, id: &Value) -> Option<&mut V> {
+        match id {
+            Value::Text(s) => self.text.get_mut(s.as_str()),
+            Value::Blob(b) => self.blob.get_mut(b.as_slice()),
+            _ => None,
+        }
+    }
+
     pub fn contains(&self, id: &Value) -> bool {
         self.get(id).is_some()
     }

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, FramedParts, FramedWrite, LengthDelimitedCodec};
 
-/// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Bumped on any incompatible change to the messages below, or to the
+/// changesets they carry (3: the merge op).
+pub const PROTOCOL_VERSION: u32 = 3;
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// A Noise message is at most 65535 bytes; larger frames are refused.
 pub const MAX_FRAME: usize = 65535;

@@ -313,10 +313,11 @@ fn a_quarantined_change_that_cannot_be_read_never_blocks() {
 
 /// Two devices assign the same tag to the same object, and both
 /// assignments reach a third device before the tag does: their links wait.
-/// When the tag arrives, completing both would break the UNIQUE pair. One
-/// link completes, the other stays pending, and the apply goes through.
+/// When the tag arrives, completing both would break the UNIQUE pair: the
+/// two assignments are merged into one (the lower uuid), as they would be
+/// had the tag come first, and the apply goes through.
 #[test]
-fn a_link_that_cannot_complete_stays_pending_and_never_blocks() {
+fn links_that_complete_into_the_same_unique_pair_merge_the_rows() {
     let schema = "
         CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
         CREATE TABLE objects(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
@@ -351,11 +352,16 @@ fn a_link_that_cannot_complete_stays_pending_and_never_blocks() {
     apply(&part(&c, c_at, 10));
     assert_eq!(count(&b, "lsync_pending"), 2);
     let report = apply(&part(&a, 0, 1));
-    assert_eq!(n(&report, "resolved"), 1, "{report}");
-    assert_eq!(count(&b, "lsync_pending"), 1);
+    assert_eq!(n(&report, "merged"), 1, "{report}");
+    assert_eq!(n(&report, "quarantined"), 0, "{report}");
+    assert_eq!(count(&b, "lsync_pending"), 0);
     assert_eq!(
-        scalar::<i64>(&b, "SELECT count(*) FROM pairs WHERE tag_id = 1"),
-        1
+        query_rows(&b, "SELECT uuid, tag_id, object_id FROM pairs"),
+        [["PA", "1", "1"]]
+    );
+    assert_eq!(
+        query_rows(&b, "SELECT uuid, root FROM lsync_alias"),
+        [["PC", "PA"]]
     );
     // Later applies go through too.
     a.execute_batch("INSERT INTO objects(uuid, name) VALUES ('O2', 'video')")

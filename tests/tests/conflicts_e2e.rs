@@ -217,44 +217,57 @@ fn unrelated_changes_flow_without_escalation(d: &Devices, nodes: &[&Sidecar]) {
 }
 
 /// Both devices create a tag 'red' (name is UNIQUE), each with its own
-/// uuid, A first. Today each side keeps its own and quarantines the other's
-/// (visible in `lsync_conflicts`), and replication goes on: the rest of
-/// each changeset arrives. (Resolving the clash the same way on both sides
-/// is the open part of issue 11: docs/conflicts.md.)
+/// uuid, and B assigns its 'red' to an object. The two tags are merged
+/// into one on both sides: the lower uuid ('tag-red-a') stays, the other
+/// becomes its alias, B's assignment points at it, and nothing is
+/// quarantined.
 #[test]
-fn the_same_unique_name_created_on_both_sides_never_stops_replication() {
+fn the_same_unique_name_created_on_both_sides_merges_into_one_tag() {
     let d = file_manager_devices("");
     d.a.execute_batch("INSERT INTO tags(uuid, name, color) VALUES ('tag-red-a', 'red', '#f00')")
         .unwrap();
     sleep(Duration::from_millis(20));
     d.b.execute_batch(
         "INSERT INTO tags(uuid, name, color) VALUES ('tag-red-b', 'red', '#e00');
-         INSERT INTO objects(uuid, name) VALUES ('obj-1', 'holiday.jpg');",
+         INSERT INTO objects(uuid, name) VALUES ('obj-1', 'holiday.jpg');
+         INSERT INTO tag_on_object(uuid, tag_id, object_id) VALUES ('assign-b', 1, 1);",
     )
     .unwrap();
     let (node_a, node_b) = start_sidecars(&d);
     let nodes = [&node_a, &node_b];
-    settle(
-        "each side quarantines the other's 'red'",
+    settle_identical(
+        "both sides hold one 'red', with B's assignment",
         &d,
         &nodes,
-        |a, b| quarantine(a).len() == 1 && quarantine(b).len() == 1 && count(a, "objects") == 1,
+        |a| count(a, "tags") == 1 && count(a, "tag_on_object") == 1,
     );
-    for (c, mine) in [(&d.a, "tag-red-a"), (&d.b, "tag-red-b")] {
-        assert_eq!(query_rows(c, "SELECT uuid FROM tags"), [[mine]]);
-        assert!(quarantine(c)[0]
-            .join(" ")
-            .contains("UNIQUE constraint failed: tags.name"));
+    for c in [&d.a, &d.b] {
+        assert_eq!(
+            query_rows(c, "SELECT uuid, name FROM tags"),
+            [["tag-red-a", "red"]]
+        );
+        assert_eq!(
+            query_rows(
+                c,
+                "SELECT o.uuid, t.uuid FROM tag_on_object o JOIN tags t ON t.id = o.tag_id"
+            ),
+            [["assign-b", "tag-red-a"]]
+        );
+        assert_eq!(
+            query_rows(c, "SELECT uuid, root FROM lsync_alias"),
+            [["tag-red-b", "tag-red-a"]]
+        );
+        assert!(quarantine(c).is_empty(), "{:?}", quarantine(c));
     }
     unrelated_changes_flow_without_escalation(&d, &nodes);
 }
 
 /// A tag and an object are on both devices; each device assigns that tag
-/// to that object (the pair is UNIQUE), with its own assignment uuid. Today
-/// each side keeps its own and quarantines the other's, and replication
-/// goes on (see the test above).
+/// to that object (the pair is UNIQUE), with its own assignment uuid. The
+/// two assignments are merged into one on both sides (the lower uuid,
+/// 'assign-a'), and nothing is quarantined.
 #[test]
-fn the_same_pair_assigned_on_both_sides_never_stops_replication() {
+fn the_same_pair_assigned_on_both_sides_merges_into_one_assignment() {
     let d = file_manager_devices("ON DELETE CASCADE");
     d.a.execute_batch(
         "INSERT INTO tags(uuid, name, color) VALUES ('tag-red', 'red', '#f00');
@@ -276,14 +289,15 @@ fn the_same_pair_assigned_on_both_sides_never_stops_replication() {
     assign(&d.b, "assign-b");
     let (node_a, node_b) = start_sidecars(&d);
     let nodes = [&node_a, &node_b];
-    settle(
-        "each side quarantines the other's assignment",
-        &d,
-        &nodes,
-        |a, b| quarantine(a).len() == 1 && quarantine(b).len() == 1,
-    );
-    for (c, mine) in [(&d.a, "assign-a"), (&d.b, "assign-b")] {
-        assert_eq!(query_rows(c, "SELECT uuid FROM tag_on_object"), [[mine]]);
+    settle_identical("both sides hold one assignment", &d, &nodes, |a| {
+        query_rows(a, "SELECT uuid FROM tag_on_object") == [["assign-a"]]
+    });
+    for c in [&d.a, &d.b] {
+        assert!(quarantine(c).is_empty(), "{:?}", quarantine(c));
+        assert_eq!(
+            query_rows(c, "SELECT uuid, root FROM lsync_alias"),
+            [["assign-b", "assign-a"]]
+        );
     }
     unrelated_changes_flow_without_escalation(&d, &nodes);
 }

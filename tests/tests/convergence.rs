@@ -862,3 +862,56 @@ fn regression_a_row_renamed_into_a_second_clash_merges_all_three() {
     let order = [(2, 0), (0, 1), (1, 2), (2, 1), (0, 2), (1, 0)];
     run_replicas(&steps, &order, Mode::UniqueKeys).unwrap();
 }
+
+/// A tag named `tag{v}` created at replica `at`.
+fn tag_step(at: usize, v: u8) -> Step {
+    Step::Insert {
+        at,
+        table: 2,
+        a: 0,
+        b: 0,
+        v,
+    }
+}
+
+/// The first counterexample to merging rows only where they meet: X and Y
+/// are both 'tag3'. Replica 1 meets both and merges them; replica 0
+/// renames X to 'tag0' before Y arrives, so they never meet there. The
+/// merge travels: every replica ends with one row, under its newest name.
+#[test]
+fn regression_rows_merged_on_one_replica_are_merged_where_they_never_met() {
+    let steps = [
+        tag_step(0, 3),
+        tag_step(2, 3),
+        sync_step(0, 1, false),
+        sync_step(2, 1, false),
+        Step::Update {
+            at: 0,
+            table: 2,
+            row: 0,
+            col: 0,
+            v: 0,
+        },
+    ];
+    run_replicas(&steps, &all_pairs(), Mode::UniqueKeys).unwrap();
+}
+
+/// The second counterexample: X and L are both 'tag1'. Replica 0 deletes X
+/// before L arrives, so L lives there; replica 1 merged them first. A
+/// delete of any merged row deletes the merged row: nothing is left.
+#[test]
+fn regression_a_delete_of_a_merged_row_deletes_it_everywhere() {
+    let steps = [
+        tag_step(0, 1),
+        tag_step(2, 1),
+        sync_step(0, 1, false),
+        sync_step(2, 1, false),
+        Step::Delete {
+            at: 0,
+            table: 2,
+            row: 0,
+        },
+        sync_step(2, 0, false),
+    ];
+    run_replicas(&steps, &all_pairs(), Mode::UniqueKeys).unwrap();
+}

@@ -10,7 +10,10 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::Applier;
 use crate::catalog::{Mode, Table};
-use crate::error::Result;
+use lsync_wire::changeset::{Change, Op};
+
+use crate::error::{Error, Result};
+use crate::fk;
 use crate::ident::{q, qm};
 use crate::sql::Value;
 
@@ -129,5 +132,88 @@ impl Applier {
             }
         }
         Ok(None)
+    }
+
+    /// In a table where this merge has met a clash, a new row that would
+    /// clash is merged before it is written, rather than found by a refused
+    /// insert and one more pass: many rows created on two devices with the
+    /// same names cost one pass, not one per row. True when it merged.
+    pub(super) fn clashes_before_insert(
+        &mut self,
+        t: &Table,
+        c: &Change,
+        vals: &[(&Arc<str>, Cow<Value>)],
+    ) -> Result<bool> {
+        if c.op != Op::Insert || !self.clashed.contains(&t.id) {
+            return Ok(false);
+        }
+        // A row with a tombstone is `create`'s to decide.
+        if self.tombs.get(&t.name).is_some_and(|m| m.contains(&c.pk)) {
+            return Ok(false);
+        }
+        let Some((other, _)) = self.clash(t, None, vals)? else {
+            return Ok(false);
+        };
+        let other = self.uuid_at(t, other)?;
+        let hlc = self.clock.hlc()?;
+        let me = self.clock.self_idx;
+        self.unite(t, &c.pk, &other, hlc, me)
+    }
+
+    /// Links whose completion a constraint refused stay pending, unless
+    /// the row would clash with another on a UNIQUE key: then the two are
+    /// merged, as when the row arrives with its link.
+    pub(super) fn links_refused(&mut self, refused: Vec<fk::Refused>) -> Result<()> {
+        for (tbl, rid, col, trid, e) in refused {
+            let Some(t) = self.tables.values().find(|t| t.id == tbl).cloned() else {
+                continue;
+            };
+            let Some(col) = t.columns.iter().find(|c| ***c == *col).cloned() else {
+                continue;
+            };
+            let vals = [(&col, Cow::Owned(Value::Integer(trid)))];
+            let e = self.clash_or(&t, Some(rid), None, &vals, e);
+            if matches!(e, Error::Clash { .. }) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns a refused write of row `rid` of `t` (None: a new row, `id`)
+    /// into a clash with the row that holds the same UNIQUE key, if one
+    /// does; otherwise the refusal stands.
+    pub(super) fn clash_or(
+        &mut self,
+        t: &Table,
+        rid: Option<i64>,
+        id: Option<&Value>,
+        vals: &[(&Arc<str>, Cow<Value>)],
+        e: Error,
+    ) -> Error {
+        if !e.is_constraint() || t.mode != Mode::Shared {
+            return e;
+        }
+        let found = (|| -> Result<Option<(Value, Value)>> {
+            let Some((other, _)) = self.clash(t, rid, vals)? else {
+                return Ok(None);
+            };
+            let a = match (id, rid) {
+                (Some(id), _) => id.clone(),
+                (None, Some(rid)) => self.uuid_at(t, rid)?,
+                (None, None) => return Ok(None),
+            };
+            Ok(Some((a, self.uuid_at(t, other)?)))
+        })();
+        match found {
+            Ok(Some((a, b))) => Error::Clash {
+                full: format!("{e} (a UNIQUE clash: the rows are merged)"),
+                tbl: t.name.clone(),
+                a,
+                b,
+            },
+            Ok(None) => e,
+            Err(other) => other,
+        }
     }
 }

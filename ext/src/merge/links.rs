@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use lsync_wire::changeset::Change;
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::Applier;
 use crate::catalog::{Mode, Table};
@@ -141,4 +141,32 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+/// Tracked tables ordered so that FK targets come before the tables that
+/// point at them (self-references and cycles are left to deferral).
+pub(super) fn parents_first(tables: &HashMap<Arc<str>, Table>) -> Vec<Arc<str>> {
+    fn visit(
+        t: &Table,
+        tables: &HashMap<Arc<str>, Table>,
+        seen: &mut HashSet<i64>,
+        out: &mut Vec<Arc<str>>,
+    ) {
+        if !seen.insert(t.id) {
+            return;
+        }
+        for target in t.fks.values().filter(|n| **n != *t.name) {
+            if let Some(tt) = tables.get(target.as_str()) {
+                visit(tt, tables, seen, out);
+            }
+        }
+        out.push(t.name.clone());
+    }
+    let mut all: Vec<&Table> = tables.values().collect();
+    all.sort_by_key(|t| t.id);
+    let (mut seen, mut out) = (HashSet::default(), Vec::new());
+    for t in all {
+        visit(t, tables, &mut seen, &mut out);
+    }
+    out
 }

@@ -8,6 +8,7 @@
 //! referrers.
 
 mod cascade;
+mod join;
 mod keys;
 mod links;
 mod owned;
@@ -31,6 +32,7 @@ use crate::ids::{self, IdMap};
 use crate::sql::{Db, Stmt, Value};
 use crate::{bail, fk, schema};
 
+use links::parents_first;
 use unite::Fact;
 use write::Run;
 
@@ -55,12 +57,16 @@ pub fn merge(db: Db, tables: HashMap<Arc<str>, Table>, cs: &Changeset) -> Result
         let mut a = Applier::new(db, tables.clone(), skip, facts.clone())?;
         match attempt(db, &mut a, cs) {
             Ok(()) => break a,
-            Err(Attempt::Refused(i, e)) => refused.push((i, e)),
+            Err(Attempt::Refused(i, e)) => {
+                // A merge found while merging change `i` goes with it.
+                facts.retain(|f| f.at != Some(i));
+                refused.push((i, e));
+            }
             Err(Attempt::Clash(f, e)) => {
                 // A clash that its merge did not end is refused, so that
                 // every pass makes progress.
-                if !facts.contains(&f) {
-                    facts.push(f);
+                if !facts.iter().any(|x| x.same(&f)) {
+                    facts.push(*f);
                 } else if let Some(i) = a.current {
                     refused.push((i, e));
                 } else {
@@ -85,7 +91,7 @@ enum Attempt {
     Refused(usize, Error),
     /// Two rows clash on a UNIQUE key of a shared table: the next pass
     /// merges them first.
-    Clash(Fact, Error),
+    Clash(Box<Fact>, Error),
     Failed(Error),
 }
 
@@ -100,14 +106,16 @@ fn attempt(db: Db, a: &mut Applier, cs: &Changeset) -> std::result::Result<(), A
         Err(e) => {
             db.exec("ROLLBACK TO lsync_merge; RELEASE lsync_merge")
                 .map_err(Attempt::Failed)?;
+            let a_current = a.current;
             match (&e, a.current) {
                 (Error::Clash { tbl, a, b, .. }, _) => {
                     let f = Fact {
                         tbl: tbl.clone(),
                         a: a.clone(),
                         b: b.clone(),
+                        at: a_current,
                     };
-                    Err(Attempt::Clash(f, e))
+                    Err(Attempt::Clash(Box::new(f), e))
                 }
                 (_, Some(i)) if e.is_constraint() => Err(Attempt::Refused(i, e)),
                 _ => Err(Attempt::Failed(e)),
@@ -165,6 +173,9 @@ struct Applier {
     aliases: HashMap<i64, std::rc::Rc<unite::Aliases>>,
     /// Clashes found by earlier passes, merged before this one starts.
     facts: Vec<Fact>,
+    /// Tables where they were found: their new rows are checked for a
+    /// clash before they are written (`keys`).
+    clashed: HashSet<i64>,
 }
 
 fn check_id(c: &Change) -> Result<()> {
@@ -185,6 +196,10 @@ impl Applier {
         facts: Vec<Fact>,
     ) -> Result<Applier> {
         let any_alias = db.query_i64("SELECT EXISTS (SELECT 1 FROM lsync_alias)", &[])? == Some(1);
+        let clashed = facts
+            .iter()
+            .filter_map(|f| tables.get(&f.tbl).map(|t| t.id))
+            .collect();
         Ok(Applier {
             db,
             clock: Clock::open(db)?,
@@ -210,6 +225,7 @@ impl Applier {
             any_alias,
             aliases: HashMap::default(),
             facts,
+            clashed,
         })
     }
 
@@ -246,12 +262,14 @@ impl Applier {
     fn run(&mut self, cs: &Changeset) -> Result<()> {
         self.report.changes = cs.changes.len() as i64;
         for f in std::mem::take(&mut self.facts) {
+            self.current = f.at;
             if let Some(t) = self.tables.get(&f.tbl).cloned() {
                 let hlc = self.clock.hlc()?;
                 let me = self.clock.self_idx;
                 self.unite(&t, &f.a, &f.b, hlc, me)?;
             }
         }
+        self.current = None;
         // By tracked name: a changeset may spell one in another letter case.
         let names: Vec<Arc<str>> = self.tables.keys().cloned().collect();
         let mut spelled: HashMap<&str, &str> = HashMap::default();
@@ -398,6 +416,9 @@ impl Applier {
             }
         }
         let Some(rid) = existing else {
+            if self.clashes_before_insert(t, c, &vals)? {
+                return self.upsert(t, c);
+            }
             let Some(rid) = self.create(t, c, origin, &vals)? else {
                 return Ok(());
             };
@@ -559,32 +580,4 @@ fn newer(mode: Mode, theirs: &Clk, mine: &Clk) -> bool {
         Mode::DeviceOwned => theirs.0 > mine.0,
         Mode::Shared => theirs > mine,
     }
-}
-
-/// Tracked tables ordered so that FK targets come before the tables that
-/// point at them (self-references and cycles are left to deferral).
-fn parents_first(tables: &HashMap<Arc<str>, Table>) -> Vec<Arc<str>> {
-    fn visit(
-        t: &Table,
-        tables: &HashMap<Arc<str>, Table>,
-        seen: &mut HashSet<i64>,
-        out: &mut Vec<Arc<str>>,
-    ) {
-        if !seen.insert(t.id) {
-            return;
-        }
-        for target in t.fks.values().filter(|n| **n != *t.name) {
-            if let Some(tt) = tables.get(target.as_str()) {
-                visit(tt, tables, seen, out);
-            }
-        }
-        out.push(t.name.clone());
-    }
-    let mut all: Vec<&Table> = tables.values().collect();
-    all.sort_by_key(|t| t.id);
-    let (mut seen, mut out) = (HashSet::default(), Vec::new());
-    for t in all {
-        visit(t, tables, &mut seen, &mut out);
-    }
-    out
 }

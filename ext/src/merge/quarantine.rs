@@ -199,10 +199,10 @@ fn apply_one(db: Db, tables: &HashMap<Arc<str>, Table>, id: i64) -> Result<()> {
             Ok(()) => return Ok(()),
             // A UNIQUE clash merges the rows, as in any apply.
             Err(Attempt::Clash(f, e)) => {
-                if facts.contains(&f) {
+                if facts.iter().any(|x: &super::Fact| x.same(&f)) {
                     return Err(e);
                 }
-                facts.push(f);
+                facts.push(*f);
             }
             Err(Attempt::Refused(_, e) | Attempt::Failed(e)) => return Err(e),
         }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use lsync_wire::changeset::{Change, Op};
 use rustc_hash::FxHashMap as HashMap;
 
+use super::join::beats;
 use super::links::LocalValues;
-use super::unite::beats;
 use super::{Applier, Clk, Outcome};
 use crate::catalog::Table;
 use crate::error::Result;
