@@ -76,3 +76,27 @@ def test_a_link_made_to_a_row_deleted_elsewhere_goes_with_it(tmp_path):
         assert c.execute("SELECT count(*) FROM tag_on_note").fetchone()[0] == 0
         assert c.execute("SELECT count(*) FROM tags").fetchone()[0] == 0
         assert c.execute("SELECT count(*) FROM lsync_conflicts").fetchone()[0] == 0
+
+
+def test_the_same_unique_name_on_two_devices_becomes_one_row(tmp_path):
+    a, b = pair(tmp_path)
+    for c in (a, b):
+        c.execute("CREATE UNIQUE INDEX tags_name ON tags(name)")
+    a.execute("INSERT INTO tags(uuid, name) VALUES ('T-a', 'red')")
+    b.execute("INSERT INTO tags(uuid, name) VALUES ('T-b', 'red')")
+    b.execute("INSERT INTO notes(uuid, body) VALUES ('N', 'holiday')")
+    b.execute(
+        "INSERT INTO tag_on_note(uuid, tag_id, note_id) VALUES "
+        "('TN', (SELECT id FROM tags WHERE uuid = 'T-b'), (SELECT id FROM notes))"
+    )
+    assert send(b, a)["merged"] == 1
+    assert send(a, b)["merged"] == 1
+    for c in (a, b):
+        # The lower uuid stays; the other is its alias, and B's assignment
+        # points at the tag that stays.
+        assert c.execute("SELECT uuid, name FROM tags").fetchall() == [("T-a", "red")]
+        assert c.execute("SELECT uuid, root FROM lsync_alias").fetchall() == [("T-b", "T-a")]
+        assert c.execute(
+            "SELECT t.uuid FROM tag_on_note x JOIN tags t ON t.id = x.tag_id"
+        ).fetchall() == [("T-a",)]
+        assert c.execute("SELECT count(*) FROM lsync_conflicts").fetchone()[0] == 0
