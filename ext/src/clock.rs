@@ -159,11 +159,17 @@ impl Clock {
     /// Gives a shared row a new creation clock (a newer re-insert): its row
     /// entry takes the clock, and column entries older than it go.
     pub fn rebase_row(&mut self, tbl: i64, rid: i64, hlc: i64, origin: i64) -> Result<()> {
-        self.uncover(tbl, rid)?;
         self.cache.run(
             "DELETE FROM lsync_clock WHERE tbl = ?1 AND col IS NOT NULL AND lo = ?2 AND hlc < ?3",
             &[tbl.into(), rid.into(), hlc.into()],
         )?;
+        self.renew_row(tbl, rid, hlc, origin)
+    }
+
+    /// Records row `rid`'s entry again at clock (`hlc`, `origin`), after
+    /// everything in the clock, with its column entries after it.
+    pub fn renew_row(&mut self, tbl: i64, rid: i64, hlc: i64, origin: i64) -> Result<()> {
+        self.uncover(tbl, rid)?;
         self.add(
             tbl,
             Some((rid, rid)),

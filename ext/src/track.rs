@@ -25,6 +25,9 @@ struct Options {
     uuid_column: Option<String>,
     #[serde(default)]
     fks: BTreeMap<String, String>,
+    /// Columns kept on this device: neither captured nor shipped.
+    #[serde(default)]
+    local_columns: Vec<String>,
 }
 
 /// What `pragma_table_info` says about a table.
@@ -33,9 +36,31 @@ struct Shape {
     columns: Vec<String>,
     /// Declared types (upper case), parallel to `columns`.
     types: Vec<String>,
+    /// The PRIMARY KEY's columns, in key order.
+    pk: Vec<String>,
 }
 
 impl Shape {
+    fn type_of(&self, col: &str) -> &str {
+        self.columns
+            .iter()
+            .position(|c| c == col)
+            .map_or("", |i| &self.types[i])
+    }
+
+    /// The global id column `lsync_track` takes when no option names one,
+    /// and how it was found: a column named `uuid`, else a PRIMARY KEY of
+    /// one TEXT or BLOB column.
+    fn identity(&self) -> Option<(&str, &'static str)> {
+        if self.columns.iter().any(|c| c == "uuid") {
+            return Some(("uuid", "uuid column"));
+        }
+        match self.pk.as_slice() {
+            [one] if is_id_type(self.type_of(one)) => Some((one, "primary key")),
+            _ => None,
+        }
+    }
+
     /// A uuid column declared BLOB gets 16-byte UUIDs; anything else text.
     fn uuid_fill(&self, col: &str) -> &'static str {
         let blob = self
@@ -62,20 +87,32 @@ fn shape(db: Db, table: &str) -> Result<Shape> {
         let name = s.text(0).unwrap_or_default();
         let ty = s.text(1).unwrap_or_default();
         if s.i64(2) > 0 {
-            pks.push((name.clone(), ty.clone()));
+            pks.push((s.i64(2), name.clone(), ty.clone()));
         }
         cols.push(name);
         types.push(ty);
     }
+    pks.sort();
     let rowid_alias = match pks.as_slice() {
-        [(name, ty)] if ty == "INTEGER" => Some(name.clone()),
+        [(_, name, ty)] if ty == "INTEGER" => Some(name.clone()),
         _ => None,
     };
     Ok(Shape {
         rowid_alias,
         columns: cols,
         types,
+        pk: pks.into_iter().map(|(_, name, _)| name).collect(),
     })
+}
+
+/// A declared type that holds the same value on every device: TEXT or
+/// BLOB affinity (SQLite's rules: CHAR, CLOB, TEXT; BLOB or no type).
+fn is_id_type(ty: &str) -> bool {
+    !ty.contains("INT")
+        && (ty.contains("CHAR")
+            || ty.contains("CLOB")
+            || ty.contains("TEXT")
+            || ty.contains("BLOB"))
 }
 
 fn check_trackable(db: Db, table: &str) -> Result<()> {
@@ -158,6 +195,61 @@ fn declared_name(db: Db, table: &str) -> Result<Option<String>> {
     )
 }
 
+/// Refuses a global id column that holds local ids: an INTEGER column, or
+/// an FK (the row it points at is another row's, and may be shared).
+fn check_identity(
+    db: Db,
+    table: &str,
+    col: &str,
+    ty: &str,
+    option_fks: &BTreeMap<String, String>,
+) -> Result<()> {
+    if ty.contains("INT") {
+        bail!(
+            "lsync_track: '{table}.{col}' is an INTEGER column: it holds local ids, which differ \
+             between devices, so it cannot be the global id; use a TEXT or BLOB column (for \
+             example uuid TEXT UNIQUE, which lsync fills)"
+        );
+    }
+    let target = db
+        .query_text(
+            "SELECT \"table\" FROM pragma_foreign_key_list(?1, 'main') WHERE \"from\" = ?2",
+            &[table.into(), col.into()],
+        )?
+        .or_else(|| option_fks.get(col).cloned());
+    if let Some(target) = target {
+        bail!(
+            "lsync_track: '{table}.{col}' is an FK to '{target}': it names another row, which \
+             several rows may share, so it cannot be this row's global id; add a column of the \
+             row's own (uuid TEXT UNIQUE, which lsync fills)"
+        );
+    }
+    Ok(())
+}
+
+/// A global id column that is `NOT NULL` with no default: an insert that
+/// leaves it out fails before lsync can fill it in.
+fn id_warning(db: Db, t: &Table, shape: &Shape) -> Result<Option<serde_json::Value>> {
+    let strict = db.query_i64(
+        "SELECT 1 FROM pragma_table_info(?1, 'main')
+         WHERE name = ?2 AND \"notnull\" AND dflt_value IS NULL",
+        &[(*t.name).into(), (*t.uuid_col).into()],
+    )?;
+    if strict.is_none() {
+        return Ok(None);
+    }
+    let (table, col) = (&t.name, &t.uuid_col);
+    let fill = shape.uuid_fill(col);
+    Ok(Some(serde_json::json!({
+        "table": table, "column": col,
+        "message": format!(
+            "{table}.{col}, the global id, is NOT NULL with no default: an insert that leaves it \
+             out fails before lsync can give it an id. Declare the column with DEFAULT ({fill}) \
+             (docs/sql-api.md), or have the app supply ids"
+        ),
+    })))
+}
+
 /// `lsync_track(table, mode [, options])`. Returns a JSON summary, with
 /// the `warnings` of `warnings::for_table`.
 pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<String> {
@@ -166,7 +258,7 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
     let opts: Options = match options {
         Some(o) => serde_json::from_str(o).map_err(|e| {
             Error::msg(format!(
-                "lsync_track: bad options JSON ({e}); expected {{\"uuid_column\": \"...\", \"fks\": {{\"column\": \"table\"}}}}"
+                "lsync_track: bad options JSON ({e}); expected {{\"uuid_column\": \"...\", \"fks\": {{\"column\": \"table\"}}, \"local_columns\": [\"...\"]}}"
             ))
         })?,
         None => Options::default(),
@@ -182,7 +274,15 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
         }
     }
     let shape = shape(db, table)?;
-    let uuid_col = opts.uuid_column.unwrap_or_else(|| "uuid".to_owned());
+    let (uuid_col, identity) = match (opts.uuid_column, shape.identity()) {
+        (Some(c), _) => (c, "uuid_column option"),
+        (None, Some((c, how))) => (c.to_owned(), how),
+        (None, None) => bail!(
+            "lsync_track: table '{table}' has no global id: no column 'uuid', and no PRIMARY KEY of \
+             one TEXT or BLOB column; add a column (uuid TEXT UNIQUE, filled by lsync) or name \
+             one with {{\"uuid_column\": \"...\"}}"
+        ),
+    };
     if !shape.columns.iter().any(|c| c == &uuid_col) {
         bail!(
             "lsync_track: table '{table}' has no column '{uuid_col}' for the global id; \
@@ -192,10 +292,22 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
     if shape.rowid_alias.as_deref() == Some(uuid_col.as_str()) {
         bail!("lsync_track: the uuid column '{uuid_col}' cannot be the INTEGER PRIMARY KEY");
     }
+    check_identity(db, table, &uuid_col, shape.type_of(&uuid_col), &opts.fks)?;
+    for col in &opts.local_columns {
+        if !shape.columns.contains(col)
+            || *col == uuid_col
+            || Some(col) == shape.rowid_alias.as_ref()
+        {
+            bail!(
+                "lsync_track: local column '{col}' is not a column of '{table}' other than its ids"
+            );
+        }
+    }
     let columns: Vec<String> = shape
         .columns
         .iter()
         .filter(|c| Some(c.as_str()) != shape.rowid_alias.as_deref() && **c != uuid_col)
+        .filter(|c| !opts.local_columns.contains(c))
         .cloned()
         .collect();
     if columns.len() > MAX_COLUMNS {
@@ -205,6 +317,17 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
         );
     }
     let mut fks = declared_fks(db, table)?;
+    fks.retain(|col, _| !opts.local_columns.contains(col));
+    for (col, target) in &fks {
+        if *target != table && load(db, target)?.is_none() {
+            bail!(
+                "lsync_track: '{table}.{col}' holds local ids of '{target}', which is not tracked: \
+                 it would reach other devices as a raw id that names another row there. Track \
+                 '{target}' first (its rows then travel with global ids), or keep the column on \
+                 this device with {{\"local_columns\": [\"{col}\"]}}"
+            );
+        }
+    }
     for (col, target) in opts.fks {
         if !columns.contains(&col) {
             bail!("lsync_track: FK option names column '{col}', which '{table}' does not have");
@@ -244,16 +367,19 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
         }
         let cols_json = serde_json::to_string(&columns).map_err(|e| Error::msg(e.to_string()))?;
         let fks_json = serde_json::to_string(&fks).map_err(|e| Error::msg(e.to_string()))?;
+        let options = serde_json::json!({ "local_columns": opts.local_columns }).to_string();
         db.run(
-            "INSERT INTO lsync_tables(name, mode, uuid_col, columns, fks) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO lsync_tables(name, mode, uuid_col, columns, fks, options)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(name) DO UPDATE SET uuid_col = excluded.uuid_col,
-               columns = excluded.columns, fks = excluded.fks",
+               columns = excluded.columns, fks = excluded.fks, options = excluded.options",
             &[
                 table.into(),
                 mode.as_str().into(),
                 uuid_col.as_str().into(),
                 cols_json.into(),
                 fks_json.into(),
+                options.into(),
             ],
         )?;
         // Rows already there are folded as local inserts at the next flush,
@@ -274,9 +400,17 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
                 install_triggers(db, &tt)?;
             }
         }
+        let mut warnings = serde_json::to_value(warnings::for_table(db, &t)?)
+            .map_err(|e| Error::msg(e.to_string()))?;
+        if identity != "primary key" {
+            if let (Some(w), Some(list)) = (id_warning(db, &t, &shape)?, warnings.as_array_mut()) {
+                list.push(w);
+            }
+        }
         Ok(serde_json::json!({
             "table": t.name, "mode": t.mode.as_str(), "uuid_column": t.uuid_col,
-            "columns": t.columns, "fks": t.fks, "warnings": warnings::for_table(db, &t)?,
+            "identity": identity, "columns": t.columns, "local_columns": opts.local_columns,
+            "fks": t.fks, "warnings": warnings,
         })
         .to_string())
     })

@@ -18,8 +18,10 @@ pub fn library_schema() -> String {
 }
 
 const INLINE_LIBRARY: &str = "
+CREATE TABLE IF NOT EXISTS devices(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS locations(
-  id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, path TEXT NOT NULL, name TEXT);
+  id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, device_id INTEGER REFERENCES devices(id),
+  path TEXT NOT NULL, name TEXT);
 CREATE TABLE IF NOT EXISTS entries(
   id INTEGER PRIMARY KEY, uuid TEXT UNIQUE,
   parent_id INTEGER REFERENCES entries(id),
@@ -40,7 +42,7 @@ pub fn track_library(conn: &Connection) {
     conn.execute_batch(&library_schema())
         .expect("library schema");
     conn.execute_batch(
-        "SELECT lsync_track('locations', 'device_owned');
+        "SELECT lsync_track('locations', 'device_owned', '{\"local_columns\": [\"device_id\"]}');
          SELECT lsync_track('entries', 'device_owned');
          SELECT lsync_track('tags', 'shared');
          SELECT lsync_track('tag_assignments', 'shared');",

@@ -1468,7 +1468,7 @@ fn a_table_not_tracked_here_is_refused() {
     let b = open(&dir.db());
     b.execute_batch(&library_schema()).unwrap();
     b.execute_batch(
-        "SELECT lsync_track('locations', 'device_owned');
+        "SELECT lsync_track('locations', 'device_owned', '{\"local_columns\": [\"device_id\"]}');
          SELECT lsync_track('entries', 'device_owned');",
     )
     .unwrap();

@@ -633,7 +633,7 @@ fn a_wrong_library_is_refused() {
 fn a_schema_with_one_table_fewer_is_refused() {
     // One tracked table fewer at B.
     schema_mismatch_is_refused(
-        "SELECT lsync_track('locations', 'device_owned');
+        "SELECT lsync_track('locations', 'device_owned', '{\"local_columns\": [\"device_id\"]}');
          SELECT lsync_track('entries', 'device_owned');
          SELECT lsync_track('tags', 'shared');",
     );
@@ -643,7 +643,7 @@ fn a_schema_with_one_table_fewer_is_refused() {
 fn a_schema_with_an_extra_tracked_column_is_refused() {
     schema_mismatch_is_refused(
         "ALTER TABLE entries ADD COLUMN note TEXT;
-         SELECT lsync_track('locations', 'device_owned');
+         SELECT lsync_track('locations', 'device_owned', '{\"local_columns\": [\"device_id\"]}');
          SELECT lsync_track('entries', 'device_owned');
          SELECT lsync_track('tags', 'shared');
          SELECT lsync_track('tag_assignments', 'shared');",

@@ -479,8 +479,9 @@ fn a_not_null_link_from_the_fks_option_warns() {
     assert!(msg.contains("no declared FK"), "{msg}");
 }
 
-/// The link travels as a uuid once both tables are tracked: the warning
-/// comes with whichever of the two is tracked last, and again on re-tracking.
+/// A link travels as a uuid, so its target is tracked first (issue 12:
+/// tracking the referrer first is refused). The warning comes with the
+/// referrer, and again when either table is tracked again.
 #[test]
 fn the_warning_comes_when_the_second_table_is_tracked() {
     let dir = TempDir::new();
@@ -495,15 +496,17 @@ fn the_warning_comes_when_the_second_table_is_tracked() {
         let s: String = scalar(&conn, sql);
         serde_json::from_str::<serde_json::Value>(&s).unwrap()["warnings"].clone()
     };
-    let first = warnings("SELECT lsync_track('tag_on_object', 'shared')");
+    let refused = error_of(&conn, "SELECT lsync_track('tag_on_object', 'shared')");
+    assert!(
+        refused.contains("'tags', which is not tracked"),
+        "{refused}"
+    );
+    let first = warnings("SELECT lsync_track('tags', 'shared')");
     assert_eq!(first, serde_json::json!([]));
-    let second = warnings("SELECT lsync_track('tags', 'shared')");
+    let second = warnings("SELECT lsync_track('tag_on_object', 'shared')");
     assert_eq!(second.as_array().unwrap().len(), 1, "{second}");
     assert_eq!(second[0]["table"], "tag_on_object");
     assert_eq!(second[0]["column"], "tag_id");
     assert_eq!(second[0]["target"], "tags");
-    assert_eq!(
-        warnings("SELECT lsync_track('tag_on_object', 'shared')"),
-        second
-    );
+    assert_eq!(warnings("SELECT lsync_track('tags', 'shared')"), second);
 }

@@ -491,6 +491,21 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A change's column mask and the values it marks.
+    fn columns(&mut self, tcols: &[Arc<str>]) -> R<Vec<(Arc<str>, Value)>> {
+        let mask = self.uvar()?;
+        if mask >> tcols.len() != 0 {
+            return Err(DecodeError::Corrupt("column mask"));
+        }
+        let mut data = Vec::with_capacity(mask.count_ones() as usize);
+        for (j, c) in tcols.iter().enumerate() {
+            if mask & (1 << j) != 0 {
+                data.push((c.clone(), self.value()?));
+            }
+        }
+        Ok(data)
+    }
+
     fn changeset(mut self) -> R<Changeset> {
         let library_id = self.uuid()?;
         let from = self.ivar()?;
@@ -538,29 +553,11 @@ impl<'a> Reader<'a> {
                 .ok_or(DecodeError::Corrupt("origin index"))?
                 .clone();
             let pk = self.value()?;
-            if op == Op::Merge {
-                let into = self.value()?;
-                changes.push(Change {
-                    seq,
-                    hlc,
-                    origin,
-                    tbl: tname.clone(),
-                    pk,
-                    op,
-                    data: vec![(Arc::from(MERGE_INTO), into)],
-                });
-                continue;
-            }
-            let mask = self.uvar()?;
-            if mask >> tcols.len() != 0 {
-                return Err(DecodeError::Corrupt("column mask"));
-            }
-            let mut data = Vec::with_capacity(mask.count_ones() as usize);
-            for (j, c) in tcols.iter().enumerate() {
-                if mask & (1 << j) != 0 {
-                    data.push((c.clone(), self.value()?));
-                }
-            }
+            let data = if op == Op::Merge {
+                vec![(Arc::from(MERGE_INTO), self.value()?)]
+            } else {
+                self.columns(tcols)?
+            };
             changes.push(Change {
                 seq,
                 hlc,
@@ -595,7 +592,7 @@ mod tests {
         Changeset {
             library_id: "01a20142-c196-70dc-8b46-cc83df4c5b94".into(),
             from: 10,
-            to: 12,
+            to: 13,
             fence: Some(Fence {
                 sender: "01a20142-c196-70dc-8b46-cc82023ee619".into(),
                 receiver: "01a20142-c196-70dc-8b46-cc82023ee61a".into(),
@@ -628,6 +625,18 @@ mod tests {
                     op: Op::Delete,
                     data: vec![],
                 },
+                Change {
+                    seq: 13,
+                    hlc: 1 << 40,
+                    origin: "01a20142-c196-70dc-8b46-cc82023ee619".into(),
+                    tbl: "tags".into(),
+                    pk: Value::Text("01a20142-c1a2-73d9-ad7a-e0debb265377".into()),
+                    op: Op::Merge,
+                    data: vec![(
+                        Arc::from(MERGE_INTO),
+                        Value::Text("01a20142-c1a2-73d9-ad7a-e0debb265376".into()),
+                    )],
+                },
             ],
         }
     }
@@ -646,8 +655,8 @@ mod tests {
             Changeset::summary(&cs.encode().unwrap(), DEFAULT_MAX_BODY).unwrap(),
             Summary {
                 from: 10,
-                to: 12,
-                changes: 2,
+                to: 13,
+                changes: 3,
                 fence: cs.fence.clone(),
             }
         );

@@ -18,7 +18,7 @@ use lsync_wire::changeset::{Change, Op};
 
 use super::{Applier, Clk};
 use crate::catalog::{Mode, Table};
-use crate::clock::{OP_INSERT, OP_MERGE};
+use crate::clock::OP_MERGE;
 use crate::error::Result;
 use crate::ident::{q, qm};
 use crate::ids::IdMap;
@@ -397,16 +397,7 @@ impl Applier {
     fn rename_row(&mut self, t: &Table, rid: i64, from: &Value, to: &Value) -> Result<()> {
         self.end_run()?;
         if let Some((hlc, origin)) = self.clock.row_clock(t.id, rid)? {
-            self.clock.uncover(t.id, rid)?;
-            self.clock.add(
-                t.id,
-                Some((rid, rid)),
-                None,
-                OP_INSERT,
-                hlc,
-                origin,
-                Value::Null,
-            )?;
+            self.clock.renew_row(t.id, rid, hlc, origin)?;
         }
         self.db.run(
             &format!(

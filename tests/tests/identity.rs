@@ -1,0 +1,216 @@
+//! Issue 12, the part that is built: what `lsync_track` takes as a row's
+//! global id, the ids it refuses (with a message that says what would
+//! work), columns kept on one device (`local_columns`), FKs to tables that
+//! are not tracked, and a `NOT NULL` global id filled by its default.
+
+use lsync_tests::*;
+use serde_json::Value as Json;
+
+fn track(c: &rusqlite::Connection, sql: &str) -> Json {
+    let s: String = scalar(c, sql);
+    serde_json::from_str(&s).unwrap()
+}
+
+/// A PRIMARY KEY of one TEXT column is the global id when no column is
+/// named `uuid`: two devices that write the same key write one row.
+#[test]
+fn a_text_primary_key_is_the_global_id() {
+    let schema = "CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT);";
+    let (_dir, a, b) = two_libraries(schema);
+    for c in [&a, &b] {
+        let v = track(c, "SELECT lsync_track('settings', 'shared')");
+        assert_eq!(
+            (&v["uuid_column"], &v["identity"]),
+            (&Json::from("key"), &Json::from("primary key"))
+        );
+        assert_eq!(v["columns"], serde_json::json!(["value"]));
+    }
+    a.execute_batch("INSERT INTO settings VALUES ('theme', 'dark')")
+        .unwrap();
+    b.execute_batch("INSERT INTO settings VALUES ('theme', 'light'), ('lang', 'fr')")
+        .unwrap();
+    send(&a, &b, 0);
+    send(&b, &a, 0);
+    let all = "SELECT key, value FROM settings ORDER BY key";
+    assert_eq!(query_rows(&a, all), query_rows(&b, all));
+    assert_eq!(query_rows(&a, all).len(), 2);
+}
+
+/// A column named `uuid` is still taken first; the option picks another.
+#[test]
+fn the_result_says_which_identity_was_chosen() {
+    let dir = TempDir::new();
+    let c = open(&dir.db());
+    c.execute_batch(
+        "CREATE TABLE docs(code TEXT PRIMARY KEY, uuid TEXT UNIQUE, body TEXT);
+         CREATE TABLE pages(code TEXT PRIMARY KEY, uuid TEXT UNIQUE, body TEXT);",
+    )
+    .unwrap();
+    let v = track(&c, "SELECT lsync_track('docs', 'shared')");
+    assert_eq!(
+        (&v["uuid_column"], &v["identity"]),
+        (&Json::from("uuid"), &Json::from("uuid column"))
+    );
+    let v = track(
+        &c,
+        r#"SELECT lsync_track('pages', 'shared', '{"uuid_column": "code"}')"#,
+    );
+    assert_eq!(
+        (&v["uuid_column"], &v["identity"]),
+        (&Json::from("code"), &Json::from("uuid_column option"))
+    );
+    assert_eq!(v["columns"], serde_json::json!(["uuid", "body"]));
+}
+
+/// Each refusal says what would make the table trackable.
+#[test]
+fn ids_that_are_local_are_refused_with_what_would_work() {
+    let dir = TempDir::new();
+    let c = open(&dir.db());
+    c.execute_batch(
+        "CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
+         SELECT lsync_track('tags', 'shared');
+         CREATE TABLE tag_on_object(tag_id INTEGER REFERENCES tags(id), object_id INTEGER,
+                                    note TEXT);
+         CREATE TABLE exif(object_ref TEXT REFERENCES tags(id), iso INTEGER);
+         CREATE TABLE counters(n INTEGER, label TEXT);",
+    )
+    .unwrap();
+    let cases = [
+        (
+            r#"SELECT lsync_track('tag_on_object', 'shared', '{"uuid_column": "object_id"}')"#,
+            "'tag_on_object.object_id' is an INTEGER column: it holds local ids",
+        ),
+        (
+            r#"SELECT lsync_track('exif', 'shared', '{"uuid_column": "object_ref"}')"#,
+            "'exif.object_ref' is an FK to 'tags'",
+        ),
+        (
+            "SELECT lsync_track('counters', 'shared')",
+            "table 'counters' has no global id: no column 'uuid', and no PRIMARY KEY of one TEXT or BLOB column",
+        ),
+    ];
+    for (sql, expected) in cases {
+        let e = error_of(&c, sql);
+        assert!(e.contains(expected), "{sql}: {e}");
+    }
+    // Nothing was tracked, and no index was made on the FK column.
+    assert_eq!(count(&c, "lsync_tables"), 1);
+    let idx: i64 = scalar(
+        &c,
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'tag_on_object'",
+    );
+    assert_eq!(idx, 0);
+}
+
+/// An FK to a table that is not tracked would reach peers as a raw local
+/// id, naming another row there: refused, unless the column is local.
+#[test]
+fn an_fk_to_an_untracked_table_is_refused_unless_local() {
+    let dir = TempDir::new();
+    let c = open(&dir.db());
+    c.execute_batch(
+        "CREATE TABLE instances(id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE objects(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT,
+                              instance_id INTEGER REFERENCES instances(id));",
+    )
+    .unwrap();
+    let e = error_of(&c, "SELECT lsync_track('objects', 'shared')");
+    assert!(
+        e.contains("'objects.instance_id' holds local ids of 'instances', which is not tracked")
+            && e.contains(r#"{"local_columns": ["instance_id"]}"#),
+        "{e}"
+    );
+    let v = track(
+        &c,
+        r#"SELECT lsync_track('objects', 'shared', '{"local_columns": ["instance_id"]}')"#,
+    );
+    assert_eq!(v["columns"], serde_json::json!(["name"]));
+    assert_eq!(v["local_columns"], serde_json::json!(["instance_id"]));
+    assert_eq!(v["fks"], serde_json::json!({}));
+    let e = error_of(
+        &c,
+        r#"SELECT lsync_track('objects', 'shared', '{"local_columns": ["nope"]}')"#,
+    );
+    assert!(
+        e.contains("local column 'nope' is not a column of 'objects'"),
+        "{e}"
+    );
+}
+
+/// A local column is neither captured nor shipped: each device keeps its
+/// own value, and a write to it alone records no change.
+#[test]
+fn a_local_column_stays_as_each_device_set_it() {
+    let schema = "CREATE TABLE instances(id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE objects(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT,
+                             instance_id INTEGER REFERENCES instances(id), thumb BLOB);
+        SELECT lsync_track('objects', 'shared', '{\"local_columns\": [\"instance_id\", \"thumb\"]}');";
+    let (_dir, a, b) = two_libraries(schema);
+    a.execute_batch(
+        "INSERT INTO instances(name) VALUES ('laptop');
+         INSERT INTO objects(uuid, name, instance_id, thumb) VALUES ('O', 'photo', 1, x'aa');",
+    )
+    .unwrap();
+    let report = send(&a, &b, 0);
+    assert_eq!(n(&report, "applied"), 1, "{report}");
+    assert_eq!(
+        query_rows(&b, "SELECT uuid, name, instance_id, thumb FROM objects"),
+        [["O", "photo", "NULL", "NULL"]]
+    );
+    let at = flush(&a);
+    a.execute_batch("UPDATE objects SET thumb = x'bb', instance_id = NULL")
+        .unwrap();
+    assert_eq!(
+        flush(&a),
+        at,
+        "a write to local columns alone records nothing"
+    );
+    b.execute_batch("UPDATE objects SET thumb = x'cc'").unwrap();
+    send(&b, &a, 0);
+    assert_eq!(query_rows(&a, "SELECT hex(thumb) FROM objects"), [["BB"]]);
+}
+
+/// A `NOT NULL` global id with no default warns; with
+/// `DEFAULT (lsync_uuid('blob'))` an insert that leaves it out gets a
+/// UUIDv7, even with `trusted_schema` off, and the row travels.
+#[test]
+fn a_not_null_global_id_is_filled_by_its_default() {
+    let schema = "PRAGMA trusted_schema = OFF;
+        CREATE TABLE objects(id INTEGER PRIMARY KEY,
+          pub_id BLOB NOT NULL UNIQUE DEFAULT (lsync_uuid('blob')), name TEXT);
+        CREATE TABLE strict_ids(id INTEGER PRIMARY KEY, pub_id BLOB NOT NULL UNIQUE, name TEXT);";
+    let (_dir, a, b) = two_libraries(schema);
+    for c in [&a, &b] {
+        let v = track(
+            c,
+            r#"SELECT lsync_track('objects', 'shared', '{"uuid_column": "pub_id"}')"#,
+        );
+        assert_eq!(v["warnings"], serde_json::json!([]));
+    }
+    let v = track(
+        &a,
+        r#"SELECT lsync_track('strict_ids', 'shared', '{"uuid_column": "pub_id"}')"#,
+    );
+    let w = v["warnings"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        w.contains("strict_ids.pub_id, the global id, is NOT NULL with no default")
+            && w.contains("DEFAULT (lsync_uuid('blob'))"),
+        "{v}"
+    );
+    a.execute_batch("INSERT INTO objects(name) VALUES ('a'), ('b')")
+        .unwrap();
+    let ids = query_rows(
+        &a,
+        "SELECT length(pub_id), hex(substr(pub_id, 7, 1)) FROM objects",
+    );
+    // 16-byte UUIDv7s: the version nibble is 7.
+    assert!(
+        ids.iter().all(|r| r[0] == "16" && r[1].starts_with('7')),
+        "{ids:?}"
+    );
+    let report = send(&a, &b, 0);
+    assert_eq!(n(&report, "applied"), 2, "{report}");
+    let by_id = "SELECT hex(pub_id), name FROM objects ORDER BY pub_id";
+    assert_eq!(query_rows(&a, by_id), query_rows(&b, by_id));
+}
