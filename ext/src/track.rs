@@ -318,6 +318,13 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
     }
     let mut fks = declared_fks(db, table)?;
     fks.retain(|col, _| !opts.local_columns.contains(col));
+    for (col, target) in opts.fks {
+        if !columns.contains(&col) {
+            bail!("lsync_track: FK option names column '{col}', which '{table}' does not have");
+        }
+        let target = declared_name(db, &target)?.unwrap_or(target);
+        fks.insert(col, target);
+    }
     for (col, target) in &fks {
         if *target != table && load(db, target)?.is_none() {
             bail!(
@@ -327,13 +334,6 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
                  this device with {{\"local_columns\": [\"{col}\"]}}"
             );
         }
-    }
-    for (col, target) in opts.fks {
-        if !columns.contains(&col) {
-            bail!("lsync_track: FK option names column '{col}', which '{table}' does not have");
-        }
-        let target = declared_name(db, &target)?.unwrap_or(target);
-        fks.insert(col, target);
     }
 
     db.savepoint("lsync_track", || {
@@ -423,6 +423,18 @@ pub fn untrack(db: Db, table: &str) -> Result<bool> {
     let Some(t) = load(db, table)? else {
         bail!("lsync_untrack: '{table}' is not tracked");
     };
+    // Their links would travel as raw local ids again (see `track`).
+    for s in load_all(db)?.iter().filter(|s| s.id != t.id) {
+        if let Some((col, _)) = s.fks.iter().find(|(_, target)| **target == *t.name) {
+            bail!(
+                "lsync_untrack: '{}.{col}' points at '{}', which must stay tracked while it does: \
+                 untrack '{}' first, or track it again with {{\"local_columns\": [\"{col}\"]}}",
+                s.name,
+                t.name,
+                s.name
+            );
+        }
+    }
     db.savepoint("lsync_untrack", || {
         db.exec(&drop_triggers_sql(&t.name))?;
         for meta in ["lsync_clock", "lsync_dirty", "lsync_deleted"] {

@@ -214,3 +214,58 @@ fn a_not_null_global_id_is_filled_by_its_default() {
     let by_id = "SELECT hex(pub_id), name FROM objects ORDER BY pub_id";
     assert_eq!(query_rows(&a, by_id), query_rows(&b, by_id));
 }
+
+/// FKs are found in each of SQLite's spellings: a column constraint with
+/// and without the target column, a table constraint, and bracketed,
+/// quoted and backquoted names, the target named in another letter case.
+#[test]
+fn fks_are_found_in_every_spelling() {
+    let dir = TempDir::new();
+    let c = open(&dir.db());
+    c.execute_batch(
+        r#"CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
+           SELECT lsync_track('tags', 'shared');
+           CREATE TABLE spelled(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE,
+             a INTEGER REFERENCES tags(id),
+             b INTEGER REFERENCES tags,
+             c INTEGER,
+             [d col] INTEGER REFERENCES [Tags]([id]),
+             "e""q" INTEGER REFERENCES "TAGS"("id"),
+             `f` INTEGER CONSTRAINT named_fk REFERENCES `tags` ON DELETE CASCADE,
+             g INTEGER,
+             FOREIGN KEY (c) REFERENCES tags(id),
+             CONSTRAINT g_fk FOREIGN KEY ("g") REFERENCES Tags);"#,
+    )
+    .unwrap();
+    let v = track(&c, "SELECT lsync_track('spelled', 'shared')");
+    let expected: serde_json::Map<String, Json> = ["a", "b", "c", "d col", "e\"q", "f", "g"]
+        .iter()
+        .map(|col| (col.to_string(), Json::from("tags")))
+        .collect();
+    assert_eq!(v["fks"], Json::Object(expected), "{v}");
+}
+
+/// A table that tracked tables point at stays tracked while they do: its
+/// untracking would send their links as raw local ids.
+#[test]
+fn a_table_that_others_point_at_is_not_untracked_under_them() {
+    let dir = TempDir::new();
+    let c = open(&dir.db());
+    c.execute_batch(
+        "CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
+         CREATE TABLE tag_on(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE,
+                             tag_id INTEGER REFERENCES tags(id));
+         SELECT lsync_track('tags', 'shared');
+         SELECT lsync_track('tag_on', 'shared');",
+    )
+    .unwrap();
+    let e = error_of(&c, "SELECT lsync_untrack('tags')");
+    assert!(
+        e.contains("'tag_on.tag_id' points at 'tags', which must stay tracked"),
+        "{e}"
+    );
+    assert_eq!(count(&c, "lsync_tables"), 2);
+    let _: bool = scalar(&c, "SELECT lsync_untrack('tag_on')");
+    let _: bool = scalar(&c, "SELECT lsync_untrack('tags')");
+    assert_eq!(count(&c, "lsync_tables"), 0);
+}
