@@ -21,6 +21,7 @@ pub mod merge;
 pub mod peers;
 pub mod restore;
 pub mod schema;
+pub mod shape;
 pub mod snapfile;
 pub mod snapshot;
 pub mod sql;
