@@ -375,3 +375,57 @@ fn applied_report(c: &Connection, blob: &[u8]) -> String {
     c.query_row("SELECT lsync_apply(?1)", [blob], |r| r.get(0))
         .unwrap_or_else(|e| panic!("lsync_apply: {e}"))
 }
+
+/// A merge names the row it merges into; one that names none, or a row id
+/// that is neither text nor blob, fails the whole apply with a clear error
+/// and leaves nothing (a hand-made or corrupt changeset, never a peer's).
+#[test]
+fn a_merge_that_names_no_row_fails_the_apply_and_leaves_nothing() {
+    use lsync_wire::changeset::{Changeset, Op, DEFAULT_MAX_BODY, MERGE_INTO};
+    let schema = "CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT UNIQUE);
+        SELECT lsync_track('tags', 'shared');";
+    let (dir, a, b) = two_libraries(schema);
+    a.execute_batch("INSERT INTO tags(uuid, name) VALUES ('T1', 'red')")
+        .unwrap();
+    b.execute_batch("INSERT INTO tags(uuid, name) VALUES ('T2', 'red')")
+        .unwrap();
+    assert_eq!(n(&send(&a, &b, 0), "merged"), 1);
+    // B's changes now hold the merge of T2 into T1.
+    let blob: Vec<u8> = b
+        .query_row("SELECT lsync_changeset(0)", [], |r| r.get(0))
+        .unwrap();
+    let good = Changeset::decode(&blob, DEFAULT_MAX_BODY).unwrap();
+    assert!(good.changes.iter().any(|c| c.op == Op::Merge), "{good:?}");
+    let c = open(&dir.path().join("c.db"));
+    c.execute_batch(schema).unwrap();
+    join_library(&c, &library_id(&a));
+    for bad in [
+        vec![],
+        vec![(
+            std::sync::Arc::from(MERGE_INTO),
+            lsync_wire::value::Value::Integer(7),
+        )],
+    ] {
+        let mut cs = good.clone();
+        for ch in cs.changes.iter_mut().filter(|ch| ch.op == Op::Merge) {
+            ch.data = bad.clone();
+        }
+        let e = c
+            .query_row("SELECT lsync_apply(?1)", [cs.encode().unwrap()], |r| {
+                r.get::<_, String>(0)
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("names no row to merge into; nothing was applied"),
+            "{e}"
+        );
+        assert_eq!(count(&c, "tags"), 0);
+        assert_eq!(count(&c, "lsync_alias"), 0);
+    }
+    let _ = applied_report(&c, &blob);
+    assert_eq!(
+        query_rows(&c, "SELECT uuid, name FROM tags"),
+        [["T1", "red"]]
+    );
+}

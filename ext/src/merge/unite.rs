@@ -149,6 +149,7 @@ impl Applier {
 
     /// Applies a merge from a peer.
     pub(super) fn merge_change(&mut self, t: &Table, c: &Change) -> Result<()> {
+        super::check_id(c)?;
         let Some(into) = c.merged_into().filter(|v| crate::ids::is_id(v)) else {
             crate::bail!(
                 "lsync_apply: a merge of a row of '{}' names no row to merge into; nothing was applied",
