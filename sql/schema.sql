@@ -156,7 +156,7 @@ CREATE TABLE IF NOT EXISTS lsync_quarantine(
   uuid     ANY NOT NULL,
   origin   TEXT NOT NULL,
   hlc      INTEGER NOT NULL,
-  op       INTEGER NOT NULL,       -- 0 insert, 1 update, 2 delete
+  op       INTEGER NOT NULL,       -- 0 insert, 1 update, 2 delete, 3 merge
   change   BLOB NOT NULL,
   data     TEXT NOT NULL,
   error    TEXT NOT NULL,
@@ -166,9 +166,11 @@ CREATE TABLE IF NOT EXISTS lsync_quarantine(
   UNIQUE (tbl, uuid, origin, hlc, op)
 );
 
--- The quarantine, readably.
-CREATE VIEW IF NOT EXISTS lsync_conflicts AS
+-- The quarantine, readably. (Dropped first: schema version 8 added 'merge'.)
+DROP VIEW IF EXISTS lsync_conflicts;
+CREATE VIEW lsync_conflicts AS
   SELECT id, tbl, uuid, origin, hlc,
-         CASE op WHEN 0 THEN 'insert' WHEN 1 THEN 'update' ELSE 'delete' END AS op,
+         CASE op WHEN 0 THEN 'insert' WHEN 1 THEN 'update' WHEN 2 THEN 'delete'
+                 ELSE 'merge' END AS op,
          data, error, at, tried_at, tries
   FROM lsync_quarantine;
