@@ -120,6 +120,7 @@ fn strip(c: Db, owner: Option<&str>, owner_idx: Option<i64>) -> Result<()> {
     let stripped = (|| {
         let tables = catalog::load_all(c)?;
         drop_local_objects(c, &tables)?;
+        blank_local_columns(c, &tables)?;
         let mut clock = Clock::open(c)?;
         for t in &tables {
             drop_uncommitted_captures(c, &tables, t, &mut clock)?;
@@ -179,6 +180,35 @@ fn strip(c: Db, owner: Option<&str>, owner_idx: Option<i64>) -> Result<()> {
     let pages = c.query_i64("PRAGMA page_count", &[])?.unwrap_or(0);
     if free * 4 > pages {
         c.exec("VACUUM")?;
+    }
+    Ok(())
+}
+
+/// Local columns (`lsync_track`'s `local_columns`) are never shipped: in
+/// the snapshot they take their default, or NULL (a NOT NULL column with no
+/// default keeps the source's values, as no other value fits).
+fn blank_local_columns(c: Db, tables: &[Table]) -> Result<()> {
+    for t in tables {
+        let mut s = c.prepare(
+            "SELECT i.name, i.dflt_value, i.\"notnull\"
+             FROM lsync_tables l, json_each(l.options, '$.local_columns') j,
+                  pragma_table_info(l.name, 'main') i
+             WHERE l.id = ?1 AND i.name = j.value",
+        )?;
+        s.bind(1, &t.id.into())?;
+        let mut sets = Vec::new();
+        while s.step()? {
+            let col = s.text(0).unwrap_or_default();
+            match (s.text(1), s.i64(2) != 0) {
+                (Some(default), _) => sets.push(format!("{} = {default}", q(&col))),
+                (None, false) => sets.push(format!("{} = NULL", q(&col))),
+                (None, true) => {}
+            }
+        }
+        drop(s);
+        if !sets.is_empty() {
+            c.exec(&format!("UPDATE {} SET {}", qm(&t.name), sets.join(", ")))?;
+        }
     }
     Ok(())
 }

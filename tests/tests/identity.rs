@@ -269,3 +269,44 @@ fn a_table_that_others_point_at_is_not_untracked_under_them() {
     let _: bool = scalar(&c, "SELECT lsync_untrack('tags')");
     assert_eq!(count(&c, "lsync_tables"), 0);
 }
+
+/// A snapshot ships no local column either: restored on the empty-library
+/// path, they take their default, or NULL.
+#[test]
+fn a_snapshot_carries_no_local_column() {
+    let schema = "CREATE TABLE instances(id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE objects(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT,
+                             instance_id INTEGER REFERENCES instances(id),
+                             thumb BLOB NOT NULL DEFAULT x'00');
+        SELECT lsync_track('objects', 'shared', '{\"local_columns\": [\"instance_id\", \"thumb\"]}');";
+    let (dir, a, b) = two_libraries(schema);
+    a.execute_batch(
+        "INSERT INTO instances(name) VALUES ('laptop');
+         INSERT INTO objects(uuid, name, instance_id, thumb) VALUES ('O', 'photo', 1, x'aa');",
+    )
+    .unwrap();
+    let snap = dir.path().join("snap.db");
+    let _: i64 = a
+        .query_row("SELECT lsync_snapshot(?1)", [snap.to_str().unwrap()], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let report: String = b
+        .query_row("SELECT lsync_restore(?1)", [snap.to_str().unwrap()], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(report.contains(r#""mode":"empty""#), "{report}");
+    assert_eq!(
+        query_rows(
+            &b,
+            "SELECT uuid, name, instance_id, hex(thumb) FROM objects"
+        ),
+        [["O", "photo", "NULL", "00"]]
+    );
+    // The source keeps its own.
+    assert_eq!(
+        query_rows(&a, "SELECT instance_id, hex(thumb) FROM objects"),
+        [["1", "AA"]]
+    );
+}
