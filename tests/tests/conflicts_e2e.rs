@@ -235,11 +235,17 @@ fn the_same_unique_name_created_on_both_sides_merges_into_one_tag() {
     .unwrap();
     let (node_a, node_b) = start_sidecars(&d);
     let nodes = [&node_a, &node_b];
-    settle_identical(
-        "both sides hold one 'red', with B's assignment",
+    settle(
+        "both sides hold one 'red', with B's assignment, and know the merge",
         &d,
         &nodes,
-        |a| count(a, "tags") == 1 && count(a, "tag_on_object") == 1,
+        |a, b| {
+            file_manager_dump(a) == file_manager_dump(b)
+                && count(a, "tags") == 1
+                && count(a, "tag_on_object") == 1
+                && count(a, "lsync_alias") == 1
+                && count(b, "lsync_alias") == 1
+        },
     );
     for c in [&d.a, &d.b] {
         assert_eq!(
@@ -289,9 +295,19 @@ fn the_same_pair_assigned_on_both_sides_merges_into_one_assignment() {
     assign(&d.b, "assign-b");
     let (node_a, node_b) = start_sidecars(&d);
     let nodes = [&node_a, &node_b];
-    settle_identical("both sides hold one assignment", &d, &nodes, |a| {
-        query_rows(a, "SELECT uuid FROM tag_on_object") == [["assign-a"]]
-    });
+    // Both sides know the merge too: the side whose row stayed learns it
+    // from the other, possibly after their tables agree.
+    settle(
+        "both sides hold one assignment, and know the merge",
+        &d,
+        &nodes,
+        |a, b| {
+            file_manager_dump(a) == file_manager_dump(b)
+                && query_rows(a, "SELECT uuid FROM tag_on_object") == [["assign-a"]]
+                && count(a, "lsync_alias") == 1
+                && count(b, "lsync_alias") == 1
+        },
+    );
     for c in [&d.a, &d.b] {
         assert!(quarantine(c).is_empty(), "{:?}", quarantine(c));
         assert_eq!(
