@@ -317,6 +317,20 @@ fn trigger_name(kind: &str, table: &str) -> String {
     format!("main.{}", q(&format!("lsync_{kind}_{table}")))
 }
 
+/// Recreates the triggers of a table tracked by an older lsync whose
+/// trigger refusing a change of the global id also refuses lsync's own
+/// (a merge gives a row its root's id while capture is off, `merge/unite`).
+pub fn update_id_trigger(db: Db, t: &Table) -> Result<()> {
+    let sql = db.query_text(
+        "SELECT sql FROM main.sqlite_schema WHERE type = 'trigger' AND name = ?1",
+        &[format!("lsync_ids_{}", t.name).into()],
+    )?;
+    if sql.is_some_and(|s| !s.contains("lsync_capturing()")) {
+        install_triggers(db, t)?;
+    }
+    Ok(())
+}
+
 /// (Re)creates the capture triggers of a tracked table.
 fn install_triggers(db: Db, t: &Table) -> Result<()> {
     let fill = shape(db, &t.name)?.uuid_fill(&t.uuid_col);
@@ -450,6 +464,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
          END;
          CREATE TRIGGER {ids} AFTER UPDATE ON {tbl}
          WHEN OLD.{u} IS NOT NULL AND (NEW.rowid IS NOT OLD.rowid OR NEW.{u} IS NOT OLD.{u})
+           AND lsync_capturing()
          BEGIN
            SELECT RAISE(ABORT, {immutable});
          END;

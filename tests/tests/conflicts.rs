@@ -429,3 +429,45 @@ fn a_merge_that_names_no_row_fails_the_apply_and_leaves_nothing() {
         [["T1", "red"]]
     );
 }
+
+/// A merge can give the row here its root's id. The trigger that refuses
+/// an app's change of a global id must let lsync's own through, also on a
+/// table with app triggers (which stay on during an apply) and under a
+/// trigger made by an older lsync (recreated when first needed).
+#[test]
+fn a_merge_renames_a_row_of_a_table_with_app_triggers() {
+    let schema = "CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT UNIQUE);
+        CREATE TABLE log(msg TEXT);
+        CREATE TRIGGER app_log AFTER UPDATE ON tags BEGIN INSERT INTO log VALUES ('upd'); END;
+        SELECT lsync_track('tags', 'shared');";
+    for older in [false, true] {
+        let (_dir, a, b) = two_libraries(schema);
+        if older {
+            b.execute_batch(
+                "DROP TRIGGER lsync_ids_tags;
+                 CREATE TRIGGER lsync_ids_tags AFTER UPDATE ON tags
+                 WHEN OLD.uuid IS NOT NULL AND (NEW.rowid IS NOT OLD.rowid OR NEW.uuid IS NOT OLD.uuid)
+                 BEGIN SELECT RAISE(ABORT, 'older trigger'); END;",
+            )
+            .unwrap();
+        }
+        a.execute_batch("INSERT INTO tags(uuid, name) VALUES ('A', 'red')")
+            .unwrap();
+        b.execute_batch("INSERT INTO tags(uuid, name) VALUES ('B', 'red')")
+            .unwrap();
+        // B has only its own row: it takes the root's id, 'A'.
+        let report = send(&a, &b, 0);
+        assert_eq!(
+            (n(&report, "merged"), n(&report, "quarantined")),
+            (1, 0),
+            "older trigger: {older}: {report}"
+        );
+        assert_eq!(
+            query_rows(&b, "SELECT uuid, name FROM tags"),
+            [["A", "red"]]
+        );
+        // The app still cannot change a global id.
+        let e = error_of(&b, "UPDATE tags SET uuid = 'C'");
+        assert!(e.contains("cannot change"), "{e}");
+    }
+}
