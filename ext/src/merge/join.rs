@@ -81,16 +81,7 @@ impl Applier {
         }
         let links = fk::deferred_of(self.db, t.id, gone)?;
         self.repoint(t, gone, keep)?;
-        self.db.run(
-            &format!("DELETE FROM {} WHERE rowid = ?1", qm(&t.name)),
-            &[gone.into()],
-        )?;
-        self.clock.uncover(t.id, gone)?;
-        self.clock.drop_columns(t.id, gone)?;
-        fk::forget(&self.clock.cache, t.id, gone, None)?;
-        if let Some(m) = self.rids.get_mut(&t.name) {
-            m.remove(gone_id);
-        }
+        self.drop_row(t, gone, gone_id)?;
         let vals: Vec<(&Arc<str>, Cow<Value>)> = newer
             .iter()
             .zip(values)

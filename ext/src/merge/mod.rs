@@ -549,6 +549,14 @@ impl Applier {
     /// their FK's action first, so no FK cell is left dangling.
     fn remove(&mut self, t: &Table, rid: i64, key: &Value) -> Result<()> {
         self.target_deleted(t, rid, key)?;
+        self.drop_row(t, rid, key)?;
+        self.touched.insert(t.name.clone());
+        Ok(())
+    }
+
+    /// Deletes row `rid` (`key`) with its coverage and links, and nothing
+    /// else: the caller has dealt with the rows that point at it.
+    fn drop_row(&mut self, t: &Table, rid: i64, key: &Value) -> Result<()> {
         self.db.run(
             &format!("DELETE FROM {} WHERE rowid = ?1", qm(&t.name)),
             &[rid.into()],
@@ -559,7 +567,6 @@ impl Applier {
         if let Some(m) = self.rids.get_mut(&t.name) {
             m.remove(key);
         }
-        self.touched.insert(t.name.clone());
         Ok(())
     }
 }
