@@ -83,6 +83,18 @@ CREATE TABLE IF NOT EXISTS lsync_alias(
   root ANY NOT NULL,
   PRIMARY KEY (tbl, uuid)
 ) WITHOUT ROWID;
+
+-- The global ids lsync keeps for tables that have no column holding them
+-- (lsync_tables.options.identity): derived from a row's key, or minted for
+-- a table with an INTEGER PRIMARY KEY only. A local row gets its id when
+-- its insert is folded; a row from a peer comes with its id.
+CREATE TABLE IF NOT EXISTS lsync_gid(
+  tbl INTEGER NOT NULL,
+  rid INTEGER NOT NULL,
+  gid ANY NOT NULL,
+  PRIMARY KEY (tbl, rid)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS lsync_gid_of ON lsync_gid(tbl, gid);
 CREATE INDEX IF NOT EXISTS lsync_alias_root ON lsync_alias(tbl, root);
 
 -- FK links that arrived before their target row. The row was applied with

@@ -56,6 +56,12 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
     for n in [0, 1] {
         db.create_function("lsync_uuid", n, INNOCUOUS, |_, args| new_uuid(args.first()))?;
     }
+    db.create_function("lsync_key", -1, pure, |_, args| {
+        if args.is_empty() {
+            bail!("lsync_key: give the key's parts, at least one");
+        }
+        Ok(crate::gids::key_uuid(args))
+    })?;
     for n in [2, 3] {
         db.create_function("lsync_track", n, DIRECTONLY, |db, args| {
             let table = text_arg("lsync_track", "table", &args[0])?;

@@ -33,13 +33,61 @@ impl Mode {
     }
 }
 
+/// Where a tracked table's global ids come from (`gids.rs` turns each
+/// into SQL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ident {
+    /// A column of the table holds them: a `uuid` column, or a TEXT or
+    /// BLOB primary key.
+    Column(String),
+    /// lsync keeps them in `lsync_gid`, derived from the row's key: these
+    /// columns, FK parts as their targets' global ids. The same key on two
+    /// devices is then the same row.
+    Key(Vec<String>),
+    /// lsync keeps them in `lsync_gid`, minted for each new row (a table
+    /// with an INTEGER PRIMARY KEY and no global id column).
+    Rowid,
+}
+
+impl Ident {
+    /// How `lsync_tables` records it: the column in `uuid_col`, the other
+    /// kinds in `options.identity`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Ident::Column(c) => serde_json::json!({ "column": c }),
+            Ident::Key(parts) => serde_json::json!({ "key": parts }),
+            Ident::Rowid => serde_json::json!("rowid"),
+        }
+    }
+
+    fn from_row(uuid_col: String, options: &str) -> Result<Ident> {
+        if !uuid_col.is_empty() {
+            return Ok(Ident::Column(uuid_col));
+        }
+        let o: serde_json::Value = serde_json::from_str(options).unwrap_or_default();
+        match &o["identity"] {
+            serde_json::Value::String(s) if s == "rowid" => Ok(Ident::Rowid),
+            v => match v["key"].as_array() {
+                Some(parts) if !parts.is_empty() => Ok(Ident::Key(
+                    parts
+                        .iter()
+                        .map(|p| p.as_str().map(str::to_owned))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| Error::msg("lsync: lsync_tables has a corrupt key"))?,
+                )),
+                _ => bail!("lsync: lsync_tables has a row with no global id"),
+            },
+        }
+    }
+}
+
 /// A tracked table, as recorded in `lsync_tables`.
 #[derive(Debug, Clone)]
 pub struct Table {
     pub id: i64,
     pub name: Arc<str>,
     pub mode: Mode,
-    pub uuid_col: String,
+    pub ident: Ident,
     pub hwm: i64,
     /// Tracked columns (not the rowid alias, not the uuid), in mask-bit order.
     pub columns: Vec<Arc<str>>,
@@ -47,7 +95,7 @@ pub struct Table {
     pub fks: BTreeMap<String, String>,
 }
 
-const TABLE_COLS: &str = "id, name, mode, uuid_col, hwm, columns, fks";
+const TABLE_COLS: &str = "id, name, mode, uuid_col, hwm, columns, fks, options";
 
 fn table_from_row(s: &Stmt) -> Result<Table> {
     let corrupt = |what: &str| Error::msg(format!("lsync: lsync_tables has a corrupt {what}"));
@@ -55,7 +103,7 @@ fn table_from_row(s: &Stmt) -> Result<Table> {
         id: s.i64(0),
         name: Arc::from(s.text(1).unwrap_or_default()),
         mode: Mode::parse(&s.text(2).unwrap_or_default())?,
-        uuid_col: s.text(3).unwrap_or_default(),
+        ident: Ident::from_row(s.text(3).unwrap_or_default(), &s.text(7).unwrap_or_default())?,
         hwm: s.i64(4),
         columns: serde_json::from_str::<Vec<String>>(&s.text(5).unwrap_or_default())
             .map_err(|_| corrupt("column list"))?

@@ -177,7 +177,7 @@ fn read_entry(
         let select: Vec<String> = cols.iter().map(|c| q(c)).collect();
         format!(
             "SELECT rowid, {u}{sep}{cols} FROM {t} WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid LIMIT ?3",
-            u = q(&t.uuid_col),
+            u = t.gid_of(&qm(&t.name)),
             sep = if select.is_empty() { "" } else { ", " },
             cols = select.join(", "),
             t = qm(&t.name),

@@ -46,9 +46,8 @@ pub fn uuids_of(db: Db, t: &Table, ids: &[i64]) -> Result<HashMap<i64, Value>> {
     }
     let json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
     let mut s = db.prepare(&format!(
-        "SELECT rowid, {u} FROM {t} WHERE rowid IN (SELECT value FROM json_each(?1))",
-        u = q(&t.uuid_col),
-        t = qm(&t.name)
+        "SELECT rid, gid FROM {} WHERE rid IN (SELECT value FROM json_each(?1))",
+        t.gids()
     ))?;
     s.bind(1, &json.into())?;
     let mut map = HashMap::new();
@@ -70,7 +69,7 @@ pub fn rids_of(db: Db, t: &Table, ids: &[&Value]) -> Result<IdMap<i64>> {
             _ => None,
         })
         .collect();
-    let (u, tn) = (q(&t.uuid_col), qm(&t.name));
+    let ids = t.gids();
     let mut collect = |sql: String, param: Value| -> Result<()> {
         let mut s = db.prepare(&sql)?;
         s.bind(1, &param)?;
@@ -82,7 +81,7 @@ pub fn rids_of(db: Db, t: &Table, ids: &[&Value]) -> Result<IdMap<i64>> {
     if !texts.is_empty() {
         let json = serde_json::to_string(&texts).unwrap_or_else(|_| "[]".into());
         collect(
-            format!("SELECT {u}, rowid FROM {tn} WHERE {u} IN (SELECT value FROM json_each(?1))"),
+            format!("SELECT gid, rid FROM {ids} WHERE gid IN (SELECT value FROM json_each(?1))"),
             json.into(),
         )?;
     }
@@ -97,7 +96,7 @@ pub fn rids_of(db: Db, t: &Table, ids: &[&Value]) -> Result<IdMap<i64>> {
         collect(
             format!(
                 "WITH RECURSIVE k(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM k WHERE n + 1 < length(?1) / 16)
-                 SELECT {u}, rowid FROM {tn} WHERE {u} IN (SELECT substr(?1, 16 * n + 1, 16) FROM k)"
+                 SELECT gid, rid FROM {ids} WHERE gid IN (SELECT substr(?1, 16 * n + 1, 16) FROM k)"
             ),
             Value::Blob(blobs.concat()),
         )?;
@@ -209,13 +208,13 @@ pub fn resolve(db: Db, tables: &[Table]) -> Result<(i64, Vec<Refused>)> {
         else {
             continue;
         };
-        let (tn, c, ttn, tu) = (qm(&t.name), q(&col), qm(&tt.name), q(&tt.uuid_col));
+        let (tn, c, tids) = (qm(&t.name), q(&col), tt.gids());
         let params = [tbl.into(), col.as_str().into()];
         let set = db.run(
             &format!(
                 "UPDATE {tn} SET {c} = r.trid FROM
-                   (SELECT d.rid AS rid, x.rowid AS trid FROM lsync_deferred d
-                    JOIN {ttn} x ON x.{tu} = d.target_uuid
+                   (SELECT d.rid AS rid, x.rid AS trid FROM lsync_deferred d
+                    JOIN {tids} x ON x.gid = d.target_uuid
                     WHERE d.tbl = ?1 AND d.col = ?2) AS r
                  WHERE {tn}.rowid = r.rid"
             ),
@@ -226,7 +225,7 @@ pub fn resolve(db: Db, tables: &[Table]) -> Result<(i64, Vec<Refused>)> {
                 db.run(
                     &format!(
                         "DELETE FROM lsync_deferred WHERE tbl = ?1 AND col = ?2
-                           AND target_uuid IN (SELECT {tu} FROM {ttn})"
+                           AND target_uuid IN (SELECT gid FROM {tids})"
                     ),
                     &params,
                 )?;
@@ -237,7 +236,7 @@ pub fn resolve(db: Db, tables: &[Table]) -> Result<(i64, Vec<Refused>)> {
             // refused stay pending, retried by the next apply, and never
             // stop this one.
             Err(e) if e.is_constraint() => {
-                resolved += resolve_each(db, &tn, &c, &ttn, &tu, &params, &mut refused)?;
+                resolved += resolve_each(db, &tn, &c, &tids, &params, &mut refused)?;
             }
             Err(e) => return Err(e),
         }
@@ -250,13 +249,12 @@ fn resolve_each(
     db: Db,
     tn: &str,
     c: &str,
-    ttn: &str,
-    tu: &str,
+    tids: &str,
     params: &[Value],
     refused: &mut Vec<Refused>,
 ) -> Result<i64> {
     let mut s = db.prepare(&format!(
-        "SELECT d.rid, x.rowid FROM lsync_deferred d JOIN {ttn} x ON x.{tu} = d.target_uuid
+        "SELECT d.rid, x.rid FROM lsync_deferred d JOIN {tids} x ON x.gid = d.target_uuid
          WHERE d.tbl = ?1 AND d.col = ?2"
     ))?;
     s.bind_all(params)?;
@@ -329,10 +327,11 @@ pub fn detach_referrers(
             db.run(
                 &format!(
                     "INSERT INTO lsync_deferred(tbl, rid, col, uuid, target, target_uuid)
-                     SELECT ?1, rowid, ?2, {su}, ?3, ?4 FROM {st} WHERE {c} = ?5 AND {su} IS NOT NULL
+                     SELECT ?1, rid, ?2, gid, ?3, ?4 FROM {sids} x
+                     WHERE rid IN (SELECT rowid FROM {st} WHERE {c} = ?5) AND gid IS NOT NULL
                      ON CONFLICT(tbl, rid, col) DO UPDATE SET target = excluded.target,
                        target_uuid = excluded.target_uuid",
-                    su = q(&s.uuid_col),
+                    sids = s.gids(),
                     st = qm(&s.name),
                     c = q(col),
                 ),

@@ -6,10 +6,11 @@
 //! tracked table is covered by exactly one row entry. A bulk insert becomes a
 //! single range entry, so sync metadata does not grow per inserted row.
 
-use crate::catalog::{self, Mode, Table};
+use crate::catalog::{self, Ident, Mode, Table};
 use crate::clock::{Clock, OP_INSERT, OP_UPDATE};
 use crate::error::Result;
-use crate::ident::{q, qm};
+use crate::gids;
+use crate::ident::qm;
 use crate::schema;
 use crate::sql::{Db, Value};
 
@@ -20,8 +21,13 @@ pub fn flush(db: Db) -> Result<i64> {
     db.savepoint("lsync_flush", || {
         let mut clock = Clock::open(db)?;
         let mut folded = 0;
-        for t in catalog::load_all(db)? {
-            folded += flush_table(db, &t, &mut clock)?;
+        let tables = catalog::load_all(db)?;
+        // A key's FK parts take their targets' global ids: tables keyed by
+        // FKs are folded after the others.
+        let mut order: Vec<&Table> = tables.iter().collect();
+        order.sort_by_key(|t| matches!(t.ident, Ident::Key(_)));
+        for t in order {
+            folded += flush_table(db, t, &tables, &mut clock)?;
         }
         // Nothing folded, nothing written: a no-op flush must not commit,
         // or every reader polling data_version would wake up for nothing.
@@ -32,7 +38,7 @@ pub fn flush(db: Db) -> Result<i64> {
     })
 }
 
-fn flush_table(db: Db, t: &Table, clock: &mut Clock) -> Result<i64> {
+fn flush_table(db: Db, t: &Table, tables: &[Table], clock: &mut Clock) -> Result<i64> {
     if db
         .query_i64(
             "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
@@ -72,6 +78,12 @@ fn flush_table(db: Db, t: &Table, clock: &mut Clock) -> Result<i64> {
     for (uuid, rid, hlc) in deleted {
         clock.uncover(t.id, rid)?;
         clock.drop_columns(t.id, rid)?;
+        if t.kept() {
+            db.run(
+                "DELETE FROM lsync_gid WHERE tbl = ?1 AND rid = ?2 AND gid = ?3",
+                &[t.id.into(), rid.into(), uuid.clone()],
+            )?;
+        }
         clock.tombstone(t.id, uuid, hlc, me)?;
     }
 
@@ -130,14 +142,25 @@ fn flush_table(db: Db, t: &Table, clock: &mut Clock) -> Result<i64> {
         }
         reinserted = true;
     }
+    if t.kept() {
+        gids::assign(
+            db,
+            t,
+            tables,
+            &format!(
+                "rowid > {hwm} OR rowid IN (SELECT rid FROM lsync_dirty WHERE tbl = {id} AND op = {OP_INSERT})",
+                hwm = t.hwm,
+                id = t.id
+            ),
+        )?;
+    }
     if reinserted {
         // A uuid that was deleted and inserted again is live: drop its tombstone.
         db.run(
             &format!(
                 "DELETE FROM lsync_clock WHERE tbl = ?1 AND uuid IS NOT NULL AND op = 2
-                   AND uuid IN (SELECT {u} FROM {t})",
-                u = q(&t.uuid_col),
-                t = qm(&t.name)
+                   AND uuid IN (SELECT gid FROM {})",
+                t.gids()
             ),
             &[t.id.into()],
         )?;

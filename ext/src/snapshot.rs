@@ -317,7 +317,7 @@ fn drop_uncommitted_captures(c: Db, tables: &[Table], t: &Table, clock: &mut Clo
         t,
         &format!(
             "SELECT rowid, {u} FROM {n} WHERE rowid > ?1 OR rowid IN (SELECT value FROM json_each(?2))",
-            u = q(&t.uuid_col),
+            u = t.gid_of(&qm(&t.name)),
             n = qm(&t.name)
         ),
         &[t.hwm.into(), json(&uncovered.into_iter().map(Value::from).collect::<Vec<_>>())?.into()],
@@ -335,7 +335,7 @@ fn keep_owner(c: Db, tables: &[Table], t: &Table, idx: i64) -> Result<()> {
             "SELECT rowid, {u} FROM {n} WHERE rowid NOT IN
                (SELECT x.rowid FROM lsync_clock k JOIN {n} x ON x.rowid BETWEEN k.lo AND k.hi
                 WHERE k.tbl = ?1 AND k.col IS NULL AND k.lo IS NOT NULL AND k.origin = ?2)",
-            u = q(&t.uuid_col),
+            u = t.gid_of(&qm(&t.name)),
             n = qm(&t.name)
         ),
         &[t.id.into(), idx.into()],
@@ -364,11 +364,11 @@ fn remove_rows(c: Db, tables: &[Table], t: &Table, select: &str, params: &[Value
             c.run(
                 &format!(
                     "INSERT INTO lsync_deferred(tbl, rid, col, uuid, target, target_uuid)
-                     SELECT ?1, x.rowid, ?2, x.{su}, ?3, g.uuid FROM {sn} x JOIN temp.gone g ON g.rid = x.{c}
-                     WHERE x.{su} IS NOT NULL
+                     SELECT ?1, x.rowid, ?2, {su}, ?3, g.uuid FROM {sn} x JOIN temp.gone g ON g.rid = x.{c}
+                     WHERE {su} IS NOT NULL
                      ON CONFLICT(tbl, rid, col) DO UPDATE SET target = excluded.target,
                        target_uuid = excluded.target_uuid",
-                    su = q(&s.uuid_col),
+                    su = s.gid_of("x"),
                     sn = qm(&s.name),
                     c = q(col),
                 ),
@@ -390,6 +390,10 @@ fn remove_rows(c: Db, tables: &[Table], t: &Table, select: &str, params: &[Value
             qm(&t.name)
         ),
         &[],
+    )?;
+    c.run(
+        "DELETE FROM lsync_gid WHERE tbl = ?1 AND rid IN (SELECT rid FROM temp.gone)",
+        &[t.id.into()],
     )?;
     c.run(
         "DELETE FROM lsync_deferred WHERE tbl = ?1 AND rid IN (SELECT rid FROM temp.gone)",

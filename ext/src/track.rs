@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::catalog::{load, load_all, Mode, Table, MAX_COLUMNS};
-use crate::clock::OP_UPDATE;
+use crate::catalog::{load, load_all, Ident, Mode, Table, MAX_COLUMNS};
+use crate::clock::{OP_INSERT, OP_UPDATE};
 use crate::error::{Error, Result};
 use crate::ident::{lit, q, qm};
-use crate::shape::{check_identity, id_warning, shape};
+use crate::shape::{check_identity, choose, id_warning, shape, Wanted};
 use crate::sql::Db;
 use crate::{bail, flush, schema, warnings};
 
@@ -24,6 +24,8 @@ use crate::{bail, flush, schema, warnings};
 #[serde(deny_unknown_fields)]
 struct Options {
     uuid_column: Option<String>,
+    /// `"rowid"`, or a key's columns: lsync keeps the global ids.
+    identity: Option<serde_json::Value>,
     #[serde(default)]
     fks: BTreeMap<String, String>,
     /// Columns kept on this device: neither captured nor shipped.
@@ -119,7 +121,7 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
     let opts: Options = match options {
         Some(o) => serde_json::from_str(o).map_err(|e| {
             Error::msg(format!(
-                "lsync_track: bad options JSON ({e}); expected {{\"uuid_column\": \"...\", \"fks\": {{\"column\": \"table\"}}, \"local_columns\": [\"...\"]}}"
+                "lsync_track: bad options JSON ({e}); expected {{\"uuid_column\": \"...\" or \"identity\": \"rowid\" | [\"column\", ...], \"fks\": {{\"column\": \"table\"}}, \"local_columns\": [\"...\"]}}"
             ))
         })?,
         None => Options::default(),
@@ -135,35 +137,54 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
         }
     }
     let shape = shape(db, table)?;
-    let (uuid_col, identity) = match (opts.uuid_column, shape.identity()) {
-        (Some(c), _) => (c, "uuid_column option"),
-        (None, Some((c, how))) => (c.to_owned(), how),
-        (None, None) => bail!(
-            "lsync_track: table '{table}' has no global id: no column 'uuid', and no PRIMARY KEY of \
-             one TEXT or BLOB column; add a column (uuid TEXT UNIQUE, filled by lsync) or name \
-             one with {{\"uuid_column\": \"...\"}}"
-        ),
-    };
-    if !shape.columns.iter().any(|c| c == &uuid_col) {
-        bail!(
-            "lsync_track: table '{table}' has no column '{uuid_col}' for the global id; \
-             add one (TEXT or 16-byte BLOB) or name it with {{\"uuid_column\": \"...\"}}"
-        );
-    }
-    if shape.rowid_alias.as_deref() == Some(uuid_col.as_str()) {
-        bail!("lsync_track: the uuid column '{uuid_col}' cannot be the INTEGER PRIMARY KEY");
-    }
-    check_identity(db, table, &uuid_col, shape.type_of(&uuid_col), &opts.fks)?;
     for col in &opts.local_columns {
-        if !shape.columns.contains(col)
-            || *col == uuid_col
-            || Some(col) == shape.rowid_alias.as_ref()
-        {
+        if !shape.columns.contains(col) || Some(col) == shape.rowid_alias.as_ref() {
             bail!(
                 "lsync_track: local column '{col}' is not a column of '{table}' other than its ids"
             );
         }
     }
+    let mut fks = declared_fks(db, table)?;
+    fks.retain(|col, _| !opts.local_columns.contains(col));
+    for (col, target) in &opts.fks {
+        if !shape.columns.contains(col) || opts.local_columns.contains(col) {
+            bail!("lsync_track: FK option names column '{col}', which '{table}' does not track");
+        }
+        let target = declared_name(db, target)?.unwrap_or_else(|| target.clone());
+        fks.insert(col.clone(), target);
+    }
+    let wanted = Wanted {
+        uuid_column: opts.uuid_column.as_deref(),
+        identity: opts.identity.as_ref(),
+        fks: &fks,
+        local: &opts.local_columns,
+    };
+    let (ident, identity) = choose(db, table, &shape, &wanted)?;
+    if let Some(existing) = load(db, table)?.filter(|t| t.ident != ident) {
+        bail!(
+            "lsync_track: '{table}' is tracked with another global id ({}); call \
+             lsync_untrack('{table}') first to change it",
+            existing.ident.to_json()
+        );
+    }
+    if let Ident::Column(uuid_col) = &ident {
+        if !shape.columns.contains(uuid_col) {
+            bail!(
+                "lsync_track: table '{table}' has no column '{uuid_col}' for the global id; \
+                 add one (TEXT or 16-byte BLOB) or name it with {{\"uuid_column\": \"...\"}}"
+            );
+        }
+        if shape.rowid_alias.as_ref() == Some(uuid_col) {
+            bail!("lsync_track: the uuid column '{uuid_col}' cannot be the INTEGER PRIMARY KEY");
+        }
+        check_identity(db, table, uuid_col, shape.type_of(uuid_col), &opts.fks)?;
+        if opts.local_columns.contains(uuid_col) {
+            bail!(
+                "lsync_track: local column '{uuid_col}' is not a column of '{table}' other than its ids"
+            );
+        }
+    }
+    let uuid_col = ident_column(&ident);
     let columns: Vec<String> = shape
         .columns
         .iter()
@@ -176,15 +197,6 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
             "lsync_track: '{table}' has {} columns; lsync tracks at most {MAX_COLUMNS}",
             columns.len()
         );
-    }
-    let mut fks = declared_fks(db, table)?;
-    fks.retain(|col, _| !opts.local_columns.contains(col));
-    for (col, target) in opts.fks {
-        if !columns.contains(&col) {
-            bail!("lsync_track: FK option names column '{col}', which '{table}' does not have");
-        }
-        let target = declared_name(db, &target)?.unwrap_or(target);
-        fks.insert(col, target);
     }
     for (col, target) in &fks {
         if *target != table && load(db, target)?.is_none() {
@@ -202,33 +214,15 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
         if load(db, table)?.is_some() {
             flush::flush(db)?;
         }
-        db.run(
-            &format!(
-                "UPDATE {t} SET {u} = {fill} WHERE {u} IS NULL",
-                t = qm(table),
-                u = q(&uuid_col),
-                fill = shape.uuid_fill(&uuid_col)
-            ),
-            &[],
-        )?;
-        if !has_unique_index(db, table, &uuid_col)? {
-            // The index named in main is on main's table, whatever temp holds.
-            db.exec(&format!(
-                "CREATE UNIQUE INDEX main.{} ON {}({})",
-                q(&format!("lsync_uuid_{table}")),
-                q(table),
-                q(&uuid_col)
-            ))
-            .map_err(|e| {
-                Error::msg(format!(
-                    "lsync_track: cannot index '{table}.{uuid_col}' as unique ({}); global ids must be unique",
-                    e.detail()
-                ))
-            })?;
+        if let Ident::Column(uuid_col) = &ident {
+            own_id_column(db, table, uuid_col, &shape)?;
         }
         let cols_json = serde_json::to_string(&columns).map_err(|e| Error::msg(e.to_string()))?;
         let fks_json = serde_json::to_string(&fks).map_err(|e| Error::msg(e.to_string()))?;
-        let options = serde_json::json!({ "local_columns": opts.local_columns }).to_string();
+        let mut options = serde_json::json!({ "local_columns": opts.local_columns });
+        if uuid_col.is_empty() {
+            options["identity"] = ident.to_json();
+        }
         db.run(
             "INSERT INTO lsync_tables(name, mode, uuid_col, columns, fks, options)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -237,10 +231,10 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
             &[
                 table.into(),
                 mode.as_str().into(),
-                uuid_col.as_str().into(),
+                uuid_col.into(),
                 cols_json.into(),
                 fks_json.into(),
-                options.into(),
+                options.to_string().into(),
             ],
         )?;
         // Rows already there are folded as local inserts at the next flush,
@@ -269,12 +263,50 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
             }
         }
         Ok(serde_json::json!({
-            "table": t.name, "mode": t.mode.as_str(), "uuid_column": t.uuid_col,
+            "table": t.name, "mode": t.mode.as_str(),
+            "uuid_column": t.uuid_col(), "key": match &t.ident { Ident::Key(k) => Some(k), _ => None },
             "identity": identity, "columns": t.columns, "local_columns": opts.local_columns,
             "fks": t.fks, "warnings": warnings,
         })
         .to_string())
     })
+}
+
+/// The name `lsync_tables.uuid_col` records: empty when lsync keeps the ids.
+fn ident_column(ident: &Ident) -> String {
+    match ident {
+        Ident::Column(c) => c.clone(),
+        _ => String::new(),
+    }
+}
+
+/// A global id column gets ids where it has none, and a UNIQUE index.
+fn own_id_column(db: Db, table: &str, uuid_col: &str, shape: &crate::shape::Shape) -> Result<()> {
+        db.run(
+            &format!(
+                "UPDATE {t} SET {u} = {fill} WHERE {u} IS NULL",
+                t = qm(table),
+                u = q(uuid_col),
+                fill = shape.uuid_fill(uuid_col)
+            ),
+            &[],
+        )?;
+        if !has_unique_index(db, table, uuid_col)? {
+            // The index named in main is on main's table, whatever temp holds.
+            db.exec(&format!(
+                "CREATE UNIQUE INDEX main.{} ON {}({})",
+                q(&format!("lsync_uuid_{table}")),
+                q(table),
+                q(&uuid_col)
+            ))
+            .map_err(|e| {
+                Error::msg(format!(
+                    "lsync_track: cannot index '{table}.{uuid_col}' as unique ({}); global ids must be unique",
+                    e.detail()
+                ))
+            })?;
+        }
+        Ok(())
 }
 
 /// `lsync_untrack(table)`: removes the triggers and the table's metadata.
@@ -298,7 +330,7 @@ pub fn untrack(db: Db, table: &str) -> Result<bool> {
     }
     db.savepoint("lsync_untrack", || {
         db.exec(&drop_triggers_sql(&t.name))?;
-        for meta in ["lsync_clock", "lsync_dirty", "lsync_deleted"] {
+        for meta in ["lsync_clock", "lsync_dirty", "lsync_deleted", "lsync_gid"] {
             db.run(
                 &format!("DELETE FROM {meta} WHERE tbl = ?1"),
                 &[t.id.into()],
@@ -333,7 +365,10 @@ pub fn update_id_trigger(db: Db, t: &Table) -> Result<()> {
 
 /// (Re)creates the capture triggers of a tracked table.
 fn install_triggers(db: Db, t: &Table) -> Result<()> {
-    let fill = shape(db, &t.name)?.uuid_fill(&t.uuid_col);
+    let fill = match t.uuid_col() {
+        Some(c) => shape(db, &t.name)?.uuid_fill(c),
+        None => "",
+    };
     let referenced = load_all(db)?
         .iter()
         .any(|s| s.fks.values().any(|n| *n == *t.name));
@@ -342,7 +377,7 @@ fn install_triggers(db: Db, t: &Table) -> Result<()> {
 }
 
 fn drop_triggers_sql(table: &str) -> String {
-    ["ins", "ids", "upd", "del"]
+    ["ins", "ids", "upd", "del", "rekey"]
         .iter()
         .map(|k| format!("DROP TRIGGER IF EXISTS {};", trigger_name(k, table)))
         .collect()
@@ -397,26 +432,40 @@ fn change_mask(t: &Table) -> String {
 
 /// `referenced`: rows of tracked tables may point at this table's rows.
 fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
-    let (id, tbl, u) = (t.id, q(&t.name), q(&t.uuid_col));
+    let (id, tbl) = (t.id, q(&t.name));
+    let old_gid = t.gid_of("OLD");
     let below_hwm = format!("NEW.rowid <= (SELECT hwm FROM lsync_tables WHERE id = {id})");
     let owner_old = owner_check(t, "OLD.rowid", "");
     // Where SQLite enforces no FK, a deleted row's referrers are detached
     // as a peer detaches them, before a new row can take its rowid.
     let detach = if referenced {
-        format!("SELECT lsync_on_delete_target({id}, OLD.rowid, OLD.{u});")
+        format!("SELECT lsync_on_delete_target({id}, OLD.rowid, {old_gid});")
     } else {
         String::new()
     };
-
     let mask = change_mask(t);
     let hlc_bump = hlc_bump();
-    // The statement that fills a NULL uuid, passed as a constant so the
-    // trigger body needs no lookup per row.
-    let fill_sql = lit(&format!(
-        "UPDATE {tbl} SET {u} = {uuid_fill} WHERE rowid = ?1 AND {u} IS NULL",
-        tbl = qm(&t.name),
-        u = q(&t.uuid_col)
-    ));
+    // A row whose id lsync keeps has one once its insert is folded: rows
+    // without one are not known yet (see `gids`).
+    let (has_id, new_id_null, fill_sql) = match t.uuid_col() {
+        Some(c) => (
+            format!("OLD.{} IS NOT NULL AND", q(c)),
+            format!("NEW.{} IS NULL", q(c)),
+            // The statement that fills a NULL uuid, passed as a constant so
+            // the trigger body needs no lookup per row.
+            lit(&format!(
+                "UPDATE {} SET {u} = {uuid_fill} WHERE rowid = ?1 AND {u} IS NULL",
+                qm(&t.name),
+                u = q(c)
+            )),
+        ),
+        None => (String::new(), "0".to_owned(), "''".to_owned()),
+    };
+    let record_delete = format!(
+        "INSERT INTO lsync_deleted(tbl, uuid, rid, hlc)
+           SELECT {id}, g, OLD.rowid, {HLC_VALUE} FROM (SELECT {old_gid} AS g) WHERE g IS NOT NULL
+           ON CONFLICT(tbl, uuid, rid) DO UPDATE SET hlc = excluded.hlc;"
+    );
     // A local write to an FK column replaces any link still waiting for its
     // target; a deleted row takes its waiting links with it.
     let forget_links: String = t
@@ -425,13 +474,16 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
         .map(|c| {
             format!(
                 "DELETE FROM lsync_deferred WHERE tbl = {id} AND rid = NEW.rowid AND col = {l} AND NEW.{c} IS NOT OLD.{c};",
-                id = t.id,
                 l = lit(c),
                 c = q(c)
             )
         })
         .collect();
-    let immutable = lit("lsync: the rowid and the uuid of a tracked row cannot change; delete and re-insert instead");
+    let immutable = lit("lsync: the rowid and the global id of a tracked row cannot change; delete and re-insert instead");
+    let id_changed = match t.uuid_col() {
+        Some(c) => format!("NEW.rowid IS NOT OLD.rowid OR NEW.{c} IS NOT OLD.{c}", c = q(c)),
+        None => "NEW.rowid IS NOT OLD.rowid".to_owned(),
+    };
     // Only UPDATEs of tracked columns compile this trigger (UPDATE OF): the
     // uuid fill in lsync_on_insert then prepares quickly.
     let update_trigger = if t.columns.is_empty() {
@@ -440,7 +492,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
         let of: Vec<String> = t.columns.iter().map(|c| q(c)).collect();
         format!(
             "CREATE TRIGGER {upd} AFTER UPDATE OF {of} ON {tbl}
-             WHEN OLD.{u} IS NOT NULL AND lsync_capturing() AND ({mask}) <> 0
+             WHEN {has_id} lsync_capturing() AND ({mask}) <> 0
              BEGIN
                {owner_old}
                {hlc_bump}
@@ -451,32 +503,27 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
              END;",
             upd = trigger_name("upd", &t.name),
             of = of.join(", "),
-            tbl = q(&t.name),
-            u = q(&t.uuid_col),
-            id = t.id,
         )
     };
     format!(
         "CREATE TRIGGER {ins} AFTER INSERT ON {tbl}
-         WHEN NEW.{u} IS NULL OR {below_hwm}
+         WHEN {new_id_null} OR {below_hwm}
          BEGIN
-           SELECT lsync_on_insert({id}, NEW.rowid, NEW.{u} IS NULL, {fill_sql});
+           SELECT lsync_on_insert({id}, NEW.rowid, {new_id_null}, {fill_sql});
          END;
          CREATE TRIGGER {ids} AFTER UPDATE ON {tbl}
-         WHEN OLD.{u} IS NOT NULL AND (NEW.rowid IS NOT OLD.rowid OR NEW.{u} IS NOT OLD.{u})
-           AND lsync_capturing()
+         WHEN {has_id} ({id_changed}) AND lsync_capturing()
          BEGIN
            SELECT RAISE(ABORT, {immutable});
          END;
+         {rekey}
          {update_trigger}
          CREATE TRIGGER {del} AFTER DELETE ON {tbl}
-         WHEN OLD.{u} IS NOT NULL AND lsync_capturing()
+         WHEN {has_id} lsync_capturing()
          BEGIN
            {owner_old}
            {hlc_bump}
-           INSERT INTO lsync_deleted(tbl, uuid, rid, hlc)
-             VALUES ({id}, OLD.{u}, OLD.rowid, {HLC_VALUE})
-             ON CONFLICT(tbl, uuid, rid) DO UPDATE SET hlc = excluded.hlc;
+           {record_delete}
            DELETE FROM lsync_dirty WHERE tbl = {id} AND rid = OLD.rowid;
            DELETE FROM lsync_deferred WHERE tbl = {id} AND rid = OLD.rowid;
            {detach}
@@ -484,5 +531,39 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
         ins = trigger_name("ins", &t.name),
         del = trigger_name("del", &t.name),
         ids = trigger_name("ids", &t.name),
+        rekey = rekey_trigger(t, &record_delete),
+    )
+}
+
+/// A row identified by its key whose key changes is another row: the
+/// update is captured as the old row's delete and the new row's insert
+/// (the fold gives it its new global id).
+fn rekey_trigger(t: &Table, record_delete: &str) -> String {
+    let Ident::Key(parts) = &t.ident else {
+        return String::new();
+    };
+    let changed: Vec<String> = parts
+        .iter()
+        .map(|c| format!("NEW.{c} IS NOT OLD.{c}", c = q(c)))
+        .collect();
+    let of: Vec<String> = parts.iter().map(|c| q(c)).collect();
+    format!(
+        "CREATE TRIGGER {rekey} AFTER UPDATE OF {of} ON {tbl}
+         WHEN ({changed}) AND lsync_capturing()
+         BEGIN
+           {owner_old}
+           {hlc_bump}
+           {record_delete}
+           INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
+             VALUES ({id}, NEW.rowid, {OP_INSERT}, {HLC_VALUE}, 0)
+             ON CONFLICT(tbl, rid) DO UPDATE SET op = excluded.op, hlc = excluded.hlc;
+         END;",
+        rekey = trigger_name("rekey", &t.name),
+        of = of.join(", "),
+        tbl = q(&t.name),
+        changed = changed.join(" OR "),
+        owner_old = owner_check(t, "OLD.rowid", ""),
+        hlc_bump = hlc_bump(),
+        id = t.id,
     )
 }

@@ -22,6 +22,7 @@ const FUNCTIONS: &[&str] = &[
     "lsync_hlc_now",
     "lsync_hlc_text",
     "lsync_hlc_wall",
+    "lsync_key",
     "lsync_library_id",
     "lsync_missing",
     "lsync_on_delete_target",
@@ -144,7 +145,7 @@ fn user_errors_are_clear_and_harmless() {
     conn.execute_batch(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
          CREATE TABLE wr(k TEXT PRIMARY KEY, uuid TEXT) WITHOUT ROWID;
-         CREATE TABLE nouuid(id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE nouuid(name TEXT, n INTEGER);
          CREATE TABLE dupes(id INTEGER PRIMARY KEY, uuid TEXT);
          INSERT INTO dupes(uuid) VALUES ('same'), ('same');
          CREATE VIRTUAL TABLE v USING fts5(uuid, body);

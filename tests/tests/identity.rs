@@ -87,7 +87,7 @@ fn ids_that_are_local_are_refused_with_what_would_work() {
         ),
         (
             "SELECT lsync_track('counters', 'shared')",
-            "table 'counters' has no global id: no column 'uuid', and no PRIMARY KEY of one TEXT or BLOB column",
+            "table 'counters' has no usable key: no column 'uuid', no PRIMARY KEY or UNIQUE key whose parts are NOT NULL, and no INTEGER PRIMARY KEY",
         ),
     ];
     for (sql, expected) in cases {

@@ -154,9 +154,11 @@ fn an_older_peers_table_is_upgraded() {
         &c,
         "SELECT value FROM lsync_config WHERE key = 'schema_version'",
     );
-    assert_eq!(version, 8);
-    // Version 8's table of merged rows is there too.
+    assert_eq!(version, 9);
+    // Version 8's table of merged rows is there too, and version 9's of
+    // the global ids lsync keeps.
     assert_eq!(scalar::<i64>(&c, "SELECT count(*) FROM lsync_alias"), 0);
+    assert_eq!(scalar::<i64>(&c, "SELECT count(*) FROM lsync_gid"), 0);
 }
 
 /// A hold is no error; an apply from the peer ends ours, its ack ends its.

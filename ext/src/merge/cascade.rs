@@ -146,7 +146,7 @@ impl Applier {
         let mut out = Vec::with_capacity(cols.len());
         for (table, col) in cols {
             let action = self.action(&table, &col)?;
-            let (st, c, u) = (qm(&table.name), q(&col), q(&table.uuid_col));
+            let (st, c, u) = (qm(&table.name), q(&col), table.gid_of(&qm(&table.name)));
             let plan = match (&action, table.mode) {
                 (Action::Remove, Mode::Shared) => {
                     Plan::Remove(format!("SELECT rowid, {u} FROM {st} WHERE {c} = ?1"))

@@ -126,11 +126,7 @@ impl Applier {
         Ok(self
             .db
             .query_value(
-                &format!(
-                    "SELECT {} FROM {} WHERE rowid = ?1",
-                    q(&t.uuid_col),
-                    qm(&t.name)
-                ),
+                &format!("SELECT gid FROM {} WHERE rid = ?1", t.gids()),
                 &[rid.into()],
             )?
             .unwrap_or(Value::Null))

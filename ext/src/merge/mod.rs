@@ -564,6 +564,7 @@ impl Applier {
         self.clock.uncover(t.id, rid)?;
         self.clock.drop_columns(t.id, rid)?;
         fk::forget(&self.clock.cache, t.id, rid, None)?;
+        crate::gids::forget(self.db, t, rid)?;
         if let Some(m) = self.rids.get_mut(&t.name) {
             m.remove(key);
         }

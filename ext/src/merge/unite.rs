@@ -20,7 +20,6 @@ use super::{Applier, Clk};
 use crate::catalog::{Mode, Table};
 use crate::clock::OP_MERGE;
 use crate::error::Result;
-use crate::ident::{q, qm};
 use crate::ids::IdMap;
 use crate::sql::Value;
 
@@ -352,11 +351,7 @@ impl Applier {
             return Ok(Some(*rid));
         }
         self.clock.cache.with(
-            &format!(
-                "SELECT rowid FROM {} WHERE {} = ?1",
-                qm(&t.name),
-                q(&t.uuid_col)
-            ),
+            &format!("SELECT rid FROM {} WHERE gid = ?1", t.gids()),
             std::slice::from_ref(id),
             |s| Ok(if s.step()? { Some(s.i64(0)) } else { None }),
         )
@@ -401,14 +396,7 @@ impl Applier {
         if let Some((hlc, origin)) = self.clock.row_clock(t.id, rid)? {
             self.clock.renew_row(t.id, rid, hlc, origin)?;
         }
-        self.db.run(
-            &format!(
-                "UPDATE {} SET {} = ?2 WHERE rowid = ?1",
-                qm(&t.name),
-                q(&t.uuid_col)
-            ),
-            &[rid.into(), to.clone()],
-        )?;
+        self.db.run(&t.set_gid_sql(), &[rid.into(), to.clone()])?;
         self.db.run(
             "UPDATE lsync_deferred SET uuid = ?3 WHERE tbl = ?1 AND rid = ?2",
             &[t.id.into(), rid.into(), to.clone()],

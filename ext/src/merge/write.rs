@@ -44,26 +44,40 @@ impl Applier {
     ) -> Result<i64> {
         let mask = Self::mask(t, vals);
         let db = self.db;
+        // A table whose ids lsync keeps gets the row, then its id.
+        let id_col = t.uuid_col();
         let stmt = cached(&mut self.inserts, (t.id, mask), || {
-            let cols: Vec<String> = vals.iter().map(|(c, _)| q(c)).collect();
-            let marks: Vec<String> = (0..=vals.len()).map(|i| format!("?{}", i + 1)).collect();
+            let cols: Vec<String> = id_col
+                .into_iter()
+                .chain(vals.iter().map(|(c, _)| &***c))
+                .map(q)
+                .collect();
+            let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
             // OR FAIL: no statement journal per row; the savepoint around the
             // apply still makes it all-or-nothing.
-            db.prepare(&format!(
-                "INSERT OR FAIL INTO {t}({u}{sep}{cols}) VALUES ({marks})",
-                t = qm(&t.name),
-                u = q(&t.uuid_col),
-                sep = if cols.is_empty() { "" } else { ", " },
-                cols = cols.join(", "),
-                marks = marks.join(", ")
-            ))
+            let sql = if cols.is_empty() {
+                format!("INSERT OR FAIL INTO {} DEFAULT VALUES", qm(&t.name))
+            } else {
+                format!(
+                    "INSERT OR FAIL INTO {}({}) VALUES ({})",
+                    qm(&t.name),
+                    cols.join(", "),
+                    marks.join(", ")
+                )
+            };
+            db.prepare(&sql)
         })?;
-        let r = stmt.run_borrowed(std::iter::once(pk).chain(vals.iter().map(|(_, v)| v.as_ref())));
+        let own_id = id_col.map(|_| pk);
+        let r = stmt.run_borrowed(own_id.into_iter().chain(vals.iter().map(|(_, v)| v.as_ref())));
         if let Err(e) = r {
             let e = e.in_apply(&format!("inserting into '{}'", t.name));
             return Err(self.clash_or(t, None, Some(pk), vals, e));
         }
-        Ok(db.last_insert_rowid())
+        let rid = db.last_insert_rowid();
+        if own_id.is_none() {
+            crate::gids::keep(db, t, rid, pk)?;
+        }
+        Ok(rid)
     }
 
     pub(super) fn write(

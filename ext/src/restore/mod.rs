@@ -208,7 +208,7 @@ fn check_tables(mine: &[Table], theirs: &[Table]) -> Result<()> {
                 t.mode.as_str()
             ));
         }
-        if m.columns != t.columns || m.uuid_col != t.uuid_col || m.fks != t.fks {
+        if m.columns != t.columns || m.ident != t.ident || m.fks != t.fks {
             return mismatch(format!(
                 "the tracked columns of '{}' differ: {:?} here, {:?} in the snapshot",
                 t.name, m.columns, t.columns
