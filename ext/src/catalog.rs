@@ -103,7 +103,10 @@ fn table_from_row(s: &Stmt) -> Result<Table> {
         id: s.i64(0),
         name: Arc::from(s.text(1).unwrap_or_default()),
         mode: Mode::parse(&s.text(2).unwrap_or_default())?,
-        ident: Ident::from_row(s.text(3).unwrap_or_default(), &s.text(7).unwrap_or_default())?,
+        ident: Ident::from_row(
+            s.text(3).unwrap_or_default(),
+            &s.text(7).unwrap_or_default(),
+        )?,
         hwm: s.i64(4),
         columns: serde_json::from_str::<Vec<String>>(&s.text(5).unwrap_or_default())
             .map_err(|_| corrupt("column list"))?

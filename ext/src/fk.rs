@@ -335,7 +335,13 @@ pub fn detach_referrers(
                     st = qm(&s.name),
                     c = q(col),
                 ),
-                &[s.id.into(), col.as_str().into(), target.as_str().into(), uuid.clone(), rid.into()],
+                &[
+                    s.id.into(),
+                    col.as_str().into(),
+                    target.as_str().into(),
+                    uuid.clone(),
+                    rid.into(),
+                ],
             )?;
             db.run(
                 &format!(

@@ -56,7 +56,11 @@ impl Table {
     /// rename, `merge/unite`).
     pub fn set_gid_sql(&self) -> String {
         match self.uuid_col() {
-            Some(c) => format!("UPDATE {} SET {} = ?2 WHERE rowid = ?1", qm(&self.name), q(c)),
+            Some(c) => format!(
+                "UPDATE {} SET {} = ?2 WHERE rowid = ?1",
+                qm(&self.name),
+                q(c)
+            ),
             None => format!(
                 "UPDATE main.lsync_gid SET gid = ?2 WHERE tbl = {} AND rid = ?1",
                 self.id
@@ -110,12 +114,12 @@ pub fn assign(db: Db, t: &Table, tables: &[Table], which: &str) -> Result<()> {
 /// itself (a 1:1 extension of that row); any other key is `lsync_key` of
 /// its parts.
 fn key_expr(t: &Table, tables: &[Table], parts: &[String]) -> String {
-    let part = |c: &String| match t.fks.get(c).and_then(|n| tables.iter().find(|x| *x.name == **n)) {
-        Some(target) => format!(
-            "(SELECT gid FROM {} WHERE rid = k.{})",
-            target.gids(),
-            q(c)
-        ),
+    let part = |c: &String| match t
+        .fks
+        .get(c)
+        .and_then(|n| tables.iter().find(|x| *x.name == **n))
+    {
+        Some(target) => format!("(SELECT gid FROM {} WHERE rid = k.{})", target.gids(), q(c)),
         None => format!("k.{}", q(c)),
     };
     match parts {
@@ -148,7 +152,12 @@ pub fn key_uuid(parts: &[Value]) -> Value {
     let digest = h.finalize();
     let mut id = [0u8; 16];
     id.copy_from_slice(&digest[..16]);
-    Value::Blob(uuid::Builder::from_custom_bytes(id).into_uuid().as_bytes().to_vec())
+    Value::Blob(
+        uuid::Builder::from_custom_bytes(id)
+            .into_uuid()
+            .as_bytes()
+            .to_vec(),
+    )
 }
 
 #[cfg(test)]
@@ -159,14 +168,19 @@ mod tests {
     fn a_key_id_depends_on_every_part_and_its_type() {
         let a = key_uuid(&[Value::Text("x".into()), Value::Integer(1)]);
         assert_eq!(a, key_uuid(&[Value::Text("x".into()), Value::Integer(1)]));
-        assert_ne!(a, key_uuid(&[Value::Text("x".into()), Value::Text("1".into())]));
+        assert_ne!(
+            a,
+            key_uuid(&[Value::Text("x".into()), Value::Text("1".into())])
+        );
         assert_ne!(a, key_uuid(&[Value::Integer(1), Value::Text("x".into())]));
         // Parts are length-prefixed: ("ab", "c") is not ("a", "bc").
         assert_ne!(
             key_uuid(&[Value::Text("ab".into()), Value::Text("c".into())]),
             key_uuid(&[Value::Text("a".into()), Value::Text("bc".into())])
         );
-        let Value::Blob(b) = a else { panic!("not a blob") };
+        let Value::Blob(b) = a else {
+            panic!("not a blob")
+        };
         assert_eq!(uuid::Uuid::from_slice(&b).unwrap().get_version_num(), 8);
     }
 }

@@ -58,7 +58,8 @@ pub fn shape(db: Db, table: &str) -> Result<Shape> {
         "SELECT name, upper(type), pk, \"notnull\" FROM pragma_table_info(?1, 'main') ORDER BY cid",
     )?;
     s.bind(1, &table.into())?;
-    let (mut cols, mut types, mut pks, mut notnull) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut cols, mut types, mut pks, mut notnull) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     while s.step()? {
         let name = s.text(0).unwrap_or_default();
         let ty = s.text(1).unwrap_or_default();
@@ -100,7 +101,8 @@ fn unique_keys(db: Db, table: &str) -> Result<Vec<Vec<String>>> {
         if s.i64(2) > 0 {
             continue;
         }
-        let cols: Vec<String> = serde_json::from_str(&s.text(1).unwrap_or_default()).unwrap_or_default();
+        let cols: Vec<String> =
+            serde_json::from_str(&s.text(1).unwrap_or_default()).unwrap_or_default();
         if !cols.is_empty() && !out.contains(&cols) {
             out.push(cols);
         }
@@ -131,8 +133,10 @@ pub fn choose(db: Db, table: &str, shape: &Shape, w: &Wanted) -> Result<(Ident, 
             return rowid_identity(table, shape).map(|i| (i, "identity option"));
         }
         Some(serde_json::Value::Array(parts)) => {
-            let parts: Option<Vec<String>> =
-                parts.iter().map(|p| p.as_str().map(str::to_owned)).collect();
+            let parts: Option<Vec<String>> = parts
+                .iter()
+                .map(|p| p.as_str().map(str::to_owned))
+                .collect();
             let parts = parts.filter(|p| !p.is_empty()).ok_or_else(|| {
                 Error::msg("lsync_track: the identity option's key must list column names")
             })?;
@@ -161,11 +165,19 @@ pub fn choose(db: Db, table: &str, shape: &Shape, w: &Wanted) -> Result<(Ident, 
         }
     }
     for key in &shape.uniques {
-        if shape.rowid_alias.as_ref().is_some_and(|a| key == std::slice::from_ref(a)) {
+        if shape
+            .rowid_alias
+            .as_ref()
+            .is_some_and(|a| key == std::slice::from_ref(a))
+        {
             continue;
         }
         if check_key(db, table, shape, key, w).is_ok() {
-            let how = if *key == shape.pk { "primary key" } else { "unique key" };
+            let how = if *key == shape.pk {
+                "primary key"
+            } else {
+                "unique key"
+            };
             return Ok((Ident::Key(key.clone()), how));
         }
     }

@@ -153,6 +153,16 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
         let target = declared_name(db, target)?.unwrap_or_else(|| target.clone());
         fks.insert(col.clone(), target);
     }
+    for (col, target) in &fks {
+        if *target != table && load(db, target)?.is_none() {
+            bail!(
+                "lsync_track: '{table}.{col}' holds local ids of '{target}', which is not tracked: \
+                 it would reach other devices as a raw id that names another row there. Track \
+                 '{target}' first (its rows then travel with global ids), or keep the column on \
+                 this device with {{\"local_columns\": [\"{col}\"]}}"
+            );
+        }
+    }
     let wanted = Wanted {
         uuid_column: opts.uuid_column.as_deref(),
         identity: opts.identity.as_ref(),
@@ -198,17 +208,6 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
             columns.len()
         );
     }
-    for (col, target) in &fks {
-        if *target != table && load(db, target)?.is_none() {
-            bail!(
-                "lsync_track: '{table}.{col}' holds local ids of '{target}', which is not tracked: \
-                 it would reach other devices as a raw id that names another row there. Track \
-                 '{target}' first (its rows then travel with global ids), or keep the column on \
-                 this device with {{\"local_columns\": [\"{col}\"]}}"
-            );
-        }
-    }
-
     db.savepoint("lsync_track", || {
         // Pending captures use the old column order: fold them first.
         if load(db, table)?.is_some() {
@@ -282,18 +281,18 @@ fn ident_column(ident: &Ident) -> String {
 
 /// A global id column gets ids where it has none, and a UNIQUE index.
 fn own_id_column(db: Db, table: &str, uuid_col: &str, shape: &crate::shape::Shape) -> Result<()> {
-        db.run(
-            &format!(
-                "UPDATE {t} SET {u} = {fill} WHERE {u} IS NULL",
-                t = qm(table),
-                u = q(uuid_col),
-                fill = shape.uuid_fill(uuid_col)
-            ),
-            &[],
-        )?;
-        if !has_unique_index(db, table, uuid_col)? {
-            // The index named in main is on main's table, whatever temp holds.
-            db.exec(&format!(
+    db.run(
+        &format!(
+            "UPDATE {t} SET {u} = {fill} WHERE {u} IS NULL",
+            t = qm(table),
+            u = q(uuid_col),
+            fill = shape.uuid_fill(uuid_col)
+        ),
+        &[],
+    )?;
+    if !has_unique_index(db, table, uuid_col)? {
+        // The index named in main is on main's table, whatever temp holds.
+        db.exec(&format!(
                 "CREATE UNIQUE INDEX main.{} ON {}({})",
                 q(&format!("lsync_uuid_{table}")),
                 q(table),
@@ -305,8 +304,8 @@ fn own_id_column(db: Db, table: &str, uuid_col: &str, shape: &crate::shape::Shap
                     e.detail()
                 ))
             })?;
-        }
-        Ok(())
+    }
+    Ok(())
 }
 
 /// `lsync_untrack(table)`: removes the triggers and the table's metadata.
@@ -481,7 +480,10 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
         .collect();
     let immutable = lit("lsync: the rowid and the global id of a tracked row cannot change; delete and re-insert instead");
     let id_changed = match t.uuid_col() {
-        Some(c) => format!("NEW.rowid IS NOT OLD.rowid OR NEW.{c} IS NOT OLD.{c}", c = q(c)),
+        Some(c) => format!(
+            "NEW.rowid IS NOT OLD.rowid OR NEW.{c} IS NOT OLD.{c}",
+            c = q(c)
+        ),
         None => "NEW.rowid IS NOT OLD.rowid".to_owned(),
     };
     // Only UPDATEs of tracked columns compile this trigger (UPDATE OF): the

@@ -68,7 +68,11 @@ impl Applier {
             db.prepare(&sql)
         })?;
         let own_id = id_col.map(|_| pk);
-        let r = stmt.run_borrowed(own_id.into_iter().chain(vals.iter().map(|(_, v)| v.as_ref())));
+        let r = stmt.run_borrowed(
+            own_id
+                .into_iter()
+                .chain(vals.iter().map(|(_, v)| v.as_ref())),
+        );
         if let Err(e) = r {
             let e = e.in_apply(&format!("inserting into '{}'", t.name));
             return Err(self.clash_or(t, None, Some(pk), vals, e));
