@@ -143,14 +143,15 @@ fn flush_table(db: Db, t: &Table, tables: &[Table], clock: &mut Clock) -> Result
         reinserted = true;
     }
     if t.kept() {
+        // Two statements: one OR of both would scan the table.
+        gids::assign(db, t, tables, &format!("rowid > {}", t.hwm))?;
         gids::assign(
             db,
             t,
             tables,
             &format!(
-                "rowid > {hwm} OR rowid IN (SELECT rid FROM lsync_dirty WHERE tbl = {id} AND op = {OP_INSERT})",
-                hwm = t.hwm,
-                id = t.id
+                "rowid IN (SELECT rid FROM lsync_dirty WHERE tbl = {} AND op = {OP_INSERT})",
+                t.id
             ),
         )?;
     }
