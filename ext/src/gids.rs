@@ -30,7 +30,7 @@ impl Table {
         match self.uuid_col() {
             Some(c) => format!("{row}.{}", q(c)),
             None => format!(
-                "(SELECT gid FROM main.lsync_gid WHERE tbl = {} AND rid = {row}.rowid)",
+                "(SELECT gid FROM lsync_gid WHERE tbl = {} AND rid = {row}.rowid)",
                 self.id
             ),
         }
@@ -45,10 +45,7 @@ impl Table {
                 q(c),
                 qm(&self.name)
             ),
-            None => format!(
-                "(SELECT rid, gid FROM main.lsync_gid WHERE tbl = {})",
-                self.id
-            ),
+            None => format!("(SELECT rid, gid FROM lsync_gid WHERE tbl = {})", self.id),
         }
     }
 
@@ -62,7 +59,7 @@ impl Table {
                 q(c)
             ),
             None => format!(
-                "UPDATE main.lsync_gid SET gid = ?2 WHERE tbl = {} AND rid = ?1",
+                "UPDATE lsync_gid SET gid = ?2 WHERE tbl = {} AND rid = ?1",
                 self.id
             ),
         }

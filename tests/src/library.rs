@@ -146,10 +146,10 @@ pub fn id_by_name(c: &Connection, table: &str, name: &str) -> Option<i64> {
 /// A logical FK: the target's uuid, or the uuid of a link still deferred.
 pub fn logical_fk(table: &str, col: &str, target: &str) -> String {
     format!(
-        "coalesce((SELECT x.uuid FROM {target} x WHERE x.id = t.{col}),
+        "coalesce((SELECT x.uuid FROM {target} x WHERE x.rowid = t.{col}),
                   (SELECT d.target_uuid FROM lsync_deferred d
                    WHERE d.tbl = (SELECT id FROM lsync_tables WHERE name = '{table}')
-                     AND d.rid = t.id AND d.col = '{col}'))"
+                     AND d.rid = t.rowid AND d.col = '{col}'))"
     )
 }
 

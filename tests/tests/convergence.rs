@@ -28,7 +28,9 @@
 //! (docs/conflicts.md); replicas must end with identical tables and nothing
 //! quarantined. It also writes a key/value table whose TEXT primary key is
 //! the global id (issue 12): keys from three values, written on several
-//! replicas, deleted and written again.
+//! replicas, deleted and written again; a table with an INTEGER PRIMARY KEY
+//! only (`labels`), and a join table keyed by its pair of FKs
+//! (`label_on_entry`), whose global ids lsync keeps.
 
 use proptest::prelude::*;
 use rusqlite::Connection;
@@ -52,15 +54,52 @@ SELECT lsync_track('tags', 'shared');
 SELECT lsync_track('tag_assignments', 'shared');
 CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT);
 SELECT lsync_track('settings', 'shared');
+CREATE TABLE labels(id INTEGER PRIMARY KEY, name TEXT);
+SELECT lsync_track('labels', 'shared');
+CREATE TABLE label_on_entry(
+  label_id INTEGER NOT NULL REFERENCES labels(id) ON DELETE CASCADE,
+  entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE,
+  note TEXT, PRIMARY KEY (label_id, entry_id));
+SELECT lsync_track('label_on_entry', 'shared');
 ";
 
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 7] = [
     "locations",
     "entries",
     "tags",
     "tag_assignments",
     "settings",
+    "labels",
+    "label_on_entry",
 ];
+
+/// The global id of row `t` of `table` as text: its uuid column, or the id
+/// lsync keeps (`labels` has an INTEGER PRIMARY KEY only, `label_on_entry`
+/// a composite key).
+fn gid_of(table: &str) -> String {
+    match table {
+        "labels" | "label_on_entry" => kept_id(table, "t.rowid"),
+        "settings" => "t.key".into(),
+        _ => "t.uuid".into(),
+    }
+}
+
+fn kept_id(table: &str, rid: &str) -> String {
+    format!(
+        "(SELECT hex(g.gid) FROM lsync_gid g WHERE g.rid = {rid}
+           AND g.tbl = (SELECT id FROM lsync_tables WHERE name = '{table}'))"
+    )
+}
+
+/// A logical FK to `labels`: its kept id, or the id of a link deferred.
+fn label_fk(table: &str, col: &str) -> String {
+    format!(
+        "coalesce({}, (SELECT hex(d.target_uuid) FROM lsync_deferred d
+                   WHERE d.tbl = (SELECT id FROM lsync_tables WHERE name = '{table}')
+                     AND d.rid = t.rowid AND d.col = '{col}'))",
+        kept_id("labels", &format!("t.{col}"))
+    )
+}
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -224,6 +263,18 @@ fn local_write(c: &Connection, s: &Step) -> Option<String> {
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 [format!("k{}", v % 3), format!("s{a}")],
             ),
+            5 => c.execute(
+                "INSERT INTO labels(name) VALUES (?1)",
+                [format!("l{}", v % 5)],
+            ),
+            6 => c.execute(
+                "INSERT INTO label_on_entry(label_id, entry_id, note) VALUES (?1, ?2, ?3)",
+                rusqlite::params![
+                    pick_id(c, "labels", a),
+                    pick_id(c, "entries", b),
+                    format!("n{v}")
+                ],
+            ),
             _ => c.execute(
                 "INSERT INTO tag_assignments(tag_id, entry_id, note) VALUES (?1, ?2, ?3)",
                 rusqlite::params![
@@ -245,6 +296,10 @@ fn local_write(c: &Connection, s: &Step) -> Option<String> {
                 (2, 0) => ("name", format!("tag{}", v % 4).into()),
                 (2, _) => ("color", format!("c{v}").into()),
                 (4, _) => ("value", format!("u{v}").into()),
+                (5, _) => ("name", format!("l{}", v % 5).into()),
+                (6, 0) => ("label_id", pick_id(c, "labels", v).into()),
+                (6, 1) => ("entry_id", pick_id(c, "entries", v).into()),
+                (6, _) => ("note", format!("o{v}").into()),
                 (_, 0) => ("tag_id", pick_id(c, "tags", v).into()),
                 (_, 1) => ("entry_id", pick_id(c, "entries", v).into()),
                 (_, _) => ("note", format!("m{v}").into()),
@@ -256,21 +311,28 @@ fn local_write(c: &Connection, s: &Step) -> Option<String> {
         }
         Step::Delete { table, row, .. } => {
             let id = pick_id(c, TABLES[table], row)?;
-            if TABLES[table] == "settings" {
+            if matches!(TABLES[table], "settings" | "label_on_entry") {
                 // A key may be written again after its delete: not a row
                 // that must stay deleted.
-                let _ = c.execute("DELETE FROM settings WHERE rowid = ?1", [id]);
+                let _ = c.execute(
+                    &format!("DELETE FROM {} WHERE rowid = ?1", TABLES[table]),
+                    [id],
+                );
                 return None;
             }
             let uuid: String = c
                 .query_row(
-                    &format!("SELECT uuid FROM {} WHERE id = ?1", TABLES[table]),
+                    &format!(
+                        "SELECT {} FROM {} t WHERE rowid = ?1",
+                        gid_of(TABLES[table]),
+                        TABLES[table]
+                    ),
                     [id],
                     |r| r.get(0),
                 )
                 .ok()?;
             let deleted = c.execute(
-                &format!("DELETE FROM {} WHERE id = ?1", TABLES[table]),
+                &format!("DELETE FROM {} WHERE rowid = ?1", TABLES[table]),
                 [id],
             );
             return (deleted.ok() == Some(1)).then_some(uuid);
@@ -295,6 +357,16 @@ fn replica_dump(c: &Connection) -> Vec<Vec<String>> {
             "SELECT 'A', uuid, {}, {}, note FROM tag_assignments t",
             logical_fk("tag_assignments", "tag_id", "tags"),
             logical_fk("tag_assignments", "entry_id", "entries")
+        ),
+        format!(
+            "SELECT 'B', {} AS uuid, name FROM labels t",
+            gid_of("labels")
+        ),
+        format!(
+            "SELECT 'K', {} AS uuid, {}, {}, note FROM label_on_entry t",
+            gid_of("label_on_entry"),
+            label_fk("label_on_entry", "label_id"),
+            logical_fk("label_on_entry", "entry_id", "entries")
         ),
     ];
     queries
@@ -472,11 +544,14 @@ impl Replicas {
     /// No row that a replica deleted is live on any replica.
     fn check_deleted(&self, deleted: &[String]) -> Result<(), TestCaseError> {
         for (i, c) in self.dbs.iter().enumerate() {
-            for t in TABLES.iter().filter(|t| **t != "settings") {
+            for t in TABLES
+                .iter()
+                .filter(|t| !matches!(**t, "settings" | "label_on_entry"))
+            {
                 for u in deleted {
                     let live: i64 = c
                         .query_row(
-                            &format!("SELECT count(*) FROM {t} WHERE uuid = ?1"),
+                            &format!("SELECT count(*) FROM {t} t WHERE {} = ?1", gid_of(t)),
                             [u],
                             |r| r.get(0),
                         )
@@ -699,7 +774,7 @@ proptest! {
 
     #[test]
     fn replicas_converge_with_unique_keys(
-        steps in proptest::collection::vec(step_in(5), 1..80),
+        steps in proptest::collection::vec(step_in(7), 1..80),
         order in pairs(),
     ) {
         run_replicas(&steps, &order, Mode::UniqueKeys)?;
@@ -943,5 +1018,48 @@ fn regression_a_delete_of_a_merged_row_deletes_it_everywhere() {
         },
         sync_step(2, 0, false),
     ];
+    run_replicas(&steps, &all_pairs(), Mode::UniqueKeys).unwrap();
+}
+
+/// Issue 12: tables whose ids lsync keeps. The same pair assigned on two
+/// replicas, a key part changed (a delete and an insert), a label deleted
+/// under its pairs, and a snapshot taken into a replica with data.
+#[test]
+fn kept_ids_converge_through_pairs_key_changes_deletes_and_snapshots() {
+    let (label, entry, pair) = (5, 1, 6);
+    let steps = [
+        ins(0, label),
+        ins(0, label),
+        ins(0, entry),
+        sync_step(0, 1, false),
+        sync_step(0, 2, false),
+        ins(1, pair),
+        ins(2, pair),
+        Step::Update {
+            at: 2,
+            table: pair,
+            row: 0,
+            col: 2,
+            v: 9,
+        },
+        sync_step(1, 0, false),
+        Step::Update {
+            at: 0,
+            table: pair,
+            row: 0,
+            col: 0,
+            v: 1,
+        },
+        Step::Delete {
+            at: 1,
+            table: label,
+            row: 0,
+        },
+        Step::Snapshot { from: 0, to: 2 },
+        sync_step(2, 1, true),
+        sync_step(0, 1, false),
+        Step::Release { pick: 0 },
+    ];
+    run_replicas(&steps, &all_pairs(), Mode::Plain).unwrap();
     run_replicas(&steps, &all_pairs(), Mode::UniqueKeys).unwrap();
 }
