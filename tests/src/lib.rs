@@ -5,6 +5,7 @@
 //! keeps helper names unique).
 
 mod artifacts;
+mod by_gid;
 mod connection;
 mod library;
 mod lsync;
@@ -14,6 +15,7 @@ mod sidecar;
 mod tempdir;
 
 pub use artifacts::{ext_path, lsync_bin};
+pub use by_gid::{dump_by_gid, wait_same_by_gid};
 pub use connection::{load, open, open_plain, testing_mode};
 pub use library::*;
 pub use lsync::*;
