@@ -296,7 +296,7 @@ fn own_id_column(db: Db, table: &str, uuid_col: &str, shape: &crate::shape::Shap
                 "CREATE UNIQUE INDEX main.{} ON {}({})",
                 q(&format!("lsync_uuid_{table}")),
                 q(table),
-                q(&uuid_col)
+                q(uuid_col)
             ))
             .map_err(|e| {
                 Error::msg(format!(

@@ -30,7 +30,8 @@
 //! the global id (issue 12): keys from three values, written on several
 //! replicas, deleted and written again; a table with an INTEGER PRIMARY KEY
 //! only (`labels`), and a join table keyed by its pair of FKs
-//! (`label_on_entry`), whose global ids lsync keeps.
+//! (`label_on_entry`), whose global ids lsync keeps. Labels' names are
+//! UNIQUE too, so merged labels repoint pairs, which may then merge.
 
 use proptest::prelude::*;
 use rusqlite::Connection;
@@ -174,6 +175,7 @@ enum Mode {
 const UNIQUE_KEYS: &str = "
 CREATE UNIQUE INDEX tags_name ON tags(name);
 CREATE UNIQUE INDEX tag_assignments_pair ON tag_assignments(tag_id, entry_id);
+CREATE UNIQUE INDEX labels_name ON labels(name);
 ";
 
 fn step() -> impl Strategy<Value = Step> {

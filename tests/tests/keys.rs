@@ -5,7 +5,7 @@
 use lsync_tests::*;
 use serde_json::Value as Json;
 
-fn track(c: &rusqlite::Connection, sql: &str) -> Json {
+fn tracked_as(c: &rusqlite::Connection, sql: &str) -> Json {
     let s: String = scalar(c, sql);
     serde_json::from_str(&s).unwrap()
 }
@@ -33,7 +33,7 @@ const FILES: &str = "
 const PAIRS: &str = "SELECT t.name, o.kind, x.added FROM tag_on_object x
     JOIN tag t ON t.id = x.tag_id JOIN object o ON o.id = x.object_id ORDER BY 1, 2";
 
-fn exchange(a: &rusqlite::Connection, b: &rusqlite::Connection) {
+fn both_ways(a: &rusqlite::Connection, b: &rusqlite::Connection) {
     send(a, b, 0);
     send(b, a, 0);
 }
@@ -46,7 +46,7 @@ fn each_kind_of_table_says_which_identity_it_got() {
     let got: Vec<(String, String)> = ["tag", "object", "tag_on_object", "exif_data"]
         .iter()
         .map(|t| {
-            let v = track(&c, &format!("SELECT lsync_track('{t}', 'shared')"));
+            let v = tracked_as(&c, &format!("SELECT lsync_track('{t}', 'shared')"));
             (
                 v["identity"].as_str().unwrap().to_owned(),
                 v["key"].to_string(),
@@ -70,7 +70,7 @@ fn each_kind_of_table_says_which_identity_it_got() {
         "CREATE TABLE album(id INTEGER PRIMARY KEY, pub_id BLOB NOT NULL UNIQUE, title TEXT);",
     )
     .unwrap();
-    let v = track(
+    let v = tracked_as(
         &c,
         r#"SELECT lsync_track('album', 'shared', '{"identity": "rowid"}')"#,
     );
@@ -88,12 +88,12 @@ fn the_same_pair_assigned_on_two_devices_is_one_row() {
          INSERT INTO object(kind) VALUES (1), (2);",
     )
     .unwrap();
-    exchange(&a, &b);
+    both_ways(&a, &b);
     a.execute_batch("INSERT INTO tag_on_object VALUES (1, 1, 'by a'), (2, 2, 'a only');")
         .unwrap();
     b.execute_batch("INSERT INTO tag_on_object VALUES (1, 1, 'by b'), (2, 1, 'b only');")
         .unwrap();
-    exchange(&a, &b);
+    both_ways(&a, &b);
     send(&a, &b, 0);
     assert_eq!(query_rows(&a, PAIRS), query_rows(&b, PAIRS));
     assert_eq!(
@@ -132,7 +132,7 @@ fn integer_keys_map_across_devices() {
          INSERT INTO album VALUES (1, 'Balls to the Wall', 1);",
     )
     .unwrap();
-    exchange(&a, &b);
+    both_ways(&a, &b);
     let albums =
         "SELECT al.Title, ar.Name FROM album al JOIN artist ar USING (ArtistId) ORDER BY 1";
     let want = [["Back in Black", "AC/DC"], ["Balls to the Wall", "Accept"]];
@@ -144,7 +144,7 @@ fn integer_keys_map_across_devices() {
          DELETE FROM album WHERE Title = 'Balls to the Wall';",
     )
     .unwrap();
-    exchange(&a, &b);
+    both_ways(&a, &b);
     let want = [["Back in Black", "AC-DC"]];
     assert_eq!(query_rows(&a, albums), want);
     assert_eq!(query_rows(&b, albums), want);
@@ -157,12 +157,12 @@ fn a_table_keyed_by_one_fk_has_its_targets_id() {
     let (_dir, a, b) = two_libraries(FILES);
     a.execute_batch("INSERT INTO object(kind) VALUES (7)")
         .unwrap();
-    exchange(&a, &b);
+    both_ways(&a, &b);
     a.execute_batch("INSERT INTO exif_data(object_id, iso) VALUES (1, 100)")
         .unwrap();
     b.execute_batch("INSERT INTO exif_data(object_id, iso) VALUES (1, 200)")
         .unwrap();
-    exchange(&a, &b);
+    both_ways(&a, &b);
     send(&a, &b, 0);
     let exif = "SELECT o.kind, e.iso FROM exif_data e JOIN object o ON o.id = e.object_id";
     assert_eq!(query_rows(&a, exif), query_rows(&b, exif));
@@ -186,7 +186,7 @@ fn changing_a_key_part_is_a_delete_and_an_insert() {
          INSERT INTO tag_on_object VALUES (1, 1, 'x');",
     )
     .unwrap();
-    exchange(&a, &b);
+    both_ways(&a, &b);
     let since = cursor(&a);
     a.execute_batch("UPDATE tag_on_object SET tag_id = 2")
         .unwrap();
