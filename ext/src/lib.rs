@@ -20,6 +20,7 @@ pub mod ident;
 pub mod ids;
 pub mod merge;
 pub mod peers;
+pub mod refs;
 pub mod restore;
 pub mod schema;
 pub mod shape;
@@ -29,6 +30,7 @@ pub mod sql;
 pub mod stability;
 pub mod status;
 pub mod track;
+pub mod triggers;
 pub mod vtab;
 pub mod warnings;
 

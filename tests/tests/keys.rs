@@ -250,3 +250,49 @@ fn keys_that_cannot_be_identities_are_refused() {
     }
     assert_eq!(count(&c, "lsync_tables"), 0);
 }
+
+/// A composite FK copies its parent's key. To a key of values it travels
+/// as it is; to a key with a local id in it, it is refused unless kept on
+/// the device.
+#[test]
+fn a_composite_fk_travels_when_its_parent_key_is_values() {
+    let schema = "
+        CREATE TABLE folder(vol TEXT NOT NULL, path TEXT NOT NULL, note TEXT,
+                            PRIMARY KEY (vol, path));
+        CREATE TABLE doc(id INTEGER PRIMARY KEY, vol TEXT, path TEXT, title TEXT,
+                         FOREIGN KEY (vol, path) REFERENCES folder(vol, path));
+        SELECT lsync_track('folder', 'shared');
+        SELECT lsync_track('doc', 'shared');";
+    let (dir, a, b) = two_libraries(schema);
+    a.execute_batch(
+        "INSERT INTO folder VALUES ('v1', '/music', 'x');
+         INSERT INTO doc(vol, path, title) VALUES ('v1', '/music', 'readme');",
+    )
+    .unwrap();
+    send(&a, &b, 0);
+    let docs = "SELECT d.title, f.note FROM doc d JOIN folder f USING (vol, path)";
+    assert_eq!(query_rows(&b, docs), [["readme", "x"]]);
+
+    let c = open(&dir.path().join("c.db"));
+    c.execute_batch(
+        "CREATE TABLE tag(id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE pair(tag_id INTEGER NOT NULL REFERENCES tag(id), k TEXT NOT NULL,
+                           PRIMARY KEY (tag_id, k));
+         CREATE TABLE ref(id INTEGER PRIMARY KEY, t INTEGER, k TEXT, note TEXT,
+                          CONSTRAINT [to pair] FOREIGN KEY (t, k) REFERENCES pair(tag_id, k));
+         SELECT lsync_track('tag', 'shared');
+         SELECT lsync_track('pair', 'shared');",
+    )
+    .unwrap();
+    let e = error_of(&c, "SELECT lsync_track('ref', 'shared')");
+    assert!(
+        e.contains("'ref' has a composite FK (t, k) to 'pair', whose 'tag_id' holds local ids")
+            && e.contains(r#"{"local_columns": ["t", "k"]}"#),
+        "{e}"
+    );
+    let v = tracked_as(
+        &c,
+        r#"SELECT lsync_track('ref', 'shared', '{"local_columns": ["t", "k"]}')"#,
+    );
+    assert_eq!(v["columns"], serde_json::json!(["note"]));
+}

@@ -392,7 +392,7 @@ impl Applier {
     /// deleted there.
     fn rename_row(&mut self, t: &Table, rid: i64, from: &Value, to: &Value) -> Result<()> {
         self.end_run()?;
-        crate::track::update_id_trigger(self.db, t)?;
+        crate::triggers::update_id_trigger(self.db, t)?;
         if let Some((hlc, origin)) = self.clock.row_clock(t.id, rid)? {
             self.clock.renew_row(t.id, rid, hlc, origin)?;
         }
