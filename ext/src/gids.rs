@@ -90,14 +90,17 @@ pub fn forget(db: Db, t: &Table, rid: i64) -> Result<()> {
 /// `rowid`) their global ids, when lsync keeps them: derived from the key,
 /// or minted. `tables` are the tracked tables, for FK parts of a key.
 pub fn assign(db: Db, t: &Table, tables: &[Table], which: &str) -> Result<()> {
-    let expr = match &t.ident {
+    // An INTEGER PRIMARY KEY names the row: one written again under the
+    // same id (INSERT OR REPLACE) keeps its global id. A key's id follows
+    // the key.
+    let (expr, conflict) = match &t.ident {
         Ident::Column(_) => return Ok(()),
-        Ident::Rowid => "lsync_uuid('blob')".to_owned(),
-        Ident::Key(parts) => key_expr(t, tables, parts),
+        Ident::Rowid => ("lsync_uuid('blob')".to_owned(), "IGNORE"),
+        Ident::Key(parts) => (key_expr(t, tables, parts), "REPLACE"),
     };
     db.run(
         &format!(
-            "INSERT OR REPLACE INTO lsync_gid(tbl, rid, gid)
+            "INSERT OR {conflict} INTO lsync_gid(tbl, rid, gid)
              SELECT {id}, rowid, {expr} FROM {n} AS k WHERE {which}",
             id = t.id,
             n = qm(&t.name)

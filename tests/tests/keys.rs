@@ -296,3 +296,22 @@ fn a_composite_fk_travels_when_its_parent_key_is_values() {
     );
     assert_eq!(v["columns"], serde_json::json!(["note"]));
 }
+
+/// A row of an INTEGER-keyed table written again under its id (`INSERT OR
+/// REPLACE`) is the same row: it keeps its global id, and peers update it.
+#[test]
+fn a_row_replaced_under_its_integer_id_keeps_its_global_id() {
+    let schema = "CREATE TABLE artist(ArtistId INTEGER PRIMARY KEY, Name TEXT);
+        SELECT lsync_track('artist', 'shared');";
+    let (_dir, a, b) = two_libraries(schema);
+    a.execute_batch("INSERT INTO artist VALUES (1, 'Queen')")
+        .unwrap();
+    send(&a, &b, 0);
+    let ids = "SELECT hex(gid) FROM lsync_gid";
+    let before = query_rows(&a, ids);
+    a.execute_batch("INSERT OR REPLACE INTO artist VALUES (1, 'Queen II')")
+        .unwrap();
+    send(&a, &b, 0);
+    assert_eq!(query_rows(&a, ids), before);
+    assert_eq!(query_rows(&b, "SELECT Name FROM artist"), [["Queen II"]]);
+}
