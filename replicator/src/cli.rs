@@ -242,15 +242,22 @@ pub struct ApplyArgs {
 /// Options of `lsync bench capture`.
 #[derive(Debug, Clone, Args)]
 pub struct CaptureArgs {
-    /// Number of rows to insert into `entries`, in one transaction per variant.
-    /// N/10 of them (at least 1) are then updated. At most 10,000,000 (the
-    /// rows are generated in memory first, about 150 bytes each).
+    /// Number of rows to insert into the table of --schema, in one
+    /// transaction per variant. N/10 of them (at least 1) are then updated.
+    /// At most 10,000,000 (the rows are generated in memory first, about 150
+    /// bytes each).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub rows: u64,
 
     /// Also print the results as one JSON object, on the last line of stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// The table written: `entries` (a uuid column and two FKs), `composite`
+    /// (a join table keyed by two FKs) or `intpk` (an INTEGER PRIMARY KEY
+    /// and no uuid column). The last two have their global ids kept by lsync.
+    #[arg(long, value_enum, default_value_t = SchemaKind::Entries)]
+    pub schema: SchemaKind,
 
     /// UUID version that the client generates for the `uuid` column
     /// (v7 is time-ordered and appends to the UNIQUE index; v4 is random).
@@ -282,6 +289,28 @@ pub struct CaptureArgs {
     /// Keep the temporary directory and its databases, and print its path.
     #[arg(long)]
     pub keep: bool,
+}
+
+/// The table `lsync bench capture` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaKind {
+    /// File entries with a uuid column, a parent FK and a location FK.
+    Entries,
+    /// A join table whose PRIMARY KEY is a pair of FKs (tag, object).
+    Composite,
+    /// A table with an INTEGER PRIMARY KEY only.
+    #[value(name = "intpk")]
+    IntPk,
+}
+
+impl SchemaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchemaKind::Entries => "entries",
+            SchemaKind::Composite => "composite",
+            SchemaKind::IntPk => "intpk",
+        }
+    }
 }
 
 /// Which UUID version the benchmark writes into `uuid` columns.

@@ -35,9 +35,35 @@ fn positive(v: &Value, key: &str) -> f64 {
 #[test]
 fn capture_reports_both_modes_against_plain() {
     let v = bench(&["capture", "--rows", "2000"]);
-    assert_eq!(v["rows"], 2000, "{v}");
+    assert_eq!(
+        (v["rows"].as_i64(), v["schema"].as_str()),
+        (Some(2000), Some("entries")),
+        "{v}"
+    );
     for key in ["plain_s", "device_owned_ratio", "shared_ratio"] {
         positive(&v, key);
+    }
+}
+
+#[test]
+fn capture_runs_the_schemas_whose_ids_lsync_keeps() {
+    for schema in ["composite", "intpk"] {
+        let v = bench(&["capture", "--rows", "2000", "--schema", schema]);
+        assert_eq!(
+            (v["rows"].as_i64(), v["schema"].as_str()),
+            (Some(2000), Some(schema)),
+            "{v}"
+        );
+        for key in [
+            "plain_s",
+            "device_owned_ratio",
+            "shared_ratio",
+            "update_shared_ratio",
+        ] {
+            positive(&v, key);
+        }
+        // A 16-byte global id per row in lsync_gid, at least.
+        assert!(positive(&v, "meta_bytes_per_row_shared") > 16.0, "{v}");
     }
 }
 

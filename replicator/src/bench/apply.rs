@@ -36,9 +36,9 @@ pub fn run(args: &ApplyArgs) -> Result<(), BenchError> {
     let dir = TempDir::new(args.dir.as_deref(), args.keep)?;
 
     let src_path = dir.path().join("source.db");
-    let mut src = db::open(&src_path, &opts)?;
+    let src = db::open(&src_path, &opts)?;
     ops::setup(&src, Some("device_owned"), &data.locations, &src_path)?;
-    ops::insert_entries(&mut src, &data.entries, &src_path)?;
+    ops::insert_entries(&src, &data.entries, &src_path)?;
     src.query_row("SELECT lsync_flush()", [], |_| Ok(()))
         .sql(|| "lsync_flush() at the source".into())?;
     eprintln!("exporting ...");
@@ -56,11 +56,11 @@ pub fn run(args: &ApplyArgs) -> Result<(), BenchError> {
     let (mut fk_queries, mut deferred) = (0, 0);
     for round in 0..args.repeat {
         let plain_path = dir.path().join(format!("plain-{round}.db"));
-        let mut plain = db::open(&plain_path, &opts)?;
+        let plain = db::open(&plain_path, &opts)?;
         ops::setup(&plain, None, &data.locations, &plain_path)?;
         dir.settle()?;
         eprintln!("round {}: plain insert ...", round + 1);
-        plain_s = plain_s.min(ops::insert_entries(&mut plain, &data.entries, &plain_path)?);
+        plain_s = plain_s.min(ops::insert_entries(&plain, &data.entries, &plain_path)?);
         ops::check_count(&plain, rows, &plain_path)?;
         drop(plain);
 

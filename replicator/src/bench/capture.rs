@@ -12,14 +12,14 @@ use std::time::Instant;
 use rusqlite::Connection;
 
 use super::clock::{Best, Timing};
-use super::data::{self, Dataset};
 use super::ops;
 use super::report;
+use super::workload::Workload;
 use super::{BenchError, TempDir};
 use crate::cli::CaptureArgs;
 use crate::db::{self, DbOptions};
 
-/// The three ways the `entries` and `locations` tables are set up.
+/// The three ways the tables of a `--schema` are set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Variant {
     Plain,
@@ -112,11 +112,12 @@ pub fn run(args: &CaptureArgs) -> Result<(), BenchError> {
     eprintln!("databases in {}", dir.path().display());
 
     eprintln!(
-        "generating {rows} rows with {} uuids...",
+        "generating {rows} rows of schema {} with {} uuids...",
+        args.schema.as_str(),
         args.uuid.as_str()
     );
     let started = Instant::now();
-    let data = data::generate(rows, args.uuid);
+    let data = Workload::generate(args.schema, rows, args.uuid);
     eprintln!("generated in {:.2}s", started.elapsed().as_secs_f64());
     let mut measures = [Measure::new(), Measure::new(), Measure::new()];
     for round in 0..args.repeat {
@@ -141,7 +142,7 @@ pub fn run(args: &CaptureArgs) -> Result<(), BenchError> {
 
     let outcome = Outcome {
         args,
-        updates: data.updates.len(),
+        updates: data.updates(),
         sqlite_version: rusqlite::version(),
         measures,
     };
@@ -175,7 +176,7 @@ fn run_round(
     dir: &TempDir,
     round: u32,
     order: [Variant; 3],
-    data: &Dataset,
+    data: &Workload,
     opts: &DbOptions,
     measures: &mut [Measure; 3],
     flush_before_update: bool,
@@ -184,17 +185,16 @@ fn run_round(
     for variant in order {
         let path = dir.path().join(file_prefix(variant, round));
         let conn = db::open(&path, opts)?;
-        ops::setup(&conn, variant.mode(), &data.locations, &path)?;
+        data.setup(&conn, variant.mode(), &path)?;
         runs.push(Run {
             variant,
             path,
             conn,
         });
     }
-    for run in &mut runs {
+    for run in &runs {
         dir.settle()?;
-        let t = ops::insert_entries_timed(&mut run.conn, &data.entries, &run.path)?;
-        ops::check_count(&run.conn, data.entries.len(), &run.path)?;
+        let t = data.insert(&run.conn, &run.path)?;
         log_timing(round, run.variant, "insert", t);
         measures[run.variant.index()].insert.add(t);
     }
@@ -206,9 +206,9 @@ fn run_round(
             }
         }
     }
-    for run in &mut runs {
+    for run in &runs {
         dir.settle()?;
-        let t = ops::update_entries_timed(&mut run.conn, &data.updates, &run.path)?;
+        let t = data.update(&run.conn, &run.path)?;
         log_timing(round, run.variant, "update", t);
         measures[run.variant.index()].update.add(t);
     }

@@ -53,11 +53,16 @@ fn new_uuid(kind: UuidKind) -> String {
     u.hyphenated().to_string()
 }
 
+/// Every schema updates one row in ten of those it inserted (at least one).
+fn update_count(rows: usize) -> usize {
+    (rows / 10).max(1)
+}
+
 /// Generates `rows` entries: a directory-like tree under [`LOCATIONS`] roots
 /// (the first rows, with NULL parents), where every other entry is placed
 /// under one of the last [`RECENT_DIRS`] directories. Ids are the rowids a
-/// fresh table assigns (1..=rows). Also generates `rows / 10` (at least 1)
-/// updates of random ids.
+/// fresh table assigns (1..=rows). Also generates the updates of random ids
+/// ([`update_count`]).
 pub fn generate(rows: usize, kind: UuidKind) -> Dataset {
     // Seeded: every run generates the same tree.
     let mut rng = StdRng::seed_from_u64(0x1bad_5eed_0ddb_a110);
@@ -110,8 +115,7 @@ pub fn generate(rows: usize, kind: UuidKind) -> Dataset {
         });
     }
 
-    let n_updates = (rows / 10).max(1);
-    let updates = (0..n_updates)
+    let updates = (0..update_count(rows))
         .map(|_| Update {
             id: 1 + rng.random_range(0..rows as i64),
             size: rng.random_range(0..1i64 << 32),
@@ -124,4 +128,142 @@ pub fn generate(rows: usize, kind: UuidKind) -> Dataset {
         entries,
         updates,
     }
+}
+
+/// Number of rows in `tag` (`--schema composite`).
+pub const TAGS: usize = 1_000;
+/// How many tags each object gets: `rows / TAGS_PER_OBJECT` objects.
+const TAGS_PER_OBJECT: usize = 10;
+
+/// A row of `tag` or `object`.
+pub struct Named {
+    pub uuid: String,
+    pub name: String,
+}
+
+/// A row of `tag_on_object`, or the new `added` of one (an update).
+pub struct Pair {
+    pub tag_id: i64,
+    pub object_id: i64,
+    pub added: String,
+}
+
+/// `--schema composite`: the targets, then the pairs that join them.
+pub struct Pairs {
+    pub tags: Vec<Named>,
+    pub objects: Vec<Named>,
+    pub pairs: Vec<Pair>,
+    pub updates: Vec<Pair>,
+}
+
+/// An ISO 8601 time, `secs` after 2023-11-14 (spread, not calendar-exact).
+fn timestamp(secs: i64) -> String {
+    let (days, s) = (secs / 86_400, secs % 86_400);
+    format!(
+        "2023-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        11 + days / 28 % 2,
+        1 + days % 28,
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// Generates `rows` pairs: objects 1, 2, ... in order (ids as a fresh table
+/// assigns them), each with [`TAGS_PER_OBJECT`] distinct random tags of
+/// [`TAGS`], so the key index takes inserts all over. Then the updates of
+/// random pairs' `added` ([`update_count`]).
+pub fn pairs(rows: usize, kind: UuidKind) -> Pairs {
+    let mut rng = StdRng::seed_from_u64(0x7a90_b1ec_75ee_d5ed);
+    let named = |prefix: &str, n: usize| -> Vec<Named> {
+        (1..=n)
+            .map(|k| Named {
+                uuid: new_uuid(kind),
+                name: format!("{prefix}{k}"),
+            })
+            .collect()
+    };
+    let tags = named("tag", TAGS);
+    let objects = named("object", rows.div_ceil(TAGS_PER_OBJECT));
+    let mut pairs: Vec<Pair> = Vec::with_capacity(rows);
+    for i in 0..rows {
+        let object_id = (i / TAGS_PER_OBJECT) as i64 + 1;
+        let first = i - i % TAGS_PER_OBJECT;
+        let tag_id = loop {
+            let t = rng.random_range(1..=TAGS as i64);
+            if !pairs[first..].iter().any(|p| p.tag_id == t) {
+                break t;
+            }
+        };
+        pairs.push(Pair {
+            tag_id,
+            object_id,
+            added: timestamp(rng.random_range(0..5_000_000)),
+        });
+    }
+    let updates = (0..update_count(rows))
+        .map(|_| {
+            let p = &pairs[rng.random_range(0..rows)];
+            Pair {
+                tag_id: p.tag_id,
+                object_id: p.object_id,
+                added: timestamp(5_000_000 + rng.random_range(0..1_000_000)),
+            }
+        })
+        .collect();
+    Pairs {
+        tags,
+        objects,
+        pairs,
+        updates,
+    }
+}
+
+/// A row of `track` (`--schema intpk`).
+pub struct Track {
+    pub name: String,
+    pub album_id: i64,
+    pub ms: i64,
+    pub bytes: i64,
+    pub price: f64,
+}
+
+/// New `bytes` and `price` of track `id`.
+pub struct TrackUpdate {
+    pub id: i64,
+    pub bytes: i64,
+    pub price: f64,
+}
+
+/// `--schema intpk`: the rows, whose ids a fresh table assigns (1..=rows).
+pub struct Tracks {
+    pub tracks: Vec<Track>,
+    pub updates: Vec<TrackUpdate>,
+}
+
+/// A price in cents, as the REAL an app stores.
+fn price(rng: &mut StdRng) -> f64 {
+    rng.random_range(49..300i64) as f64 / 100.0
+}
+
+/// Generates `rows` tracks, then the updates of random ids ([`update_count`]).
+pub fn tracks(rows: usize) -> Tracks {
+    let mut rng = StdRng::seed_from_u64(0x7ac6_5eed_a1b0_0001);
+    let tracks = (0..rows)
+        .map(|i| Track {
+            name: format!("track {i:09} {:05x}", rng.random_range(0..1u32 << 20)),
+            album_id: i as i64 / 12 + 1,
+            ms: rng.random_range(60_000..600_000),
+            bytes: rng.random_range(1_000_000..20_000_000),
+            price: price(&mut rng),
+        })
+        .collect();
+    let updates = (0..update_count(rows))
+        .map(|_| TrackUpdate {
+            id: 1 + rng.random_range(0..rows as i64),
+            bytes: rng.random_range(1_000_000..20_000_000),
+            price: price(&mut rng),
+        })
+        .collect();
+    Tracks { tracks, updates }
 }

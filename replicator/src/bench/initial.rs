@@ -39,9 +39,9 @@ pub fn run(args: &InitialSyncArgs) -> Result<()> {
     {
         eprintln!("generating {rows} entries at the source ...");
         let data = data::generate(rows, UuidKind::V7);
-        let mut src = db::open(&src_path, &opts)?;
+        let src = db::open(&src_path, &opts)?;
         ops::setup(&src, Some("device_owned"), &data.locations, &src_path)?;
-        ops::insert_entries(&mut src, &data.entries, &src_path)?;
+        ops::insert_entries(&src, &data.entries, &src_path)?;
         src.query_row("SELECT lsync_flush()", [], |_| Ok(()))?;
         src.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         let peer = db::open(&peer_path, &opts)?;

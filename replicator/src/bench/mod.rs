@@ -8,6 +8,7 @@ pub mod initial;
 pub mod net;
 mod ops;
 mod report;
+mod workload;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};

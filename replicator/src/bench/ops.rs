@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Params};
 
 use super::clock::{Stopwatch, Timing};
 use super::data::{Entry, Location, Update};
@@ -37,34 +37,69 @@ pub(super) fn setup(
     locations: &[Location],
     path: &Path,
 ) -> Result<(), BenchError> {
+    let tracked = mode
+        .into_iter()
+        .flat_map(|m| [("locations", m), ("entries", m)]);
+    create(conn, SCHEMA, tracked, path)?;
+    let rows = locations.iter().map(|l| (&l.uuid, &l.path));
+    write_all(conn, INSERT_LOCATION, rows, "inserting a location", path)?;
+    checkpoint(conn, path)
+}
+
+/// Runs `ddl`, then `lsync_track(table, mode)` for each of `tracked`, in
+/// order (FK targets first).
+pub(super) fn create<'a>(
+    conn: &Connection,
+    ddl: &str,
+    tracked: impl IntoIterator<Item = (&'a str, &'a str)>,
+    path: &Path,
+) -> Result<(), BenchError> {
     let at = || path.display().to_string();
-    conn.execute_batch(SCHEMA)
+    conn.execute_batch(ddl)
         .sql(|| format!("creating the schema in {}", at()))?;
-    if let Some(mode) = mode {
+    for (table, mode) in tracked {
         require_function(conn, "lsync_track")?;
-        conn.query_row(
-            "SELECT lsync_track('locations', ?1), lsync_track('entries', ?1)",
-            [mode],
-            |_| Ok(()),
-        )
-        .sql(|| format!("lsync_track(..., '{mode}') in {}", at()))?;
+        conn.query_row("SELECT lsync_track(?1, ?2)", [table, mode], |_| Ok(()))
+            .sql(|| format!("lsync_track('{table}', '{mode}') in {}", at()))?;
     }
+    Ok(())
+}
+
+/// Empties the WAL, so that the next timed run starts from none.
+pub(super) fn checkpoint(conn: &Connection, path: &Path) -> Result<(), BenchError> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .sql(|| format!("checkpointing {}", path.display()))
+}
+
+/// Runs `sql` once for each of `rows` in one transaction; times the
+/// transaction (begin to commit) and returns the number of rows changed.
+/// `what` names one step in an error.
+pub(super) fn write_all<P: Params>(
+    conn: &Connection,
+    sql: &str,
+    rows: impl IntoIterator<Item = P>,
+    what: &str,
+    path: &Path,
+) -> Result<(Timing, usize), BenchError> {
+    let at = || path.display().to_string();
+    let watch = Stopwatch::start();
     let tx = conn
         .unchecked_transaction()
         .sql(|| format!("beginning a transaction in {}", at()))?;
+    let mut changed = 0usize;
     {
         let mut stmt = tx
-            .prepare(INSERT_LOCATION)
-            .sql(|| format!("preparing the locations insert in {}", at()))?;
-        for loc in locations {
-            stmt.execute((&loc.uuid, &loc.path))
-                .sql(|| format!("inserting a location in {}", at()))?;
+            .prepare(sql)
+            .sql(|| format!("preparing {sql} in {}", at()))?;
+        for (i, row) in rows.into_iter().enumerate() {
+            changed += stmt
+                .execute(row)
+                .sql(|| format!("{what} (row {}) in {}", i + 1, at()))?;
         }
     }
     tx.commit()
-        .sql(|| format!("committing the locations in {}", at()))?;
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        .sql(|| format!("checkpointing {}", at()))
+        .sql(|| format!("committing ({what}) in {}", at()))?;
+    Ok((watch.stop(), changed))
 }
 
 /// Fails clearly when the extension did not register `name`.
@@ -87,7 +122,7 @@ pub(super) fn require_function(conn: &Connection, name: &str) -> Result<(), Benc
 
 /// Inserts all entries in one transaction; returns insert+commit seconds.
 pub(super) fn insert_entries(
-    conn: &mut Connection,
+    conn: &Connection,
     entries: &[Entry],
     path: &Path,
 ) -> Result<f64, BenchError> {
@@ -96,88 +131,80 @@ pub(super) fn insert_entries(
 
 /// Inserts all entries in one transaction; times insert+commit.
 pub(super) fn insert_entries_timed(
-    conn: &mut Connection,
+    conn: &Connection,
     entries: &[Entry],
     path: &Path,
 ) -> Result<Timing, BenchError> {
-    let at = || path.display().to_string();
-    let watch = Stopwatch::start();
-    let tx = conn
-        .transaction()
-        .sql(|| format!("beginning the insert in {}", at()))?;
-    {
-        let mut stmt = tx
-            .prepare(INSERT_ENTRY)
-            .sql(|| format!("preparing the insert in {}", at()))?;
-        for e in entries {
-            stmt.execute((
-                &e.uuid,
-                e.parent_id,
-                e.location_id,
-                &e.name,
-                e.size,
-                e.kind,
-                e.mtime,
-            ))
-            .sql(|| format!("inserting entry {} in {}", e.uuid, at()))?;
-        }
-    }
-    tx.commit()
-        .sql(|| format!("committing the insert in {}", at()))?;
-    Ok(watch.stop())
+    let rows = entries.iter().map(|e| {
+        (
+            &e.uuid,
+            e.parent_id,
+            e.location_id,
+            &e.name,
+            e.size,
+            e.kind,
+            e.mtime,
+        )
+    });
+    let (timing, _) = write_all(conn, INSERT_ENTRY, rows, "inserting an entry", path)?;
+    Ok(timing)
 }
 
 /// Checks (untimed) that the insert produced ids 1..=rows.
 pub(super) fn check_count(conn: &Connection, rows: usize, path: &Path) -> Result<(), BenchError> {
+    check_rows(conn, "entries", rows, path)
+}
+
+/// Checks (untimed) that `table` holds rowids 1..=rows.
+pub(super) fn check_rows(
+    conn: &Connection,
+    table: &str,
+    rows: usize,
+    path: &Path,
+) -> Result<(), BenchError> {
     let (count, max_id): (i64, i64) = conn
         .query_row(
-            "SELECT count(*), coalesce(max(id), 0) FROM entries",
+            &format!("SELECT count(*), coalesce(max(rowid), 0) FROM \"{table}\""),
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .sql(|| format!("counting entries in {}", path.display()))?;
+        .sql(|| format!("counting {table} in {}", path.display()))?;
     if usize::try_from(count).ok() != Some(rows) || count != max_id {
         return Err(BenchError::Check(format!(
-            "{}: expected ids 1..={rows} in entries, found {count} rows with max id {max_id}",
+            "{}: expected ids 1..={rows} in {table}, found {count} rows with max id {max_id}",
             path.display()
         )));
     }
     Ok(())
 }
 
-/// Applies all updates in one transaction; times update+commit.
-pub(super) fn update_entries_timed(
-    conn: &mut Connection,
-    updates: &[Update],
+/// Runs `sql` for each of `rows` in one transaction, timed like an insert,
+/// and checks that each changed one row.
+pub(super) fn update_all<P: Params>(
+    conn: &Connection,
+    sql: &str,
+    rows: impl ExactSizeIterator<Item = P>,
     path: &Path,
 ) -> Result<Timing, BenchError> {
-    let at = || path.display().to_string();
-    let watch = Stopwatch::start();
-    let tx = conn
-        .transaction()
-        .sql(|| format!("beginning the update in {}", at()))?;
-    let mut changed = 0usize;
-    {
-        let mut stmt = tx
-            .prepare(UPDATE_ENTRY)
-            .sql(|| format!("preparing the update in {}", at()))?;
-        for u in updates {
-            changed += stmt
-                .execute((u.size, u.mtime, u.id))
-                .sql(|| format!("updating entry {} in {}", u.id, at()))?;
-        }
-    }
-    tx.commit()
-        .sql(|| format!("committing the update in {}", at()))?;
-    let timing = watch.stop();
-    if changed != updates.len() {
+    let expected = rows.len();
+    let (timing, changed) = write_all(conn, sql, rows, "updating", path)?;
+    if changed != expected {
         return Err(BenchError::Check(format!(
-            "{}: {} updates changed {changed} rows",
-            at(),
-            updates.len()
+            "{}: {expected} updates changed {changed} rows",
+            path.display()
         )));
     }
     Ok(timing)
+}
+
+/// Applies all updates in one transaction; times update+commit.
+pub(super) fn update_entries_timed(
+    conn: &Connection,
+    updates: &[Update],
+    path: &Path,
+) -> Result<Timing, BenchError> {
+    let rows = updates.iter().map(|u| (u.size, u.mtime, u.id));
+    update_all(conn, UPDATE_ENTRY, rows, path)
 }
 
 /// Runs `SELECT lsync_flush()`; returns its seconds.

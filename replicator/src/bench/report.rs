@@ -47,7 +47,8 @@ pub(crate) fn print_breakdown(o: &Outcome<'_>) {
 pub(crate) fn print_table(o: &Outcome<'_>) {
     let a = o.args;
     println!(
-        "lsync bench capture: {} rows, {} updates{}, uuid {}, best of {}, foreign_keys {}, SQLite {}",
+        "lsync bench capture: schema {}, {} rows, {} updates{}, uuid {}, best of {}, foreign_keys {}, SQLite {}",
+        a.schema.as_str(),
         a.rows,
         o.updates,
         if a.flush_before_update {
@@ -103,6 +104,7 @@ pub(crate) fn print_table(o: &Outcome<'_>) {
 
 #[derive(Serialize)]
 struct Json {
+    schema: &'static str,
     rows: u64,
     uuid: &'static str,
     repeat: u32,
@@ -150,6 +152,7 @@ pub(crate) fn json(o: &Outcome<'_>) -> Result<String, serde_json::Error> {
     let cpu = |x: &Best, base: &Best| cpu_ratio(x, base).map(|r| round_to(r, 4));
     let bytes = |b: i64| round_to(per_row(b, a.rows), 2);
     serde_json::to_string(&Json {
+        schema: a.schema.as_str(),
         rows: a.rows,
         uuid: a.uuid.as_str(),
         repeat: a.repeat,
