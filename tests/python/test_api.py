@@ -28,6 +28,7 @@ EXPECTED_FUNCTIONS = sorted(
         "lsync_hlc_now",
         "lsync_hlc_text",
         "lsync_hlc_wall",
+        "lsync_key",
         "lsync_library_id",
         "lsync_missing",
         "lsync_on_delete_target",

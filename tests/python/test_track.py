@@ -22,7 +22,7 @@ def triggers(con, table):
         ("lsync_track(NULL, 'shared')", None),
         ("lsync_track('files', NULL)", None),
         ("lsync_track('norowid', 'shared')", "norowid"),
-        ("lsync_track('nouuid', 'device_owned')", "uuid"),
+        ("lsync_track('nouuid', 'device_owned')", "no usable key"),
         ("lsync_track('files', 'shared', 'not json')", None),
     ],
 )
@@ -30,7 +30,7 @@ def test_track_errors(db, call, mentions):
     db.executescript(
         """
         CREATE TABLE norowid(uuid TEXT PRIMARY KEY, name TEXT) WITHOUT ROWID;
-        CREATE TABLE nouuid(id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE nouuid(name TEXT, n INTEGER);
         """
     )
     with pytest.raises(sqlite3.Error) as err:
