@@ -144,13 +144,13 @@ fn flush_table(db: Db, t: &Table, tables: &[Table], clock: &mut Clock) -> Result
     }
     if t.kept() {
         // Two statements: one OR of both would scan the table.
-        gids::assign(db, t, tables, &format!("rowid > {}", t.hwm))?;
+        gids::assign(db, t, tables, &format!("k.rowid > {}", t.hwm))?;
         gids::assign(
             db,
             t,
             tables,
             &format!(
-                "rowid IN (SELECT rid FROM lsync_dirty WHERE tbl = {} AND op = {OP_INSERT})",
+                "k.rowid IN (SELECT rid FROM lsync_dirty WHERE tbl = {} AND op = {OP_INSERT})",
                 t.id
             ),
         )?;
