@@ -165,8 +165,15 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
         let tbl = int_arg("lsync_on_insert", "table id", &args[0])?;
         let rowid = int_arg("lsync_on_insert", "rowid", &args[1])?;
         let null_uuid = int_arg("lsync_on_insert", "uuid_is_null", &args[2])? != 0;
-        let fill = text_arg("lsync_on_insert", "fill statement", &args[3])?;
-        capture::on_insert(db, c.capturing(), tbl, rowid, null_uuid, &fill)
+        // Whether the uuid column takes 16-byte blobs. Triggers made by an
+        // lsync before 0.9 pass the fill statement here: it is read for
+        // that alone, never run.
+        let blob = match &args[3] {
+            Value::Integer(i) => *i != 0,
+            Value::Text(old) => old.contains("lsync_uuid('blob')"),
+            _ => false,
+        };
+        capture::on_insert(db, c.capturing(), tbl, rowid, null_uuid, blob)
     })?;
     let c = conn.clone();
     db.create_function("lsync_on_delete_target", 3, INNOCUOUS, move |db, args| {

@@ -7,10 +7,11 @@ use crate::clock::OP_INSERT;
 use crate::conn::{CaptureOff, Conn};
 use crate::error::Result;
 use crate::fk;
+use crate::ident::{q, qm};
 use crate::schema;
 use crate::sql::{Db, Value};
 
-/// `lsync_on_insert(table_id, rowid, uuid_is_null, fill_sql)`, the whole body of the
+/// `lsync_on_insert(table_id, rowid, uuid_is_null, blob)`, the whole body of the
 /// INSERT trigger, which runs only when its WHEN clause holds. The trigger
 /// stays one function call because SQLite sets up a trigger program's
 /// cursors for every inserted row, even when WHEN is false; a body with an
@@ -26,10 +27,10 @@ pub fn on_insert(
     tbl: i64,
     rowid: i64,
     uuid_is_null: bool,
-    fill_sql: &str,
+    blob: bool,
 ) -> Result<Value> {
     if uuid_is_null {
-        db.run(fill_sql, &[rowid.into()])?;
+        fill_uuid(db, tbl, rowid, blob)?;
     }
     if !capturing {
         return Ok(Value::Null);
@@ -58,6 +59,37 @@ pub fn on_insert(
         &[tbl.into(), rowid.into(), hlc.into(), OP_INSERT.into()],
     )?;
     Ok(Value::Null)
+}
+
+/// Gives row `rowid` of tracked table `tbl` a UUIDv7 in its uuid column,
+/// if that is NULL. The statement is made here from the catalog, quoted:
+/// the function is INNOCUOUS (triggers call it), so it runs no SQL that an
+/// argument could name.
+fn fill_uuid(db: Db, tbl: i64, rowid: i64, blob: bool) -> Result<()> {
+    let mut s = db.prepare("SELECT name, uuid_col FROM lsync_tables WHERE id = ?1")?;
+    s.bind(1, &tbl.into())?;
+    if !s.step()? {
+        bail!("lsync: no tracked table #{tbl}");
+    }
+    let (name, col) = (s.text(0).unwrap_or_default(), s.text(1).unwrap_or_default());
+    drop(s);
+    if col.is_empty() {
+        return Ok(());
+    }
+    let id = uuid::Uuid::now_v7();
+    let id: Value = if blob {
+        id.as_bytes().to_vec().into()
+    } else {
+        id.hyphenated().to_string().into()
+    };
+    db.run(
+        &format!(
+            "UPDATE {} SET {c} = ?2 WHERE rowid = ?1 AND {c} IS NULL",
+            qm(&name),
+            c = q(&col)
+        ),
+        &[rowid.into(), id],
+    )
 }
 
 /// Formats the `owned by` refusal for `lsync_deny_owned`.

@@ -11,7 +11,7 @@
 use crate::catalog::{load_all, Ident, Mode, Table};
 use crate::clock::{OP_INSERT, OP_UPDATE};
 use crate::error::Result;
-use crate::ident::{lit, q, qm};
+use crate::ident::{lit, q};
 use crate::schema;
 use crate::shape::shape;
 use crate::sql::Db;
@@ -122,20 +122,15 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
     let hlc_bump = hlc_bump();
     // A row whose id lsync keeps has one once its insert is folded: rows
     // without one are not known yet (see `gids`).
-    let (has_id, new_id_null, fill_sql) = match t.uuid_col() {
+    let (has_id, new_id_null) = match t.uuid_col() {
         Some(c) => (
             format!("OLD.{} IS NOT NULL AND", q(c)),
             format!("NEW.{} IS NULL", q(c)),
-            // The statement that fills a NULL uuid, passed as a constant so
-            // the trigger body needs no lookup per row.
-            lit(&format!(
-                "UPDATE {} SET {u} = {uuid_fill} WHERE rowid = ?1 AND {u} IS NULL",
-                qm(&t.name),
-                u = q(c)
-            )),
         ),
-        None => (String::new(), "0".to_owned(), "''".to_owned()),
+        None => (String::new(), "0".to_owned()),
     };
+    // The uuid column's kind, so that the callback needs no lookup of it.
+    let blob = i32::from(uuid_fill.contains("'blob'"));
     let record_delete = format!(
         "INSERT INTO lsync_deleted(tbl, uuid, rid, hlc)
            SELECT {id}, g, OLD.rowid, {HLC_VALUE} FROM (SELECT {old_gid} AS g) WHERE g IS NOT NULL
@@ -187,7 +182,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
         "CREATE TRIGGER {ins} AFTER INSERT ON {tbl}
          WHEN {new_id_null} OR {below_hwm}
          BEGIN
-           SELECT lsync_on_insert({id}, NEW.rowid, {new_id_null}, {fill_sql});
+           SELECT lsync_on_insert({id}, NEW.rowid, {new_id_null}, {blob});
          END;
          CREATE TRIGGER {ids} AFTER UPDATE ON {tbl}
          WHEN {has_id} ({id_changed}) AND lsync_capturing()

@@ -798,3 +798,29 @@ fn implicit_rowid_table_survives_vacuum() {
     }
     assert_eq!(live, [("c".into(), "c2".into()), ("d".into(), "d".into())]);
 }
+
+/// `lsync_on_insert` is INNOCUOUS, so a view may call it, `trusted_schema`
+/// off included: nothing in its arguments is run as SQL (issue 13). A
+/// trigger made by an older lsync passes its fill statement there: it is
+/// read for the uuid's kind, never run.
+#[test]
+fn the_insert_callback_runs_no_sql_from_its_arguments() {
+    let (_dir, conn) = setup();
+    let tbl: i64 = scalar(&conn, "SELECT id FROM lsync_tables WHERE name = 'tags'");
+    conn.execute_batch(&format!(
+        "PRAGMA trusted_schema = OFF;
+         CREATE TABLE victim(x);
+         INSERT INTO tags(name) VALUES ('a');
+         CREATE VIEW v AS SELECT lsync_on_insert({tbl}, 1, 1, 'DROP TABLE victim') AS r;"
+    ))
+    .unwrap();
+    let r: Option<String> = scalar(&conn, "SELECT r FROM v");
+    assert_eq!(r, None);
+    let victim: i64 = scalar(
+        &conn,
+        "SELECT count(*) FROM sqlite_schema WHERE name = 'victim'",
+    );
+    assert_eq!(victim, 1, "the view's call ran the SQL in its argument");
+    // The row's uuid was there already: the callback left it as it was.
+    assert_eq!(uuid_of(&conn, "tags", 1).len(), 36);
+}
