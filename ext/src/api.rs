@@ -166,7 +166,7 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
         let rowid = int_arg("lsync_on_insert", "rowid", &args[1])?;
         let null_uuid = int_arg("lsync_on_insert", "uuid_is_null", &args[2])? != 0;
         // Whether the uuid column takes 16-byte blobs. Triggers made by an
-        // lsync before 0.9 pass the fill statement here: it is read for
+        // earlier lsync pass the fill statement here: it is read for
         // that alone, never run.
         let blob = match &args[3] {
             Value::Integer(i) => *i != 0,
