@@ -61,7 +61,8 @@ impl Drop for TriggersOff {
 
 pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
     schema::ensure(db)?;
-    let cs = checked(db, blob, "lsync_apply")?;
+    let mut cs = checked(db, blob, "lsync_apply")?;
+    let own = drop_own(db, &mut cs)?;
     check_drift(
         db,
         cs.changes.iter().map(|c| c.hlc).max(),
@@ -77,10 +78,21 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
         // recorded as local before remote rows are inserted above them.
         flush::flush(db)?;
         db.exec("PRAGMA defer_foreign_keys = ON")?;
-        let report = merge::merge(db, by_name(db)?, &cs)?;
+        let mut report = merge::merge(db, by_name(db)?, &cs)?;
+        report.changes += own;
+        report.own = own;
         stability::record_ack(db, cs.fence.as_ref())?;
         Ok(report)
     })
+}
+
+/// Takes out the changes that name this device as their origin, and
+/// returns how many: a peer never speaks for this device (issue 13).
+fn drop_own(db: Db, cs: &mut Changeset) -> Result<i64> {
+    let me = schema::get_text(db, "device_id")?;
+    let before = cs.changes.len();
+    cs.changes.retain(|c| *c.origin != *me);
+    Ok((before - cs.changes.len()) as i64)
 }
 
 /// The changeset, decoded, if it belongs here: this library, and tables
@@ -167,8 +179,12 @@ pub fn apply_stream(
     flush::flush(db)?;
     db.exec("PRAGMA defer_foreign_keys = ON")?;
     let mut total = ApplyReport::default();
-    while let Some(cs) = next()? {
-        total.add(&merge::merge(db, tables.clone(), &cs)?);
+    while let Some(mut cs) = next()? {
+        let own = drop_own(db, &mut cs)?;
+        let mut report = merge::merge(db, tables.clone(), &cs)?;
+        report.changes += own;
+        report.own = own;
+        total.add(&report);
     }
     Ok(total)
 }

@@ -201,3 +201,50 @@ fn replace_cannot_take_over_another_devices_row() {
          origin now {origin:?} (owner {old}, this device {new})"
     );
 }
+
+/// A changeset whose changes claim the receiving device as their origin is
+/// never applied there (issue 13): here a copy of the device's own file,
+/// which shares its device id, edits and deletes its rows later than it
+/// did, as a forger would.
+#[test]
+fn changes_that_claim_the_receiver_as_origin_are_not_applied() {
+    let dir = TempDir::new();
+    let a = open(&dir.db());
+    two_tables(&a);
+    a.execute_batch(
+        "INSERT INTO files(uuid, name, n) VALUES ('f1', 'mine', 1), ('f2', 'kept', 2);
+         INSERT INTO tags(uuid, name, n) VALUES ('t1', 'mine', 1);",
+    )
+    .unwrap();
+    flush(&a);
+    let copy = dir.path().join("forger.db");
+    a.execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+        .unwrap();
+    let forger = open(&copy);
+    forger
+        .execute_batch(
+            "UPDATE files SET name = 'forged' WHERE uuid = 'f1';
+             DELETE FROM files WHERE uuid = 'f2';
+             UPDATE tags SET name = 'forged';",
+        )
+        .unwrap();
+    let blob: Vec<u8> = scalar(&forger, "SELECT lsync_changeset(0)");
+    let before = query_rows(
+        &a,
+        "SELECT uuid, name FROM files UNION ALL SELECT uuid, name FROM tags",
+    );
+    let report: String = a
+        .query_row("SELECT lsync_apply(?1)", [&blob], |r| r.get(0))
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(n(&report, "applied"), 0, "{report}");
+    assert_eq!(n(&report, "own"), n(&report, "changes"), "{report}");
+    assert!(n(&report, "own") >= 3, "{report}");
+    assert_eq!(
+        query_rows(
+            &a,
+            "SELECT uuid, name FROM files UNION ALL SELECT uuid, name FROM tags"
+        ),
+        before
+    );
+}

@@ -35,6 +35,10 @@ pub struct ApplyReport {
     /// Rows merged into another row of a shared table, because they clashed
     /// on a UNIQUE key here or on another replica (docs/conflicts.md).
     pub merged: i64,
+    /// Changes that named this device as their origin: never applied. What
+    /// this device wrote it holds, and no peer speaks for it (a relayed
+    /// echo of its own changes, or a forgery).
+    pub own: i64,
 }
 
 impl ApplyReport {
@@ -52,6 +56,7 @@ impl ApplyReport {
         self.retried += r.retried;
         self.cascaded += r.cascaded;
         self.merged += r.merged;
+        self.own += r.own;
     }
 }
 
