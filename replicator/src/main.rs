@@ -1,5 +1,6 @@
 //! `lsync`: the lsync replicator sidecar and its benchmarks.
 
+mod admit;
 mod bench;
 mod cli;
 mod cluster;

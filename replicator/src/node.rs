@@ -9,6 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::admit::{AcceptBackoff, Admission};
 use crate::config::{Backoff, RunConfig};
 use crate::dbfile::{self, FileId};
 use crate::session::{self, Node};
@@ -116,24 +117,38 @@ async fn watch_commits(node: Arc<Node>, every: Duration) {
 async fn accept(node: Arc<Node>, listener: TcpListener) {
     let mut stop = node.shutdown.clone();
     let mut sessions = tokio::task::JoinSet::new();
+    let mut admission = Admission::default();
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (sock, addr) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { warn!("accept: {e}"); continue; }
+                Ok(x) => { backoff.succeeded(); x }
+                Err(e) => {
+                    let pause = backoff.failed();
+                    warn!(retry_in = ?pause, "accept: {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.changed() => break,
+                    }
+                    continue;
+                }
             },
             _ = stop.changed() => break,
+        };
+        // Reap finished sessions so the set does not grow.
+        while sessions.try_join_next().is_some() {}
+        let Some(slot) = admission.admit(addr.ip()) else {
+            continue;
         };
         let _ = sock.set_nodelay(true);
         let node = node.clone();
         sessions.spawn(async move {
+            let _slot = slot;
             let addr = addr.to_string();
             if let Err(e) = session::run(node, sock, false, addr.clone()).await {
                 warn!(peer = %addr, "session ended: {e}");
             }
         });
-        // Reap finished sessions so the set does not grow.
-        while sessions.try_join_next().is_some() {}
     }
     while sessions.join_next().await.is_some() {}
 }

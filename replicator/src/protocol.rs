@@ -14,7 +14,7 @@ use tokio_util::codec::{Framed, FramedParts, FramedWrite, LengthDelimitedCodec};
 
 /// Bumped on any incompatible change to the messages below, or to the
 /// changesets they carry (3: the merge op).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// A Noise message is at most 65535 bytes; larger frames are refused.
 pub const MAX_FRAME: usize = 65535;
@@ -47,7 +47,12 @@ type R<T> = Result<T, ProtoError>;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Msg {
-    /// First message both ways; any mismatch ends the session.
+    /// The first message of a dialer that joins the peer's library
+    /// (`--join`): send your hello first, so that mine names the library
+    /// I join. Any other dialer's first message is its hello.
+    Join,
+    /// First message both ways (the dialer's first, or after its `Join`);
+    /// any mismatch ends the session.
     Hello {
         protocol: u32,
         library_id: String,

@@ -29,6 +29,12 @@ pub(super) struct Opened<W, Rd> {
 }
 
 /// Handshakes, opens the database and exchanges hellos.
+///
+/// The dialer speaks first. `NNpsk0` lets a replayed first handshake
+/// message complete the handshake on the listening side; only the real
+/// dialer can encrypt a message after it. So the listener reads that
+/// message before it touches the database (issue 13): until then, it has
+/// proved nothing about its peer.
 pub(super) async fn hello<S>(
     node: &Node,
     io: S,
@@ -41,6 +47,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut tx, mut rx) = protocol::handshake(io, &node.secret, initiator).await?;
+    let first = if initiator {
+        None
+    } else {
+        Some(first_message(&mut rx).await?)
+    };
     let db = &node.cfg.db;
     // Never a session on a file other than the one this sidecar serves.
     node.db_file.check(db)?;
@@ -61,13 +72,24 @@ where
     };
     // A dialer that may join speaks second, so that its hello already
     // carries the library it joins and the first session succeeds.
-    let speaks_second = node.cfg.join && initiator;
-    if !speaks_second {
-        tx.send(&hello_with(&id.library_id), &[]).await?;
-    }
-    let (hello, _) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .map_err(|_| SessionError::Silent(Duration::from_secs(10)))??;
+    let joining = node.cfg.join && initiator;
+    let answered = matches!(first, Some(Msg::Join));
+    let hello = match first {
+        None => {
+            let opening = if joining {
+                Msg::Join
+            } else {
+                hello_with(&id.library_id)
+            };
+            tx.send(&opening, &[]).await?;
+            first_message(&mut rx).await?
+        }
+        Some(Msg::Join) => {
+            tx.send(&hello_with(&id.library_id), &[]).await?;
+            first_message(&mut rx).await?
+        }
+        Some(hello) => hello,
+    };
     let Msg::Hello {
         protocol,
         library_id,
@@ -119,8 +141,9 @@ where
         let _ = tx.send(&Msg::Error { message: m.clone() }, &[]).await;
         return Err(SessionError::Refused(m));
     }
-    if speaks_second {
-        // After a join, this database is in the peer's library.
+    // The listener answers a dialer's hello; a joiner says its hello now,
+    // in the library it joined.
+    if joining || (!initiator && !answered) {
         tx.send(&hello_with(&library_id), &[]).await?;
     }
     let peer = Peer {
@@ -129,3 +152,13 @@ where
     };
     Ok((Opened { conn, tx, rx }, peer))
 }
+
+/// The peer's next message, within the hello's time limit.
+async fn first_message<Rd: AsyncRead + Unpin>(rx: &mut protocol::Receiver<Rd>) -> R<Msg> {
+    let (msg, _) = tokio::time::timeout(HELLO_TIMEOUT, rx.recv())
+        .await
+        .map_err(|_| SessionError::Silent(HELLO_TIMEOUT))??;
+    Ok(msg)
+}
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

@@ -360,7 +360,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             }
             Msg::Heartbeat => {}
             Msg::Error { message } => return Err(SessionError::Remote(message)),
-            Msg::Hello { .. } => {
+            Msg::Hello { .. } | Msg::Join => {
                 return Err(SessionError::Refused("unexpected second hello".into()))
             }
         }
