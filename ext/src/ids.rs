@@ -76,3 +76,33 @@ impl<V> IdMap<V> {
 pub fn is_id(v: &Value) -> bool {
     matches!(v, Value::Text(_) | Value::Blob(_))
 }
+
+/// The longest text id taken from a peer, in bytes.
+pub const MAX_TEXT_ID: usize = 1024;
+
+/// Why a value from a peer cannot be a global id, if it cannot: ids are
+/// text of 1 to `MAX_TEXT_ID` bytes (uuids, or a key/value table's keys),
+/// or 16-byte UUIDs (a version 1 to 8, RFC 4122 variant: lsync's own are
+/// 7 and 8).
+pub fn id_problem(v: &Value) -> Option<String> {
+    match v {
+        Value::Text(s) if s.is_empty() => Some("an empty text".into()),
+        Value::Text(s) if s.len() > MAX_TEXT_ID => Some(format!(
+            "a text of {} bytes (at most {MAX_TEXT_ID})",
+            s.len()
+        )),
+        Value::Text(_) => None,
+        Value::Blob(b) => match uuid::Uuid::from_slice(b) {
+            Err(_) => Some(format!("a blob of {} bytes, not a 16-byte UUID", b.len())),
+            Ok(u)
+                if u.get_variant() != uuid::Variant::RFC4122
+                    || !(1..=8).contains(&u.get_version_num()) =>
+            {
+                Some("a 16-byte blob that is not a UUID".into())
+            }
+            Ok(_) => None,
+        },
+        Value::Null => Some("NULL".into()),
+        Value::Integer(_) | Value::Real(_) => Some("a number (a local id?)".into()),
+    }
+}

@@ -178,14 +178,30 @@ struct Applier {
     clashed: HashSet<i64>,
 }
 
-fn check_id(c: &Change) -> Result<()> {
-    if ids::is_id(&c.pk) {
+/// A change's row id, and its FK values, are global ids (issue 13): a
+/// number in an FK column would be written as a local id here.
+fn check_id(t: &Table, c: &Change) -> Result<()> {
+    if let Some(why) = ids::id_problem(&c.pk) {
+        bail!(
+            "lsync_apply: a change to '{}' has a row id that is {why}, not a global id; nothing was applied",
+            c.tbl
+        );
+    }
+    if t.fks.is_empty() {
         return Ok(());
     }
-    bail!(
-        "lsync_apply: a change to '{}' has a row id that is neither text nor blob; nothing was applied",
-        c.tbl
-    )
+    for (col, v) in &c.data {
+        if *v == Value::Null || !t.fks.contains_key(&**col) {
+            continue;
+        }
+        if let Some(why) = ids::id_problem(v) {
+            bail!(
+                "lsync_apply: a change to '{}' links '{col}' to {why}, not a global id; nothing was applied",
+                c.tbl
+            );
+        }
+    }
+    Ok(())
 }
 
 impl Applier {
@@ -399,7 +415,7 @@ impl Applier {
     }
 
     fn upsert(&mut self, t: &Table, c: &Change) -> Result<()> {
-        check_id(c)?;
+        check_id(t, c)?;
         if let Some(root) = self.redirect(t, &c.pk)? {
             let c = self.redirected(t, c, root)?;
             return self.upsert(t, &c);
@@ -501,7 +517,7 @@ impl Applier {
     }
 
     fn delete(&mut self, t: &Table, c: &Change) -> Result<()> {
-        check_id(c)?;
+        check_id(t, c)?;
         let key = &c.pk;
         let origin = self.idx(&c.origin)?;
         let theirs: Clk = (c.hlc, c.origin.clone());

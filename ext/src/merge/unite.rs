@@ -148,8 +148,11 @@ impl Applier {
 
     /// Applies a merge from a peer.
     pub(super) fn merge_change(&mut self, t: &Table, c: &Change) -> Result<()> {
-        super::check_id(c)?;
-        let Some(into) = c.merged_into().filter(|v| crate::ids::is_id(v)) else {
+        super::check_id(t, c)?;
+        let Some(into) = c
+            .merged_into()
+            .filter(|v| crate::ids::id_problem(v).is_none())
+        else {
             crate::bail!(
                 "lsync_apply: a merge of a row of '{}' names no row to merge into; nothing was applied",
                 t.name
