@@ -10,7 +10,7 @@ PYTHON  := /usr/bin/python3
 APT_PKGS := libclang-dev sqlite3 python3-pytest bsdutils
 SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: deps build test lint demo bench soak
+.PHONY: deps build test lint demo bench soak fuzz
 
 # Install only what is missing, so this works offline once set up.
 deps:
@@ -43,6 +43,24 @@ soak: deps build
 	  $(CARGO) test --release -p lsync-wire -- --test-threads 2
 	LSYNC_PROPTEST_CASES=$(SOAK_CASES) PROPTEST_CASES=$(SOAK_CASES) \
 	  $(CARGO) test --release -p lsync-tests --test prop --test convergence -- --include-ignored --test-threads 2
+
+# Each cargo-fuzz target in fuzz/ for $(FUZZ_SECONDS) seconds (nightly and
+# cargo-fuzz: `cargo install cargo-fuzz`). Not part of `make test` or CI. New
+# inputs go to fuzz/corpus/TARGET (ignored), starting from the checked-in
+# fuzz/seeds/TARGET; a crash is saved in fuzz/artifacts/TARGET: check it in
+# as a regression test that decodes those exact bytes. The malloc limit makes
+# any single allocation above it a crash, so that a lying count is caught
+# even when it would fit in memory.
+FUZZ_SECONDS ?= 60
+FUZZ_MALLOC_MB ?= 256
+fuzz:
+	@command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz not found: cargo install cargo-fuzz" >&2; exit 1; }
+	cd fuzz && for t in $$($(CARGO) +nightly fuzz list); do \
+	  mkdir -p corpus/$$t seeds/$$t; \
+	  $(CARGO) +nightly fuzz run $$t corpus/$$t seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 -malloc_limit_mb=$(FUZZ_MALLOC_MB) \
+	    -print_final_stats=1; \
+	done
 
 lint:
 	$(CARGO) fmt --all -- --check

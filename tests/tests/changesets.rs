@@ -1539,6 +1539,97 @@ fn a_zstd_bomb_is_refused_without_inflating_it() {
     assert_eq!(n(&apply(&b, &blob), "applied"), 3);
 }
 
+/// A header, then `body` in a zstd frame with its checksum, as lsync writes it.
+fn framed_checked(body: &[u8]) -> Vec<u8> {
+    let mut blob = b"LSYNC".to_vec();
+    blob.push(lsync_wire::changeset::FORMAT);
+    blob.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let mut z = zstd::bulk::Compressor::new(3).unwrap();
+    z.include_checksum(true).unwrap();
+    blob.extend_from_slice(&z.compress(body).unwrap());
+    blob
+}
+
+/// A body's head: library id, from 0, to 0, no fence.
+fn head_of_body() -> Vec<u8> {
+    let mut body = vec![7u8; 16];
+    body.extend_from_slice(&[0, 0, 0]);
+    body
+}
+
+#[test]
+fn lying_counts_are_refused_by_apply_and_info() {
+    // Counts far beyond what the body holds once aborted the app: the
+    // decoder allocated for them before reading the items (one class each
+    // in wire/tests/bounded_decode.rs, with their memory measured).
+    let (_dir, [b]) = peers();
+    let origins = [head_of_body(), vec![0x80, 0x80, 0x80, 0x80, 0x80, 0x20]].concat();
+    let tables = [head_of_body(), vec![0, 0xff, 0xff, 0xff, 0x7f], vec![0; 64]].concat();
+    for (body, claim) in [
+        (origins, "it claims 1099511627776 origins"),
+        (
+            tables,
+            "it claims 268435455 tables, but the 64 bytes left hold at most 21",
+        ),
+    ] {
+        let blob = framed_checked(&body);
+        let err = refused(&b, &blob, claim);
+        assert!(
+            err.starts_with("lsync_apply: changeset is truncated or corrupt"),
+            "{err}"
+        );
+        assert!(err.ends_with("nothing was applied"), "{err}");
+        let err = b
+            .query_row("SELECT lsync_changeset_info(?1)", [&blob], |r| {
+                r.get::<_, String>(0)
+            })
+            .expect_err("info of a lying changeset")
+            .to_string();
+        assert!(
+            err.starts_with("lsync_changeset_info: changeset is"),
+            "{err}"
+        );
+        assert!(err.contains(claim), "{err}");
+    }
+}
+
+#[test]
+fn a_well_formed_changeset_too_large_decoded_is_refused() {
+    // 63 NULL columns a change: 75 bytes on the wire, 3 KiB decoded. Under a
+    // body cap of 2 MiB the decoded changes may take 64 MiB: 2 MiB of such
+    // changes (a few KB compressed) would take 80.
+    let (_dir, [b]) = peers();
+    b.execute(
+        "INSERT OR REPLACE INTO lsync_config(key, value) VALUES ('max_changeset_bytes', 2097152)",
+        [],
+    )
+    .unwrap();
+    let mut body = head_of_body();
+    body.extend_from_slice(&[1]);
+    body.extend_from_slice(&[9; 16]);
+    body.extend_from_slice(&[1, 1, b't', 6]);
+    body.extend_from_slice(b"shared");
+    body.push(63);
+    for j in 0..63u8 {
+        body.extend_from_slice(&[1, b'A' + j]);
+    }
+    let change: Vec<u8> = [&[0u8, 1, 2, 2, 0, 0][..], &[0xff; 8], &[0x7f], &[0; 63]].concat();
+    let n = ((2 << 20) - body.len() - 4) / change.len();
+    let mut varint = n;
+    while varint >= 0x80 {
+        body.push((varint as u8) | 0x80);
+        varint >>= 7;
+    }
+    body.push(varint as u8);
+    for _ in 0..n {
+        body.extend_from_slice(&change);
+    }
+    let blob = framed_checked(&body);
+    assert!(blob.len() < 32 << 10, "{} bytes", blob.len());
+    let err = refused(&b, &blob, "decodes to more than 67108864 bytes in memory");
+    assert!(err.ends_with("nothing was applied"), "{err}");
+}
+
 #[test]
 fn null_and_non_blob_arguments_are_refused() {
     let (_dir, [a, b]) = peers();

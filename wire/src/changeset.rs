@@ -5,7 +5,10 @@
 //! columns and interns device ids, then lists changes row by row with
 //! delta-coded cursors and HLCs; canonical UUID text travels as 16 bytes.
 //! Decoding checks every length and caps the decompressed size, so a corrupt
-//! or hostile blob is an error, never a crash or a memory blow-up.
+//! or hostile blob is an error, never a crash or a memory blow-up: a count
+//! is checked against the bytes left, given the smallest encoding of one
+//! item, before anything is allocated for it, and what the decoded items
+//! take in memory is charged against a budget (see [`decoded_budget`]).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -19,6 +22,44 @@ pub const FORMAT: u8 = 2;
 /// Default cap on the decompressed body (a zstd bomb stops here).
 pub const DEFAULT_MAX_BODY: u64 = 1 << 30;
 const ZSTD_LEVEL: i32 = 3;
+/// The largest zstd window a reader accepts (2 MiB, what [`ZSTD_LEVEL`]
+/// uses), so that a frame header cannot make the decoder allocate the
+/// 128 MiB window zstd allows by default.
+const ZSTD_WINDOW_LOG_MAX: u32 = 21;
+
+/// The decoded changes may take at most this many times the body cap in
+/// memory (with a floor of [`MIN_DECODED_BUDGET`]): one byte of body can
+/// decode to up to ~48 bytes (a NULL column is one byte on the wire and a
+/// 48-byte `(name, Value)` in memory), so without it a well-formed body of
+/// NULLs that zstd shrinks to a few KB would take 48 times the body cap.
+pub const DECODED_PER_BODY_BYTE: u64 = 4;
+/// Changesets that decode to less than this are never refused for memory.
+pub const MIN_DECODED_BUDGET: u64 = 64 << 20;
+
+/// The memory the decoded changes of a changeset may take, for a body cap of
+/// `max_body`. Decoding holds the body and the decoded changes, so its peak
+/// is about `max_body + decoded_budget(max_body)`.
+pub fn decoded_budget(max_body: u64) -> u64 {
+    max_body
+        .saturating_mul(DECODED_PER_BODY_BYTE)
+        .max(MIN_DECODED_BUDGET)
+}
+
+// The smallest encoding of each counted item, so that a count can be checked
+// against the bytes left before anything is allocated for it.
+/// A device id: 16 bytes.
+const MIN_ORIGIN: usize = 16;
+/// A table: empty name, empty mode, no columns (three one-byte varints).
+const MIN_TABLE: usize = 3;
+/// A column: an empty name.
+const MIN_COLUMN: usize = 1;
+/// A change: table, op, seq, hlc, origin, a NULL pk, and an empty mask (or
+/// a NULL `into`), one byte each.
+const MIN_CHANGE: usize = 7;
+/// A value: a NULL's tag.
+const MIN_VALUE: usize = 1;
+/// What an `Arc<str>` allocation takes besides its text: two counters.
+const ARC_HEADER: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
@@ -30,6 +71,27 @@ pub enum DecodeError {
     Corrupt(&'static str),
     #[error("changeset body of {0} bytes exceeds the limit of {1} bytes")]
     TooLarge(u64, u64),
+    /// A count that cannot fit in the bytes left, even if each item took
+    /// its smallest encoding.
+    #[error(
+        "changeset is truncated or corrupt: it claims {claimed} {what}, \
+         but the {left} bytes left hold at most {most}"
+    )]
+    Count {
+        what: &'static str,
+        claimed: u64,
+        left: usize,
+        most: usize,
+    },
+    #[error(
+        "changeset body of {body} bytes decodes to more than {budget} bytes in memory, \
+         the limit for a body limit of {max_body} bytes"
+    )]
+    DecodedTooLarge {
+        body: u64,
+        budget: u64,
+        max_body: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -267,26 +329,21 @@ impl Changeset {
         const PREFIX: u64 = 64 << 10;
         let (_, len) = Changeset::peek(blob)?;
         let mut head = Vec::with_capacity(len.min(PREFIX) as usize);
-        zstd::stream::read::Decoder::new(blob.get(14..).unwrap_or_default())
-            .map_err(|_| DecodeError::Corrupt("zstd"))?
+        zstd_reader(blob.get(14..).unwrap_or_default())?
             .take(len.min(PREFIX))
             .read_to_end(&mut head)
             .map_err(|_| DecodeError::Corrupt("zstd stream"))?;
-        let mut r = Reader { buf: &head, pos: 0 };
+        let mut r = Reader::new(&head, u64::MAX);
         let quick = (|| {
             r.uuid()?;
             let (from, to) = (r.ivar()?, r.ivar()?);
             let fence = r.fence()?;
-            let origins = r.count()?;
-            r.take(
-                origins
-                    .checked_mul(16)
-                    .ok_or(DecodeError::Corrupt("count"))?,
-            )?;
-            for _ in 0..r.count()? {
+            let origins = r.count("origins", MIN_ORIGIN)?;
+            r.take(origins * MIN_ORIGIN)?;
+            for _ in 0..r.count("tables", MIN_TABLE)? {
                 r.bytes()?;
                 r.bytes()?;
-                for _ in 0..r.count()? {
+                for _ in 0..r.count("columns", MIN_COLUMN)? {
                     r.bytes()?;
                 }
             }
@@ -310,6 +367,8 @@ impl Changeset {
         }
     }
 
+    /// Decodes a changeset BLOB whose body is at most `max_body` bytes and
+    /// whose changes take at most [`decoded_budget`]`(max_body)` in memory.
     pub fn decode(blob: &[u8], max_body: u64) -> Result<Changeset, DecodeError> {
         let (_, len) = Changeset::peek(blob)?;
         if len > max_body {
@@ -322,20 +381,67 @@ impl Changeset {
         {
             return Err(DecodeError::Corrupt("zstd frame header"));
         }
-        let mut body = Vec::with_capacity(len as usize);
-        let dec = zstd::stream::read::Decoder::new(&blob[14..])
-            .map_err(|_| DecodeError::Corrupt("zstd"))?;
-        // Read one byte past the declared length to catch a lying header.
-        dec.take(len + 1)
-            .read_to_end(&mut body)
-            .map_err(|_| DecodeError::Corrupt("zstd stream"))?;
-        if body.len() as u64 != len {
-            return Err(DecodeError::Corrupt(
-                "body length does not match the header",
-            ));
-        }
-        Reader { buf: &body, pos: 0 }.changeset()
+        let body = inflate(&blob[14..], len)?;
+        Reader::new(&body, max_body).changeset()
     }
+
+    /// Decodes an uncompressed body, as [`Changeset::decode`] does after
+    /// decompressing it (for tests and fuzzing: no checksum guards it).
+    pub fn decode_body(body: &[u8], max_body: u64) -> Result<Changeset, DecodeError> {
+        if body.len() as u64 > max_body {
+            return Err(DecodeError::TooLarge(body.len() as u64, max_body));
+        }
+        Reader::new(body, max_body).changeset()
+    }
+}
+
+fn zstd_reader(z: &[u8]) -> R<zstd::stream::read::Decoder<'static, std::io::BufReader<&[u8]>>> {
+    let mut dec = zstd::stream::read::Decoder::new(z).map_err(|_| DecodeError::Corrupt("zstd"))?;
+    dec.window_log_max(ZSTD_WINDOW_LOG_MAX)
+        .map_err(|_| DecodeError::Corrupt("zstd"))?;
+    Ok(dec)
+}
+
+/// The body of `len` bytes (already checked against the cap) that the zstd
+/// stream `z` holds. The buffer grows with what the stream actually yields,
+/// never with what a header claims: a lying header costs nothing.
+fn inflate(z: &[u8], len: u64) -> R<Vec<u8>> {
+    // One byte past the declared length catches a stream longer than it.
+    let limit =
+        usize::try_from(len.saturating_add(1)).map_err(|_| DecodeError::Corrupt("length"))?;
+    // A first guess from the compressed size, so that an ordinary body
+    // needs few reallocations.
+    let mut next = z
+        .len()
+        .saturating_mul(4)
+        .clamp(64 << 10, 64 << 20)
+        .min(limit);
+    let mut dec = zstd_reader(z)?;
+    let mut body: Vec<u8> = Vec::new();
+    let mut filled = 0;
+    loop {
+        if filled == body.len() {
+            if filled == limit {
+                break;
+            }
+            body.reserve_exact(next - body.len());
+            body.resize(next, 0);
+            next = next.saturating_mul(2).min(limit);
+        }
+        match dec.read(&mut body[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(DecodeError::Corrupt("zstd stream")),
+        }
+    }
+    if filled as u64 != len {
+        return Err(DecodeError::Corrupt(
+            "body length does not match the header",
+        ));
+    }
+    body.truncate(filled);
+    Ok(body)
 }
 
 #[derive(Default)]
@@ -408,11 +514,40 @@ fn canonical_uuid(s: &str) -> Option<[u8; 16]> {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// What the decoded items take in memory so far, and the most they may
+    /// for a body cap of `max_body`.
+    mem: u64,
+    budget: u64,
+    max_body: u64,
 }
 
 type R<T> = Result<T, DecodeError>;
 
 impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], max_body: u64) -> Self {
+        Reader {
+            buf,
+            pos: 0,
+            mem: 0,
+            budget: decoded_budget(max_body),
+            max_body,
+        }
+    }
+    fn left(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    /// Counts `bytes` of memory against the budget, before they are allocated.
+    fn charge(&mut self, bytes: usize) -> R<()> {
+        self.mem = self.mem.saturating_add(bytes as u64);
+        if self.mem > self.budget {
+            return Err(DecodeError::DecodedTooLarge {
+                body: self.buf.len() as u64,
+                budget: self.budget,
+                max_body: self.max_body,
+            });
+        }
+        Ok(())
+    }
     fn take(&mut self, n: usize) -> R<&'a [u8]> {
         let end = self
             .pos
@@ -443,27 +578,49 @@ impl<'a> Reader<'a> {
         let u = self.uvar()?;
         Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
     }
-    /// A count of items that each take at least one byte: bounded by what is left.
-    fn count(&mut self) -> R<usize> {
+    /// A count of `what`, each at least `min_size` bytes: no more than the
+    /// bytes left can hold.
+    fn count(&mut self, what: &'static str, min_size: usize) -> R<usize> {
         let n = self.uvar()?;
-        if n > (self.buf.len() - self.pos) as u64 {
-            return Err(DecodeError::Corrupt("count"));
+        self.fits(what, n, min_size)
+    }
+    fn fits(&self, what: &'static str, n: u64, min_size: usize) -> R<usize> {
+        let (left, most) = (self.left(), self.left() / min_size);
+        if n > most as u64 {
+            return Err(DecodeError::Count {
+                what,
+                claimed: n,
+                left,
+                most,
+            });
         }
         Ok(n as usize)
     }
     fn bytes(&mut self) -> R<&'a [u8]> {
-        let n = self.count()?;
+        let n = self.count("bytes", 1)?;
         self.take(n)
     }
     fn str(&mut self) -> R<String> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| DecodeError::Corrupt("utf-8"))
+        let b = self.bytes()?;
+        self.charge(b.len())?;
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Corrupt("utf-8"))
     }
-    fn uuid(&mut self) -> R<String> {
-        let b = self.take(16)?;
+    /// An interned name: one allocation holding its counters and its text.
+    fn arc(&mut self, s: &str) -> R<Arc<str>> {
+        self.charge(ARC_HEADER + s.len())?;
+        Ok(Arc::from(s))
+    }
+    /// 16 bytes as canonical UUID text, written into `text`.
+    fn uuid_in<'t>(&mut self, text: &'t mut [u8; 36]) -> R<&'t str> {
         let mut a = [0u8; 16];
-        a.copy_from_slice(b);
-        Ok(uuid::Uuid::from_bytes(a).hyphenated().to_string())
+        a.copy_from_slice(self.take(16)?);
+        Ok(uuid::Uuid::from_bytes(a).hyphenated().encode_lower(text))
     }
+    /// Canonical UUID text; the header's few ids are not charged.
+    fn uuid(&mut self) -> R<String> {
+        Ok(self.uuid_in(&mut [0; 36])?.to_owned())
+    }
+    /// A value; its heap bytes are charged (its inline size is the caller's).
     fn value(&mut self) -> R<Value> {
         Ok(match self.byte()? {
             0 => Value::Null,
@@ -474,8 +631,15 @@ impl<'a> Reader<'a> {
                 Value::Real(f64::from_le_bytes(a))
             }
             3 => Value::Text(self.str()?),
-            4 => Value::Blob(self.bytes()?.to_vec()),
-            5 => Value::Text(self.uuid()?),
+            4 => {
+                let b = self.bytes()?;
+                self.charge(b.len())?;
+                Value::Blob(b.to_vec())
+            }
+            5 => {
+                self.charge(36)?;
+                Value::Text(self.uuid()?)
+            }
             _ => return Err(DecodeError::Corrupt("value tag")),
         })
     }
@@ -497,7 +661,12 @@ impl<'a> Reader<'a> {
         if mask >> tcols.len() != 0 {
             return Err(DecodeError::Corrupt("column mask"));
         }
-        let mut data = Vec::with_capacity(mask.count_ones() as usize);
+        if mask == 0 {
+            return Ok(Vec::new());
+        }
+        let n = self.fits("column values", mask.count_ones().into(), MIN_VALUE)?;
+        self.charge(n * size_of::<(Arc<str>, Value)>())?;
+        let mut data = Vec::with_capacity(n);
         for (j, c) in tcols.iter().enumerate() {
             if mask & (1 << j) != 0 {
                 data.push((c.clone(), self.value()?));
@@ -511,34 +680,49 @@ impl<'a> Reader<'a> {
         let from = self.ivar()?;
         let to = self.ivar()?;
         let fence = self.fence()?;
-        let n = self.count()?;
-        let origins = (0..n)
-            .map(|_| self.uuid().map(Arc::<str>::from))
-            .collect::<R<Vec<_>>>()?;
-        let n = self.count()?;
+        let n = self.count("origins", MIN_ORIGIN)?;
+        self.charge(n * size_of::<Arc<str>>())?;
+        let mut origins = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut text = [0; 36];
+            let origin = self.uuid_in(&mut text)?;
+            origins.push(self.arc(origin)?);
+        }
+        let n = self.count("tables", MIN_TABLE)?;
+        self.charge(n * size_of::<TableDesc>())?;
         let mut tables = Vec::with_capacity(n);
         for _ in 0..n {
             let name = self.str()?;
             let mode = self.str()?;
-            let nc = self.count()?;
+            let nc = self.count("columns", MIN_COLUMN)?;
             if nc > 63 {
                 return Err(DecodeError::Corrupt("too many columns"));
             }
-            let columns = (0..nc).map(|_| self.str()).collect::<R<Vec<_>>>()?;
+            self.charge(nc * size_of::<String>())?;
+            let mut columns = Vec::with_capacity(nc);
+            for _ in 0..nc {
+                columns.push(self.str()?);
+            }
             tables.push(TableDesc {
                 name,
                 mode,
                 columns,
             });
         }
-        let names: Vec<(Arc<str>, Vec<Arc<str>>)> = tables
-            .iter()
-            .map(|t| {
-                let cols = t.columns.iter().map(|c| Arc::from(c.as_str())).collect();
-                (Arc::from(t.name.as_str()), cols)
-            })
-            .collect();
-        let n = self.count()?;
+        // The names the changes share.
+        self.charge(tables.len() * size_of::<(Arc<str>, Vec<Arc<str>>)>())?;
+        let mut names: Vec<(Arc<str>, Vec<Arc<str>>)> = Vec::with_capacity(tables.len());
+        for t in &tables {
+            self.charge(t.columns.len() * size_of::<Arc<str>>())?;
+            let mut cols = Vec::with_capacity(t.columns.len());
+            for c in &t.columns {
+                cols.push(self.arc(c)?);
+            }
+            names.push((self.arc(&t.name)?, cols));
+        }
+        let merge_into = self.arc(MERGE_INTO)?;
+        let n = self.count("changes", MIN_CHANGE)?;
+        self.charge(n * size_of::<Change>())?;
         let mut changes = Vec::with_capacity(n);
         let (mut seq, mut hlc) = (from, 0i64);
         for _ in 0..n {
@@ -554,7 +738,8 @@ impl<'a> Reader<'a> {
                 .clone();
             let pk = self.value()?;
             let data = if op == Op::Merge {
-                vec![(Arc::from(MERGE_INTO), self.value()?)]
+                self.charge(size_of::<(Arc<str>, Value)>())?;
+                vec![(merge_into.clone(), self.value()?)]
             } else {
                 self.columns(tcols)?
             };
@@ -709,10 +894,48 @@ mod tests {
         assert!(Changeset::decode(&blob, 1 << 20).is_err());
     }
 
+    #[test]
+    fn a_body_larger_than_the_zstd_window_round_trips() {
+        // The reader caps the window at 2^ZSTD_WINDOW_LOG_MAX: what the
+        // writer's level uses for a body larger than that.
+        let mut cs = sample();
+        let one = cs.changes[0].clone();
+        let mut x = 1u64;
+        cs.changes = (0..200_000)
+            .map(|i| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                Change {
+                    seq: 11 + i,
+                    data: vec![(Arc::from("color"), Value::Blob(x.to_le_bytes().to_vec()))],
+                    ..one.clone()
+                }
+            })
+            .collect();
+        let blob = cs.encode().unwrap();
+        assert!(Changeset::peek(&blob).unwrap().1 > 1 << (ZSTD_WINDOW_LOG_MAX + 1));
+        assert_eq!(Changeset::decode(&blob, DEFAULT_MAX_BODY).unwrap(), cs);
+    }
+
+    #[test]
+    fn decode_body_is_decode_without_the_frame() {
+        let cs = sample();
+        let blob = cs.encode().unwrap();
+        let mut body = Vec::new();
+        zstd::stream::copy_decode(&blob[14..], &mut body).unwrap();
+        assert_eq!(Changeset::decode_body(&body, DEFAULT_MAX_BODY).unwrap(), cs);
+        assert_eq!(
+            Changeset::decode_body(&body, 8),
+            Err(DecodeError::TooLarge(body.len() as u64, 8))
+        );
+    }
+
     proptest! {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Changeset::decode(&bytes, 1 << 20);
+            let _ = Changeset::decode_body(&bytes, 1 << 20);
         }
 
         #[test]
