@@ -248,18 +248,37 @@ impl<W: AsyncWrite + Unpin> Sender<W> {
         if total > MAX_MESSAGE {
             return Err(ProtoError::TooLarge(total));
         }
-        let mut plain = Vec::with_capacity(4 + total);
-        plain.extend_from_slice(&(total as u32).to_le_bytes());
-        plain.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        plain.extend_from_slice(&header);
-        plain.extend_from_slice(payload);
+        // The frames are cut from the prefix, header and payload as they
+        // are: the payload is never copied into one plain buffer.
+        let mut prefix = Vec::with_capacity(8 + header.len());
+        prefix.extend_from_slice(&(total as u32).to_le_bytes());
+        prefix.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        prefix.extend_from_slice(&header);
         let mut out = vec![0u8; MAX_FRAME];
-        for chunk in plain.chunks(CHUNK) {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut rest: [&[u8]; 2] = [&prefix, payload];
+        let mut sent = 0u64;
+        loop {
+            chunk.clear();
+            for part in &mut rest {
+                let take = (CHUNK - chunk.len()).min(part.len());
+                chunk.extend_from_slice(&part[..take]);
+                *part = &part[take..];
+            }
+            if chunk.is_empty() {
+                break;
+            }
             let n = {
                 let mut noise = self.noise.lock().map_err(|_| ProtoError::Closed)?;
-                noise.write_message(chunk, &mut out).map_err(auth)?
+                noise.write_message(&chunk, &mut out).map_err(auth)?
             };
             self.frames.feed(Bytes::copy_from_slice(&out[..n])).await?;
+            sent += 1;
+            // Written out every 16 frames (1 MiB): a large message is never
+            // held whole, encrypted, in the write buffer.
+            if sent % 16 == 0 {
+                SinkExt::<Bytes>::flush(&mut self.frames).await?;
+            }
         }
         SinkExt::<Bytes>::flush(&mut self.frames).await?;
         Ok(())
@@ -281,6 +300,15 @@ impl<Rd: AsyncRead + Unpin> Receiver<Rd> {
                 let mut noise = self.noise.lock().map_err(|_| ProtoError::Closed)?;
                 noise.read_message(&frame, &mut buf).map_err(auth)?
             };
+            if let Some(w) = want {
+                // Room grows with what arrived (never by what the prefix
+                // claims alone), and stops at the message's size: no
+                // doubling past it.
+                let room = w.min(plain.len().saturating_mul(2).max(1 << 20));
+                if room > plain.capacity() && plain.len() + n <= w {
+                    plain.reserve_exact(room - plain.len());
+                }
+            }
             plain.extend_from_slice(&buf[..n]);
             if want.is_none() && plain.len() >= 4 {
                 let total = u32::from_le_bytes([plain[0], plain[1], plain[2], plain[3]]) as usize;
@@ -307,7 +335,9 @@ impl<Rd: AsyncRead + Unpin> Receiver<Rd> {
             .ok_or_else(|| ProtoError::Malformed("header overruns the message".into()))?;
         let msg: Msg =
             serde_json::from_slice(header).map_err(|e| ProtoError::Malformed(e.to_string()))?;
-        Ok((msg, body[4 + hlen..].to_vec()))
+        // The payload stays where it arrived: the prefix and header go.
+        plain.drain(..8 + hlen);
+        Ok((msg, plain))
     }
 }
 
@@ -363,6 +393,28 @@ mod tests {
         let (msg, payload) = got.unwrap();
         assert_eq!(msg, Msg::Ack { cursor: 7 });
         assert_eq!(payload, vec![5u8; 200_000]);
+    }
+
+    /// Across the flushes every 16 frames and a header that shares its
+    /// frame with the payload's start.
+    #[tokio::test]
+    async fn round_trip_of_a_message_of_many_frames() {
+        let (x, y) = tokio::io::duplex(1 << 16);
+        let payload: Vec<u8> = (0..3_333_333u32).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let client = async move {
+            let (mut tx, _rx) = handshake(x, &[1; 32], true).await?;
+            tx.send(&Msg::Ack { cursor: 9 }, &sent).await
+        };
+        let server = async move {
+            let (_tx, mut rx) = handshake(y, &[1; 32], false).await?;
+            rx.recv().await
+        };
+        let (sent, got) = tokio::join!(client, server);
+        sent.unwrap();
+        let (msg, got) = got.unwrap();
+        assert_eq!(msg, Msg::Ack { cursor: 9 });
+        assert!(got == payload, "the payload differs");
     }
 
     #[tokio::test]
