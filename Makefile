@@ -44,8 +44,8 @@ soak: deps build
 	LSYNC_PROPTEST_CASES=$(SOAK_CASES) PROPTEST_CASES=$(SOAK_CASES) \
 	  $(CARGO) test --release -p lsync-tests --test prop --test convergence -- --include-ignored --test-threads 2
 
-# Each cargo-fuzz target in fuzz/ for $(FUZZ_SECONDS) seconds (nightly and
-# cargo-fuzz: `cargo install cargo-fuzz`). Not part of `make test` or CI. New
+# Each cargo-fuzz target in fuzz/ for $(FUZZ_SECONDS) seconds (a nightly
+# toolchain; cargo-fuzz is installed when missing). Not part of `make test` or CI. New
 # inputs go to fuzz/corpus/TARGET (ignored), starting from the checked-in
 # fuzz/seeds/TARGET; a crash is saved in fuzz/artifacts/TARGET: check it in
 # as a regression test that decodes those exact bytes. The malloc limit makes
@@ -54,7 +54,7 @@ soak: deps build
 FUZZ_SECONDS ?= 60
 FUZZ_MALLOC_MB ?= 256
 fuzz:
-	@command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz not found: cargo install cargo-fuzz" >&2; exit 1; }
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
 	cd fuzz && for t in $$($(CARGO) +nightly fuzz list); do \
 	  mkdir -p corpus/$$t seeds/$$t; \
 	  $(CARGO) +nightly fuzz run $$t corpus/$$t seeds/$$t -- \
