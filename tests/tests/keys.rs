@@ -315,3 +315,45 @@ fn a_row_replaced_under_its_integer_id_keeps_its_global_id() {
     assert_eq!(query_rows(&a, ids), before);
     assert_eq!(query_rows(&b, "SELECT Name FROM artist"), [["Queen II"]]);
 }
+
+/// Both restore paths carry the ids lsync keeps: a device that joins by
+/// snapshot (the empty path) and one with rows of its own (the merge path)
+/// end with the source's rows under the same global ids, and later edits
+/// find them.
+#[test]
+fn snapshots_carry_the_ids_lsync_keeps() {
+    let (dir, a, b) = two_libraries(FILES);
+    a.execute_batch(
+        "INSERT INTO tag(name) VALUES ('red'), ('blue');
+         INSERT INTO object(kind) VALUES (1), (2);
+         INSERT INTO tag_on_object VALUES (1, 1, 'x'), (2, 2, 'y');
+         INSERT INTO exif_data(object_id, iso) VALUES (2, 400);",
+    )
+    .unwrap();
+    flush(&a);
+    let c = open(&dir.path().join("c.db"));
+    c.execute_batch(FILES).unwrap();
+    join_library(&c, &library_id(&a));
+    b.execute_batch("INSERT INTO tag(name) VALUES ('green')")
+        .unwrap();
+    let snap = dir.path().join("snap.db");
+    let _: i64 = scalar(&a, &format!("SELECT lsync_snapshot('{}')", snap.display()));
+    let ids = "SELECT l.name, hex(g.gid) FROM lsync_gid g JOIN lsync_tables l ON l.id = g.tbl
+               WHERE l.name IN ('tag_on_object', 'exif_data') ORDER BY 1, 2";
+    for (target, mode) in [(&c, "empty"), (&b, "merge")] {
+        let report: String = scalar(
+            target,
+            &format!("SELECT lsync_restore('{}')", snap.display()),
+        );
+        assert!(report.contains(&format!(r#""mode":"{mode}""#)), "{report}");
+        assert_eq!(query_rows(target, PAIRS), query_rows(&a, PAIRS), "{mode}");
+        assert_eq!(query_rows(target, ids), query_rows(&a, ids), "{mode}");
+    }
+    // An edit made after the restore reaches the source's row.
+    c.execute_batch("UPDATE tag_on_object SET added = 'z' WHERE added = 'x'")
+        .unwrap();
+    send(&c, &a, 0);
+    send(&b, &a, 0);
+    assert!(query_rows(&a, PAIRS).contains(&vec!["red".into(), "1".into(), "z".into()]));
+    assert_eq!(count(&a, "tag"), 3);
+}
