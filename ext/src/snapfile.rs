@@ -84,3 +84,37 @@ pub fn objects(mut s: Stmt) -> Result<Vec<(String, String, String)>> {
     }
     Ok(out)
 }
+
+/// Our connections on a snapshot run nothing the file defines with a
+/// function that has side effects, and check cell sizes as they read.
+pub fn harden(c: Db) -> Result<()> {
+    c.exec("PRAGMA trusted_schema = OFF; PRAGMA cell_size_check = ON")
+}
+
+/// Why `name` is not one ordinary table of `s`'s main schema, if it is not.
+pub fn not_ordinary_table(s: Db, name: &str) -> Result<Option<String>> {
+    let mut st =
+        s.prepare("SELECT type, sql FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE")?;
+    st.bind(1, &name.into())?;
+    let mut found = Vec::new();
+    while st.step()? {
+        found.push((
+            st.text(0).unwrap_or_default(),
+            st.text(1).unwrap_or_default(),
+        ));
+    }
+    Ok(match found.as_slice() {
+        [] => Some(format!("it has no table {name}")),
+        [(kind, _)] if kind != "table" => Some(format!("its {name} is a {kind}, not a table")),
+        [(_, sql)]
+            if !sql
+                .trim_start()
+                .to_ascii_uppercase()
+                .starts_with("CREATE TABLE") =>
+        {
+            Some(format!("its {name} is not an ordinary table"))
+        }
+        [_] => None,
+        _ => Some(format!("it has {} objects named {name}", found.len())),
+    })
+}

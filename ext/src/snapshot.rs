@@ -16,7 +16,7 @@ use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::ident::{q, qm};
 use crate::snapfile::{objects, private, remove_db_files, SHARED_KEYS};
-use crate::sql::{Connection, Db, Value, OPEN_CREATE, OPEN_READWRITE};
+use crate::sql::{Connection, Db, Value, OPEN_NOFOLLOW, OPEN_READWRITE};
 use crate::{bail, flush, schema};
 
 /// `lsync_snapshot`'s options JSON.
@@ -54,11 +54,10 @@ pub fn snapshot(
         );
     }
     let file = Path::new(path);
-    if path.is_empty() || file.exists() {
-        bail!(
-            "lsync_snapshot: '{path}' already exists; choose a new file name (nothing was written)"
-        );
+    if path.is_empty() {
+        bail!("lsync_snapshot: the path is empty; choose a new file name (nothing was written)");
     }
+    refuse_existing(file, path)?;
     let owner_idx = match owner {
         None => None,
         Some(o) => Some(
@@ -75,8 +74,10 @@ pub fn snapshot(
     if !skip_flush_for_testing(db, conn)? {
         db.write_savepoint("lsync_snapshot", || flush::flush(db))?;
     }
+    create_new(file, path)?;
     let written = (|| -> Result<i64> {
-        let copy = Connection::open(file, OPEN_READWRITE | OPEN_CREATE)?;
+        // The file we just made, never a link put in its place since.
+        let copy = Connection::open(file, OPEN_READWRITE | OPEN_NOFOLLOW)?;
         if !opts.sync {
             copy.db().exec("PRAGMA synchronous = OFF")?;
         }
@@ -96,6 +97,50 @@ pub fn snapshot(
             e.detail()
         ))
     })
+}
+
+/// Refuses a path that exists in any form, a symbolic link (dangling or
+/// not) included, and one whose journal or WAL files exist: SQLite would
+/// open those through a link.
+fn refuse_existing(file: &Path, path: &str) -> Result<()> {
+    for suffix in ["", "-journal", "-wal", "-shm"] {
+        let mut p = file.as_os_str().to_owned();
+        p.push(suffix);
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let name = format!("{path}{suffix}");
+        if meta.file_type().is_symlink() {
+            bail!(
+                "lsync_snapshot: '{name}' is a symbolic link; a snapshot is never written through                  one: choose a new file name (nothing was written)"
+            );
+        }
+        bail!(
+            "lsync_snapshot: '{name}' already exists; choose a new file name (nothing was written)"
+        );
+    }
+    Ok(())
+}
+
+/// Creates the snapshot file: `O_CREAT | O_EXCL`, which fails on any
+/// existing name, a symbolic link included, so nothing is written through
+/// a link that appeared after the check.
+fn create_new(file: &Path, path: &str) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+        .map(drop)
+        .map_err(|e| {
+            let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                "already exists (a file or a symbolic link)".to_owned()
+            } else {
+                format!("cannot be created: {e}")
+            };
+            Error::msg(format!(
+                "lsync_snapshot: '{path}' {why}; choose a new file name (nothing was written)"
+            ))
+        })
 }
 
 /// `test_snapshot_no_flush` = 1 in lsync_config, honoured only on a test

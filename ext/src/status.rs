@@ -85,12 +85,19 @@ fn snapshot_info(path: &str) -> Result<serde_json::Value> {
         bail!("lsync_snapshot_info: no such file: '{path}'");
     }
     let reader = Connection::open(Path::new(path), OPEN_READONLY)?;
+    snapfile::harden(reader.db())?;
     let settings = snapfile::Settings {
         file: reader.db(),
         func: "lsync_snapshot_info",
         path,
         tail: "",
     };
+    // Only a table is read: a view's SQL would run.
+    let shape = snapfile::not_ordinary_table(reader.db(), "lsync_config")
+        .map_err(|e| settings.not_snapshot(e.detail()))?;
+    if let Some(why) = shape {
+        return Err(settings.not_snapshot(&why));
+    }
     let config = |key: &str| settings.get(key);
     let device = settings.device()?;
     Ok(json!({

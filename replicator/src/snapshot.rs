@@ -92,8 +92,13 @@ fn valid_id(id: &str) -> bool {
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> R<()> {
     let tmp = path.with_extension("json.tmp");
-    io(&tmp, fs::write(&tmp, serde_json::to_vec(v)?))?;
-    io(path, fs::rename(&tmp, path))
+    let written = io(&tmp, fs::write(&tmp, serde_json::to_vec(v)?))
+        .and_then(|()| io(path, fs::rename(&tmp, path)));
+    if written.is_err() {
+        // A full disk must not keep the torn file.
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
@@ -306,7 +311,10 @@ impl Incoming {
                 .truncate(true)
                 .open(&part),
         )?;
-        write_json(&json, &meta)?;
+        if let Err(e) = write_json(&json, &meta) {
+            let _ = fs::remove_file(&part);
+            return Err(e);
+        }
         Ok(Self {
             meta,
             part,
@@ -361,10 +369,24 @@ impl Incoming {
         if format!("{:016x}", xxh3_64(&raw)) != checksum {
             return Err(corrupt("checksum mismatch".into()));
         }
-        io(&self.part, self.file.seek(SeekFrom::Start(offset)))?;
-        io(&self.part, self.file.write_all(&raw))?;
+        let written = io(&self.part, self.file.seek(SeekFrom::Start(offset)))
+            .and_then(|_| io(&self.part, self.file.write_all(&raw)));
+        if let Err(e) = written {
+            self.abandon();
+            return Err(e);
+        }
         self.offset += len;
         Ok(true)
+    }
+
+    /// After a failed write (a full disk, most often): the download is
+    /// given up and its space freed at once. The file is emptied before it
+    /// is removed, since removing a file that is still open frees nothing.
+    fn abandon(&mut self) {
+        let _ = self.file.set_len(0);
+        let _ = fs::remove_file(&self.part);
+        let _ = fs::remove_file(&self.json);
+        self.offset = 0;
     }
 
     pub fn complete(&self) -> bool {
@@ -506,6 +528,90 @@ mod tests {
         inc.discard();
         assert!(Incoming::resume(&db, PEER).unwrap().is_none());
         let _ = fs::remove_dir_all(dir);
+    }
+
+    /// A small tmpfs at a fresh directory, unmounted on drop; `None` where
+    /// mounting is not allowed (not root).
+    struct SmallDisk(PathBuf);
+
+    impl SmallDisk {
+        fn mount(kib: u64) -> Option<SmallDisk> {
+            let dir = std::env::temp_dir().join(format!("lsync-disk-{}", uuid::Uuid::now_v7()));
+            fs::create_dir_all(&dir).ok()?;
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+                .arg(&dir)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = fs::remove_dir(&dir);
+                return None;
+            }
+            Some(SmallDisk(dir))
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+
+    /// Free bytes on the filesystem holding `dir`.
+    fn free_bytes(dir: &Path) -> u64 {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: statvfs is plain data, for which all zeroes is valid.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a statvfs the call fills.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st.f_bavail as u64 * st.f_frsize as u64
+    }
+
+    /// A chunk that does not fit on the disk: the partial download is
+    /// removed and its space is free again, so the app can still write.
+    #[test]
+    fn a_download_that_fills_the_disk_is_removed() {
+        let Some(disk) = SmallDisk::mount(512) else {
+            eprintln!("skipped: cannot mount a tmpfs here (not root)");
+            return;
+        };
+        let db = disk.0.join("x.db");
+        let free = free_bytes(&disk.0);
+        let mut m = meta(4 << 20);
+        m.chunk_size = 256 << 10;
+        let mut inc = Incoming::begin(&db, PEER, m).unwrap();
+        let (part, json) = (inc.part.clone(), inc.json.clone());
+        let mut failed = None;
+        for k in 0..16u64 {
+            let raw: Vec<u8> = (0..256u32 << 10)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ k as u8)
+                .collect();
+            let (sum, data) = chunk_of(&raw);
+            if let Err(e) = inc.write(k * (256 << 10), 256 << 10, &sum, &data) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = failed.expect("the disk filled up");
+        assert!(matches!(e, SnapError::Io { .. }), "{e}");
+        assert!(e.to_string().contains("No space left"), "{e}");
+        assert!(
+            !part.exists() && !json.exists(),
+            "the partial download is removed"
+        );
+        // Freed while the download is still open, not only when it closes.
+        assert!(
+            free_bytes(&disk.0) + (16 << 10) >= free,
+            "its space is free again"
+        );
+        drop(inc);
+        fs::write(disk.0.join("app-write"), vec![1u8; 256 << 10]).expect("the app can write");
     }
 
     #[test]

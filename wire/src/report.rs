@@ -100,6 +100,10 @@ pub struct RestoreReport {
     pub cursor: i64,
     /// Set for a snapshot of one device's rows.
     pub owner: Option<String>,
+    /// What the snapshot held that a restore never takes: schema objects
+    /// that are not defined so here, and settings off the allow-list.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
     /// The merge's figures; in empty mode only `deferred` is counted.
     #[serde(flatten)]
     pub merged: ApplyReport,

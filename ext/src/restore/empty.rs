@@ -1,19 +1,45 @@
-//! The page-level import into an empty library: the snapshot (or a copy of
-//! it) takes this database's local state, its own tables, device id,
-//! settings and peers, then replaces the database through the backup API,
-//! which is one write transaction.
+//! The import into an empty library. The snapshot is attached read-only to
+//! a connection of ours and its rows are copied, by `INSERT ... SELECT`,
+//! into this database's own tables, in one write transaction: the tracked
+//! tables' rows and lsync's metadata, never a schema object of the file.
+//! SQLite decodes every row and checks it against this database's
+//! constraints, and builds this database's indexes itself; the file's
+//! triggers, views, indexes and other tables are never read. (Adopting the
+//! file page by page was faster, but made its schema the app's.)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use super::trust::MAX_CURSOR;
 use super::{watermarks, Snap, BUSY_MS};
-use crate::catalog;
+use crate::catalog::{self, Table};
 use crate::error::{Error, Result};
 use crate::ident::{q, qm};
 use crate::schema;
-use crate::snapfile::{objects, private, remove_db_files, SHARED_KEYS};
-use crate::sql::{Connection, Db, Value, OPEN_READWRITE};
+use crate::snapfile::{harden, private};
+use crate::sql::{Connection, Db, Value, OPEN_READWRITE, OPEN_URI};
 
-/// Why the page-level import cannot be used, or `None` when it can.
+/// Page cache of the importing connection: enough that building an index
+/// on random UUIDs does not thrash.
+const CACHE_KIB: i64 = 32 << 10;
+
+/// lsync's metadata taken from the snapshot, whole (its columns are
+/// checked to be this database's, `trust::check_metadata`). The local
+/// ones are empty in an empty library, except the quarantine, which keeps
+/// its rows and gains the snapshot's. Not taken: `lsync_config` (only the
+/// allowed settings, checked), `lsync_tables` (only the high-water marks),
+/// `lsync_devices` (by `take_devices`), `lsync_peers` (only watermarks),
+/// and the captures `lsync_dirty` and `lsync_deleted`, which a snapshot
+/// does not hold.
+const METADATA: [&str; 5] = [
+    "lsync_clock",
+    "lsync_gid",
+    "lsync_alias",
+    "lsync_deferred",
+    "lsync_parked",
+];
+
+/// Why the import into an empty library cannot be used, or `None` when it
+/// can. `s` is the snapshot.
 pub(super) fn empty_path_refusal(db: Db, s: Db) -> Result<Option<String>> {
     if !db.autocommit() || db.in_transaction() {
         return Ok(Some("called inside a transaction".into()));
@@ -21,6 +47,22 @@ pub(super) fn empty_path_refusal(db: Db, s: Db) -> Result<Option<String>> {
     if db.filename().is_none() {
         return Ok(Some("the database has no file".into()));
     }
+    if let Some(why) = has_data(db)? {
+        return Ok(Some(why));
+    }
+    // An attached database must have the main database's text encoding.
+    let sql = "PRAGMA encoding";
+    if db.query_value(sql, &[])? != s.query_value(sql, &[])? {
+        return Ok(Some("a different text encoding".into()));
+    }
+    if tracked_schema(db)? != tracked_schema(s)? {
+        return Ok(Some("the tracked tables are defined differently".into()));
+    }
+    Ok(None)
+}
+
+/// Why this library is not empty, if it is not.
+fn has_data(db: Db) -> Result<Option<String>> {
     if schema::get_i64(db, "next_seq")? > 1 {
         return Ok(Some("this database has issued change cursors".into()));
     }
@@ -31,8 +73,9 @@ pub(super) fn empty_path_refusal(db: Db, s: Db) -> Result<Option<String>> {
         "lsync_deferred",
         "lsync_parked",
         "lsync_alias",
+        "lsync_gid",
     ] {
-        if db.query_i64(&format!("SELECT EXISTS (SELECT 1 FROM {meta})"), &[])? == Some(1) {
+        if db.query_i64(&format!("SELECT EXISTS (SELECT 1 FROM main.{meta})"), &[])? == Some(1) {
             return Ok(Some(format!("{meta} is not empty")));
         }
     }
@@ -45,27 +88,18 @@ pub(super) fn empty_path_refusal(db: Db, s: Db) -> Result<Option<String>> {
             return Ok(Some(format!("'{}' has rows", t.name)));
         }
     }
-    for pragma in ["page_size", "encoding", "auto_vacuum"] {
-        let sql = format!("PRAGMA {pragma}");
-        if db.query_value(&sql, &[])? != s.query_value(&sql, &[])? {
-            return Ok(Some(format!("a different {pragma}")));
-        }
-    }
-    if tracked_schema(db)? != tracked_schema(s)? {
-        return Ok(Some(
-            "the tracked tables are defined differently (SQL, indexes or triggers)".into(),
-        ));
-    }
     Ok(None)
 }
 
-/// The SQL of the tracked tables, their indexes and triggers, and their
-/// lsync_tables rows (without the high-water mark).
+/// The SQL of the tracked tables and their lsync_tables rows (without the
+/// high-water mark): the same on both sides, the rows fit column for
+/// column. Their indexes and triggers need not match: neither is taken.
 fn tracked_schema(c: Db) -> Result<Vec<Value>> {
     let mut s = c.prepare(
-        "SELECT type, name, sql FROM sqlite_schema
-         WHERE tbl_name IN (SELECT name FROM lsync_tables)
-         UNION ALL SELECT id, name, mode || uuid_col || columns || fks || options FROM lsync_tables
+        "SELECT type, lower(name), sql FROM main.sqlite_schema
+         WHERE type = 'table' AND lower(name) IN (SELECT lower(name) FROM lsync_tables)
+         UNION ALL SELECT id, name, json_array(mode, uuid_col, columns, fks, options)
+         FROM lsync_tables
          ORDER BY 1, 2",
     )?;
     let mut out = Vec::new();
@@ -78,176 +112,175 @@ fn tracked_schema(c: Db) -> Result<Vec<Value>> {
 pub(super) enum Empty {
     /// Imported; the number of deferred links it holds.
     Done(i64),
-    /// The copy could not take this database's local state; merge instead.
+    /// The rows did not go in (this database is no longer empty, or the
+    /// snapshot's rows break its constraints); merge instead.
     Unusable(String),
 }
 
-/// Deletes the working copy however the import ends.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        remove_db_files(&self.0);
-    }
-}
-
-/// With `consume`, the local state goes into the snapshot file itself,
-/// with a rollback journal so that a failed injection leaves it intact for
-/// the merge path; otherwise into a copy that is deleted however it ends.
-pub(super) fn restore_empty(
-    db: Db,
-    file: &Path,
-    snap: &Snap,
-    me: &str,
-    consume: bool,
-) -> Result<Empty> {
+/// Copies the snapshot's rows into this database, all or nothing.
+pub(super) fn restore_empty(db: Db, file: &Path, snap: &Snap, me: &str) -> Result<Empty> {
     let target = db
         .filename()
         .ok_or_else(|| Error::msg("the database has no file"))?;
-    let tmp = if consume {
-        None
-    } else {
-        let mut name = target.as_os_str().to_owned();
-        name.push(format!("-restore-{}.tmp", uuid::Uuid::now_v7()));
-        let tmp = TempFile(PathBuf::from(name));
-        std::fs::copy(file, &tmp.0).map_err(|e| {
-            Error::msg(format!(
-                "cannot copy the snapshot next to the database: {e}"
-            ))
-        })?;
-        Some(tmp)
-    };
-    let work = tmp.as_ref().map_or(file, |t| t.0.as_path());
-    let copy = Connection::open(work, OPEN_READWRITE)?;
-    let c = copy.db();
+    let conn = Connection::open(&target, OPEN_READWRITE | OPEN_URI)?;
+    let c = conn.db();
+    c.busy_timeout(BUSY_MS)?;
+    // Neither the app's triggers nor lsync's (not loaded here) fire, and
+    // nothing of the file runs.
     private(c)?;
-    // Scratch either way: no fsync. A copy is deleted on failure, never
-    // rolled back, so it needs no journal either.
-    c.exec(if consume {
-        "PRAGMA synchronous = OFF"
-    } else {
-        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF"
-    })?;
-    c.run(
-        "ATTACH ?1 AS here",
-        &[target.to_string_lossy().into_owned().into()],
-    )?;
-    let injected = (|| -> Result<i64> {
-        c.exec("BEGIN")?;
-        inject_local_objects(c)?;
-        inject_local_state(c, snap, me)?;
-        let deferred = c
+    harden(c)?;
+    c.exec(&format!("PRAGMA cache_size = -{CACHE_KIB}"))?;
+    c.run("ATTACH ?1 AS snap", &[read_only_uri(file).into()])?;
+    c.exec("BEGIN IMMEDIATE")?;
+    let imported = (|| -> Result<std::result::Result<i64, String>> {
+        // Another connection may have written since the first look.
+        if let Some(why) = has_data(c)? {
+            return Ok(Err(why));
+        }
+        for t in catalog::load_all(c)? {
+            take_rows(c, &t)?;
+        }
+        take_metadata(c)?;
+        take_devices(c, me)?;
+        take_settings(c, snap)?;
+        // Unqualified names resolve to `main` here (temp has no lsync_peers).
+        watermarks(&|sql: &str, p: &[Value]| c.run(sql, p), snap, me)?;
+        Ok(Ok(c
             .query_i64("SELECT count(*) FROM main.lsync_deferred", &[])?
-            .unwrap_or(0);
-        c.exec("COMMIT")?;
-        Ok(deferred)
+            .unwrap_or(0)))
     })();
-    let _ = c.exec("DETACH here");
-    let deferred = match injected {
-        Ok(d) => d,
-        Err(e) => return Ok(Empty::Unusable(e.detail().to_owned())),
+    let done = match imported {
+        Ok(Ok(deferred)) => c.exec("COMMIT").map(|()| Empty::Done(deferred)),
+        Ok(Err(why)) => Ok(Empty::Unusable(why)),
+        Err(e) => Ok(Empty::Unusable(e.detail().to_owned())),
     };
-    // One write transaction on this database: all of it or nothing.
-    let copied = Connection::open(&target, OPEN_READWRITE).and_then(|dest| {
-        dest.db().busy_timeout(BUSY_MS)?;
-        dest.db().backup_from(c)
-    });
-    if copied.is_err() && consume {
-        // It now holds this database's local objects: it must not linger.
-        drop(copy);
-        remove_db_files(file);
+    if !matches!(done, Ok(Empty::Done(_))) {
+        let _ = c.exec("ROLLBACK");
     }
-    copied.map(|()| Empty::Done(deferred))
+    let _ = c.exec("DETACH snap");
+    done
 }
 
-/// Recreates this database's own objects (its untracked tables with their
-/// rows, views, indexes and triggers) in the copy.
-fn inject_local_objects(c: Db) -> Result<()> {
-    let s = c.prepare(
-        "SELECT type, name, sql FROM here.sqlite_schema
-         WHERE sql IS NOT NULL
-           AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE 'lsync\\_%' ESCAPE '\\'
-           AND NOT (type IN ('table', 'index', 'trigger')
-                    AND tbl_name IN (SELECT name FROM here.lsync_tables))
-         ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid",
-    )?;
-    for (kind, name, sql) in &objects(s)? {
-        // Creating a virtual table may already have made its shadow tables.
-        let exists = c.query_i64(
-            "SELECT 1 FROM main.sqlite_schema WHERE name = ?1",
-            &[name.as_str().into()],
-        )?;
-        if exists.is_none() {
-            c.exec(sql)?;
-        }
-        let is_virtual = sql
-            .trim_start()
-            .to_ascii_uppercase()
-            .starts_with("CREATE VIRTUAL");
-        if kind == "table" && !is_virtual {
-            let n = q(name);
-            c.exec(&format!(
-                "DELETE FROM main.{n}; INSERT INTO main.{n} SELECT * FROM here.{n};"
-            ))?;
+/// `file:` URI opening `path` read-only (for ATTACH).
+fn read_only_uri(path: &Path) -> String {
+    let path = path.to_string_lossy();
+    let mut uri = String::from(if path.starts_with('/') {
+        "file://"
+    } else {
+        "file:"
+    });
+    for ch in path.chars() {
+        match ch {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            ch => uri.push(ch),
         }
     }
-    let has = |schema: &str| -> Result<bool> {
+    uri.push_str("?mode=ro");
+    uri
+}
+
+/// The rows of tracked table `t`, rowids included, read from the table
+/// itself (`NOT INDEXED`: an index of the file is never trusted to stand
+/// for its table). Its high-water mark covers every row taken.
+fn take_rows(c: Db, t: &Table) -> Result<()> {
+    let cols = columns(c, &t.name)?.join(", ");
+    c.exec(&format!(
+        "INSERT INTO {m}(rowid, {cols}) SELECT rowid, {cols} FROM snap.{n} NOT INDEXED ORDER BY rowid",
+        m = qm(&t.name),
+        n = q(&t.name),
+    ))?;
+    let top = c
+        .query_i64(&format!("SELECT max(rowid) FROM {}", qm(&t.name)), &[])?
+        .unwrap_or(0);
+    let theirs = c.query_value(
+        "SELECT hwm FROM snap.lsync_tables WHERE id = ?1",
+        &[t.id.into()],
+    )?;
+    let hwm = match theirs {
+        Some(Value::Integer(h)) if (0..=MAX_CURSOR).contains(&h) => h.max(top),
+        other => {
+            return Err(Error::msg(format!(
+                "the snapshot's high-water mark of '{}' is out of range ({other:?})",
+                t.name
+            )))
+        }
+    };
+    c.run(
+        "UPDATE main.lsync_tables SET hwm = ?2 WHERE id = ?1",
+        &[t.id.into(), hwm.into()],
+    )?;
+    // AUTOINCREMENT: never below what the snapshot's device handed out.
+    let sequence = |schema: &str| -> Result<bool> {
         Ok(c.query_i64(
             &format!("SELECT 1 FROM {schema}.sqlite_schema WHERE name = 'sqlite_sequence'"),
             &[],
         )?
         .is_some())
     };
-    if has("main")? && has("here")? {
-        c.exec(
-            "DELETE FROM main.sqlite_sequence WHERE name NOT IN (SELECT name FROM main.lsync_tables);
-             INSERT INTO main.sqlite_sequence SELECT * FROM here.sqlite_sequence
-               WHERE name NOT IN (SELECT name FROM main.lsync_tables);",
+    if sequence("main")? && sequence("snap")? {
+        c.run(
+            "UPDATE main.sqlite_sequence SET seq = max(seq, coalesce((SELECT max(seq)
+               FROM snap.sqlite_sequence s WHERE s.name = ?1 AND typeof(s.seq) = 'integer'
+               AND s.seq BETWEEN 0 AND ?2), 0))
+             WHERE name = ?1",
+            &[(*t.name).into(), MAX_CURSOR.into()],
         )?;
-    }
-    for pragma in ["user_version", "application_id"] {
-        let v = c
-            .query_i64(&format!("PRAGMA here.{pragma}"), &[])?
-            .unwrap_or(0);
-        c.exec(&format!("PRAGMA main.{pragma} = {v}"))?;
     }
     Ok(())
 }
 
-/// This database's identity, settings and peers, in the copy.
-fn inject_local_state(c: Db, snap: &Snap, me: &str) -> Result<()> {
-    let shared: Vec<serde_json::Value> = SHARED_KEYS.iter().map(|k| (*k).into()).collect();
-    let shared = serde_json::to_string(&shared).map_err(|e| Error::msg(e.to_string()))?;
-    c.exec("DELETE FROM main.lsync_config WHERE key LIKE 'snapshot\\_%' ESCAPE '\\'")?;
-    c.run(
-        "INSERT OR REPLACE INTO main.lsync_config(key, value)
-         SELECT key, value FROM here.lsync_config
-         WHERE key NOT IN (SELECT value FROM json_each(?1))",
-        &[shared.into()],
-    )?;
-    c.run(
-        "INSERT OR IGNORE INTO main.lsync_devices(id) VALUES (?1)",
-        &[me.into()],
-    )?;
-    c.run(
-        "UPDATE main.lsync_config SET value = (SELECT idx FROM main.lsync_devices WHERE id = ?1)
-         WHERE key = 'device_idx'",
-        &[me.into()],
-    )?;
-    c.exec(
-        "UPDATE main.lsync_config SET value = 1 WHERE key = 'library_locked';
-         UPDATE main.lsync_config SET value = max(value,
-           coalesce((SELECT value FROM here.lsync_config WHERE key = 'hlc'), 0)) WHERE key = 'hlc';
-         CREATE TEMP TABLE snap_peers AS SELECT device_id, recv_cursor FROM main.lsync_peers;
-         DELETE FROM main.lsync_peers;
-         INSERT INTO main.lsync_peers SELECT * FROM here.lsync_peers;",
-    )?;
-    let mut s = c.prepare("SELECT device_id, recv_cursor FROM temp.snap_peers")?;
-    let mut peers = Vec::new();
-    while s.step()? {
-        peers.push((s.text(0).unwrap_or_default(), s.i64(1)));
+/// The metadata tables of [`METADATA`], and the snapshot's quarantine
+/// (renumbered, as ids are local; one already here is kept).
+fn take_metadata(c: Db) -> Result<()> {
+    for table in METADATA {
+        let cols = columns(c, table)?.join(", ");
+        c.exec(&format!(
+            "INSERT INTO main.{table}({cols}) SELECT {cols} FROM snap.{table} NOT INDEXED"
+        ))?;
     }
-    drop(s);
-    // Unqualified names resolve to `main` here (temp has no lsync_peers).
-    watermarks(&|sql: &str, p: &[Value]| c.run(sql, p), &peers, snap, me)
+    let mut cols = columns(c, "lsync_quarantine")?;
+    cols.retain(|col| *col != q("id"));
+    let cols = cols.join(", ");
+    c.exec(&format!(
+        "INSERT OR IGNORE INTO main.lsync_quarantine({cols})
+         SELECT {cols} FROM snap.lsync_quarantine NOT INDEXED ORDER BY id"
+    ))
+}
+
+/// The snapshot's device aliases (ids checked by `trust::check_devices`),
+/// which its clock entries use; this database's own device keeps its id,
+/// under the alias it gets there.
+fn take_devices(c: Db, me: &str) -> Result<()> {
+    c.exec(
+        "DELETE FROM main.lsync_devices;
+         INSERT INTO main.lsync_devices(idx, id) SELECT idx, id FROM snap.lsync_devices NOT INDEXED;",
+    )?;
+    let idx = schema::device_idx(c, me)?;
+    schema::set(c, "device_idx", idx.into())
+}
+
+/// The settings taken, as `trust::take_settings` checked them: the next
+/// cursor, the HLC (the larger of both), and the library is locked.
+fn take_settings(c: Db, snap: &Snap) -> Result<()> {
+    schema::set(c, "next_seq", snap.next_seq.into())?;
+    schema::set(c, "library_locked", Value::Integer(1))?;
+    c.run(
+        "UPDATE main.lsync_config SET value = max(value, ?1) WHERE key = 'hlc'",
+        &[snap.hlc.into()],
+    )
+}
+
+/// The columns of `table` as an INSERT lists them: every one but the
+/// generated ones, quoted, in order.
+fn columns(c: Db, table: &str) -> Result<Vec<String>> {
+    let mut s =
+        c.prepare("SELECT name FROM pragma_table_xinfo(?1, 'main') WHERE hidden = 0 ORDER BY cid")?;
+    s.bind(1, &table.into())?;
+    let mut out = Vec::new();
+    while s.step()? {
+        out.push(q(&s.text(0).unwrap_or_default()));
+    }
+    Ok(out)
 }

@@ -1,10 +1,10 @@
 //! `lsync_restore(path)`: importing a snapshot atomically.
 //!
-//! Everything is checked before anything is written. Into an empty library
-//! the import is page-level: the snapshot is copied next to the database,
-//! this database's local state (its own tables, device id, settings, peers)
-//! is put into the copy, and the copy replaces the database with the backup
-//! API, which is one write transaction (`empty.rs`). Into a library that has data, the
+//! The file is untrusted input (`trust.rs`): everything is checked before
+//! anything is written, and no schema object of the file is ever taken.
+//! Into an empty library the rows of the tracked tables and lsync's
+//! metadata are copied, by SQLite itself, into this database's own tables
+//! in one write transaction (`empty.rs`). Into a library that has data, the
 //! snapshot's changes are streamed through the apply code inside one
 //! savepoint, so the usual rules (LWW per column, owner state) merge them.
 
@@ -18,11 +18,12 @@ use crate::catalog::{self, Table};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::ident::q;
-use crate::snapfile::{self, remove_db_files};
+use crate::snapfile::{self, harden, remove_db_files};
 use crate::sql::{Connection, Db, Value, OPEN_READONLY};
 use crate::{apply, bail, changes, schema, stability};
 
 mod empty;
+mod trust;
 
 use empty::{empty_path_refusal, restore_empty, Empty};
 
@@ -36,13 +37,12 @@ const BUSY_MS: i32 = 10_000;
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
-    /// The file is a scratch copy: the page-level import works in it
-    /// instead of in a copy of it, and it is deleted after a restore.
+    /// The file is a scratch copy: it is deleted after a restore.
     #[serde(default)]
     pub consume: bool,
 }
 
-/// What the snapshot says about itself.
+/// What the snapshot says about itself, checked.
 struct Snap {
     device: String,
     cursor: i64,
@@ -50,6 +50,20 @@ struct Snap {
     tables: BTreeMap<String, i64>,
     /// Set for a snapshot of one device's rows: it moves no watermark.
     owner: Option<String>,
+    /// The snapshot's next cursor, above every clock entry it holds.
+    next_seq: i64,
+    /// The newest HLC it holds, within the drift guard.
+    hlc: i64,
+    /// Its own watermarks: (device, recv_cursor).
+    peers: Vec<(String, i64)>,
+    /// What it holds that the restore does not take.
+    ignored: Vec<String>,
+}
+
+fn open_snapshot(file: &Path) -> Result<Connection> {
+    let reader = Connection::open(file, OPEN_READONLY).map_err(restore_error)?;
+    harden(reader.db())?;
+    Ok(reader)
 }
 
 pub fn restore(db: Db, conn: &Conn, path: &str, opts: &Options) -> Result<String> {
@@ -58,8 +72,14 @@ pub fn restore(db: Db, conn: &Conn, path: &str, opts: &Options) -> Result<String
     if !file.is_file() {
         bail!("lsync_restore: no such file: '{path}'; nothing was restored");
     }
-    let reader = Connection::open(file, OPEN_READONLY).map_err(restore_error)?;
-    let snap = check(db, reader.db(), path)?;
+    let reader = open_snapshot(file)?;
+    let snap = check(db, reader.db(), path).map_err(|e| {
+        if e.detail().starts_with("lsync_restore: ") {
+            e
+        } else {
+            restore_error(e)
+        }
+    })?;
     let me = schema::get_text(db, "device_id")?;
     let mut report = RestoreReport {
         rows: snap.rows,
@@ -67,12 +87,13 @@ pub fn restore(db: Db, conn: &Conn, path: &str, opts: &Options) -> Result<String
         source_device: snap.device.clone(),
         cursor: if snap.owner.is_some() { 0 } else { snap.cursor },
         owner: snap.owner.clone(),
+        ignored: snap.ignored.clone(),
         ..Default::default()
     };
     let fallback = match empty_path_refusal(db, reader.db())? {
         None => {
             drop(reader);
-            match restore_empty(db, file, &snap, &me, opts.consume) {
+            match restore_empty(db, file, &snap, &me) {
                 Ok(Empty::Done(deferred)) => {
                     report.mode = RestoreMode::Empty;
                     report.merged.deferred = deferred;
@@ -87,19 +108,22 @@ pub fn restore(db: Db, conn: &Conn, path: &str, opts: &Options) -> Result<String
         }
         Some(why) => why,
     };
-    let reader = Connection::open(file, OPEN_READONLY).map_err(restore_error)?;
-    let peers = peers_of(reader.db())?;
+    let reader = open_snapshot(file)?;
     // What the snapshot's device had applied of ours, as a changeset's fence.
     let fence = Fence {
         sender: snap.device.clone(),
         receiver: me.clone(),
-        acked: peers.iter().find(|(d, _)| *d == me).map_or(0, |(_, c)| *c),
+        acked: snap
+            .peers
+            .iter()
+            .find(|(d, _)| *d == me)
+            .map_or(0, |(_, c)| *c),
     };
     stability::check_fresh(db, Some(&fence), "lsync_restore", "snapshot")?;
     let merged = db
         .write_savepoint("lsync_restore", || {
             let r = merge(db, conn, reader.db())?;
-            set_watermarks(db, &peers, &snap, &me)?;
+            set_watermarks(db, &snap, &me)?;
             stability::record_ack(db, Some(&fence))?;
             Ok(r)
         })
@@ -127,7 +151,9 @@ fn restore_error(e: Error) -> Error {
     ))
 }
 
-/// Validates the snapshot against this database. Writes nothing.
+/// Validates the snapshot against this database (`trust.rs`). Writes
+/// nothing, and reads nothing of the file before its metadata tables are
+/// known to be tables of the expected shape.
 fn check(db: Db, s: Db, path: &str) -> Result<Snap> {
     let settings = snapfile::Settings {
         file: s,
@@ -135,31 +161,15 @@ fn check(db: Db, s: Db, path: &str) -> Result<Snap> {
         path,
         tail: "; nothing was restored",
     };
-    let not_snapshot = |why: &str| settings.not_snapshot(why);
-    let config = |key: &str| settings.get(key);
-    let device = settings.device()?;
-    let cursor = config("snapshot_cursor")?
-        .as_i64()
-        .ok_or_else(|| not_snapshot("it has no snapshot_cursor setting"))?;
-    let library = schema::get_text(db, "library_id")?;
-    let theirs = config("library_id")?;
-    if theirs.as_str() != Some(library.as_str()) {
-        bail!(
-            "lsync_restore: the snapshot belongs to library {}, this database to library {library}; nothing was restored",
-            theirs.as_str().unwrap_or("(none)")
-        );
-    }
-    let version = schema::get_i64(db, "schema_version")?;
-    if config("schema_version")?.as_i64() != Some(version) {
-        bail!(
-            "lsync_restore: the snapshot has lsync metadata version {:?}, this database {version}; \
-             nothing was restored",
-            config("schema_version")?.as_i64()
-        );
-    }
+    trust::check_metadata(db, s, &settings, true)?;
+    let device = trust::check_library(db, &settings)?;
+    trust::check_metadata(db, s, &settings, false)?;
+    let taken = trust::take_settings(db, s, &settings, device)?;
+    trust::check_devices(s)?;
     let mine = catalog::load_all(db)?;
-    let theirs = catalog::load_all(s).map_err(|e| not_snapshot(e.detail()))?;
+    let theirs = catalog::load_all(s).map_err(|e| settings.not_snapshot(e.detail()))?;
     check_tables(&mine, &theirs)?;
+    trust::check_tracked(s, &theirs)?;
     let mut tables = BTreeMap::new();
     let mut rows = 0;
     for t in &theirs {
@@ -169,22 +179,16 @@ fn check(db: Db, s: Db, path: &str) -> Result<Snap> {
         rows += n;
         tables.insert(t.name.to_string(), n);
     }
-    // The snapshot's HLC setting becomes this database's when larger, so it
-    // is held to the limits of its clock's HLCs (read as the restore reads
-    // them, as integers); a REAL or TEXT one would leave a clock that
-    // cannot advance.
-    let Value::Integer(hlc) = config("hlc")? else {
-        return Err(not_snapshot("its HLC setting is not an integer"));
-    };
-    let max_hlc = s.query_i64("SELECT max(CAST(hlc AS INTEGER)) FROM lsync_clock", &[])?;
-    let max_hlc = max_hlc.map_or(hlc, |m| m.max(hlc));
-    apply::check_drift(db, Some(max_hlc), "lsync_restore", "snapshot")?;
     Ok(Snap {
-        device,
-        cursor,
+        device: taken.device,
+        cursor: taken.cursor,
         rows,
         tables,
-        owner: config("snapshot_owner")?.as_str().map(str::to_owned),
+        owner: taken.owner,
+        next_seq: taken.next_seq,
+        hlc: taken.hlc,
+        peers: trust::peers(s)?,
+        ignored: trust::ignored(db, s, &theirs)?,
     })
 }
 
@@ -227,34 +231,23 @@ fn check_tables(mine: &[Table], theirs: &[Table]) -> Result<()> {
     Ok(())
 }
 
-/// The snapshot's own watermarks: (device, recv_cursor).
-fn peers_of(s: Db) -> Result<Vec<(String, i64)>> {
-    let mut st = s.prepare("SELECT device_id, recv_cursor FROM lsync_peers")?;
-    let mut peers = Vec::new();
-    while st.step()? {
-        peers.push((st.text(0).unwrap_or_default(), st.i64(1)));
-    }
-    Ok(peers)
-}
-
-fn set_watermarks(db: Db, peers: &[(String, i64)], snap: &Snap, me: &str) -> Result<()> {
-    watermarks(&|sql: &str, p: &[Value]| db.run(sql, p), peers, snap, me)
+fn set_watermarks(db: Db, snap: &Snap, me: &str) -> Result<()> {
+    watermarks(&|sql: &str, p: &[Value]| db.run(sql, p), snap, me)
 }
 
 /// This database now holds what the snapshot's device held: its changes up
 /// to the snapshot's cursor, and what it had received from its own peers.
 /// Watermarks only move forward; a peer this database does not know is not
 /// added (only the snapshot's device is).
-fn watermarks(
-    run: &dyn Fn(&str, &[Value]) -> Result<()>,
-    peers: &[(String, i64)],
-    snap: &Snap,
-    me: &str,
-) -> Result<()> {
+fn watermarks(run: &dyn Fn(&str, &[Value]) -> Result<()>, snap: &Snap, me: &str) -> Result<()> {
     if snap.owner.is_some() || snap.device == me {
         return Ok(());
     }
-    for (device, cursor) in peers.iter().filter(|(d, _)| d != me && *d != snap.device) {
+    for (device, cursor) in snap
+        .peers
+        .iter()
+        .filter(|(d, _)| d != me && *d != snap.device)
+    {
         run(
             "UPDATE lsync_peers SET recv_cursor = max(recv_cursor, ?2) WHERE device_id = ?1",
             &[device.as_str().into(), (*cursor).into()],

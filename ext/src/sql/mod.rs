@@ -329,6 +329,10 @@ pub struct Connection(Db);
 pub const OPEN_READONLY: c_int = 0x01;
 pub const OPEN_READWRITE: c_int = 0x02;
 pub const OPEN_CREATE: c_int = 0x04;
+/// File names may be `file:` URIs (here: for ATTACH with `mode=ro`).
+pub const OPEN_URI: c_int = 0x40;
+/// The database file may not be a symbolic link (SQLite >= 3.31).
+pub const OPEN_NOFOLLOW: c_int = 0x0100_0000;
 
 impl Connection {
     pub fn open(path: &std::path::Path, flags: c_int) -> Result<Connection> {

@@ -40,7 +40,7 @@ pub(crate) enum Next {
 
 /// How importing a complete download ended.
 pub(crate) enum Import {
-    Restored(lsync_wire::report::RestoreReport),
+    Restored(Box<lsync_wire::report::RestoreReport>),
     /// The file does not match its checksum.
     BadFile,
     /// `lsync_restore` (or reading the file) failed.
@@ -160,6 +160,15 @@ impl Download {
                 warn!("snapshot {e}: asking for it again");
                 Ok(Next::AskFrom(next))
             }
+            Err(e @ SnapError::Io { .. }) => {
+                // Its files are gone already (`Incoming::write`); closing
+                // it frees their space.
+                if let Some(inc) = self.inc.take() {
+                    inc.discard();
+                }
+                warn!("snapshot download abandoned, the partial file removed: {e}");
+                Err(e.into())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -191,7 +200,7 @@ impl Download {
                     let r = store::restore(c, path);
                     debug!(restore_seconds = t.elapsed().as_secs_f64(), "lsync_restore");
                     match r {
-                        Ok(r) => Import::Restored(r),
+                        Ok(r) => Import::Restored(Box::new(r)),
                         Err(e) => Import::Failed(e.to_string()),
                     }
                 }
