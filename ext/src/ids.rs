@@ -3,6 +3,11 @@
 
 use rustc_hash::FxHashMap;
 
+use lsync_wire::changeset::Change;
+
+use crate::bail;
+use crate::catalog::Table;
+use crate::error::Result;
 use crate::sql::Value;
 
 #[derive(Debug)]
@@ -105,4 +110,30 @@ pub fn id_problem(v: &Value) -> Option<String> {
         Value::Null => Some("NULL".into()),
         Value::Integer(_) | Value::Real(_) => Some("a number (a local id?)".into()),
     }
+}
+
+/// A change's row id, and its FK values, are global ids (issue 13): a
+/// number in an FK column would be written as a local id here.
+pub fn check_change(t: &Table, c: &Change) -> Result<()> {
+    if let Some(why) = id_problem(&c.pk) {
+        bail!(
+            "lsync_apply: a change to '{}' has a row id that is {why}, not a global id; nothing was applied",
+            c.tbl
+        );
+    }
+    if t.fks.is_empty() {
+        return Ok(());
+    }
+    for (col, v) in &c.data {
+        if *v == Value::Null || !t.fks.contains_key(&**col) {
+            continue;
+        }
+        if let Some(why) = id_problem(v) {
+            bail!(
+                "lsync_apply: a change to '{}' links '{col}' to {why}, not a global id; nothing was applied",
+                c.tbl
+            );
+        }
+    }
+    Ok(())
 }

@@ -257,7 +257,7 @@ impl<W: AsyncWrite + Unpin> Sender<W> {
         let mut out = vec![0u8; MAX_FRAME];
         let mut chunk = Vec::with_capacity(CHUNK);
         let mut rest: [&[u8]; 2] = [&prefix, payload];
-        let mut sent = 0u64;
+        let mut unflushed = 0;
         loop {
             chunk.clear();
             for part in &mut rest {
@@ -273,11 +273,12 @@ impl<W: AsyncWrite + Unpin> Sender<W> {
                 noise.write_message(&chunk, &mut out).map_err(auth)?
             };
             self.frames.feed(Bytes::copy_from_slice(&out[..n])).await?;
-            sent += 1;
+            unflushed += 1;
             // Written out every 16 frames (1 MiB): a large message is never
             // held whole, encrypted, in the write buffer.
-            if sent % 16 == 0 {
+            if unflushed == 16 {
                 SinkExt::<Bytes>::flush(&mut self.frames).await?;
+                unflushed = 0;
             }
         }
         SinkExt::<Bytes>::flush(&mut self.frames).await?;

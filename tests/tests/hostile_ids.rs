@@ -15,7 +15,7 @@ const SCHEMA: &str = "
 
 /// Applies A's changes, altered by `alter`, at B: the apply must fail
 /// with `expected` in its message and leave B as it was.
-fn refused(alter: impl Fn(&mut Changeset), expected: &str) {
+fn refused_at_b(alter: impl Fn(&mut Changeset), expected: &str) {
     let (_dir, a, b) = two_libraries(SCHEMA);
     a.execute_batch(
         "INSERT INTO tags(uuid, name) VALUES ('T', 'red');
@@ -53,7 +53,7 @@ fn set_fk(cs: &mut Changeset, v: Value) {
 
 #[test]
 fn an_empty_text_id_is_refused() {
-    refused(
+    refused_at_b(
         |cs| set_pk(cs, Value::Text(String::new())),
         "a row id that is an empty text",
     );
@@ -61,7 +61,7 @@ fn an_empty_text_id_is_refused() {
 
 #[test]
 fn a_ten_megabyte_text_id_is_refused() {
-    refused(
+    refused_at_b(
         |cs| set_pk(cs, Value::Text("x".repeat(10 << 20))),
         "a row id that is a text of 10485760 bytes (at most 1024)",
     );
@@ -69,7 +69,7 @@ fn a_ten_megabyte_text_id_is_refused() {
 
 #[test]
 fn a_blob_id_that_is_not_16_bytes_is_refused() {
-    refused(
+    refused_at_b(
         |cs| set_pk(cs, Value::Blob(vec![7; 20])),
         "a blob of 20 bytes, not a 16-byte UUID",
     );
@@ -77,7 +77,7 @@ fn a_blob_id_that_is_not_16_bytes_is_refused() {
 
 #[test]
 fn a_16_byte_blob_id_that_is_not_a_uuid_is_refused() {
-    refused(
+    refused_at_b(
         |cs| set_pk(cs, Value::Blob(vec![0; 16])),
         "a 16-byte blob that is not a UUID",
     );
@@ -85,7 +85,7 @@ fn a_16_byte_blob_id_that_is_not_a_uuid_is_refused() {
 
 #[test]
 fn a_number_as_row_id_is_refused() {
-    refused(
+    refused_at_b(
         |cs| set_pk(cs, Value::Integer(1)),
         "a row id that is a number",
     );
@@ -93,7 +93,7 @@ fn a_number_as_row_id_is_refused() {
 
 #[test]
 fn an_integer_fk_value_is_refused_not_written_as_a_local_id() {
-    refused(
+    refused_at_b(
         |cs| set_fk(cs, Value::Integer(1)),
         "links 'tag_id' to a number (a local id?)",
     );
@@ -101,7 +101,7 @@ fn an_integer_fk_value_is_refused_not_written_as_a_local_id() {
 
 #[test]
 fn a_real_fk_value_is_refused() {
-    refused(
+    refused_at_b(
         |cs| set_fk(cs, Value::Real(1.0)),
         "links 'tag_id' to a number",
     );
@@ -109,7 +109,7 @@ fn a_real_fk_value_is_refused() {
 
 #[test]
 fn an_empty_fk_value_is_refused() {
-    refused(
+    refused_at_b(
         |cs| set_fk(cs, Value::Text(String::new())),
         "links 'tag_id' to an empty text",
     );

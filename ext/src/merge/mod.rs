@@ -178,32 +178,6 @@ struct Applier {
     clashed: HashSet<i64>,
 }
 
-/// A change's row id, and its FK values, are global ids (issue 13): a
-/// number in an FK column would be written as a local id here.
-fn check_id(t: &Table, c: &Change) -> Result<()> {
-    if let Some(why) = ids::id_problem(&c.pk) {
-        bail!(
-            "lsync_apply: a change to '{}' has a row id that is {why}, not a global id; nothing was applied",
-            c.tbl
-        );
-    }
-    if t.fks.is_empty() {
-        return Ok(());
-    }
-    for (col, v) in &c.data {
-        if *v == Value::Null || !t.fks.contains_key(&**col) {
-            continue;
-        }
-        if let Some(why) = ids::id_problem(v) {
-            bail!(
-                "lsync_apply: a change to '{}' links '{col}' to {why}, not a global id; nothing was applied",
-                c.tbl
-            );
-        }
-    }
-    Ok(())
-}
-
 impl Applier {
     fn new(
         db: Db,
@@ -415,7 +389,7 @@ impl Applier {
     }
 
     fn upsert(&mut self, t: &Table, c: &Change) -> Result<()> {
-        check_id(t, c)?;
+        ids::check_change(t, c)?;
         if let Some(root) = self.redirect(t, &c.pk)? {
             let c = self.redirected(t, c, root)?;
             return self.upsert(t, &c);
@@ -517,7 +491,7 @@ impl Applier {
     }
 
     fn delete(&mut self, t: &Table, c: &Change) -> Result<()> {
-        check_id(t, c)?;
+        ids::check_change(t, c)?;
         let key = &c.pk;
         let origin = self.idx(&c.origin)?;
         let theirs: Clk = (c.hlc, c.origin.clone());

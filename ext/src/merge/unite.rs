@@ -148,7 +148,7 @@ impl Applier {
 
     /// Applies a merge from a peer.
     pub(super) fn merge_change(&mut self, t: &Table, c: &Change) -> Result<()> {
-        super::check_id(t, c)?;
+        crate::ids::check_change(t, c)?;
         let Some(into) = c
             .merged_into()
             .filter(|v| crate::ids::id_problem(v).is_none())
