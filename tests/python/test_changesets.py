@@ -88,8 +88,9 @@ def test_both_directions_with_sql_alone(pair):
     report = apply(b, export(a)[0])
     assert report["applied"] == 4
     report = apply(a, export(b)[0])
-    assert report["applied"] == 3  # B's own rows; A's rows relayed back are stale
-    assert report["stale"] == 4
+    assert report["applied"] == 3  # B's own rows
+    # A's rows relayed back name A as their origin: never applied at A.
+    assert report["own"] == 4 and report["stale"] == 0
     assert tables(a) == tables(b)
     assert len(tables(a)["entries"]) == 3
 
