@@ -228,11 +228,13 @@ pub(super) fn peers(s: Db) -> Result<Vec<(String, i64)>> {
             (Value::Text(d), Value::Integer(c)) if is_uuid(d) && (0..=MAX_CURSOR).contains(c) => {
                 out.push((d.clone(), *c));
             }
-            _ => return Err(hostile(format!(
+            _ => {
+                return Err(hostile(format!(
                 "lsync_peers holds a watermark of device {} at cursor {}, which is out of range",
                 shown(&device),
                 shown(&cursor)
-            ))),
+            )))
+            }
         }
     }
     Ok(out)
