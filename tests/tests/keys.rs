@@ -357,3 +357,27 @@ fn snapshots_carry_the_ids_lsync_keeps() {
     assert!(query_rows(&a, PAIRS).contains(&vec!["red".into(), "1".into(), "z".into()]));
     assert_eq!(count(&a, "tag"), 3);
 }
+
+/// With foreign_keys off an app can leave a key part dangling: such a row
+/// gets an id of its own, so the fold does not fail and two such rows do
+/// not share one; the peer takes the rest.
+#[test]
+fn a_key_part_left_dangling_neither_fails_the_fold_nor_shares_an_id() {
+    let (_dir, a, b) = two_libraries(FILES);
+    a.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         INSERT INTO tag(name) VALUES ('red');
+         INSERT INTO tag_on_object VALUES (1, 998, 'x'), (1, 999, 'y');
+         INSERT INTO exif_data(object_id, iso) VALUES (997, 1);",
+    )
+    .unwrap();
+    flush(&a);
+    let ids: i64 = scalar(
+        &a,
+        "SELECT count(DISTINCT gid) FROM lsync_gid WHERE tbl IN
+           (SELECT id FROM lsync_tables WHERE name IN ('tag_on_object', 'exif_data'))",
+    );
+    assert_eq!(ids, 3);
+    let report = send(&a, &b, 0);
+    assert_eq!(count(&b, "tag"), 1, "{report}");
+}
