@@ -109,7 +109,30 @@ pub fn deny_owned(db: Db, tbl_id: i64, rowid: i64, owner_idx: i64) -> Result<Val
 /// `lsync_on_delete_target(table_id, rowid, uuid)`: detaches the rows that
 /// pointed at a locally deleted row. The detach is the delete's consequence,
 /// not a new local change, so it is not captured.
+///
+/// It is INNOCUOUS, so that triggers call it with `trusted_schema` off; a
+/// view could call it too. So it acts only for a row that is gone, under
+/// the id its delete recorded (or none, for a row deleted before its fold):
+/// never on the referrers of a live row, nor pointing them at another id.
 pub fn on_delete_target(db: Db, conn: &Conn, tbl: i64, rowid: i64, uuid: &Value) -> Result<Value> {
+    let name = db.query_text("SELECT name FROM lsync_tables WHERE id = ?1", &[tbl.into()])?;
+    let Some(name) = name else {
+        return Ok(Value::Null);
+    };
+    let live = db.query_i64(
+        &format!("SELECT 1 FROM {} WHERE rowid = ?1", qm(&name)),
+        &[rowid.into()],
+    )?;
+    let recorded = *uuid == Value::Null
+        || db
+            .query_i64(
+                "SELECT 1 FROM lsync_deleted WHERE tbl = ?1 AND rid = ?2 AND uuid = ?3",
+                &[tbl.into(), rowid.into(), uuid.clone()],
+            )?
+            .is_some();
+    if live.is_some() || !recorded {
+        return Ok(Value::Null);
+    }
     let _off = CaptureOff::new(conn);
     fk::detach_local(db, tbl, rowid, uuid).map(|()| Value::Null)
 }

@@ -824,3 +824,36 @@ fn the_insert_callback_runs_no_sql_from_its_arguments() {
     // The row's uuid was there already: the callback left it as it was.
     assert_eq!(uuid_of(&conn, "tags", 1).len(), 36);
 }
+
+/// `lsync_on_delete_target` is INNOCUOUS too: called from a view, it
+/// detaches nothing of a live row, nor of a deleted one under another id;
+/// the delete trigger's own call still detaches (foreign keys off).
+#[test]
+fn the_delete_callback_detaches_only_what_a_delete_left() {
+    let dir = TempDir::new();
+    let c = open(&dir.db());
+    c.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE tags(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT);
+         CREATE TABLE notes(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE,
+                            tag_id INTEGER REFERENCES tags(id));
+         SELECT lsync_track('tags', 'shared');
+         SELECT lsync_track('notes', 'shared');
+         INSERT INTO tags(uuid, name) VALUES ('T1', 'a'), ('T2', 'b');
+         INSERT INTO notes(uuid, tag_id) VALUES ('N1', 1), ('N2', 2);",
+    )
+    .unwrap();
+    flush(&c);
+    let tbl: i64 = scalar(&c, "SELECT id FROM lsync_tables WHERE name = 'tags'");
+    let links = "SELECT uuid, tag_id FROM notes ORDER BY uuid";
+    let _: Option<i64> = scalar(
+        &c,
+        &format!("SELECT lsync_on_delete_target({tbl}, 1, 'T1')"),
+    );
+    assert_eq!(query_rows(&c, links), [["N1", "1"], ["N2", "2"]]);
+    c.execute_batch("DELETE FROM tags WHERE uuid = 'T2'")
+        .unwrap();
+    assert_eq!(query_rows(&c, links), [["N1", "1"], ["N2", "NULL"]]);
+    let waiting: String = scalar(&c, "SELECT target_uuid FROM lsync_deferred");
+    assert_eq!(waiting, "T2");
+}
