@@ -70,8 +70,8 @@ fn a_replayed_handshake_never_reaches_the_database() {
     for _ in 0..40 {
         let mut s = TcpStream::connect(node.addr()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.write_all(&first).unwrap();
-        if read_frame(&mut s).is_ok() {
+        // A connection past the cap is closed at once: the write may fail.
+        if s.write_all(&first).is_ok() && read_frame(&mut s).is_ok() {
             answered += 1;
         }
         replays.push(s);
