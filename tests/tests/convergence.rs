@@ -1065,3 +1065,38 @@ fn kept_ids_converge_through_pairs_key_changes_deletes_and_snapshots() {
     run_replicas(&steps, &all_pairs(), Mode::Plain).unwrap();
     run_replicas(&steps, &all_pairs(), Mode::UniqueKeys).unwrap();
 }
+
+/// Found by `make soak` (issue 13's stop): snapshots taken both ways among
+/// three replicas, with a held changeset and an assignment whose tag
+/// changed, left one replica without the assignment.
+#[test]
+fn regression_an_assignment_moved_across_snapshots_reaches_every_replica() {
+    let upd = |at, table, row, col, v| Step::Update {
+        at,
+        table,
+        row,
+        col,
+        v,
+    };
+    let tag = |at, v| Step::Insert {
+        at,
+        table: 2,
+        a: 0,
+        b: 0,
+        v,
+    };
+    let steps = [
+        tag(0, 57),
+        tag(1, 70),
+        sync_step(0, 2, false),
+        ins(2, 3),
+        sync_step(2, 1, true),
+        Step::Snapshot { from: 1, to: 0 },
+        Step::Snapshot { from: 2, to: 0 },
+        Step::Snapshot { from: 0, to: 2 },
+        upd(2, 3, 0, 3, 19),
+        sync_step(2, 1, false),
+        sync_step(0, 1, false),
+    ];
+    run_replicas(&steps, &all_pairs(), Mode::UniqueKeys).unwrap();
+}

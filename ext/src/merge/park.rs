@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use lsync_wire::changeset::{Change, Op};
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{Applier, Clk};
 use crate::catalog::Table;
@@ -65,8 +66,9 @@ impl Applier {
                 Ok(out)
             },
         )?;
-        for (col, value, hlc, origin) in rows {
-            let edit = Change {
+        let edits: Vec<Change> = rows
+            .into_iter()
+            .map(|(col, value, hlc, origin)| Change {
                 seq: 0,
                 hlc,
                 origin: Arc::from(origin),
@@ -74,8 +76,15 @@ impl Applier {
                 pk: pk.clone(),
                 op: Op::Update,
                 data: vec![(Arc::from(col), value)],
-            };
-            self.upsert(t, &edit)?;
+            })
+            .collect();
+        // Their FK targets may be rows this changeset does not name (a
+        // receiver's own rows never come back to it): look them up, as
+        // for the changeset's own changes.
+        let list: Vec<&Change> = edits.iter().collect();
+        self.find_targets(t, &list, &HashMap::default())?;
+        for edit in &edits {
+            self.upsert(t, edit)?;
         }
         Ok(())
     }
