@@ -18,7 +18,7 @@ use crate::catalog::{self, Table};
 use crate::conn::{CaptureOff, Conn};
 use crate::error::{Error, Result};
 use crate::sql::{Db, Value};
-use crate::{bail, flush, merge, peers, schema, stability};
+use crate::{bail, capture, flush, merge, peers, schema, stability};
 
 /// Turns triggers off for the apply when every trigger on the tables it
 /// touches is lsync's own (capture is off anyway): a trigger program per
@@ -74,15 +74,17 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
     let names: Vec<&str> = cs.tables.iter().map(|t| t.name.as_str()).collect();
     let _triggers = TriggersOff::new(db, &names)?;
     db.savepoint("lsync_apply", || {
-        // Fold local captures first: rows above the high-water mark must be
-        // recorded as local before remote rows are inserted above them.
-        flush::flush(db)?;
-        db.exec("PRAGMA defer_foreign_keys = ON")?;
-        let mut report = merge::merge(db, by_name(db)?, &cs)?;
-        report.changes += own;
-        report.own = own;
-        stability::record_ack(db, cs.fence.as_ref())?;
-        Ok(report)
+        capture::quietly(db, || {
+            // Fold local captures first: rows above the high-water mark must be
+            // recorded as local before remote rows are inserted above them.
+            flush::flush(db)?;
+            db.exec("PRAGMA defer_foreign_keys = ON")?;
+            let mut report = merge::merge(db, by_name(db)?, &cs)?;
+            report.changes += own;
+            report.own = own;
+            stability::record_ack(db, cs.fence.as_ref())?;
+            Ok(report)
+        })
     })
 }
 
@@ -176,17 +178,19 @@ pub fn apply_stream(
     let tables = by_name(db)?;
     let names: Vec<&str> = tables.keys().map(|n| &**n).collect();
     let _triggers = TriggersOff::new(db, &names)?;
-    flush::flush(db)?;
-    db.exec("PRAGMA defer_foreign_keys = ON")?;
-    let mut total = ApplyReport::default();
-    while let Some(mut cs) = next()? {
-        let own = drop_own(db, &mut cs)?;
-        let mut report = merge::merge(db, tables.clone(), &cs)?;
-        report.changes += own;
-        report.own = own;
-        total.add(&report);
-    }
-    Ok(total)
+    capture::quietly(db, || {
+        flush::flush(db)?;
+        db.exec("PRAGMA defer_foreign_keys = ON")?;
+        let mut total = ApplyReport::default();
+        while let Some(mut cs) = next()? {
+            let own = drop_own(db, &mut cs)?;
+            let mut report = merge::merge(db, tables.clone(), &cs)?;
+            report.changes += own;
+            report.own = own;
+            total.add(&report);
+        }
+        Ok(total)
+    })
 }
 
 /// `lsync_conflict_retry(id)`: applies quarantined change `id` now, as
@@ -197,9 +201,11 @@ pub fn retry_conflict(db: Db, conn: &Conn, id: i64) -> Result<String> {
     let _off = CaptureOff::new(conn);
     let tables = by_name(db)?;
     let error = db.savepoint("lsync_conflict_retry", || {
-        flush::flush(db)?;
-        db.exec("PRAGMA defer_foreign_keys = ON")?;
-        merge::retry_conflict(db, &tables, id)
+        capture::quietly(db, || {
+            flush::flush(db)?;
+            db.exec("PRAGMA defer_foreign_keys = ON")?;
+            merge::retry_conflict(db, &tables, id)
+        })
     })?;
     Ok(serde_json::json!({"id": id, "applied": error.is_none(), "error": error}).to_string())
 }

@@ -92,6 +92,27 @@ fn fill_uuid(db: Db, tbl: i64, rowid: i64, blob: bool) -> Result<()> {
     )
 }
 
+/// Runs `f` with capture off for the function-free INSERT triggers too
+/// (`triggers::insert_trigger`), which read `capture_off` in
+/// `lsync_config` where the others ask `lsync_capturing()`. Called inside
+/// the caller's savepoint, so a failure rolls the setting back with the rest.
+pub fn quietly<T>(db: Db, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let outer = db
+        .query_i64("SELECT 1 FROM lsync_config WHERE key = 'capture_off'", &[])?
+        .is_some();
+    if outer {
+        return f();
+    }
+    db.run(
+        "INSERT INTO lsync_config(key, value) VALUES ('capture_off', 1)",
+        &[],
+    )?;
+    let out = f();
+    let cleared = db.run("DELETE FROM lsync_config WHERE key = 'capture_off'", &[]);
+    let v = out?;
+    cleared.map(|()| v)
+}
+
 /// Formats the `owned by` refusal for `lsync_deny_owned`.
 pub fn deny_owned(db: Db, tbl_id: i64, rowid: i64, owner_idx: i64) -> Result<Value> {
     let name = db

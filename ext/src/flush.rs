@@ -105,6 +105,8 @@ fn flush_table(db: Db, t: &Table, tables: &[Table], clock: &mut Clock) -> Result
         if rid > t.hwm {
             continue;
         }
+        // The function-free INSERT trigger leaves the HLC to the fold.
+        let hlc = if hlc == 0 { clock.hlc()? } else { hlc };
         if op == OP_INSERT {
             reinserted = true;
         }

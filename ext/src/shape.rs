@@ -31,7 +31,7 @@ impl Shape {
             .map_or("", |i| &self.types[i])
     }
 
-    fn is_notnull(&self, col: &str) -> bool {
+    pub fn is_notnull(&self, col: &str) -> bool {
         self.columns
             .iter()
             .position(|c| c == col)

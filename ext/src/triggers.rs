@@ -40,8 +40,16 @@ pub fn update_id_trigger(db: Db, t: &Table) -> Result<()> {
 
 /// (Re)creates the capture triggers of a tracked table.
 pub fn install_triggers(db: Db, t: &Table) -> Result<()> {
+    // A NOT NULL uuid column is never NULL once the row is in: no fill.
     let fill = match t.uuid_col() {
-        Some(c) => shape(db, &t.name)?.uuid_fill(c),
+        Some(c) => {
+            let s = shape(db, &t.name)?;
+            if s.is_notnull(c) {
+                ""
+            } else {
+                s.uuid_fill(c)
+            }
+        }
         None => "",
     };
     let referenced = load_all(db)?
@@ -109,7 +117,6 @@ fn change_mask(t: &Table) -> String {
 fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
     let (id, tbl) = (t.id, q(&t.name));
     let old_gid = t.gid_of("OLD");
-    let below_hwm = format!("NEW.rowid <= (SELECT hwm FROM lsync_tables WHERE id = {id})");
     let owner_old = owner_check(t, "OLD.rowid", "");
     // Where SQLite enforces no FK, a deleted row's referrers are detached
     // as a peer detaches them, before a new row can take its rowid.
@@ -122,15 +129,10 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
     let hlc_bump = hlc_bump();
     // A row whose id lsync keeps has one once its insert is folded: rows
     // without one are not known yet (see `gids`).
-    let (has_id, new_id_null) = match t.uuid_col() {
-        Some(c) => (
-            format!("OLD.{} IS NOT NULL AND", q(c)),
-            format!("NEW.{} IS NULL", q(c)),
-        ),
-        None => (String::new(), "0".to_owned()),
+    let has_id = match t.uuid_col() {
+        Some(c) => format!("OLD.{} IS NOT NULL AND", q(c)),
+        None => String::new(),
     };
-    // The uuid column's kind, so that the callback needs no lookup of it.
-    let blob = i32::from(uuid_fill.contains("'blob'"));
     let record_delete = format!(
         "INSERT INTO lsync_deleted(tbl, uuid, rid, hlc)
            SELECT {id}, g, OLD.rowid, {HLC_VALUE} FROM (SELECT {old_gid} AS g) WHERE g IS NOT NULL
@@ -179,11 +181,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
         )
     };
     format!(
-        "CREATE TRIGGER {ins} AFTER INSERT ON {tbl}
-         WHEN {new_id_null} OR {below_hwm}
-         BEGIN
-           SELECT lsync_on_insert({id}, NEW.rowid, {new_id_null}, {blob});
-         END;
+        "{insert_trigger}
          CREATE TRIGGER {ids} AFTER UPDATE ON {tbl}
          WHEN {has_id} ({id_changed}) AND lsync_capturing()
          BEGIN
@@ -201,10 +199,71 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
            DELETE FROM lsync_deferred WHERE tbl = {id} AND rid = OLD.rowid;
            {detach}
          END;",
-        ins = trigger_name("ins", &t.name),
+        insert_trigger = insert_trigger(t, uuid_fill),
         del = trigger_name("del", &t.name),
         ids = trigger_name("ids", &t.name),
         rekey = rekey_trigger(t, &record_delete),
+    )
+}
+
+/// SQL that holds while this connection captures. The function-free
+/// INSERT trigger cannot ask `lsync_capturing()`, so the applying code
+/// also sets `capture_off` in `lsync_config` (`capture::quietly`).
+const CAPTURING_SQL: &str = "NOT EXISTS (SELECT 1 FROM lsync_config WHERE key = 'capture_off')";
+
+/// The INSERT trigger: it records a row inserted at or below the
+/// high-water mark (an explicit or reused rowid, INSERT OR REPLACE), which
+/// the mark does not find, and fills a NULL uuid column.
+///
+/// A table whose ids need no fill gets a trigger that calls no function
+/// and cannot ABORT. Either one makes SQLite open a statement journal for
+/// every INSERT into the table (`sqlite3MayAbort`): a copy of the page
+/// written, which costs as much as the insert itself. So the HLC of such
+/// a re-insert is the fold's (`hlc` 0 here), and a REPLACE of another
+/// device's row rolls the transaction back (RAISE(ROLLBACK) does not
+/// count as ABORT).
+fn insert_trigger(t: &Table, uuid_fill: &str) -> String {
+    let (id, tbl) = (t.id, q(&t.name));
+    let ins = trigger_name("ins", &t.name);
+    let below_hwm = format!("NEW.rowid <= (SELECT hwm FROM lsync_tables WHERE id = {id})");
+    if let (Some(c), false) = (t.uuid_col(), uuid_fill.is_empty()) {
+        // The uuid column's kind, so that the callback needs no lookup of it.
+        let blob = i32::from(uuid_fill.contains("'blob'"));
+        let null = format!("NEW.{} IS NULL", q(c));
+        return format!(
+            "CREATE TRIGGER {ins} AFTER INSERT ON {tbl}
+             WHEN {null} OR {below_hwm}
+             BEGIN
+               SELECT lsync_on_insert({id}, NEW.rowid, {null}, {blob});
+             END;"
+        );
+    }
+    let owner = match t.mode {
+        Mode::Shared => String::new(),
+        Mode::DeviceOwned => format!(
+            "SELECT RAISE(ROLLBACK, {msg}) FROM
+               (SELECT hi, origin FROM lsync_clock
+                WHERE tbl = {id} AND col IS NULL AND lo <= NEW.rowid
+                ORDER BY lo DESC LIMIT 1) AS c
+             WHERE c.hi >= NEW.rowid
+               AND c.origin IS NOT (SELECT value FROM lsync_config WHERE key = 'device_idx')
+               AND {CAPTURING_SQL};",
+            msg = lit(&format!(
+                "lsync: this row of '{}' is owned by another device; only its owner may \
+                 replace it (the transaction was rolled back)",
+                t.name
+            ))
+        ),
+    };
+    format!(
+        "CREATE TRIGGER {ins} AFTER INSERT ON {tbl}
+         WHEN {below_hwm}
+         BEGIN
+           {owner}
+           DELETE FROM lsync_dirty WHERE tbl = {id} AND rid = NEW.rowid AND {CAPTURING_SQL};
+           INSERT OR IGNORE INTO lsync_dirty(tbl, rid, op, hlc, cols)
+             SELECT {id}, NEW.rowid, {OP_INSERT}, 0, 0 WHERE {CAPTURING_SQL};
+         END;"
     )
 }
 

@@ -202,6 +202,48 @@ fn replace_cannot_take_over_another_devices_row() {
     );
 }
 
+/// The same in a table whose ids lsync keeps (no uuid column). Its INSERT
+/// trigger calls no function and cannot ABORT, or every insert would pay
+/// for a statement journal, so the REPLACE rolls the transaction back.
+#[test]
+fn replace_of_another_devices_row_in_an_integer_keyed_table_rolls_back() {
+    testing_mode();
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    conn.execute_batch(
+        "CREATE TABLE track(id INTEGER PRIMARY KEY, name TEXT);
+         SELECT lsync_track('track', 'device_owned');
+         INSERT INTO track VALUES (1, 'a'), (2, 'b');
+         SELECT lsync_flush();",
+    )
+    .unwrap();
+    let new = uuid::Uuid::now_v7().to_string();
+    let _: String = conn
+        .query_row("SELECT lsync_debug_set_device_id(?1)", [&new], |r| r.get(0))
+        .unwrap();
+    conn.execute_batch("BEGIN; INSERT INTO track(name) VALUES ('mine');")
+        .unwrap();
+    let err = conn
+        .execute("INSERT OR REPLACE INTO track VALUES (1, 'hijacked')", [])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("owned by another device"),
+        "{err}"
+    );
+    assert!(conn.is_autocommit(), "the transaction is still open");
+    let rows = "SELECT id, name FROM track ORDER BY id";
+    assert_eq!(query_rows(&conn, rows), [["1", "a"], ["2", "b"]]);
+    // Its own rows this device may replace, and the replacement is captured.
+    conn.execute_batch(
+        "INSERT INTO track VALUES (3, 'c'); SELECT lsync_flush();
+         INSERT OR REPLACE INTO track VALUES (3, 'c2');",
+    )
+    .unwrap();
+    let dirty: i64 = scalar(&conn, "SELECT count(*) FROM lsync_dirty WHERE rid = 3");
+    assert_eq!(dirty, 1);
+    assert_eq!(query_rows(&conn, rows)[2], ["3", "c2"]);
+}
+
 /// A changeset whose changes claim the receiving device as their origin is
 /// never applied there (issue 13): here a copy of the device's own file,
 /// which shares its device id, edits and deletes its rows later than it
