@@ -141,12 +141,14 @@ pub fn on_delete_target(db: Db, conn: &Conn, tbl: i64, rowid: i64, uuid: &Value)
     if db.query_i64("PRAGMA foreign_keys", &[])? == Some(1) {
         return Ok(Value::Null);
     }
-    let name = db.query_text("SELECT name FROM lsync_tables WHERE id = ?1", &[tbl.into()])?;
-    let Some(name) = name else {
+    let Some(t) = crate::catalog::load_all(db)?
+        .into_iter()
+        .find(|t| t.id == tbl)
+    else {
         return Ok(Value::Null);
     };
     let live = db.query_i64(
-        &format!("SELECT 1 FROM {} WHERE rowid = ?1", qm(&name)),
+        &format!("SELECT 1 FROM {} WHERE rowid = ?1", t.src()),
         &[rowid.into()],
     )?;
     let recorded = *uuid == Value::Null

@@ -93,6 +93,8 @@ pub struct Table {
     pub columns: Vec<Arc<str>>,
     /// FK column -> target table.
     pub fks: BTreeMap<String, String>,
+    /// A WITHOUT ROWID table: lsync numbers its rows itself (`rids`).
+    pub without_rowid: bool,
 }
 
 const TABLE_COLS: &str = "id, name, mode, uuid_col, hwm, columns, fks, options";
@@ -114,6 +116,10 @@ fn table_from_row(s: &Stmt) -> Result<Table> {
             .map(Arc::from)
             .collect(),
         fks: serde_json::from_str(&s.text(6).unwrap_or_default()).map_err(|_| corrupt("FK map"))?,
+        without_rowid: serde_json::from_str::<serde_json::Value>(&s.text(7).unwrap_or_default())
+            .ok()
+            .and_then(|o| o["without_rowid"].as_bool())
+            .unwrap_or(false),
     })
 }
 

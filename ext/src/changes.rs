@@ -13,7 +13,7 @@ use crate::catalog::{self, Table};
 use crate::clock::{op_of, OP_MERGE};
 use crate::error::Result;
 use crate::fk;
-use crate::ident::{q, qm};
+use crate::ident::q;
 use crate::schema;
 use crate::sql::{Cache, Db, Value};
 
@@ -176,11 +176,11 @@ fn read_entry(
     let sql = sqls.entry((t.id, e.col.clone())).or_insert_with(|| {
         let select: Vec<String> = cols.iter().map(|c| q(c)).collect();
         format!(
-            "SELECT rowid, {u}{sep}{cols} FROM {t} WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid LIMIT ?3",
-            u = t.gid_of(&qm(&t.name)),
+            "SELECT rowid, {u}{sep}{cols} FROM {src} AS x WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid LIMIT ?3",
+            u = t.gid_of("x"),
             sep = if select.is_empty() { "" } else { ", " },
             cols = select.join(", "),
-            t = qm(&t.name),
+            src = t.src(),
         )
     });
     cache.with(

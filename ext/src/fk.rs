@@ -216,7 +216,8 @@ pub fn resolve(db: Db, tables: &[Table]) -> Result<(i64, Vec<Refused>)> {
                    (SELECT d.rid AS rid, x.rid AS trid FROM lsync_deferred d
                     JOIN {tids} x ON x.gid = d.target_uuid
                     WHERE d.tbl = ?1 AND d.col = ?2) AS r
-                 WHERE {tn}.rowid = r.rid"
+                 WHERE {rid_is}",
+                rid_is = t.rid_is("r.rid")
             ),
             &params,
         );
@@ -236,7 +237,7 @@ pub fn resolve(db: Db, tables: &[Table]) -> Result<(i64, Vec<Refused>)> {
             // refused stay pending, retried by the next apply, and never
             // stop this one.
             Err(e) if e.is_constraint() => {
-                resolved += resolve_each(db, &tn, &c, &tids, &params, &mut refused)?;
+                resolved += resolve_each(db, t, &c, &tids, &params, &mut refused)?;
             }
             Err(e) => return Err(e),
         }
@@ -247,7 +248,7 @@ pub fn resolve(db: Db, tables: &[Table]) -> Result<(i64, Vec<Refused>)> {
 /// `resolve` for one (table, column, target), link by link.
 fn resolve_each(
     db: Db,
-    tn: &str,
+    t: &Table,
     c: &str,
     tids: &str,
     params: &[Value],
@@ -266,7 +267,11 @@ fn resolve_each(
     let mut resolved = 0;
     for (rid, trid) in links {
         match db.run(
-            &format!("UPDATE {tn} SET {c} = ?2 WHERE rowid = ?1"),
+            &format!(
+                "UPDATE {} SET {c} = ?2 WHERE {}",
+                qm(&t.name),
+                t.rid_is("?1")
+            ),
             &[rid.into(), trid.into()],
         ) {
             Ok(()) => {
@@ -332,7 +337,7 @@ pub fn detach_referrers(
                      ON CONFLICT(tbl, rid, col) DO UPDATE SET target = excluded.target,
                        target_uuid = excluded.target_uuid",
                     sids = s.gids(),
-                    st = qm(&s.name),
+                    st = s.src(),
                     c = q(col),
                 ),
                 &[

@@ -51,9 +51,7 @@ fn flush_table(db: Db, t: &Table, tables: &[Table], clock: &mut Clock) -> Result
             t.name
         );
     }
-    let max_rid = db
-        .query_i64(&format!("SELECT max(rowid) FROM {}", qm(&t.name)), &[])?
-        .unwrap_or(0);
+    let max_rid = db.query_i64(&t.max_rid_sql(), &[])?.unwrap_or(0);
     let pending = db
         .query_i64(
             "SELECT (SELECT count(*) FROM lsync_dirty WHERE tbl = ?1)
@@ -81,6 +79,17 @@ fn flush_table(db: Db, t: &Table, tables: &[Table], clock: &mut Clock) -> Result
         if t.kept() {
             db.run(
                 "DELETE FROM lsync_gid WHERE tbl = ?1 AND rid = ?2 AND gid = ?3",
+                &[t.id.into(), rid.into(), uuid.clone()],
+            )?;
+        } else if t.without_rowid {
+            // A key deleted and inserted again keeps its number.
+            db.run(
+                &format!(
+                    "DELETE FROM lsync_gid WHERE tbl = ?1 AND rid = ?2 AND gid = ?3
+                       AND NOT EXISTS (SELECT 1 FROM {} WHERE {})",
+                    qm(&t.name),
+                    t.rid_is("?2")
+                ),
                 &[t.id.into(), rid.into(), uuid.clone()],
             )?;
         }
@@ -183,7 +192,7 @@ fn flush_table(db: Db, t: &Table, tables: &[Table], clock: &mut Clock) -> Result
 /// arithmetic (`lsync_missing`, the cursors of a range) would count as a row.
 /// The common case, no gap, costs one count over the new rows.
 fn new_row_runs(db: Db, t: &Table) -> Result<Vec<(i64, i64)>> {
-    let tn = qm(&t.name);
+    let tn = t.src();
     let mut s = db.prepare(&format!(
         "SELECT min(rowid), max(rowid), count(*) FROM {tn} WHERE rowid > ?1"
     ))?;

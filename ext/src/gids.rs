@@ -36,33 +36,39 @@ impl Table {
         }
     }
 
-    /// A relation `(rid, gid)`: every row's rowid with its global id. The
+    /// A relation `(rid, gid)`: every row's rid with its global id. The
     /// query flattener turns a join with it into an index lookup.
     pub fn gids(&self) -> String {
         match self.uuid_col() {
-            Some(c) => format!(
-                "(SELECT rowid AS rid, {} AS gid FROM {})",
-                q(c),
-                qm(&self.name)
-            ),
+            Some(c) => format!("(SELECT rowid AS rid, {} AS gid FROM {})", q(c), self.src()),
             None => format!("(SELECT rid, gid FROM lsync_gid WHERE tbl = {})", self.id),
         }
     }
 
-    /// The statement that gives row `?1` the global id `?2` (a merge's
-    /// rename, `merge/unite`).
-    pub fn set_gid_sql(&self) -> String {
-        match self.uuid_col() {
-            Some(c) => format!(
-                "UPDATE {} SET {} = ?2 WHERE rowid = ?1",
-                qm(&self.name),
-                q(c)
-            ),
-            None => format!(
+    /// Gives row `rid` the global id `gid` (a merge's rename, `merge/unite`).
+    pub fn set_gid(&self, db: Db, rid: i64, gid: &Value) -> Result<()> {
+        let args = [rid.into(), gid.clone()];
+        if let Some(c) = self.uuid_col() {
+            db.run(
+                &format!(
+                    "UPDATE {} SET {} = ?2 WHERE {}",
+                    qm(&self.name),
+                    q(c),
+                    self.rid_is("?1")
+                ),
+                &args,
+            )?;
+            if !self.without_rowid {
+                return Ok(());
+            }
+        }
+        db.run(
+            &format!(
                 "UPDATE lsync_gid SET gid = ?2 WHERE tbl = {} AND rid = ?1",
                 self.id
             ),
-        }
+            &args,
+        )
     }
 }
 
@@ -77,7 +83,7 @@ pub fn keep(db: Db, t: &Table, rid: i64, gid: &Value) -> Result<()> {
 
 /// Forgets the global id of row `rid` (the row is gone).
 pub fn forget(db: Db, t: &Table, rid: i64) -> Result<()> {
-    if t.kept() {
+    if t.mapped() {
         db.run(
             "DELETE FROM lsync_gid WHERE tbl = ?1 AND rid = ?2",
             &[t.id.into(), rid.into()],

@@ -22,6 +22,7 @@ pub mod merge;
 pub mod peers;
 pub mod refs;
 pub mod restore;
+pub mod rids;
 pub mod schema;
 pub mod shape;
 pub mod snapfile;

@@ -361,9 +361,9 @@ fn drop_uncommitted_captures(c: Db, tables: &[Table], t: &Table, clock: &mut Clo
         tables,
         t,
         &format!(
-            "SELECT rowid, {u} FROM {n} WHERE rowid > ?1 OR rowid IN (SELECT value FROM json_each(?2))",
-            u = t.gid_of(&qm(&t.name)),
-            n = qm(&t.name)
+            "SELECT rowid, {u} FROM {n} AS x WHERE rowid > ?1 OR rowid IN (SELECT value FROM json_each(?2))",
+            u = t.gid_of("x"),
+            n = t.src()
         ),
         &[t.hwm.into(), json(&uncovered.into_iter().map(Value::from).collect::<Vec<_>>())?.into()],
     )
@@ -377,11 +377,11 @@ fn keep_owner(c: Db, tables: &[Table], t: &Table, idx: i64) -> Result<()> {
         tables,
         t,
         &format!(
-            "SELECT rowid, {u} FROM {n} WHERE rowid NOT IN
+            "SELECT rowid, {u} FROM {n} AS y WHERE rowid NOT IN
                (SELECT x.rowid FROM lsync_clock k JOIN {n} x ON x.rowid BETWEEN k.lo AND k.hi
                 WHERE k.tbl = ?1 AND k.col IS NULL AND k.lo IS NOT NULL AND k.origin = ?2)",
-            u = t.gid_of(&qm(&t.name)),
-            n = qm(&t.name)
+            u = t.gid_of("y"),
+            n = t.src()
         ),
         &[t.id.into(), idx.into()],
     )?;
@@ -414,7 +414,7 @@ fn remove_rows(c: Db, tables: &[Table], t: &Table, select: &str, params: &[Value
                      ON CONFLICT(tbl, rid, col) DO UPDATE SET target = excluded.target,
                        target_uuid = excluded.target_uuid",
                     su = s.gid_of("x"),
-                    sn = qm(&s.name),
+                    sn = s.src(),
                     c = q(col),
                 ),
                 &[s.id.into(), col.as_str().into(), (*t.name).into()],
@@ -431,8 +431,9 @@ fn remove_rows(c: Db, tables: &[Table], t: &Table, select: &str, params: &[Value
     }
     c.run(
         &format!(
-            "DELETE FROM {} WHERE rowid IN (SELECT rid FROM temp.gone)",
-            qm(&t.name)
+            "DELETE FROM {} WHERE {}",
+            qm(&t.name),
+            t.rid_in("SELECT rid FROM temp.gone")
         ),
         &[],
     )?;

@@ -13,7 +13,7 @@ use crate::refs::{check_composite_fks, declared_fks, declared_name, has_unique_i
 use crate::shape::{check_identity, choose, id_warning, shape, Wanted};
 use crate::sql::Db;
 use crate::triggers::{drop_triggers_sql, install_triggers};
-use crate::{bail, flush, schema, warnings};
+use crate::{bail, flush, rids, schema, warnings};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,16 +48,18 @@ fn check_trackable(db: Db, table: &str) -> Result<()> {
             "lsync_track: '{table}' is a virtual table; only ordinary rowid tables can be tracked"
         );
     }
-    if db
-        .prepare(&format!("SELECT rowid FROM {} LIMIT 0", qm(table)))
-        .is_err()
-    {
-        bail!(
-            "lsync_track: table '{table}' has no usable primary key: it is a WITHOUT ROWID table; \
-             lsync needs a rowid or INTEGER PRIMARY KEY as the local id"
-        );
-    }
     Ok(())
+}
+
+/// Whether `table` is a WITHOUT ROWID table.
+fn without_rowid(db: Db, table: &str) -> Result<bool> {
+    Ok(db
+        .query_i64(
+            "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            &[table.into()],
+        )?
+        .unwrap_or(0)
+        != 0)
 }
 
 /// `lsync_track(table, mode [, options])`. Returns a JSON summary, with
@@ -118,6 +120,15 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
         local: &opts.local_columns,
     };
     let (ident, identity) = choose(db, table, &shape, &wanted)?;
+    let wr = without_rowid(db, table)?;
+    if wr && !matches!(&ident, Ident::Column(c) if shape.pk == std::slice::from_ref(c)) {
+        bail!(
+            "lsync_track: '{table}' is a WITHOUT ROWID table, tracked only with its PRIMARY KEY \
+             as the global id, and that must be one TEXT or BLOB column (its key here: {}); \
+             declare it as a rowid table to use another key",
+            shape.pk.join(", ")
+        );
+    }
     if let Some(existing) = load(db, table)?.filter(|t| t.ident != ident) {
         bail!(
             "lsync_track: '{table}' is tracked with another global id ({}); call \
@@ -167,6 +178,9 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
         let cols_json = serde_json::to_string(&columns).map_err(|e| Error::msg(e.to_string()))?;
         let fks_json = serde_json::to_string(&fks).map_err(|e| Error::msg(e.to_string()))?;
         let mut options = serde_json::json!({ "local_columns": opts.local_columns });
+        if wr {
+            options["without_rowid"] = true.into();
+        }
         if uuid_col.is_empty() {
             options["identity"] = ident.to_json();
         }
@@ -184,17 +198,18 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
                 options.to_string().into(),
             ],
         )?;
+        let t = load(db, table)?.ok_or_else(|| Error::msg("lsync_track: lost the table row"))?;
+        rids::number_existing(db, &t)?;
         // Rows already there are folded as local inserts at the next flush,
         // including rowids <= 0 (the mark starts below the smallest one).
         db.run(
             &format!(
                 "UPDATE lsync_tables SET hwm = min(hwm, coalesce((SELECT min(rowid) FROM {}), 1) - 1)
                  WHERE name = ?1 AND hwm = 0",
-                qm(table)
+                t.src()
             ),
             &[table.into()],
         )?;
-        let t = load(db, table)?.ok_or_else(|| Error::msg("lsync_track: lost the table row"))?;
         install_triggers(db, &t)?;
         // A table this one points at now has a referrer to detach on delete.
         for target in t.fks.values().filter(|n| **n != *t.name) {

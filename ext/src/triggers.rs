@@ -44,7 +44,7 @@ pub fn install_triggers(db: Db, t: &Table) -> Result<()> {
     let fill = match t.uuid_col() {
         Some(c) => {
             let s = shape(db, &t.name)?;
-            if s.is_notnull(c) {
+            if s.is_notnull(c) || t.without_rowid {
                 ""
             } else {
                 s.uuid_fill(c)
@@ -117,11 +117,12 @@ fn change_mask(t: &Table) -> String {
 fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
     let (id, tbl) = (t.id, q(&t.name));
     let old_gid = t.gid_of("OLD");
-    let owner_old = owner_check(t, "OLD.rowid", "");
+    let (old_rid, new_rid) = (t.rid_of("OLD"), t.rid_of("NEW"));
+    let owner_old = owner_check(t, &old_rid, "");
     // Where SQLite enforces no FK, a deleted row's referrers are detached
     // as a peer detaches them, before a new row can take its rowid.
     let detach = if referenced {
-        format!("SELECT lsync_on_delete_target({id}, OLD.rowid, {old_gid});")
+        format!("SELECT lsync_on_delete_target({id}, {old_rid}, {old_gid});")
     } else {
         String::new()
     };
@@ -135,7 +136,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
     };
     let record_delete = format!(
         "INSERT INTO lsync_deleted(tbl, uuid, rid, hlc)
-           SELECT {id}, g, OLD.rowid, {HLC_VALUE} FROM (SELECT {old_gid} AS g) WHERE g IS NOT NULL
+           SELECT {id}, g, {old_rid}, {HLC_VALUE} FROM (SELECT {old_gid} AS g) WHERE g IS NOT NULL
            ON CONFLICT(tbl, uuid, rid) DO UPDATE SET hlc = excluded.hlc;"
     );
     // A local write to an FK column replaces any link still waiting for its
@@ -145,19 +146,20 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
         .keys()
         .map(|c| {
             format!(
-                "DELETE FROM lsync_deferred WHERE tbl = {id} AND rid = NEW.rowid AND col = {l} AND NEW.{c} IS NOT OLD.{c};",
+                "DELETE FROM lsync_deferred WHERE tbl = {id} AND rid = {new_rid} AND col = {l} AND NEW.{c} IS NOT OLD.{c};",
                 l = lit(c),
                 c = q(c)
             )
         })
         .collect();
     let immutable = lit("lsync: the rowid and the global id of a tracked row cannot change; delete and re-insert instead");
-    let id_changed = match t.uuid_col() {
-        Some(c) => format!(
+    let id_changed = match (t.uuid_col(), t.without_rowid) {
+        (Some(c), true) => format!("NEW.{c} IS NOT OLD.{c}", c = q(c)),
+        (Some(c), false) => format!(
             "NEW.rowid IS NOT OLD.rowid OR NEW.{c} IS NOT OLD.{c}",
             c = q(c)
         ),
-        None => "NEW.rowid IS NOT OLD.rowid".to_owned(),
+        (None, _) => "NEW.rowid IS NOT OLD.rowid".to_owned(),
     };
     // Only UPDATEs of tracked columns compile this trigger (UPDATE OF): the
     // uuid fill in lsync_on_insert then prepares quickly.
@@ -172,7 +174,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
                {owner_old}
                {hlc_bump}
                INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
-                 VALUES ({id}, NEW.rowid, {OP_UPDATE}, {HLC_VALUE}, {mask})
+                 VALUES ({id}, {new_rid}, {OP_UPDATE}, {HLC_VALUE}, {mask})
                  ON CONFLICT(tbl, rid) DO UPDATE SET hlc = excluded.hlc, cols = cols | excluded.cols;
                {forget_links}
              END;",
@@ -195,8 +197,8 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
            {owner_old}
            {hlc_bump}
            {record_delete}
-           DELETE FROM lsync_dirty WHERE tbl = {id} AND rid = OLD.rowid;
-           DELETE FROM lsync_deferred WHERE tbl = {id} AND rid = OLD.rowid;
+           DELETE FROM lsync_dirty WHERE tbl = {id} AND rid = {old_rid};
+           DELETE FROM lsync_deferred WHERE tbl = {id} AND rid = {old_rid};
            {detach}
          END;",
         insert_trigger = insert_trigger(t, uuid_fill),
@@ -238,16 +240,25 @@ fn insert_trigger(t: &Table, uuid_fill: &str) -> String {
              END;"
         );
     }
+    // A WITHOUT ROWID row is numbered here (`rids`), above the mark unless
+    // its key has a number already (INSERT OR REPLACE, a re-insert).
+    let hwm = format!("(SELECT hwm FROM lsync_tables WHERE id = {id})");
+    let rid = t.rid_of("NEW");
+    let (when, number) = match (t.without_rowid, t.uuid_col()) {
+        (true, Some(k)) => (String::new(), t.number_sql(&format!("NEW.{}", q(k)))),
+        _ => (format!("WHEN {below_hwm}"), String::new()),
+    };
+    let below = format!("{rid} <= {hwm} AND {CAPTURING_SQL}");
     let owner = match t.mode {
         Mode::Shared => String::new(),
         Mode::DeviceOwned => format!(
             "SELECT RAISE(ROLLBACK, {msg}) FROM
                (SELECT hi, origin FROM lsync_clock
-                WHERE tbl = {id} AND col IS NULL AND lo <= NEW.rowid
+                WHERE tbl = {id} AND col IS NULL AND lo <= {rid}
                 ORDER BY lo DESC LIMIT 1) AS c
-             WHERE c.hi >= NEW.rowid
+             WHERE c.hi >= {rid}
                AND c.origin IS NOT (SELECT value FROM lsync_config WHERE key = 'device_idx')
-               AND {CAPTURING_SQL};",
+               AND {below};",
             msg = lit(&format!(
                 "lsync: this row of '{}' is owned by another device; only its owner may \
                  replace it (the transaction was rolled back)",
@@ -257,12 +268,13 @@ fn insert_trigger(t: &Table, uuid_fill: &str) -> String {
     };
     format!(
         "CREATE TRIGGER {ins} AFTER INSERT ON {tbl}
-         WHEN {below_hwm}
+         {when}
          BEGIN
+           {number}
            {owner}
-           DELETE FROM lsync_dirty WHERE tbl = {id} AND rid = NEW.rowid AND {CAPTURING_SQL};
+           DELETE FROM lsync_dirty WHERE tbl = {id} AND rid = {rid} AND {below};
            INSERT OR IGNORE INTO lsync_dirty(tbl, rid, op, hlc, cols)
-             SELECT {id}, NEW.rowid, {OP_INSERT}, 0, 0 WHERE {CAPTURING_SQL};
+             SELECT {id}, {rid}, {OP_INSERT}, 0, 0 WHERE {below};
          END;"
     )
 }

@@ -146,15 +146,16 @@ impl Applier {
         let mut out = Vec::with_capacity(cols.len());
         for (table, col) in cols {
             let action = self.action(&table, &col)?;
-            let (st, c, u) = (qm(&table.name), q(&col), table.gid_of(&qm(&table.name)));
+            let (st, c, u) = (qm(&table.name), q(&col), table.gid_of("x"));
+            let src = table.src();
             let plan = match (&action, table.mode) {
                 (Action::Remove, Mode::Shared) => {
-                    Plan::Remove(format!("SELECT rowid, {u} FROM {st} WHERE {c} = ?1"))
+                    Plan::Remove(format!("SELECT rowid, {u} FROM {src} AS x WHERE {c} = ?1"))
                 }
                 (Action::Remove, Mode::DeviceOwned) => Plan::Detach {
                     link: format!(
                         "INSERT INTO lsync_deferred(tbl, rid, col, uuid, target, target_uuid)
-                         SELECT {id}, rowid, {cl}, {u}, {tl}, ?2 FROM {st}
+                         SELECT {id}, rowid, {cl}, {u}, {tl}, ?2 FROM {src} AS x
                          WHERE {c} = ?1 AND {u} IS NOT NULL
                          ON CONFLICT(tbl, rid, col) DO UPDATE SET target = excluded.target,
                            target_uuid = excluded.target_uuid",
@@ -281,9 +282,10 @@ impl Applier {
                 Action::SetDefault(e) => {
                     self.db.run(
                         &format!(
-                            "UPDATE {} SET {} = ({e}) WHERE rowid = ?1",
+                            "UPDATE {} SET {} = ({e}) WHERE {}",
                             qm(&t.name),
-                            q(&col)
+                            q(&col),
+                            t.rid_is("?1")
                         ),
                         &[rid.into()],
                     )?;

@@ -111,7 +111,7 @@ impl Applier {
         let mut s = self.db.prepare(&format!(
             "SELECT {} FROM {} WHERE rowid = ?1",
             cols.join(", "),
-            qm(&t.name)
+            t.src()
         ))?;
         s.bind(1, &rid.into())?;
         Ok(if s.step()? {
@@ -149,11 +149,11 @@ impl Applier {
             })
             .collect();
         for (rt, col) in referrers {
-            let (tn, c) = (qm(&rt.name), q(&col));
+            let (tn, c, src, at) = (qm(&rt.name), q(&col), rt.src(), rt.rid_is("?1"));
             // Each pass repoints or merges away at least one row.
             loop {
                 let rows = self.clock.cache.with(
-                    &format!("SELECT rowid FROM {tn} WHERE {c} = ?1"),
+                    &format!("SELECT rowid FROM {src} WHERE {c} = ?1"),
                     &[from.into()],
                     |s| {
                         let mut out = Vec::new();
@@ -168,7 +168,7 @@ impl Applier {
                 }
                 for j in rows {
                     let set = self.db.run(
-                        &format!("UPDATE OR FAIL {tn} SET {c} = ?2 WHERE rowid = ?1"),
+                        &format!("UPDATE OR FAIL {tn} SET {c} = ?2 WHERE {at}"),
                         &[j.into(), to.into()],
                     );
                     match set {
@@ -216,9 +216,10 @@ impl Applier {
         let (id, target_id) = (self.uuid_at(rt, j)?, self.uuid_at(&tt, to)?);
         self.db.run(
             &format!(
-                "UPDATE {} SET {} = NULL WHERE rowid = ?1",
+                "UPDATE {} SET {} = NULL WHERE {}",
                 qm(&rt.name),
-                q(col)
+                q(col),
+                rt.rid_is("?1")
             ),
             &[j.into()],
         )?;

@@ -14,7 +14,7 @@ use lsync_wire::changeset::{Change, Op};
 
 use crate::error::{Error, Result};
 use crate::fk;
-use crate::ident::{q, qm};
+use crate::ident::q;
 use crate::sql::Value;
 
 /// A UNIQUE index or constraint of a shared table, over tracked columns.
@@ -79,7 +79,7 @@ impl Applier {
                     cols: tracked.into_iter().map(|(c, _)| c).collect(),
                     find: format!(
                         "SELECT rowid FROM {} WHERE {} AND rowid IS NOT ?{} LIMIT 1",
-                        qm(&t.name),
+                        t.src(),
                         terms.join(" AND "),
                         n + 1
                     ),
@@ -113,7 +113,7 @@ impl Applier {
                         Some(rid) => self
                             .db
                             .query_value(
-                                &format!("SELECT {} FROM {} WHERE rowid = ?1", q(col), qm(&t.name)),
+                                &format!("SELECT {} FROM {} WHERE rowid = ?1", q(col), t.src()),
                                 &[rid.into()],
                             )?
                             .unwrap_or(Value::Null),

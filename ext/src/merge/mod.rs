@@ -321,11 +321,13 @@ impl Applier {
         self.report.resolved += resolved;
         self.links_refused(refused)?;
         for name in &self.touched {
+            let Some(t) = self.tables.get(name) else {
+                continue;
+            };
             self.db.run(
                 &format!(
-                    "UPDATE lsync_tables SET hwm = (SELECT coalesce(max(rowid), 0) FROM {})
-                     WHERE name = ?1",
-                    qm(name)
+                    "UPDATE lsync_tables SET hwm = coalesce(({}), 0) WHERE name = ?1",
+                    t.max_rid_sql()
                 ),
                 &[(**name).into()],
             )?;
@@ -548,7 +550,7 @@ impl Applier {
     /// else: the caller has dealt with the rows that point at it.
     fn drop_row(&mut self, t: &Table, rid: i64, key: &Value) -> Result<()> {
         self.db.run(
-            &format!("DELETE FROM {} WHERE rowid = ?1", qm(&t.name)),
+            &format!("DELETE FROM {} WHERE {}", qm(&t.name), t.rid_is("?1")),
             &[rid.into()],
         )?;
         self.clock.uncover(t.id, rid)?;

@@ -12,7 +12,7 @@ use super::links::LocalValues;
 use super::{Applier, Clk, Outcome};
 use crate::catalog::Table;
 use crate::error::Result;
-use crate::ident::{q, qm};
+use crate::ident::q;
 use crate::sql::Value;
 
 impl Applier {
@@ -36,7 +36,7 @@ impl Applier {
             let sql = format!(
                 "SELECT {} FROM {} WHERE rowid = ?1",
                 cols.join(", "),
-                qm(&t.name)
+                t.src()
             );
             let mut s = self.db.prepare(&sql)?;
             s.bind(1, &rid.into())?;

@@ -399,7 +399,7 @@ impl Applier {
         if let Some((hlc, origin)) = self.clock.row_clock(t.id, rid)? {
             self.clock.renew_row(t.id, rid, hlc, origin)?;
         }
-        self.db.run(&t.set_gid_sql(), &[rid.into(), to.clone()])?;
+        t.set_gid(self.db, rid, to)?;
         self.db.run(
             "UPDATE lsync_deferred SET uuid = ?3 WHERE tbl = ?1 AND rid = ?2",
             &[t.id.into(), rid.into(), to.clone()],

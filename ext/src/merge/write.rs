@@ -77,7 +77,7 @@ impl Applier {
             let e = e.in_apply(&format!("inserting into '{}'", t.name));
             return Err(self.clash_or(t, None, Some(pk), vals, e));
         }
-        let rid = db.last_insert_rowid();
+        let rid = crate::rids::inserted(db, t, pk)?;
         if own_id.is_none() {
             crate::gids::keep(db, t, rid, pk)?;
         }
@@ -101,7 +101,7 @@ impl Applier {
             db.prepare(&format!(
                 "SELECT {} FROM {} WHERE rowid = ?1",
                 cols.join(", "),
-                qm(&t.name)
+                t.src()
             ))
         })?;
         read.bind(1, &rid.into())?;
@@ -128,9 +128,10 @@ impl Applier {
                 .map(|(i, (c, _))| format!("{} = ?{}", q(c), i + 2))
                 .collect();
             db.prepare(&format!(
-                "UPDATE OR FAIL {} SET {} WHERE rowid = ?1",
+                "UPDATE OR FAIL {} SET {} WHERE {}",
                 qm(&t.name),
-                sets.join(", ")
+                sets.join(", "),
+                t.rid_is("?1")
             ))
         })?;
         let key = Value::Integer(rid);

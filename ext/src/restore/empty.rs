@@ -14,9 +14,9 @@ use super::{watermarks, Snap, BUSY_MS};
 use crate::catalog::{self, Table};
 use crate::error::{Error, Result};
 use crate::ident::{q, qm};
-use crate::schema;
 use crate::snapfile::{harden, private};
 use crate::sql::{Connection, Db, Value, OPEN_READWRITE, OPEN_URI};
+use crate::{bail, schema};
 
 /// Page cache of the importing connection: enough that building an index
 /// on random UUIDs does not thrash.
@@ -137,10 +137,14 @@ pub(super) fn restore_empty(db: Db, file: &Path, snap: &Snap, me: &str) -> Resul
         if let Some(why) = has_data(c)? {
             return Ok(Err(why));
         }
-        for t in catalog::load_all(c)? {
-            take_rows(c, &t)?;
+        let tables = catalog::load_all(c)?;
+        for t in &tables {
+            take_rows(c, t)?;
         }
         take_metadata(c)?;
+        for t in tables.iter().filter(|t| t.without_rowid) {
+            check_numbered(c, t)?;
+        }
         take_devices(c, me)?;
         take_settings(c, snap)?;
         // Unqualified names resolve to `main` here (temp has no lsync_peers).
@@ -159,6 +163,24 @@ pub(super) fn restore_empty(db: Db, file: &Path, snap: &Snap, me: &str) -> Resul
     }
     let _ = c.exec("DETACH snap");
     done
+}
+
+/// Every row of WITHOUT ROWID table `t` has one number, and every number
+/// one row: the snapshot's `lsync_gid` is not trusted to.
+fn check_numbered(c: Db, t: &Table) -> Result<()> {
+    let rows = c.query_i64(&format!("SELECT count(*) FROM {}", qm(&t.name)), &[])?;
+    let numbered = c.query_i64(&format!("SELECT count(*) FROM {}", t.src()), &[])?;
+    let numbers = c.query_i64(
+        "SELECT count(*) FROM main.lsync_gid WHERE tbl = ?1",
+        &[t.id.into()],
+    )?;
+    if rows != numbered || rows != numbers {
+        bail!(
+            "the snapshot numbers the rows of '{}' wrongly ({rows:?} rows, {numbered:?} numbered, {numbers:?} numbers)",
+            t.name
+        );
+    }
+    Ok(())
 }
 
 /// `file:` URI opening `path` read-only (for ATTACH).
@@ -186,14 +208,20 @@ fn read_only_uri(path: &Path) -> String {
 /// for its table). Its high-water mark covers every row taken.
 fn take_rows(c: Db, t: &Table) -> Result<()> {
     let cols = columns(c, &t.name)?.join(", ");
+    // A WITHOUT ROWID table's numbers come with `lsync_gid`.
+    let (rowid, order, top) = if t.without_rowid {
+        let top = format!("SELECT max(rid) FROM snap.lsync_gid WHERE tbl = {}", t.id);
+        ("", "", top)
+    } else {
+        let top = format!("SELECT max(rowid) FROM {}", qm(&t.name));
+        ("rowid, ", " ORDER BY rowid", top)
+    };
     c.exec(&format!(
-        "INSERT INTO {m}(rowid, {cols}) SELECT rowid, {cols} FROM snap.{n} NOT INDEXED ORDER BY rowid",
+        "INSERT INTO {m}({rowid}{cols}) SELECT {rowid}{cols} FROM snap.{n} NOT INDEXED{order}",
         m = qm(&t.name),
         n = q(&t.name),
     ))?;
-    let top = c
-        .query_i64(&format!("SELECT max(rowid) FROM {}", qm(&t.name)), &[])?
-        .unwrap_or(0);
+    let top = c.query_i64(&top, &[])?.unwrap_or(0);
     let theirs = c.query_value(
         "SELECT hwm FROM snap.lsync_tables WHERE id = ?1",
         &[t.id.into()],

@@ -1,0 +1,159 @@
+//! Issue 12: a WITHOUT ROWID table keyed by a TEXT or BLOB id is tracked as
+//! it is. It has no rowid, so lsync numbers its rows in `lsync_gid`; every
+//! path that addresses rows (capture, fold, export, apply, merge, both
+//! restore paths) goes through that number.
+
+use lsync_tests::*;
+
+const SETTINGS: &str = "
+    CREATE TABLE setting(key TEXT PRIMARY KEY, value TEXT, n INTEGER) WITHOUT ROWID;
+    CREATE TABLE blob_kv(id BLOB PRIMARY KEY, body TEXT) WITHOUT ROWID;
+    SELECT lsync_track('setting', 'shared');
+    SELECT lsync_track('blob_kv', 'device_owned');";
+
+const ROWS: &str = "SELECT 'setting', key, value, n FROM setting
+    UNION ALL SELECT 'blob_kv', body, length(id), NULL FROM blob_kv ORDER BY 1, 2";
+
+fn exchange(a: &rusqlite::Connection, b: &rusqlite::Connection) {
+    send(a, b, 0);
+    send(b, a, 0);
+    assert_eq!(query_rows(a, ROWS), query_rows(b, ROWS));
+}
+
+#[test]
+fn a_without_rowid_table_is_tracked_by_its_key() {
+    let dir = TempDir::new();
+    let c = open(&dir.db());
+    c.execute_batch("CREATE TABLE kv(k TEXT PRIMARY KEY, v) WITHOUT ROWID")
+        .unwrap();
+    let s: String = scalar(&c, "SELECT lsync_track('kv', 'shared')");
+    let got: serde_json::Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(got["identity"], "primary key", "{got}");
+    assert_eq!(got["uuid_column"], "k", "{got}");
+}
+
+#[test]
+fn a_without_rowid_table_with_another_key_is_refused() {
+    let dir = TempDir::new();
+    let c = open(&dir.db());
+    c.execute_batch(
+        "CREATE TABLE pair(a TEXT, b TEXT, v, PRIMARY KEY (a, b)) WITHOUT ROWID;
+         CREATE TABLE counted(n INTEGER PRIMARY KEY, v) WITHOUT ROWID;",
+    )
+    .unwrap();
+    for table in ["pair", "counted"] {
+        let e = error_of(&c, &format!("SELECT lsync_track('{table}', 'shared')"));
+        assert!(
+            e.contains("WITHOUT ROWID") && e.contains("one TEXT or BLOB column"),
+            "{table}: {e}"
+        );
+    }
+}
+
+/// Inserts, concurrent writes of one key, updates, deletes, a delete and
+/// re-insert before any fold, and INSERT OR REPLACE reach the peer.
+#[test]
+fn without_rowid_rows_converge() {
+    let (_dir, a, b) = two_libraries(SETTINGS);
+    a.execute_batch(
+        "INSERT INTO setting VALUES ('theme', 'dark', 1), ('lang', 'en', 2);
+         INSERT INTO blob_kv VALUES (lsync_uuid('blob'), 'one'), (lsync_uuid('blob'), 'two');",
+    )
+    .unwrap();
+    b.execute_batch("INSERT INTO setting VALUES ('lang', 'fr', 3), ('font', 'mono', 4)")
+        .unwrap();
+    exchange(&a, &b);
+    assert_eq!(count(&a, "setting"), 3);
+    b.execute_batch(
+        "UPDATE setting SET value = 'light' WHERE key = 'theme';
+         DELETE FROM setting WHERE key = 'font';",
+    )
+    .unwrap();
+    a.execute_batch(
+        "UPDATE blob_kv SET body = 'uno' WHERE body = 'one';
+         DELETE FROM setting WHERE key = 'lang';
+         INSERT INTO setting VALUES ('lang', 'de', 5);
+         INSERT OR REPLACE INTO blob_kv SELECT id, 'dos' FROM blob_kv WHERE body = 'two';",
+    )
+    .unwrap();
+    exchange(&a, &b);
+    assert_eq!(
+        query_rows(&a, ROWS),
+        [
+            ["blob_kv", "dos", "16", "NULL"],
+            ["blob_kv", "uno", "16", "NULL"],
+            ["setting", "lang", "de", "5"],
+            ["setting", "theme", "light", "1"],
+        ]
+    );
+    // A delete does not come back, and the peer's own rows are its own.
+    a.execute_batch("DELETE FROM setting WHERE key = 'theme'")
+        .unwrap();
+    exchange(&a, &b);
+    assert_eq!(count(&b, "setting"), 1);
+    let e = error_of(&b, "UPDATE blob_kv SET body = 'mine' WHERE body = 'uno'");
+    assert!(e.contains("owned by"), "{e}");
+    let numbered: i64 = scalar(
+        &b,
+        "SELECT count(*) FROM lsync_gid WHERE tbl IN (SELECT id FROM lsync_tables)",
+    );
+    assert_eq!(numbered, 3, "one number per live row");
+}
+
+/// Rows already in the table when it is tracked are its device's inserts.
+#[test]
+fn rows_there_before_tracking_are_sent() {
+    let (_dir, a, b) = two_libraries(
+        "CREATE TABLE setting(key TEXT PRIMARY KEY, value TEXT, n INTEGER) WITHOUT ROWID;",
+    );
+    a.execute_batch(
+        "INSERT INTO setting VALUES ('a', '1', 1), ('b', '2', 2);
+         SELECT lsync_track('setting', 'shared');
+         INSERT INTO setting VALUES ('c', '3', 3);",
+    )
+    .unwrap();
+    b.execute_batch("SELECT lsync_track('setting', 'shared')")
+        .unwrap();
+    send(&a, &b, 0);
+    assert_eq!(count(&b, "setting"), 3);
+}
+
+/// Both restore paths: a device that joins by snapshot (the empty path)
+/// and one with rows of its own (the merge path) get the rows, and later
+/// edits on either side reach the other.
+#[test]
+fn without_rowid_rows_travel_in_snapshots() {
+    let (dir, a, b) = two_libraries(SETTINGS);
+    a.execute_batch(
+        "INSERT INTO setting VALUES ('theme', 'dark', 1), ('lang', 'en', 2);
+         INSERT INTO blob_kv VALUES (lsync_uuid('blob'), 'one');",
+    )
+    .unwrap();
+    flush(&a);
+    let c = open(&dir.path().join("c.db"));
+    c.execute_batch(SETTINGS).unwrap();
+    join_library(&c, &library_id(&a));
+    b.execute_batch("INSERT INTO setting VALUES ('font', 'mono', 3)")
+        .unwrap();
+    let snap = dir.path().join("snap.db");
+    let _: i64 = scalar(&a, &format!("SELECT lsync_snapshot('{}')", snap.display()));
+    for (target, mode, key) in [(&c, "empty", "lang"), (&b, "merge", "theme")] {
+        let report: String = scalar(
+            target,
+            &format!("SELECT lsync_restore('{}')", snap.display()),
+        );
+        assert!(report.contains(&format!(r#""mode":"{mode}""#)), "{report}");
+        target
+            .execute("UPDATE setting SET n = n + 10 WHERE key = ?1", [key])
+            .unwrap();
+        send(target, &a, 0);
+    }
+    send(&a, &c, 0);
+    send(&a, &b, 0);
+    assert_eq!(query_rows(&a, ROWS), query_rows(&b, ROWS));
+    assert_eq!(query_rows(&a, ROWS), query_rows(&c, ROWS));
+    assert_eq!(
+        query_rows(&a, "SELECT key, n FROM setting ORDER BY key"),
+        [["font", "3"], ["lang", "12"], ["theme", "11"]]
+    );
+}
