@@ -53,7 +53,7 @@ SELECT lsync_track('locations', 'device_owned');
 SELECT lsync_track('entries', 'device_owned');
 SELECT lsync_track('tags', 'shared');
 SELECT lsync_track('tag_assignments', 'shared');
-CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 SELECT lsync_track('settings', 'shared');
 CREATE TABLE labels(id INTEGER PRIMARY KEY, name TEXT);
 SELECT lsync_track('labels', 'shared');
@@ -222,6 +222,33 @@ fn pruning_step() -> impl Strategy<Value = Step> {
 }
 
 /// A random existing row id of `table` at one replica.
+/// The column that names a row of `table` locally: `settings` is a
+/// WITHOUT ROWID table.
+fn row_loc(table: &str) -> &'static str {
+    if table == "settings" {
+        "key"
+    } else {
+        "rowid"
+    }
+}
+
+/// Row `n` (modulo the count) of `table`, by `row_loc`.
+fn pick_row(c: &Connection, table: &str, n: u8) -> Option<rusqlite::types::Value> {
+    let count: i64 = c
+        .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .ok()?;
+    if count == 0 {
+        return None;
+    }
+    let loc = row_loc(table);
+    c.query_row(
+        &format!("SELECT {loc} FROM {table} ORDER BY {loc} LIMIT 1 OFFSET ?1"),
+        [i64::from(n) % count],
+        |r| r.get(0),
+    )
+    .ok()
+}
+
 fn pick_id(c: &Connection, table: &str, n: u8) -> Option<i64> {
     let count: i64 = c
         .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
@@ -289,7 +316,7 @@ fn local_write(c: &Connection, s: &Step) -> Option<String> {
         Step::Update {
             table, row, col, v, ..
         } => {
-            let id = pick_id(c, TABLES[table], row)?;
+            let id = pick_row(c, TABLES[table], row)?;
             let (col, val): (&str, rusqlite::types::Value) = match (table, col % 3) {
                 (0, _) => ("path", format!("/p{v}").into()),
                 (1, 0) => ("parent_id", pick_id(c, "entries", v).into()),
@@ -307,17 +334,22 @@ fn local_write(c: &Connection, s: &Step) -> Option<String> {
                 (_, _) => ("note", format!("m{v}").into()),
             };
             c.execute(
-                &format!("UPDATE {} SET {col} = ?1 WHERE rowid = ?2", TABLES[table]),
+                &format!(
+                    "UPDATE {} SET {col} = ?1 WHERE {} = ?2",
+                    TABLES[table],
+                    row_loc(TABLES[table])
+                ),
                 rusqlite::params![val, id],
             )
         }
         Step::Delete { table, row, .. } => {
-            let id = pick_id(c, TABLES[table], row)?;
+            let id = pick_row(c, TABLES[table], row)?;
+            let loc = row_loc(TABLES[table]);
             if matches!(TABLES[table], "settings" | "label_on_entry") {
                 // A key may be written again after its delete: not a row
                 // that must stay deleted.
                 let _ = c.execute(
-                    &format!("DELETE FROM {} WHERE rowid = ?1", TABLES[table]),
+                    &format!("DELETE FROM {} WHERE {loc} = ?1", TABLES[table]),
                     [id],
                 );
                 return None;
@@ -329,7 +361,7 @@ fn local_write(c: &Connection, s: &Step) -> Option<String> {
                         gid_of(TABLES[table]),
                         TABLES[table]
                     ),
-                    [id],
+                    [&id],
                     |r| r.get(0),
                 )
                 .ok()?;
