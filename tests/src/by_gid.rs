@@ -62,7 +62,13 @@ pub fn dump_by_gid(c: &Connection) -> Vec<String> {
     let tables = tracked_tables(c);
     let mut rows = Vec::new();
     for t in &tables {
-        let mut exprs = vec![format!("quote({})", global_id_sql(t, "t.rowid"))];
+        // A WITHOUT ROWID table has its id in a column, and no rowid.
+        let own = if t.uuid_col.is_empty() {
+            global_id_sql(t, "t.rowid")
+        } else {
+            format!("t.\"{}\"", t.uuid_col)
+        };
+        let mut exprs = vec![format!("quote({own})")];
         for col in &t.columns {
             let target = t
                 .fks

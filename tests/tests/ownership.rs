@@ -226,10 +226,7 @@ fn replace_of_another_devices_row_in_an_integer_keyed_table_rolls_back() {
     let err = conn
         .execute("INSERT OR REPLACE INTO track VALUES (1, 'hijacked')", [])
         .unwrap_err();
-    assert!(
-        err.to_string().contains("owned by another device"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("owned by another device"), "{err}");
     assert!(conn.is_autocommit(), "the transaction is still open");
     let rows = "SELECT id, name FROM track ORDER BY id";
     assert_eq!(query_rows(&conn, rows), [["1", "a"], ["2", "b"]]);

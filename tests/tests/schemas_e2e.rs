@@ -4,7 +4,7 @@
 //!
 //! The schemas have no column added for lsync: a file manager's (entities
 //! with a `pub_id`, join tables keyed by their pair, a 1:1 extension keyed
-//! by its FK, an integer-keyed table, a key/value table, an FK to an
+//! by its FK, an integer-keyed table, a WITHOUT ROWID key/value table, an FK to an
 //! untracked local table) and a music store's (integer keys only, the same
 //! ids used on both devices for different rows). The devices must end the
 //! same when read through global ids ([`dump_by_gid`]): local ids differ.
@@ -91,7 +91,7 @@ CREATE TABLE label_on_object(
 CREATE TABLE exif_data(id INTEGER PRIMARY KEY,
   object_id INTEGER NOT NULL UNIQUE REFERENCES object(id) ON DELETE CASCADE,
   iso INTEGER, camera TEXT);
-CREATE TABLE preference(key TEXT PRIMARY KEY, value BLOB);
+CREATE TABLE preference(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;
 ";
 
 /// Every table but `instance`, and the identity lsync must choose for it.
