@@ -184,6 +184,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             self.tx.send(&msg, &e.blob).await?;
         }
         self.sent_cursor = e.to;
+        self.sent_max = self.sent_max.max(e.to);
         Ok(e.has_more)
     }
 
