@@ -113,6 +113,9 @@ pub struct RunArgs {
     /// Test hook: hold the write lock this much longer in every apply.
     #[arg(long, hide = true, value_name = "MS")]
     pub test_apply_delay_ms: Option<u64>,
+    /// Test hook: claim this cursor as the `to` of every changeset sent.
+    #[arg(long, hide = true, value_name = "CURSOR")]
+    pub test_claim_to: Option<i64>,
 }
 
 /// How a peer that is behind is brought up to date.

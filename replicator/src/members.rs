@@ -93,14 +93,15 @@ pub fn record_secret(c: &Connection, epoch: i64, secret: &Secret) -> R<Vec<(i64,
 }
 
 /// The secret of `--secret-file`, recorded if the database does not know
-/// it: at epoch 0, so that it never outranks a rotation the database has
-/// learned (it admits new devices only while no newer secret is known).
+/// it, as the newest: a secret file that changed is a new invite (an
+/// older secret the database knows stays where it is).
 pub fn seed_secret(c: &Connection, file: &Secret) -> R<Vec<(i64, Secret)>> {
     let known = secrets(c)?;
     if known.iter().any(|(_, s)| s == file) {
         return Ok(known);
     }
-    record_secret(c, 0, file)
+    let epoch = known.first().map_or(0, |s| s.0 + 1);
+    record_secret(c, epoch, file)
 }
 
 /// A new library secret, one epoch past every known one.

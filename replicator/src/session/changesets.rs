@@ -177,7 +177,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         if always || e.to != since {
             let msg = Msg::Changes {
                 from: e.from,
-                to: e.to,
+                to: self.node.cfg.test.claim_to.unwrap_or(e.to),
                 count: e.count,
                 has_more: e.has_more,
             };

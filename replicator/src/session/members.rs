@@ -16,12 +16,12 @@ use super::shared::Node;
 use super::Session;
 
 /// Sends our members and our newest secret to a peer just admitted (an
-/// active member, proven by its key). Returns the list sent.
+/// active member, proven by its key). Returns the list and the secret sent.
 pub(super) async fn send_all<W: AsyncWrite + Unpin>(
     node: &Node,
     conn: &Arc<Mutex<Connection>>,
     tx: &mut protocol::Sender<W>,
-) -> R<Vec<MemberEntry>> {
+) -> R<(Vec<MemberEntry>, Option<(i64, protocol::Secret)>)> {
     let list = blocking(conn, |c| members::entries(c)).await?;
     tx.send(
         &Msg::Members {
@@ -30,11 +30,12 @@ pub(super) async fn send_all<W: AsyncWrite + Unpin>(
         &[],
     )
     .await?;
-    if let Some((epoch, secret)) = node.newest() {
+    let newest = node.newest();
+    if let Some((epoch, secret)) = newest {
         let secret = members::hex(&secret);
         tx.send(&Msg::Secret { epoch, secret }, &[]).await?;
     }
-    Ok(list)
+    Ok((list, newest))
 }
 
 impl<W: AsyncWrite + Unpin> Session<W> {
@@ -51,6 +52,15 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 "device {} is revoked in this library",
                 self.peer
             )));
+        }
+        // A rotation here (`lsync secret rotate`): the peer gets the new one.
+        let newest = self.node.newest();
+        if newest != self.secret_sent {
+            if let Some((epoch, secret)) = newest {
+                let secret = members::hex(&secret);
+                self.tx.send(&Msg::Secret { epoch, secret }, &[]).await?;
+            }
+            self.secret_sent = newest;
         }
         if list != self.members {
             self.tx

@@ -85,8 +85,9 @@ struct Session<W> {
     /// Whether we hold the peer's changes (its clock is ahead), and when
     /// we pull them again.
     holding: Holding,
-    /// The member list as last sent to the peer.
+    /// The member list and the newest secret as last sent to the peer.
     members: Vec<protocol::MemberEntry>,
+    secret_sent: Option<(i64, protocol::Secret)>,
     /// The highest cursor of ours sent to the peer in this session: its
     /// acks are capped there.
     sent_max: i64,
@@ -158,7 +159,7 @@ where
     info!(recv_cursor, peer_head, "session established");
     let wire_bytes = rx.wire_bytes.clone();
     let mut tx = tx;
-    let members = members::send_all(&node, &conn, &mut tx).await?;
+    let (members, secret_sent) = members::send_all(&node, &conn, &mut tx).await?;
 
     // Frames are read by their own task into a small bounded queue: when we
     // are busy applying, the queue fills, TCP pushes back, the peer waits.
@@ -195,6 +196,7 @@ where
         courtesy: Courtesy::new(version),
         holding: Holding::new(backoff),
         members,
+        secret_sent,
         sent_max: 0,
     };
     let result = s.serve(&mut in_rx).await;
