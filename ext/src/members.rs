@@ -21,17 +21,10 @@ use crate::error::{Error, Result};
 use crate::sql::{Db, Value, DIRECTONLY, INNOCUOUS};
 use crate::{bail, schema};
 
-const MEMBERS_SQL: &str = include_str!("../../sql/members.sql");
-
 /// The most entries one `lsync_members_merge` takes.
 const MAX_MERGE: usize = 100_000;
 /// The most library secrets kept (the newest ones).
 const MAX_SECRETS: usize = 8;
-
-/// Creates `lsync_members`; called by `schema::ensure`.
-pub fn ensure_tables(db: Db) -> Result<()> {
-    db.exec(MEMBERS_SQL)
-}
 
 /// One member as `lsync_members()` lists it and `lsync_members_merge` takes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,8 @@ use crate::error::{Error, Result};
 use crate::sql::{Db, Value};
 
 const SCHEMA_SQL: &str = include_str!("../../sql/schema.sql");
+/// The library's members (`members.rs`), in a file of their own.
+const MEMBERS_SQL: &str = include_str!("../../sql/members.sql");
 
 /// Bumped whenever sql/schema.sql gains objects; every statement there is
 /// idempotent, so older databases are upgraded by running it again. A
@@ -32,7 +34,7 @@ pub fn ensure(db: Db) -> Result<()> {
     db.savepoint("lsyncschema", || {
         db.exec(SCHEMA_SQL)?;
         // Version 10: the library's members (issue 13).
-        crate::members::ensure_tables(db)?;
+        db.exec(MEMBERS_SQL)?;
         migrate(db)?;
         let device = uuid::Uuid::now_v7().to_string();
         let library = uuid::Uuid::now_v7().to_string();

@@ -398,3 +398,26 @@ fn a_snapshot_never_carries_the_device_key_or_the_secrets() {
         .unwrap();
     assert_eq!(key, None);
 }
+
+/// A database of metadata version 9 (before members) gains the members
+/// table on first use, and keeps its identity.
+#[test]
+fn a_version_9_database_is_upgraded_with_members() {
+    let dir = TempDir::new();
+    let (path, c) = library_db(dir.path(), "old");
+    let id = device_id(&c);
+    c.execute_batch(
+        "DROP TABLE lsync_members;
+         UPDATE lsync_config SET value = 9 WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    drop(c);
+    let c = open(&path);
+    assert_eq!(member_rows(&c), vec![]);
+    assert_eq!(device_id(&c), id);
+    let version: i64 = scalar(
+        &c,
+        "SELECT value FROM lsync_config WHERE key = 'schema_version'",
+    );
+    assert_eq!(version, 10);
+}
