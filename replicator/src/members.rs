@@ -7,7 +7,7 @@
 use rusqlite::{params, Connection};
 
 use crate::protocol::{self, MemberEntry, Secret};
-use crate::store::{StoreError, R};
+use crate::store::{immediate, StoreError, R};
 
 /// This device's static X25519 key pair.
 #[derive(Clone)]
@@ -34,6 +34,12 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 /// This device's key pair, made and stored on first use. The extension
 /// lists this device as a member under its public key.
 pub fn device_keys(c: &Connection) -> R<DeviceKeys> {
+    // Writes take the write lock first (see `store::immediate`): a read
+    // that turns into a write fails at once while the app writes.
+    immediate(c, read_or_make_keys)
+}
+
+fn read_or_make_keys(c: &Connection) -> R<DeviceKeys> {
     let stored: Option<String> =
         c.query_row("SELECT lsync_device_key(NULL, NULL)", [], |r| r.get(0))?;
     let json = match stored {
@@ -84,11 +90,13 @@ fn parse_secrets(json: &str) -> R<Vec<(i64, Secret)>> {
 /// Records a library secret (a known one keeps the higher epoch); returns
 /// all of them, newest first.
 pub fn record_secret(c: &Connection, epoch: i64, secret: &Secret) -> R<Vec<(i64, Secret)>> {
-    let json: String = c.query_row(
-        "SELECT lsync_library_secret(?1, ?2)",
-        params![epoch, hex(secret)],
-        |r| r.get(0),
-    )?;
+    let json: String = immediate(c, |c| {
+        Ok(c.query_row(
+            "SELECT lsync_library_secret(?1, ?2)",
+            params![epoch, hex(secret)],
+            |r| r.get(0),
+        )?)
+    })?;
     parse_secrets(&json)
 }
 
@@ -118,11 +126,13 @@ pub fn rotate_secret(c: &Connection) -> R<Secret> {
 /// (see `lsync_member_admit`): `member`, `joined`, `unknown`, `revoked`,
 /// `mismatch` or `key_taken`.
 pub fn admit(c: &Connection, device: &str, key: &[u8; 32], may_join: bool) -> R<String> {
-    Ok(c.query_row(
-        "SELECT lsync_member_admit(?1, ?2, ?3)",
-        params![device, hex(key), may_join],
-        |r| r.get(0),
-    )?)
+    immediate(c, |c| {
+        Ok(c.query_row(
+            "SELECT lsync_member_admit(?1, ?2, ?3)",
+            params![device, hex(key), may_join],
+            |r| r.get(0),
+        )?)
+    })
 }
 
 /// The members as `lsync_members()` lists them.
@@ -166,7 +176,9 @@ pub struct Merged {
 
 pub fn merge(c: &Connection, members: &[MemberEntry]) -> R<Merged> {
     let json = serde_json::to_string(members)?;
-    let out: String = c.query_row("SELECT lsync_members_merge(?1)", [json], |r| r.get(0))?;
+    let out: String = immediate(c, |c| {
+        Ok(c.query_row("SELECT lsync_members_merge(?1)", [json], |r| r.get(0))?)
+    })?;
     Ok(serde_json::from_str(&out)?)
 }
 
@@ -179,5 +191,7 @@ pub fn is_revoked(c: &Connection, device: &str) -> R<bool> {
 
 /// Revokes `device`; returns its member entry.
 pub fn revoke(c: &Connection, device: &str) -> R<String> {
-    Ok(c.query_row("SELECT lsync_revoke(?1)", [device], |r| r.get(0))?)
+    immediate(c, |c| {
+        Ok(c.query_row("SELECT lsync_revoke(?1)", [device], |r| r.get(0))?)
+    })
 }
