@@ -202,6 +202,7 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
     )?;
 
     crate::peers::register(db)?;
+    crate::members::register(db)?;
     crate::status::register(db)?;
 
     db.create_table_function::<crate::vtab::ChangesTable>("lsync_changes")?;

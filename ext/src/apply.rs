@@ -63,6 +63,7 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
     schema::ensure(db)?;
     let mut cs = checked(db, blob, "lsync_apply")?;
     let own = drop_own(db, &mut cs)?;
+    let revoked = crate::members::drop_revoked(db, &mut cs)?;
     check_drift(
         db,
         cs.changes.iter().map(|c| c.hlc).max(),
@@ -80,8 +81,9 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
             flush::flush(db)?;
             db.exec("PRAGMA defer_foreign_keys = ON")?;
             let mut report = merge::merge(db, by_name(db)?, &cs)?;
-            report.changes += own;
+            report.changes += own + revoked;
             report.own = own;
+            report.revoked = revoked;
             stability::record_ack(db, cs.fence.as_ref())?;
             Ok(report)
         })
@@ -184,9 +186,11 @@ pub fn apply_stream(
         let mut total = ApplyReport::default();
         while let Some(mut cs) = next()? {
             let own = drop_own(db, &mut cs)?;
+            let revoked = crate::members::drop_revoked(db, &mut cs)?;
             let mut report = merge::merge(db, tables.clone(), &cs)?;
-            report.changes += own;
+            report.changes += own + revoked;
             report.own = own;
+            report.revoked = revoked;
             total.add(&report);
         }
         Ok(total)

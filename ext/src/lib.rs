@@ -18,6 +18,7 @@ pub mod flush;
 pub mod gids;
 pub mod ident;
 pub mod ids;
+pub mod members;
 pub mod merge;
 pub mod peers;
 pub mod refs;

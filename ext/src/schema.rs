@@ -5,12 +5,14 @@ use crate::error::{Error, Result};
 use crate::sql::{Db, Value};
 
 const SCHEMA_SQL: &str = include_str!("../../sql/schema.sql");
+/// The library's members (`members.rs`), in a file of their own.
+const MEMBERS_SQL: &str = include_str!("../../sql/members.sql");
 
 /// Bumped whenever sql/schema.sql gains objects; every statement there is
 /// idempotent, so older databases are upgraded by running it again. A
 /// column added to an existing table also needs its `ALTER TABLE` in
 /// [`migrate`] (`CREATE TABLE IF NOT EXISTS` leaves an old table as it is).
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 
 /// Default maximum clock drift accepted from a peer, in milliseconds.
 pub const DEFAULT_MAX_DRIFT_MS: i64 = 60_000;
@@ -31,6 +33,8 @@ pub fn ensure(db: Db) -> Result<()> {
     }
     db.savepoint("lsyncschema", || {
         db.exec(SCHEMA_SQL)?;
+        // Version 10: the library's members (issue 13).
+        db.exec(MEMBERS_SQL)?;
         migrate(db)?;
         let device = uuid::Uuid::now_v7().to_string();
         let library = uuid::Uuid::now_v7().to_string();

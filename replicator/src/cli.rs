@@ -26,6 +26,9 @@ pub enum Command {
     /// Manage the library secret.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// The library's member devices: list them, revoke one.
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Show each peer's watermarks, lag, last contact and last error, plus the
     /// deferred links and the tombstones waiting for ACKs.
     Status(StatusArgs),
@@ -110,6 +113,9 @@ pub struct RunArgs {
     /// Test hook: hold the write lock this much longer in every apply.
     #[arg(long, hide = true, value_name = "MS")]
     pub test_apply_delay_ms: Option<u64>,
+    /// Test hook: claim this cursor as the `to` of every changeset sent.
+    #[arg(long, hide = true, value_name = "CURSOR")]
+    pub test_claim_to: Option<i64>,
 }
 
 /// How a peer that is behind is brought up to date.
@@ -125,6 +131,64 @@ pub enum Strategy {
 pub enum SecretCommand {
     /// Print a new random library secret (64 hex characters).
     New,
+    /// Replace the library secret: record a new one in the database, which
+    /// its sidecar sends to every active member in their next session,
+    /// and print it. Only the new secret admits new devices; members keep
+    /// their sessions (docs/security.md).
+    Rotate(SecretRotateArgs),
+    /// Print the newest library secret the database knows (what a new
+    /// device needs to join).
+    Show(DbArg),
+}
+
+/// Options of `lsync secret rotate`.
+#[derive(Debug, Clone, Args)]
+pub struct SecretRotateArgs {
+    /// The database file.
+    #[arg(long, value_name = "PATH")]
+    pub db: PathBuf,
+    /// Also write the new secret to this file (the sidecar's --secret-file).
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// A command's one option: the database.
+#[derive(Debug, Clone, Args)]
+pub struct DbArg {
+    /// The database file.
+    #[arg(long, value_name = "PATH")]
+    pub db: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// List the library's members: device id, public key, status.
+    List(DeviceListArgs),
+    /// Revoke a device, for good: every peer that learns of it refuses its
+    /// sessions and its changes. Revoke a device that knew the secret, then
+    /// `lsync secret rotate`, so that it cannot join again as a new device.
+    Revoke(DeviceRevokeArgs),
+}
+
+/// Options of `lsync device list`.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceListArgs {
+    /// The database file.
+    #[arg(long, value_name = "PATH")]
+    pub db: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `lsync device revoke`.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceRevokeArgs {
+    /// The database file.
+    #[arg(long, value_name = "PATH")]
+    pub db: PathBuf,
+    /// The device id (a UUID) to revoke.
+    pub id: String,
 }
 
 /// Options of `lsync status`.

@@ -41,6 +41,8 @@ pub struct TestHooks {
     pub corrupt_chunk: Option<u64>,
     /// Hold the write lock this much longer in every apply (a long catch-up).
     pub apply_delay: Option<Duration>,
+    /// Claim this cursor as the `to` of every changeset sent (a lying peer).
+    pub claim_to: Option<i64>,
 }
 
 /// Capped exponential backoff: for dialing a peer, and for pulling a
@@ -168,6 +170,7 @@ pub fn resolve(a: &RunArgs) -> Result<RunConfig> {
             chunk_delay: a.test_chunk_delay_ms.map(Duration::from_millis),
             corrupt_chunk: a.test_corrupt_chunk,
             apply_delay: a.test_apply_delay_ms.map(Duration::from_millis),
+            claim_to: a.test_claim_to,
         },
         extension: f.extension,
     };

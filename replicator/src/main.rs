@@ -9,7 +9,9 @@ mod courtesy;
 mod db;
 mod dbfile;
 mod demo;
+mod device;
 mod held;
+mod members;
 mod node;
 mod now;
 mod progress;
@@ -23,7 +25,7 @@ mod store;
 use anyhow::Result;
 use clap::Parser;
 
-use cli::{BenchCommand, Cli, Command, SecretCommand};
+use cli::{BenchCommand, Cli, Command, DeviceCommand, SecretCommand};
 
 fn main() {
     let cli = Cli::parse();
@@ -34,7 +36,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    // Every command but `secret` opens databases with the extension loaded.
+    // Every command but `secret new` opens databases with the extension loaded.
     let extension = cli.extension.as_deref();
     match cli.command {
         Command::Run(args) => {
@@ -48,6 +50,21 @@ fn run(cli: Cli) -> Result<()> {
                 .block_on(node::run(cfg))?;
         }
         Command::Secret(SecretCommand::New) => cli::print(&format!("{}\n", secret::new()?))?,
+        Command::Secret(SecretCommand::Rotate(args)) => {
+            db::register(extension)?;
+            device::rotate(&args)?;
+        }
+        Command::Secret(SecretCommand::Show(args)) => {
+            db::register(extension)?;
+            device::show_secret(&args.db)?;
+        }
+        Command::Device(cmd) => {
+            db::register(extension)?;
+            match cmd {
+                DeviceCommand::List(args) => device::list(&args)?,
+                DeviceCommand::Revoke(args) => device::revoke(&args)?,
+            }
+        }
         Command::Demo(args) => {
             db::register(extension)?;
             demo::run(&args.dir, args.keep)?;

@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 use crate::admit::{AcceptBackoff, Admission};
 use crate::config::{Backoff, RunConfig};
 use crate::dbfile::{self, FileId};
+use crate::members;
 use crate::session::{self, Node};
 use crate::store;
 
@@ -20,16 +21,25 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     // Fail early, before listening, if the database cannot be opened.
     let conn = store::open(&cfg.db)?;
     let id = store::identity(&conn)?;
+    // The device key and the secrets are read now: a listener proves them
+    // before it may touch the database.
+    let keys = members::device_keys(&conn)?;
+    let secrets = members::seed_secret(&conn, &secret)?;
     let db_file = FileId::of(&cfg.db)?;
     drop(conn);
-    info!(db = %cfg.db.display(), device = %id.device_id, library = %id.library_id, "lsync replicator starting");
+    info!(db = %cfg.db.display(), device = %id.device_id, library = %id.library_id,
+        key = %members::hex(&keys.public), "lsync replicator starting");
+    if secrets.first().is_some_and(|(_, s)| *s != secret) {
+        warn!("the secret file holds an older library secret: this database has learned of a rotation; new devices need the current one (`lsync secret show`)");
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (changed, _) = watch::channel(0u64);
     let node = Arc::new(Node {
         cfg,
         db_file,
-        secret,
+        keys,
+        secrets: std::sync::RwLock::new(secrets),
         changed,
         shutdown: stop_rx,
     });
@@ -106,6 +116,10 @@ async fn watch_commits(node: Arc<Node>, every: Duration) {
         match store::data_version(&conn) {
             Ok(v) if v != last => {
                 last = v;
+                // A rotation (`lsync secret rotate`) by another process.
+                if let Ok(s) = members::secrets(&conn) {
+                    node.set_secrets(s);
+                }
                 node.changed.send_modify(|n| *n += 1);
             }
             Ok(_) => {}
@@ -145,7 +159,7 @@ async fn accept(node: Arc<Node>, listener: TcpListener) {
         sessions.spawn(async move {
             let _slot = slot;
             let addr = addr.to_string();
-            if let Err(e) = session::run(node, sock, false, addr.clone()).await {
+            if let Err(e) = session::run(node, sock, false, addr.clone(), 0).await {
                 warn!(peer = %addr, "session ended: {e}");
             }
         });
@@ -158,14 +172,20 @@ async fn accept(node: Arc<Node>, listener: TcpListener) {
 async fn dial(node: Arc<Node>, addr: String, backoff: Backoff) {
     let mut stop = node.shutdown.clone();
     let mut delays = backoff.delays();
+    // Which of our secrets to offer: the next older one after a failed
+    // handshake, the newest again after one that worked.
+    let mut attempt = 0;
     loop {
         let started = tokio::time::Instant::now();
         let outcome = match TcpStream::connect(&addr).await {
             Ok(sock) => {
                 let _ = sock.set_nodelay(true);
-                session::run(node.clone(), sock, true, addr.clone())
-                    .await
-                    .map_err(|e| e.to_string())
+                let r = session::run(node.clone(), sock, true, addr.clone(), attempt).await;
+                attempt = match &r {
+                    Err(e) if e.is_handshake() => attempt + 1,
+                    _ => 0,
+                };
+                r.map_err(|e| e.to_string())
             }
             Err(e) => Err(format!("connect: {e}")),
         };

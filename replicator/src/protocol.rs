@@ -1,6 +1,7 @@
 //! The session protocol between two replicators: length-delimited frames
 //! (tokio-util), encrypted and mutually authenticated with Noise
-//! `NNpsk0` keyed by the library secret (snow), carrying JSON-headed
+//! `XXpsk0`: each device's static key, and the library secret as the
+//! pre-shared key (snow), carrying JSON-headed
 //! messages whose payload, when there is one, is a changeset BLOB.
 //! docs/protocol.md describes every message.
 
@@ -13,9 +14,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, FramedParts, FramedWrite, LengthDelimitedCodec};
 
 /// Bumped on any incompatible change to the messages below, or to the
-/// changesets they carry (3: the merge op).
-pub const PROTOCOL_VERSION: u32 = 4;
-const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+/// changesets they carry (3: the merge op; 5: device keys, `XXpsk0`, the
+/// member list and the library secret's rotation).
+pub const PROTOCOL_VERSION: u32 = 5;
+const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
 /// A Noise message is at most 65535 bytes; larger frames are refused.
 pub const MAX_FRAME: usize = 65535;
 const TAG: usize = 16;
@@ -38,6 +40,8 @@ pub enum ProtoError {
     Malformed(String),
     #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE}")]
     TooLarge(usize),
+    #[error("protocol mismatch: {0}")]
+    Version(String),
 }
 
 type R<T> = Result<T, ProtoError>;
@@ -120,6 +124,19 @@ pub enum Msg {
         ahead_ms: i64,
         until_ms: i64,
     },
+    /// The library's members as the sender knows them (after the hellos,
+    /// and whenever they change). The receiver merges them: a first
+    /// binding of a device to a key is permanent, revocation is terminal.
+    Members {
+        members: Vec<MemberEntry>,
+    },
+    /// The sender's newest library secret (64 hex characters), sent only
+    /// to a peer proven to be an active member. The receiver keeps it with
+    /// its older ones; the newest is the only one that admits a new device.
+    Secret {
+        epoch: i64,
+        secret: String,
+    },
     Heartbeat,
     /// A fatal problem; the sender closes the session after it.
     Error {
@@ -127,16 +144,103 @@ pub enum Msg {
     },
 }
 
-/// Noise keys derived from the library secret (32 bytes).
+/// One member of the library, as `Msg::Members` carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberEntry {
+    pub device: String,
+    /// The device's static public key (64 hex characters); None when the
+    /// sender knows the device only as revoked.
+    pub pubkey: Option<String>,
+    /// `active` or `revoked`.
+    pub status: String,
+}
+
+/// A library secret (32 bytes): the Noise pre-shared key.
 pub type Secret = [u8; 32];
 
-fn noise_builder(secret: &Secret) -> Result<snow::Builder<'_>, ProtoError> {
+/// What one side brings to a handshake: its static key and the library
+/// secrets it knows, in the order to try them.
+pub struct Keys<'a> {
+    /// This device's static X25519 private key.
+    pub private: &'a [u8; 32],
+    /// A dialer uses the first; a listener accepts any of them.
+    pub secrets: &'a [Secret],
+}
+
+/// What the handshake proved about the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The peer's static public key, which it proved it holds.
+    pub remote_static: [u8; 32],
+    /// Which of `Keys::secrets` the peer holds.
+    pub secret: usize,
+}
+
+/// A new static key pair (private, public).
+pub fn generate_keypair() -> Result<([u8; 32], [u8; 32]), ProtoError> {
     let params = NOISE_PARAMS
         .parse()
         .map_err(|e| ProtoError::Auth(format!("noise parameters: {e:?}")))?;
-    snow::Builder::new(params)
-        .psk(0, secret)
-        .map_err(|e| ProtoError::Auth(format!("{e:?}")))
+    let k = snow::Builder::new(params)
+        .generate_keypair()
+        .map_err(|e| ProtoError::Auth(format!("{e:?}")))?;
+    let (mut private, mut public) = ([0u8; 32], [0u8; 32]);
+    if k.private.len() != 32 || k.public.len() != 32 {
+        return Err(ProtoError::Auth("unexpected key size".into()));
+    }
+    private.copy_from_slice(&k.private);
+    public.copy_from_slice(&k.public);
+    Ok((private, public))
+}
+
+/// Each side's first handshake frame starts with this, then the protocol
+/// version (u32, big-endian): a peer of another version is told so, and an
+/// older one (no preamble) is named as such, instead of failing Noise.
+const MAGIC: &[u8; 6] = b"lsyncv";
+const PREAMBLE: usize = 10;
+
+fn preamble() -> [u8; PREAMBLE] {
+    let mut p = [0u8; PREAMBLE];
+    p[..6].copy_from_slice(MAGIC);
+    p[6..].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    p
+}
+
+/// The version a frame's preamble names, and the rest of the frame.
+fn split_preamble(frame: &[u8]) -> R<&[u8]> {
+    if frame.len() < PREAMBLE || &frame[..6] != MAGIC {
+        return Err(ProtoError::Version(
+            "the peer speaks an lsync protocol older than 5 (Noise NNpsk0, no device keys); \
+             upgrade it"
+                .into(),
+        ));
+    }
+    let v = u32::from_be_bytes([frame[6], frame[7], frame[8], frame[9]]);
+    if v != PROTOCOL_VERSION {
+        return Err(ProtoError::Version(format!(
+            "the peer speaks protocol version {v}, this side speaks {PROTOCOL_VERSION}; \
+             run the same lsync version on both"
+        )));
+    }
+    Ok(&frame[PREAMBLE..])
+}
+
+fn noise_state(keys: &Keys, secret: &Secret, initiator: bool) -> R<snow::HandshakeState> {
+    let params = NOISE_PARAMS
+        .parse()
+        .map_err(|e| ProtoError::Auth(format!("noise parameters: {e:?}")))?;
+    let pre = preamble();
+    let b = snow::Builder::new(params)
+        .prologue(&pre)
+        .and_then(|b| b.local_private_key(keys.private))
+        .and_then(|b| b.psk(0, secret))
+        .map_err(auth)?;
+    if initiator {
+        b.build_initiator()
+    } else {
+        b.build_responder()
+    }
+    .map_err(auth)
 }
 
 fn codec() -> LengthDelimitedCodec {
@@ -160,45 +264,86 @@ pub struct Receiver<Rd> {
     pub wire_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Runs the Noise handshake over `io` and splits the session in two halves.
-/// A peer without the secret fails here, before any message is exchanged.
-pub async fn handshake<S>(
-    io: S,
-    secret: &Secret,
-    initiator: bool,
-) -> R<(
+/// The two halves of a session and what its handshake proved.
+pub type Halves<S> = (
     Sender<tokio::io::WriteHalf<S>>,
     Receiver<tokio::io::ReadHalf<S>>,
-)>
+    Authenticated,
+);
+
+/// Runs the Noise handshake over `io` and splits the session in two halves.
+/// `XXpsk0`: both sides prove their static key, and the library secret is
+/// mixed in before anything else, so a peer without it fails on the first
+/// message and learns nothing, not even a public key.
+pub async fn handshake<S>(io: S, keys: &Keys<'_>, initiator: bool) -> R<Halves<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut framed = Framed::new(io, codec());
     let run = async {
-        let b = noise_builder(secret)?;
-        let mut hs = if initiator {
-            b.build_initiator()
-        } else {
-            b.build_responder()
-        }
-        .map_err(|e| ProtoError::Auth(format!("{e:?}")))?;
         let mut buf = vec![0u8; MAX_FRAME];
         let mut scratch = vec![0u8; MAX_FRAME];
-        // NNpsk0: -> psk, e   <- e, ee
-        if initiator {
+        let mut hello_frame = |hs: &mut snow::HandshakeState| -> R<Bytes> {
+            let n = hs.write_message(&[], &mut buf).map_err(auth)?;
+            let mut out = preamble().to_vec();
+            out.extend_from_slice(&buf[..n]);
+            Ok(Bytes::from(out))
+        };
+        // XXpsk0: -> psk, e   <- e, ee, s, es   -> s, se
+        let (hs, secret) = if initiator {
+            let first = keys
+                .secrets
+                .first()
+                .ok_or_else(|| ProtoError::Auth("no library secret".into()))?;
+            let mut hs = noise_state(keys, first, true)?;
+            let f = hello_frame(&mut hs)?;
+            framed.send(f).await?;
+            let reply = next_frame(&mut framed).await?;
+            hs.read_message(split_preamble(&reply)?, &mut scratch)
+                .map_err(auth)?;
             let n = hs.write_message(&[], &mut buf).map_err(auth)?;
             framed.send(Bytes::copy_from_slice(&buf[..n])).await?;
-            let reply = next_frame(&mut framed).await?;
-            hs.read_message(&reply, &mut scratch).map_err(auth)?;
+            (hs, 0)
         } else {
             let first = next_frame(&mut framed).await?;
-            hs.read_message(&first, &mut scratch).map_err(auth)?;
-            let n = hs.write_message(&[], &mut buf).map_err(auth)?;
-            framed.send(Bytes::copy_from_slice(&buf[..n])).await?;
-        }
-        hs.into_transport_mode().map_err(auth)
+            let msg = match split_preamble(&first) {
+                Ok(m) => m,
+                Err(e) => {
+                    // An lsync of another version is told which one this
+                    // side speaks; anything else gets nothing.
+                    if first.starts_with(MAGIC) {
+                        let _ = framed.send(Bytes::copy_from_slice(&preamble())).await;
+                    }
+                    return Err(e);
+                }
+            };
+            // The first message is sealed with the dialer's secret: the
+            // one that opens it is the one the dialer holds.
+            let mut found = None;
+            for (i, secret) in keys.secrets.iter().enumerate() {
+                let mut hs = noise_state(keys, secret, false)?;
+                if hs.read_message(msg, &mut scratch).is_ok() {
+                    found = Some((hs, i));
+                    break;
+                }
+            }
+            let (mut hs, i) = found.ok_or_else(|| {
+                ProtoError::Auth("the first handshake message opens with no known secret".into())
+            })?;
+            let f = hello_frame(&mut hs)?;
+            framed.send(f).await?;
+            let last = next_frame(&mut framed).await?;
+            hs.read_message(&last, &mut scratch).map_err(auth)?;
+            (hs, i)
+        };
+        let remote: [u8; 32] = hs
+            .get_remote_static()
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| ProtoError::Auth("the peer sent no static key".into()))?;
+        let t = hs.into_transport_mode().map_err(auth)?;
+        Ok::<_, ProtoError>((t, remote, secret))
     };
-    let transport = tokio::time::timeout(HANDSHAKE_TIMEOUT, run)
+    let (transport, remote_static, secret) = tokio::time::timeout(HANDSHAKE_TIMEOUT, run)
         .await
         .map_err(|_| ProtoError::Timeout)??;
     let noise = std::sync::Arc::new(std::sync::Mutex::new(transport));
@@ -219,6 +364,10 @@ where
             frames: frames_in,
             noise,
             wire_bytes: Default::default(),
+        },
+        Authenticated {
+            remote_static,
+            secret,
         },
     ))
 }
@@ -346,14 +495,28 @@ impl<Rd: AsyncRead + Unpin> Receiver<Rd> {
 mod tests {
     use super::*;
 
+    /// A device's keys holding `secret`.
+    fn device(secret: Secret) -> ([u8; 32], Vec<Secret>) {
+        (generate_keypair().unwrap().0, vec![secret])
+    }
+
     async fn pair(a: Secret, b: Secret) -> (R<()>, R<(Msg, Vec<u8>)>) {
         let (x, y) = tokio::io::duplex(1 << 20);
+        let (ka, kb) = (device(a), device(b));
         let client = async move {
-            let (mut tx, _rx) = handshake(x, &a, true).await?;
+            let keys = Keys {
+                private: &ka.0,
+                secrets: &ka.1,
+            };
+            let (mut tx, _rx, _) = handshake(x, &keys, true).await?;
             tx.send(&Msg::Ack { cursor: 7 }, &vec![5u8; 200_000]).await
         };
         let server = async move {
-            let (_tx, mut rx) = handshake(y, &b, false).await?;
+            let keys = Keys {
+                private: &kb.0,
+                secrets: &kb.1,
+            };
+            let (_tx, mut rx, _) = handshake(y, &keys, false).await?;
             rx.recv().await
         };
         tokio::join!(client, server)
@@ -368,8 +531,13 @@ mod tests {
     async fn a_message_read_with_the_handshake_is_delivered_at_once() {
         let (x, y) = tokio::io::duplex(1 << 20);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ka, kb) = (device([1; 32]), device([1; 32]));
         let client = async move {
-            let (_tx, mut rx) = handshake(x, &[1; 32], true).await?;
+            let keys = Keys {
+                private: &ka.0,
+                secrets: &ka.1,
+            };
+            let (_tx, mut rx, _) = handshake(x, &keys, true).await?;
             let got = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
             let _ = done_tx.send(());
             got.map_err(|_| ProtoError::Timeout)?
@@ -377,7 +545,11 @@ mod tests {
         // Replies and sends without yielding, then keeps the stream open
         // until the client is done.
         let server = async move {
-            let (mut tx, _rx) = handshake(y, &[1; 32], false).await?;
+            let keys = Keys {
+                private: &kb.0,
+                secrets: &kb.1,
+            };
+            let (mut tx, _rx, _) = handshake(y, &keys, false).await?;
             tx.send(&Msg::Heartbeat, &[]).await?;
             let _ = done_rx.await;
             Ok::<_, ProtoError>(())
@@ -403,12 +575,21 @@ mod tests {
         let (x, y) = tokio::io::duplex(1 << 16);
         let payload: Vec<u8> = (0..3_333_333u32).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();
+        let (ka, kb) = (device([1; 32]), device([1; 32]));
         let client = async move {
-            let (mut tx, _rx) = handshake(x, &[1; 32], true).await?;
+            let keys = Keys {
+                private: &ka.0,
+                secrets: &ka.1,
+            };
+            let (mut tx, _rx, _) = handshake(x, &keys, true).await?;
             tx.send(&Msg::Ack { cursor: 9 }, &sent).await
         };
         let server = async move {
-            let (_tx, mut rx) = handshake(y, &[1; 32], false).await?;
+            let keys = Keys {
+                private: &kb.0,
+                secrets: &kb.1,
+            };
+            let (_tx, mut rx, _) = handshake(y, &keys, false).await?;
             rx.recv().await
         };
         let (sent, got) = tokio::join!(client, server);
@@ -425,5 +606,55 @@ mod tests {
             got,
             Err(ProtoError::Auth(_)) | Err(ProtoError::Closed)
         ));
+    }
+
+    /// Each side learns the other's static key, and the listener which of
+    /// its secrets the dialer holds (an older one, after a rotation).
+    #[tokio::test]
+    async fn the_handshake_proves_both_static_keys_and_names_the_secret() {
+        let (x, y) = tokio::io::duplex(1 << 16);
+        let (a, b) = (generate_keypair().unwrap(), generate_keypair().unwrap());
+        let (sa, sb) = (vec![[1; 32]], vec![[2; 32], [1; 32]]);
+        let client = async {
+            let keys = Keys {
+                private: &a.0,
+                secrets: &sa,
+            };
+            handshake(x, &keys, true).await.map(|h| h.2)
+        };
+        let server = async {
+            let keys = Keys {
+                private: &b.0,
+                secrets: &sb,
+            };
+            handshake(y, &keys, false).await.map(|h| h.2)
+        };
+        let (ca, cb) = tokio::join!(client, server);
+        let (ca, cb) = (ca.unwrap(), cb.unwrap());
+        assert_eq!(ca.remote_static, b.1);
+        assert_eq!(cb.remote_static, a.1);
+        assert_eq!(cb.secret, 1);
+    }
+
+    /// A dialer of protocol 4 (NNpsk0, no preamble) is named as such.
+    #[tokio::test]
+    async fn an_older_dialer_is_told_apart() {
+        let (x, y) = tokio::io::duplex(1 << 16);
+        let b = device([1; 32]);
+        let client = async move {
+            let mut f = Framed::new(x, codec());
+            f.send(Bytes::from(vec![7u8; 48])).await.unwrap();
+            let _ = f.next().await;
+        };
+        let server = async move {
+            let keys = Keys {
+                private: &b.0,
+                secrets: &b.1,
+            };
+            handshake(y, &keys, false).await.map(|_| ())
+        };
+        let (_, got) = tokio::join!(client, server);
+        let e = got.unwrap_err().to_string();
+        assert!(e.contains("older than 5"), "{e}");
     }
 }

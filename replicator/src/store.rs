@@ -98,7 +98,7 @@ pub fn join_library(c: &Connection, library_id: &str) -> R<()> {
 /// write (flush, prune) are called from SELECTs; taking the write lock first
 /// makes them wait for the app's writes (busy timeout) instead of failing
 /// with "database is locked" when the read snapshot is stale.
-fn immediate<T>(c: &Connection, f: impl FnOnce(&Connection) -> R<T>) -> R<T> {
+pub(crate) fn immediate<T>(c: &Connection, f: impl FnOnce(&Connection) -> R<T>) -> R<T> {
     let tx = rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
     let out = f(&tx)?;
     tx.commit()?;

@@ -318,7 +318,15 @@ fn a_copy_of_a_database_is_refused_by_peers_that_know_its_device() {
     let (a_db, a) = library_db(dir.path(), "a");
     let (b_db, b) = library_db(dir.path(), "b");
     index_tree(&a, "a", 10);
-    // A copy of A's file, taken now, under A's device id.
+    // A's device key, made now (`lsync device list` makes it), so that the
+    // copy holds it too: a copy with another key is refused earlier, as
+    // an impostor (tests/tests/device_keys.rs).
+    let listed = std::process::Command::new(lsync_bin())
+        .args(["device", "list", "--db", a_db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    // A copy of A's file, taken now, under A's device id and key.
     let copy_db = dir.path().join("copy.db");
     a.execute("VACUUM INTO ?1", [copy_db.to_string_lossy()])
         .unwrap();

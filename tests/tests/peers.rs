@@ -154,9 +154,10 @@ fn an_older_peers_table_is_upgraded() {
         &c,
         "SELECT value FROM lsync_config WHERE key = 'schema_version'",
     );
-    assert_eq!(version, 9);
-    // Version 8's table of merged rows is there too, and version 9's of
-    // the global ids lsync keeps.
+    assert_eq!(version, 10);
+    // Version 8's table of merged rows is there too, version 9's of the
+    // global ids lsync keeps, and version 10's of the members.
+    assert_eq!(scalar::<i64>(&c, "SELECT count(*) FROM lsync_members"), 0);
     assert_eq!(scalar::<i64>(&c, "SELECT count(*) FROM lsync_alias"), 0);
     assert_eq!(scalar::<i64>(&c, "SELECT count(*) FROM lsync_gid"), 0);
 }

@@ -741,19 +741,27 @@ fn a_client_without_the_secret_can_neither_read_nor_write() {
     let before = library_dump(&a);
     let peers_before = count(&a, "lsync_peers");
 
-    // A Noise client that runs the real handshake with a wrong key, then
-    // sends a forged hello anyway.
+    // A Noise client that runs the real handshake (protocol 5: a version
+    // preamble, then XXpsk0) with a wrong key, then sends a forged hello
+    // anyway.
     let wrong_key = [0x42u8; 32];
     let params: snow::params::NoiseParams =
-        "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s".parse().unwrap();
+        "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s".parse().unwrap();
+    let preamble = [b"lsyncv".as_slice(), &5u32.to_be_bytes()].concat();
+    let builder = snow::Builder::new(params.clone());
+    let static_key = builder.generate_keypair().unwrap().private;
     let mut hs = snow::Builder::new(params)
+        .prologue(&preamble)
+        .unwrap()
+        .local_private_key(&static_key)
+        .unwrap()
         .psk(0, &wrong_key)
         .unwrap()
         .build_initiator()
         .unwrap();
     let mut msg1 = vec![0u8; 1024];
     let n = hs.write_message(&[], &mut msg1).unwrap();
-    let mut noise_client = frame(&msg1[..n]);
+    let mut noise_client = frame(&[preamble.as_slice(), &msg1[..n]].concat());
     noise_client.extend(frame(br#"{"type":"pull","since":0,"max":100000}"#));
 
     let mut huge_then_data = 0x8000_0000u32.to_be_bytes().to_vec();

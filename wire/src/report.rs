@@ -39,6 +39,8 @@ pub struct ApplyReport {
     /// this device wrote it holds, and no peer speaks for it (a relayed
     /// echo of its own changes, or a forgery).
     pub own: i64,
+    /// Changes made by a device revoked here (`lsync_revoke`): never applied.
+    pub revoked: i64,
 }
 
 impl ApplyReport {
@@ -57,6 +59,7 @@ impl ApplyReport {
         self.cascaded += r.cascaded;
         self.merged += r.merged;
         self.own += r.own;
+        self.revoked += r.revoked;
     }
 }
 

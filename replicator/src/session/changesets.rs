@@ -177,13 +177,14 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         if always || e.to != since {
             let msg = Msg::Changes {
                 from: e.from,
-                to: e.to,
+                to: self.node.cfg.test.claim_to.unwrap_or(e.to),
                 count: e.count,
                 has_more: e.has_more,
             };
             self.tx.send(&msg, &e.blob).await?;
         }
         self.sent_cursor = e.to;
+        self.sent_max = self.sent_max.max(e.to);
         Ok(e.has_more)
     }
 

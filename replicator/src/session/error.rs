@@ -14,6 +14,9 @@ use crate::store::{self, Failure, StoreError};
 pub enum SessionError {
     #[error(transparent)]
     Proto(#[from] ProtoError),
+    /// The Noise handshake failed (or the peer's protocol differs).
+    #[error(transparent)]
+    Handshake(ProtoError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("refused: {0}")]
@@ -29,6 +32,12 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// Whether the session failed in its handshake: a dialer then offers
+    /// its next older secret.
+    pub fn is_handshake(&self) -> bool {
+        matches!(self, SessionError::Handshake(_))
+    }
+
     /// Whether a full resync from the peer could get past this failure.
     /// The peer's report of its own failure counts as deterministic when
     /// the peer refused our changes: a resync from it changes what we

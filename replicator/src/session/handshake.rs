@@ -8,13 +8,14 @@ use rusqlite::Connection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
 
+use crate::members;
 use crate::protocol::{self, Msg, PROTOCOL_VERSION};
 use crate::store;
 
 use super::error::{blocking, SessionError, R};
 use super::shared::Node;
 
-/// Who the peer is, once the hellos matched.
+/// Who the peer is, once the hellos matched and its key is its device's.
 pub(super) struct Peer {
     pub device_id: String,
     /// Its newest cursor, as of its hello.
@@ -28,17 +29,19 @@ pub(super) struct Opened<W, Rd> {
     pub rx: protocol::Receiver<Rd>,
 }
 
-/// Handshakes, opens the database and exchanges hellos.
+/// Handshakes, opens the database, exchanges hellos and admits the peer.
 ///
-/// The dialer speaks first. `NNpsk0` lets a replayed first handshake
-/// message complete the handshake on the listening side; only the real
-/// dialer can encrypt a message after it. So the listener reads that
-/// message before it touches the database (issue 13): until then, it has
-/// proved nothing about its peer.
+/// `XXpsk0` proves the library secret and both static keys before the
+/// first message; the dialer speaks first, and the listener reads that
+/// message before it touches the database (issue 13). The peer's device id
+/// must then be the one bound to the key it proved (`lsync_members`); a
+/// key that is not bound yet joins as a new member only with the newest
+/// library secret this side knows.
 pub(super) async fn hello<S>(
     node: &Node,
     io: S,
     initiator: bool,
+    attempt: usize,
 ) -> R<(
     Opened<tokio::io::WriteHalf<S>, tokio::io::ReadHalf<S>>,
     Peer,
@@ -46,7 +49,15 @@ pub(super) async fn hello<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut tx, mut rx) = protocol::handshake(io, &node.secret, initiator).await?;
+    let secrets = node.secrets_for(initiator, attempt);
+    let keys = protocol::Keys {
+        private: &node.keys.private,
+        secrets: &secrets,
+    };
+    let (mut tx, mut rx, auth) = protocol::handshake(io, &keys, initiator)
+        .await
+        .map_err(SessionError::Handshake)?;
+    let current = secrets.get(auth.secret).is_some_and(|s| node.is_newest(s));
     let first = if initiator {
         None
     } else {
@@ -137,6 +148,15 @@ where
             id.library_id
         )),
     };
+    let mismatch = match mismatch {
+        Some(m) => Some(m),
+        None => {
+            let (device, key) = (device_id.clone(), auth.remote_static);
+            let status =
+                blocking(&conn, move |c| members::admit(c, &device, &key, current)).await?;
+            admission(&status, &device_id)
+        }
+    };
     if let Some(m) = mismatch {
         let _ = tx.send(&Msg::Error { message: m.clone() }, &[]).await;
         return Err(SessionError::Refused(m));
@@ -151,6 +171,33 @@ where
         head: peer_head,
     };
     Ok((Opened { conn, tx, rx }, peer))
+}
+
+/// Why a peer proven to hold a key is refused, given what the members
+/// table says of its device id and that key (`lsync_member_admit`).
+fn admission(status: &str, device: &str) -> Option<String> {
+    match status {
+        "member" => None,
+        "joined" => {
+            info!(device = %device, "a new member joined the library");
+            None
+        }
+        "revoked" => Some(format!(
+            "device {device} is revoked in this library (lsync device revoke)"
+        )),
+        "mismatch" => Some(format!(
+            "device {device} is bound to another key: this peer is not that device \
+             (a copy of its database with a new key, or an impostor)"
+        )),
+        "key_taken" => Some(format!(
+            "the peer's key belongs to another device than {device}"
+        )),
+        "unknown" => Some(format!(
+            "device {device} is not a member and offered an old library secret: the \
+             secret was rotated (lsync secret rotate); a new device needs the current one"
+        )),
+        other => Some(format!("unexpected member status {other}")),
+    }
 }
 
 /// The peer's next message, within the hello's time limit.

@@ -16,6 +16,7 @@ mod download;
 mod error;
 mod handshake;
 mod held;
+mod members;
 mod plan;
 mod shared;
 mod snapshots;
@@ -84,6 +85,12 @@ struct Session<W> {
     /// Whether we hold the peer's changes (its clock is ahead), and when
     /// we pull them again.
     holding: Holding,
+    /// The member list and the newest secret as last sent to the peer.
+    members: Vec<protocol::MemberEntry>,
+    secret_sent: Option<(i64, protocol::Secret)>,
+    /// The highest cursor of ours sent to the peer in this session: its
+    /// acks are capped there.
+    sent_max: i64,
 }
 
 /// Runs a whole session over an established connection. Returns when the
@@ -93,11 +100,12 @@ pub async fn run<S>(
     io: S,
     initiator: bool,
     addr: String,
+    attempt: usize,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (opened, peer) = handshake::hello(&node, io, initiator).await?;
+    let (opened, peer) = handshake::hello(&node, io, initiator, attempt).await?;
     let span = tracing::info_span!("peer", device = %short(&peer.device_id), addr = %addr);
     established(node, opened, peer, addr).instrument(span).await
 }
@@ -150,6 +158,8 @@ where
     }
     info!(recv_cursor, peer_head, "session established");
     let wire_bytes = rx.wire_bytes.clone();
+    let mut tx = tx;
+    let (members, secret_sent) = members::send_all(&node, &conn, &mut tx).await?;
 
     // Frames are read by their own task into a small bounded queue: when we
     // are busy applying, the queue fills, TCP pushes back, the peer waits.
@@ -185,6 +195,9 @@ where
         wire_bytes,
         courtesy: Courtesy::new(version),
         holding: Holding::new(backoff),
+        members,
+        secret_sent,
+        sent_max: 0,
     };
     let result = s.serve(&mut in_rx).await;
     reader.abort();
@@ -258,6 +271,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 },
                 r = changed.changed() => {
                     if r.is_err() { return Ok(()); }
+                    self.members_changed().await?;
                     // While we pull a stream from this peer, our commits are
                     // mostly its own changes being applied: push once the
                     // stream ends rather than after every batch.
@@ -312,6 +326,9 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             }
             Msg::Ack { cursor } => {
                 self.holding.peer_acked();
+                // A peer holds at most what this session sent it (or what
+                // it had acked before): it cannot claim more.
+                let cursor = cursor.min(self.sent_max);
                 let peer = self.peer.clone();
                 let pruned = blocking(&self.conn, move |c| store::ack(c, &peer, cursor)).await?;
                 if pruned > 0 {
@@ -358,6 +375,8 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 self.held_by_peer(crate::held::Hold { ahead_ms, until_ms })
                     .await?
             }
+            Msg::Members { members } => self.receive_members(members).await?,
+            Msg::Secret { epoch, secret } => self.receive_secret(epoch, &secret).await?,
             Msg::Heartbeat => {}
             Msg::Error { message } => return Err(SessionError::Remote(message)),
             Msg::Hello { .. } | Msg::Join => {

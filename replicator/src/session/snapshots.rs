@@ -47,6 +47,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             reused = !made,
             "offering a snapshot"
         );
+        self.sent_max = self.sent_max.max(meta.cursor);
         let offer = Msg::SnapshotOffer {
             id: meta.id,
             size: meta.size,

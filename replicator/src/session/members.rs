@@ -1,0 +1,137 @@
+//! The member list and the library secret in a session: both sides send
+//! their members after the hellos and whenever they change, and their
+//! newest secret; a peer revoked meanwhile ends the session.
+
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+use tokio::io::AsyncWrite;
+use tracing::{info, warn};
+
+use crate::members;
+use crate::protocol::{self, MemberEntry, Msg};
+
+use super::error::{blocking, SessionError, R};
+use super::shared::Node;
+use super::Session;
+
+/// Sends our members and our newest secret to a peer just admitted (an
+/// active member, proven by its key). Returns the list and the secret sent.
+pub(super) async fn send_all<W: AsyncWrite + Unpin>(
+    node: &Node,
+    conn: &Arc<Mutex<Connection>>,
+    tx: &mut protocol::Sender<W>,
+) -> R<(Vec<MemberEntry>, Option<(i64, protocol::Secret)>)> {
+    let list = blocking(conn, |c| members::entries(c)).await?;
+    tx.send(
+        &Msg::Members {
+            members: list.clone(),
+        },
+        &[],
+    )
+    .await?;
+    let newest = node.newest();
+    if let Some((epoch, secret)) = newest {
+        let secret = members::hex(&secret);
+        tx.send(&Msg::Secret { epoch, secret }, &[]).await?;
+    }
+    Ok((list, newest))
+}
+
+impl<W: AsyncWrite + Unpin> Session<W> {
+    /// After a commit: ends the session if the peer was revoked here, and
+    /// sends the members if they changed since last sent.
+    pub(super) async fn members_changed(&mut self) -> R<()> {
+        let peer = self.peer.clone();
+        let (list, revoked) = blocking(&self.conn, move |c| {
+            Ok((members::entries(c)?, members::is_revoked(c, &peer)?))
+        })
+        .await?;
+        if revoked {
+            return Err(SessionError::Refused(format!(
+                "device {} is revoked in this library",
+                self.peer
+            )));
+        }
+        // A rotation here (`lsync secret rotate`): the peer gets the new one.
+        let newest = self.node.newest();
+        if newest != self.secret_sent {
+            if let Some((epoch, secret)) = newest {
+                let secret = members::hex(&secret);
+                self.tx.send(&Msg::Secret { epoch, secret }, &[]).await?;
+            }
+            self.secret_sent = newest;
+        }
+        if list != self.members {
+            self.tx
+                .send(
+                    &Msg::Members {
+                        members: list.clone(),
+                    },
+                    &[],
+                )
+                .await?;
+            self.members = list;
+        }
+        Ok(())
+    }
+
+    /// Merges the peer's member list; a revocation of the peer itself ends
+    /// the session.
+    pub(super) async fn receive_members(&mut self, list: Vec<MemberEntry>) -> R<()> {
+        let peer = self.peer.clone();
+        let (merged, revoked) = blocking(&self.conn, move |c| {
+            Ok((members::merge(c, &list)?, members::is_revoked(c, &peer)?))
+        })
+        .await?;
+        if merged.added > 0 || merged.revoked > 0 {
+            info!(
+                added = merged.added,
+                revoked = merged.revoked,
+                "learned of members from the peer"
+            );
+        }
+        for r in merged.refused.iter().take(10) {
+            warn!("a member entry from the peer was refused: {r}");
+        }
+        if revoked {
+            return Err(SessionError::Refused(format!(
+                "device {} is revoked in this library",
+                self.peer
+            )));
+        }
+        Ok(())
+    }
+
+    /// Keeps the peer's newest library secret (it is an admitted member).
+    pub(super) async fn receive_secret(&mut self, epoch: i64, secret: &str) -> R<()> {
+        let Some(key) = parse_secret(secret) else {
+            return Err(SessionError::Refused(
+                "the peer sent a library secret that is not 64 hex characters".into(),
+            ));
+        };
+        if epoch < 0 {
+            return Err(SessionError::Refused(
+                "the peer sent a secret with a negative epoch".into(),
+            ));
+        }
+        let before = self.node.newest();
+        let all = blocking(&self.conn, move |c| members::record_secret(c, epoch, &key)).await?;
+        if all.first().copied() != before {
+            info!(epoch, "learned the library's newest secret from the peer");
+        }
+        self.node.set_secrets(all);
+        Ok(())
+    }
+}
+
+fn parse_secret(hex: &str) -> Option<protocol::Secret> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(key)
+}
