@@ -122,10 +122,16 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
     let (ident, identity) = choose(db, table, &shape, &wanted)?;
     let wr = without_rowid(db, table)?;
     if wr && !matches!(&ident, Ident::Column(c) if shape.pk == std::slice::from_ref(c)) {
+        let chosen = match &ident {
+            Ident::Column(c) => format!("column '{c}'"),
+            Ident::Key(parts) => format!("key ({})", parts.join(", ")),
+            Ident::Rowid => "rowid".to_owned(),
+        };
         bail!(
-            "lsync_track: '{table}' is a WITHOUT ROWID table, tracked only with its PRIMARY KEY \
-             as the global id, and that must be one TEXT or BLOB column (its key here: {}); \
-             declare it as a rowid table to use another key",
+            "lsync_track: '{table}' is a WITHOUT ROWID table: lsync tracks one only with its \
+             PRIMARY KEY as the global id, and that key must be one TEXT or BLOB column (here \
+             the key is ({}), and the global id would be {chosen}); declare it as a rowid \
+             table to use another key",
             shape.pk.join(", ")
         );
     }
