@@ -93,12 +93,15 @@ impl Table {
 
     /// SQL that numbers the row with global id `gid` (an expression) of a
     /// WITHOUT ROWID table, above every rid and the high-water mark, unless
-    /// it has a number already.
+    /// it has a number already. It never meets a conflict: in a trigger, an
+    /// outer `INSERT OR REPLACE` would turn OR IGNORE into OR REPLACE, and
+    /// give the key a new number.
     pub fn number_sql(&self, gid: &str) -> String {
         format!(
             "INSERT OR IGNORE INTO lsync_gid(tbl, rid, gid)
              SELECT {id}, max(coalesce((SELECT max(rid) FROM lsync_gid WHERE tbl = {id}), 0),
-                             (SELECT hwm FROM lsync_tables WHERE id = {id})) + 1, {gid};",
+                             (SELECT hwm FROM lsync_tables WHERE id = {id})) + 1, {gid}
+             WHERE NOT EXISTS (SELECT 1 FROM lsync_gid WHERE tbl = {id} AND gid = {gid});",
             id = self.id
         )
     }

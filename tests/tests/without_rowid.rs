@@ -157,3 +157,34 @@ fn without_rowid_rows_travel_in_snapshots() {
         [["font", "3"], ["lang", "12"], ["theme", "11"]]
     );
 }
+
+/// A key written again keeps its number, whatever conflict clause the
+/// statement has: in a trigger, the outer statement's clause replaces the
+/// trigger's own (`INSERT OR REPLACE` would renumber the key, and `INSERT
+/// OR ABORT` of a key deleted before the fold would fail).
+#[test]
+fn a_key_written_again_keeps_its_number() {
+    let dir = TempDir::new();
+    let c = open(&dir.db());
+    c.execute_batch(
+        "CREATE TABLE kv(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+         SELECT lsync_track('kv', 'device_owned');
+         INSERT INTO kv VALUES ('a', 1), ('b', 2);
+         SELECT lsync_flush();",
+    )
+    .unwrap();
+    let numbers = "SELECT rid, gid FROM lsync_gid ORDER BY rid";
+    let before = query_rows(&c, numbers);
+    c.execute_batch(
+        "INSERT OR REPLACE INTO kv VALUES ('a', 9);
+         DELETE FROM kv WHERE k = 'b';
+         INSERT OR ABORT INTO kv VALUES ('b', 3);",
+    )
+    .unwrap();
+    assert_eq!(query_rows(&c, numbers), before);
+    let ops = "SELECT pk, op, data FROM lsync_changes(2) ORDER BY seq";
+    assert_eq!(
+        query_rows(&c, ops),
+        [["a", "insert", r#"{"v":9}"#], ["b", "insert", r#"{"v":3}"#]]
+    );
+}
