@@ -113,7 +113,7 @@ pub fn inserted(db: Db, t: &Table, gid: &Value) -> Result<i64> {
     if !t.without_rowid {
         return Ok(db.last_insert_rowid());
     }
-    db.run(&t.number_sql("?1"), &[gid.clone()])?;
+    db.run(&t.number_sql("?1"), std::slice::from_ref(gid))?;
     db.query_i64(
         "SELECT rid FROM lsync_gid WHERE tbl = ?1 AND gid = ?2",
         &[t.id.into(), gid.clone()],

@@ -21,7 +21,7 @@ def triggers(con, table):
         ("lsync_track('files', 'bogus')", "bogus"),
         ("lsync_track(NULL, 'shared')", None),
         ("lsync_track('files', NULL)", None),
-        ("lsync_track('norowid', 'shared')", "norowid"),
+        ("lsync_track('norowid', 'shared')", "WITHOUT ROWID"),
         ("lsync_track('nouuid', 'device_owned')", "no usable key"),
         ("lsync_track('files', 'shared', 'not json')", None),
     ],
@@ -29,7 +29,7 @@ def triggers(con, table):
 def test_track_errors(db, call, mentions):
     db.executescript(
         """
-        CREATE TABLE norowid(uuid TEXT PRIMARY KEY, name TEXT) WITHOUT ROWID;
+        CREATE TABLE norowid(a TEXT, b TEXT, name TEXT, PRIMARY KEY (a, b)) WITHOUT ROWID;
         CREATE TABLE nouuid(name TEXT, n INTEGER);
         """
     )

@@ -126,7 +126,7 @@ done
 
 # 11. bad lsync_track calls are errors, and the shell survives them
 db=$(fresh errors)
-plain "$db" "CREATE TABLE norowid(uuid TEXT PRIMARY KEY) WITHOUT ROWID;" >/dev/null
+plain "$db" "CREATE TABLE norowid(n INTEGER PRIMARY KEY, uuid TEXT) WITHOUT ROWID;" >/dev/null
 for call in "lsync_track('nope','shared')" "lsync_track('files','bogus')" \
   "lsync_track(NULL,'shared')" "lsync_track('norowid','shared')"; do
   out=$(sql "$db" "SELECT $call;"); rc=$?

@@ -233,7 +233,7 @@ fn row_loc(table: &str) -> &'static str {
 }
 
 /// Row `n` (modulo the count) of `table`, by `row_loc`.
-fn pick_row(c: &Connection, table: &str, n: u8) -> Option<rusqlite::types::Value> {
+fn pick_local_row(c: &Connection, table: &str, n: u8) -> Option<rusqlite::types::Value> {
     let count: i64 = c
         .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
         .ok()?;
@@ -316,7 +316,7 @@ fn local_write(c: &Connection, s: &Step) -> Option<String> {
         Step::Update {
             table, row, col, v, ..
         } => {
-            let id = pick_row(c, TABLES[table], row)?;
+            let id = pick_local_row(c, TABLES[table], row)?;
             let (col, val): (&str, rusqlite::types::Value) = match (table, col % 3) {
                 (0, _) => ("path", format!("/p{v}").into()),
                 (1, 0) => ("parent_id", pick_id(c, "entries", v).into()),
@@ -343,7 +343,7 @@ fn local_write(c: &Connection, s: &Step) -> Option<String> {
             )
         }
         Step::Delete { table, row, .. } => {
-            let id = pick_row(c, TABLES[table], row)?;
+            let id = pick_local_row(c, TABLES[table], row)?;
             let loc = row_loc(TABLES[table]);
             if matches!(TABLES[table], "settings" | "label_on_entry") {
                 // A key may be written again after its delete: not a row

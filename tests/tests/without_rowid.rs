@@ -14,7 +14,7 @@ const SETTINGS: &str = "
 const ROWS: &str = "SELECT 'setting', key, value, n FROM setting
     UNION ALL SELECT 'blob_kv', body, length(id), NULL FROM blob_kv ORDER BY 1, 2";
 
-fn exchange(a: &rusqlite::Connection, b: &rusqlite::Connection) {
+fn exchange_and_compare(a: &rusqlite::Connection, b: &rusqlite::Connection) {
     send(a, b, 0);
     send(b, a, 0);
     assert_eq!(query_rows(a, ROWS), query_rows(b, ROWS));
@@ -62,7 +62,7 @@ fn without_rowid_rows_converge() {
     .unwrap();
     b.execute_batch("INSERT INTO setting VALUES ('lang', 'fr', 3), ('font', 'mono', 4)")
         .unwrap();
-    exchange(&a, &b);
+    exchange_and_compare(&a, &b);
     assert_eq!(count(&a, "setting"), 3);
     b.execute_batch(
         "UPDATE setting SET value = 'light' WHERE key = 'theme';
@@ -76,7 +76,7 @@ fn without_rowid_rows_converge() {
          INSERT OR REPLACE INTO blob_kv SELECT id, 'dos' FROM blob_kv WHERE body = 'two';",
     )
     .unwrap();
-    exchange(&a, &b);
+    exchange_and_compare(&a, &b);
     assert_eq!(
         query_rows(&a, ROWS),
         [
@@ -89,7 +89,7 @@ fn without_rowid_rows_converge() {
     // A delete does not come back, and the peer's own rows are its own.
     a.execute_batch("DELETE FROM setting WHERE key = 'theme'")
         .unwrap();
-    exchange(&a, &b);
+    exchange_and_compare(&a, &b);
     assert_eq!(count(&b, "setting"), 1);
     let e = error_of(&b, "UPDATE blob_kv SET body = 'mine' WHERE body = 'uno'");
     assert!(e.contains("owned by"), "{e}");
