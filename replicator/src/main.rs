@@ -13,7 +13,6 @@ mod held;
 mod node;
 mod now;
 mod progress;
-mod protocol;
 mod secret;
 mod session;
 mod snapshot;
@@ -22,6 +21,8 @@ mod store;
 
 use anyhow::Result;
 use clap::Parser;
+// The session codec lives in the library (src/lib.rs), for the fuzz targets.
+use lsync_replicator::protocol;
 
 use cli::{BenchCommand, Cli, Command, SecretCommand};
 

@@ -15,7 +15,9 @@ use tokio_util::codec::{Framed, FramedParts, FramedWrite, LengthDelimitedCodec};
 /// Bumped on any incompatible change to the messages below, or to the
 /// changesets they carry (3: the merge op).
 pub const PROTOCOL_VERSION: u32 = 4;
-const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+/// The Noise protocol of a session (public for the frame_codec fuzz target,
+/// which plays the initiator with snow itself to encrypt crafted frames).
+pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// A Noise message is at most 65535 bytes; larger frames are refused.
 pub const MAX_FRAME: usize = 65535;
 const TAG: usize = 16;
