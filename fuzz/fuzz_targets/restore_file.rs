@@ -64,6 +64,12 @@ const CONFIG_KEYS: &[&str] = &[
 fn craft(path: &Path, inp: &mut Input) {
     let w = world();
     let s = open(path);
+    // Raw edits: lsync's triggers in the file would record them.
+    s.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+        false,
+    )
+    .unwrap();
     let ops = usize::from(inp.u8() % 8) + 1;
     for _ in 0..ops {
         let (table, cols) = inp.pick(&w.snapshot_tables);
@@ -181,6 +187,8 @@ fuzz_target!(init: { world(); }, |data: &[u8]| {
     let restored = c.query_row("SELECT lsync_restore(?1)", [name], |r| r.get::<_, String>(0));
     if debug() {
         eprintln!("mode {} template {}: {restored:?}", (how >> 1) & 3, how & 1);
+        // The file as restored, to look into after a crash.
+        let _ = std::fs::copy(&snap, std::env::temp_dir().join("lsync-fuzz-last.snap"));
     }
     if let Ok(report) = restored {
         let after = untouchable(&c);
