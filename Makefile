@@ -45,10 +45,14 @@ soak: deps build
 	  $(CARGO) test --release -p lsync-tests --test prop --test convergence -- --include-ignored --test-threads 2
 
 # Each cargo-fuzz target in fuzz/ for $(FUZZ_SECONDS) seconds (a nightly
-# toolchain; cargo-fuzz is installed when missing). Not part of `make test` or CI. New
-# inputs go to fuzz/corpus/TARGET (ignored), starting from the checked-in
+# toolchain; cargo-fuzz is installed when missing). Not part of `make test` or
+# CI. The targets: changeset_decode (the wire crate's decoder), frame_codec
+# (the sidecar's handshake and message reader), apply_sql (`lsync_apply`
+# through SQL) and restore_file (`lsync_restore` of a crafted file); the last
+# two load the liblsync.so that the fuzz build instruments (fuzz/src/lib.rs).
+# New inputs go to fuzz/corpus/TARGET (ignored), starting from the checked-in
 # fuzz/seeds/TARGET; a crash is saved in fuzz/artifacts/TARGET: check it in
-# as a regression test that decodes those exact bytes. The malloc limit makes
+# as a regression test that runs those exact bytes. The malloc limit makes
 # any single allocation above it a crash, so that a lying count is caught
 # even when it would fit in memory.
 FUZZ_SECONDS ?= 60

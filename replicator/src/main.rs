@@ -15,7 +15,6 @@ mod members;
 mod node;
 mod now;
 mod progress;
-mod protocol;
 mod secret;
 mod session;
 mod snapshot;
@@ -24,6 +23,8 @@ mod store;
 
 use anyhow::Result;
 use clap::Parser;
+// The session codec lives in the library (src/lib.rs), for the fuzz targets.
+use lsync_replicator::protocol;
 
 use cli::{BenchCommand, Cli, Command, DeviceCommand, SecretCommand};
 

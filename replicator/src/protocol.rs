@@ -17,7 +17,9 @@ use tokio_util::codec::{Framed, FramedParts, FramedWrite, LengthDelimitedCodec};
 /// changesets they carry (3: the merge op; 5: device keys, `XXpsk0`, the
 /// member list and the library secret's rotation).
 pub const PROTOCOL_VERSION: u32 = 5;
-const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
+/// The Noise protocol of a session (public for the frame_codec fuzz target,
+/// which plays the initiator with snow itself to encrypt crafted frames).
+pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
 /// A Noise message is at most 65535 bytes; larger frames are refused.
 pub const MAX_FRAME: usize = 65535;
 const TAG: usize = 16;

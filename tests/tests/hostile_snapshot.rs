@@ -590,6 +590,44 @@ fn out_of_range_cursors_and_device_ids_are_refused() {
     }
 }
 
+/// A clock entry whose origin is no device of the file (a REAL, or an alias
+/// its `lsync_devices` lacks), and parked or quarantined changes whose
+/// origin is no UUID. Taken whole by the empty path, the first left a
+/// device that could never export again ("'unknown-device-0' is not a
+/// UUID"): found by the restore_file fuzz target.
+#[test]
+fn clock_and_parked_origins_of_no_device_are_refused() {
+    let (dir, src, _, dst) = hostile_pair();
+    let first = "(SELECT min(seq) FROM lsync_clock)";
+    for (name, sql, says) in [
+        (
+            "clock-origin-real",
+            format!("UPDATE lsync_clock SET origin = 5.58648141679506e-91 WHERE seq = {first};"),
+            "lsync_clock holds 1 changes whose origin is no device",
+        ),
+        (
+            "clock-origin-unknown-alias",
+            format!("UPDATE lsync_clock SET origin = 999 WHERE seq = {first};"),
+            "lsync_clock holds 1 changes whose origin is no device",
+        ),
+        (
+            "parked-origin-not-uuid",
+            "INSERT INTO lsync_parked(tbl, uuid, col, value, hlc, origin)
+             VALUES (1, 'x', 'name', 'v', 1, 'nobody');"
+                .to_owned(),
+            "lsync_parked holds 1 changes whose origin is not a device UUID",
+        ),
+    ] {
+        let snap = crafted_snapshot(dir.path(), &src, name, &sql);
+        let e = restore_refusal(&dst, &snap);
+        assert!(e.contains(says), "{name}: {e}");
+    }
+    // Refused, the library still exports.
+    let _: Vec<u8> = dst
+        .query_row("SELECT lsync_changeset(0)", [], |r| r.get(0))
+        .expect("export after the refusals");
+}
+
 // ------------------------------------------------------- snapshot paths
 
 #[test]

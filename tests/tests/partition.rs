@@ -39,11 +39,9 @@
 //! pair's proxy.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::{self, sleep, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -67,10 +65,6 @@ const CONVERGE: Duration = Duration::from_secs(60);
 const SETTLED: Duration = Duration::from_secs(10);
 /// Tombstone samples, to see pruning happen while the test runs.
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
-/// Outside the lossy period, links delay this share of the chunks they
-/// carry by up to this many ms (latency and jitter): the two directions of
-/// a session then do not move in lockstep.
-const JITTER: (f64, u64) = (0.8, 80);
 /// Writers are busy (a write every 1-4 ms) this share of the time, calm
 /// (every 20-120 ms) otherwise.
 const BUSY: f64 = 0.4;
@@ -116,208 +110,6 @@ fn env_u64(name: &str) -> Option<u64> {
             .parse()
             .unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}"))
     })
-}
-
-// ---------------------------------------------------------------------------
-// The link proxy
-// ---------------------------------------------------------------------------
-
-struct LinkState {
-    name: String,
-    upstream: SocketAddr,
-    seed: u64,
-    cut: AtomicBool,
-    lossy: AtomicBool,
-    closed: AtomicBool,
-    /// Live connections: (downstream, upstream) clones, to shut them down.
-    conns: Mutex<HashMap<u64, (TcpStream, TcpStream)>>,
-    next_id: AtomicU64,
-    accepted: AtomicU64,
-    refused: AtomicU64,
-    killed: AtomicU64,
-}
-
-impl LinkState {
-    fn close_all(&self) -> usize {
-        let conns = std::mem::take(&mut *self.conns.lock().unwrap());
-        for (down, up) in conns.values() {
-            let _ = down.shutdown(Shutdown::Both);
-            let _ = up.shutdown(Shutdown::Both);
-        }
-        conns.len()
-    }
-}
-
-/// A TCP proxy on 127.0.0.1 in front of one sidecar's listening port: the
-/// dialing sidecar connects to `addr()`, the proxy connects to the
-/// upstream and pumps bytes both ways. `cut()` closes every live
-/// connection and closes new ones at once; `heal()` lets them through
-/// again; `set_lossy(true)` refuses some connections, kills some live ones
-/// and delays some bytes.
-struct Link {
-    state: Arc<LinkState>,
-    addr: String,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-impl Link {
-    fn new(name: &str, upstream: &str, seed: u64) -> Link {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let state = Arc::new(LinkState {
-            name: name.to_owned(),
-            upstream: upstream.parse().expect("upstream address"),
-            seed,
-            cut: AtomicBool::new(false),
-            lossy: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            conns: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
-            accepted: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            killed: AtomicU64::new(0),
-        });
-        let st = state.clone();
-        let acceptor = thread::Builder::new()
-            .name(format!("proxy {name}"))
-            .spawn(move || accept_loop(listener, st))
-            .unwrap();
-        Link {
-            state,
-            addr,
-            acceptor: Some(acceptor),
-        }
-    }
-
-    fn addr(&self) -> &str {
-        &self.addr
-    }
-
-    fn name(&self) -> &str {
-        &self.state.name
-    }
-
-    /// Closes the live connections and refuses new ones; returns how many
-    /// connections it closed.
-    fn cut(&self) -> usize {
-        self.state.cut.store(true, Ordering::SeqCst);
-        self.state.close_all()
-    }
-
-    fn heal(&self) {
-        self.state.cut.store(false, Ordering::SeqCst);
-    }
-
-    fn set_lossy(&self, on: bool) {
-        self.state.lossy.store(on, Ordering::SeqCst);
-    }
-
-    fn stats(&self) -> String {
-        let s = &self.state;
-        format!(
-            "{}: {} connections, {} refused, {} killed while lossy",
-            s.name,
-            s.accepted.load(Ordering::Relaxed),
-            s.refused.load(Ordering::Relaxed),
-            s.killed.load(Ordering::Relaxed)
-        )
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        self.state.closed.store(true, Ordering::SeqCst);
-        self.cut();
-        if let Some(h) = self.acceptor.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, st: Arc<LinkState>) {
-    let mut rng = Rng::new(st.seed);
-    // Until the link is dropped; bounded anyway.
-    let deadline = Instant::now() + Duration::from_secs(3600);
-    while !st.closed.load(Ordering::SeqCst) && Instant::now() < deadline {
-        let down = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                sleep(Duration::from_millis(2));
-                continue;
-            }
-            Err(_) => {
-                sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        if st.cut.load(Ordering::SeqCst) || (st.lossy.load(Ordering::SeqCst) && rng.chance(0.3)) {
-            st.refused.fetch_add(1, Ordering::Relaxed);
-            drop(down);
-            continue;
-        }
-        let _ = down.set_nonblocking(false);
-        let Ok(up) = TcpStream::connect_timeout(&st.upstream, Duration::from_secs(2)) else {
-            // The sidecar behind this link is down: the dialer sees a close.
-            continue;
-        };
-        let _ = down.set_nodelay(true);
-        let _ = up.set_nodelay(true);
-        let (Ok(d2), Ok(u2), Ok(d3), Ok(u3)) = (
-            down.try_clone(),
-            up.try_clone(),
-            down.try_clone(),
-            up.try_clone(),
-        ) else {
-            continue;
-        };
-        let id = st.next_id.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut conns = st.conns.lock().unwrap();
-            if st.cut.load(Ordering::SeqCst) {
-                st.refused.fetch_add(1, Ordering::Relaxed);
-                let _ = down.shutdown(Shutdown::Both);
-                let _ = up.shutdown(Shutdown::Both);
-                continue;
-            }
-            conns.insert(id, (d3, u3));
-        }
-        st.accepted.fetch_add(1, Ordering::Relaxed);
-        let (s1, s2) = (st.clone(), st.clone());
-        let (seed1, seed2) = (rng.next(), rng.next());
-        thread::spawn(move || pump(s1, id, down, u2, seed1));
-        thread::spawn(move || pump(s2, id, up, d2, seed2));
-    }
-}
-
-/// Copies bytes from `from` to `to` until either side closes; then closes
-/// both (which ends the pump of the other direction too).
-fn pump(st: Arc<LinkState>, id: u64, mut from: TcpStream, mut to: TcpStream, seed: u64) {
-    let mut rng = Rng::new(seed);
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if st.lossy.load(Ordering::SeqCst) {
-            if rng.chance(0.01) {
-                st.killed.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-            if rng.chance(0.2) {
-                sleep(rng.ms(5, 250));
-            }
-        } else if rng.chance(JITTER.0) {
-            sleep(rng.ms(1, JITTER.1));
-        }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
-    st.conns.lock().unwrap().remove(&id);
 }
 
 // ---------------------------------------------------------------------------

@@ -242,8 +242,41 @@ pub(super) fn peers(s: Db) -> Result<Vec<(String, i64)>> {
 
 /// The snapshot's device aliases: its clock names origins by them, and an
 /// empty library takes them whole. Each must be an integer alias of a
-/// UUID.
+/// UUID, and every origin the file names must be a device: an alias it
+/// holds (the clock) or a UUID (parked edits, the quarantine). A clock
+/// entry of no known device, taken whole, left a device that could export
+/// nothing again (found by the restore_file fuzz target).
 pub(super) fn check_devices(s: Db) -> Result<()> {
+    let orphans = s
+        .query_i64(
+            "SELECT count(*) FROM lsync_clock NOT INDEXED
+             WHERE typeof(origin) <> 'integer'
+                OR origin NOT IN (SELECT idx FROM lsync_devices NOT INDEXED)",
+            &[],
+        )?
+        .unwrap_or(0);
+    if orphans > 0 {
+        return Err(hostile(format!(
+            "lsync_clock holds {orphans} changes whose origin is no device in lsync_devices"
+        )));
+    }
+    for table in ["lsync_parked", "lsync_quarantine"] {
+        let bad = s
+            .query_i64(
+                &format!(
+                    "SELECT count(*) FROM {table}
+                     WHERE typeof(origin) <> 'text' OR length(origin) <> 36
+                        OR lower(origin) NOT GLOB ?1"
+                ),
+                &[uuid_glob().into()],
+            )?
+            .unwrap_or(0);
+        if bad > 0 {
+            return Err(hostile(format!(
+                "{table} holds {bad} changes whose origin is not a device UUID"
+            )));
+        }
+    }
     let bad = s
         .query_i64(
             "SELECT count(*) FROM lsync_devices NOT INDEXED
