@@ -186,3 +186,36 @@ CREATE VIEW lsync_conflicts AS
                  ELSE 'merge' END AS op,
          data, error, at, tried_at, tries
   FROM lsync_quarantine;
+
+-- Rows inserted at or below their table's high-water mark (an explicit or
+-- reused rowid, INSERT OR REPLACE), logged by the INSERT triggers of tables
+-- with no id to fill, and at once turned into `lsync_dirty` rows by the
+-- trigger below; empty at rest. Those INSERT triggers hold one INSERT and
+-- nothing else because SQLite sets up a trigger program's registers and
+-- cursors for every inserted row, even when its WHEN clause is false: the
+-- work lives in this trigger's program, which runs only when a row is
+-- logged. None of them calls a function or can ABORT: either one makes
+-- SQLite keep a statement journal for every insert (schema version 11).
+CREATE TABLE IF NOT EXISTS lsync_reinserted(tbl INTEGER, rid INTEGER);
+CREATE TRIGGER IF NOT EXISTS lsync_reinserted_log AFTER INSERT ON lsync_reinserted
+BEGIN
+  -- While lsync applies changes (`capture::quietly`) nothing is captured.
+  -- A device-owned row of another device is not this device's to replace:
+  -- RAISE(ROLLBACK), since RAISE(ABORT) would count as an abort.
+  SELECT RAISE(ROLLBACK, 'lsync: this row is owned by another device; only its owner may replace it (the transaction was rolled back)')
+  FROM (SELECT hi, origin FROM lsync_clock
+        WHERE tbl = NEW.tbl AND col IS NULL AND lo <= NEW.rid
+        ORDER BY lo DESC LIMIT 1) AS c
+  WHERE c.hi >= NEW.rid
+    AND c.origin IS NOT (SELECT value FROM lsync_config WHERE key = 'device_idx')
+    AND (SELECT mode FROM lsync_tables WHERE id = NEW.tbl) = 'device_owned'
+    AND NOT EXISTS (SELECT 1 FROM lsync_config WHERE key = 'capture_off');
+  -- An insert (op 0), whatever was pending for the rowid; its HLC (0) is
+  -- the fold's.
+  DELETE FROM lsync_dirty WHERE tbl = NEW.tbl AND rid = NEW.rid
+    AND NOT EXISTS (SELECT 1 FROM lsync_config WHERE key = 'capture_off');
+  INSERT OR IGNORE INTO lsync_dirty(tbl, rid, op, hlc, cols)
+    SELECT NEW.tbl, NEW.rid, 0, 0, 0
+    WHERE NOT EXISTS (SELECT 1 FROM lsync_config WHERE key = 'capture_off');
+  DELETE FROM lsync_reinserted;
+END;

@@ -12,7 +12,7 @@ const MEMBERS_SQL: &str = include_str!("../../sql/members.sql");
 /// idempotent, so older databases are upgraded by running it again. A
 /// column added to an existing table also needs its `ALTER TABLE` in
 /// [`migrate`] (`CREATE TABLE IF NOT EXISTS` leaves an old table as it is).
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 
 /// Default maximum clock drift accepted from a peer, in milliseconds.
 pub const DEFAULT_MAX_DRIFT_MS: i64 = 60_000;

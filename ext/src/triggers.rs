@@ -208,22 +208,15 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
     )
 }
 
-/// SQL that holds while this connection captures. The function-free
-/// INSERT trigger cannot ask `lsync_capturing()`, so the applying code
-/// also sets `capture_off` in `lsync_config` (`capture::quietly`).
-const CAPTURING_SQL: &str = "NOT EXISTS (SELECT 1 FROM lsync_config WHERE key = 'capture_off')";
-
 /// The INSERT trigger: it records a row inserted at or below the
 /// high-water mark (an explicit or reused rowid, INSERT OR REPLACE), which
 /// the mark does not find, and fills a NULL uuid column.
 ///
-/// A table whose ids need no fill gets a trigger that calls no function
-/// and cannot ABORT. Either one makes SQLite open a statement journal for
-/// every INSERT into the table (`sqlite3MayAbort`): a copy of the page
-/// written, which costs as much as the insert itself. So the HLC of such
-/// a re-insert is the fold's (`hlc` 0 here), and a REPLACE of another
-/// device's row rolls the transaction back (RAISE(ROLLBACK) does not
-/// count as ABORT).
+/// A table whose ids need no fill gets a trigger that calls no function,
+/// cannot ABORT, and holds one INSERT into `lsync_reinserted`, whose own
+/// trigger does the work (`sql/schema.sql` says why). So the HLC of such a
+/// re-insert is the fold's, and a REPLACE of another device's row rolls
+/// the transaction back.
 fn insert_trigger(t: &Table, uuid_fill: &str) -> String {
     let (id, tbl) = (t.id, q(&t.name));
     let ins = trigger_name("ins", &t.name);
@@ -242,28 +235,21 @@ fn insert_trigger(t: &Table, uuid_fill: &str) -> String {
     }
     // A WITHOUT ROWID row is numbered here (`rids`), above the mark unless
     // its key has a number already (INSERT OR REPLACE, a re-insert).
-    let hwm = format!("(SELECT hwm FROM lsync_tables WHERE id = {id})");
-    let rid = t.rid_of("NEW");
-    let (when, number) = match (t.without_rowid, t.uuid_col()) {
-        (true, Some(k)) => (String::new(), t.number_sql(&format!("NEW.{}", q(k)))),
-        _ => (format!("WHEN {below_hwm}"), String::new()),
-    };
-    let below = format!("{rid} <= {hwm} AND {CAPTURING_SQL}");
-    let owner = match t.mode {
-        Mode::Shared => String::new(),
-        Mode::DeviceOwned => format!(
-            "SELECT RAISE(ROLLBACK, {msg}) FROM
-               (SELECT hi, origin FROM lsync_clock
-                WHERE tbl = {id} AND col IS NULL AND lo <= {rid}
-                ORDER BY lo DESC LIMIT 1) AS c
-             WHERE c.hi >= {rid}
-               AND c.origin IS NOT (SELECT value FROM lsync_config WHERE key = 'device_idx')
-               AND {below};",
-            msg = lit(&format!(
-                "lsync: this row of '{}' is owned by another device; only its owner may \
-                 replace it (the transaction was rolled back)",
-                t.name
-            ))
+    let (when, number, log) = match (t.without_rowid, t.uuid_col()) {
+        (true, Some(k)) => {
+            let rid = t.rid_of("NEW");
+            (
+                String::new(),
+                t.number_sql(&format!("NEW.{}", q(k))),
+                format!(
+                    "SELECT {id}, {rid} WHERE {rid} <= (SELECT hwm FROM lsync_tables WHERE id = {id})"
+                ),
+            )
+        }
+        _ => (
+            format!("WHEN {below_hwm}"),
+            String::new(),
+            format!("VALUES ({id}, NEW.rowid)"),
         ),
     };
     format!(
@@ -271,10 +257,7 @@ fn insert_trigger(t: &Table, uuid_fill: &str) -> String {
          {when}
          BEGIN
            {number}
-           {owner}
-           DELETE FROM lsync_dirty WHERE tbl = {id} AND rid = {rid} AND {below};
-           INSERT OR IGNORE INTO lsync_dirty(tbl, rid, op, hlc, cols)
-             SELECT {id}, {rid}, {OP_INSERT}, 0, 0 WHERE {below};
+           INSERT INTO lsync_reinserted(tbl, rid) {log};
          END;"
     )
 }

@@ -27,10 +27,16 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use lsync_fuzz::debug;
 use lsync_fuzz::input::Input;
-use lsync_replicator::protocol::{handshake, Msg, Secret, MAX_FRAME, NOISE_PARAMS};
+use lsync_replicator::protocol::{
+    handshake, Keys, Msg, Secret, MAX_FRAME, NOISE_PARAMS, PROTOCOL_VERSION,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 const SECRET: Secret = [7; 32];
+/// The static private keys of the peer the harness plays and of the
+/// sidecar (any 32 bytes are an X25519 private key).
+const PEER_KEY: [u8; 32] = [1; 32];
+const SIDECAR_KEY: [u8; 32] = [2; 32];
 /// Plaintext that fits one Noise message with its tag.
 const CHUNK: usize = MAX_FRAME - 16;
 /// Messages read from one input at most (each needs a frame of input).
@@ -51,21 +57,40 @@ async fn write_frame(io: &mut DuplexStream, bytes: &[u8]) -> std::io::Result<()>
     io.write_all(bytes).await
 }
 
-/// The initiator's half of `NNpsk0`, done by hand: -> psk, e  <- e, ee.
+/// The first handshake frame of either side starts with this preamble
+/// (`lsyncv` and the protocol version), which is also the Noise prologue.
+fn preamble() -> Vec<u8> {
+    let mut p = b"lsyncv".to_vec();
+    p.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    p
+}
+
+/// The initiator's half of `XXpsk0`, done by hand:
+/// -> psk, e   <- e, ee, s, es   -> s, se.
 async fn initiate(io: &mut DuplexStream) -> Option<snow::TransportState> {
+    let pre = preamble();
     let mut hs = snow::Builder::new(NOISE_PARAMS.parse().unwrap())
+        .prologue(&pre)
+        .unwrap()
+        .local_private_key(&PEER_KEY)
+        .unwrap()
         .psk(0, &SECRET)
         .unwrap()
         .build_initiator()
         .unwrap();
     let mut buf = vec![0u8; MAX_FRAME];
     let n = hs.write_message(&[], &mut buf).unwrap();
-    write_frame(io, &buf[..n]).await.ok()?;
+    let mut first = pre.clone();
+    first.extend_from_slice(&buf[..n]);
+    write_frame(io, &first).await.ok()?;
     let len = io.read_u32().await.ok()? as usize;
     let mut reply = vec![0u8; len];
     io.read_exact(&mut reply).await.ok()?;
-    hs.read_message(&reply, &mut buf)
+    let reply = reply.get(pre.len()..)?;
+    hs.read_message(reply, &mut buf)
         .expect("the responder's handshake reply authenticates");
+    let n = hs.write_message(&[], &mut buf).unwrap();
+    write_frame(io, &buf[..n]).await.ok()?;
     Some(hs.into_transport_mode().unwrap())
 }
 
@@ -118,7 +143,11 @@ async fn peer(mut io: DuplexStream, how: u8, mut inp: Input<'_>) -> std::io::Res
 /// The sidecar's side: the responder's handshake, then messages until an
 /// error (the end of the input is one: the stream closes).
 async fn sidecar(io: DuplexStream) {
-    let Ok((_tx, mut rx)) = handshake(io, &SECRET, false).await else {
+    let keys = Keys {
+        private: &SIDECAR_KEY,
+        secrets: &[SECRET],
+    };
+    let Ok((_tx, mut rx, _peer)) = handshake(io, &keys, false).await else {
         return;
     };
     for _ in 0..MAX_MESSAGES {

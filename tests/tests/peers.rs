@@ -154,7 +154,7 @@ fn an_older_peers_table_is_upgraded() {
         &c,
         "SELECT value FROM lsync_config WHERE key = 'schema_version'",
     );
-    assert_eq!(version, 10);
+    assert_eq!(version, 11);
     // Version 8's table of merged rows is there too, version 9's of the
     // global ids lsync keeps, and version 10's of the members.
     assert_eq!(scalar::<i64>(&c, "SELECT count(*) FROM lsync_members"), 0);
