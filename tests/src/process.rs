@@ -45,7 +45,7 @@ type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
 pub fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: between fork and exec the closure makes only async-signal-safe
-    // calls (prctl, getppid) and does not allocate.
+    // calls (prctl, getppid, signal) and does not allocate.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(
@@ -62,6 +62,10 @@ pub fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
             if libc::getppid() != parent {
                 return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
+            // A test run under nohup ignores SIGHUP, and the child would
+            // inherit that: a sidecar under script(1) would then outlive
+            // its terminal.
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
             Ok(())
         });
     }
