@@ -6,7 +6,10 @@
 use lsync_tests::*;
 
 const SETTINGS: &str = "
-    CREATE TABLE setting(key TEXT PRIMARY KEY, value TEXT, n INTEGER) WITHOUT ROWID;
+    CREATE TABLE folder(id INTEGER PRIMARY KEY, name TEXT);
+    SELECT lsync_track('folder', 'shared');
+    CREATE TABLE setting(key TEXT PRIMARY KEY, value TEXT, n INTEGER,
+                         folder_id INTEGER REFERENCES folder(id)) WITHOUT ROWID;
     CREATE TABLE blob_kv(id BLOB PRIMARY KEY, body TEXT) WITHOUT ROWID;
     SELECT lsync_track('setting', 'shared');
     SELECT lsync_track('blob_kv', 'device_owned');";
@@ -56,14 +59,35 @@ fn a_without_rowid_table_with_another_key_is_refused() {
 fn without_rowid_rows_converge() {
     let (_dir, a, b) = two_libraries(SETTINGS);
     a.execute_batch(
-        "INSERT INTO setting VALUES ('theme', 'dark', 1), ('lang', 'en', 2);
+        "INSERT INTO setting(key, value, n) VALUES ('theme', 'dark', 1), ('lang', 'en', 2);
          INSERT INTO blob_kv VALUES (lsync_uuid('blob'), 'one'), (lsync_uuid('blob'), 'two');",
     )
     .unwrap();
-    b.execute_batch("INSERT INTO setting VALUES ('lang', 'fr', 3), ('font', 'mono', 4)")
-        .unwrap();
+    b.execute_batch(
+        "INSERT INTO setting(key, value, n) VALUES ('lang', 'fr', 3), ('font', 'mono', 4)",
+    )
+    .unwrap();
     exchange_and_compare(&a, &b);
     assert_eq!(count(&a, "setting"), 3);
+    // An integer FK of a WITHOUT ROWID row travels as its target's id: the
+    // folder has another local id on B.
+    b.execute_batch("INSERT INTO folder(name) VALUES ('b-only')")
+        .unwrap();
+    a.execute_batch(
+        "INSERT INTO folder(name) VALUES ('docs');
+         UPDATE setting SET folder_id = (SELECT id FROM folder WHERE name = 'docs')
+         WHERE key = 'font';",
+    )
+    .unwrap();
+    exchange_and_compare(&a, &b);
+    let folder_of_font = "SELECT f.name FROM setting s JOIN folder f ON f.id = s.folder_id
+                          WHERE s.key = 'font'";
+    assert_eq!(query_rows(&b, folder_of_font), [["docs"]]);
+    assert_ne!(
+        scalar::<i64>(&a, "SELECT folder_id FROM setting WHERE key = 'font'"),
+        scalar::<i64>(&b, "SELECT folder_id FROM setting WHERE key = 'font'"),
+        "the local ids differ, so the FK was mapped"
+    );
     b.execute_batch(
         "UPDATE setting SET value = 'light' WHERE key = 'theme';
          DELETE FROM setting WHERE key = 'font';",
@@ -72,7 +96,7 @@ fn without_rowid_rows_converge() {
     a.execute_batch(
         "UPDATE blob_kv SET body = 'uno' WHERE body = 'one';
          DELETE FROM setting WHERE key = 'lang';
-         INSERT INTO setting VALUES ('lang', 'de', 5);
+         INSERT INTO setting(key, value, n) VALUES ('lang', 'de', 5);
          INSERT OR REPLACE INTO blob_kv SELECT id, 'dos' FROM blob_kv WHERE body = 'two';",
     )
     .unwrap();
@@ -95,7 +119,8 @@ fn without_rowid_rows_converge() {
     assert!(e.contains("owned by"), "{e}");
     let numbered: i64 = scalar(
         &b,
-        "SELECT count(*) FROM lsync_gid WHERE tbl IN (SELECT id FROM lsync_tables)",
+        "SELECT count(*) FROM lsync_gid
+         WHERE tbl IN (SELECT id FROM lsync_tables WHERE name IN ('setting', 'blob_kv'))",
     );
     assert_eq!(numbered, 3, "one number per live row");
 }
@@ -107,9 +132,9 @@ fn rows_there_before_tracking_are_sent() {
         "CREATE TABLE setting(key TEXT PRIMARY KEY, value TEXT, n INTEGER) WITHOUT ROWID;",
     );
     a.execute_batch(
-        "INSERT INTO setting VALUES ('a', '1', 1), ('b', '2', 2);
+        "INSERT INTO setting(key, value, n) VALUES ('a', '1', 1), ('b', '2', 2);
          SELECT lsync_track('setting', 'shared');
-         INSERT INTO setting VALUES ('c', '3', 3);",
+         INSERT INTO setting(key, value, n) VALUES ('c', '3', 3);",
     )
     .unwrap();
     b.execute_batch("SELECT lsync_track('setting', 'shared')")
@@ -125,7 +150,7 @@ fn rows_there_before_tracking_are_sent() {
 fn without_rowid_rows_travel_in_snapshots() {
     let (dir, a, b) = two_libraries(SETTINGS);
     a.execute_batch(
-        "INSERT INTO setting VALUES ('theme', 'dark', 1), ('lang', 'en', 2);
+        "INSERT INTO setting(key, value, n) VALUES ('theme', 'dark', 1), ('lang', 'en', 2);
          INSERT INTO blob_kv VALUES (lsync_uuid('blob'), 'one');",
     )
     .unwrap();
@@ -133,7 +158,7 @@ fn without_rowid_rows_travel_in_snapshots() {
     let c = open(&dir.path().join("c.db"));
     c.execute_batch(SETTINGS).unwrap();
     join_library(&c, &library_id(&a));
-    b.execute_batch("INSERT INTO setting VALUES ('font', 'mono', 3)")
+    b.execute_batch("INSERT INTO setting(key, value, n) VALUES ('font', 'mono', 3)")
         .unwrap();
     let snap = dir.path().join("snap.db");
     let _: i64 = scalar(&a, &format!("SELECT lsync_snapshot('{}')", snap.display()));
