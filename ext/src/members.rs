@@ -27,21 +27,7 @@ const MAX_MERGE: usize = 100_000;
 const MAX_SECRETS: usize = 8;
 
 /// One member as `lsync_members()` lists it and `lsync_members_merge` takes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub device: String,
-    /// The public key, 64 hex characters; None for a device revoked before
-    /// its key was known here.
-    pub pubkey: Option<String>,
-    pub status: String,
-    #[serde(default)]
-    pub added_ms: i64,
-    #[serde(default)]
-    pub revoked_ms: Option<i64>,
-    /// This database's own device (`lsync_members()` only).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub this_device: bool,
-}
+pub use lsync_wire::members::Member;
 
 pub fn register(db: Db) -> Result<()> {
     db.create_function("lsync_members", 0, INNOCUOUS, |db, _| {

@@ -136,18 +136,7 @@ pub fn admit(c: &Connection, device: &str, key: &[u8; 32], may_join: bool) -> R<
 }
 
 /// The members as `lsync_members()` lists them.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Member {
-    pub device: String,
-    pub pubkey: Option<String>,
-    pub status: String,
-    #[serde(default)]
-    pub added_ms: i64,
-    #[serde(default)]
-    pub revoked_ms: Option<i64>,
-    #[serde(default)]
-    pub this_device: bool,
-}
+pub use lsync_wire::members::Member;
 
 pub fn list(c: &Connection) -> R<Vec<Member>> {
     let json: String = c.query_row("SELECT lsync_members()", [], |r| r.get(0))?;

@@ -4,5 +4,6 @@
 
 pub mod changeset;
 pub mod hlc;
+pub mod members;
 pub mod report;
 pub mod value;
