@@ -141,10 +141,7 @@ pub fn on_delete_target(db: Db, conn: &Conn, tbl: i64, rowid: i64, uuid: &Value)
     if db.query_i64("PRAGMA foreign_keys", &[])? == Some(1) {
         return Ok(Value::Null);
     }
-    let Some(t) = crate::catalog::load_all(db)?
-        .into_iter()
-        .find(|t| t.id == tbl)
-    else {
+    let Some(t) = crate::catalog::load_id(db, tbl)? else {
         return Ok(Value::Null);
     };
     let live = db.query_i64(

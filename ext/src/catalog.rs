@@ -136,10 +136,19 @@ pub fn load_all(db: Db) -> Result<Vec<Table>> {
 }
 
 pub fn load(db: Db, name: &str) -> Result<Option<Table>> {
+    load_where(db, "name = ?1 COLLATE NOCASE", name.into())
+}
+
+/// The tracked table with id `id` (a trigger names tables by id).
+pub fn load_id(db: Db, id: i64) -> Result<Option<Table>> {
+    load_where(db, "id = ?1", id.into())
+}
+
+fn load_where(db: Db, cond: &str, key: crate::sql::Value) -> Result<Option<Table>> {
     let mut s = db.prepare(&format!(
-        "SELECT {TABLE_COLS} FROM lsync_tables WHERE name = ?1 COLLATE NOCASE"
+        "SELECT {TABLE_COLS} FROM lsync_tables WHERE {cond}"
     ))?;
-    s.bind(1, &name.into())?;
+    s.bind(1, &key)?;
     if s.step()? {
         Ok(Some(table_from_row(&s)?))
     } else {

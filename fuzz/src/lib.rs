@@ -23,24 +23,7 @@ pub const MAX_BODY: i64 = 1 << 20;
 /// The tracked schema: a device-owned tree, a shared table with a UNIQUE
 /// name, a CHECK and a CASCADE FK into it, and a shared join table whose
 /// identity is its two FKs. Small pages make small snapshots (seeds).
-pub const SCHEMA: &str = "
-PRAGMA page_size = 512;
-CREATE TABLE folders(
-  id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT NOT NULL,
-  parent_id INTEGER REFERENCES folders(id));
-CREATE TABLE labels(
-  id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT NOT NULL UNIQUE,
-  color TEXT CHECK (color IS NOT 'forbidden'),
-  folder_id INTEGER REFERENCES folders(id) ON DELETE CASCADE);
-CREATE TABLE pins(
-  label_id INTEGER NOT NULL REFERENCES labels(id) ON DELETE CASCADE,
-  folder_id INTEGER NOT NULL REFERENCES folders(id),
-  note TEXT,
-  PRIMARY KEY (label_id, folder_id));
-SELECT lsync_track('folders', 'device_owned');
-SELECT lsync_track('labels', 'shared');
-SELECT lsync_track('pins', 'shared');
-";
+pub const SCHEMA: &str = include_str!("../world.sql");
 
 /// Fixed ids, so that the checked-in seeds name the world's library,
 /// devices and rows in every run.

@@ -10,24 +10,7 @@ use lsync_tests::*;
 
 /// The schema and ids of the SQL fuzz targets' world (fuzz/src/lib.rs), so
 /// that their inputs mean here what they meant there.
-const FUZZ_SCHEMA: &str = "
-PRAGMA page_size = 512;
-CREATE TABLE folders(
-  id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT NOT NULL,
-  parent_id INTEGER REFERENCES folders(id));
-CREATE TABLE labels(
-  id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, name TEXT NOT NULL UNIQUE,
-  color TEXT CHECK (color IS NOT 'forbidden'),
-  folder_id INTEGER REFERENCES folders(id) ON DELETE CASCADE);
-CREATE TABLE pins(
-  label_id INTEGER NOT NULL REFERENCES labels(id) ON DELETE CASCADE,
-  folder_id INTEGER NOT NULL REFERENCES folders(id),
-  note TEXT,
-  PRIMARY KEY (label_id, folder_id));
-SELECT lsync_track('folders', 'device_owned');
-SELECT lsync_track('labels', 'shared');
-SELECT lsync_track('pins', 'shared');
-";
+const FUZZ_SCHEMA: &str = include_str!("../../fuzz/world.sql");
 const FUZZ_LIBRARY: &str = "01a20152-4dbb-7029-9802-6754477a9a51";
 
 fn fuzz_input(name: &str) -> PathBuf {

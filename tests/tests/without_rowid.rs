@@ -117,6 +117,14 @@ fn without_rowid_rows_converge() {
     assert_eq!(count(&b, "setting"), 1);
     let e = error_of(&b, "UPDATE blob_kv SET body = 'mine' WHERE body = 'uno'");
     assert!(e.contains("owned by"), "{e}");
+    // A REPLACE of A's row under its key is refused too (and rolls back).
+    let e = error_of(
+        &b,
+        "INSERT OR REPLACE INTO blob_kv SELECT id, 'taken' FROM blob_kv WHERE body = 'uno'",
+    );
+    assert!(e.contains("owned by another device"), "{e}");
+    assert_eq!(count(&b, "blob_kv"), 2);
+    assert!(query_rows(&b, "SELECT body FROM blob_kv WHERE body = 'taken'").is_empty());
     let numbered: i64 = scalar(
         &b,
         "SELECT count(*) FROM lsync_gid
