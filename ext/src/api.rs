@@ -81,18 +81,15 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
         flush::flush(db).map(Value::from)
     })?;
 
-    for n in [1, 2, 3] {
+    for n in [1, 2, 3, 4] {
         db.create_function("lsync_changeset", n, DIRECTONLY, |db, args| {
             let since = int_arg("lsync_changeset", "since", &args[0])?;
-            let max = match args.get(1) {
-                None | Some(Value::Null) => usize::MAX,
-                Some(v) => match int_arg("lsync_changeset", "max_changes", v)? {
-                    m if m > 0 => m as usize,
-                    m => bail!("lsync_changeset: max_changes must be positive, got {m}"),
-                },
+            let budget = changes::Budget {
+                changes: positive_arg("max_changes", args.get(1))?,
+                bytes: positive_arg("max_bytes", args.get(3))?,
             };
             let except = opt_uuid_arg("lsync_changeset", args.get(2))?;
-            export::changeset(db, since, max, except.as_deref()).map(Value::from)
+            export::changeset(db, since, budget, except.as_deref()).map(Value::from)
         })?;
     }
     for n in [1, 2] {
@@ -106,18 +103,18 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
     db.create_function("lsync_prune", 0, DIRECTONLY, |db, _| {
         stability::prune(db).map(Value::from)
     })?;
-    db.create_function("lsync_changeset_info", 1, INNOCUOUS, |db, args| {
-        let blob = blob_arg("lsync_changeset_info", &args[0])?;
-        export::info(db, &blob).map(Value::from)
+    db.create_blob_function("lsync_changeset_info", INNOCUOUS, |db, arg| {
+        let blob = blob_arg("lsync_changeset_info", arg)?;
+        export::info(db, blob).map(Value::from)
     })?;
-    db.create_function("lsync_drift", 1, INNOCUOUS, |db, args| {
-        let blob = blob_arg("lsync_drift", &args[0])?;
-        apply::drift_of(db, &blob)
+    db.create_blob_function("lsync_drift", INNOCUOUS, |db, arg| {
+        let blob = blob_arg("lsync_drift", arg)?;
+        apply::drift_of(db, blob)
     })?;
     let c = conn.clone();
-    db.create_function("lsync_apply", 1, DIRECTONLY, move |db, args| {
-        let blob = blob_arg("lsync_apply", &args[0])?;
-        let report = apply::apply(db, &c, &blob)?;
+    db.create_blob_function("lsync_apply", DIRECTONLY, move |db, arg| {
+        let blob = blob_arg("lsync_apply", arg)?;
+        let report = apply::apply(db, &c, blob)?;
         serde_json::to_string(&report)
             .map(Value::from)
             .map_err(|e| Error::msg(e.to_string()))
@@ -228,11 +225,14 @@ fn describe(v: &Value) -> String {
     }
 }
 
-fn blob_arg(func: &str, v: &Value) -> Result<Vec<u8>> {
+fn blob_arg<'a>(func: &str, v: std::result::Result<&'a [u8], Value>) -> Result<&'a [u8]> {
     match v {
-        Value::Blob(b) => Ok(b.clone()),
-        Value::Null => bail!("{func}: the changeset must not be NULL"),
-        other => bail!("{func}: expected a changeset BLOB, got {}", describe(other)),
+        Ok(b) => Ok(b),
+        Err(Value::Null) => bail!("{func}: the changeset must not be NULL"),
+        Err(other) => bail!(
+            "{func}: expected a changeset BLOB, got {}",
+            describe(&other)
+        ),
     }
 }
 
@@ -241,6 +241,17 @@ fn int_arg(func: &str, what: &str, v: &Value) -> Result<i64> {
         Value::Integer(i) => Ok(*i),
         Value::Null => bail!("{func}: {what} must not be NULL"),
         other => bail!("{func}: {what} must be an INTEGER, got {}", describe(other)),
+    }
+}
+
+/// An optional positive limit of `lsync_changeset`: absent or NULL is none.
+fn positive_arg(what: &str, v: Option<&Value>) -> Result<usize> {
+    match v {
+        None | Some(Value::Null) => Ok(usize::MAX),
+        Some(v) => match int_arg("lsync_changeset", what, v)? {
+            m if m > 0 => Ok(usize::try_from(m).unwrap_or(usize::MAX)),
+            m => bail!("lsync_changeset: {what} must be positive, got {m}"),
+        },
     }
 }
 

@@ -35,6 +35,34 @@ struct Entry {
     uuid: Value,
 }
 
+/// How much one read may take: a count of changes, and bytes of their
+/// values. The first change is always taken, however large, so that a row
+/// bigger than the byte budget still travels (alone).
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub changes: usize,
+    pub bytes: usize,
+}
+
+impl Budget {
+    /// At most `changes` changes, of any size.
+    pub fn changes(changes: usize) -> Budget {
+        Budget {
+            changes,
+            bytes: usize::MAX,
+        }
+    }
+
+    pub fn spent(&self) -> bool {
+        self.changes == 0 || self.bytes == 0
+    }
+
+    fn take(&mut self, c: &Change) {
+        self.changes = self.changes.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(c.size());
+    }
+}
+
 /// Up to `limit` changes with cursor greater than `since`, in cursor order.
 /// The caller flushes first if pending captures should be included.
 pub fn read(db: Db, since: i64, limit: usize) -> Result<Vec<Change>> {
@@ -42,9 +70,21 @@ pub fn read(db: Db, since: i64, limit: usize) -> Result<Vec<Change>> {
 }
 
 /// Like `read`, leaving out changes made at device `except` (a peer never
-/// needs its own changes back).
+/// needs its own changes back) and at revoked devices.
 pub fn read_except(db: Db, since: i64, limit: usize, except: Option<&str>) -> Result<Vec<Change>> {
-    let except_idx = known_device(db, except)?;
+    read_within(db, since, &mut Budget::changes(limit), except)
+}
+
+/// Like `read_except`, within `budget`, which says on return what was left
+/// of it: a spent budget means that more changes may follow.
+pub fn read_within(
+    db: Db,
+    since: i64,
+    budget: &mut Budget,
+    except: Option<&str>,
+) -> Result<Vec<Change>> {
+    let mut skip = crate::members::revoked_origins(db)?;
+    skip.extend(known_device(db, except)?);
     let tables: HashMap<i64, Table> = catalog::load_all(db)?
         .into_iter()
         .map(|t| (t.id, t))
@@ -58,7 +98,7 @@ pub fn read_except(db: Db, since: i64, limit: usize, except: Option<&str>) -> Re
          WHERE seq > ?1 ORDER BY seq",
     )?;
     s.bind(1, &since.into())?;
-    while out.len() < limit && s.step()? {
+    while !budget.spent() && s.step()? {
         let e = Entry {
             seq: s.i64(0),
             tbl: s.i64(1),
@@ -73,23 +113,14 @@ pub fn read_except(db: Db, since: i64, limit: usize, except: Option<&str>) -> Re
         let Some(t) = tables.get(&e.tbl) else {
             continue;
         };
-        if Some(e.origin) == except_idx {
+        if skip.contains(&e.origin) {
             continue;
         }
         if let std::collections::hash_map::Entry::Vacant(v) = origins.entry(e.origin) {
             v.insert(Arc::from(schema::device_uuid(db, e.origin)?));
         }
         let origin = origins[&e.origin].clone();
-        read_entry(
-            &cache,
-            &mut sqls,
-            t,
-            &e,
-            since,
-            limit - out.len(),
-            origin,
-            &mut out,
-        )?;
+        read_entry(&cache, &mut sqls, t, &e, since, budget, origin, &mut out)?;
     }
     drop(s);
     resolve_fks(db, &tables, &mut out)?;
@@ -110,15 +141,17 @@ fn known_device(db: Db, id: Option<&str>) -> Result<Option<i64>> {
 pub fn missing(db: Db, since: i64, except: Option<&str>) -> Result<i64> {
     // Cursors start at 1; a lower `since` must not overflow `seq - since`.
     let since = since.max(0);
-    let except_idx = known_device(db, except)?;
+    let mut skip = crate::members::revoked_origins(db)?;
+    skip.extend(known_device(db, except)?);
+    let skip = format!("{:?}", skip.into_iter().collect::<Vec<i64>>());
     Ok(db
         .query_i64(
             "SELECT coalesce(sum(CASE WHEN lo IS NULL THEN 1
                                       ELSE min(hi - lo + 1, seq - ?1) END), 0)
              FROM lsync_clock
-             WHERE seq > ?1 AND origin IS NOT ?2
+             WHERE seq > ?1 AND origin NOT IN (SELECT value FROM json_each(?2))
                AND tbl IN (SELECT id FROM lsync_tables)",
-            &[since.into(), except_idx.into()],
+            &[since.into(), skip.into()],
         )?
         .unwrap_or(0))
 }
@@ -130,7 +163,7 @@ fn read_entry(
     t: &Table,
     e: &Entry,
     since: i64,
-    room: usize,
+    budget: &mut Budget,
     origin: Arc<str>,
     out: &mut Vec<Row>,
 ) -> Result<()> {
@@ -160,7 +193,9 @@ fn read_entry(
             };
             data.push((Arc::from(MERGE_INTO), root));
         }
-        out.push(change(e.seq, None, e.uuid.clone(), data));
+        let row = change(e.seq, None, e.uuid.clone(), data);
+        budget.take(&row.change);
+        out.push(row);
         return Ok(());
     };
     // Row r of the entry has cursor seq - (hi - r): skip rows at or below `since`.
@@ -185,16 +220,18 @@ fn read_entry(
     });
     cache.with(
         sql,
-        &[first.into(), e.hi.into(), (room as i64).into()],
+        &[first.into(), e.hi.into(), (budget.changes as i64).into()],
         |s| {
-            while s.step()? {
+            while !budget.spent() && s.step()? {
                 let rid = s.i64(0);
                 let data = cols
                     .iter()
                     .enumerate()
                     .map(|(i, c)| ((*c).clone(), s.value(i + 2)))
                     .collect();
-                out.push(change(e.seq - (e.hi - rid), Some(rid), s.value(1), data));
+                let row = change(e.seq - (e.hi - rid), Some(rid), s.value(1), data);
+                budget.take(&row.change);
+                out.push(row);
             }
             Ok(())
         },

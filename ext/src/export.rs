@@ -9,11 +9,16 @@ use crate::error::{Error, Result};
 use crate::sql::Db;
 use crate::{catalog, changes, flush, schema};
 
-/// The changes after cursor `since` (at most `max`), in cursor order, which
-/// is an order that applies: each row's latest state, FKs as uuids.
-pub fn changeset(db: Db, since: i64, max: usize, except: Option<&str>) -> Result<Vec<u8>> {
+/// The changes after cursor `since` (at most `budget`), in cursor order,
+/// which is an order that applies: each row's latest state, FKs as uuids.
+pub fn changeset(
+    db: Db,
+    since: i64,
+    mut budget: changes::Budget,
+    except: Option<&str>,
+) -> Result<Vec<u8>> {
     flush::flush(db)?;
-    let changes = changes::read_except(db, since, max, except)?;
+    let changes = changes::read_within(db, since, &mut budget, except)?;
     let tables: Vec<TableDesc> = catalog::load_all(db)?
         .into_iter()
         .filter(|t| changes.iter().any(|c| c.tbl == t.name))
@@ -27,7 +32,7 @@ pub fn changeset(db: Db, since: i64, max: usize, except: Option<&str>) -> Result
     // if the last entries were superseded.
     let newest = schema::get_i64(db, "next_seq")? - 1;
     let last = changes.last().map_or(since, |c| c.seq);
-    let to = if changes.len() < max {
+    let to = if !budget.spent() {
         last.max(newest).max(since)
     } else {
         last

@@ -412,6 +412,23 @@ fn revoked(db: Db) -> Result<HashSet<String>> {
     Ok(out)
 }
 
+/// The local aliases (`lsync_devices.idx`) of the revoked devices: their
+/// changes are not exported from here, to any peer.
+pub fn revoked_origins(db: Db) -> Result<HashSet<i64>> {
+    let revoked = revoked(db)?;
+    let mut out = HashSet::new();
+    if revoked.is_empty() {
+        return Ok(out);
+    }
+    let mut st = db.prepare("SELECT idx, lower(id) FROM lsync_devices")?;
+    while st.step()? {
+        if st.text(1).is_some_and(|id| revoked.contains(&id)) {
+            out.insert(st.i64(0));
+        }
+    }
+    Ok(out)
+}
+
 /// Takes out the changes made by revoked devices, and returns how many:
 /// once a device is known here as revoked, nothing it made is applied here,
 /// so nothing it made is relayed from here either.

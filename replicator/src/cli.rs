@@ -116,6 +116,9 @@ pub struct RunArgs {
     /// Test hook: claim this cursor as the `to` of every changeset sent.
     #[arg(long, hide = true, value_name = "CURSOR")]
     pub test_claim_to: Option<i64>,
+    /// Test hook: send this many MiB of noise instead of each changeset.
+    #[arg(long, hide = true, value_name = "MIB")]
+    pub test_junk_changes_mib: Option<usize>,
 }
 
 /// How a peer that is behind is brought up to date.

@@ -43,6 +43,9 @@ pub struct TestHooks {
     pub apply_delay: Option<Duration>,
     /// Claim this cursor as the `to` of every changeset sent (a lying peer).
     pub claim_to: Option<i64>,
+    /// Send this many MiB of noise instead of each changeset (a member
+    /// that sends the largest message it may).
+    pub junk_changes_mib: Option<usize>,
 }
 
 /// Capped exponential backoff: for dialing a peer, and for pulling a
@@ -171,6 +174,7 @@ pub fn resolve(a: &RunArgs) -> Result<RunConfig> {
             corrupt_chunk: a.test_corrupt_chunk,
             apply_delay: a.test_apply_delay_ms.map(Duration::from_millis),
             claim_to: a.test_claim_to,
+            junk_changes_mib: a.test_junk_changes_mib,
         },
         extension: f.extension,
     };

@@ -24,8 +24,14 @@ pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
 pub const MAX_FRAME: usize = 65535;
 const TAG: usize = 16;
 const CHUNK: usize = MAX_FRAME - TAG;
-/// Largest message (header + payload) a peer may send.
+/// Largest message (header + payload) a peer may send: a changeset of one
+/// row this large, compressed, is the largest that travels. Changesets are
+/// cut into pieces of about `store::PIECE_BYTES` of rows, so only a single
+/// row larger than that makes a message of more than a few MiB.
 pub const MAX_MESSAGE: usize = 256 << 20;
+/// Largest JSON header: a member list of the 100,000 devices that
+/// `lsync_members_merge` takes at most (about 130 bytes each) fits.
+pub const MAX_HEADER: usize = 16 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -468,6 +474,14 @@ impl<Rd: AsyncRead + Unpin> Receiver<Rd> {
                     return Err(ProtoError::TooLarge(total));
                 }
                 want = Some(total + 4);
+            }
+            if plain.len() >= 8 {
+                let hlen = u32::from_le_bytes([plain[4], plain[5], plain[6], plain[7]]) as usize;
+                if hlen > MAX_HEADER {
+                    return Err(ProtoError::Malformed(format!(
+                        "a header of {hlen} bytes, above the limit of {MAX_HEADER}"
+                    )));
+                }
             }
             match want {
                 Some(w) if plain.len() == w => break,

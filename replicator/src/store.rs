@@ -130,11 +130,23 @@ pub fn behind(c: &Connection, since: i64, peer: &str) -> R<(i64, i64)> {
     })
 }
 
-/// Our changes after `since` for the peer `peer`, leaving out its own.
+/// Row data one changeset carries, at most, besides its first change: a
+/// catch-up is a stream of such pieces, each applied (and acknowledged) on
+/// its own, so neither side ever holds more than one piece and the row
+/// that ends it, whatever the size of the gap (docs/protocol.md, "Memory").
+pub const PIECE_BYTES: usize = 4 << 20;
+
+/// Our changes after `since` for the peer `peer`, leaving out its own: at
+/// most `max` changes and about `PIECE_BYTES` of row data.
 pub fn export(c: &Connection, since: i64, max: u32, peer: &str) -> R<Export> {
-    let blob: Vec<u8> = immediate(c, |c| {
-        Ok(c.prepare_cached("SELECT lsync_changeset(?1, ?2, ?3)")?
-            .query_row(params![since, i64::from(max.max(1)), peer], |r| r.get(0))?)
+    let (blob, head): (Vec<u8>, i64) = immediate(c, |c| {
+        let blob = c
+            .prepare_cached("SELECT lsync_changeset(?1, ?2, ?3, ?4)")?
+            .query_row(
+                params![since, i64::from(max.max(1)), peer, PIECE_BYTES as i64],
+                |r| r.get(0),
+            )?;
+        Ok((blob, folded_head(c)?))
     })?;
     // Only the head of the body is read: the peer decodes the rest.
     let s = lsync_wire::changeset::Changeset::summary(&blob, u64::MAX)
@@ -145,7 +157,8 @@ pub fn export(c: &Connection, since: i64, max: u32, peer: &str) -> R<Export> {
         from: since,
         to,
         count,
-        has_more: count >= u64::from(max.max(1)),
+        // A changeset that ends before our head stopped at its budget.
+        has_more: to < head,
     })
 }
 

@@ -305,6 +305,36 @@ fn changes_of_a_revoked_device_are_not_applied() {
         .any(|m| m.0 == a_id && m.2 == "revoked"));
 }
 
+/// A device that learns of a revocation relays nothing the revoked device
+/// made, not even what it applied before it learned: its changesets and
+/// its count of what a peer lacks leave those changes out, and its own
+/// changes still travel.
+#[test]
+fn changes_of_a_revoked_device_are_not_relayed() {
+    let (_dir, a, b) = two_libraries(NOTES);
+    a.execute_batch("INSERT INTO notes(body) VALUES ('from a 1'), ('from a 2')")
+        .unwrap();
+    assert_eq!(n(&send(&a, &b, 0), "applied"), 2);
+    b.execute("INSERT INTO notes(body) VALUES ('from b')", [])
+        .unwrap();
+    let relayed = |c: &Connection| -> i64 {
+        let cs: Vec<u8> = c
+            .query_row("SELECT lsync_changeset(0)", [], |r| r.get(0))
+            .unwrap();
+        let info: String = c
+            .query_row("SELECT lsync_changeset_info(?1)", [&cs], |r| r.get(0))
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        n(&info, "count")
+    };
+    let missing = |c: &Connection| -> i64 { scalar(c, "SELECT lsync_missing(0)") };
+    assert_eq!((relayed(&b), missing(&b)), (3, 3), "before the revocation");
+    b.query_row("SELECT lsync_revoke(?1)", [device_id(&a)], |_| Ok(()))
+        .unwrap();
+    assert_eq!((relayed(&b), missing(&b)), (1, 1), "after the revocation");
+    assert_eq!(count(&b, "notes"), 3, "what was applied stays");
+}
+
 /// The first binding of a device to a key is permanent, and a key binds
 /// one device.
 #[test]

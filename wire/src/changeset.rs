@@ -156,6 +156,13 @@ pub struct Change {
 }
 
 impl Change {
+    /// Its bytes in a changeset body, about (never less): for the byte
+    /// budget of an export.
+    pub fn size(&self) -> usize {
+        let header = 1 + 1 + 10 + 10 + 5 + 10;
+        header + self.pk.size() + self.data.iter().map(|(_, v)| v.size()).sum::<usize>()
+    }
+
     /// The row a merge makes this row an alias of.
     pub fn merged_into(&self) -> Option<&Value> {
         (self.op == Op::Merge)

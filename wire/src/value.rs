@@ -26,6 +26,16 @@ impl Value {
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }
+    /// Bytes of its content in a changeset body, at most: a tag, and a
+    /// varint length before text or a blob.
+    pub fn size(&self) -> usize {
+        match self {
+            Value::Null => 1,
+            Value::Integer(_) | Value::Real(_) => 11,
+            Value::Text(t) => 11 + t.len(),
+            Value::Blob(b) => 11 + b.len(),
+        }
+    }
 }
 
 impl From<i64> for Value {

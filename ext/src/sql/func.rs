@@ -1,13 +1,14 @@
 //! Registering scalar SQL functions: the trampoline SQLite calls, which
-//! copies the arguments, runs the Rust closure inside `catch_unwind` and turns
-//! its result or error into the SQL result.
+//! hands the arguments over (copied, or a BLOB borrowed), runs the Rust
+//! closure inside `catch_unwind` and turns its result or error into the SQL
+//! result.
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use sqlite3ext_sys::{sqlite3_context, sqlite3_value};
 
-use super::{api, transient, value_from_raw, Db, Value, SQLITE_UTF8};
+use super::{api, transient, value_from_raw, Db, Value, SQLITE_BLOB, SQLITE_UTF8};
 use crate::error::{Error, Result};
 
 impl Db {
@@ -17,6 +18,46 @@ impl Db {
     pub fn create_function<F>(&self, name: &str, n_args: c_int, flags: c_int, f: F) -> Result<()>
     where
         F: Fn(Db, &[Value]) -> Result<Value> + 'static,
+    {
+        self.register(name, n_args, flags, move |db, argv| {
+            // SAFETY: `argv` holds the call's valid values (see `register`).
+            let args: Vec<Value> = argv.iter().map(|v| unsafe { value_from_raw(*v) }).collect();
+            f(db, &args)
+        })
+    }
+
+    /// Registers a scalar function of one BLOB argument that the closure
+    /// reads where SQLite holds it, not copied: a changeset of hundreds of
+    /// MiB is then in memory once (the caller's bound copy), not three times.
+    /// Any other argument is passed to the closure as `Err` of its value.
+    pub fn create_blob_function<F>(&self, name: &str, flags: c_int, f: F) -> Result<()>
+    where
+        F: Fn(Db, std::result::Result<&[u8], Value>) -> Result<Value> + 'static,
+    {
+        self.register(name, 1, flags, move |db, argv| {
+            let v = argv[0];
+            // SAFETY: `v` is valid for the call (see `register`); the slice
+            // does not outlive it, and reading it does not convert the value.
+            let arg = unsafe {
+                if call!(value_type(v)) == SQLITE_BLOB {
+                    let p = call!(value_blob(v)).cast::<u8>();
+                    let n = call!(value_bytes(v)).max(0) as usize;
+                    Ok(if p.is_null() || n == 0 {
+                        &[][..]
+                    } else {
+                        std::slice::from_raw_parts(p, n)
+                    })
+                } else {
+                    Err(value_from_raw(v))
+                }
+            };
+            f(db, arg)
+        })
+    }
+
+    fn register<F>(&self, name: &str, n_args: c_int, flags: c_int, f: F) -> Result<()>
+    where
+        F: Fn(Db, &[*mut sqlite3_value]) -> Result<Value> + 'static,
     {
         let cname = CString::new(name).map_err(|_| Error::msg("bad function name"))?;
         let boxed: *mut ScalarFn = Box::into_raw(Box::new(Box::new(f)));
@@ -39,7 +80,8 @@ impl Db {
     }
 }
 
-type ScalarFn = Box<dyn Fn(Db, &[Value]) -> Result<Value>>;
+/// A registered function, called with the raw arguments of one call.
+type ScalarFn = Box<dyn Fn(Db, &[*mut sqlite3_value]) -> Result<Value>>;
 
 unsafe extern "C" fn scalar_trampoline(
     ctx: *mut sqlite3_context,
@@ -51,10 +93,12 @@ unsafe extern "C" fn scalar_trampoline(
         // argv holds argc valid values for the duration of the call.
         let f = unsafe { &*call!(user_data(ctx)).cast::<ScalarFn>() };
         let db = Db(unsafe { call!(context_db_handle(ctx)) });
-        let args: Vec<Value> = (0..argc.max(0) as usize)
-            .map(|i| unsafe { value_from_raw(*argv.add(i)) })
-            .collect();
-        f(db, &args)
+        let argv: &[*mut sqlite3_value] = if argv.is_null() || argc <= 0 {
+            &[]
+        } else {
+            unsafe { std::slice::from_raw_parts(argv, argc as usize) }
+        };
+        f(db, argv)
     }));
     match outcome {
         Ok(Ok(v)) => set_result(ctx, &v),

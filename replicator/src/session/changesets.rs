@@ -181,7 +181,10 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 count: e.count,
                 has_more: e.has_more,
             };
-            self.tx.send(&msg, &e.blob).await?;
+            match self.node.cfg.test.junk_changes_mib {
+                Some(mib) => self.tx.send(&msg, &noise(mib << 20)).await?,
+                None => self.tx.send(&msg, &e.blob).await?,
+            }
         }
         self.sent_cursor = e.to;
         self.sent_max = self.sent_max.max(e.to);
@@ -228,6 +231,9 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         let applied = blocking(&self.conn, move |c| {
             match store::apply(c, &peer, &blob, to, caught_up, delay) {
                 Ok(r) => Ok(Ok(r)),
+                // A changeset that is not what the peer said it is was
+                // refused before SQLite saw it: not a matter of clocks.
+                Err(e @ store::StoreError::Corrupt(_)) => Err(e),
                 // Only a refused apply asks why: the extension answers
                 // from the changeset, so no error text is parsed.
                 Err(e) => match held::check(c, &peer, &blob) {
@@ -266,4 +272,17 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             p.advance(n, bytes);
         }
     }
+}
+
+/// `len` bytes that do not compress (xorshift), for the junk test hook.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
