@@ -7,10 +7,13 @@ SHELL := /bin/bash
 CARGO   ?= cargo
 # Debian's python: the pyenv `python3` on PATH cannot load SQLite extensions.
 PYTHON  := /usr/bin/python3
-APT_PKGS := libclang-dev sqlite3 python3-pytest bsdutils
+# python3-venv, -pip, -setuptools and -wheel build the wheel (`make wheel`)
+# and give its test a fresh venv; binutils' objdump reads the .so's glibc needs.
+APT_PKGS := libclang-dev sqlite3 python3-pytest bsdutils \
+            python3-venv python3-pip python3-setuptools python3-wheel binutils
 SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: deps build test lint demo bench soak fuzz
+.PHONY: deps build test lint demo bench soak fuzz wheel
 
 # Install only what is missing, so this works offline once set up.
 deps:
@@ -28,10 +31,31 @@ deps:
 build:
 	$(CARGO) build --release --workspace
 
-test: deps build
+test: deps build wheel
 	$(CARGO) test --release --workspace
-	PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/python
+	PYTHONDONTWRITEBYTECODE=1 LSYNC_WHEELS=$(WHEELS) $(PYTHON) -m pytest -q -p no:cacheprovider tests/python
 	bash tests/shell/run.sh
+
+# The Python package (python/): a wheel that carries the release build's
+# liblsync.so, in $(WHEELS). python/ is staged in the target dir with the .so
+# beside lsync/__init__.py, so the source tree stays clean; the .so loses its
+# debug info there (the release profile's line tables: 26 MB, 3 MB without;
+# its symbols stay, for backtraces). The stage is built with
+# Debian's setuptools and wheel: no build isolation and no index, so nothing
+# is fetched. The platform tag is set in python/setup.py;
+# tests/python/test_wheel.py installs the wheel into a fresh venv and checks
+# the tag against the glibc symbol versions the .so needs.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+WHEELS     := $(TARGET_DIR)/wheels
+WHEEL_SRC  := $(TARGET_DIR)/wheel-src
+wheel: deps
+	$(CARGO) build --release -p lsync-ext
+	rm -rf $(WHEEL_SRC) $(WHEELS)/lsync-*.whl
+	cp -r python $(WHEEL_SRC)
+	strip --strip-debug -o $(WHEEL_SRC)/lsync/liblsync.so $(TARGET_DIR)/release/liblsync.so
+	$(PYTHON) -m pip wheel --no-deps --no-build-isolation --no-index --quiet \
+	  --wheel-dir $(WHEELS) $(WHEEL_SRC)
+	@ls $(WHEELS)/lsync-*.whl
 
 # Every property test with $(SOAK_CASES) cases (default 10,000): the
 # convergence properties, the capture property and the wire codec's. Not part
