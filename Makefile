@@ -90,9 +90,11 @@ fuzz:
 	    -print_final_stats=1; \
 	done
 
+# The fuzz crate is outside the workspace (it needs no nightly to lint).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --release -- -D warnings
+	cd fuzz && $(CARGO) fmt -- --check && $(CARGO) clippy --all-targets -- -D warnings
 
 # Two replicators on loopback: device A indexes /usr/share, device B tags
 # entries, both converge (see `lsync demo --help`).

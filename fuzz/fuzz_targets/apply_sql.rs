@@ -72,7 +72,7 @@ fn edit(cs: &mut Changeset, inp: &mut Input, known: &[String]) {
                 cs.to = inp.int();
             }
             10 => {
-                cs.fence = (inp.u8() % 2 == 0).then(|| Fence {
+                cs.fence = inp.u8().is_multiple_of(2).then(|| Fence {
                     sender: inp.pick(known).clone(),
                     receiver: inp.pick(known).clone(),
                     acked: inp.int(),
@@ -119,7 +119,7 @@ fn blob(inp: &mut Input, mode: u8) -> Option<Vec<u8>> {
         0 => Some(inp.rest().to_vec()),
         1 => Some(wrap(inp.rest())),
         2 => {
-            let mut body = body_of(inp.pick(&w.changesets));
+            let mut body = body_of(inp.pick::<Vec<u8>>(&w.changesets));
             while !inp.is_empty() && !body.is_empty() {
                 let at = usize::from(inp.u16()) % body.len();
                 body[at] ^= inp.u8().max(1);
@@ -127,7 +127,7 @@ fn blob(inp: &mut Input, mode: u8) -> Option<Vec<u8>> {
             Some(wrap(&body))
         }
         _ => {
-            let mut cs = Changeset::decode(inp.pick(&w.changesets), 1 << 20).ok()?;
+            let mut cs = Changeset::decode(inp.pick::<Vec<u8>>(&w.changesets), 1 << 20).ok()?;
             edit(&mut cs, inp, &w.ids);
             // What cannot be encoded (an origin that is not a UUID, a
             // column the table does not describe) no peer can send either.

@@ -109,7 +109,7 @@ fn craft(path: &Path, inp: &mut Input) {
                     rusqlite::params_from_iter(vals),
                 )
             }
-            _ => s.execute_batch(inp.pick(SCHEMA_EDITS)).map(|_| 0),
+            _ => s.execute_batch(inp.pick::<&str>(SCHEMA_EDITS)).map(|_| 0),
         };
     }
 }

@@ -1,11 +1,13 @@
 //! `lsync bench apply`: applying a changeset of N file entries to an empty
 //! peer, against a plain prepared-statement insert of the same rows into an
-//! untracked table, in the same process.
+//! untracked table, and against SQLite's session extension applying the same
+//! rows (`session`), in the same process.
 
 use std::time::Instant;
 
 use super::data;
 use super::ops;
+use super::session;
 use super::{BenchError, SqlContext, TempDir};
 use crate::cli::ApplyArgs;
 use crate::db::{self, DbOptions};
@@ -20,6 +22,13 @@ struct Outcome {
     plain_rows_per_s: f64,
     apply_rows_per_s: f64,
     apply_ratio: f64,
+    /// SQLite's session extension: its apply, and the plain insert with a
+    /// session recording it.
+    session_apply_s: f64,
+    session_record_s: f64,
+    session_changeset_bytes: usize,
+    /// lsync's apply throughput over the session extension's.
+    apply_vs_session: f64,
     export_rows_per_s: f64,
     changeset_bytes: usize,
     changeset_bytes_per_row: f64,
@@ -53,6 +62,8 @@ pub fn run(args: &ApplyArgs) -> Result<(), BenchError> {
     drop(src);
 
     let (mut plain_s, mut apply_s) = (f64::INFINITY, f64::INFINITY);
+    let (mut session_apply_s, mut session_record_s) = (f64::INFINITY, f64::INFINITY);
+    let mut session_changeset_bytes = 0;
     let (mut fk_queries, mut deferred) = (0, 0);
     for round in 0..args.repeat {
         let plain_path = dir.path().join(format!("plain-{round}.db"));
@@ -95,6 +106,11 @@ pub fn run(args: &ApplyArgs) -> Result<(), BenchError> {
             )));
         }
         drop(peer);
+        eprintln!("round {}: session extension ...", round + 1);
+        let s = session::round(&dir, &data, round)?;
+        session_apply_s = session_apply_s.min(s.apply_s);
+        session_record_s = session_record_s.min(s.record_s);
+        session_changeset_bytes = s.changeset_bytes;
         dir.remove_prefixed(&format!("plain-{round}"))?;
         dir.remove_prefixed(&format!("peer-{round}"))?;
     }
@@ -109,6 +125,10 @@ pub fn run(args: &ApplyArgs) -> Result<(), BenchError> {
         plain_rows_per_s: n / plain_s,
         apply_rows_per_s: n / apply_s,
         apply_ratio: plain_s / apply_s,
+        session_apply_s,
+        session_record_s,
+        session_changeset_bytes,
+        apply_vs_session: session_apply_s / apply_s,
         export_rows_per_s: n / export_s,
         changeset_bytes: blob.len(),
         changeset_bytes_per_row: blob.len() as f64 / n,
@@ -134,8 +154,28 @@ pub fn run(args: &ApplyArgs) -> Result<(), BenchError> {
         "lsync_changeset (export)", o.export_s, o.export_rows_per_s
     );
     println!(
+        "{:<28} {:>12.3} {:>14.0}",
+        "session: insert + record",
+        o.session_record_s,
+        n / o.session_record_s
+    );
+    println!(
+        "{:<28} {:>12.3} {:>14.0}",
+        "session: changeset_apply",
+        o.session_apply_s,
+        n / o.session_apply_s
+    );
+    println!(
         "apply_ratio {:.2} (target >= 0.8)   changeset {} B = {:.1} B/row (target <= 45)   fk_queries {}",
         o.apply_ratio, o.changeset_bytes, o.changeset_bytes_per_row, o.fk_queries
+    );
+    println!(
+        "apply_vs_session {:.2} (lsync_apply rows/s over sqlite3changeset_apply's)   \
+         session changeset {} B = {:.1} B/row   export_ratio {:.2} (target >= 1.5)",
+        o.apply_vs_session,
+        o.session_changeset_bytes,
+        o.session_changeset_bytes as f64 / n,
+        o.plain_s / o.export_s
     );
     if args.json {
         println!("{}", serde_json::to_string(&o)?);

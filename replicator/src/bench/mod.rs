@@ -8,6 +8,7 @@ pub mod initial;
 pub mod net;
 mod ops;
 mod report;
+mod session;
 mod workload;
 
 use std::path::{Path, PathBuf};
