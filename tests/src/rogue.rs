@@ -24,13 +24,15 @@ pub const ROGUE_SCHEMA: &str =
 
 /// A and B with [`ROGUE_SCHEMA`], synced, A dialing B: B's listening port
 /// is the target.
+/// (Fields drop in order: the sidecars, which print their logs when a
+/// test fails, before their directory.)
 pub struct SyncedPair {
-    pub dir: TempDir,
+    pub node_a: Sidecar,
+    pub node_b: Sidecar,
     pub a: Connection,
     pub b: Connection,
     pub secret: PathBuf,
-    pub node_b: Sidecar,
-    pub node_a: Sidecar,
+    pub dir: TempDir,
 }
 
 /// How many notes of `c` have this body.
@@ -148,7 +150,7 @@ fn secret_bytes(path: &Path) -> [u8; 32] {
     std::array::from_fn(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
 }
 
-fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+fn read_length_framed(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len)?;
     let mut f = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -184,7 +186,7 @@ impl Rogue {
         let n = hs.write_message(&[], &mut buf).unwrap();
         sock.write_all(&length_framed(&[&preamble[..], &buf[..n]].concat()))
             .unwrap();
-        let reply = read_frame(&mut sock).unwrap();
+        let reply = read_length_framed(&mut sock).unwrap();
         assert_eq!(reply[..10], preamble[..], "B's preamble");
         hs.read_message(&reply[10..], &mut buf).unwrap();
         let n = hs.write_message(&[], &mut buf).unwrap();
@@ -266,7 +268,7 @@ impl Rogue {
                     return Heard::Msg(header, msg[8 + hlen..].to_vec());
                 }
             }
-            let f = match read_frame(&mut self.sock) {
+            let f = match read_length_framed(&mut self.sock) {
                 Ok(f) => f,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return Heard::Silent

@@ -188,7 +188,11 @@ fn changes_carrying_a_corrupt_changeset() {
     let last = blob.len() - 1;
     blob[last] ^= 0x40;
     r.send(&header, &blob);
-    b_ends_it(&p, &mut r, "changeset");
+    b_ends_it(
+        &p,
+        &mut r,
+        "the peer's changeset: changeset is truncated or corrupt",
+    );
 }
 
 #[test]
