@@ -112,7 +112,21 @@ fn checked(db: Db, blob: &[u8], func: &str) -> Result<Changeset> {
         );
     }
     check_schema(db, &cs, func)?;
+    check_clock_floor(&cs, func)?;
     Ok(cs)
+}
+
+/// Refuses an HLC below zero: no clock reads one, and once applied it would
+/// sit in `lsync_clock`, where `lsync_restore` refuses it as hostile, so
+/// every snapshot this device made from then on would be refused.
+fn check_clock_floor(cs: &Changeset, func: &str) -> Result<()> {
+    if let Some(hlc) = cs.changes.iter().map(|c| c.hlc).filter(|h| *h < 0).min() {
+        bail!(
+            "{func}: the changeset holds HLC {hlc}, which is negative: no clock reads that, \
+             so it is corrupt or hostile; refusing it, nothing was applied"
+        );
+    }
+    Ok(())
 }
 
 /// Each described table is tracked here (its name matched as SQLite

@@ -7,21 +7,25 @@
 mod artifacts;
 mod by_gid;
 mod connection;
+mod hostile;
 mod library;
 mod lsync;
 mod process;
 mod proxy;
 mod query;
+mod rogue;
 mod sidecar;
 mod tempdir;
 
 pub use artifacts::{ext_path, lsync_bin};
 pub use by_gid::{dump_by_gid, wait_same_by_gid};
 pub use connection::{load, open, open_plain, testing_mode};
+pub use hostile::{all_tables, Hostile, HOSTILE_SCHEMA};
 pub use library::*;
 pub use lsync::*;
 pub use process::*;
 pub use proxy::Link;
 pub use query::*;
+pub use rogue::*;
 pub use sidecar::*;
 pub use tempdir::TempDir;

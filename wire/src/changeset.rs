@@ -391,6 +391,11 @@ impl Changeset {
         {
             return Err(DecodeError::Corrupt("zstd frame header"));
         }
+        // Exactly one frame and nothing after it: zstd would go on into a
+        // second frame, which need not carry a checksum.
+        if zstd::zstd_safe::find_frame_compressed_size(&blob[14..]) != Ok(blob.len() - 14) {
+            return Err(DecodeError::Corrupt("not exactly one zstd frame"));
+        }
         let body = inflate(&blob[14..], len)?;
         Reader::new(&body, max_body).changeset()
     }
