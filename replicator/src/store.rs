@@ -132,10 +132,12 @@ pub fn behind(c: &Connection, since: i64, peer: &str) -> R<(i64, i64)> {
 
 /// Our changes after `since` for the peer `peer`, leaving out its own.
 pub fn export(c: &Connection, since: i64, max: u32, peer: &str) -> R<Export> {
+    let began = Instant::now();
     let blob: Vec<u8> = immediate(c, |c| {
         Ok(c.prepare_cached("SELECT lsync_changeset(?1, ?2, ?3)")?
             .query_row(params![since, i64::from(max.max(1)), peer], |r| r.get(0))?)
     })?;
+    crate::metrics::export_time(began.elapsed());
     // Only the head of the body is read: the peer decodes the rest.
     let s = lsync_wire::changeset::Changeset::summary(&blob, u64::MAX)
         .map_err(|e| StoreError::Corrupt(format!("our own changeset: {e}")))?;
@@ -314,6 +316,7 @@ pub fn apply(
         version,
         held: began.elapsed(),
     };
+    crate::metrics::apply_time(turn.held);
     Ok((serde_json::from_str(&report)?, turn))
 }
 
@@ -413,6 +416,16 @@ pub struct PeerStatus {
     /// The peer holds our changes: our clock is ahead.
     #[serde(default)]
     pub held_by_peer: Option<crate::held::Hold>,
+    /// How long ago, by its HLC, the first of our changes the peer lacks
+    /// was made (0 when it lacks none).
+    #[serde(default)]
+    pub lag_ms: i64,
+    /// Tombstones kept until the peer acknowledges them.
+    #[serde(default)]
+    pub tombstones_held: i64,
+    /// When the peer was forgotten (`lsync peer forget`), unix ms.
+    #[serde(default)]
+    pub forgotten_ms: Option<i64>,
 }
 
 /// The status document of `lsync_status`.
@@ -421,6 +434,9 @@ pub struct Status {
     pub device_id: String,
     pub library_id: String,
     pub head: i64,
+    /// How far this database's HLC is ahead of the wall clock.
+    #[serde(default)]
+    pub hlc_ahead_ms: i64,
     pub peers: Vec<PeerStatus>,
     pub deferred_links: i64,
     pub tombstones: i64,
@@ -433,8 +449,23 @@ pub struct Status {
 /// Folds pending captures first, so that unsynced deletes and edits count.
 pub fn status(c: &Connection) -> R<Status> {
     head(c)?;
+    folded_status(c)
+}
+
+/// The status of the changes folded so far: reads only.
+pub fn folded_status(c: &Connection) -> R<Status> {
     let s: String = c.query_row("SELECT lsync_status()", [], |r| r.get(0))?;
     Ok(serde_json::from_str(&s)?)
+}
+
+/// Forgets a device gone for good (`lsync_forget_peer`), then prunes what
+/// no longer waits for it. Returns the tombstones released and pruned.
+pub fn forget_peer(c: &Connection, peer: &str) -> R<(i64, i64)> {
+    immediate(c, |c| {
+        let released = c.query_row("SELECT lsync_forget_peer(?1)", [peer], |r| r.get(0))?;
+        let pruned = c.query_row("SELECT lsync_prune()", [], |r| r.get(0))?;
+        Ok((released, pruned))
+    })
 }
 
 #[cfg(test)]
