@@ -89,7 +89,6 @@ fn describe() {
         ("lsync_tombstones", Count, "Tombstones of deletes kept in the change clock"),
         ("lsync_tombstones_awaiting_ack", Count, "Tombstones that wait for a peer's ACK before they can be pruned"),
         ("lsync_hlc_ahead_seconds", Seconds, "How far this database's HLC is ahead of the wall clock (0 when not ahead)"),
-        ("lsync_device_info", Count, "Always 1; labels name this device and its library"),
     ] {
         describe_gauge!(name, unit, what);
     }
@@ -203,8 +202,6 @@ fn record(s: &store::Status) {
         gauge!(name).set(v as f64);
     }
     gauge!("lsync_hlc_ahead_seconds").set(s.hlc_ahead_ms as f64 / 1000.0);
-    gauge!("lsync_device_info", "device" => s.device_id.clone(), "library" => s.library_id.clone())
-        .set(1.0);
     for p in &s.peers {
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let values = [

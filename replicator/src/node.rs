@@ -181,6 +181,7 @@ async fn dial(node: Arc<Node>, addr: String, backoff: Backoff) {
     // handshake, the newest again after one that worked.
     let mut attempt = 0;
     loop {
+        crate::metrics::dial_backoff(&addr, Duration::ZERO);
         let started = tokio::time::Instant::now();
         let outcome = match TcpStream::connect(&addr).await {
             Ok(sock) => {
@@ -213,6 +214,5 @@ async fn dial(node: Arc<Node>, addr: String, backoff: Backoff) {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,
         }
-        crate::metrics::dial_backoff(&addr, Duration::ZERO);
     }
 }

@@ -127,7 +127,6 @@ const DIALER_METRICS: &[&str] = &[
     "lsync_tombstones",
     "lsync_tombstones_awaiting_ack",
     "lsync_hlc_ahead_seconds",
-    "lsync_device_info",
     "lsync_changeset_apply_seconds",
     "lsync_changeset_export_seconds",
 ];
@@ -227,15 +226,6 @@ fn metrics_match_status_and_move_when_rows_are_written() {
     assert!(peer_sample(&at_b, "lsync_peer_changes_received_total", &dev_a) >= 31.0);
     assert!(peer_sample(&at_a, "lsync_peer_changes_sent_total", &dev_b) >= 31.0);
     assert!(peer_sample(&at_a, "lsync_peer_changes_received_total", &dev_b) >= 1.0);
-    assert_eq!(
-        sample(&at_b, "lsync_device_info", Some(("device", &dev_b))).or_else(|| {
-            at_b.iter()
-                .find(|(k, _)| k.starts_with("lsync_device_info{") && k.contains(&dev_b))
-                .map(|(_, v)| *v)
-        }),
-        Some(1.0)
-    );
-
     // Rows written at A: A's head, what A sent B and what B received and
     // applied all move, and both pages agree with the status again.
     index_tree(&a, "more", 20);
