@@ -50,21 +50,3 @@ fn forget(db: Db, peer: &str) -> Result<i64> {
         Ok(before - stability::awaiting_ack(db, stability::GATING)?)
     })
 }
-
-/// Whether `peer` was forgotten here; an error says so, for a session that
-/// would start with it.
-pub fn refuse_forgotten(db: Db, peer: &str) -> Result<()> {
-    let forgotten = db.query_i64(
-        "SELECT forgotten_ms FROM lsync_peers WHERE device_id = ?1",
-        &[peer.into()],
-    )?;
-    if let Some(ms) = forgotten {
-        bail!(
-            "lsync_peer_contact: device {peer} was forgotten here (lsync_forget_peer, unix ms \
-             {ms}): tombstones it never acknowledged may be pruned, so its database could \
-             bring deleted rows back. It syncs again only as a new device: a fresh database \
-             that joins (lsync run --join)"
-        );
-    }
-    Ok(())
-}

@@ -80,16 +80,34 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// Notes contact with a peer at `addr`, creating its row on first contact.
-/// A forgotten peer is refused (see `forget`).
+/// A forgotten peer is refused.
 fn contact(db: Db, peer: &str, addr: Option<String>) -> Result<()> {
     schema::ensure(db)?;
-    crate::forget::refuse_forgotten(db, peer)?;
+    refuse_forgotten(db, peer)?;
     db.run(
         "INSERT INTO lsync_peers(device_id, addr, last_contact) VALUES (?1, ?2, ?3)
          ON CONFLICT(device_id) DO UPDATE SET addr = excluded.addr,
            last_contact = excluded.last_contact",
         &[peer.into(), addr.into(), now_ms().into()],
     )
+}
+
+/// A forgotten peer (`forget.rs`) is refused: tombstones it never
+/// acknowledged may be pruned.
+fn refuse_forgotten(db: Db, peer: &str) -> Result<()> {
+    let forgotten = db.query_i64(
+        "SELECT forgotten_ms FROM lsync_peers WHERE device_id = ?1",
+        &[peer.into()],
+    )?;
+    if let Some(ms) = forgotten {
+        bail!(
+            "lsync_peer_contact: device {peer} was forgotten here (lsync_forget_peer, unix ms \
+             {ms}): tombstones it never acknowledged may be pruned, so its database could \
+             bring deleted rows back. It syncs again only as a new device: a fresh database \
+             that joins (lsync run --join)"
+        );
+    }
+    Ok(())
 }
 
 /// Runs `sql` on the peer's row. An unknown peer is left alone (its row is

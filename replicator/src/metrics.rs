@@ -62,12 +62,36 @@ pub fn serve(addr: SocketAddr) -> Result<()> {
 fn describe() {
     use metrics::Unit::{Bytes, Count, Seconds};
     for (name, unit, what) in [
-        ("lsync_peer_changes_received_total", Count, "Changes received from the peer in changesets and applied"),
-        ("lsync_peer_changes_sent_total", Count, "Changes sent to the peer in changesets"),
-        ("lsync_peer_bytes_received_total", Bytes, "Changeset and snapshot bytes received from the peer (compressed, as sent)"),
-        ("lsync_peer_bytes_sent_total", Bytes, "Changeset and snapshot bytes sent to the peer (compressed)"),
-        ("lsync_peer_session_failures_total", Count, "Sessions with the peer that ended in an error after the handshake"),
-        ("lsync_dial_failures_total", Count, "Failed attempts to reach a configured peer (connect, handshake or session error)"),
+        (
+            "lsync_peer_changes_received_total",
+            Count,
+            "Changes received from the peer in changesets and applied",
+        ),
+        (
+            "lsync_peer_changes_sent_total",
+            Count,
+            "Changes sent to the peer in changesets",
+        ),
+        (
+            "lsync_peer_bytes_received_total",
+            Bytes,
+            "Changeset and snapshot bytes received from the peer (compressed, as sent)",
+        ),
+        (
+            "lsync_peer_bytes_sent_total",
+            Bytes,
+            "Changeset and snapshot bytes sent to the peer (compressed)",
+        ),
+        (
+            "lsync_peer_session_failures_total",
+            Count,
+            "Sessions with the peer that ended in an error after the handshake",
+        ),
+        (
+            "lsync_dial_failures_total",
+            Count,
+            "Failed attempts to reach a configured peer (connect, handshake or session error)",
+        ),
     ] {
         describe_counter!(name, unit, what);
     }
@@ -84,15 +108,19 @@ fn describe() {
         ("lsync_peer_last_contact_timestamp_seconds", Seconds, "Unix time of the last contact with the peer"),
         ("lsync_dial_backoff_seconds", Seconds, "Delay before the next attempt to reach a configured peer; 0 while connecting or connected"),
         ("lsync_head_cursor", Count, "The newest cursor of this database's change clock"),
-        ("lsync_deferred_links", Count, "FK links waiting for their target row (lsync_pending)"),
-        ("lsync_quarantined_changes", Count, "Changes from peers quarantined here (lsync_conflicts)"),
+        ("lsync_deferred_links", Count, "FK links waiting for their target row"),
+        ("lsync_quarantined_changes", Count, "Changes from peers quarantined here"),
         ("lsync_tombstones", Count, "Tombstones of deletes kept in the change clock"),
         ("lsync_tombstones_awaiting_ack", Count, "Tombstones that wait for a peer's ACK before they can be pruned"),
         ("lsync_hlc_ahead_seconds", Seconds, "How far this database's HLC is ahead of the wall clock (0 when not ahead)"),
     ] {
         describe_gauge!(name, unit, what);
     }
-    describe_histogram!(APPLY, Seconds, "Time to apply one changeset from a peer, in its write transaction");
+    describe_histogram!(
+        APPLY,
+        Seconds,
+        "Time to apply one changeset from a peer, in its write transaction"
+    );
     describe_histogram!(EXPORT, Seconds, "Time to export one changeset for a peer");
 }
 
@@ -177,7 +205,9 @@ pub async fn refresh(db: PathBuf, mut stop: watch::Receiver<bool>) {
         }
         let c = conn.clone();
         let status = tokio::task::spawn_blocking(move || {
-            let c = c.lock().map_err(|_| anyhow::anyhow!("metrics connection poisoned"))?;
+            let c = c
+                .lock()
+                .map_err(|_| anyhow::anyhow!("metrics connection poisoned"))?;
             Ok::<_, anyhow::Error>(store::folded_status(&c)?)
         })
         .await;

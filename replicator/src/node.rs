@@ -51,7 +51,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     if let Some(addr) = cfg.metrics {
         crate::metrics::serve(addr)?;
         info!(metrics = %addr, "serving Prometheus metrics");
-        tasks.spawn(crate::metrics::refresh(cfg.db.clone(), node.shutdown.clone()));
+        tasks.spawn(crate::metrics::refresh(
+            cfg.db.clone(),
+            node.shutdown.clone(),
+        ));
     }
     tasks.spawn(watch_commits(
         node.clone(),

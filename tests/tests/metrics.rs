@@ -45,7 +45,10 @@ fn fetch(addr: &str) -> std::io::Result<String> {
     if !head.starts_with("HTTP/1.1 200") {
         return Err(std::io::Error::other(format!("answered {head:?}")));
     }
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return Ok(unchunk(body));
     }
     Ok(body.to_owned())
@@ -71,10 +74,14 @@ fn parse_exposition(page: &str) -> Samples {
     page.lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
-            let (key, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {l:?}"));
+            let (key, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
             let value = match value {
                 "+Inf" => f64::INFINITY,
-                v => v.parse().unwrap_or_else(|e| panic!("bad value in {l:?}: {e}")),
+                v => v
+                    .parse()
+                    .unwrap_or_else(|e| panic!("bad value in {l:?}: {e}")),
             };
             (key.to_owned(), value)
         })
@@ -99,8 +106,12 @@ fn peer_sample(m: &Samples, name: &str, peer: &str) -> f64 {
 /// `_bucket`/`_sum`/`_count`).
 fn has_metric(m: &Samples, name: &str) -> bool {
     m.keys().any(|k| {
-        k.strip_prefix(name)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('{') || rest.starts_with("_bucket") || rest.starts_with("_count"))
+        k.strip_prefix(name).is_some_and(|rest| {
+            rest.is_empty()
+                || rest.starts_with('{')
+                || rest.starts_with("_bucket")
+                || rest.starts_with("_count")
+        })
     })
 }
 
@@ -142,14 +153,38 @@ fn agrees_with_status(m: &Samples, db: &Path, peer: &str) -> Result<(), String> 
     let pairs = [
         (sample(m, "lsync_head_cursor", None), &s["head"]),
         (sample(m, "lsync_tombstones", None), &s["tombstones"]),
-        (sample(m, "lsync_tombstones_awaiting_ack", None), &s["tombstones_awaiting_ack"]),
-        (sample(m, "lsync_deferred_links", None), &s["deferred_links"]),
-        (sample(m, "lsync_quarantined_changes", None), &s["conflicts"]),
-        (sample(m, "lsync_peer_lag_changes", Some(("peer", peer))), &p["lag"]),
-        (sample(m, "lsync_peer_acked_cursor", Some(("peer", peer))), &p["acked_cursor"]),
-        (sample(m, "lsync_peer_received_cursor", Some(("peer", peer))), &p["recv_cursor"]),
-        (sample(m, "lsync_peer_failures", Some(("peer", peer))), &p["failures"]),
-        (sample(m, "lsync_peer_tombstones_held", Some(("peer", peer))), &p["tombstones_held"]),
+        (
+            sample(m, "lsync_tombstones_awaiting_ack", None),
+            &s["tombstones_awaiting_ack"],
+        ),
+        (
+            sample(m, "lsync_deferred_links", None),
+            &s["deferred_links"],
+        ),
+        (
+            sample(m, "lsync_quarantined_changes", None),
+            &s["conflicts"],
+        ),
+        (
+            sample(m, "lsync_peer_lag_changes", Some(("peer", peer))),
+            &p["lag"],
+        ),
+        (
+            sample(m, "lsync_peer_acked_cursor", Some(("peer", peer))),
+            &p["acked_cursor"],
+        ),
+        (
+            sample(m, "lsync_peer_received_cursor", Some(("peer", peer))),
+            &p["recv_cursor"],
+        ),
+        (
+            sample(m, "lsync_peer_failures", Some(("peer", peer))),
+            &p["failures"],
+        ),
+        (
+            sample(m, "lsync_peer_tombstones_held", Some(("peer", peer))),
+            &p["tombstones_held"],
+        ),
     ];
     for (i, (scraped, said)) in pairs.iter().enumerate() {
         if *scraped != said.as_f64() {
@@ -219,7 +254,11 @@ fn metrics_match_status_and_move_when_rows_are_written() {
     assert_eq!(peer_sample(&at_a, "lsync_peer_sessions", &dev_b), 1.0);
     assert_eq!(peer_sample(&at_b, "lsync_peer_sessions", &dev_a), 1.0);
     assert_eq!(
-        sample(&at_b, "lsync_dial_backoff_seconds", Some(("addr", node_a.addr()))),
+        sample(
+            &at_b,
+            "lsync_dial_backoff_seconds",
+            Some(("addr", node_a.addr()))
+        ),
         Some(0.0),
         "B is connected to A"
     );
@@ -229,23 +268,55 @@ fn metrics_match_status_and_move_when_rows_are_written() {
     // Rows written at A: A's head, what A sent B and what B received and
     // applied all move, and both pages agree with the status again.
     index_tree(&a, "more", 20);
-    a.execute("DELETE FROM entries WHERE name = 'a-29'", []).unwrap();
+    a.execute("DELETE FROM entries WHERE name = 'a-29'", [])
+        .unwrap();
     wait_for("B gets the new rows", &nodes, || converged(&[&a, &b], 52));
     let after_a = scrape_agreeing(&node_a, &ma, &dev_b);
     let after_b = scrape_agreeing(&node_b, &mb, &dev_a);
     let grew = |before: &Samples, after: &Samples, name: &str, peer: &str, by: f64| {
-        let (x, y) = (peer_sample(before, name, peer), peer_sample(after, name, peer));
-        assert!(y >= x + by, "{name}{{peer={peer}}} went from {x} to {y}, not by {by}");
+        let (x, y) = (
+            peer_sample(before, name, peer),
+            peer_sample(after, name, peer),
+        );
+        assert!(
+            y >= x + by,
+            "{name}{{peer={peer}}} went from {x} to {y}, not by {by}"
+        );
     };
-    grew(&at_a, &after_a, "lsync_peer_changes_sent_total", &dev_b, 21.0);
+    grew(
+        &at_a,
+        &after_a,
+        "lsync_peer_changes_sent_total",
+        &dev_b,
+        21.0,
+    );
     grew(&at_a, &after_a, "lsync_peer_bytes_sent_total", &dev_b, 1.0);
-    grew(&at_b, &after_b, "lsync_peer_changes_received_total", &dev_a, 21.0);
-    grew(&at_b, &after_b, "lsync_peer_bytes_received_total", &dev_a, 1.0);
+    grew(
+        &at_b,
+        &after_b,
+        "lsync_peer_changes_received_total",
+        &dev_a,
+        21.0,
+    );
+    grew(
+        &at_b,
+        &after_b,
+        "lsync_peer_bytes_received_total",
+        &dev_a,
+        1.0,
+    );
     let head = |m: &Samples| sample(m, "lsync_head_cursor", None).unwrap();
     assert!(head(&after_a) >= head(&at_a) + 21.0);
-    let observations = |m: &Samples, name: &str| sample(m, &format!("{name}_count"), None).unwrap_or(0.0);
-    assert!(observations(&after_b, "lsync_changeset_apply_seconds") > observations(&at_b, "lsync_changeset_apply_seconds"));
-    assert!(observations(&after_a, "lsync_changeset_export_seconds") > observations(&at_a, "lsync_changeset_export_seconds"));
+    let observations =
+        |m: &Samples, name: &str| sample(m, &format!("{name}_count"), None).unwrap_or(0.0);
+    assert!(
+        observations(&after_b, "lsync_changeset_apply_seconds")
+            > observations(&at_b, "lsync_changeset_apply_seconds")
+    );
+    assert!(
+        observations(&after_a, "lsync_changeset_export_seconds")
+            > observations(&at_a, "lsync_changeset_export_seconds")
+    );
 }
 
 #[test]
