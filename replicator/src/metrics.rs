@@ -158,6 +158,8 @@ pub struct OpenSession(String);
 impl OpenSession {
     pub fn new(peer: &str) -> OpenSession {
         gauge!("lsync_peer_sessions", "peer" => peer.to_owned()).increment(1.0);
+        // The failure counter is there at 0 before the first failure.
+        counter!("lsync_peer_session_failures_total", "peer" => peer.to_owned()).increment(0);
         OpenSession(peer.to_owned())
     }
 
@@ -182,6 +184,10 @@ pub fn dial_failed(addr: &str) {
 /// The dialer of `addr` waits `delay` before its next attempt (zero: it is
 /// connecting or connected).
 pub fn dial_backoff(addr: &str, delay: Duration) {
+    if delay.is_zero() {
+        // The failure counter is there at 0 before the first failure.
+        counter!("lsync_dial_failures_total", "addr" => addr.to_owned()).increment(0);
+    }
     gauge!("lsync_dial_backoff_seconds", "addr" => addr.to_owned()).set(delay.as_secs_f64());
 }
 
@@ -247,6 +253,8 @@ fn record(s: &store::Status) {
         for (name, v) in values {
             gauge!(name, "peer" => p.device_id.clone()).set(v);
         }
+        // A known peer with no session in this run reads 0 sessions.
+        gauge!("lsync_peer_sessions", "peer" => p.device_id.clone()).increment(0.0);
         if let Some(t) = p.last_contact_ms {
             gauge!("lsync_peer_last_contact_timestamp_seconds", "peer" => p.device_id.clone())
                 .set(t as f64 / 1000.0);

@@ -132,6 +132,8 @@ const DIALER_METRICS: &[&str] = &[
     "lsync_peer_tombstones_held",
     "lsync_peer_last_contact_timestamp_seconds",
     "lsync_dial_backoff_seconds",
+    "lsync_dial_failures_total",
+    "lsync_peer_session_failures_total",
     "lsync_head_cursor",
     "lsync_deferred_links",
     "lsync_quarantined_changes",
