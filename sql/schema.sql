@@ -139,7 +139,11 @@ CREATE TABLE IF NOT EXISTS lsync_peers(
   held_ahead_ms         INTEGER,
   held_until_ms         INTEGER,
   held_by_peer_ahead_ms INTEGER,
-  held_by_peer_until_ms INTEGER
+  held_by_peer_until_ms INTEGER,
+  -- A device gone for good (lsync_forget_peer, schema version 12): unix ms
+  -- of the forget. Its ACKs no longer gate pruning, and a session with it
+  -- is refused; its watermarks stay, so that every fence stays true.
+  forgotten_ms INTEGER
 );
 
 -- Column edits of shared rows that arrived before the row itself (changesets

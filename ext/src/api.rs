@@ -199,6 +199,7 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
     )?;
 
     crate::peers::register(db)?;
+    crate::forget::register(db)?;
     crate::members::register(db)?;
     crate::status::register(db)?;
 

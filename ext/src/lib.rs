@@ -15,6 +15,7 @@ pub mod error;
 pub mod export;
 pub mod fk;
 pub mod flush;
+pub mod forget;
 pub mod gids;
 pub mod ident;
 pub mod ids;

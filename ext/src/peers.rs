@@ -73,21 +73,41 @@ pub fn register(db: Db) -> Result<()> {
     Ok(())
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Notes contact with a peer at `addr`, creating its row on first contact.
+/// A forgotten peer is refused.
 fn contact(db: Db, peer: &str, addr: Option<String>) -> Result<()> {
     schema::ensure(db)?;
+    refuse_forgotten(db, peer)?;
     db.run(
         "INSERT INTO lsync_peers(device_id, addr, last_contact) VALUES (?1, ?2, ?3)
          ON CONFLICT(device_id) DO UPDATE SET addr = excluded.addr,
            last_contact = excluded.last_contact",
         &[peer.into(), addr.into(), now_ms().into()],
     )
+}
+
+/// A forgotten peer (`forget.rs`) is refused: tombstones it never
+/// acknowledged may be pruned.
+fn refuse_forgotten(db: Db, peer: &str) -> Result<()> {
+    let forgotten = db.query_i64(
+        "SELECT forgotten_ms FROM lsync_peers WHERE device_id = ?1",
+        &[peer.into()],
+    )?;
+    if let Some(ms) = forgotten {
+        bail!(
+            "lsync_peer_contact: device {peer} was forgotten here (lsync_forget_peer, unix ms \
+             {ms}): tombstones it never acknowledged may be pruned, so its database could \
+             bring deleted rows back. It syncs again only as a new device: a fresh database \
+             that joins (lsync run --join)"
+        );
+    }
+    Ok(())
 }
 
 /// Runs `sql` on the peer's row. An unknown peer is left alone (its row is
@@ -227,10 +247,23 @@ pub fn has_table(db: Db, name: &str) -> Result<bool> {
         .is_some())
 }
 
+/// The SQL condition on `lsync_peers` selecting the peers whose ACKs gate
+/// pruning (`stability::GATING`); every peer in a database not yet upgraded
+/// to schema version 12, which forgets none (readers create nothing).
+pub fn gating(db: Db) -> Result<&'static str> {
+    Ok(if has_column(db, "forgotten_ms")? {
+        stability::GATING
+    } else {
+        "1"
+    })
+}
+
 /// The peers' rows as JSON objects, ordered by device id; only `only`'s when
-/// given. `lag` is how far the peer's ack is behind `head`; `stuck` says that
-/// the last error is one a full resync would hit again (`resync_error`);
-/// `held` and `held_by_peer` say whose clock is ahead (see `held`).
+/// given. `lag` is how far the peer's ack is behind `head`, and `lag_ms` how
+/// long ago (by its HLC) the first change it lacks was made; `stuck` says
+/// that the last error is one a full resync would hit again
+/// (`resync_error`); `held` and `held_by_peer` say whose clock is ahead (see
+/// `held`); `tombstones_held` counts the tombstones kept for its ACK.
 pub fn rows(db: Db, head: i64, only: Option<&str>) -> Result<Vec<serde_json::Value>> {
     // Readers create nothing: a database not yet upgraded to schema
     // version 6 has no resync_error column, and reads as none.
@@ -242,15 +275,32 @@ pub fn rows(db: Db, head: i64, only: Option<&str>) -> Result<Vec<serde_json::Val
     } else {
         "NULL, NULL, NULL, NULL".to_owned()
     };
+    // And version 12's forgotten peers, which hold no tombstone back.
+    let forgotten = if has_column(db, "forgotten_ms")? {
+        "forgotten_ms"
+    } else {
+        "NULL"
+    };
     let mut s = db.prepare(&format!(
         "SELECT device_id, addr, recv_cursor, acked_cursor, failures, last_contact, last_error,
-           {resync}, {resync} IS NOT NULL AND {resync} IS last_error, {held}
+           {resync}, {resync} IS NOT NULL AND {resync} IS last_error, {held}, {forgotten},
+           (SELECT hlc FROM lsync_clock WHERE seq > acked_cursor ORDER BY seq LIMIT 1),
+           CASE WHEN {forgotten} IS NULL THEN
+             (SELECT count(*) FROM lsync_clock
+              WHERE uuid IS NOT NULL AND op = 2 AND seq > acked_cursor)
+           ELSE 0 END
          FROM lsync_peers WHERE ?1 IS NULL OR device_id = ?1 ORDER BY device_id"
     ))?;
     s.bind(1, &only.into())?;
+    let now = now_ms();
     let mut out = Vec::new();
     while s.step()? {
         let acked = s.i64(3);
+        let lag_ms = s
+            .value(14)
+            .as_i64()
+            .filter(|_| head > acked)
+            .map_or(0, |h| (now - lsync_wire::hlc::millis(h) as i64).max(0));
         out.push(json!({
             "device_id": s.text(0),
             "addr": s.text(1),
@@ -264,6 +314,9 @@ pub fn rows(db: Db, head: i64, only: Option<&str>) -> Result<Vec<serde_json::Val
             "stuck": s.i64(8) != 0,
             "held": hold(s.value(9).as_i64(), s.value(10).as_i64()),
             "held_by_peer": hold(s.value(11).as_i64(), s.value(12).as_i64()),
+            "forgotten_ms": s.value(13).as_i64(),
+            "lag_ms": lag_ms,
+            "tombstones_held": s.i64(15),
         }));
     }
     Ok(out)
@@ -310,7 +363,7 @@ fn opt_int_arg(func: &str, what: &str, v: &Value) -> Result<Option<i64>> {
 }
 
 /// A device id, in the hyphenated lower-case form `lsync_peers` keys on.
-fn device_arg(func: &str, v: &Value) -> Result<String> {
+pub(crate) fn device_arg(func: &str, v: &Value) -> Result<String> {
     let s = text_arg(func, "device id", v)?;
     uuid::Uuid::parse_str(&s)
         .map(|u| u.hyphenated().to_string())

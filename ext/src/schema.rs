@@ -12,7 +12,7 @@ const MEMBERS_SQL: &str = include_str!("../../sql/members.sql");
 /// idempotent, so older databases are upgraded by running it again. A
 /// column added to an existing table also needs its `ALTER TABLE` in
 /// [`migrate`] (`CREATE TABLE IF NOT EXISTS` leaves an old table as it is).
-const SCHEMA_VERSION: i64 = 11;
+const SCHEMA_VERSION: i64 = 12;
 
 /// Default maximum clock drift accepted from a peer, in milliseconds.
 pub const DEFAULT_MAX_DRIFT_MS: i64 = 60_000;
@@ -71,6 +71,8 @@ fn migrate(db: Db) -> Result<()> {
     for col in HELD_COLUMNS {
         add_column(db, "lsync_peers", col, "INTEGER")?;
     }
+    // Version 12: a peer gone for good is forgotten (issue 15).
+    add_column(db, "lsync_peers", "forgotten_ms", "INTEGER")?;
     Ok(())
 }
 

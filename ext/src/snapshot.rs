@@ -188,7 +188,8 @@ fn strip(c: Db, owner: Option<&str>, owner_idx: Option<i64>) -> Result<()> {
         } else {
             c.exec(
                 "UPDATE lsync_peers SET addr = NULL, acked_cursor = 0, failures = 0,
-                   last_contact = NULL, last_error = NULL, resync_error = NULL",
+                   last_contact = NULL, last_error = NULL, resync_error = NULL,
+                   forgotten_ms = NULL",
             )?;
         }
         let mut rows = 0;

@@ -29,12 +29,17 @@ use crate::{bail, schema};
 /// The setting that holds the highest cursor whose tombstone was pruned.
 const PRUNED: &str = "pruned_seq";
 
-/// Deletes the tombstones that every known peer (`lsync_peers`) has
-/// certified; with no known peer nothing is pruned. Returns how many.
+/// The `lsync_peers` rows whose ACKs gate pruning: every known peer but a
+/// forgotten one (`forget.rs`).
+pub const GATING: &str = "forgotten_ms IS NULL";
+
+/// Deletes the tombstones that every known peer (`lsync_peers`) but a
+/// forgotten one has certified; with no such peer nothing is pruned.
+/// Returns how many.
 pub fn prune(db: Db) -> Result<i64> {
     schema::ensure(db)?;
     let Some(acked) = db.query_i64(
-        "SELECT min(acked_cursor) FROM lsync_peers HAVING count(*) > 0",
+        &format!("SELECT min(acked_cursor) FROM lsync_peers WHERE {GATING} HAVING count(*) > 0"),
         &[],
     )?
     else {
@@ -58,6 +63,22 @@ pub fn prune(db: Db) -> Result<i64> {
         }
         Ok(pruned)
     })
+}
+
+/// The tombstones `prune` must keep: above the lowest ACK of the peers
+/// that `gating` (an SQL condition on `lsync_peers`) selects; all of them
+/// with no such peer.
+pub fn awaiting_ack(db: Db, gating: &str) -> Result<i64> {
+    Ok(db
+        .query_i64(
+            &format!(
+                "SELECT count(*) FROM lsync_clock WHERE uuid IS NOT NULL AND op = 2
+                   AND seq > coalesce((SELECT min(acked_cursor) FROM lsync_peers
+                                       WHERE {gating}), 0)"
+            ),
+            &[],
+        )?
+        .unwrap_or(0))
 }
 
 /// What the sender of `fence` had applied of this device's changes; nothing

@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::error::Result;
 use crate::peers::{self, has_table};
 use crate::sql::{Connection, Db, Value, DIRECTONLY, INNOCUOUS, OPEN_READONLY};
-use crate::{bail, merge, schema, snapfile};
+use crate::{bail, merge, schema, snapfile, stability};
 
 pub fn register(db: Db) -> Result<()> {
     db.create_function("lsync_head", 0, INNOCUOUS, |db, _| {
@@ -48,8 +48,9 @@ fn fingerprint(db: Db) -> Result<String> {
         .unwrap_or_else(|| "[]".into()))
 }
 
-/// The status document: identity, head, the figures of what waits (FK
-/// links, tombstones) and one row per peer. Captures not yet folded have no
+/// The status document: identity, head, how far the clock is ahead, the
+/// figures of what waits (FK links, tombstones, conflicts) and one row per
+/// peer. Captures not yet folded have no
 /// cursor: `lsync_flush()` first to count them.
 fn status(db: Db) -> Result<serde_json::Value> {
     if !has_table(db, "lsync_peers")? {
@@ -64,12 +65,10 @@ fn status(db: Db) -> Result<serde_json::Value> {
         "device_id": schema::get(db, "device_id")?.as_str(),
         "library_id": schema::get(db, "library_id")?.as_str(),
         "head": head,
+        "hlc_ahead_ms": hlc_ahead_ms(db)?,
         "deferred_links": count("SELECT count(*) FROM lsync_deferred")?,
         "tombstones": count("SELECT count(*) FROM lsync_clock WHERE uuid IS NOT NULL AND op = 2")?,
-        "tombstones_awaiting_ack": count(
-            "SELECT count(*) FROM lsync_clock WHERE uuid IS NOT NULL AND op = 2
-               AND seq > coalesce((SELECT min(acked_cursor) FROM lsync_peers), 0)"
-        )?,
+        "tombstones_awaiting_ack": stability::awaiting_ack(db, peers::gating(db)?)?,
         "conflicts": if has_table(db, "lsync_quarantine")? {
             merge::conflicts(db)?
         } else {
@@ -77,6 +76,15 @@ fn status(db: Db) -> Result<serde_json::Value> {
         },
         "peers": peers::rows(db, head, None)?,
     }))
+}
+
+/// How far this database's clock (the HLC it last issued or merged) is
+/// ahead of the wall clock, in ms; 0 when it is not ahead. A peer whose
+/// clock is fast pushes it ahead (up to `max_drift_ms`).
+fn hlc_ahead_ms(db: Db) -> Result<i64> {
+    let hlc = schema::get(db, "hlc")?.as_i64().unwrap_or(0);
+    let ahead = lsync_wire::hlc::millis(hlc) as i64 - peers::now_ms();
+    Ok(ahead.max(0))
 }
 
 /// What a snapshot file made by `lsync_snapshot` says about itself.

@@ -32,6 +32,9 @@ pub enum Command {
     /// Show each peer's watermarks, lag, last contact and last error, plus the
     /// deferred links and the tombstones waiting for ACKs.
     Status(StatusArgs),
+    /// This database's replication peers.
+    #[command(subcommand)]
+    Peer(PeerCommand),
     /// Two devices on loopback: A indexes DIR, B tags entries, both converge.
     Demo(DemoArgs),
     /// Run benchmarks of the extension and the replicator.
@@ -103,6 +106,10 @@ pub struct RunArgs {
     /// notification and pull at their own pace instead of a push (default 10000).
     #[arg(long, value_name = "N")]
     pub bulk_notify: Option<u64>,
+    /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9400
+    /// (docs/metrics.md; default: none).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Test hook: sleep this long before sending each snapshot chunk.
     #[arg(long, hide = true, value_name = "MS")]
     pub test_chunk_delay_ms: Option<u64>,
@@ -191,6 +198,24 @@ pub struct DeviceRevokeArgs {
     #[arg(long, value_name = "PATH")]
     pub db: PathBuf,
     /// The device id (a UUID) to revoke.
+    pub id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeerCommand {
+    /// Forget a device gone for good: its ACKs no longer hold back the
+    /// pruning of tombstones, and sessions with it are refused from then
+    /// on (it comes back only as a new device, from a fresh database).
+    Forget(PeerForgetArgs),
+}
+
+/// Options of `lsync peer forget`.
+#[derive(Debug, Clone, Args)]
+pub struct PeerForgetArgs {
+    /// The database file.
+    #[arg(long, value_name = "PATH")]
+    pub db: PathBuf,
+    /// The peer's device id (a UUID), as `lsync status` lists it.
     pub id: String,
 }
 

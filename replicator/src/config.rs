@@ -29,6 +29,8 @@ pub struct RunConfig {
     pub test: TestHooks,
     /// `extension` in the file; --extension wins over it.
     pub extension: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (docs/metrics.md); none without.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Test hooks, set only by hidden flags of `lsync run`: they let the
@@ -130,6 +132,7 @@ struct File {
     single_max: Option<u64>,
     bulk_notify: Option<u64>,
     extension: Option<PathBuf>,
+    metrics: Option<String>,
 }
 
 fn load(path: &Path) -> Result<File> {
@@ -177,6 +180,10 @@ pub fn resolve(a: &RunArgs) -> Result<RunConfig> {
             junk_changes_mib: a.test_junk_changes_mib,
         },
         extension: f.extension,
+        metrics: match a.metrics.as_deref().or(f.metrics.as_deref()) {
+            Some(m) => Some(crate::metrics::parse_addr(m)?),
+            None => None,
+        },
     };
     if cfg.single_max >= cfg.snapshot_min {
         bail!("single-max must be smaller than snapshot-min");
@@ -265,6 +272,18 @@ mod tests {
             .unwrap_or_default();
         assert!(help.contains("--bulk-notify"), "{help}");
         assert!(!help.contains("--test-"), "{help}");
+    }
+
+    #[test]
+    fn metrics_address_comes_from_the_file_and_the_flag_wins() {
+        assert_eq!(resolve_with(BASE, &[]).unwrap().metrics, None);
+        let toml = format!("{BASE}metrics = '127.0.0.1:9400'\n");
+        let c = resolve_with(&toml, &[]).unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9400".parse().unwrap()));
+        let c = resolve_with(&toml, &["--metrics", "127.0.0.1:9500"]).unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9500".parse().unwrap()));
+        let e = resolve_with(BASE, &["--metrics", "nowhere"]).unwrap_err();
+        assert!(format!("{e:#}").contains("--metrics nowhere"), "{e:#}");
     }
 
     #[test]

@@ -10,8 +10,10 @@ mod db;
 mod dbfile;
 mod demo;
 mod device;
+mod forget;
 mod held;
 mod members;
+mod metrics;
 mod node;
 mod now;
 mod progress;
@@ -26,7 +28,7 @@ use clap::Parser;
 // The session codec lives in the library (src/lib.rs), for the fuzz targets.
 use lsync_replicator::protocol;
 
-use cli::{BenchCommand, Cli, Command, DeviceCommand, SecretCommand};
+use cli::{BenchCommand, Cli, Command, DeviceCommand, PeerCommand, SecretCommand};
 
 fn main() {
     let cli = Cli::parse();
@@ -65,6 +67,10 @@ fn run(cli: Cli) -> Result<()> {
                 DeviceCommand::List(args) => device::list(&args)?,
                 DeviceCommand::Revoke(args) => device::revoke(&args)?,
             }
+        }
+        Command::Peer(PeerCommand::Forget(args)) => {
+            db::register(extension)?;
+            forget::run(&args)?;
         }
         Command::Demo(args) => {
             db::register(extension)?;

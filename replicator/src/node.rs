@@ -48,6 +48,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&cfg.listen).await?;
     info!(listen = %listener.local_addr()?, "listening");
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = cfg.metrics {
+        crate::metrics::serve(addr)?;
+        info!(metrics = %addr, "serving Prometheus metrics");
+        tasks.spawn(crate::metrics::refresh(
+            cfg.db.clone(),
+            node.shutdown.clone(),
+        ));
+    }
     tasks.spawn(watch_commits(
         node.clone(),
         Duration::from_millis(cfg.poll_ms),
@@ -176,6 +184,7 @@ async fn dial(node: Arc<Node>, addr: String, backoff: Backoff) {
     // handshake, the newest again after one that worked.
     let mut attempt = 0;
     loop {
+        crate::metrics::dial_backoff(&addr, Duration::ZERO);
         let started = tokio::time::Instant::now();
         let outcome = match TcpStream::connect(&addr).await {
             Ok(sock) => {
@@ -198,8 +207,12 @@ async fn dial(node: Arc<Node>, addr: String, backoff: Backoff) {
         let delay = delays.next();
         match outcome {
             Ok(()) => info!(peer = %addr, "session closed"),
-            Err(e) => warn!(peer = %addr, retry_in = ?delay, "session failed: {e}"),
+            Err(e) => {
+                crate::metrics::dial_failed(&addr);
+                warn!(peer = %addr, retry_in = ?delay, "session failed: {e}")
+            }
         }
+        crate::metrics::dial_backoff(&addr, delay);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,

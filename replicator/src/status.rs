@@ -1,4 +1,6 @@
-//! `lsync status`: what the database knows about its peers.
+//! `lsync status`: a printer of the database's own status document
+//! (`lsync_status()`), with what only the sidecar's files know added: the
+//! snapshot transfers under way and the snapshots that failed to restore.
 
 use std::fmt::Write as _;
 
@@ -22,7 +24,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         v["snapshot_failures"] = serde_json::to_value(&failures)?;
         format!("{v}\n")
     } else {
-        table(&s, &transfers, &failures)?
+        table(&s, &transfers, &failures, &args.db)?
     };
     print(&text)?;
     Ok(())
@@ -32,11 +34,19 @@ fn table(
     s: &store::Status,
     transfers: &[crate::progress::Transfer],
     failures: &[RestoreFailure],
+    db: &std::path::Path,
 ) -> Result<String, std::fmt::Error> {
     let mut o = String::new();
     writeln!(o, "device   {}", s.device_id)?;
     writeln!(o, "library  {}", s.library_id)?;
     writeln!(o, "head     {}", s.head)?;
+    if s.hlc_ahead_ms > 0 {
+        writeln!(
+            o,
+            "clock    {:.1}s ahead of the wall clock (a peer's clock is ahead)",
+            s.hlc_ahead_ms as f64 / 1000.0
+        )?;
+    }
     writeln!(
         o,
         "deferred links: {}   tombstones: {} ({} waiting for ACKs)   conflicts: {}",
@@ -88,18 +98,19 @@ fn table(
     }
     writeln!(
         o,
-        "{:<38} {:<22} {:>10} {:>10} {:>8} {:>8} {:>14}  last error",
-        "peer", "addr", "received", "acked", "lag", "failures", "last contact"
+        "{:<38} {:<22} {:>10} {:>10} {:>8} {:>9} {:>8} {:>14}  last error",
+        "peer", "addr", "received", "acked", "lag", "lag time", "failures", "last contact"
     )?;
     for p in &s.peers {
         writeln!(
             o,
-            "{:<38} {:<22} {:>10} {:>10} {:>8} {:>8} {:>14}  {}",
+            "{:<38} {:<22} {:>10} {:>10} {:>8} {:>9} {:>8} {:>14}  {}",
             p.device_id,
             p.addr.as_deref().unwrap_or("-"),
             p.recv_cursor,
             p.acked_cursor,
             p.lag,
+            format!("{:.1}s", p.lag_ms as f64 / 1000.0),
             p.failures,
             p.last_contact_ms.map_or("never".to_owned(), ago),
             p.last_error.as_deref().unwrap_or("-")
@@ -117,6 +128,30 @@ fn table(
     for p in &s.peers {
         for l in crate::held::lines(&p.device_id, p.held, p.held_by_peer, now) {
             writeln!(o, "{l}")?;
+        }
+    }
+    for p in &s.peers {
+        if let Some(t) = p.forgotten_ms {
+            writeln!(
+                o,
+                "peer {} was forgotten {}: its ACKs no longer hold back pruning, and sessions \
+                 with it are refused",
+                p.device_id,
+                ago(t)
+            )?;
+        } else if p.tombstones_held > 0 {
+            writeln!(
+                o,
+                "warning: peer {} holds back {} tombstone(s): it has acknowledged this \
+                 device's changes up to cursor {} (last contact {}). They are pruned once it \
+                 acknowledges them; if it is gone for good: lsync peer forget --db {} {}",
+                p.device_id,
+                p.tombstones_held,
+                p.acked_cursor,
+                p.last_contact_ms.map_or("never".to_owned(), ago),
+                db.display(),
+                p.device_id
+            )?;
         }
     }
     Ok(o)

@@ -139,6 +139,7 @@ pub const PIECE_BYTES: usize = 4 << 20;
 /// Our changes after `since` for the peer `peer`, leaving out its own: at
 /// most `max` changes and about `PIECE_BYTES` of row data.
 pub fn export(c: &Connection, since: i64, max: u32, peer: &str) -> R<Export> {
+    let began = Instant::now();
     let (blob, head): (Vec<u8>, i64) = immediate(c, |c| {
         let blob = c
             .prepare_cached("SELECT lsync_changeset(?1, ?2, ?3, ?4)")?
@@ -148,6 +149,7 @@ pub fn export(c: &Connection, since: i64, max: u32, peer: &str) -> R<Export> {
             )?;
         Ok((blob, folded_head(c)?))
     })?;
+    crate::metrics::export_time(began.elapsed());
     // Only the head of the body is read: the peer decodes the rest.
     let s = lsync_wire::changeset::Changeset::summary(&blob, u64::MAX)
         .map_err(|e| StoreError::Corrupt(format!("our own changeset: {e}")))?;
@@ -327,6 +329,7 @@ pub fn apply(
         version,
         held: began.elapsed(),
     };
+    crate::metrics::apply_time(turn.held);
     Ok((serde_json::from_str(&report)?, turn))
 }
 
@@ -426,6 +429,16 @@ pub struct PeerStatus {
     /// The peer holds our changes: our clock is ahead.
     #[serde(default)]
     pub held_by_peer: Option<crate::held::Hold>,
+    /// How long ago, by its HLC, the first of our changes the peer lacks
+    /// was made (0 when it lacks none).
+    #[serde(default)]
+    pub lag_ms: i64,
+    /// Tombstones kept until the peer acknowledges them.
+    #[serde(default)]
+    pub tombstones_held: i64,
+    /// When the peer was forgotten (`lsync peer forget`), unix ms.
+    #[serde(default)]
+    pub forgotten_ms: Option<i64>,
 }
 
 /// The status document of `lsync_status`.
@@ -434,6 +447,9 @@ pub struct Status {
     pub device_id: String,
     pub library_id: String,
     pub head: i64,
+    /// How far this database's HLC is ahead of the wall clock.
+    #[serde(default)]
+    pub hlc_ahead_ms: i64,
     pub peers: Vec<PeerStatus>,
     pub deferred_links: i64,
     pub tombstones: i64,
@@ -446,8 +462,23 @@ pub struct Status {
 /// Folds pending captures first, so that unsynced deletes and edits count.
 pub fn status(c: &Connection) -> R<Status> {
     head(c)?;
+    folded_status(c)
+}
+
+/// The status of the changes folded so far: reads only.
+pub fn folded_status(c: &Connection) -> R<Status> {
     let s: String = c.query_row("SELECT lsync_status()", [], |r| r.get(0))?;
     Ok(serde_json::from_str(&s)?)
+}
+
+/// Forgets a device gone for good (`lsync_forget_peer`), then prunes what
+/// no longer waits for it. Returns the tombstones released and pruned.
+pub fn forget_peer(c: &Connection, peer: &str) -> R<(i64, i64)> {
+    immediate(c, |c| {
+        let released = c.query_row("SELECT lsync_forget_peer(?1)", [peer], |r| r.get(0))?;
+        let pruned = c.query_row("SELECT lsync_prune()", [], |r| r.get(0))?;
+        Ok((released, pruned))
+    })
 }
 
 #[cfg(test)]

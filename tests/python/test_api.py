@@ -25,6 +25,7 @@ EXPECTED_FUNCTIONS = sorted(
         "lsync_device_key",
         "lsync_drift",
         "lsync_flush",
+        "lsync_forget_peer",
         "lsync_head",
         "lsync_hlc_now",
         "lsync_hlc_text",

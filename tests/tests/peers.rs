@@ -136,6 +136,7 @@ fn an_older_peers_table_is_upgraded() {
          ALTER TABLE lsync_peers DROP COLUMN held_until_ms;
          ALTER TABLE lsync_peers DROP COLUMN held_by_peer_ahead_ms;
          ALTER TABLE lsync_peers DROP COLUMN held_by_peer_until_ms;
+         ALTER TABLE lsync_peers DROP COLUMN forgotten_ms;
          UPDATE lsync_config SET value = 5 WHERE key = 'schema_version';",
     )
     .unwrap();
@@ -143,8 +144,18 @@ fn an_older_peers_table_is_upgraded() {
     let c = open(&dir.db());
     let p = peer(&c, PEER);
     assert_eq!(
-        (&p["stuck"], &p["resync_error"], &p["held"]),
-        (&Json::Bool(false), &Json::Null, &Json::Null)
+        (
+            &p["stuck"],
+            &p["resync_error"],
+            &p["held"],
+            &p["forgotten_ms"]
+        ),
+        (&Json::Bool(false), &Json::Null, &Json::Null, &Json::Null)
+    );
+    // The status reads it too, before any write upgrades it.
+    assert_eq!(
+        json(&c, "SELECT lsync_status()")["tombstones_awaiting_ack"],
+        0
     );
     call(&c, "SELECT lsync_peer_stuck(?1, 'x')", [PEER]);
     assert_eq!(peer(&c, PEER)["resync_error"], "x");
@@ -154,7 +165,12 @@ fn an_older_peers_table_is_upgraded() {
         &c,
         "SELECT value FROM lsync_config WHERE key = 'schema_version'",
     );
-    assert_eq!(version, 11);
+    assert_eq!(version, 12);
+    // Version 12's forgotten peers.
+    assert_eq!(
+        call(&c, "SELECT lsync_forget_peer(?1)", [PEER]),
+        rusqlite::types::Value::Integer(0)
+    );
     // Version 8's table of merged rows is there too, version 9's of the
     // global ids lsync keeps, and version 10's of the members.
     assert_eq!(scalar::<i64>(&c, "SELECT count(*) FROM lsync_members"), 0);

@@ -185,6 +185,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 Some(mib) => self.tx.send(&msg, &noise(mib << 20)).await?,
                 None => self.tx.send(&msg, &e.blob).await?,
             }
+            crate::metrics::sent(&self.peer, e.count, e.blob.len() as u64);
         }
         self.sent_cursor = e.to;
         self.sent_max = self.sent_max.max(e.to);
@@ -255,6 +256,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     fn note_applied(&mut self, count: u64, bytes: u64, report: &ApplyReport) {
         let n = count.max(report.changes as u64);
         self.applied_total += n as i64;
+        crate::metrics::received(&self.peer, n, bytes);
         debug!(
             changes = report.changes,
             applied = report.applied,

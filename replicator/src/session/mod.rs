@@ -157,6 +157,7 @@ where
         return Err(SessionError::Refused(m));
     }
     info!(recv_cursor, peer_head, "session established");
+    let open = crate::metrics::OpenSession::new(&device_id);
     let wire_bytes = rx.wire_bytes.clone();
     let mut tx = tx;
     let (members, secret_sent) = members::send_all(&node, &conn, &mut tx).await?;
@@ -202,6 +203,7 @@ where
     let result = s.serve(&mut in_rx).await;
     reader.abort();
     if let Err(e) = &result {
+        open.failed();
         if !matches!(e, SessionError::Proto(ProtoError::Closed)) {
             let _ =
                 s.tx.send(
@@ -262,6 +264,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                     Some(c) => {
                         let (msg, data) = c?;
                         self.tx.send(&msg, &data).await?;
+                        crate::metrics::bytes_sent(&self.peer, data.len() as u64);
                     }
                     None => {
                         if let Some(u) = self.upload.take() {

@@ -111,6 +111,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         checksum: String,
         data: Vec<u8>,
     ) -> R<()> {
+        crate::metrics::bytes_received(&self.peer, data.len() as u64);
         let Some(d) = self.receiving.download() else {
             return Ok(());
         };
