@@ -160,6 +160,12 @@ fn a_flood_of_pulls() {
     let sent = t.join().unwrap();
     assert!(sent > 10, "the rogue sent only {sent} pulls");
     p.still_syncs("after");
+    // Nor do they flood B's log: one line a second per session at most.
+    let lines = occurrences(&p.node_b.log(), "the peer is behind");
+    assert!(
+        lines <= 15,
+        "{sent} pulls wrote {lines} info lines to B's log"
+    );
 }
 
 #[test]

@@ -78,6 +78,9 @@ struct Session<W> {
     applied_total: i64,
     started: Instant,
     last_ack: Instant,
+    /// When the last "the peer is behind" line was logged at info: a peer
+    /// that floods pulls must not flood the log.
+    plan_logged: Option<Instant>,
     /// Bytes received over this session.
     wire_bytes: Arc<AtomicU64>,
     /// Whether to leave the write lock to the app between two applies.
@@ -193,6 +196,7 @@ where
         applied_total: 0,
         started: Instant::now(),
         last_ack: Instant::now(),
+        plan_logged: None,
         wire_bytes,
         courtesy: Courtesy::new(version),
         holding: Holding::new(backoff),

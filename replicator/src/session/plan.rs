@@ -1,14 +1,19 @@
 //! Choosing how to serve a peer that pulls: one changeset, a stream of
 //! batches, or a snapshot of the whole database.
 
+use std::time::{Duration, Instant};
+
 use tokio::io::AsyncWrite;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cli::Strategy;
 use crate::store;
 
 use super::error::{blocking, R};
 use super::Session;
+
+/// Least time between two "the peer is behind" lines at info.
+const PLAN_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// How to serve a pull.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +71,16 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 Plan::Single(_) => "a single changeset",
                 Plan::Batches => "a stream of batched changesets",
             };
-            info!(since, head, missing, strategy = ?n.strategy, "the peer is behind: sending {how}");
+            // At most one line a second at info; the rest at debug.
+            if self
+                .plan_logged
+                .is_none_or(|t| t.elapsed() >= PLAN_LOG_EVERY)
+            {
+                self.plan_logged = Some(Instant::now());
+                info!(since, head, missing, strategy = ?n.strategy, "the peer is behind: sending {how}");
+            } else {
+                debug!(since, head, missing, "the peer is behind: sending {how}");
+            }
         }
         Ok(p)
     }
