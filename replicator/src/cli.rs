@@ -335,7 +335,7 @@ pub struct ApplyArgs {
 #[derive(Debug, Clone, Args)]
 pub struct CaptureArgs {
     /// Number of rows to insert into the table of --schema, in one
-    /// transaction per variant. N/10 of them (at least 1) are then updated.
+    /// transaction per variant. A share of them (--update-share) is then updated.
     /// At most 10,000,000 (the rows are generated in memory first, about 150
     /// bytes each).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
@@ -372,6 +372,12 @@ pub struct CaptureArgs {
     /// are already in the change clock.
     #[arg(long)]
     pub flush_before_update: bool,
+
+    /// The share of the rows updated after the insert (0 < S <= 1): that
+    /// many distinct rows, scattered at random. With --flush-before-update
+    /// and 0.5, the metadata column shows what split clock ranges cost.
+    #[arg(long, value_name = "S", default_value_t = 0.1, value_parser = update_share)]
+    pub update_share: f64,
 
     /// Directory in which the temporary benchmark directory is created
     /// (default: the system temp directory).
@@ -443,5 +449,13 @@ pub fn print(text: &str) -> std::io::Result<()> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r,
+    }
+}
+
+/// `--update-share`: a share of the rows, above 0 and at most 1.
+fn update_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("expected a share above 0 and at most 1, got '{s}'")),
     }
 }

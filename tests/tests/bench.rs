@@ -43,6 +43,23 @@ fn capture_reports_both_modes_against_plain() {
     for key in ["plain_s", "device_owned_ratio", "shared_ratio"] {
         positive(&v, key);
     }
+    assert_eq!(v["update_rows"].as_i64(), Some(200), "a tenth: {v}");
+}
+
+/// `--update-share` updates that share of the rows, each once; a split
+/// clock range (updates after a flush) is what the metadata then shows.
+#[test]
+fn capture_updates_the_share_of_rows_asked() {
+    let v = bench(&[
+        "capture",
+        "--rows",
+        "2000",
+        "--update-share",
+        "0.5",
+        "--flush-before-update",
+    ]);
+    assert_eq!(v["update_rows"].as_i64(), Some(1000), "{v}");
+    positive(&v, "meta_bytes_per_row_device_owned");
 }
 
 #[test]
@@ -77,6 +94,9 @@ fn apply_applies_every_row_with_no_link_left_waiting() {
     );
     positive(&v, "apply_ratio");
     positive(&v, "changeset_bytes_per_row");
+    // SQLite's session extension applied the same rows beside it.
+    positive(&v, "apply_vs_session");
+    positive(&v, "session_changeset_bytes");
 }
 
 #[test]

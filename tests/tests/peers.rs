@@ -331,7 +331,10 @@ fn the_status_document() {
         "ordered by device id"
     );
     let lag_ms = |v: &serde_json::Value| v["lag_ms"].as_i64().unwrap();
-    assert!((0..=lag_ms(&alone)).contains(&lag_ms(&peers[0])), "{peers:?}");
+    assert!(
+        (0..=lag_ms(&alone)).contains(&lag_ms(&peers[0])),
+        "{peers:?}"
+    );
     assert_eq!(peers[0]["lag"], head - 1);
     assert_eq!(peers[1]["device_id"], OTHER);
     assert_eq!(peers[1]["lag"], head);

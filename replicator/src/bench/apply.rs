@@ -41,7 +41,7 @@ pub fn run(args: &ApplyArgs) -> Result<(), BenchError> {
     let opts = DbOptions { foreign_keys: true };
     let rows = args.rows as usize;
     eprintln!("generating {rows} entries ...");
-    let data = data::generate(rows, args.uuid);
+    let data = data::generate(rows, args.uuid, data::DEFAULT_UPDATE_SHARE);
     let dir = TempDir::new(args.dir.as_deref(), args.keep)?;
 
     let src_path = dir.path().join("source.db");

@@ -117,7 +117,7 @@ pub fn run(args: &CaptureArgs) -> Result<(), BenchError> {
         args.uuid.as_str()
     );
     let started = Instant::now();
-    let data = Workload::generate(args.schema, rows, args.uuid);
+    let data = Workload::generate(args.schema, rows, args.uuid, args.update_share);
     eprintln!("generated in {:.2}s", started.elapsed().as_secs_f64());
     let mut measures = [Measure::new(), Measure::new(), Measure::new()];
     for round in 0..args.repeat {

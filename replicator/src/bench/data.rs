@@ -53,17 +53,22 @@ fn new_uuid(kind: UuidKind) -> String {
     u.hyphenated().to_string()
 }
 
-/// Every schema updates one row in ten of those it inserted (at least one).
-fn update_count(rows: usize) -> usize {
-    (rows / 10).max(1)
+/// The share of rows `lsync bench capture` updates unless told otherwise.
+pub const DEFAULT_UPDATE_SHARE: f64 = 0.1;
+
+/// Which of `rows` rows (indexes from 0) a schema updates: `share` of them
+/// (at least one), distinct, scattered at random.
+fn updated(rng: &mut StdRng, rows: usize, share: f64) -> Vec<usize> {
+    let n = ((rows as f64 * share).round() as usize).clamp(1, rows.max(1));
+    rand::seq::index::sample(rng, rows.max(1), n).into_vec()
 }
 
 /// Generates `rows` entries: a directory-like tree under [`LOCATIONS`] roots
 /// (the first rows, with NULL parents), where every other entry is placed
 /// under one of the last [`RECENT_DIRS`] directories. Ids are the rowids a
 /// fresh table assigns (1..=rows). Also generates the updates of random ids
-/// ([`update_count`]).
-pub fn generate(rows: usize, kind: UuidKind) -> Dataset {
+/// ([`updated`]).
+pub fn generate(rows: usize, kind: UuidKind, share: f64) -> Dataset {
     // Seeded: every run generates the same tree.
     let mut rng = StdRng::seed_from_u64(0x1bad_5eed_0ddb_a110);
     let locations = (1..=LOCATIONS)
@@ -115,9 +120,10 @@ pub fn generate(rows: usize, kind: UuidKind) -> Dataset {
         });
     }
 
-    let updates = (0..update_count(rows))
-        .map(|_| Update {
-            id: 1 + rng.random_range(0..rows as i64),
+    let updates = updated(&mut rng, rows, share)
+        .into_iter()
+        .map(|i| Update {
+            id: 1 + i as i64,
             size: rng.random_range(0..1i64 << 32),
             mtime: base_mtime + 100_000_000 + rng.random_range(0..1_000_000i64),
         })
@@ -172,8 +178,8 @@ fn timestamp(secs: i64) -> String {
 /// Generates `rows` pairs: objects 1, 2, ... in order (ids as a fresh table
 /// assigns them), each with [`TAGS_PER_OBJECT`] distinct random tags of
 /// [`TAGS`], so the key index takes inserts all over. Then the updates of
-/// random pairs' `added` ([`update_count`]).
-pub fn pairs(rows: usize, kind: UuidKind) -> Pairs {
+/// random pairs' `added` ([`updated`]).
+pub fn pairs(rows: usize, kind: UuidKind, share: f64) -> Pairs {
     let mut rng = StdRng::seed_from_u64(0x7a90_b1ec_75ee_d5ed);
     let named = |prefix: &str, n: usize| -> Vec<Named> {
         (1..=n)
@@ -201,9 +207,10 @@ pub fn pairs(rows: usize, kind: UuidKind) -> Pairs {
             added: timestamp(rng.random_range(0..5_000_000)),
         });
     }
-    let updates = (0..update_count(rows))
-        .map(|_| {
-            let p = &pairs[rng.random_range(0..rows)];
+    let updates = updated(&mut rng, rows, share)
+        .into_iter()
+        .map(|i| {
+            let p = &pairs[i];
             Pair {
                 tag_id: p.tag_id,
                 object_id: p.object_id,
@@ -246,8 +253,8 @@ fn price(rng: &mut StdRng) -> f64 {
     rng.random_range(49..300i64) as f64 / 100.0
 }
 
-/// Generates `rows` tracks, then the updates of random ids ([`update_count`]).
-pub fn tracks(rows: usize) -> Tracks {
+/// Generates `rows` tracks, then the updates of random ids ([`updated`]).
+pub fn tracks(rows: usize, share: f64) -> Tracks {
     let mut rng = StdRng::seed_from_u64(0x7ac6_5eed_a1b0_0001);
     let tracks = (0..rows)
         .map(|i| Track {
@@ -258,9 +265,10 @@ pub fn tracks(rows: usize) -> Tracks {
             price: price(&mut rng),
         })
         .collect();
-    let updates = (0..update_count(rows))
-        .map(|_| TrackUpdate {
-            id: 1 + rng.random_range(0..rows as i64),
+    let updates = updated(&mut rng, rows, share)
+        .into_iter()
+        .map(|i| TrackUpdate {
+            id: 1 + i as i64,
             bytes: rng.random_range(1_000_000..20_000_000),
             price: price(&mut rng),
         })

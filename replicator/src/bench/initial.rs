@@ -38,7 +38,7 @@ pub fn run(args: &InitialSyncArgs) -> Result<()> {
     let peer_path = dir.path().join("peer.db");
     {
         eprintln!("generating {rows} entries at the source ...");
-        let data = data::generate(rows, UuidKind::V7);
+        let data = data::generate(rows, UuidKind::V7, data::DEFAULT_UPDATE_SHARE);
         let src = db::open(&src_path, &opts)?;
         ops::setup(&src, Some("device_owned"), &data.locations, &src_path)?;
         ops::insert_entries(&src, &data.entries, &src_path)?;

@@ -43,11 +43,12 @@ pub(super) enum Workload {
 }
 
 impl Workload {
-    pub fn generate(schema: SchemaKind, rows: usize, uuid: UuidKind) -> Self {
+    /// `share` of the rows, distinct and scattered, are updated.
+    pub fn generate(schema: SchemaKind, rows: usize, uuid: UuidKind, share: f64) -> Self {
         match schema {
-            SchemaKind::Entries => Workload::Entries(data::generate(rows, uuid)),
-            SchemaKind::Composite => Workload::Composite(data::pairs(rows, uuid)),
-            SchemaKind::IntPk => Workload::IntPk(data::tracks(rows)),
+            SchemaKind::Entries => Workload::Entries(data::generate(rows, uuid, share)),
+            SchemaKind::Composite => Workload::Composite(data::pairs(rows, uuid, share)),
+            SchemaKind::IntPk => Workload::IntPk(data::tracks(rows, share)),
         }
     }
 
