@@ -86,7 +86,12 @@ impl Courtesy {
 
     fn pause_at(&self, now: Instant) -> Duration {
         let ran = self.run_since.map(|b| now.saturating_duration_since(b));
-        if ran.is_some_and(|r| r >= BREATHER_EVERY) {
+        // A run that a breather's length of quiet has ended needs none (the
+        // first apply after an idle spell must not wait for it).
+        let ongoing = self
+            .last_end
+            .is_some_and(|e| now.saturating_duration_since(e) < BREATHER);
+        if ongoing && ran.is_some_and(|r| r >= BREATHER_EVERY) {
             return BREATHER;
         }
         match self.others_at {
@@ -148,6 +153,20 @@ mod tests {
         // A gap of a breather's length (the app idle, say) ends a run.
         c.record_at(turn(7, 10), ms(t + 150 + 10));
         assert_eq!(c.pause_at(ms(t + 160)), Duration::ZERO);
+    }
+
+    /// The next apply after a quiet spell (a commit arriving at an idle
+    /// sidecar) goes at once, however long the run before the spell was.
+    #[test]
+    fn no_breather_after_a_quiet_spell() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut c = Courtesy::new(7);
+        for t in (10..=2100).step_by(10) {
+            c.record_at(turn(7, 10), ms(t));
+        }
+        assert_eq!(c.pause_at(ms(2100)), BREATHER);
+        assert_eq!(c.pause_at(ms(2100 + 6000)), Duration::ZERO);
     }
 
     #[test]
