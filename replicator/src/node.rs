@@ -28,7 +28,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let keys = members::device_keys(&conn)?;
     let secrets = members::seed_secret(&conn, &secret)?;
     let db_file = FileId::of(&cfg.db)?;
-    drop(conn);
+    // Kept to watch commits on: open before the sidecar says it listens.
     info!(db = %cfg.db.display(), device = %id.device_id, library = %id.library_id,
         key = %members::hex(&keys.public), "lsync replicator starting");
     if secrets.first().is_some_and(|(_, s)| *s != secret) {
@@ -50,7 +50,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&cfg.listen).await?;
     info!(listen = %listener.local_addr()?, "listening");
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(watch_commits(node.clone()));
+    tasks.spawn(watch_commits(node.clone(), conn));
     tasks.spawn(accept(node.clone(), listener));
     for addr in &cfg.peers {
         tasks.spawn(dial(node.clone(), addr.clone(), cfg.backoff()));
@@ -97,15 +97,8 @@ async fn shutdown_signal() {
 /// [`Wakes`] says a commit may have happened (on a thread of its own: the
 /// waiting blocks). The value moves when any other connection (the app, or
 /// a session's apply) commits.
-async fn watch_commits(node: Arc<Node>) {
+async fn watch_commits(node: Arc<Node>, conn: rusqlite::Connection) {
     let mut stop = node.shutdown.clone();
-    let conn = match store::open_existing(&node.cfg.db) {
-        Ok(c) => c,
-        Err(e) => {
-            error!("cannot open the database to watch commits: {e}");
-            return;
-        }
-    };
     let poll = Duration::from_millis(node.cfg.poll_ms);
     let (wakes, failed) = Wakes::new(&node.cfg.db, poll, !node.cfg.no_watch);
     match failed {
