@@ -82,9 +82,15 @@ pub struct RunArgs {
     /// Heartbeat interval; a peer silent for 4 intervals is dropped (default 2000).
     #[arg(long, value_name = "MS")]
     pub heartbeat_ms: Option<u64>,
-    /// How often to check PRAGMA data_version for local commits (default 5).
+    /// How often to check PRAGMA data_version for local commits when they
+    /// are not watched: with --no-watch, or where the WAL cannot be watched
+    /// (default 5).
     #[arg(long, value_name = "MS")]
     pub poll_ms: Option<u64>,
+    /// Poll for local commits every --poll-ms instead of watching the
+    /// database's WAL file for writes (inotify).
+    #[arg(long)]
+    pub no_watch: bool,
     /// First retry delay after a failed session (default 200); doubles per failure.
     #[arg(long, value_name = "MS")]
     pub backoff_initial_ms: Option<u64>,
@@ -280,7 +286,14 @@ pub struct LatencyArgs {
     /// Number of single-row commits, one after the other.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub commits: u32,
-    /// Also print one JSON object (p50_ms, p99_ms, commits) as the last line.
+    /// Then measure the CPU both idle replicators spend over this many seconds.
+    #[arg(long, value_name = "S", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub idle_secs: u64,
+    /// Run the replicators with --no-watch (polling every 5 ms), to compare.
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Also print one JSON object (commits, p50_ms, p99_ms, max_ms,
+    /// idle_cpu_ms_per_s) as the last line.
     #[arg(long)]
     pub json: bool,
     /// Keep the temporary directory, its databases and the replicators'

@@ -22,6 +22,7 @@ mod session;
 mod snapshot;
 mod status;
 mod store;
+mod wake;
 
 use anyhow::Result;
 use clap::Parser;

@@ -1,6 +1,7 @@
 //! `lsync run`: the sidecar. It listens for peers, dials the configured
 //! ones with capped exponential backoff, notices local commits through
-//! `PRAGMA data_version`, and shuts down cleanly on SIGINT or SIGTERM.
+//! `PRAGMA data_version` (looked at when the WAL is written, see
+//! [`crate::wake`]), and shuts down cleanly on SIGINT or SIGTERM.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use crate::dbfile::{self, FileId};
 use crate::members;
 use crate::session::{self, Node};
 use crate::store;
+use crate::wake::{self, Wakes};
 
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let secret = crate::secret::read(&cfg.secret_file)?;
@@ -26,7 +28,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let keys = members::device_keys(&conn)?;
     let secrets = members::seed_secret(&conn, &secret)?;
     let db_file = FileId::of(&cfg.db)?;
-    drop(conn);
+    // Kept to watch commits on: open before the sidecar says it listens.
     info!(db = %cfg.db.display(), device = %id.device_id, library = %id.library_id,
         key = %members::hex(&keys.public), "lsync replicator starting");
     if secrets.first().is_some_and(|(_, s)| *s != secret) {
@@ -56,10 +58,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             node.shutdown.clone(),
         ));
     }
-    tasks.spawn(watch_commits(
-        node.clone(),
-        Duration::from_millis(cfg.poll_ms),
-    ));
+    tasks.spawn(watch_commits(node.clone(), conn));
     tasks.spawn(accept(node.clone(), listener));
     for addr in &cfg.peers {
         tasks.spawn(dial(node.clone(), addr.clone(), cfg.backoff()));
@@ -102,30 +101,41 @@ async fn shutdown_signal() {
     }
 }
 
-/// Polls `PRAGMA data_version` on a connection of its own. The value moves
-/// when any other connection (the app, or a session's apply) commits.
-async fn watch_commits(node: Arc<Node>, every: Duration) {
+/// Reads `PRAGMA data_version` on a connection of its own whenever
+/// [`Wakes`] says a commit may have happened (on a thread of its own: the
+/// waiting blocks). The value moves when any other connection (the app, or
+/// a session's apply) commits.
+async fn watch_commits(node: Arc<Node>, conn: rusqlite::Connection) {
     let mut stop = node.shutdown.clone();
-    let conn = match store::open_existing(&node.cfg.db) {
-        Ok(c) => c,
-        Err(e) => {
-            error!("cannot open the database to watch commits: {e}");
-            return;
-        }
-    };
-    let mut last = store::data_version(&conn).unwrap_or(0);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        match store::data_version(&conn) {
+    let poll = Duration::from_millis(node.cfg.poll_ms);
+    let (wakes, failed) = Wakes::new(&node.cfg.db, poll, !node.cfg.no_watch);
+    match failed {
+        None if wakes.is_watching() => info!(
+            safety_poll = ?wake::SAFETY_POLL,
+            "noticing local commits by watching the database's WAL"
+        ),
+        None => info!(every = ?poll, "noticing local commits by polling (--no-watch)"),
+        Some(e) => warn!(every = ?poll,
+            "noticing local commits by polling: cannot watch the database's directory: {e}"),
+    }
+    let stopper = wakes.stopper();
+    let mut looker = tokio::task::spawn_blocking(move || look_for_commits(&node, &conn, wakes));
+    tokio::select! {
+        _ = &mut looker => return,
+        _ = stop.changed() => {}
+    }
+    stopper.stop();
+    let _ = looker.await;
+}
+
+fn look_for_commits(node: &Node, conn: &rusqlite::Connection, mut wakes: Wakes) {
+    let mut last = store::data_version(conn).unwrap_or(0);
+    while wakes.next() {
+        match store::data_version(conn) {
             Ok(v) if v != last => {
                 last = v;
                 // A rotation (`lsync secret rotate`) by another process.
-                if let Ok(s) = members::secrets(&conn) {
+                if let Ok(s) = members::secrets(conn) {
                     node.set_secrets(s);
                 }
                 node.changed.send_modify(|n| *n += 1);

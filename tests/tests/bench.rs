@@ -115,9 +115,12 @@ fn initial_sync_completes_by_snapshot_and_by_batches() {
 
 #[test]
 fn latency_and_propagate_reach_the_peer() {
-    let v = bench(&["latency", "--commits", "5"]);
+    let v = bench(&["latency", "--commits", "5", "--idle-secs", "1"]);
     assert_eq!(v["commits"], 5, "{v}");
     positive(&v, "p50_ms");
+    assert_eq!(v["watch"], true, "{v}");
+    let idle = v["idle_cpu_ms_per_s"].as_array().map(Vec::len);
+    assert_eq!(idle, Some(2), "{v}");
     let v = bench(&["propagate", "--rows", "500"]);
     assert_eq!(v["rows"], 500, "{v}");
     positive(&v, "seconds");

@@ -81,3 +81,26 @@ fn thread_cpu_ns() -> Option<u64> {
 fn thread_cpu_ns() -> Option<u64> {
     None
 }
+
+/// CPU time (user + system, all threads) consumed so far by process `pid`,
+/// from `/proc/PID/stat`.
+#[cfg(target_os = "linux")]
+pub(crate) fn process_cpu(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|h| *h > 0)?;
+    Some(std::time::Duration::from_nanos(
+        (utime + stime) * 1_000_000_000 / hz,
+    ))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn process_cpu(_pid: u32) -> Option<std::time::Duration> {
+    None
+}

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use rusqlite::params;
 
+use super::clock::process_cpu;
 use crate::cli::{LatencyArgs, PropagateArgs};
 use crate::cluster::{wait_until, Cluster, LIBRARY_SQL, TRACK_SQL};
 
@@ -50,11 +51,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn latency(args: &LatencyArgs) -> Result<()> {
-    let (cluster, dir) = two_peers("latency", &[])?;
+    let extra: &[&str] = if args.no_watch { &["--no-watch"] } else { &[] };
+    let (cluster, dir) = two_peers("latency", extra)?;
     let a = cluster.open(0)?;
     let b = cluster.open(1)?;
     let mut seen = b.prepare("SELECT count(*) FROM tags WHERE uuid = ?1")?;
     let mut ms = Vec::with_capacity(args.commits as usize);
+    let cpu_before = cpu_times(&cluster)?;
     for i in 0..args.commits {
         let uuid = uuid::Uuid::now_v7().to_string();
         let started = Instant::now();
@@ -73,24 +76,71 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
         }
         ms.push(started.elapsed().as_secs_f64() * 1000.0);
     }
+    let per_commit: Vec<f64> = cpu_times(&cluster)?
+        .iter()
+        .zip(cpu_before)
+        .map(|(a, b)| a.saturating_sub(b).as_secs_f64() * 1000.0 / f64::from(args.commits))
+        .collect();
     ms.sort_by(f64::total_cmp);
     let (p50, p99) = (percentile(&ms, 0.50), percentile(&ms, 0.99));
+    let idle = idle_cpu(&cluster, Duration::from_secs(args.idle_secs))?;
+    let mode = if args.no_watch {
+        "polling every 5 ms (--no-watch)"
+    } else {
+        "watching the WAL"
+    };
     println!(
-        "lsync bench latency: {} single-row commits on A, time until visible on B",
+        "lsync bench latency: {} single-row commits on A, time until visible on B; replicators {mode}",
         args.commits
     );
     println!(
-        "p50 {p50:.1} ms (target <= 50)   p99 {p99:.1} ms (target <= 200)   max {:.1} ms",
+        "p50 {p50:.2} ms (target <= 2)   p99 {p99:.2} ms   max {:.2} ms",
         ms[ms.len() - 1]
+    );
+    println!(
+        "CPU per commit: A {:.3} ms, B {:.3} ms",
+        per_commit[0], per_commit[1]
+    );
+    println!(
+        "idle CPU over {} s: A {:.3} ms/s, B {:.3} ms/s (target 0)",
+        args.idle_secs, idle[0], idle[1]
     );
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"commits": args.commits, "p50_ms": p50, "p99_ms": p99, "max_ms": ms[ms.len() - 1]})
+            serde_json::json!({"commits": args.commits, "p50_ms": p50, "p99_ms": p99,
+                "max_ms": ms[ms.len() - 1], "watch": !args.no_watch,
+                "cpu_ms_per_commit": per_commit, "idle_cpu_ms_per_s": idle})
         );
     }
     finish(cluster, &dir, args.keep);
     Ok(())
+}
+
+/// CPU time each of the two replicators has consumed so far.
+fn cpu_times(cluster: &Cluster) -> Result<[Duration; 2]> {
+    let cpu = |i: usize| {
+        cluster
+            .pid(i)
+            .and_then(process_cpu)
+            .context("reading a replicator's CPU time from /proc")
+    };
+    Ok([cpu(0)?, cpu(1)?])
+}
+
+/// CPU milliseconds per second each replicator spends over `span` while
+/// nothing is written (after a moment for the last commit to settle).
+fn idle_cpu(cluster: &Cluster, span: Duration) -> Result<Vec<f64>> {
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cpu_times(cluster)?;
+    let started = Instant::now();
+    std::thread::sleep(span);
+    let secs = started.elapsed().as_secs_f64();
+    Ok(cpu_times(cluster)?
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(b).as_secs_f64() * 1000.0 / secs)
+        .collect())
 }
 
 pub fn propagate(args: &PropagateArgs) -> Result<()> {
