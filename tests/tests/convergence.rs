@@ -1132,3 +1132,36 @@ fn regression_an_assignment_moved_across_snapshots_reaches_every_replica() {
     ];
     run_replicas(&steps, &all_pairs(), Mode::UniqueKeys).unwrap();
 }
+
+/// Found by `make soak` (10,000 cases): labels are UNIQUE by name. Replica
+/// 1 has 'l1'; replica 2 has 'l4' and 'l1', its changes held back; replica
+/// 0 has 'l4', sends it to 1, and renames it 'l1'. In the end replica 0
+/// kept its label as 'l4' beside 'l1', while replica 1 has 'l1' only.
+#[test]
+fn regression_a_label_renamed_onto_a_merged_name_converges() {
+    let label = |at: usize, v: u8| Step::Insert {
+        at,
+        table: 5,
+        a: 0,
+        b: 0,
+        v,
+    };
+    let steps = [
+        label(1, 231),
+        label(2, 4),
+        label(2, 231),
+        sync_step(0, 1, false),
+        label(0, 14),
+        sync_step(2, 0, true),
+        sync_step(0, 1, false),
+        Step::Update {
+            at: 0,
+            table: 5,
+            row: 0,
+            col: 0,
+            v: 126,
+        },
+    ];
+    let order = [(1, 2), (0, 1), (0, 2), (1, 0), (2, 1), (2, 0)];
+    run_replicas(&steps, &order, Mode::UniqueKeys).unwrap();
+}

@@ -191,6 +191,18 @@ impl Applier {
             Ordering::Greater => (rb, ra),
             _ => (ra, rb),
         };
+        // A peer's merge of row `a` is kept under the peer's clock when it
+        // is `a` that goes here too. Otherwise this replica merges other
+        // rows than the peer named (their groups here differ): that finding
+        // is this replica's, and travels under its own clock. Under the
+        // peer's, it could never reach that peer, which is neither sent nor
+        // takes a change of its own origin (found by `make soak`:
+        // `regression_a_label_renamed_onto_a_merged_name_converges`).
+        let (hlc, origin) = if origin != self.clock.self_idx && gone != *a {
+            (self.clock.hlc()?, self.clock.self_idx)
+        } else {
+            (hlc, origin)
+        };
         self.db.run(
             "INSERT OR REPLACE INTO lsync_alias(tbl, uuid, root) VALUES (?1, ?2, ?3)",
             &[t.id.into(), gone.clone(), root.clone()],
