@@ -143,7 +143,8 @@ pub fn missing(db: Db, since: i64, except: Option<&str>) -> Result<i64> {
     let since = since.max(0);
     let mut skip = crate::members::revoked_origins(db)?;
     skip.extend(known_device(db, except)?);
-    let skip = format!("{:?}", skip.into_iter().collect::<Vec<i64>>());
+    // The aliases to leave out, as a JSON array for json_each.
+    let skip = serde_json::Value::from(skip.into_iter().collect::<Vec<i64>>()).to_string();
     Ok(db
         .query_i64(
             "SELECT coalesce(sum(CASE WHEN lo IS NULL THEN 1

@@ -8,7 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use sqlite3ext_sys::{sqlite3_context, sqlite3_value};
 
-use super::{api, transient, value_from_raw, Db, Value, SQLITE_BLOB, SQLITE_UTF8};
+use super::{api, blob_of_raw, transient, value_from_raw, Db, Value, SQLITE_BLOB, SQLITE_UTF8};
 use crate::error::{Error, Result};
 
 impl Db {
@@ -40,13 +40,7 @@ impl Db {
             // does not outlive it, and reading it does not convert the value.
             let arg = unsafe {
                 if call!(value_type(v)) == SQLITE_BLOB {
-                    let p = call!(value_blob(v)).cast::<u8>();
-                    let n = call!(value_bytes(v)).max(0) as usize;
-                    Ok(if p.is_null() || n == 0 {
-                        &[][..]
-                    } else {
-                        std::slice::from_raw_parts(p, n)
-                    })
+                    Ok(blob_of_raw(v))
                 } else {
                     Err(value_from_raw(v))
                 }

@@ -387,16 +387,26 @@ pub unsafe fn value_from_raw(v: *mut sqlite3_value) -> Value {
                 let n = call!(value_bytes(v)).max(0) as usize;
                 Value::Text(bytes_lossy(p, n))
             }
-            SQLITE_BLOB => {
-                let p = call!(value_blob(v)).cast::<u8>();
-                let n = call!(value_bytes(v)).max(0) as usize;
-                Value::Blob(if p.is_null() || n == 0 {
-                    Vec::new()
-                } else {
-                    std::slice::from_raw_parts(p, n).to_vec()
-                })
-            }
+            SQLITE_BLOB => Value::Blob(blob_of_raw(v).to_vec()),
             _ => Value::Null,
+        }
+    }
+}
+
+/// The bytes of a BLOB value where SQLite holds them.
+///
+/// # Safety
+/// `v` must be a valid BLOB value, and the slice must not outlive it (nor a
+/// call that converts it).
+pub unsafe fn blob_of_raw<'a>(v: *mut sqlite3_value) -> &'a [u8] {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let p = call!(value_blob(v)).cast::<u8>();
+        let n = call!(value_bytes(v)).max(0) as usize;
+        if p.is_null() || n == 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(p, n)
         }
     }
 }
