@@ -1,8 +1,11 @@
 //! `lsync_apply(blob)`: applying a peer's changeset atomically.
 //!
-//! The whole changeset is checked before anything is written (format,
-//! library, schema, clock drift), then applied inside one savepoint with
-//! capture switched off for this connection, so remote changes are not
+//! A changeset is read as a stream, a chunk at a time, so that one of any
+//! size is applied in the memory of a chunk. Its head (format, library,
+//! schema) is checked before anything is written, and each chunk (its
+//! encoding, clock floor and drift) before it is merged; everything runs
+//! inside one savepoint, so a refusal anywhere leaves nothing applied.
+//! Capture is off for this connection meanwhile, so remote changes are not
 //! echoed as local ones. They are recorded in the change clock with their
 //! own origin and HLC, so this database relays them.
 //!
@@ -10,7 +13,7 @@
 
 use std::sync::Arc;
 
-use lsync_wire::changeset::Changeset;
+use lsync_wire::changeset::{Changeset, DecodeError, Head, Skim, Stream};
 use lsync_wire::report::ApplyReport;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
@@ -59,34 +62,86 @@ impl Drop for TriggersOff {
     }
 }
 
+/// How many changes, and about how many bytes of them, are decoded and
+/// merged at a time: a changeset of any size is applied in the memory of
+/// one chunk, and the lookups of a chunk stay small enough to be fast.
+const CHUNK_CHANGES: usize = 16 << 10;
+const CHUNK_BYTES: usize = 4 << 20;
+
 pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
+    const F: &str = "lsync_apply";
     schema::ensure(db)?;
-    let mut cs = checked(db, blob, "lsync_apply")?;
-    let own = drop_own(db, &mut cs)?;
-    let revoked = crate::members::drop_revoked(db, &mut cs)?;
-    check_drift(
-        db,
-        cs.changes.iter().map(|c| c.hlc).max(),
-        "lsync_apply",
-        "changeset",
-    )?;
-    stability::check_fresh(db, cs.fence.as_ref(), "lsync_apply", "changeset")?;
+    let me = schema::get_text(db, "device_id")?;
+    let revoked = crate::members::revoked(db)?;
+    // Changes a peer cannot speak for are dropped, and their HLCs do not
+    // count for the drift guard.
+    let counts = |origin: &str| *origin != *me && !revoked.contains(&origin.to_ascii_lowercase());
+    // One pass: each chunk is checked before it is merged, and the
+    // savepoint takes back what earlier chunks did when a later one is
+    // refused, so nothing is applied. A refusal is reported as a check of
+    // the whole blob first would report it: a corrupt body as corrupt,
+    // whatever else is wrong with it.
+    let one_pass = || {
+        let mut stream = Stream::open(blob, schema::max_body(db)).map_err(|e| corrupt(F, e))?;
+        let head = stream.head().clone();
+        check_head(db, &head, F)?;
+        stability::check_fresh(db, head.fence.as_ref(), F, "changeset")?;
+        let names: Vec<&str> = head.tables.iter().map(|t| t.name.as_str()).collect();
+        let chunks = std::iter::from_fn(|| {
+            let changes = match stream.next_chunk(CHUNK_CHANGES, CHUNK_BYTES) {
+                Ok(Some(changes)) => changes,
+                Ok(None) => return None,
+                Err(e) => return Some(Err(corrupt(F, e))),
+            };
+            let hlcs = || changes.iter().map(|c| c.hlc);
+            let checks = check_clock_floor(hlcs().min(), F).and_then(|()| {
+                let kept = changes.iter().filter(|c| counts(&c.origin)).map(|c| c.hlc);
+                check_drift(db, kept.max(), F, "changeset")
+            });
+            Some(checks.map(|()| Changeset::from_head(head.clone(), changes)))
+        });
+        db.savepoint("lsync_apply", || {
+            let report = merge_all(db, conn, &names, chunks)?;
+            stability::record_ack(db, head.fence.as_ref())?;
+            Ok(report)
+        })
+    };
+    one_pass().map_err(|e| {
+        let whole = checked(db, blob, F, counts)
+            .and_then(|(_, skim)| check_drift(db, skim.max_hlc, F, "changeset"));
+        whole.err().unwrap_or(e)
+    })
+}
+
+/// Merges batch after batch of changes, with capture and (when they are
+/// all lsync's) triggers off, within the caller's savepoint. The caller has
+/// checked library and schema.
+fn merge_all(
+    db: Db,
+    conn: &Conn,
+    names: &[&str],
+    batches: impl Iterator<Item = Result<Changeset>>,
+) -> Result<ApplyReport> {
     let _off = CaptureOff::new(conn);
-    let names: Vec<&str> = cs.tables.iter().map(|t| t.name.as_str()).collect();
-    let _triggers = TriggersOff::new(db, &names)?;
-    db.savepoint("lsync_apply", || {
-        capture::quietly(db, || {
-            // Fold local captures first: rows above the high-water mark must be
-            // recorded as local before remote rows are inserted above them.
-            flush::flush(db)?;
-            db.exec("PRAGMA defer_foreign_keys = ON")?;
-            let mut report = merge::merge(db, by_name(db)?, &cs)?;
+    let _triggers = TriggersOff::new(db, names)?;
+    let tables = by_name(db)?;
+    capture::quietly(db, || {
+        // Fold local captures first: rows above the high-water mark must be
+        // recorded as local before remote rows are inserted above them.
+        flush::flush(db)?;
+        db.exec("PRAGMA defer_foreign_keys = ON")?;
+        let mut total = ApplyReport::default();
+        for cs in batches {
+            let mut cs = cs?;
+            let own = drop_own(db, &mut cs)?;
+            let revoked = crate::members::drop_revoked(db, &mut cs)?;
+            let mut report = merge::merge(db, tables.clone(), &cs)?;
             report.changes += own + revoked;
             report.own = own;
             report.revoked = revoked;
-            stability::record_ack(db, cs.fence.as_ref())?;
-            Ok(report)
-        })
+            total.add(&report);
+        }
+        Ok(total)
     })
 }
 
@@ -99,28 +154,42 @@ fn drop_own(db: Db, cs: &mut Changeset) -> Result<i64> {
     Ok((before - cs.changes.len()) as i64)
 }
 
-/// The changeset, decoded, if it belongs here: this library, and tables
-/// tracked here as it describes them.
-fn checked(db: Db, blob: &[u8], func: &str) -> Result<Changeset> {
-    let cs = Changeset::decode(blob, schema::max_body(db))
-        .map_err(|e| Error::msg(format!("{func}: {e}; nothing was applied")))?;
+fn corrupt(func: &str, e: DecodeError) -> Error {
+    Error::msg(format!("{func}: {e}; nothing was applied"))
+}
+
+/// The changeset's head and what its changes hold, if it belongs here:
+/// this library, tables tracked here as it describes them, no negative
+/// HLC. One streaming pass checks the whole blob without keeping its
+/// changes; `keep` chooses by origin the changes whose HLC counts for
+/// `max_hlc`.
+fn checked(db: Db, blob: &[u8], func: &str, keep: impl Fn(&str) -> bool) -> Result<(Head, Skim)> {
+    let (head, skim) = Stream::open(blob, schema::max_body(db))
+        .and_then(|s| s.skim(keep))
+        .map_err(|e| corrupt(func, e))?;
+    check_head(db, &head, func)?;
+    check_clock_floor(skim.min_hlc, func)?;
+    Ok((head, skim))
+}
+
+/// The changeset is for this library, and its tables are tracked here as
+/// it describes them.
+fn check_head(db: Db, head: &Head, func: &str) -> Result<()> {
     let library = schema::get_text(db, "library_id")?;
-    if cs.library_id != library {
+    if head.library_id != library {
         bail!(
             "{func}: the changeset belongs to library {}, this database to library {library}; nothing was applied",
-            cs.library_id
+            head.library_id
         );
     }
-    check_schema(db, &cs, func)?;
-    check_clock_floor(&cs, func)?;
-    Ok(cs)
+    check_schema(db, head, func)
 }
 
 /// Refuses an HLC below zero: no clock reads one, and once applied it would
 /// sit in `lsync_clock`, where `lsync_restore` refuses it as hostile, so
 /// every snapshot this device made from then on would be refused.
-fn check_clock_floor(cs: &Changeset, func: &str) -> Result<()> {
-    if let Some(hlc) = cs.changes.iter().map(|c| c.hlc).filter(|h| *h < 0).min() {
+fn check_clock_floor(min_hlc: Option<i64>, func: &str) -> Result<()> {
+    if let Some(hlc) = min_hlc.filter(|h| *h < 0) {
         bail!(
             "{func}: the changeset holds HLC {hlc}, which is negative: no clock reads that, \
              so it is corrupt or hostile; refusing it, nothing was applied"
@@ -134,7 +203,7 @@ fn check_clock_floor(cs: &Changeset, func: &str) -> Result<()> {
 /// same mode, with columns that exist here, each named once. Statements are
 /// cached per table and column set and bind by position, so one table
 /// must have one column order in a changeset.
-fn check_schema(db: Db, cs: &Changeset, func: &str) -> Result<()> {
+fn check_schema(db: Db, cs: &Head, func: &str) -> Result<()> {
     let mut described = HashSet::default();
     for d in &cs.tables {
         let Some(t) = catalog::load(db, &d.name)? else {
@@ -190,25 +259,9 @@ pub fn apply_stream(
     conn: &Conn,
     mut next: impl FnMut() -> Result<Option<Changeset>>,
 ) -> Result<ApplyReport> {
-    let _off = CaptureOff::new(conn);
-    let tables = by_name(db)?;
-    let names: Vec<&str> = tables.keys().map(|n| &**n).collect();
-    let _triggers = TriggersOff::new(db, &names)?;
-    capture::quietly(db, || {
-        flush::flush(db)?;
-        db.exec("PRAGMA defer_foreign_keys = ON")?;
-        let mut total = ApplyReport::default();
-        while let Some(mut cs) = next()? {
-            let own = drop_own(db, &mut cs)?;
-            let revoked = crate::members::drop_revoked(db, &mut cs)?;
-            let mut report = merge::merge(db, tables.clone(), &cs)?;
-            report.changes += own + revoked;
-            report.own = own;
-            report.revoked = revoked;
-            total.add(&report);
-        }
-        Ok(total)
-    })
+    let tables = catalog::load_all(db)?;
+    let names: Vec<&str> = tables.iter().map(|t| &*t.name).collect();
+    merge_all(db, conn, &names, std::iter::from_fn(|| next().transpose()))
 }
 
 /// `lsync_conflict_retry(id)`: applies quarantined change `id` now, as
@@ -286,8 +339,8 @@ pub fn drift_of(db: Db, blob: &[u8]) -> Result<Value> {
     if !peers::has_table(db, "lsync_config")? {
         bail!("lsync_drift: this database has no library yet; nothing was applied");
     }
-    let cs = checked(db, blob, "lsync_drift")?;
-    let Some(d) = drift(db, cs.changes.iter().map(|c| c.hlc).max())? else {
+    let (_, skim) = checked(db, blob, "lsync_drift", |_| true)?;
+    let Some(d) = drift(db, skim.max_hlc)? else {
         return Ok(Value::Null);
     };
     serde_json::to_string(&d)

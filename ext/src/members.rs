@@ -394,7 +394,8 @@ fn secrets(db: Db, given: Option<(i64, String)>) -> Result<Vec<Secret>> {
 }
 
 /// The revoked devices, if any.
-fn revoked(db: Db) -> Result<HashSet<String>> {
+/// The ids (lower case) of the members revoked here.
+pub fn revoked(db: Db) -> Result<HashSet<String>> {
     let mut out = HashSet::new();
     let has = db.query_i64(
         "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = 'lsync_members'",

@@ -25,6 +25,16 @@ fn peak_rss(pid: i32) -> i64 {
     kib * 1024
 }
 
+/// Adds `rows` rows of `bytes` random bytes each to `files` at `c`.
+fn add_random_files(c: &rusqlite::Connection, rows: i64, bytes: i64) {
+    c.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+         INSERT INTO files(data) SELECT randomblob(?2) FROM n",
+        [rows, bytes],
+    )
+    .unwrap();
+}
+
 /// 120 MiB of rows that do not compress reach a fresh peer as a stream of
 /// changesets of about 4 MiB each: neither side's peak memory comes near the
 /// size of the gap. Sent as one changeset (as before the pieces), the
@@ -33,12 +43,7 @@ fn peak_rss(pid: i32) -> i64 {
 fn a_catch_up_of_120_mib_is_streamed_in_pieces_of_bounded_memory() {
     let (dir, a, b) = two_libraries(FILES);
     let rows = 40;
-    a.execute(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
-         INSERT INTO files(data) SELECT randomblob(3 * 1048576) FROM n",
-        [rows],
-    )
-    .unwrap();
+    add_random_files(&a, rows, 3 * MIB);
     drop(a);
     let secret = new_secret(dir.path(), "secret");
     let (a_db, b_db) = (dir.path().join("a.db"), dir.path().join("b.db"));
@@ -136,12 +141,7 @@ fn a_32_mib_row_travels_alone_and_costs_a_few_times_its_size() {
 #[test]
 fn max_bytes_cuts_a_changeset_after_the_change_that_fills_it() {
     let (_dir, a, b) = two_libraries(FILES);
-    a.execute(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10)
-         INSERT INTO files(data) SELECT randomblob(1000) FROM n",
-        [],
-    )
-    .unwrap();
+    add_random_files(&a, 10, 1000);
     let piece = |since: i64, max_bytes: i64| -> (Vec<u8>, i64, i64) {
         let cs: Vec<u8> = a
             .query_row(
@@ -180,4 +180,56 @@ fn max_bytes_cuts_a_changeset_after_the_change_that_fills_it() {
     assert_eq!(piece(0, 1).1, 1);
     assert!(error_of(&a, "SELECT lsync_changeset(0, NULL, NULL, 0)")
         .contains("max_bytes must be positive, got 0"));
+}
+
+/// One changeset of 64 MiB of rows that do not compress, applied in a
+/// process of its own (the Debian `sqlite3` shell, reading it from a file):
+/// the apply decodes and merges it a chunk at a time, so the shell holds the
+/// changeset once and a few MiB besides. Decoded whole, as before the
+/// chunks, it took three times its size and more (body, decoded rows,
+/// changeset).
+#[test]
+fn one_changeset_of_64_mib_is_applied_in_the_memory_of_a_chunk() {
+    use std::io::{BufRead, Write};
+    let (dir, a, b) = two_libraries(FILES);
+    add_random_files(&a, 16384, 4096);
+    let file = dir.path().join("changeset.bin");
+    let blob: Vec<u8> = scalar(&a, "SELECT lsync_changeset(0)");
+    std::fs::write(&file, &blob).unwrap();
+    drop(b);
+    let mut shell = std::process::Command::new("/usr/bin/sqlite3")
+        .arg("-batch")
+        .arg(dir.path().join("b.db"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the Debian sqlite3 shell (make test installs it)");
+    let mut input = shell.stdin.take().unwrap();
+    writeln!(
+        input,
+        ".load {}\nSELECT json_extract(lsync_apply(readfile('{}')), '$.applied');",
+        ext_path().display(),
+        file.display()
+    )
+    .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(shell.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let peak = peak_rss(shell.id() as i32);
+    drop(input);
+    assert!(shell.wait().unwrap().success());
+    assert_eq!(line.trim(), "16384", "the apply's report");
+    let size = blob.len() as i64;
+    eprintln!(
+        "the shell peaked at {} MiB applying a changeset of {} MiB",
+        peak / MIB,
+        size / MIB
+    );
+    assert!(
+        peak < size * 3 / 2,
+        "the shell peaked at {} MiB applying a changeset of {} MiB",
+        peak / MIB,
+        size / MIB
+    );
 }

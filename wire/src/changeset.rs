@@ -17,7 +17,9 @@ use std::sync::Arc;
 use crate::value::Value;
 
 mod read;
-use read::{inflate, zstd_reader, Reader};
+mod stream;
+use read::{zstd_reader, Reader};
+pub use stream::{Skim, Stream};
 
 pub const MAGIC: &[u8; 5] = b"LSYNC";
 /// Format 2 added the [`Fence`].
@@ -207,6 +209,16 @@ pub struct Changeset {
     pub changes: Vec<Change>,
 }
 
+/// Everything in a changeset but its changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    pub library_id: String,
+    pub from: i64,
+    pub to: i64,
+    pub fence: Option<Fence>,
+    pub tables: Vec<TableDesc>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
     #[error("'{0}' is not a UUID")]
@@ -380,6 +392,20 @@ impl Changeset {
     /// Decodes a changeset BLOB whose body is at most `max_body` bytes and
     /// whose changes take at most [`decoded_budget`]`(max_body)` in memory.
     pub fn decode(blob: &[u8], max_body: u64) -> Result<Changeset, DecodeError> {
+        // The count is the header's claim until the changes are read, so it
+        // reserves room up to a modest size only; beyond, the list grows.
+        const RESERVE: u64 = 1 << 16;
+        let mut s = Stream::open(blob, max_body)?;
+        let mut changes = Vec::with_capacity(s.left().min(RESERVE) as usize);
+        while let Some(c) = s.next_change()? {
+            changes.push(c);
+        }
+        Ok(Changeset::from_head(s.head().clone(), changes))
+    }
+
+    /// The body length that the header of `blob` declares, once the frame
+    /// around the body has passed its checks.
+    fn framed_len(blob: &[u8], max_body: u64) -> Result<u64, DecodeError> {
         let (_, len) = Changeset::peek(blob)?;
         if len > max_body {
             return Err(DecodeError::TooLarge(len, max_body));
@@ -396,8 +422,29 @@ impl Changeset {
         if zstd::zstd_safe::find_frame_compressed_size(&blob[14..]) != Ok(blob.len() - 14) {
             return Err(DecodeError::Corrupt("not exactly one zstd frame"));
         }
-        let body = inflate(&blob[14..], len)?;
-        Reader::new(&body, max_body).changeset()
+        Ok(len)
+    }
+
+    pub fn from_head(head: Head, changes: Vec<Change>) -> Changeset {
+        Changeset {
+            library_id: head.library_id,
+            from: head.from,
+            to: head.to,
+            fence: head.fence,
+            tables: head.tables,
+            changes,
+        }
+    }
+
+    /// Everything but the changes.
+    pub fn head(&self) -> Head {
+        Head {
+            library_id: self.library_id.clone(),
+            from: self.from,
+            to: self.to,
+            fence: self.fence.clone(),
+            tables: self.tables.clone(),
+        }
     }
 
     /// Decodes an uncompressed body, as [`Changeset::decode`] does after

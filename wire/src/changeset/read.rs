@@ -2,8 +2,6 @@
 //! yields, and the reader whose every allocation is checked against the
 //! bytes left and the decoded-memory budget.
 
-use std::io::Read;
-
 use super::*;
 
 pub(super) fn zstd_reader(
@@ -15,68 +13,34 @@ pub(super) fn zstd_reader(
     Ok(dec)
 }
 
-/// The body of `len` bytes (already checked against the cap) that the zstd
-/// stream `z` holds. The buffer grows with what the stream actually yields,
-/// never with what a header claims: a lying header costs nothing.
-pub(super) fn inflate(z: &[u8], len: u64) -> R<Vec<u8>> {
-    // One byte past the declared length catches a stream longer than it.
-    let limit =
-        usize::try_from(len.saturating_add(1)).map_err(|_| DecodeError::Corrupt("length"))?;
-    // A first guess from the compressed size, so that an ordinary body
-    // needs few reallocations.
-    let mut next = z
-        .len()
-        .saturating_mul(4)
-        .clamp(64 << 10, 64 << 20)
-        .min(limit);
-    let mut dec = zstd_reader(z)?;
-    let mut body: Vec<u8> = Vec::new();
-    let mut filled = 0;
-    loop {
-        if filled == body.len() {
-            if filled == limit {
-                break;
-            }
-            body.reserve_exact(next - body.len());
-            body.resize(next, 0);
-            next = next.saturating_mul(2).min(limit);
-        }
-        match dec.read(&mut body[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(DecodeError::Corrupt("zstd stream")),
-        }
-    }
-    if filled as u64 != len {
-        return Err(DecodeError::Corrupt(
-            "body length does not match the header",
-        ));
-    }
-    body.truncate(filled);
-    Ok(body)
-}
-
 pub(super) struct Reader<'a> {
     buf: &'a [u8],
-    pos: usize,
+    pub(super) pos: usize,
     /// What the decoded items take in memory so far, and the most they may
     /// for a body cap of `max_body`.
-    mem: u64,
+    pub(super) mem: u64,
     budget: u64,
     max_body: u64,
+    /// The length of the whole body, which `buf` may be a window of.
+    body: u64,
 }
 
 pub(super) type R<T> = Result<T, DecodeError>;
 
 impl<'a> Reader<'a> {
     pub(super) fn new(buf: &'a [u8], max_body: u64) -> Self {
+        Reader::window(buf, buf.len() as u64, 0, max_body)
+    }
+    /// A reader of `buf`, a window of a body of `body` bytes, whose decoded
+    /// items so far took `mem`.
+    pub(super) fn window(buf: &'a [u8], body: u64, mem: u64, max_body: u64) -> Self {
         Reader {
             buf,
             pos: 0,
-            mem: 0,
+            mem,
             budget: decoded_budget(max_body),
             max_body,
+            body,
         }
     }
     pub(super) fn left(&self) -> usize {
@@ -87,7 +51,7 @@ impl<'a> Reader<'a> {
         self.mem = self.mem.saturating_add(bytes as u64);
         if self.mem > self.budget {
             return Err(DecodeError::DecodedTooLarge {
-                body: self.buf.len() as u64,
+                body: self.body,
                 budget: self.budget,
                 max_body: self.max_body,
             });
@@ -166,25 +130,40 @@ impl<'a> Reader<'a> {
     pub(super) fn uuid(&mut self) -> R<String> {
         Ok(self.uuid_in(&mut [0; 36])?.to_owned())
     }
-    /// A value; its heap bytes are charged (its inline size is the caller's).
-    pub(super) fn value(&mut self) -> R<Value> {
+    /// A value, checked, with its heap bytes charged (its inline size is
+    /// the caller's); built only when `KEEP`, so that a pass that only
+    /// checks allocates nothing.
+    fn any_value<const KEEP: bool>(&mut self) -> R<Option<Value>> {
         Ok(match self.byte()? {
-            0 => Value::Null,
-            1 => Value::Integer(self.ivar()?),
+            0 => KEEP.then_some(Value::Null),
+            1 => {
+                let i = self.ivar()?;
+                KEEP.then_some(Value::Integer(i))
+            }
             2 => {
                 let mut a = [0u8; 8];
                 a.copy_from_slice(self.take(8)?);
-                Value::Real(f64::from_le_bytes(a))
+                KEEP.then_some(Value::Real(f64::from_le_bytes(a)))
             }
-            3 => Value::Text(self.str()?),
+            3 => {
+                let b = self.bytes()?;
+                self.charge(b.len())?;
+                let s = std::str::from_utf8(b).map_err(|_| DecodeError::Corrupt("utf-8"))?;
+                KEEP.then(|| Value::Text(s.to_owned()))
+            }
             4 => {
                 let b = self.bytes()?;
                 self.charge(b.len())?;
-                Value::Blob(b.to_vec())
+                KEEP.then(|| Value::Blob(b.to_vec()))
             }
             5 => {
                 self.charge(36)?;
-                Value::Text(self.uuid()?)
+                if KEEP {
+                    Some(Value::Text(self.uuid()?))
+                } else {
+                    self.take(16)?;
+                    None
+                }
             }
             _ => return Err(DecodeError::Corrupt("value tag")),
         })
@@ -201,8 +180,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A change's column mask and the values it marks.
-    pub(super) fn columns(&mut self, tcols: &[Arc<str>]) -> R<Vec<(Arc<str>, Value)>> {
+    /// A change's column mask and the values it marks (none unless `KEEP`).
+    fn columns<const KEEP: bool>(&mut self, tcols: &[Arc<str>]) -> R<Vec<(Arc<str>, Value)>> {
         let mask = self.uvar()?;
         if mask >> tcols.len() != 0 {
             return Err(DecodeError::Corrupt("column mask"));
@@ -212,16 +191,20 @@ impl<'a> Reader<'a> {
         }
         let n = self.fits("column values", mask.count_ones().into(), MIN_VALUE)?;
         self.charge(n * size_of::<(Arc<str>, Value)>())?;
-        let mut data = Vec::with_capacity(n);
+        let mut data = Vec::with_capacity(if KEEP { n } else { 0 });
         for (j, c) in tcols.iter().enumerate() {
             if mask & (1 << j) != 0 {
-                data.push((c.clone(), self.value()?));
+                if let Some(v) = self.any_value::<KEEP>()? {
+                    data.push((c.clone(), v));
+                }
             }
         }
         Ok(data)
     }
 
-    pub(super) fn changeset(mut self) -> R<Changeset> {
+    /// Everything before the changes, and the number of changes it claims
+    /// (unchecked: the caller checks it against the bytes left).
+    pub(super) fn head(&mut self) -> R<(Head, Names, u64)> {
         let library_id = self.uuid()?;
         let from = self.ivar()?;
         let to = self.ivar()?;
@@ -267,48 +250,84 @@ impl<'a> Reader<'a> {
             names.push((self.arc(&t.name)?, cols));
         }
         let merge_into = self.arc(MERGE_INTO)?;
-        let n = self.count("changes", MIN_CHANGE)?;
-        self.charge(n * size_of::<Change>())?;
-        let mut changes = Vec::with_capacity(n);
-        let (mut seq, mut hlc) = (from, 0i64);
-        for _ in 0..n {
-            let (tname, tcols) = names
-                .get(self.uvar()? as usize)
-                .ok_or(DecodeError::Corrupt("table index"))?;
-            let op = Op::from_code(self.byte()?).ok_or(DecodeError::Corrupt("op"))?;
-            seq = seq.wrapping_add(self.ivar()?);
-            hlc = hlc.wrapping_add(self.ivar()?);
-            let origin = origins
-                .get(self.uvar()? as usize)
-                .ok_or(DecodeError::Corrupt("origin index"))?
-                .clone();
-            let pk = self.value()?;
-            let data = if op == Op::Merge {
-                self.charge(size_of::<(Arc<str>, Value)>())?;
-                vec![(merge_into.clone(), self.value()?)]
-            } else {
-                self.columns(tcols)?
-            };
-            changes.push(Change {
-                seq,
-                hlc,
-                origin,
-                tbl: tname.clone(),
-                pk,
-                op,
-                data,
-            });
-        }
-        if self.pos != self.buf.len() {
-            return Err(DecodeError::Corrupt("trailing bytes"));
-        }
-        Ok(Changeset {
+        let count = self.uvar()?;
+        let head = Head {
             library_id,
             from,
             to,
             fence,
             tables,
-            changes,
+        };
+        let names = Names {
+            tables: names,
+            origins,
+            merge_into,
+        };
+        Ok((head, names, count))
+    }
+
+    /// The next change, its values built only when `KEEP`; `at` holds the
+    /// running (seq, hlc) that changes are delta-coded against, and moves
+    /// only when the change was read whole.
+    pub(super) fn change<const KEEP: bool>(
+        &mut self,
+        names: &Names,
+        at: &mut (i64, i64),
+    ) -> R<Change> {
+        let (tname, tcols) = names
+            .tables
+            .get(self.uvar()? as usize)
+            .ok_or(DecodeError::Corrupt("table index"))?;
+        let op = Op::from_code(self.byte()?).ok_or(DecodeError::Corrupt("op"))?;
+        let seq = at.0.wrapping_add(self.ivar()?);
+        let hlc = at.1.wrapping_add(self.ivar()?);
+        let origin = names
+            .origins
+            .get(self.uvar()? as usize)
+            .ok_or(DecodeError::Corrupt("origin index"))?
+            .clone();
+        let pk = self.any_value::<KEEP>()?.unwrap_or(Value::Null);
+        let data = if op == Op::Merge {
+            self.charge(size_of::<(Arc<str>, Value)>())?;
+            let into = self.any_value::<KEEP>()?;
+            into.map(|v| vec![(names.merge_into.clone(), v)])
+                .unwrap_or_default()
+        } else {
+            self.columns::<KEEP>(tcols)?
+        };
+        *at = (seq, hlc);
+        Ok(Change {
+            seq,
+            hlc,
+            origin,
+            tbl: tname.clone(),
+            pk,
+            op,
+            data,
         })
     }
+
+    /// A whole body held in memory (`Changeset::decode_body`).
+    pub(super) fn changeset(mut self) -> R<Changeset> {
+        let (head, names, n) = self.head()?;
+        let n = self.fits("changes", n, MIN_CHANGE)?;
+        self.charge(n * size_of::<Change>())?;
+        let mut changes = Vec::with_capacity(n);
+        let mut at = (head.from, 0i64);
+        for _ in 0..n {
+            changes.push(self.change::<true>(&names, &mut at)?);
+        }
+        if self.pos != self.buf.len() {
+            return Err(DecodeError::Corrupt("trailing bytes"));
+        }
+        Ok(Changeset::from_head(head, changes))
+    }
+}
+
+/// What the changes of one changeset share: its tables' names and
+/// columns, interned, and its origins.
+pub(super) struct Names {
+    tables: Vec<(Arc<str>, Vec<Arc<str>>)>,
+    origins: Vec<Arc<str>>,
+    merge_into: Arc<str>,
 }
