@@ -37,6 +37,8 @@ test: deps build wheel
 	bash tests/shell/run.sh
 
 # The Python package (python/): a wheel that carries the release build's
+# (the workspace's: built alone, lsync-ext's dependencies would be built a
+# second time with other features)
 # liblsync.so, in $(WHEELS). python/ is staged in the target dir with the .so
 # beside lsync/__init__.py, so the source tree stays clean; the .so loses its
 # debug info there (the release profile's line tables: 26 MB, 3 MB without;
@@ -49,7 +51,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 WHEELS     := $(TARGET_DIR)/wheels
 WHEEL_SRC  := $(TARGET_DIR)/wheel-src
 wheel: deps
-	$(CARGO) build --release -p lsync-ext
+	$(CARGO) build --release --workspace
 	rm -rf $(WHEEL_SRC) $(WHEELS)/lsync-*.whl
 	cp -r python $(WHEEL_SRC)
 	strip --strip-debug -o $(WHEEL_SRC)/lsync/liblsync.so $(TARGET_DIR)/release/liblsync.so
