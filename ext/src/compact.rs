@@ -12,7 +12,7 @@
 //! cursors gets the window's unchanged rows again. Device-owned rows are
 //! their owner's state whole, so that is idempotent, but a window is
 //! compacted only when the entries it saves pay for the unchanged rows it
-//! sends again ([`RESEND_PER_ENTRY`]).
+//! sends again ([`RESEND_PER_ENTRY`], [`MIN_SAVED`]).
 //!
 //! The new HLC is the flush's: later than every HLC issued before, so it is
 //! at least every covered row's version. Peers order device-owned rows by
@@ -31,6 +31,10 @@ const WINDOW: i64 = 4096;
 /// unchanged rows sent again. It also bounds the metadata of a window left
 /// fragmented: fewer than one entry per this many rows.
 const RESEND_PER_ENTRY: i64 = 4;
+
+/// Fewer entries saved are not worth any row sent again: a small table, or
+/// a few updates, keep the exact per-row entries.
+const MIN_SAVED: i64 = 16;
 
 /// Updated rows `lo..=hi` with the newest HLC among them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +184,7 @@ fn plan(entries: Vec<Segment>, runs: &[Run]) -> Vec<Cover> {
             .map(|k| runs[k].hi - runs[k].lo + 1)
             .sum();
         let saved = (j - i - 1) as i64;
-        if saved > 0 && saved.saturating_mul(RESEND_PER_ENTRY) >= (hi - lo + 1) - updated {
+        if saved >= MIN_SAVED && saved.saturating_mul(RESEND_PER_ENTRY) >= (hi - lo + 1) - updated {
             covers.push(Cover { lo, hi, hlc: None });
         } else {
             covers.extend(stretch.iter().filter_map(|(_, k)| *k).map(|k| Cover {
@@ -293,6 +297,20 @@ mod tests {
                     hlc: None
                 }
             ]
+        );
+    }
+
+    #[test]
+    fn a_small_stretch_keeps_its_exact_entries() {
+        let entries = vec![seg(1, 2, true), seg(3, 3, true)];
+        let covers = plan(entries, &[run(2, 2, 5)]);
+        assert_eq!(
+            covers,
+            vec![Cover {
+                lo: 2,
+                hi: 2,
+                hlc: Some(5)
+            }]
         );
     }
 
