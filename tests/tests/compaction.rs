@@ -153,3 +153,60 @@ fn a_version_12_clock_gets_its_indexes_replaced() {
     assert_eq!(row_entries(&c), 3);
     assert_eq!(changes(&c, 0).len(), 100);
 }
+
+/// At a relay, compaction covers only the relay's own rows: the rows it
+/// holds of another owner keep their entries, and a third replica that gets
+/// everything through the relay converges.
+#[test]
+fn a_relay_compacts_its_own_rows_only() {
+    let dir = TempDir::new();
+    let open_at = |name: &str| {
+        let c = open(&dir.path().join(name));
+        c.execute_batch(FILES).unwrap();
+        c
+    };
+    let (a, b, c) = (open_at("a.db"), open_at("b.db"), open_at("c.db"));
+    join_library(&b, &library_id(&a));
+    join_library(&c, &library_id(&a));
+    insert_files(&a, 3000);
+    send(&a, &b, 0);
+    // B's own rows follow A's in B's rowids: one window holds both.
+    b.execute(
+        "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 3000)
+         INSERT INTO files(name, n) SELECT 'b' || i, 0 FROM k",
+        [],
+    )
+    .unwrap();
+    flush(&b);
+    send(&b, &c, 0);
+    let exported = cursor(&b);
+    b.execute("UPDATE files SET n = 1 WHERE id > 3000 AND id % 2 = 0", [])
+        .unwrap();
+    flush(&b);
+    let a_origin: i64 = scalar(
+        &b,
+        &format!(
+            "SELECT idx FROM lsync_devices WHERE id = '{}'",
+            device_id(&a)
+        ),
+    );
+    // A's rows still have their one entry (under A), B's are compacted.
+    assert_eq!(
+        scalar::<i64>(
+            &b,
+            &format!(
+                "SELECT count(*) FROM lsync_clock WHERE lo IS NOT NULL AND origin = {a_origin}"
+            )
+        ),
+        1
+    );
+    assert!(row_entries(&b) <= 4, "{} entries", row_entries(&b));
+    // C gets B's rows again (not A's), and applies them as B's.
+    let again = changes(&b, exported);
+    assert_eq!(again.len(), 3000);
+    assert!(again.iter().all(|ch| ch.origin == device_id(&b)));
+    let report = send(&b, &c, exported);
+    assert_eq!(n(&report, "applied"), 3000, "{report}");
+    assert_eq!(files_dump(&b), files_dump(&c));
+    assert_eq!(count(&c, "files"), 6000);
+}
