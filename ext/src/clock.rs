@@ -31,6 +31,16 @@ pub fn code_of(op: Op) -> i64 {
     op.code().into()
 }
 
+/// A row entry: rowids `lo..=hi` hold the cursors `seq - (hi - lo) ..= seq`.
+pub struct RowEntry {
+    pub seq: i64,
+    pub lo: i64,
+    pub hi: i64,
+    pub op: Value,
+    pub hlc: Value,
+    pub origin: Value,
+}
+
 /// The clock as one flush or apply writes it: cursors are allocated in
 /// memory and saved once at the end.
 pub struct Clock {
@@ -187,12 +197,11 @@ impl Clock {
         Ok(())
     }
 
-    /// Removes the rowids `lo..=hi` from every row entry that covers them,
-    /// keeping the parts outside with their cursors.
-    pub fn uncover_range(&self, tbl: i64, lo: i64, hi: i64) -> Result<()> {
-        // The entry that starts at or before `lo` (if it reaches it), and
-        // those that start inside the range: both found through the index.
-        let overlapping = self.cache.with(
+    /// The row entries that cover any of the rowids `lo..=hi`: the one that
+    /// starts at or before `lo` (if it reaches it), and those that start
+    /// inside the range, both found through the index.
+    pub fn row_entries(&self, tbl: i64, lo: i64, hi: i64) -> Result<Vec<RowEntry>> {
+        self.cache.with(
             "SELECT * FROM (SELECT seq, lo, hi, op, hlc, origin FROM lsync_clock
                WHERE tbl = ?1 AND col IS NULL AND lo <= ?2 ORDER BY lo DESC LIMIT 1)
              WHERE hi >= ?2
@@ -203,19 +212,26 @@ impl Clock {
             |s| {
                 let mut out = Vec::new();
                 while s.step()? {
-                    out.push((
-                        s.i64(0),
-                        s.i64(1),
-                        s.i64(2),
-                        [s.value(3), s.value(4), s.value(5)],
-                    ));
+                    out.push(RowEntry {
+                        seq: s.i64(0),
+                        lo: s.i64(1),
+                        hi: s.i64(2),
+                        op: s.value(3),
+                        hlc: s.value(4),
+                        origin: s.value(5),
+                    });
                 }
                 Ok(out)
             },
-        )?;
-        for (seq, elo, ehi, rest) in overlapping {
+        )
+    }
+
+    /// Removes the rowids `lo..=hi` from every row entry that covers them,
+    /// keeping the parts outside with their cursors.
+    pub fn uncover_range(&self, tbl: i64, lo: i64, hi: i64) -> Result<()> {
+        for e in self.row_entries(tbl, lo, hi)? {
             self.cache
-                .run("DELETE FROM lsync_clock WHERE seq = ?1", &[seq.into()])?;
+                .run("DELETE FROM lsync_clock WHERE seq = ?1", &[e.seq.into()])?;
             let keep = |seq: i64, a: i64, b: i64| {
                 self.cache.run(
                     "INSERT INTO lsync_clock(seq, tbl, lo, hi, col, op, hlc, origin)
@@ -225,17 +241,17 @@ impl Clock {
                         tbl.into(),
                         a.into(),
                         b.into(),
-                        rest[0].clone(),
-                        rest[1].clone(),
-                        rest[2].clone(),
+                        e.op.clone(),
+                        e.hlc.clone(),
+                        e.origin.clone(),
                     ],
                 )
             };
-            if elo < lo {
-                keep(seq - (ehi - lo + 1), elo, lo - 1)?;
+            if e.lo < lo {
+                keep(e.seq - (e.hi - lo + 1), e.lo, lo - 1)?;
             }
-            if ehi > hi {
-                keep(seq, hi + 1, ehi)?;
+            if e.hi > hi {
+                keep(e.seq, hi + 1, e.hi)?;
             }
         }
         Ok(())

@@ -8,6 +8,7 @@
 
 use crate::catalog::{self, Ident, Mode, Table};
 use crate::clock::{Clock, OP_INSERT, OP_UPDATE};
+use crate::compact::{self, Run};
 use crate::error::Result;
 use crate::gids;
 use crate::ident::qm;
@@ -108,7 +109,7 @@ fn flush_table(db: Db, t: &Table, tables: &[Table], clock: &mut Clock) -> Result
     // Updated device-owned rows with consecutive rowids fold into one range
     // entry; its HLC is the newest of theirs, which keeps every row's version
     // increasing (only the owner writes them).
-    let mut run: Option<(i64, i64, i64)> = None;
+    let mut runs: Vec<Run> = Vec::new();
     for (rid, op, hlc, cols) in dirty {
         // Rows above the mark are folded as new rows below.
         if rid > t.hwm {
@@ -127,24 +128,23 @@ fn flush_table(db: Db, t: &Table, tables: &[Table], clock: &mut Clock) -> Result
                     }
                 }
             }
-            (Mode::DeviceOwned, OP_UPDATE) => {
-                run = match run {
-                    Some((lo, hi, h)) if hi + 1 == rid => Some((lo, rid, h.max(hlc))),
-                    Some((lo, hi, h)) => {
-                        clock.cover_rows(t.id, lo, hi, OP_UPDATE, h, me)?;
-                        Some((rid, rid, hlc))
-                    }
-                    None => Some((rid, rid, hlc)),
-                };
-            }
+            (Mode::DeviceOwned, OP_UPDATE) => match runs.last_mut() {
+                Some(r) if r.hi + 1 == rid => {
+                    r.hi = rid;
+                    r.hlc = r.hlc.max(hlc);
+                }
+                _ => runs.push(Run {
+                    lo: rid,
+                    hi: rid,
+                    hlc,
+                }),
+            },
             _ => {
                 clock.cover_row(t.id, rid, op, hlc, me)?;
             }
         }
     }
-    if let Some((lo, hi, h)) = run {
-        clock.cover_rows(t.id, lo, hi, OP_UPDATE, h, me)?;
-    }
+    compact::fold_updates(clock, t.id, &runs)?;
 
     if max_rid > t.hwm {
         let hlc = clock.hlc()?;

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod catalog;
 pub mod changes;
 pub mod clock;
+pub mod compact;
 pub mod conn;
 pub mod error;
 pub mod export;

@@ -12,7 +12,7 @@ const MEMBERS_SQL: &str = include_str!("../../sql/members.sql");
 /// idempotent, so older databases are upgraded by running it again. A
 /// column added to an existing table also needs its `ALTER TABLE` in
 /// [`migrate`] (`CREATE TABLE IF NOT EXISTS` leaves an old table as it is).
-const SCHEMA_VERSION: i64 = 12;
+const SCHEMA_VERSION: i64 = 13;
 
 /// Default maximum clock drift accepted from a peer, in milliseconds.
 pub const DEFAULT_MAX_DRIFT_MS: i64 = 60_000;
@@ -62,8 +62,9 @@ pub const HELD_COLUMNS: [&str; 4] = [
     "held_by_peer_until_ms",
 ];
 
-/// Columns added to tables that older databases already have. (Tables
-/// added, such as version 7's `lsync_quarantine`, need nothing here.)
+/// Columns added to tables that older databases already have, and indexes
+/// replaced. (Tables added, such as version 7's `lsync_quarantine`, need
+/// nothing here.)
 fn migrate(db: Db) -> Result<()> {
     // Version 6: lsync_peers.resync_error (no resync loops, issue 11).
     add_column(db, "lsync_peers", "resync_error", "TEXT")?;
@@ -73,6 +74,10 @@ fn migrate(db: Db) -> Result<()> {
     }
     // Version 12: a peer gone for good is forgotten (issue 15).
     add_column(db, "lsync_peers", "forgotten_ms", "INTEGER")?;
+    // Version 13: row entries and column entries each have an index of
+    // their own (lsync_clock_row, lsync_clock_col); the indexes of all
+    // entries go. Their rows doubled a split range's metadata.
+    db.exec("DROP INDEX IF EXISTS lsync_clock_cover; DROP INDEX IF EXISTS lsync_clock_rid")?;
     Ok(())
 }
 
