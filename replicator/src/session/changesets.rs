@@ -2,7 +2,7 @@
 //! answering its pulls or pushing our new commits to it.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use tokio::time::Instant;
 
 use tokio::io::AsyncWrite;
 use tracing::{debug, info, warn};
@@ -15,6 +15,7 @@ use crate::held;
 use crate::store;
 
 use super::error::{blocking, SessionError, R};
+use super::owed::LATER;
 use super::plan::Plan;
 use super::Session;
 
@@ -23,9 +24,6 @@ enum Applied {
     Report(ApplyReport),
     Held(held::Hold),
 }
-
-/// Least time between two acks while a stream of batches goes on.
-const ACK_EVERY: Duration = Duration::from_millis(100);
 
 /// The next batch of a stream, exported ahead of the peer's pull for it.
 pub(super) struct Prefetch {
@@ -123,14 +121,13 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         }?;
         self.release();
         self.recv_cursor = self.recv_cursor.max(to);
-        // During a long stream, one ack per ACK_EVERY is enough: each costs
-        // the sender a write transaction. An ack lets the peer prune
-        // tombstones, so it is sent only when no batch we exported earlier
-        // is still on its way: that batch may predate what we just applied.
-        // (Each batch carries its own certificate, read with its changes.)
-        if self.prefetched.is_none() && (!has_more || self.last_ack.elapsed() >= ACK_EVERY) {
-            self.last_ack = Instant::now();
-            self.tx.send(&Msg::Ack { cursor: to }, &[]).await?;
+        // One ack per LATER is enough (see `owed`): each costs the sender a
+        // write transaction. An ack lets the peer prune tombstones, so it is
+        // sent only when no batch we exported earlier is still on its way:
+        // that batch may predate what we just applied. (Each batch carries
+        // its own certificate, read with its changes.)
+        if self.prefetched.is_none() && (!has_more || self.last_ack.elapsed() >= LATER) {
+            self.ack(to).await?;
         }
         self.note_applied(count, bytes, &report);
         if !has_more {
@@ -197,12 +194,72 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         blocking(&self.conn, move |c| store::export(c, since, max, &peer)).await
     }
 
+    /// Acks the peer's changes up to `to`: now, or once [`LATER`] has
+    /// passed since the last ack.
+    async fn ack(&mut self, to: i64) -> R<()> {
+        let next = self.last_ack + LATER;
+        if Instant::now() < next {
+            self.owed.ack(to, next);
+            return Ok(());
+        }
+        let to = self.owed.take_ack().map_or(to, |owed| owed.max(to));
+        self.send_ack(to).await
+    }
+
+    async fn send_ack(&mut self, to: i64) -> R<()> {
+        self.last_ack = Instant::now();
+        self.tx.send(&Msg::Ack { cursor: to }, &[]).await?;
+        Ok(())
+    }
+
+    /// Sends the ack and the cursor-only push held back (see `owed`).
+    pub(super) async fn pay_owed(&mut self) -> R<()> {
+        let (ack, cursor) = self.owed.take_all();
+        if let Some(to) = ack {
+            if self.prefetched.is_some() {
+                // A batch exported earlier is still to go, and it may predate
+                // what this acks: later.
+                self.owed.ack(to, Instant::now() + LATER);
+            } else {
+                self.send_ack(to).await?;
+            }
+        }
+        if cursor {
+            if self.receiving.is_pulling() {
+                self.sending.owe_push();
+            } else if self.sending.is_subscribed() {
+                self.push_moving_cursor(true).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the ack owed, if any (the session is ending).
+    pub(super) async fn pay_owed_ack(&mut self) -> R<()> {
+        match self.owed.take_ack() {
+            Some(to) if self.prefetched.is_none() => self.send_ack(to).await,
+            _ => Ok(()),
+        }
+    }
+
     /// Pushes commits made since the last send. After a bulk write the peer
     /// only gets a notification and pulls at its own pace; with more pending
-    /// than one batch, it pulls the rest.
+    /// than one batch, it pulls the rest. When nothing is pending for the
+    /// peer but our cursor moved (past its own changes, relayed), the push
+    /// waits (see `owed`).
     pub(super) async fn push(&mut self) -> R<()> {
+        self.push_moving_cursor(false).await
+    }
+
+    async fn push_moving_cursor(&mut self, cursor_only: bool) -> R<()> {
         let (since, peer) = (self.sent_cursor, self.peer.clone());
         let (head, pending) = blocking(&self.conn, move |c| store::behind(c, since, &peer)).await?;
+        if pending == 0 && !cursor_only {
+            if head > since {
+                self.owed.cursor(Instant::now() + LATER);
+            }
+            return Ok(());
+        }
         if pending >= self.node.cfg.bulk_notify as i64 {
             info!(
                 pending,
