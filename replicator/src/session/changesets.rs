@@ -14,7 +14,10 @@ use lsync_wire::report::ApplyReport;
 use crate::held;
 use crate::store;
 
+use rusqlite::Connection;
+
 use super::error::{blocking, SessionError, R};
+use super::members::read_members;
 use super::owed::LATER;
 use super::plan::Plan;
 use super::Session;
@@ -63,7 +66,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             }
         }
         self.sent_cursor = since;
-        let more = self.send_changes(max, true).await?;
+        let more = self.send_changes(max).await?;
         self.sending.pull_answered(more);
         Ok(())
     }
@@ -120,6 +123,16 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             Err(e) => Err(e),
         }?;
         self.release();
+        // Our own commit wakes us, but we do not look at it (see
+        // `after_commit`), unless the apply did more than write the peer's
+        // changes (a merge is a change of ours, which the peer needs).
+        // Otherwise the changes applied are relayed under our cursor, and
+        // the push that moves the peer past them can wait.
+        if did_more_than_apply(&report) {
+            self.seen_version = None;
+        } else if self.sending.is_subscribed() && (count > 0 || report.changes > 0) {
+            self.owed.cursor(Instant::now() + LATER);
+        }
         self.recv_cursor = self.recv_cursor.max(to);
         // One ack per LATER is enough (see `owed`): each costs the sender a
         // write transaction. An ack lets the peer prune tombstones, so it is
@@ -148,10 +161,9 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         Ok(())
     }
 
-    /// Sends our changes after `sent_cursor`; returns whether more remain.
-    /// A pull is answered even when there is nothing new (`always`); a push
-    /// with nothing new sends nothing.
-    async fn send_changes(&mut self, max: u32, always: bool) -> R<bool> {
+    /// Answers a pull with our changes after `sent_cursor`, even when there
+    /// is nothing new; returns whether more remain.
+    async fn send_changes(&mut self, max: u32) -> R<bool> {
         let since = self.sent_cursor;
         let e = match self.prefetched.take() {
             Some(mut p) if p.since == since && p.max == max => (&mut p.task)
@@ -159,7 +171,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 .map_err(|e| SessionError::Internal(e.to_string()))??,
             _ => self.export(since, max).await?,
         };
-        if e.has_more && always {
+        if e.has_more {
             // Export the next batch while this one travels and is applied:
             // the peer's next pull is answered at once.
             let (conn, peer, next) = (self.conn.clone(), self.peer.clone(), e.to);
@@ -171,6 +183,14 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 }),
             });
         }
+        self.send_export(e, true).await
+    }
+
+    /// Sends `e`, our changes after `sent_cursor`, unless it is empty and
+    /// not `always` (a push with nothing new sends nothing); returns
+    /// whether more remain.
+    async fn send_export(&mut self, e: store::Export, always: bool) -> R<bool> {
+        let since = self.sent_cursor;
         if always || e.to != since {
             let msg = Msg::Changes {
                 from: e.from,
@@ -228,7 +248,9 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             if self.receiving.is_pulling() {
                 self.sending.owe_push();
             } else if self.sending.is_subscribed() {
-                self.push_moving_cursor(true).await?;
+                let look = self.push_look(true);
+                let found = blocking(&self.conn, look).await?;
+                self.push_found(found).await?;
             }
         }
         Ok(())
@@ -248,29 +270,78 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     /// peer but our cursor moved (past its own changes, relayed), the push
     /// waits (see `owed`).
     pub(super) async fn push(&mut self) -> R<()> {
-        self.push_moving_cursor(false).await
+        let look = self.push_look(false);
+        let found = blocking(&self.conn, look).await?;
+        self.push_found(found).await
     }
 
-    async fn push_moving_cursor(&mut self, cursor_only: bool) -> R<()> {
-        let (since, peer) = (self.sent_cursor, self.peer.clone());
-        let (head, pending) = blocking(&self.conn, move |c| store::behind(c, since, &peer)).await?;
-        if pending == 0 && !cursor_only {
-            if head > since {
-                self.owed.cursor(Instant::now() + LATER);
-            }
-            return Ok(());
+    /// After a commit here: the members (see `members_found`) and, when
+    /// the peer is subscribed, a push, read in one turn off the async
+    /// threads (each turn is a hand-off between threads, which costs a
+    /// busy machine the most). Nothing when no other connection committed
+    /// since the last look: our own commits (applies, acks, the folding
+    /// of a push) wake the sidecar as well, and a look after each doubled
+    /// the work of every small commit on both sides.
+    pub(super) async fn after_commit(&mut self) -> R<()> {
+        // While we pull a stream from this peer, our commits are mostly its
+        // own changes being applied: push once the stream ends rather than
+        // after every batch.
+        let pulling = self.receiving.is_pulling();
+        if pulling {
+            self.sending.owe_push();
         }
-        if pending >= self.node.cfg.bulk_notify as i64 {
+        let look = (!pulling && self.sending.is_subscribed()).then(|| self.push_look(false));
+        let (peer, seen) = (self.peer.clone(), self.seen_version);
+        let (version, found) = blocking(&self.conn, move |c| {
+            let version = store::data_version(c)?;
+            if seen == Some(version) {
+                return Ok((version, None));
+            }
+            let members = read_members(c, &peer)?;
+            Ok((version, Some((members, look.map(|l| l(c)).transpose()?))))
+        })
+        .await?;
+        self.seen_version = Some(version);
+        let Some((members, found)) = found else {
+            return Ok(());
+        };
+        self.members_found(members).await?;
+        match found {
+            Some(found) => self.push_found(found).await,
+            None => Ok(()),
+        }
+    }
+
+    /// What a push reads (blocking); `cursor_only`: also a changeset that
+    /// only moves our cursor.
+    fn push_look(
+        &self,
+        cursor_only: bool,
+    ) -> impl FnOnce(&mut Connection) -> store::R<store::Push> + Send + 'static {
+        let (since, max, peer) = (self.sent_cursor, self.node.cfg.batch, self.peer.clone());
+        let bulk = i64::try_from(self.node.cfg.bulk_notify).unwrap_or(i64::MAX);
+        move |c| store::push(c, since, max, &peer, bulk, cursor_only)
+    }
+
+    async fn push_found(&mut self, found: store::Push) -> R<()> {
+        let store::Push {
+            head,
+            pending,
+            export,
+        } = found;
+        if let Some(e) = export {
+            let more = self.send_export(e, false).await?;
+            self.sending.pushed(more);
+        } else if pending > 0 {
             info!(
                 pending,
                 "bulk write: notifying the peer, which pulls at its own pace"
             );
             self.tx.send(&Msg::Notify { head }, &[]).await?;
             self.sending.notified();
-            return Ok(());
+        } else if head > self.sent_cursor {
+            self.owed.cursor(Instant::now() + LATER);
         }
-        let more = self.send_changes(self.node.cfg.batch, false).await?;
-        self.sending.pushed(more);
         Ok(())
     }
 
@@ -331,6 +402,21 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             p.advance(n, bytes);
         }
     }
+}
+
+/// Whether an apply wrote more than the peer's changes (or set some aside).
+fn did_more_than_apply(r: &ApplyReport) -> bool {
+    [
+        r.deferred,
+        r.resolved,
+        r.parked,
+        r.quarantined,
+        r.retried,
+        r.cascaded,
+        r.merged,
+    ]
+    .iter()
+    .any(|&n| n > 0)
 }
 
 /// `len` bytes that do not compress (xorshift), for the junk test hook.

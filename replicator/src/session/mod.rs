@@ -82,6 +82,9 @@ struct Session<W> {
     last_ack: tokio::time::Instant,
     /// An ack and a cursor-only push held back for a moment.
     owed: Owed,
+    /// `PRAGMA data_version` on our connection when we last looked for
+    /// commits to push: it moves with other connections' commits only.
+    seen_version: Option<i64>,
     /// When the last "the peer is behind" line was logged at info: a peer
     /// that floods pulls must not flood the log.
     plan_logged: Option<Instant>,
@@ -204,6 +207,7 @@ where
             .checked_sub(owed::LATER)
             .unwrap_or_else(tokio::time::Instant::now),
         owed: Owed::default(),
+        seen_version: None,
         plan_logged: None,
         wire_bytes,
         courtesy: Courtesy::new(version),
@@ -287,15 +291,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 },
                 r = changed.changed() => {
                     if r.is_err() { return Ok(()); }
-                    self.members_changed().await?;
-                    // While we pull a stream from this peer, our commits are
-                    // mostly its own changes being applied: push once the
-                    // stream ends rather than after every batch.
-                    if self.receiving.is_pulling() {
-                        self.sending.owe_push();
-                    } else if self.sending.is_subscribed() {
-                        self.push().await?;
-                    }
+                    self.after_commit().await?;
                 }
                 _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)),
                     if retry.is_some() => self.retry_held().await?,
@@ -332,6 +328,19 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     }
 
     async fn handle(&mut self, msg: Msg, payload: Vec<u8>) -> R<()> {
+        // Our own commits wake this session too, and it does not look at
+        // them (see `after_commit`), except after the rare messages whose
+        // writes may call for it: members merged, a secret, a snapshot.
+        if !matches!(
+            msg,
+            Msg::Pull { .. }
+                | Msg::Changes { .. }
+                | Msg::Ack { .. }
+                | Msg::Notify { .. }
+                | Msg::Heartbeat
+        ) {
+            self.seen_version = None;
+        }
         match msg {
             Msg::Pull { since, max } => self.serve_pull(since, max).await?,
             Msg::Changes {
