@@ -121,12 +121,53 @@ fn folded_head(c: &Connection) -> R<i64> {
 /// Our head, and how many of our changes after `since` the peer `peer`
 /// lacks: its own changes relayed back through us do not count.
 pub fn behind(c: &Connection, since: i64, peer: &str) -> R<(i64, i64)> {
+    immediate(c, |c| behind_in(c, since, peer))
+}
+
+/// [`behind`] inside the caller's transaction.
+fn behind_in(c: &Connection, since: i64, peer: &str) -> R<(i64, i64)> {
+    // lsync_missing folds pending captures first.
+    let missing = c
+        .prepare_cached("SELECT lsync_missing(?1, ?2)")?
+        .query_row(params![since, peer], |r| r.get(0))?;
+    Ok((folded_head(c)?, missing))
+}
+
+/// What a push after `since` finds: our head, how many of our changes the
+/// peer lacks (see [`behind`]), and the changeset to send.
+pub struct Push {
+    pub head: i64,
+    pub pending: i64,
+    /// `None` when nothing is pending for the peer (unless `cursor_only`
+    /// asked for a changeset that only moves our cursor), or when `bulk`
+    /// or more changes are: a bulk write is notified, not pushed.
+    pub export: Option<Export>,
+}
+
+/// [`behind`], then [`export`] if there is something to push, in one
+/// transaction: after a small commit, a push is a single turn at the
+/// write lock.
+pub fn push(
+    c: &Connection,
+    since: i64,
+    max: u32,
+    peer: &str,
+    bulk: i64,
+    cursor_only: bool,
+) -> R<Push> {
     immediate(c, |c| {
-        // lsync_missing folds pending captures first.
-        let missing = c
-            .prepare_cached("SELECT lsync_missing(?1, ?2)")?
-            .query_row(params![since, peer], |r| r.get(0))?;
-        Ok((folded_head(c)?, missing))
+        let (head, pending) = behind_in(c, since, peer)?;
+        let wanted = pending > 0 || (cursor_only && head > since);
+        let export = if wanted && pending < bulk {
+            Some(export_in(c, since, max, peer)?)
+        } else {
+            None
+        };
+        Ok(Push {
+            head,
+            pending,
+            export,
+        })
     })
 }
 
@@ -139,16 +180,19 @@ pub const PIECE_BYTES: usize = 4 << 20;
 /// Our changes after `since` for the peer `peer`, leaving out its own: at
 /// most `max` changes and about `PIECE_BYTES` of row data.
 pub fn export(c: &Connection, since: i64, max: u32, peer: &str) -> R<Export> {
+    immediate(c, |c| export_in(c, since, max, peer))
+}
+
+/// [`export`] inside the caller's transaction.
+fn export_in(c: &Connection, since: i64, max: u32, peer: &str) -> R<Export> {
     let began = Instant::now();
-    let (blob, head): (Vec<u8>, i64) = immediate(c, |c| {
-        let blob = c
-            .prepare_cached("SELECT lsync_changeset(?1, ?2, ?3, ?4)")?
-            .query_row(
-                params![since, i64::from(max.max(1)), peer, PIECE_BYTES as i64],
-                |r| r.get(0),
-            )?;
-        Ok((blob, folded_head(c)?))
-    })?;
+    let blob: Vec<u8> = c
+        .prepare_cached("SELECT lsync_changeset(?1, ?2, ?3, ?4)")?
+        .query_row(
+            params![since, i64::from(max.max(1)), peer, PIECE_BYTES as i64],
+            |r| r.get(0),
+        )?;
+    let head = folded_head(c)?;
     crate::metrics::export_time(began.elapsed());
     // Only the head of the body is read: the peer decodes the rest.
     let s = lsync_wire::changeset::Changeset::summary(&blob, u64::MAX)

@@ -2,7 +2,7 @@
 //! answering its pulls or pushing our new commits to it.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use tokio::time::Instant;
 
 use tokio::io::AsyncWrite;
 use tracing::{debug, info, warn};
@@ -14,7 +14,11 @@ use lsync_wire::report::ApplyReport;
 use crate::held;
 use crate::store;
 
+use rusqlite::Connection;
+
 use super::error::{blocking, SessionError, R};
+use super::members::read_members;
+use super::owed::LATER;
 use super::plan::Plan;
 use super::Session;
 
@@ -23,9 +27,6 @@ enum Applied {
     Report(ApplyReport),
     Held(held::Hold),
 }
-
-/// Least time between two acks while a stream of batches goes on.
-const ACK_EVERY: Duration = Duration::from_millis(100);
 
 /// The next batch of a stream, exported ahead of the peer's pull for it.
 pub(super) struct Prefetch {
@@ -65,7 +66,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             }
         }
         self.sent_cursor = since;
-        let more = self.send_changes(max, true).await?;
+        let more = self.send_changes(max).await?;
         self.sending.pull_answered(more);
         Ok(())
     }
@@ -122,15 +123,24 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             Err(e) => Err(e),
         }?;
         self.release();
+        // Our own commit wakes us, but we do not look at it (see
+        // `after_commit`), unless the apply did more than write the peer's
+        // changes (a merge is a change of ours, which the peer needs).
+        // Otherwise the changes applied are relayed under our cursor, and
+        // the push that moves the peer past them can wait.
+        if did_more_than_apply(&report) {
+            self.seen_version = None;
+        } else if self.sending.is_subscribed() && (count > 0 || report.changes > 0) {
+            self.owed.cursor(Instant::now() + LATER);
+        }
         self.recv_cursor = self.recv_cursor.max(to);
-        // During a long stream, one ack per ACK_EVERY is enough: each costs
-        // the sender a write transaction. An ack lets the peer prune
-        // tombstones, so it is sent only when no batch we exported earlier
-        // is still on its way: that batch may predate what we just applied.
-        // (Each batch carries its own certificate, read with its changes.)
-        if self.prefetched.is_none() && (!has_more || self.last_ack.elapsed() >= ACK_EVERY) {
-            self.last_ack = Instant::now();
-            self.tx.send(&Msg::Ack { cursor: to }, &[]).await?;
+        // One ack per LATER is enough (see `owed`): each costs the sender a
+        // write transaction. An ack lets the peer prune tombstones, so it is
+        // sent only when no batch we exported earlier is still on its way:
+        // that batch may predate what we just applied. (Each batch carries
+        // its own certificate, read with its changes.)
+        if self.prefetched.is_none() && (!has_more || self.last_ack.elapsed() >= LATER) {
+            self.ack(to).await?;
         }
         self.note_applied(count, bytes, &report);
         if !has_more {
@@ -151,10 +161,9 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         Ok(())
     }
 
-    /// Sends our changes after `sent_cursor`; returns whether more remain.
-    /// A pull is answered even when there is nothing new (`always`); a push
-    /// with nothing new sends nothing.
-    async fn send_changes(&mut self, max: u32, always: bool) -> R<bool> {
+    /// Answers a pull with our changes after `sent_cursor`, even when there
+    /// is nothing new; returns whether more remain.
+    async fn send_changes(&mut self, max: u32) -> R<bool> {
         let since = self.sent_cursor;
         let e = match self.prefetched.take() {
             Some(mut p) if p.since == since && p.max == max => (&mut p.task)
@@ -162,7 +171,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 .map_err(|e| SessionError::Internal(e.to_string()))??,
             _ => self.export(since, max).await?,
         };
-        if e.has_more && always {
+        if e.has_more {
             // Export the next batch while this one travels and is applied:
             // the peer's next pull is answered at once.
             let (conn, peer, next) = (self.conn.clone(), self.peer.clone(), e.to);
@@ -174,6 +183,14 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 }),
             });
         }
+        self.send_export(e, true).await
+    }
+
+    /// Sends `e`, our changes after `sent_cursor`, unless it is empty and
+    /// not `always` (a push with nothing new sends nothing); returns
+    /// whether more remain.
+    async fn send_export(&mut self, e: store::Export, always: bool) -> R<bool> {
+        let since = self.sent_cursor;
         if always || e.to != since {
             let msg = Msg::Changes {
                 from: e.from,
@@ -197,23 +214,134 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         blocking(&self.conn, move |c| store::export(c, since, max, &peer)).await
     }
 
+    /// Acks the peer's changes up to `to`: now, or once [`LATER`] has
+    /// passed since the last ack.
+    async fn ack(&mut self, to: i64) -> R<()> {
+        let next = self.last_ack + LATER;
+        if Instant::now() < next {
+            self.owed.ack(to, next);
+            return Ok(());
+        }
+        let to = self.owed.take_ack().map_or(to, |owed| owed.max(to));
+        self.send_ack(to).await
+    }
+
+    async fn send_ack(&mut self, to: i64) -> R<()> {
+        self.last_ack = Instant::now();
+        self.tx.send(&Msg::Ack { cursor: to }, &[]).await?;
+        Ok(())
+    }
+
+    /// Sends the ack and the cursor-only push held back (see `owed`).
+    pub(super) async fn pay_owed(&mut self) -> R<()> {
+        let (ack, cursor) = self.owed.take_all();
+        if let Some(to) = ack {
+            if self.prefetched.is_some() {
+                // A batch exported earlier is still to go, and it may predate
+                // what this acks: later.
+                self.owed.ack(to, Instant::now() + LATER);
+            } else {
+                self.send_ack(to).await?;
+            }
+        }
+        if cursor {
+            if self.receiving.is_pulling() {
+                self.sending.owe_push();
+            } else if self.sending.is_subscribed() {
+                let look = self.push_look(true);
+                let found = blocking(&self.conn, look).await?;
+                self.push_found(found).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the ack owed, if any (the session is ending).
+    pub(super) async fn pay_owed_ack(&mut self) -> R<()> {
+        match self.owed.take_ack() {
+            Some(to) if self.prefetched.is_none() => self.send_ack(to).await,
+            _ => Ok(()),
+        }
+    }
+
     /// Pushes commits made since the last send. After a bulk write the peer
     /// only gets a notification and pulls at its own pace; with more pending
-    /// than one batch, it pulls the rest.
+    /// than one batch, it pulls the rest. When nothing is pending for the
+    /// peer but our cursor moved (past its own changes, relayed), the push
+    /// waits (see `owed`).
     pub(super) async fn push(&mut self) -> R<()> {
-        let (since, peer) = (self.sent_cursor, self.peer.clone());
-        let (head, pending) = blocking(&self.conn, move |c| store::behind(c, since, &peer)).await?;
-        if pending >= self.node.cfg.bulk_notify as i64 {
+        let look = self.push_look(false);
+        let found = blocking(&self.conn, look).await?;
+        self.push_found(found).await
+    }
+
+    /// After a commit here: the members (see `members_found`) and, when
+    /// the peer is subscribed, a push, read in one turn off the async
+    /// threads (each turn is a hand-off between threads, which costs a
+    /// busy machine the most). Nothing when no other connection committed
+    /// since the last look: our own commits (applies, acks, the folding
+    /// of a push) wake the sidecar as well, and a look after each doubled
+    /// the work of every small commit on both sides.
+    pub(super) async fn after_commit(&mut self) -> R<()> {
+        // While we pull a stream from this peer, our commits are mostly its
+        // own changes being applied: push once the stream ends rather than
+        // after every batch.
+        let pulling = self.receiving.is_pulling();
+        if pulling {
+            self.sending.owe_push();
+        }
+        let look = (!pulling && self.sending.is_subscribed()).then(|| self.push_look(false));
+        let (peer, seen) = (self.peer.clone(), self.seen_version);
+        let (version, found) = blocking(&self.conn, move |c| {
+            let version = store::data_version(c)?;
+            if seen == Some(version) {
+                return Ok((version, None));
+            }
+            let members = read_members(c, &peer)?;
+            Ok((version, Some((members, look.map(|l| l(c)).transpose()?))))
+        })
+        .await?;
+        self.seen_version = Some(version);
+        let Some((members, found)) = found else {
+            return Ok(());
+        };
+        self.members_found(members).await?;
+        match found {
+            Some(found) => self.push_found(found).await,
+            None => Ok(()),
+        }
+    }
+
+    /// What a push reads (blocking); `cursor_only`: also a changeset that
+    /// only moves our cursor.
+    fn push_look(
+        &self,
+        cursor_only: bool,
+    ) -> impl FnOnce(&mut Connection) -> store::R<store::Push> + Send + 'static {
+        let (since, max, peer) = (self.sent_cursor, self.node.cfg.batch, self.peer.clone());
+        let bulk = i64::try_from(self.node.cfg.bulk_notify).unwrap_or(i64::MAX);
+        move |c| store::push(c, since, max, &peer, bulk, cursor_only)
+    }
+
+    async fn push_found(&mut self, found: store::Push) -> R<()> {
+        let store::Push {
+            head,
+            pending,
+            export,
+        } = found;
+        if let Some(e) = export {
+            let more = self.send_export(e, false).await?;
+            self.sending.pushed(more);
+        } else if pending > 0 {
             info!(
                 pending,
                 "bulk write: notifying the peer, which pulls at its own pace"
             );
             self.tx.send(&Msg::Notify { head }, &[]).await?;
             self.sending.notified();
-            return Ok(());
+        } else if head > self.sent_cursor {
+            self.owed.cursor(Instant::now() + LATER);
         }
-        let more = self.send_changes(self.node.cfg.batch, false).await?;
-        self.sending.pushed(more);
         Ok(())
     }
 
@@ -274,6 +402,21 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             p.advance(n, bytes);
         }
     }
+}
+
+/// Whether an apply wrote more than the peer's changes (or set some aside).
+fn did_more_than_apply(r: &ApplyReport) -> bool {
+    [
+        r.deferred,
+        r.resolved,
+        r.parked,
+        r.quarantined,
+        r.retried,
+        r.cascaded,
+        r.merged,
+    ]
+    .iter()
+    .any(|&n| n > 0)
 }
 
 /// `len` bytes that do not compress (xorshift), for the junk test hook.

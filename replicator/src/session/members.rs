@@ -15,6 +15,20 @@ use super::error::{blocking, SessionError, R};
 use super::shared::Node;
 use super::Session;
 
+/// The member list, and whether the peer is revoked in it.
+pub(super) struct MembersNow {
+    list: Vec<MemberEntry>,
+    revoked: bool,
+}
+
+/// Reads the members as they are after a commit (blocking).
+pub(super) fn read_members(c: &Connection, peer: &str) -> crate::store::R<MembersNow> {
+    Ok(MembersNow {
+        list: members::entries(c)?,
+        revoked: members::is_revoked(c, peer)?,
+    })
+}
+
 /// Sends our members and our newest secret to a peer just admitted (an
 /// active member, proven by its key). Returns the list and the secret sent.
 pub(super) async fn send_all<W: AsyncWrite + Unpin>(
@@ -39,14 +53,11 @@ pub(super) async fn send_all<W: AsyncWrite + Unpin>(
 }
 
 impl<W: AsyncWrite + Unpin> Session<W> {
-    /// After a commit: ends the session if the peer was revoked here, and
-    /// sends the members if they changed since last sent.
-    pub(super) async fn members_changed(&mut self) -> R<()> {
-        let peer = self.peer.clone();
-        let (list, revoked) = blocking(&self.conn, move |c| {
-            Ok((members::entries(c)?, members::is_revoked(c, &peer)?))
-        })
-        .await?;
+    /// After a commit, with what [`read_members`] found: ends the session
+    /// if the peer was revoked here, and sends the members if they changed
+    /// since last sent.
+    pub(super) async fn members_found(&mut self, found: MembersNow) -> R<()> {
+        let MembersNow { list, revoked } = found;
         if revoked {
             return Err(SessionError::Refused(format!(
                 "device {} is revoked in this library",

@@ -17,6 +17,7 @@ mod error;
 mod handshake;
 mod held;
 mod members;
+mod owed;
 mod plan;
 mod shared;
 mod snapshots;
@@ -44,6 +45,7 @@ pub use shared::Node;
 use changesets::Prefetch;
 use error::{blocking, R};
 use held::Holding;
+use owed::Owed;
 use state::{Receiving, Sending};
 use upload::Upload;
 
@@ -77,7 +79,12 @@ struct Session<W> {
     caught_up_once: bool,
     applied_total: i64,
     started: Instant,
-    last_ack: Instant,
+    last_ack: tokio::time::Instant,
+    /// An ack and a cursor-only push held back for a moment.
+    owed: Owed,
+    /// `PRAGMA data_version` on our connection when we last looked for
+    /// commits to push: it moves with other connections' commits only.
+    seen_version: Option<i64>,
     /// When the last "the peer is behind" line was logged at info: a peer
     /// that floods pulls must not flood the log.
     plan_logged: Option<Instant>,
@@ -195,7 +202,12 @@ where
         caught_up_once: false,
         applied_total: 0,
         started: Instant::now(),
-        last_ack: Instant::now(),
+        // The first ack goes at once.
+        last_ack: tokio::time::Instant::now()
+            .checked_sub(owed::LATER)
+            .unwrap_or_else(tokio::time::Instant::now),
+        owed: Owed::default(),
+        seen_version: None,
         plan_logged: None,
         wire_bytes,
         courtesy: Courtesy::new(version),
@@ -255,6 +267,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         }
         loop {
             let retry = self.holding.retry_at();
+            let owed = self.owed.due();
             tokio::select! {
                 m = inbox.recv() => {
                     let Some(m) = m else { return Err(ProtoError::Closed.into()) };
@@ -278,18 +291,12 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 },
                 r = changed.changed() => {
                     if r.is_err() { return Ok(()); }
-                    self.members_changed().await?;
-                    // While we pull a stream from this peer, our commits are
-                    // mostly its own changes being applied: push once the
-                    // stream ends rather than after every batch.
-                    if self.receiving.is_pulling() {
-                        self.sending.owe_push();
-                    } else if self.sending.is_subscribed() {
-                        self.push().await?;
-                    }
+                    self.after_commit().await?;
                 }
                 _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)),
                     if retry.is_some() => self.retry_held().await?,
+                _ = tokio::time::sleep_until(owed.unwrap_or_else(tokio::time::Instant::now)),
+                    if owed.is_some() => self.pay_owed().await?,
                 _ = beat.tick() => {
                     let silent = last_heard.elapsed();
                     if silent > heartbeat * 4 {
@@ -299,6 +306,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 }
                 _ = shutdown.changed() => {
                     info!("shutting down the session");
+                    let _ = self.pay_owed_ack().await;
                     return Ok(());
                 }
             }
@@ -320,6 +328,19 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     }
 
     async fn handle(&mut self, msg: Msg, payload: Vec<u8>) -> R<()> {
+        // Our own commits wake this session too, and it does not look at
+        // them (see `after_commit`), except after the rare messages whose
+        // writes may call for it: members merged, a secret, a snapshot.
+        if !matches!(
+            msg,
+            Msg::Pull { .. }
+                | Msg::Changes { .. }
+                | Msg::Ack { .. }
+                | Msg::Notify { .. }
+                | Msg::Heartbeat
+        ) {
+            self.seen_version = None;
+        }
         match msg {
             Msg::Pull { since, max } => self.serve_pull(since, max).await?,
             Msg::Changes {
