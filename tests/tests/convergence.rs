@@ -32,6 +32,11 @@
 //! only (`labels`), and a join table keyed by its pair of FKs
 //! (`label_on_entry`), whose global ids lsync keeps. Labels' names are
 //! UNIQUE too, so merged labels repoint pairs, which may then merge.
+//!
+//! A fourth property adds bulk inserts and scattered updates of
+//! device-owned rows, so that the fold compacts the clock ranges the
+//! updates split (issue 14): the rows it covers again travel again, under
+//! new cursors and a newer HLC, and must change nothing but what changed.
 
 use proptest::prelude::*;
 use rusqlite::Connection;
@@ -160,6 +165,21 @@ enum Step {
     Prune {
         at: usize,
     },
+    /// `n` rows inserted at once into a device-owned table (one range).
+    Bulk {
+        at: usize,
+        table: usize,
+        n: u8,
+    },
+    /// Every `stride`-th row of a device-owned table updated, one statement
+    /// a row (the rows of other devices refuse): once the range was
+    /// exported, the fold compacts what these updates split.
+    Scatter {
+        at: usize,
+        table: usize,
+        stride: u8,
+        v: u8,
+    },
 }
 
 /// Whether the replicas model the replicator's peers, acks and pruning.
@@ -218,6 +238,19 @@ fn pruning_step() -> impl Strategy<Value = Step> {
         3 => any::<u8>().prop_map(|pick| Step::Duplicate { pick }),
         2 => (r.clone(), r.clone()).prop_map(|(by, of)| Step::Ack { by, of }),
         3 => r.prop_map(|at| Step::Prune { at }),
+    ]
+}
+
+/// The plain steps, plus bulk inserts and scattered updates of
+/// device-owned rows, so that the fold compacts split ranges.
+fn compaction_step() -> impl Strategy<Value = Step> {
+    let r = 0..3usize;
+    prop_oneof![
+        8 => step(),
+        2 => (r.clone(), 0..2usize, 16..64u8)
+            .prop_map(|(at, table, n)| Step::Bulk { at, table, n }),
+        3 => (r, 0..2usize, 2..4u8, any::<u8>())
+            .prop_map(|(at, table, stride, v)| Step::Scatter { at, table, stride, v }),
     ]
 }
 
@@ -370,6 +403,38 @@ fn local_write(c: &Connection, s: &Step) -> Option<String> {
                 [id],
             );
             return (deleted.ok() == Some(1)).then_some(uuid);
+        }
+        Step::Bulk { table, n, .. } => {
+            let sql = match table {
+                0 => "INSERT INTO locations(path) SELECT '/bulk' || i FROM n",
+                _ => "INSERT INTO entries(name, size) SELECT 'b' || i, i FROM n",
+            };
+            let rows =
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) ";
+            let sql = format!("{rows}{sql}");
+            c.execute(&sql, [n])
+        }
+        Step::Scatter {
+            table, stride, v, ..
+        } => {
+            let (name, set) = match table {
+                0 => ("locations", "path = '/s' || ?1"),
+                _ => ("entries", "size = ?1"),
+            };
+            let rows: Vec<i64> = lsync_tests::query_rows(
+                c,
+                &format!("SELECT rowid FROM {name} WHERE rowid % {stride} = 0"),
+            )
+            .iter()
+            .filter_map(|r| r[0].parse().ok())
+            .collect();
+            for rid in rows {
+                let _ = c.execute(
+                    &format!("UPDATE {name} SET {set} WHERE rowid = ?2"),
+                    rusqlite::params![v, rid],
+                );
+            }
+            return None;
         }
         _ => return None,
     };
@@ -648,9 +713,11 @@ fn run_replicas(steps: &[Step], order: &[(usize, usize)], mode: Mode) -> Result<
     let mut deleted: Vec<String> = Vec::new();
     for s in steps {
         match *s {
-            Step::Insert { at, .. } | Step::Update { at, .. } | Step::Delete { at, .. } => {
-                deleted.extend(local_write(&dbs[at], s))
-            }
+            Step::Insert { at, .. }
+            | Step::Update { at, .. }
+            | Step::Delete { at, .. }
+            | Step::Bulk { at, .. }
+            | Step::Scatter { at, .. } => deleted.extend(local_write(&dbs[at], s)),
             Step::Sync {
                 from,
                 to,
@@ -804,6 +871,14 @@ proptest! {
         order in pairs(),
     ) {
         run_replicas(&steps, &order, Mode::Pruning)?;
+    }
+
+    #[test]
+    fn replicas_converge_with_compaction(
+        steps in proptest::collection::vec(compaction_step(), 1..80),
+        order in pairs(),
+    ) {
+        run_replicas(&steps, &order, Mode::Plain)?;
     }
 
     #[test]
@@ -1164,4 +1239,49 @@ fn regression_a_label_renamed_onto_a_merged_name_converges() {
     ];
     let order = [(1, 2), (0, 1), (0, 2), (1, 0), (2, 1), (2, 0)];
     run_replicas(&steps, &order, Mode::UniqueKeys).unwrap();
+}
+
+/// The compaction property's steps reach the fold's compaction: a bulk
+/// insert, exported, then every second row updated, leaves a handful of
+/// row entries where the updates alone would leave about 60, and the
+/// compacted rows converge at the peer.
+#[test]
+fn scattered_updates_of_a_bulk_insert_are_compacted_and_converge() {
+    let dir = TempDir::new();
+    let r = Replicas::new(dir.path(), Mode::Plain);
+    let entries = |at: usize| -> i64 {
+        r.dbs[at]
+            .query_row(
+                "SELECT count(*) FROM lsync_clock WHERE lo IS NOT NULL AND col IS NULL
+                   AND tbl = (SELECT id FROM lsync_tables WHERE name = 'entries')",
+                [],
+                |x| x.get(0),
+            )
+            .unwrap()
+    };
+    let bulk = Step::Bulk {
+        at: 0,
+        table: 1,
+        n: 60,
+    };
+    local_write(&r.dbs[0], &bulk);
+    let (blob, cursor) = r.export(0, 1, 0, None);
+    r.deliver(0, 1, &blob).unwrap();
+    let scatter = Step::Scatter {
+        at: 0,
+        table: 1,
+        stride: 2,
+        v: 200,
+    };
+    local_write(&r.dbs[0], &scatter);
+    let (blob, _) = r.export(0, 1, cursor, None);
+    assert!(entries(0) <= 3, "{} row entries after the fold", entries(0));
+    r.deliver(0, 1, &blob).unwrap();
+    assert_eq!(replica_dump(&r.dbs[0]), replica_dump(&r.dbs[1]));
+    let sizes: i64 = r.dbs[1]
+        .query_row("SELECT count(*) FROM entries WHERE size = 200", [], |x| {
+            x.get(0)
+        })
+        .unwrap();
+    assert_eq!(sizes, 30);
 }
