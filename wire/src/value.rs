@@ -29,12 +29,7 @@ impl Value {
     /// Bytes of its content in a changeset body, at most: a tag, and a
     /// varint length before text or a blob.
     pub fn size(&self) -> usize {
-        match self {
-            Value::Null => 1,
-            Value::Integer(_) | Value::Real(_) => 11,
-            Value::Text(t) => 11 + t.len(),
-            Value::Blob(b) => 11 + b.len(),
-        }
+        self.as_ref().size()
     }
 }
 
@@ -62,4 +57,103 @@ impl<T: Into<Value>> From<Option<T>> for Value {
     fn from(v: Option<T>) -> Self {
         v.map_or(Value::Null, Into::into)
     }
+}
+
+/// A borrowed SQLite value: what a statement's column holds, read without
+/// copying it (text SQLite holds as invalid UTF-8 is copied, lossily, as
+/// [`Value`] would be).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueRef<'a> {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(std::borrow::Cow<'a, str>),
+    Blob(std::borrow::Cow<'a, [u8]>),
+    /// Text that is a UUID in canonical form (lowercase, hyphenated), as
+    /// its 16 bytes: what a changeset carries of it.
+    Uuid([u8; 16]),
+}
+
+impl ValueRef<'_> {
+    /// Bytes of its content in a changeset body, at most: a tag, and a
+    /// varint length before text or a blob.
+    pub fn size(&self) -> usize {
+        match self {
+            ValueRef::Null => 1,
+            ValueRef::Integer(_) | ValueRef::Real(_) => 11,
+            ValueRef::Text(t) => 11 + t.len(),
+            ValueRef::Blob(b) => 11 + b.len(),
+            ValueRef::Uuid(_) => 11 + 36,
+        }
+    }
+
+    /// Canonical UUID text as [`ValueRef::Uuid`]; anything else as it is.
+    pub fn compact(self) -> Self {
+        match &self {
+            ValueRef::Text(t) => canonical_uuid(t).map_or(self, ValueRef::Uuid),
+            _ => self,
+        }
+    }
+
+    /// The same value, owning what it borrowed.
+    pub fn detach(self) -> ValueRef<'static> {
+        match self {
+            ValueRef::Null => ValueRef::Null,
+            ValueRef::Integer(i) => ValueRef::Integer(i),
+            ValueRef::Real(f) => ValueRef::Real(f),
+            ValueRef::Text(t) => ValueRef::Text(t.into_owned().into()),
+            ValueRef::Blob(b) => ValueRef::Blob(b.into_owned().into()),
+            ValueRef::Uuid(u) => ValueRef::Uuid(u),
+        }
+    }
+
+    pub fn to_owned(&self) -> Value {
+        match self {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(i) => Value::Integer(*i),
+            ValueRef::Real(f) => Value::Real(*f),
+            ValueRef::Text(t) => Value::Text(t.clone().into_owned()),
+            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+            ValueRef::Uuid(u) => Value::Text(uuid::Uuid::from_bytes(*u).hyphenated().to_string()),
+        }
+    }
+}
+
+impl Value {
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(f) => ValueRef::Real(*f),
+            Value::Text(t) => ValueRef::Text(t.as_str().into()),
+            Value::Blob(b) => ValueRef::Blob(b.as_slice().into()),
+        }
+    }
+}
+
+/// The 16 bytes of `s` when it is a UUID in canonical form (lowercase,
+/// hyphenated), so that turning them back into text gives `s` itself.
+pub fn canonical_uuid(s: &str) -> Option<[u8; 16]> {
+    let s = s.as_bytes();
+    if s.len() != 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut nibble = 0;
+    for (i, &c) in s.iter().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if c != b'-' {
+                return None;
+            }
+            continue;
+        }
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        out[nibble / 2] |= d << if nibble % 2 == 0 { 4 } else { 0 };
+        nibble += 1;
+    }
+    Some(out)
 }
