@@ -134,26 +134,34 @@ impl Value {
 /// The 16 bytes of `s` when it is a UUID in canonical form (lowercase,
 /// hyphenated), so that turning them back into text gives `s` itself.
 pub fn canonical_uuid(s: &str) -> Option<[u8; 16]> {
-    let s = s.as_bytes();
-    if s.len() != 36 {
+    /// Where each byte's two hex digits are.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    let s: &[u8; 36] = s.as_bytes().try_into().ok()?;
+    if [s[8], s[13], s[18], s[23]] != [b'-'; 4] {
         return None;
     }
     let mut out = [0u8; 16];
-    let mut nibble = 0;
-    for (i, &c) in s.iter().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            if c != b'-' {
-                return None;
-            }
-            continue;
-        }
-        let d = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            _ => return None,
-        };
-        out[nibble / 2] |= d << if nibble % 2 == 0 { 4 } else { 0 };
-        nibble += 1;
+    // Any digit that is not one sets the high bit, checked once at the end.
+    let mut bad = 0u8;
+    for (o, i) in out.iter_mut().zip(AT) {
+        let (hi, lo) = (HEX[s[i] as usize], HEX[s[i + 1] as usize]);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
     }
-    Some(out)
+    (bad & 0x80 == 0).then_some(out)
 }
+
+/// The value of each lowercase hex digit; 0x80 for any other byte.
+const HEX: [u8; 256] = {
+    let mut t = [0x80u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = match c as u8 {
+            b'0'..=b'9' => c as u8 - b'0',
+            b'a'..=b'f' => c as u8 - b'a' + 10,
+            _ => 0x80,
+        };
+        c += 1;
+    }
+    t
+};
