@@ -381,7 +381,7 @@ fn select(t: &Table, col: Option<&str>, tables: &[Table]) -> Select {
 /// others are looked up one by one (and kept too).
 struct Fks {
     /// For each table that FKs point at: rid -> uuid (NULL: no such row).
-    known: Vec<Option<FxHashMap<i64, ValueRef<'static>>>>,
+    known: Vec<Option<ByRid>>,
     /// For each table, the SELECT of one row's uuid by rid.
     lookups: Vec<String>,
 }
@@ -392,7 +392,7 @@ impl Fks {
         for t in tables {
             for target in t.fks.values() {
                 if let Some(i) = tables.iter().position(|x| *x.name == **target) {
-                    known[i] = Some(FxHashMap::default());
+                    known[i] = Some(ByRid::default());
                 }
             }
         }
@@ -425,7 +425,7 @@ impl Fks {
         match v {
             ValueRef::Integer(id) => {
                 let known = self.known[target].get_or_insert_default();
-                if let Some(uuid) = known.get(&id) {
+                if let Some(uuid) = known.get(id) {
                     return Ok(uuid.clone());
                 }
                 let uuid = one(cache, &self.lookups[target], &[id.into()])?;
@@ -438,6 +438,43 @@ impl Fks {
                 &[source.id.into(), rid.into(), col.into()],
             ),
             other => Ok(other),
+        }
+    }
+}
+
+/// One table's uuids by rid. Rows are read in rid order, so most rids
+/// extend a run of consecutive ones, kept in a vector (compact, written in
+/// order: no hashing, no cache misses); the others go to a map.
+#[derive(Default)]
+struct ByRid {
+    /// The run's first rid, and the uuids from there on.
+    start: i64,
+    run: Vec<ValueRef<'static>>,
+    rest: FxHashMap<i64, ValueRef<'static>>,
+}
+
+impl ByRid {
+    /// A run shorter than this gives way to a new one that starts elsewhere.
+    const SHORT_RUN: usize = 64;
+
+    fn insert(&mut self, rid: i64, uuid: ValueRef<'static>) {
+        let next = self.start.checked_add(self.run.len() as i64);
+        if next == Some(rid) && !self.run.is_empty() {
+            self.run.push(uuid);
+        } else if self.run.len() < Self::SHORT_RUN && self.get(rid).is_none() {
+            let start = std::mem::replace(&mut self.start, rid);
+            let old = std::mem::replace(&mut self.run, vec![uuid]);
+            self.rest.extend((start..).zip(old));
+        } else {
+            self.rest.insert(rid, uuid);
+        }
+    }
+
+    fn get(&self, rid: i64) -> Option<&ValueRef<'static>> {
+        let in_run = usize::try_from(rid.wrapping_sub(self.start)).ok();
+        match in_run.and_then(|i| self.run.get(i)) {
+            Some(uuid) => Some(uuid),
+            None => self.rest.get(&rid),
         }
     }
 }
@@ -476,4 +513,33 @@ pub fn data_json(data: &[(Arc<str>, Value)]) -> String {
         .map(|(k, v)| (k.to_string(), value_json(v)))
         .collect();
     serde_json::Value::Object(map).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn by_rid_finds_every_rid_in_runs_or_not() {
+        let mut m = ByRid::default();
+        let uuid = |rid: i64| ValueRef::Integer(rid * 10);
+        // A short run, a long one elsewhere, rids out of order, a repeat,
+        // negative and extreme rids.
+        let rids: Vec<i64> = [5, 6, 7]
+            .into_iter()
+            .chain(100..300)
+            .chain([50, 3, 301, 7, 299, -4, i64::MAX, i64::MIN])
+            .chain(302..310)
+            .collect();
+        for &r in &rids {
+            m.insert(r, uuid(r));
+        }
+        for &r in &rids {
+            assert_eq!(m.get(r), Some(&uuid(r)), "rid {r}");
+        }
+        for r in [0, 4, 8, 99, 310, 1000, -5, i64::MAX - 1] {
+            assert_eq!(m.get(r), None, "rid {r}");
+        }
+        assert!(m.run.len() >= 200, "the long run is kept as a run");
+    }
 }
