@@ -3,14 +3,16 @@
 
 use std::collections::BTreeMap;
 
-use lsync_wire::changeset::{Changeset, Fence, TableDesc};
+use lsync_wire::changeset::{Changeset, Describe, EncodeError, Encoder, Fence, TableDesc};
 
+use crate::changes::{Body, ChangeRef};
 use crate::error::{Error, Result};
 use crate::sql::Db;
 use crate::{catalog, changes, flush, schema};
 
 /// The changes after cursor `since` (at most `budget`), in cursor order,
 /// which is an order that applies: each row's latest state, FKs as uuids.
+/// They are encoded as they are read, never held as [`changes::Change`]s.
 pub fn changeset(
     db: Db,
     since: i64,
@@ -18,35 +20,74 @@ pub fn changeset(
     except: Option<&str>,
 ) -> Result<Vec<u8>> {
     flush::flush(db)?;
-    let changes = changes::read_within(db, since, &mut budget, except)?;
-    let tables: Vec<TableDesc> = catalog::load_all(db)?
-        .into_iter()
-        .filter(|t| changes.iter().any(|c| c.tbl == t.name))
+    let tables = catalog::load_all(db)?;
+    let descs = tables
+        .iter()
         .map(|t| TableDesc {
             name: t.name.to_string(),
             mode: t.mode.as_str().to_owned(),
             columns: t.columns.iter().map(|c| c.to_string()).collect(),
         })
         .collect();
+    // Only the tables with changes are described.
+    let mut sink = Encode {
+        enc: Encoder::new(since, descs, Describe::Used),
+        origins: Vec::new(),
+        last: None,
+    };
+    changes::read_each(db, &tables, since, &mut budget, except, &mut sink)?;
     // When everything was read, the cursor may skip to the newest seq even
     // if the last entries were superseded.
     let newest = schema::get_i64(db, "next_seq")? - 1;
-    let last = changes.last().map_or(since, |c| c.seq);
+    let last = sink.last.unwrap_or(since);
     let to = if !budget.spent() {
         last.max(newest).max(since)
     } else {
         last
     };
-    Changeset {
-        library_id: schema::get_text(db, "library_id")?,
-        from: since,
-        to,
-        fence: except.map(|r| fence(db, r)).transpose()?,
-        tables,
-        changes,
+    let fence = except.map(|r| fence(db, r)).transpose()?;
+    sink.enc
+        .finish(&schema::get_text(db, "library_id")?, to, fence.as_ref())
+        .map_err(encode_error)
+}
+
+fn encode_error(e: EncodeError) -> Error {
+    Error::msg(format!("lsync_changeset: {e}"))
+}
+
+/// Encodes each change as it is read.
+struct Encode {
+    enc: Encoder,
+    /// Device alias -> index in the changeset's devices (few: a list).
+    origins: Vec<(i64, u64)>,
+    /// The cursor of the last change.
+    last: Option<i64>,
+}
+
+impl changes::Sink for Encode {
+    fn change(&mut self, c: &ChangeRef<'_>) -> Result<()> {
+        let origin = match self.origins.iter().find(|(alias, _)| *alias == c.origin) {
+            Some((_, i)) => *i,
+            None => {
+                let i = self.enc.origin(c.origin_id).map_err(encode_error)?;
+                self.origins.push((c.origin, i));
+                i
+            }
+        };
+        let e = &mut self.enc;
+        e.change(c.table_index, c.op, c.seq, c.hlc, origin, &c.pk);
+        match &c.body {
+            Body::Into(root) => e.value(root),
+            Body::Columns(cols, values) => {
+                e.mask(cols.iter().fold(0u64, |m, j| m | (1 << j)));
+                for v in values.iter() {
+                    e.value(v);
+                }
+            }
+        }
+        self.last = Some(c.seq);
+        Ok(())
     }
-    .encode()
-    .map_err(|e| Error::msg(format!("lsync_changeset: {e}")))
 }
 
 /// What this device had applied of `receiver`'s changes, read in the same

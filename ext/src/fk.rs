@@ -39,24 +39,6 @@ pub fn on_delete(db: Db, table: &str) -> Result<Vec<OnDelete>> {
     Ok(out)
 }
 
-/// Local id -> uuid for a set of ids of one table, in one query.
-pub fn uuids_of(db: Db, t: &Table, ids: &[i64]) -> Result<HashMap<i64, Value>> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
-    let mut s = db.prepare(&format!(
-        "SELECT rid, gid FROM {} WHERE rid IN (SELECT value FROM json_each(?1))",
-        t.gids()
-    ))?;
-    s.bind(1, &json.into())?;
-    let mut map = HashMap::new();
-    while s.step()? {
-        map.insert(s.i64(0), s.value(1));
-    }
-    Ok(map)
-}
-
 /// uuid -> local id for a set of uuids of one table, in one query (text
 /// uuids as a JSON array; 16-byte blob uuids as one concatenated blob).
 pub fn rids_of(db: Db, t: &Table, ids: &[&Value]) -> Result<IdMap<i64>> {
@@ -100,25 +82,6 @@ pub fn rids_of(db: Db, t: &Table, ids: &[&Value]) -> Result<IdMap<i64>> {
             ),
             Value::Blob(blobs.concat()),
         )?;
-    }
-    Ok(map)
-}
-
-/// The pending (deferred) target uuid of `col` for rows of `tbl`, so that a
-/// row relayed before its link is completed still carries the link.
-pub fn deferred_links(db: Db, tbl: i64, col: &str, rids: &[i64]) -> Result<HashMap<i64, Value>> {
-    if rids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let json = serde_json::to_string(rids).unwrap_or_else(|_| "[]".into());
-    let mut s = db.prepare(
-        "SELECT rid, target_uuid FROM lsync_deferred
-         WHERE tbl = ?1 AND col = ?2 AND rid IN (SELECT value FROM json_each(?3))",
-    )?;
-    s.bind_all(&[tbl.into(), col.into(), json.into()])?;
-    let mut map = HashMap::new();
-    while s.step()? {
-        map.insert(s.i64(0), s.value(1));
     }
     Ok(map)
 }

@@ -10,7 +10,6 @@
 //! item, before anything is allocated for it, and what the decoded items
 //! take in memory is charged against a budget (see [`decoded_budget`]).
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
 
@@ -18,17 +17,21 @@ use crate::value::Value;
 
 mod read;
 mod stream;
+mod write;
 use read::{zstd_reader, Reader};
 pub use stream::{Skim, Stream};
+pub use write::{Describe, Encoder};
 
 pub const MAGIC: &[u8; 5] = b"LSYNC";
 /// Format 2 added the [`Fence`].
 pub const FORMAT: u8 = 2;
 /// Default cap on the decompressed body (a zstd bomb stops here).
 pub const DEFAULT_MAX_BODY: u64 = 1 << 30;
-const ZSTD_LEVEL: i32 = 3;
-/// The largest zstd window a reader accepts (2 MiB, what [`ZSTD_LEVEL`]
-/// uses), so that a frame header cannot make the decoder allocate the
+/// Level 1: faster than 3, and on lsync's bodies (varints, 16-byte ids,
+/// names) no larger (the bench's changeset: 29.7 B/row, level 3 30.1).
+const ZSTD_LEVEL: i32 = 1;
+/// The largest zstd window a reader accepts (2 MiB, what level 3, used
+/// before, takes; level 1 takes 512 KiB), so that a frame header cannot make the decoder allocate the
 /// 128 MiB window zstd allows by default.
 const ZSTD_WINDOW_LOG_MAX: u32 = 21;
 
@@ -158,11 +161,16 @@ pub struct Change {
 }
 
 impl Change {
+    /// What [`Change::size`] counts for all but the values: table, op,
+    /// seq, hlc, origin and mask, at their largest.
+    pub const HEADER_SIZE: usize = 1 + 1 + 10 + 10 + 5 + 10;
+
     /// Its bytes in a changeset body, about (never less): for the byte
     /// budget of an export.
     pub fn size(&self) -> usize {
-        let header = 1 + 1 + 10 + 10 + 5 + 10;
-        header + self.pk.size() + self.data.iter().map(|(_, v)| v.size()).sum::<usize>()
+        Change::HEADER_SIZE
+            + self.pk.size()
+            + self.data.iter().map(|(_, v)| v.size()).sum::<usize>()
     }
 
     /// The row a merge makes this row an alias of.
@@ -247,88 +255,6 @@ pub struct Summary {
 }
 
 impl Changeset {
-    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        let mut w = Writer::default();
-        w.raw(&uuid16(&self.library_id)?);
-        w.ivar(self.from);
-        w.ivar(self.to);
-        match &self.fence {
-            None => w.byte(0),
-            Some(f) => {
-                w.byte(1);
-                w.raw(&uuid16(&f.sender)?);
-                w.raw(&uuid16(&f.receiver)?);
-                w.ivar(f.acked);
-            }
-        }
-        let mut origins: HashMap<&str, u64> = HashMap::new();
-        for c in &self.changes {
-            let n = origins.len() as u64;
-            origins.entry(&c.origin).or_insert(n);
-        }
-        let mut by_idx: Vec<(&str, u64)> = origins.iter().map(|(k, v)| (*k, *v)).collect();
-        by_idx.sort_by_key(|(_, v)| *v);
-        w.uvar(by_idx.len() as u64);
-        for (o, _) in &by_idx {
-            w.raw(&uuid16(o)?);
-        }
-        w.uvar(self.tables.len() as u64);
-        let mut tables: HashMap<&str, (u64, HashMap<&str, u32>)> = HashMap::new();
-        for (i, t) in self.tables.iter().enumerate() {
-            w.str(&t.name);
-            w.str(&t.mode);
-            w.uvar(t.columns.len() as u64);
-            let mut cols = HashMap::new();
-            for (j, c) in t.columns.iter().enumerate() {
-                w.str(c);
-                cols.insert(c.as_str(), j as u32);
-            }
-            tables.insert(t.name.as_str(), (i as u64, cols));
-        }
-        w.uvar(self.changes.len() as u64);
-        let (mut seq, mut hlc) = (self.from, 0i64);
-        for c in &self.changes {
-            let (ti, cols) = tables
-                .get(&*c.tbl)
-                .ok_or_else(|| EncodeError::UnknownTable(c.tbl.to_string()))?;
-            w.uvar(*ti);
-            w.byte(c.op.code());
-            w.ivar(c.seq.wrapping_sub(seq));
-            w.ivar(c.hlc.wrapping_sub(hlc));
-            (seq, hlc) = (c.seq, c.hlc);
-            w.uvar(origins[&*c.origin]);
-            w.value(&c.pk);
-            if c.op == Op::Merge {
-                w.value(c.merged_into().unwrap_or(&Value::Null));
-                continue;
-            }
-            let mut present: Vec<(u32, &Value)> = Vec::with_capacity(c.data.len());
-            for (k, v) in &c.data {
-                let j = cols
-                    .get(&**k)
-                    .ok_or_else(|| EncodeError::UnknownColumn(c.tbl.to_string(), k.to_string()))?;
-                present.push((*j, v));
-            }
-            present.sort_by_key(|(j, _)| *j);
-            w.uvar(present.iter().fold(0u64, |m, (j, _)| m | (1 << j)));
-            for (_, v) in present {
-                w.value(v);
-            }
-        }
-        let body = w.buf;
-        let mut out = Vec::with_capacity(body.len() / 4 + 16);
-        out.extend_from_slice(MAGIC);
-        out.push(FORMAT);
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        let zerr = |e: std::io::Error| EncodeError::Zstd(e.to_string());
-        let mut zc = zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(zerr)?;
-        // The frame checksum makes any corruption of the body an error.
-        zc.include_checksum(true).map_err(zerr)?;
-        let z = zc.compress(&body).map_err(zerr)?;
-        out.extend_from_slice(&z);
-        Ok(out)
-    }
-
     /// Reads the header without decompressing: (format, body length).
     pub fn peek(blob: &[u8]) -> Result<(u8, u64), DecodeError> {
         if blob.len() < MAGIC.len() || &blob[..MAGIC.len()] != MAGIC {
@@ -455,73 +381,6 @@ impl Changeset {
         }
         Reader::new(body, max_body).changeset()
     }
-}
-
-#[derive(Default)]
-struct Writer {
-    buf: Vec<u8>,
-}
-
-impl Writer {
-    fn byte(&mut self, b: u8) {
-        self.buf.push(b);
-    }
-    fn raw(&mut self, b: &[u8]) {
-        self.buf.extend_from_slice(b);
-    }
-    fn uvar(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.buf.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.buf.push(v as u8);
-    }
-    fn ivar(&mut self, v: i64) {
-        self.uvar(((v << 1) ^ (v >> 63)) as u64);
-    }
-    fn str(&mut self, s: &str) {
-        self.uvar(s.len() as u64);
-        self.raw(s.as_bytes());
-    }
-    fn value(&mut self, v: &Value) {
-        match v {
-            Value::Null => self.byte(0),
-            Value::Integer(i) => {
-                self.byte(1);
-                self.ivar(*i);
-            }
-            Value::Real(f) => {
-                self.byte(2);
-                self.raw(&f.to_le_bytes());
-            }
-            Value::Text(s) => match canonical_uuid(s) {
-                Some(u) => {
-                    self.byte(5);
-                    self.raw(&u);
-                }
-                None => {
-                    self.byte(3);
-                    self.str(s);
-                }
-            },
-            Value::Blob(b) => {
-                self.byte(4);
-                self.uvar(b.len() as u64);
-                self.raw(b);
-            }
-        }
-    }
-}
-
-/// The 16 bytes of `s` when it is a UUID in canonical lowercase form, so
-/// that decoding gives back exactly the same text.
-fn canonical_uuid(s: &str) -> Option<[u8; 16]> {
-    if s.len() != 36 {
-        return None;
-    }
-    let u = uuid::Uuid::parse_str(s).ok()?;
-    let mut buf = [0u8; 36];
-    (u.hyphenated().encode_lower(&mut buf) == s).then(|| *u.as_bytes())
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ pub use conn::{Connection, OPEN_CREATE, OPEN_NOFOLLOW, OPEN_READONLY, OPEN_READW
 
 pub use vtab::{IndexInfo, TableCursor, TableFunction, Unusable};
 
-pub use lsync_wire::value::Value;
+pub use lsync_wire::value::{Value, ValueRef};
 
 /// The version of the `sqlite3ext.h` that the API table's layout comes from:
 /// the oldest host SQLite whose table has every entry we call.
@@ -524,6 +524,42 @@ impl Stmt {
         // SAFETY: called after step() returned a row; column_value returns a
         // value that stays valid until the next step, and we copy it now.
         unsafe { value_from_raw(call!(column_value(self.ptr, i as c_int))) }
+    }
+
+    /// Column `i` of the current row where SQLite holds it, uncopied.
+    pub fn value_ref(&self, i: usize) -> ValueRef<'_> {
+        let i = i as c_int;
+        // SAFETY: called after step() returned a row. A text or blob pointer
+        // stays valid until the next step, reset or finalize, which take
+        // `&mut self` or `self`, so not while the borrow lives, or until the
+        // column is converted (to UTF-16, or a blob to text), which no
+        // accessor here does: each reads a column as its own type.
+        unsafe {
+            let bytes = |p: *const u8| {
+                let n = call!(column_bytes(self.ptr, i)).max(0) as usize;
+                if p.is_null() || n == 0 {
+                    &[][..]
+                } else {
+                    std::slice::from_raw_parts(p, n)
+                }
+            };
+            match call!(column_type(self.ptr, i)) {
+                SQLITE_INTEGER => ValueRef::Integer(call!(column_int64(self.ptr, i))),
+                SQLITE_FLOAT => ValueRef::Real(call!(column_double(self.ptr, i))),
+                SQLITE_TEXT => {
+                    let p = call!(column_text(self.ptr, i));
+                    let b = bytes(p);
+                    // Checked first: faster than the lossy copy, which
+                    // valid text (nearly all) never needs.
+                    ValueRef::Text(match std::str::from_utf8(b) {
+                        Ok(s) => s.into(),
+                        Err(_) => String::from_utf8_lossy(b),
+                    })
+                }
+                SQLITE_BLOB => ValueRef::Blob(bytes(call!(column_blob(self.ptr, i)).cast()).into()),
+                _ => ValueRef::Null,
+            }
+        }
     }
 
     pub fn i64(&self, i: usize) -> i64 {

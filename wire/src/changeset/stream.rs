@@ -10,6 +10,7 @@
 //! length is not the header's, is reported before any error of the parse
 //! it caused.
 
+use std::collections::HashMap;
 use std::io::Read;
 
 use super::read::{zstd_reader, Names, Reader, R};
