@@ -256,7 +256,8 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         Ok(())
     }
 
-    /// Sends the ack owed, if any (the session is ending).
+    /// Sends the ack owed, if any (the session is ending, or a hold is
+    /// about to be announced).
     pub(super) async fn pay_owed_ack(&mut self) -> R<()> {
         match self.owed.take_ack() {
             Some(to) if self.prefetched.is_none() => self.send_ack(to).await,

@@ -88,6 +88,9 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             debug!(retry_in = ?wait, "still held: the peer's clock is {ahead} ahead of ours");
         }
         self.receiving.stream_ended();
+        // An owed ack covers changes applied before this hold: sent after
+        // `Held`, the peer would take it for the hold's end.
+        self.pay_owed_ack().await?;
         let msg = Msg::Held {
             ahead_ms: h.ahead_ms,
             until_ms: h.until_ms,
