@@ -21,7 +21,7 @@ use crate::catalog::{self, Table};
 use crate::conn::{CaptureOff, Conn};
 use crate::error::{Error, Result};
 use crate::sql::{Db, Value};
-use crate::{bail, capture, flush, merge, peers, schema, stability};
+use crate::{ahead, bail, capture, flush, merge, peers, schema, stability};
 
 /// Turns triggers off for the apply when every trigger on the tables it
 /// touches is lsync's own (capture is off anyway): a trigger program per
@@ -87,23 +87,29 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
         check_head(db, &head, F)?;
         stability::check_fresh(db, head.fence.as_ref(), F, "changeset")?;
         let names: Vec<&str> = head.tables.iter().map(|t| t.name.as_str()).collect();
-        let chunks = std::iter::from_fn(|| {
-            let changes = match stream.next_chunk(CHUNK_CHANGES, CHUNK_BYTES) {
-                Ok(Some(changes)) => changes,
-                Ok(None) => return None,
-                Err(e) => return Some(Err(corrupt(F, e))),
-            };
-            let hlcs = || changes.iter().map(|c| c.hlc);
-            let checks = check_clock_floor(hlcs().min(), F).and_then(|()| {
-                let kept = changes.iter().filter(|c| counts(&c.origin)).map(|c| c.hlc);
-                check_drift(db, kept.max(), F, "changeset")
+        // Only a changeset of more than one chunk meets rows of its own.
+        let chunks_after_first = stream.left() > CHUNK_CHANGES as u64;
+        let limits = (CHUNK_CHANGES, CHUNK_BYTES);
+        ahead::chunks(&mut stream, limits, chunks_after_first, |next, spent| {
+            let chunks = std::iter::from_fn(|| {
+                let changes = match next() {
+                    Ok(Some(changes)) => changes,
+                    Ok(None) => return None,
+                    Err(e) => return Some(Err(corrupt(F, e))),
+                };
+                let hlcs = || changes.iter().map(|c| c.hlc);
+                let checks = check_clock_floor(hlcs().min(), F).and_then(|()| {
+                    let kept = changes.iter().filter(|c| counts(&c.origin)).map(|c| c.hlc);
+                    check_drift(db, kept.max(), F, "changeset")
+                });
+                Some(checks.map(|()| Changeset::from_head(head.clone(), changes)))
             });
-            Some(checks.map(|()| Changeset::from_head(head.clone(), changes)))
-        });
-        db.savepoint("lsync_apply", || {
-            let report = merge_all(db, conn, &names, chunks)?;
-            stability::record_ack(db, head.fence.as_ref())?;
-            Ok(report)
+            db.savepoint("lsync_apply", || {
+                let spent = &mut |cs: Changeset| spent(cs.changes);
+                let report = merge_all(db, conn, &names, chunks, spent, chunks_after_first)?;
+                stability::record_ack(db, head.fence.as_ref())?;
+                Ok(report)
+            })
         })
     };
     one_pass().map_err(|e| {
@@ -115,31 +121,46 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
 
 /// Merges batch after batch of changes, with capture and (when they are
 /// all lsync's) triggers off, within the caller's savepoint. The caller has
-/// checked library and schema.
+/// checked library and schema. Each batch merged goes to `spent`. `many`:
+/// there may be more than one batch, so the tables empty at the start are
+/// worth finding (`merge::Fresh`).
 fn merge_all(
     db: Db,
     conn: &Conn,
     names: &[&str],
     batches: impl Iterator<Item = Result<Changeset>>,
+    spent: &mut dyn FnMut(Changeset),
+    many: bool,
 ) -> Result<ApplyReport> {
     let _off = CaptureOff::new(conn);
-    let _triggers = TriggersOff::new(db, names)?;
+    let triggers = TriggersOff::new(db, names)?;
     let tables = by_name(db)?;
     capture::quietly(db, || {
         // Fold local captures first: rows above the high-water mark must be
         // recorded as local before remote rows are inserted above them.
         flush::flush(db)?;
         db.exec("PRAGMA defer_foreign_keys = ON")?;
+        // With app triggers firing, rows may come by a way the merge does
+        // not see: no table counts as fresh.
+        let fresh = if many && triggers.restore.is_some() {
+            let named = tables
+                .values()
+                .filter(|t| names.iter().any(|n| n.eq_ignore_ascii_case(&t.name)));
+            merge::Fresh::find(db, named)?
+        } else {
+            merge::Fresh::default()
+        };
         let mut total = ApplyReport::default();
         for cs in batches {
             let mut cs = cs?;
             let own = drop_own(db, &mut cs)?;
             let revoked = crate::members::drop_revoked(db, &mut cs)?;
-            let mut report = merge::merge(db, tables.clone(), &cs)?;
+            let mut report = merge::merge(db, tables.clone(), &cs, &fresh)?;
             report.changes += own + revoked;
             report.own = own;
             report.revoked = revoked;
             total.add(&report);
+            spent(cs);
         }
         Ok(total)
     })
@@ -261,7 +282,14 @@ pub fn apply_stream(
 ) -> Result<ApplyReport> {
     let tables = catalog::load_all(db)?;
     let names: Vec<&str> = tables.iter().map(|t| &*t.name).collect();
-    merge_all(db, conn, &names, std::iter::from_fn(|| next().transpose()))
+    merge_all(
+        db,
+        conn,
+        &names,
+        std::iter::from_fn(|| next().transpose()),
+        &mut drop,
+        true,
+    )
 }
 
 /// `lsync_conflict_retry(id)`: applies quarantined change `id` now, as

@@ -49,6 +49,20 @@ pub struct Clock {
     pub self_idx: i64,
     next_seq: i64,
     hlc: Option<i64>,
+    /// The row entry the last `row_clock` found. The rows of a bulk update
+    /// share one entry, so each would look it up again; any write to the
+    /// clock forgets it.
+    last_row: std::cell::Cell<Option<FoundRow>>,
+}
+
+/// A row entry `row_clock` found: table, `lo..=hi`, HLC and origin.
+#[derive(Clone, Copy)]
+struct FoundRow {
+    tbl: i64,
+    lo: i64,
+    hi: i64,
+    hlc: i64,
+    origin: i64,
 }
 
 impl Clock {
@@ -59,6 +73,7 @@ impl Clock {
             self_idx: schema::get_i64(db, "device_idx")?,
             next_seq: schema::get_i64(db, "next_seq")?.max(1),
             hlc: None,
+            last_row: std::cell::Cell::new(None),
         })
     }
 
@@ -103,6 +118,7 @@ impl Clock {
         origin: i64,
         uuid: Value,
     ) -> Result<i64> {
+        self.edit();
         let len = span.map_or(1, |(lo, hi)| hi - lo + 1);
         let seq = self.alloc(len)?;
         let (lo, hi) = match span {
@@ -135,12 +151,32 @@ impl Clock {
 
     /// The (hlc, origin) of the row entry covering `rid`.
     pub fn row_clock(&self, tbl: i64, rid: i64) -> Result<Option<(i64, i64)>> {
-        self.cache.with(
-            "SELECT hi, hlc, origin FROM lsync_clock
+        if let Some(f) = self.last_row.get() {
+            if f.tbl == tbl && (f.lo..=f.hi).contains(&rid) {
+                return Ok(Some((f.hlc, f.origin)));
+            }
+        }
+        let found = self.cache.with(
+            "SELECT lo, hi, hlc, origin FROM lsync_clock
              WHERE tbl = ?1 AND col IS NULL AND lo <= ?2 ORDER BY lo DESC LIMIT 1",
             &[tbl.into(), rid.into()],
-            |s| Ok((s.step()? && s.i64(0) >= rid).then(|| (s.i64(1), s.i64(2)))),
-        )
+            |s| {
+                Ok((s.step()? && s.i64(1) >= rid).then(|| FoundRow {
+                    tbl,
+                    lo: s.i64(0),
+                    hi: s.i64(1),
+                    hlc: s.i64(2),
+                    origin: s.i64(3),
+                }))
+            },
+        )?;
+        self.last_row.set(found);
+        Ok(found.map(|f| (f.hlc, f.origin)))
+    }
+
+    /// The clock is about to change: what `row_clock` found may not hold.
+    fn edit(&self) {
+        self.last_row.set(None);
     }
 
     /// The (hlc, origin) of each column of `rid` that has its own entry.
@@ -160,6 +196,7 @@ impl Clock {
 
     /// Removes the tombstone of a row that is live again.
     pub fn drop_tombstone(&self, tbl: i64, uuid: &Value) -> Result<()> {
+        self.edit();
         self.cache.run(
             "DELETE FROM lsync_clock WHERE tbl = ?1 AND uuid = ?2 AND op = 2",
             &[tbl.into(), uuid.clone()],
@@ -169,6 +206,7 @@ impl Clock {
     /// Gives a shared row a new creation clock (a newer re-insert): its row
     /// entry takes the clock, and column entries older than it go.
     pub fn rebase_row(&mut self, tbl: i64, rid: i64, hlc: i64, origin: i64) -> Result<()> {
+        self.edit();
         self.cache.run(
             "DELETE FROM lsync_clock WHERE tbl = ?1 AND col IS NOT NULL AND lo = ?2 AND hlc < ?3",
             &[tbl.into(), rid.into(), hlc.into()],
@@ -179,6 +217,7 @@ impl Clock {
     /// Records row `rid`'s entry again at clock (`hlc`, `origin`), after
     /// everything in the clock, with its column entries after it.
     pub fn renew_row(&mut self, tbl: i64, rid: i64, hlc: i64, origin: i64) -> Result<()> {
+        self.edit();
         self.uncover(tbl, rid)?;
         self.add(
             tbl,
@@ -229,6 +268,7 @@ impl Clock {
     /// Removes the rowids `lo..=hi` from every row entry that covers them,
     /// keeping the parts outside with their cursors.
     pub fn uncover_range(&self, tbl: i64, lo: i64, hi: i64) -> Result<()> {
+        self.edit();
         for e in self.row_entries(tbl, lo, hi)? {
             self.cache
                 .run("DELETE FROM lsync_clock WHERE seq = ?1", &[e.seq.into()])?;
@@ -267,6 +307,7 @@ impl Clock {
         hlc: i64,
         origin: i64,
     ) -> Result<i64> {
+        self.edit();
         self.uncover_range(tbl, lo, hi)?;
         self.cache.run(
             "DELETE FROM lsync_clock WHERE tbl = ?1 AND col IS NOT NULL AND lo BETWEEN ?2 AND ?3",
@@ -277,6 +318,7 @@ impl Clock {
 
     /// Drops the per-column entries of a row (shared tables).
     pub fn drop_columns(&self, tbl: i64, rid: i64) -> Result<()> {
+        self.edit();
         self.cache.run(
             "DELETE FROM lsync_clock WHERE tbl = ?1 AND col IS NOT NULL AND lo = ?2",
             &[tbl.into(), rid.into()],
@@ -286,6 +328,7 @@ impl Clock {
     /// Replaces whatever row entry covers `rid` with a new single-row entry.
     #[allow(clippy::too_many_arguments)]
     pub fn cover_row(&mut self, tbl: i64, rid: i64, op: i64, hlc: i64, origin: i64) -> Result<i64> {
+        self.edit();
         self.uncover(tbl, rid)?;
         self.drop_columns(tbl, rid)?;
         self.add(tbl, Some((rid, rid)), None, op, hlc, origin, Value::Null)
@@ -293,6 +336,7 @@ impl Clock {
 
     /// Records a tombstone for a deleted row, replacing an older one.
     pub fn tombstone(&mut self, tbl: i64, uuid: Value, hlc: i64, origin: i64) -> Result<i64> {
+        self.edit();
         self.cache.run(
             "DELETE FROM lsync_clock WHERE tbl = ?1 AND uuid = ?2 AND op = 2",
             &[tbl.into(), uuid.clone()],
@@ -309,6 +353,7 @@ impl Clock {
         hlc: i64,
         origin: i64,
     ) -> Result<i64> {
+        self.edit();
         self.cache.run(
             "DELETE FROM lsync_clock WHERE tbl = ?1 AND col = ?2 AND lo = ?3",
             &[tbl.into(), col.into(), rid.into()],

@@ -4,6 +4,7 @@
 //! `docs/sql-api.md`. Tracking a table installs triggers that record each
 //! change in the writing transaction itself; `lsync_changes` lists them.
 
+pub mod ahead;
 pub mod api;
 pub mod apply;
 pub mod capture;

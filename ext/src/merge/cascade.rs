@@ -103,6 +103,7 @@ impl Applier {
             match &r.plan {
                 Plan::Set(sql) => self.clock.cache.run(sql, &[rid.into()])?,
                 Plan::Detach { link, clear } => {
+                    self.links_may_exist = true;
                     self.clock.cache.run(link, &[rid.into(), key.clone()])?;
                     self.clock.cache.run(clear, &[rid.into()])?;
                 }

@@ -80,6 +80,7 @@ impl Applier {
             }
         }
         let links = fk::deferred_of(self.db, t.id, gone)?;
+        self.links_may_exist |= !links.is_empty();
         self.repoint(t, gone, keep)?;
         self.drop_row(t, gone, gone_id)?;
         let vals: Vec<(&Arc<str>, Cow<Value>)> = newer
@@ -214,6 +215,7 @@ impl Applier {
             return Err(e);
         };
         let (id, target_id) = (self.uuid_at(rt, j)?, self.uuid_at(&tt, to)?);
+        self.links_may_exist = true;
         self.db.run(
             &format!(
                 "UPDATE {} SET {} = NULL WHERE {}",

@@ -41,10 +41,12 @@ impl Applier {
                 None
             };
             // Targets that arrive in this same changeset are mapped in memory.
-            let mut incoming: IdMap<()> = IdMap::default();
-            for c in groups.get(target.as_str()).into_iter().flatten() {
-                incoming.insert(&c.pk, ());
-            }
+            let incoming: HashSet<(bool, &[u8])> = groups
+                .get(target.as_str())
+                .into_iter()
+                .flatten()
+                .filter_map(|c| id_key(&c.pk))
+                .collect();
             let known = self.rids.get(target.as_str());
             let mut seen: IdMap<()> = IdMap::default();
             let mut missing: Vec<&Value> = Vec::new();
@@ -55,7 +57,8 @@ impl Applier {
             {
                 let v = aliases.as_ref().map_or(v, |a| a.root_of(v));
                 if ids::is_id(v)
-                    && !incoming.contains(v)
+                    && self.fresh.may_hold(tt.id, v)
+                    && id_key(v).is_none_or(|k| !incoming.contains(&k))
                     && known.is_none_or(|m| !m.contains(v))
                     && !seen.contains(v)
                 {
@@ -130,16 +133,29 @@ impl Applier {
         mut deferred: Vec<Link>,
     ) -> Result<()> {
         if let Some(written) = written {
-            for col in written.iter().filter(|c| t.fks.contains_key(&***c)) {
-                fk::forget(&self.clock.cache, t.id, rid, Some(col))?;
+            if self.links_may_exist {
+                for col in written.iter().filter(|c| t.fks.contains_key(&***c)) {
+                    fk::forget(&self.clock.cache, t.id, rid, Some(col))?;
+                }
             }
             deferred.retain(|(col, _, _)| written.contains(col));
         }
+        self.links_may_exist |= !deferred.is_empty();
         for (col, target, target_uuid) in deferred {
             fk::defer(self.db, t, rid, pk, &col, &target, &target_uuid)?;
             self.report.deferred += 1;
         }
         Ok(())
+    }
+}
+
+/// A global id as a set key that borrows it (`IdMap` would copy it):
+/// whether it is text, and its bytes.
+fn id_key(v: &Value) -> Option<(bool, &[u8])> {
+    match v {
+        Value::Text(s) => Some((true, s.as_bytes())),
+        Value::Blob(b) => Some((false, b.as_slice())),
+        _ => None,
     }
 }
 

@@ -8,6 +8,7 @@
 //! referrers.
 
 mod cascade;
+mod fresh;
 mod join;
 mod keys;
 mod links;
@@ -39,6 +40,7 @@ use write::Run;
 /// A clock for LWW ordering: (HLC, origin device UUID).
 type Clk = (i64, Arc<str>);
 
+pub use fresh::Fresh;
 pub use quarantine::{count as conflicts, drop as drop_conflict, retry as retry_conflict};
 
 /// Merges one changeset's changes (the caller has checked it, and holds the
@@ -49,12 +51,17 @@ pub use quarantine::{count as conflicts, drop as drop_conflict, retry as retry_c
 /// applies. Nothing conflicts on the fast path, which costs one savepoint;
 /// each refused change costs one more pass. Inside a running statement no
 /// savepoint can be taken, and a refusal fails the whole merge instead.
-pub fn merge(db: Db, tables: HashMap<Arc<str>, Table>, cs: &Changeset) -> Result<ApplyReport> {
+pub fn merge(
+    db: Db,
+    tables: HashMap<Arc<str>, Table>,
+    cs: &Changeset,
+    fresh: &Fresh,
+) -> Result<ApplyReport> {
     let mut refused: Vec<(usize, Error)> = Vec::new();
     let mut facts: Vec<Fact> = Vec::new();
     let a = loop {
         let skip = refused.iter().map(|(i, _)| *i).collect();
-        let mut a = Applier::new(db, tables.clone(), skip, facts.clone())?;
+        let mut a = Applier::new(db, tables.clone(), skip, facts.clone(), fresh.clone())?;
         match attempt(db, &mut a, cs) {
             Ok(()) => break a,
             Err(Attempt::Refused(i, e)) => {
@@ -78,6 +85,10 @@ pub fn merge(db: Db, tables: HashMap<Arc<str>, Table>, cs: &Changeset) -> Result
     };
     let mut report = a.report;
     report.retried += quarantine::retry_after(db, &tables, &a.touched)?;
+    if report.retried > 0 {
+        // Retried changes insert rows that `fresh` did not see.
+        fresh.forget_all();
+    }
     for (i, e) in &refused {
         quarantine::record(db, &tables, &cs.changes[*i], e)?;
     }
@@ -176,6 +187,11 @@ struct Applier {
     /// Tables where they were found: their new rows are checked for a
     /// clash before they are written (`keys`).
     clashed: HashSet<i64>,
+    /// Tables empty when the apply began, and the keys it inserted.
+    fresh: Fresh,
+    /// Whether `lsync_deferred` may hold links: while it holds none, a
+    /// write has no pending link to forget. Set by whatever defers one.
+    links_may_exist: bool,
 }
 
 impl Applier {
@@ -184,8 +200,11 @@ impl Applier {
         tables: HashMap<Arc<str>, Table>,
         skip: HashSet<usize>,
         facts: Vec<Fact>,
+        fresh: Fresh,
     ) -> Result<Applier> {
         let any_alias = db.query_i64("SELECT EXISTS (SELECT 1 FROM lsync_alias)", &[])? == Some(1);
+        let links_may_exist =
+            db.query_i64("SELECT EXISTS (SELECT 1 FROM lsync_deferred)", &[])? == Some(1);
         let clashed = facts
             .iter()
             .filter_map(|f| tables.get(&f.tbl).map(|t| t.id))
@@ -216,6 +235,8 @@ impl Applier {
             aliases: HashMap::default(),
             facts,
             clashed,
+            fresh,
+            links_may_exist,
         })
     }
 
@@ -317,6 +338,7 @@ impl Applier {
         self.sweep_dead_links()?;
         self.end_run()?;
         let all: Vec<Table> = self.tables.values().cloned().collect();
+        self.links_may_exist = true;
         let (resolved, refused) = fk::resolve(self.db, &all)?;
         self.report.resolved += resolved;
         self.links_refused(refused)?;
@@ -361,8 +383,14 @@ impl Applier {
         let rids = self.rids.entry(t.name.clone()).or_default();
         rids.reserve(list.len());
         if has_rows {
-            let keys: Vec<&Value> = list.iter().map(|c| &c.pk).collect();
-            rids.extend(fk::rids_of(self.db, t, &keys)?);
+            let keys: Vec<&Value> = list
+                .iter()
+                .map(|c| &c.pk)
+                .filter(|k| self.fresh.may_hold(t.id, k))
+                .collect();
+            if !keys.is_empty() {
+                rids.extend(fk::rids_of(self.db, t, &keys)?);
+            }
         }
         self.touched.insert(t.name.clone());
         if self.db.query_i64(

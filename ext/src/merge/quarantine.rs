@@ -194,7 +194,13 @@ fn apply_one(db: Db, tables: &HashMap<Arc<str>, Table>, id: i64) -> Result<()> {
         .map_err(|e| Error::msg(format!("lsync: quarantined change {id} is corrupt: {e}")))?;
     let mut facts = Vec::new();
     loop {
-        let mut a = Applier::new(db, tables.clone(), HashSet::default(), facts.clone())?;
+        let mut a = Applier::new(
+            db,
+            tables.clone(),
+            HashSet::default(),
+            facts.clone(),
+            super::Fresh::default(),
+        )?;
         match attempt(db, &mut a, &cs) {
             Ok(()) => return Ok(()),
             // A UNIQUE clash merges the rows, as in any apply.

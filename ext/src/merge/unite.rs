@@ -412,6 +412,7 @@ impl Applier {
             self.clock.renew_row(t.id, rid, hlc, origin)?;
         }
         t.set_gid(self.db, rid, to)?;
+        self.fresh.forget(t.id);
         self.db.run(
             "UPDATE lsync_deferred SET uuid = ?3 WHERE tbl = ?1 AND rid = ?2",
             &[t.id.into(), rid.into(), to.clone()],

@@ -10,7 +10,7 @@ use super::Applier;
 use crate::catalog::Table;
 use crate::error::Result;
 use crate::ident::{q, qm};
-use crate::sql::{Stmt, Value};
+use crate::sql::{Stmt, Value, ValueRef};
 
 /// Consecutive rows from one origin at one HLC, recorded as one range:
 /// new rows, or existing rows whose old coverage it replaces.
@@ -77,6 +77,7 @@ impl Applier {
             let e = e.in_apply(&format!("inserting into '{}'", t.name));
             return Err(self.clash_or(t, None, Some(pk), vals, e));
         }
+        self.fresh.inserted(t.id, pk);
         let rid = crate::rids::inserted(db, t, pk)?;
         if own_id.is_none() {
             crate::gids::keep(db, t, rid, pk)?;
@@ -105,18 +106,16 @@ impl Applier {
             ))
         })?;
         read.bind(1, &rid.into())?;
-        let current: Vec<Value> = if read.step()? {
-            (0..vals.len()).map(|i| read.value(i)).collect()
-        } else {
-            Vec::new()
-        };
+        // Compared where SQLite holds the row, without copying it.
+        let changed = read.step().map(|row| -> Vec<&(&Arc<str>, Cow<Value>)> {
+            vals.iter()
+                .enumerate()
+                .filter(|(i, (_, v))| !row || !same(&read.value_ref(*i), v))
+                .map(|(_, cv)| cv)
+                .collect()
+        });
         read.reset();
-        let changed: Vec<&(&Arc<str>, Cow<Value>)> = vals
-            .iter()
-            .enumerate()
-            .filter(|(i, (_, v))| current.get(*i) != Some(v.as_ref()))
-            .map(|(_, cv)| cv)
-            .collect();
+        let changed = changed?;
         if changed.is_empty() {
             return Ok(());
         }
@@ -208,6 +207,20 @@ impl Applier {
             self.end_run()?;
         }
         Ok(())
+    }
+}
+
+/// Whether a column as SQLite holds it is `v`, as `Value`'s own equality
+/// has it (an integer is not the real of the same number).
+fn same(cur: &ValueRef, v: &Value) -> bool {
+    match (cur, v) {
+        (ValueRef::Null, Value::Null) => true,
+        (ValueRef::Integer(a), Value::Integer(b)) => a == b,
+        (ValueRef::Real(a), Value::Real(b)) => a == b,
+        (ValueRef::Text(a), Value::Text(b)) => **a == **b,
+        (ValueRef::Blob(a), Value::Blob(b)) => **a == **b,
+        (ValueRef::Uuid(_), _) => cur.to_owned() == *v,
+        _ => false,
     }
 }
 

@@ -1,0 +1,154 @@
+//! Applies that the merge speeds up, checked for what they must still do.
+//!
+//! - `lsync_apply` merges 16,384 changes at a time. Into a table that was
+//!   empty when the apply began, a later chunk does not look up keys the
+//!   apply has not inserted (`merge::Fresh`): its changes to rows an
+//!   earlier chunk inserted must still find them.
+//! - The rows of a bulk update share one clock entry, and the merge keeps
+//!   the last one it read (`Clock::row_clock`): a second change to a row in
+//!   the same changeset must meet the first one's clock, not the entry's.
+
+use lsync_tests::*;
+use lsync_wire::changeset::{Change, Changeset, Op, DEFAULT_MAX_BODY};
+use lsync_wire::value::Value;
+use rusqlite::Connection;
+
+/// More entries than one chunk of an apply holds (`CHUNK_CHANGES`).
+const ROWS: i64 = 20_000;
+const CHUNK: usize = 16_384;
+
+/// Two library databases in one library, the first with `ROWS` entries.
+fn bulk_pair(dir: &TempDir) -> (Connection, Connection) {
+    let (_, a) = library_db(dir.path(), "a");
+    let (_, b) = library_db(dir.path(), "b");
+    join_library(&b, &library_id(&a));
+    index_tree(&a, "bulk", ROWS);
+    (a, b)
+}
+
+fn decoded_since(c: &Connection, since: i64) -> Changeset {
+    let blob: Vec<u8> = c
+        .query_row("SELECT lsync_changeset(?1)", [since], |r| r.get(0))
+        .unwrap();
+    Changeset::decode(&blob, DEFAULT_MAX_BODY).unwrap()
+}
+
+fn apply_cs(c: &Connection, cs: &Changeset) -> serde_json::Value {
+    let r: String = c
+        .query_row("SELECT lsync_apply(?1)", [cs.encode().unwrap()], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    serde_json::from_str(&r).unwrap()
+}
+
+/// The change to entry `name` in `cs`.
+fn entry_change<'a>(cs: &'a Changeset, name: &str) -> &'a Change {
+    cs.changes
+        .iter()
+        .find(|c| {
+            &*c.tbl == "entries"
+                && c.data
+                    .iter()
+                    .any(|(k, v)| &**k == "name" && *v == Value::Text(name.into()))
+        })
+        .unwrap_or_else(|| panic!("no change to {name}"))
+}
+
+/// `c` as a later change of its row: `op`, `ticks` later, with `name`.
+fn later(c: &Change, op: Op, ticks: i64, name: &str) -> Change {
+    let mut c = c.clone();
+    c.op = op;
+    c.hlc += ticks;
+    for (k, v) in &mut c.data {
+        if &**k == "name" {
+            *v = Value::Text(name.into());
+        }
+    }
+    if op == Op::Delete {
+        c.data.clear();
+    }
+    c
+}
+
+fn name_of(c: &Connection, uuid: &Value) -> Option<String> {
+    c.query_row(
+        "SELECT name FROM entries WHERE uuid = ?1",
+        [uuid.as_str().expect("a text uuid")],
+        |r| r.get(0),
+    )
+    .ok()
+}
+
+#[test]
+fn a_later_chunk_finds_the_rows_an_earlier_chunk_inserted() {
+    let dir = TempDir::new();
+    let (a, b) = bulk_pair(&dir);
+    let mut cs = decoded_since(&a, 0);
+    // Entries 3000 and 5000 are leaves, inserted in the first chunk; their
+    // edit and delete go last, into the second.
+    let (edited, deleted) = (
+        entry_change(&cs, "bulk-3000"),
+        entry_change(&cs, "bulk-5000"),
+    );
+    let at = |c: &Change| cs.changes.iter().position(|x| x.pk == c.pk).unwrap();
+    assert!(
+        at(edited) < CHUNK && at(deleted) < CHUNK,
+        "in the first chunk"
+    );
+    let (edit, delete) = (
+        later(edited, Op::Update, 1 << 20, "renamed"),
+        later(deleted, Op::Delete, 1 << 20, ""),
+    );
+    cs.changes.extend([edit.clone(), delete.clone()]);
+    assert!(
+        cs.changes.len() > CHUNK + 2,
+        "the edits are in a later chunk"
+    );
+
+    let r = apply_cs(&b, &cs);
+    assert_eq!(n(&r, "quarantined"), 0, "{r}");
+    assert_eq!(n(&r, "applied"), n(&r, "changes"), "{r}");
+    assert_eq!(name_of(&b, &edit.pk).as_deref(), Some("renamed"));
+    assert_eq!(name_of(&b, &delete.pk), None, "the row is deleted");
+    let count: i64 = scalar(&b, "SELECT count(*) FROM entries");
+    assert_eq!(count, ROWS - 1);
+    // Children in later chunks point at parents inserted in earlier ones.
+    let roots: i64 = scalar(&b, "SELECT count(*) FROM entries WHERE parent_id IS NULL");
+    assert_eq!(roots, 1, "only the root has no parent");
+    // Applied again, nothing is new: every change finds its row, or its
+    // tombstone, whatever chunk it is in.
+    let again = apply_cs(&b, &cs);
+    assert_eq!(n(&again, "applied"), 0, "{again}");
+    assert_eq!(n(&again, "quarantined"), 0, "{again}");
+}
+
+#[test]
+fn a_second_change_to_a_row_in_one_changeset_meets_the_first() {
+    let dir = TempDir::new();
+    let (a, b) = bulk_pair(&dir);
+    let inserted = decoded_since(&a, 0);
+    apply_cs(&b, &inserted);
+    let since = cursor(&a);
+    a.execute("UPDATE entries SET size = size + 1", []).unwrap();
+    let mut cs = decoded_since(&a, since);
+    assert_eq!(cs.changes.len() as i64, ROWS, "one update per entry");
+    // After the bulk update of its row (the newest state), an older state
+    // of entry 7: newer than its insert, older than the update.
+    let insert = entry_change(&inserted, "bulk-7").hlc;
+    let update = entry_change(&cs, "bulk-7").clone();
+    assert!(update.hlc > insert + 1);
+    let mut older = later(&update, Op::Update, 0, "older");
+    older.hlc = insert + 1;
+    // In the same chunk, while the run of updates that holds it is pending.
+    let at = cs.changes.iter().position(|c| c.pk == update.pk).unwrap();
+    cs.changes.insert(at + 100, older);
+
+    let r = apply_cs(&b, &cs);
+    assert_eq!(n(&r, "stale"), 1, "{r}");
+    assert_eq!(n(&r, "applied"), ROWS, "{r}");
+    assert_eq!(name_of(&b, &update.pk).as_deref(), Some("bulk-7"));
+    let sizes: i64 = scalar(&b, "SELECT sum(size) FROM entries");
+    let want: i64 = scalar(&a, "SELECT sum(size) FROM entries");
+    assert_eq!(sizes, want);
+}
