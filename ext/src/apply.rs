@@ -58,6 +58,13 @@ impl TriggersOff {
     }
 }
 
+impl TriggersOff {
+    /// Whether no trigger fires on this connection now.
+    fn off(&self) -> bool {
+        self.restore.is_some()
+    }
+}
+
 impl Drop for TriggersOff {
     fn drop(&mut self) {
         if let Some(prev) = self.restore {
@@ -127,9 +134,9 @@ fn merge_all(
     batches: impl Iterator<Item = Result<Changeset>>,
 ) -> Result<ApplyReport> {
     let _off = CaptureOff::new(conn);
-    let _triggers = TriggersOff::new(db, names)?;
+    let triggers = TriggersOff::new(db, names)?;
     let tables = by_name(db)?;
-    capture::quietly(db, || {
+    let merged = || {
         // Fold local captures first: rows above the high-water mark must be
         // recorded as local before remote rows are inserted above them.
         flush::flush(db)?;
@@ -146,7 +153,14 @@ fn merge_all(
             total.add(&report);
         }
         Ok(total)
-    })
+    };
+    // With every trigger off, no function-free one reads `capture_off`:
+    // setting and clearing it would be two writes for nothing.
+    if triggers.off() {
+        merged()
+    } else {
+        capture::quietly(db, merged)
+    }
 }
 
 /// Takes out the changes that name this device as their origin, and
