@@ -34,23 +34,34 @@ struct TriggersOff {
 
 impl TriggersOff {
     fn new(db: Db, names: &[&str]) -> Result<TriggersOff> {
-        let json = serde_json::to_string(&names).map_err(|e| Error::msg(e.to_string()))?;
         // Temp triggers can be on main's tables too; names match as SQLite
-        // matches them (a changeset may spell a table in another case).
-        let foreign = db.query_i64(
-            "SELECT count(*) FROM
-               (SELECT name, tbl_name FROM main.sqlite_schema WHERE type = 'trigger'
-                UNION ALL SELECT name, tbl_name FROM temp.sqlite_schema WHERE type = 'trigger')
-             WHERE name NOT LIKE 'lsync\\_%' ESCAPE '\\'
-               AND tbl_name COLLATE NOCASE IN (SELECT value FROM json_each(?1))",
-            &[json.into()],
+        // matches them, ASCII case folded (a changeset may spell a table in
+        // another case). Matched here rather than in SQL: every apply runs
+        // this, and the simplest statement is the cheapest to prepare.
+        let mut s = db.prepare(
+            "SELECT name, tbl_name FROM main.sqlite_schema WHERE type = 'trigger'
+             UNION ALL SELECT name, tbl_name FROM temp.sqlite_schema WHERE type = 'trigger'",
         )?;
-        let restore = if foreign == Some(0) {
+        let mut foreign = false;
+        while !foreign && s.step()? {
+            let (name, on) = (s.text(0).unwrap_or_default(), s.text(1).unwrap_or_default());
+            foreign = !name.to_ascii_lowercase().starts_with("lsync_")
+                && names.iter().any(|n| n.eq_ignore_ascii_case(&on));
+        }
+        drop(s);
+        let restore = if !foreign {
             Some(db.set_triggers(false)?)
         } else {
             None
         };
         Ok(TriggersOff { db, restore })
+    }
+}
+
+impl TriggersOff {
+    /// Whether no trigger fires on this connection now.
+    fn off(&self) -> bool {
+        self.restore.is_some()
     }
 }
 
@@ -135,7 +146,7 @@ fn merge_all(
     let _off = CaptureOff::new(conn);
     let triggers = TriggersOff::new(db, names)?;
     let tables = by_name(db)?;
-    capture::quietly(db, || {
+    let merged = || {
         // Fold local captures first: rows above the high-water mark must be
         // recorded as local before remote rows are inserted above them.
         flush::flush(db)?;
@@ -163,7 +174,14 @@ fn merge_all(
             spent(cs);
         }
         Ok(total)
-    })
+    };
+    // With every trigger off, no function-free one reads `capture_off`:
+    // setting and clearing it would be two writes for nothing.
+    if triggers.off() {
+        merged()
+    } else {
+        capture::quietly(db, merged)
+    }
 }
 
 /// Takes out the changes that name this device as their origin, and

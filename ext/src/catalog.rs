@@ -2,7 +2,9 @@
 //! module reads to know a table's mode, uuid column, columns and FKs.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use rustc_hash::FxHashMap;
 
 use crate::bail;
 use crate::error::{Error, Result};
@@ -99,7 +101,41 @@ pub struct Table {
 
 const TABLE_COLS: &str = "id, name, mode, uuid_col, hwm, columns, fks, options";
 
+/// Tables parsed from `lsync_tables` rows, by the row's text (all but id
+/// and hwm). Every lsync call reads the catalog, often several times, and
+/// parsing its JSON cost as much as the query. Keyed by content, an entry
+/// is never stale, whatever connection or database it came from.
+static PARSED: Mutex<Option<FxHashMap<String, Table>>> = Mutex::new(None);
+/// Entries kept at most (rows seen by a long-lived process whose schemas
+/// keep changing): past it the cache starts over.
+const PARSED_MAX: usize = 1024;
+
 fn table_from_row(s: &Stmt) -> Result<Table> {
+    let texts: Vec<String> = [1, 2, 3, 5, 6, 7]
+        .iter()
+        .map(|&i| s.text(i).unwrap_or_default())
+        .collect();
+    let key = texts.join("\u{0}");
+    let (id, hwm) = (s.i64(0), s.i64(4));
+    let cached = PARSED
+        .lock()
+        .ok()
+        .and_then(|c| c.as_ref().and_then(|c| c.get(&key).cloned()));
+    if let Some(t) = cached {
+        return Ok(Table { id, hwm, ..t });
+    }
+    let t = parse_row(s)?;
+    if let Ok(mut c) = PARSED.lock() {
+        let c = c.get_or_insert_with(FxHashMap::default);
+        if c.len() >= PARSED_MAX {
+            c.clear();
+        }
+        c.insert(key, t.clone());
+    }
+    Ok(t)
+}
+
+fn parse_row(s: &Stmt) -> Result<Table> {
     let corrupt = |what: &str| Error::msg(format!("lsync: lsync_tables has a corrupt {what}"));
     Ok(Table {
         id: s.i64(0),

@@ -147,6 +147,11 @@ pub type Refused = (i64, i64, String, i64, Error);
 /// (table, column, target). Returns how many links were completed, and the
 /// links a constraint refused (they stay pending).
 pub fn resolve(db: Db, tables: &[Table]) -> Result<(i64, Vec<Refused>)> {
+    // Every apply asks; almost always there is no link waiting, and this
+    // costs a fraction of preparing the UPDATE below.
+    if db.query_i64("SELECT EXISTS (SELECT 1 FROM lsync_deferred)", &[])? == Some(0) {
+        return Ok((0, Vec::new()));
+    }
     // A link to a row merged into another (`lsync_alias`) is a link to it.
     db.run(
         "UPDATE lsync_deferred SET target_uuid = a.root

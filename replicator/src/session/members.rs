@@ -23,10 +23,12 @@ pub(super) struct MembersNow {
 
 /// Reads the members as they are after a commit (blocking).
 pub(super) fn read_members(c: &Connection, peer: &str) -> crate::store::R<MembersNow> {
-    Ok(MembersNow {
-        list: members::entries(c)?,
-        revoked: members::is_revoked(c, peer)?,
-    })
+    // One read of the list serves both: this runs after every commit.
+    let list = members::entries(c)?;
+    let revoked = list
+        .iter()
+        .any(|m| m.device == peer && m.status == "revoked");
+    Ok(MembersNow { list, revoked })
 }
 
 /// Sends our members and our newest secret to a peer just admitted (an
