@@ -153,7 +153,7 @@ fn merge_all(
         db.exec("PRAGMA defer_foreign_keys = ON")?;
         // With app triggers firing, rows may come by a way the merge does
         // not see: no table counts as fresh.
-        let fresh = if many && triggers.restore.is_some() {
+        let fresh = if many && triggers.off() {
             let named = tables
                 .values()
                 .filter(|t| names.iter().any(|n| n.eq_ignore_ascii_case(&t.name)));
