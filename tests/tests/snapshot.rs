@@ -885,3 +885,35 @@ fn an_import_is_in_the_database_file_when_the_restore_returns() {
     assert_eq!(count(&reader, "entries"), 4);
     assert_eq!(raw(&held), raw(&src));
 }
+
+/// `lsync_snapshot` copies the database file itself when every WAL frame is
+/// in it, and uses the backup API when a reader of an older state holds
+/// frames back: either way the snapshot holds every commit.
+#[test]
+fn a_snapshot_holds_every_commit_while_a_reader_holds_the_wal_back() {
+    let dir = TempDir::new();
+    let (src_path, src) = library(&dir, "src", None);
+    seed(&src);
+    let reader = open(&src_path);
+    reader.execute_batch("BEGIN").unwrap();
+    assert_eq!(count(&reader, "entries"), 4);
+    src.execute_batch(
+        "INSERT INTO entries(name, parent_id, location_id) VALUES ('late', 1, 1);
+         PRAGMA wal_checkpoint(PASSIVE);",
+    )
+    .unwrap();
+    let snap = dir.path().join("snap-held.db");
+    snapshot(&src, &snap);
+    let lib = library_id(&src);
+    let (_, held) = library(&dir, "held", Some(&lib));
+    assert_eq!(restore(&held, &snap)["mode"], "empty");
+    assert_eq!(count(&held, "entries"), 5, "the commit after the reader's");
+    assert_eq!(raw(&held), raw(&src));
+
+    reader.execute_batch("COMMIT").unwrap();
+    let snap = dir.path().join("snap-quiet.db");
+    snapshot(&src, &snap);
+    let (_, quiet) = library(&dir, "quiet", Some(&lib));
+    assert_eq!(restore(&quiet, &snap)["mode"], "empty");
+    assert_eq!(raw(&quiet), raw(&src));
+}
