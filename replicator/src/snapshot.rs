@@ -295,8 +295,9 @@ pub struct Incoming {
     /// Bytes received and verified so far; the next chunk starts here.
     pub offset: u64,
     /// The whole-file checksum of those bytes, as they were written: the
-    /// complete file is checked without reading it again.
-    hash: Xxh3,
+    /// complete file is checked without reading it again. (Boxed: the
+    /// state is over 500 bytes, and a download waits in an enum.)
+    hash: Box<Xxh3>,
 }
 
 impl Incoming {
@@ -332,7 +333,7 @@ impl Incoming {
             json,
             file,
             offset: 0,
-            hash: Xxh3::new(),
+            hash: Box::new(Xxh3::new()),
         })
     }
 
@@ -355,7 +356,7 @@ impl Incoming {
         };
         io(&part, file.set_len(offset))?;
         // What an earlier process wrote is hashed as it is on disk now.
-        let hash = io(&part, hash_all(&file))?;
+        let hash = Box::new(io(&part, hash_all(&file))?);
         Ok(Some(Self {
             meta,
             part,
