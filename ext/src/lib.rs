@@ -13,6 +13,7 @@ pub mod changes;
 pub mod clock;
 pub mod compact;
 pub mod conn;
+pub mod dbcopy;
 pub mod error;
 pub mod export;
 pub mod fk;

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::ident::{q, qm};
 use crate::snapfile::{objects, private, remove_db_files, SHARED_KEYS};
 use crate::sql::{Connection, Db, Value, OPEN_NOFOLLOW, OPEN_READWRITE};
-use crate::{bail, flush, schema};
+use crate::{bail, dbcopy, flush, schema};
 
 /// `lsync_snapshot`'s options JSON.
 #[derive(Debug, serde::Deserialize)]
@@ -74,14 +74,19 @@ pub fn snapshot(
     if !skip_flush_for_testing(db, conn)? {
         db.write_savepoint("lsync_snapshot", || flush::flush(db))?;
     }
-    create_new(file, path)?;
+    let mut created = create_new(file, path)?;
     let written = (|| -> Result<i64> {
+        // Written through the handle that made the file, never a path.
+        let by_file = dbcopy::copy_quiet_file(db, &mut created)?;
+        drop(created);
         // The file we just made, never a link put in its place since.
         let copy = Connection::open(file, OPEN_READWRITE | OPEN_NOFOLLOW)?;
         if !opts.sync {
             copy.db().exec("PRAGMA synchronous = OFF")?;
         }
-        copy.db().backup_from(db)?;
+        if !by_file {
+            copy.db().backup_from(db)?;
+        }
         strip(copy.db(), owner, owner_idx)?;
         drop(copy);
         Ok(std::fs::metadata(file)
@@ -125,12 +130,11 @@ fn refuse_existing(file: &Path, path: &str) -> Result<()> {
 /// Creates the snapshot file: `O_CREAT | O_EXCL`, which fails on any
 /// existing name, a symbolic link included, so nothing is written through
 /// a link that appeared after the check.
-fn create_new(file: &Path, path: &str) -> Result<()> {
+fn create_new(file: &Path, path: &str) -> Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(file)
-        .map(drop)
         .map_err(|e| {
             let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
                 "already exists (a file or a symbolic link)".to_owned()

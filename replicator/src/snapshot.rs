@@ -107,17 +107,25 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
 
 /// xxh3-128 of a whole file, in hex.
 pub fn file_checksum(path: &Path) -> R<String> {
-    let mut f = io(path, File::open(path))?;
+    let f = io(path, File::open(path))?;
+    Ok(hex128(&io(path, hash_all(f))?))
+}
+
+fn hex128(h: &Xxh3) -> String {
+    format!("{:032x}", h.digest128())
+}
+
+/// The xxh3 state after every byte `r` yields.
+fn hash_all(mut r: impl Read) -> std::io::Result<Xxh3> {
     let mut h = Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = io(path, f.read(&mut buf))?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
-            break;
+            return Ok(h);
         }
         h.update(&buf[..n]);
     }
-    Ok(format!("{:032x}", h.digest128()))
 }
 
 /// Snapshots this process made or has checked whole.
@@ -286,6 +294,10 @@ pub struct Incoming {
     file: File,
     /// Bytes received and verified so far; the next chunk starts here.
     pub offset: u64,
+    /// The whole-file checksum of those bytes, as they were written: the
+    /// complete file is checked without reading it again. (Boxed: the
+    /// state is over 500 bytes, and a download waits in an enum.)
+    hash: Box<Xxh3>,
 }
 
 impl Incoming {
@@ -321,6 +333,7 @@ impl Incoming {
             json,
             file,
             offset: 0,
+            hash: Box::new(Xxh3::new()),
         })
     }
 
@@ -331,7 +344,7 @@ impl Incoming {
             let _ = fs::remove_file(&part);
             return Ok(None);
         };
-        let Ok(file) = OpenOptions::new().write(true).open(&part) else {
+        let Ok(file) = OpenOptions::new().read(true).write(true).open(&part) else {
             let _ = fs::remove_file(&json);
             return Ok(None);
         };
@@ -342,12 +355,15 @@ impl Incoming {
             len - len % meta.chunk_size.max(1)
         };
         io(&part, file.set_len(offset))?;
+        // What an earlier process wrote is hashed as it is on disk now.
+        let hash = Box::new(io(&part, hash_all(&file))?);
         Ok(Some(Self {
             meta,
             part,
             json,
             file,
             offset,
+            hash,
         }))
     }
 
@@ -376,6 +392,7 @@ impl Incoming {
             return Err(e);
         }
         self.offset += len;
+        self.hash.update(&raw);
         Ok(true)
     }
 
@@ -396,7 +413,7 @@ impl Incoming {
     /// The finished file, after checking it whole.
     pub fn verified(&mut self) -> R<&Path> {
         io(&self.part, self.file.flush())?;
-        if file_checksum(&self.part)? != self.meta.checksum {
+        if !self.complete() || hex128(&self.hash) != self.meta.checksum {
             return Err(SnapError::BadFile);
         }
         Ok(&self.part)

@@ -842,3 +842,78 @@ fn a_consumed_snapshot_restores_the_same_and_is_deleted() {
         );
     }
 }
+
+/// The number of entries in the database file alone, without its WAL: what
+/// is there once a checkpoint copied it.
+fn entries_in_file(dir: &TempDir, db: &Path) -> i64 {
+    let copy = dir.path().join("file-only.db");
+    std::fs::copy(db, &copy).unwrap();
+    let n = count(&Connection::open(&copy).unwrap(), "entries");
+    std::fs::remove_file(&copy).unwrap();
+    n
+}
+
+/// An import into an empty library commits with the caller's `synchronous`
+/// (a sidecar's NORMAL: other connections see it one sync sooner), then is
+/// copied into the database file before `lsync_restore` returns, or, while
+/// a reader holds the WAL back, stays durable in the WAL.
+#[test]
+fn an_import_is_in_the_database_file_when_the_restore_returns() {
+    let dir = TempDir::new();
+    let (src, snap) = seeded_snapshot(&dir);
+    let lib = library_id(&src);
+    let (path, dst) = library(&dir, "dst", Some(&lib));
+    // The schema is in the file; only what the import writes is not.
+    dst.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    assert_eq!(entries_in_file(&dir, &path), 0);
+    assert_eq!(restore(&dst, &snap)["mode"], "empty");
+    assert_eq!(entries_in_file(&dir, &path), 4, "checkpointed");
+    assert_eq!(scalar::<i64>(&dst, "PRAGMA synchronous"), 1, "unchanged");
+
+    // A reader of the empty library holds the checkpoint back.
+    let (path, held) = library(&dir, "held", Some(&lib));
+    held.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    let reader = open(&path);
+    reader.execute_batch("BEGIN").unwrap();
+    assert_eq!(count(&reader, "entries"), 0);
+    assert_eq!(restore(&held, &snap)["mode"], "empty");
+    assert_eq!(count(&reader, "entries"), 0, "its snapshot is older");
+    assert_eq!(entries_in_file(&dir, &path), 0, "not copied yet");
+    reader.execute_batch("COMMIT").unwrap();
+    assert_eq!(count(&reader, "entries"), 4);
+    assert_eq!(raw(&held), raw(&src));
+}
+
+/// `lsync_snapshot` copies the database file itself when every WAL frame is
+/// in it, and uses the backup API when a reader of an older state holds
+/// frames back: either way the snapshot holds every commit.
+#[test]
+fn a_snapshot_holds_every_commit_while_a_reader_holds_the_wal_back() {
+    let dir = TempDir::new();
+    let (src_path, src) = library(&dir, "src", None);
+    seed(&src);
+    let reader = open(&src_path);
+    reader.execute_batch("BEGIN").unwrap();
+    assert_eq!(count(&reader, "entries"), 4);
+    src.execute_batch(
+        "INSERT INTO entries(name, parent_id, location_id) VALUES ('late', 1, 1);
+         PRAGMA wal_checkpoint(PASSIVE);",
+    )
+    .unwrap();
+    let snap = dir.path().join("snap-held.db");
+    snapshot(&src, &snap);
+    let lib = library_id(&src);
+    let (_, held) = library(&dir, "held", Some(&lib));
+    assert_eq!(restore(&held, &snap)["mode"], "empty");
+    assert_eq!(count(&held, "entries"), 5, "the commit after the reader's");
+    assert_eq!(raw(&held), raw(&src));
+
+    reader.execute_batch("COMMIT").unwrap();
+    let snap = dir.path().join("snap-quiet.db");
+    snapshot(&src, &snap);
+    let (_, quiet) = library(&dir, "quiet", Some(&lib));
+    assert_eq!(restore(&quiet, &snap)["mode"], "empty");
+    assert_eq!(raw(&quiet), raw(&src));
+}

@@ -130,6 +130,11 @@ pub(super) fn restore_empty(db: Db, file: &Path, snap: &Snap, me: &str) -> Resul
     private(c)?;
     harden(c)?;
     c.exec(&format!("PRAGMA cache_size = -{CACHE_KIB}"))?;
+    let sync = commit_sync(db)?;
+    c.exec(&format!("PRAGMA synchronous = {sync}"))?;
+    // The import's pages reach the database file by `settle`, once the
+    // import is visible, not by a checkpoint inside the COMMIT.
+    c.exec("PRAGMA wal_autocheckpoint = 0")?;
     c.run("ATTACH ?1 AS snap", &[read_only_uri(file).into()])?;
     c.exec("BEGIN IMMEDIATE")?;
     let imported = (|| -> Result<std::result::Result<i64, String>> {
@@ -162,7 +167,58 @@ pub(super) fn restore_empty(db: Db, file: &Path, snap: &Snap, me: &str) -> Resul
         let _ = c.exec("ROLLBACK");
     }
     let _ = c.exec("DETACH snap");
+    if matches!(done, Ok(Empty::Done(_))) {
+        settle(c, &target, sync)?;
+    }
     done
+}
+
+/// `PRAGMA synchronous` values.
+const NORMAL: i64 = 1;
+const FULL: i64 = 2;
+
+/// How the import commits: as the caller's connection does (a sidecar's
+/// runs with NORMAL), and never without syncing at all. In WAL mode NORMAL
+/// does not sync the WAL in the COMMIT, so the import is visible to other
+/// connections one fsync sooner; `settle` makes it durable before
+/// `lsync_restore` returns.
+fn commit_sync(db: Db) -> Result<i64> {
+    Ok(db
+        .query_i64("PRAGMA main.synchronous", &[])?
+        .unwrap_or(FULL)
+        .max(NORMAL))
+}
+
+/// After the COMMIT: copies the import from the WAL into the database file
+/// (the checkpoint syncs the WAL first, then the file), and syncs the WAL
+/// itself when the COMMIT did not and the checkpoint could not copy it all
+/// (a reader of an older snapshot holds it back). Whatever happens to the
+/// machine after this, the import stays. A failure here comes after the
+/// import was committed, and says so.
+fn settle(c: Db, target: &Path, sync: i64) -> Result<()> {
+    let wal_mode = c.query_text("PRAGMA main.journal_mode", &[]).ok().flatten();
+    if wal_mode.as_deref() != Some("wal") {
+        // A rollback journal's COMMIT synced the file, NORMAL or not.
+        return Ok(());
+    }
+    // (busy, frames in the WAL, frames copied into the file)
+    let copied = (|| -> Result<bool> {
+        let mut st = c.prepare("PRAGMA main.wal_checkpoint(PASSIVE)")?;
+        Ok(st.step()? && st.i64(0) == 0 && st.i64(1) >= 0 && st.i64(2) == st.i64(1))
+    })()
+    .unwrap_or(false);
+    if copied || sync >= FULL {
+        return Ok(());
+    }
+    let mut wal = target.as_os_str().to_owned();
+    wal.push("-wal");
+    let synced = std::fs::File::open(&wal).and_then(|f| f.sync_data());
+    match synced {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::msg(format!(
+            "lsync_restore: the snapshot was imported, but syncing the WAL failed: {e}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Every row of WITHOUT ROWID table `t` has one number, and every number

@@ -103,6 +103,8 @@ pub fn restore(db: Db, conn: &Conn, path: &str, opts: &Options) -> Result<String
                     return to_json(&report);
                 }
                 Ok(Empty::Unusable(why)) => why,
+                // Committed, but not synced (`empty::settle`).
+                Err(e) if e.detail().starts_with("lsync_restore: ") => return Err(e),
                 Err(e) => return Err(restore_error(e)),
             }
         }

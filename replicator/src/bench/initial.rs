@@ -117,7 +117,7 @@ pub fn run(args: &InitialSyncArgs) -> Result<()> {
         o.wire_bytes, o.wire_bytes_per_row, o.peak_rss_mb, o.source_rss_mb, o.peer_rss_mb
     );
     if args.strategy != Strategy::Batch {
-        println!("targets at 1M (snapshot): seconds <= 3, ratio_to_floor <= 5, <= 65 B/row, RSS <= 150 MB");
+        println!("targets at 1M (snapshot): seconds <= 3, ratio_to_floor <= 3, <= 65 B/row, RSS <= 150 MB");
     } else {
         println!("targets at 1M (batch): seconds <= 10, <= 45 B/row");
     }
