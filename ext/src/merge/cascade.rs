@@ -257,6 +257,9 @@ impl Applier {
     /// (it was deleted before it ever arrived here, or its delete came
     /// while the link waited) get their FK's action; they never wait.
     pub(super) fn sweep_dead_links(&mut self) -> Result<()> {
+        if !self.links_may_exist {
+            return Ok(());
+        }
         let mut s = self.db.prepare(
             "SELECT d.tbl, d.rid, d.col, d.uuid FROM lsync_deferred d
              JOIN lsync_tables tt ON tt.name = d.target
