@@ -56,11 +56,13 @@ impl Applier {
                 .filter(|(k, _)| **k == **col)
             {
                 let v = aliases.as_ref().map_or(v, |a| a.root_of(v));
+                // Cheapest first: `fresh` spans the whole apply, and its
+                // probes miss the cache.
                 if ids::is_id(v)
-                    && self.fresh.may_hold(tt.id, v)
                     && id_key(v).is_none_or(|k| !incoming.contains(&k))
                     && known.is_none_or(|m| !m.contains(v))
                     && !seen.contains(v)
+                    && self.fresh.may_hold(tt.id, v)
                 {
                     seen.insert(v, ());
                     missing.push(v);
