@@ -52,20 +52,21 @@ pub fn rids_of(db: Db, t: &Table, ids: &[&Value]) -> Result<IdMap<i64>> {
         })
         .collect();
     let ids = t.gids();
-    let mut collect = |sql: String, param: Value| -> Result<()> {
-        let mut s = db.prepare(&sql)?;
-        s.bind(1, &param)?;
-        while s.step()? {
-            map.insert(&s.value(0), s.i64(1));
-        }
-        Ok(())
-    };
     if !texts.is_empty() {
+        // Each array element probes the index in array order (CROSS JOIN
+        // keeps that order): no temporary set is built and sorted, and a
+        // row found is named by its element's index, not by a copy of its id.
         let json = serde_json::to_string(&texts).unwrap_or_else(|_| "[]".into());
-        collect(
-            format!("SELECT gid, rid FROM {ids} WHERE gid IN (SELECT value FROM json_each(?1))"),
-            json.into(),
-        )?;
+        let mut s = db.prepare(&format!(
+            "SELECT j.key, g.rid FROM json_each(?1) AS j CROSS JOIN {ids} AS g ON g.gid = j.value"
+        ))?;
+        s.bind(1, &json.into())?;
+        while s.step()? {
+            let text = usize::try_from(s.i64(0)).ok().and_then(|i| texts.get(i));
+            if let Some(text) = text {
+                map.insert_text(text, s.i64(1));
+            }
+        }
     }
     if !blobs.is_empty() {
         if let Some(bad) = blobs.iter().find(|b| b.len() != 16) {
@@ -75,13 +76,14 @@ pub fn rids_of(db: Db, t: &Table, ids: &[&Value]) -> Result<IdMap<i64>> {
                 bad.len()
             );
         }
-        collect(
-            format!(
-                "WITH RECURSIVE k(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM k WHERE n + 1 < length(?1) / 16)
-                 SELECT gid, rid FROM {ids} WHERE gid IN (SELECT substr(?1, 16 * n + 1, 16) FROM k)"
-            ),
-            Value::Blob(blobs.concat()),
-        )?;
+        let mut s = db.prepare(&format!(
+            "WITH RECURSIVE k(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM k WHERE n + 1 < length(?1) / 16)
+             SELECT gid, rid FROM {ids} WHERE gid IN (SELECT substr(?1, 16 * n + 1, 16) FROM k)"
+        ))?;
+        s.bind(1, &Value::Blob(blobs.concat()))?;
+        while s.step()? {
+            map.insert(&s.value(0), s.i64(1));
+        }
     }
     Ok(map)
 }

@@ -59,6 +59,11 @@ impl<V> IdMap<V> {
         }
     }
 
+    /// Inserts under a text id.
+    pub fn insert_text(&mut self, id: &str, v: V) {
+        self.text.insert(id.into(), v);
+    }
+
     pub fn remove(&mut self, id: &Value) -> Option<V> {
         match id {
             Value::Text(s) => self.text.remove(s.as_str()),
