@@ -56,9 +56,7 @@ impl TriggersOff {
         };
         Ok(TriggersOff { db, restore })
     }
-}
 
-impl TriggersOff {
     /// Whether no trigger fires on this connection now.
     fn off(&self) -> bool {
         self.restore.is_some()
