@@ -20,14 +20,19 @@ use crate::sql::{Db, Value};
 pub fn flush(db: Db) -> Result<i64> {
     schema::ensure(db)?;
     let tables = catalog::load_all(db)?;
-    let seen = seen(db, &tables);
-    let due = |i: usize| seen.as_ref().is_none_or(|s| s.due(&tables[i], i));
-    if !(0..tables.len()).any(due) {
+    if seen(db, &tables).is_some_and(|s| !(0..tables.len()).any(|i| s.due(&tables[i], i))) {
         // Most calls (every apply, every export after the fold of a push)
         // find nothing: no savepoint, no clock, no per-table queries.
         return Ok(0);
     }
     db.savepoint("lsync_flush", || {
+        // Looked at again inside the savepoint: outside a transaction,
+        // another connection may have written or folded since the look
+        // above, and a fold must read the catalog and the rows it writes
+        // from in one snapshot.
+        let tables = catalog::load_all(db)?;
+        let seen = seen(db, &tables);
+        let due = |i: usize| seen.as_ref().is_none_or(|s| s.due(&tables[i], i));
         let mut clock = Clock::open(db)?;
         let mut folded = 0;
         // A key's FK parts take their targets' global ids: tables keyed by
