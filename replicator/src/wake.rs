@@ -22,6 +22,17 @@
 //! one (it could not be set up, or `--no-watch`) it polls every
 //! `--poll-ms`, as it always did.
 //!
+//! A bulk write (a snapshot's import, a large apply, a checkpoint) writes
+//! thousands of pages, and each write raised an event that a thread of the
+//! watch, then this one, woke for: on two cores that took about a third of
+//! a 1M-row import's time. So writes at a bulk rate ([`BULK_EVENTS`] within
+//! [`BULK_WINDOW`]) drop the watch for [`BULK_PAUSE`], and the sidecar
+//! polls `data_version` every `--poll-ms` meanwhile; then the watch is set
+//! up again, and looked through at once. A bulk write still going on then
+//! drops it for twice as long, up to [`SAFETY_POLL`]. Writes to other files of the
+//! directory count too: each raises an event all the same, which the watch
+//! then filters out.
+//!
 //! The waiting blocks: it runs on a thread of its own, which sub-millisecond
 //! pauses need (tokio's timers count whole milliseconds).
 
@@ -30,6 +41,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tracing::{debug, warn};
 
 /// How often a watching sidecar looks anyway.
 pub const SAFETY_POLL: Duration = Duration::from_secs(1);
@@ -39,9 +51,20 @@ pub const QUIET: Duration = Duration::from_micros(100);
 const MAX_SETTLE: Duration = Duration::from_millis(2);
 /// The first look again after a write; the next ones double.
 const FIRST_AGAIN: Duration = Duration::from_micros(250);
+/// Writes within [`BULK_WINDOW`] that make a bulk write: 50 pages in WAL
+/// mode (a frame is two writes). Small commits a few milliseconds apart
+/// raise a fifth of that; an import on a loaded machine, ten times more.
+pub const BULK_EVENTS: u32 = 100;
+/// See [`BULK_EVENTS`].
+const BULK_WINDOW: Duration = Duration::from_millis(10);
+/// How long a bulk write leaves the watch dropped, at first.
+pub const BULK_PAUSE: Duration = Duration::from_millis(100);
 
 enum Signal {
+    /// A file a commit writes was written.
     Written,
+    /// Another event in the directory: counted for the bulk rate only.
+    Other,
     Stop,
 }
 
@@ -61,6 +84,15 @@ pub struct Wakes {
     stopper: Stopper,
     /// Kept alive while watching: dropping it ends the watch.
     watcher: Option<RecommendedWatcher>,
+    /// The watched directory.
+    dir: PathBuf,
+    /// Set while a bulk write has the watch dropped: until when.
+    paused_until: Option<Instant>,
+    /// The next pause, and when the last one ended: a pause soon after it
+    /// is the same bulk write, and is twice as long.
+    pause: (Duration, Instant),
+    /// The writes seen since the start of the current bulk window.
+    window: (Instant, u32),
     poll: Duration,
     /// The next look without an event.
     next_look: Instant,
@@ -73,7 +105,8 @@ impl Wakes {
     /// cannot be set up (then it polls, and the error says why).
     pub fn new(db: &Path, poll: Duration, watch: bool) -> (Wakes, Option<notify::Error>) {
         let (tx, signals) = mpsc::channel();
-        let (watcher, failed) = match watch.then(|| watch_dir(db, tx.clone())) {
+        let (dir, names) = commit_files(db);
+        let (watcher, failed) = match watch.then(|| watch_dir(&dir, names, tx.clone())) {
             None => (None, None),
             Some(Ok(w)) => (Some(w), None),
             Some(Err(e)) => (None, Some(e)),
@@ -82,6 +115,10 @@ impl Wakes {
             signals,
             stopper: Stopper(tx),
             watcher,
+            dir,
+            paused_until: None,
+            pause: (BULK_PAUSE, Instant::now()),
+            window: (Instant::now(), 0),
             poll,
             next_look: Instant::now(),
             again: SAFETY_POLL,
@@ -98,19 +135,31 @@ impl Wakes {
         self.watcher.is_some()
     }
 
+    /// Whether a bulk write has the watch dropped for now.
+    pub fn is_paused(&self) -> bool {
+        self.paused_until.is_some()
+    }
+
     /// Blocks until `data_version` is worth a look (true), or until asked
     /// to stop (false).
     pub fn next(&mut self) -> bool {
-        let wait = self.next_look.saturating_duration_since(Instant::now());
-        let woken = match self.signals.recv_timeout(wait) {
-            Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
-            Ok(Signal::Written) => true,
-            Err(RecvTimeoutError::Timeout) => false,
+        if self.paused_until.is_some_and(|t| Instant::now() >= t) {
+            self.resume();
+            return true;
+        }
+        let woken = loop {
+            let wait = self.next_look.saturating_duration_since(Instant::now());
+            match self.signals.recv_timeout(wait) {
+                Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
+                Ok(Signal::Written) => break true,
+                Ok(Signal::Other) => self.count_write(),
+                Err(RecvTimeoutError::Timeout) => break false,
+            }
         };
         if woken && !self.settle() {
             return false;
         }
-        let wait = if !self.is_watching() {
+        let wait = if !self.is_watching() || self.is_paused() {
             self.poll
         } else {
             if woken {
@@ -125,34 +174,88 @@ impl Wakes {
     }
 
     /// Waits for a pause of [`QUIET`] in the writes (at most
-    /// [`MAX_SETTLE`]); false if asked to stop meanwhile.
-    fn settle(&self) -> bool {
+    /// [`MAX_SETTLE`]); false if asked to stop meanwhile. Writes at a bulk
+    /// rate drop the watch.
+    fn settle(&mut self) -> bool {
+        self.count_write();
         let until = Instant::now() + MAX_SETTLE;
         while Instant::now() < until {
             match self.signals.recv_timeout(QUIET) {
-                Ok(Signal::Written) => {}
+                Ok(Signal::Written | Signal::Other) => self.count_write(),
                 Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
                 Err(RecvTimeoutError::Timeout) => break,
             }
         }
         true
     }
+
+    /// Counts an event in the current window of [`BULK_WINDOW`]; at
+    /// [`BULK_EVENTS`] the watch is dropped. Events of other files count:
+    /// another process's bulk write in the directory (a second sidecar's
+    /// import) costs each of its writes an event for this watch too.
+    fn count_write(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.window.0) > BULK_WINDOW {
+            self.window = (now, 0);
+        }
+        self.window.1 += 1;
+        if self.window.1 < BULK_EVENTS || self.is_paused() {
+            return;
+        }
+        if let Some(w) = self.watcher.as_mut() {
+            if w.unwatch(&self.dir).is_ok() {
+                // Polling from now on: no event will come.
+                let (last, resumed) = self.pause;
+                let pause = if now.duration_since(resumed) <= BULK_WINDOW * 2 {
+                    (last * 2).min(SAFETY_POLL)
+                } else {
+                    BULK_PAUSE
+                };
+                debug!(?pause, "bulk writes: the watch is dropped for a while");
+                self.paused_until = Some(now + pause);
+                self.pause = (pause, resumed);
+                self.next_look = self.next_look.min(now + self.poll);
+            }
+        }
+    }
+
+    /// Sets the watch up again after a bulk pause; the caller looks at
+    /// once, for the writes between the last poll and the new watch.
+    fn resume(&mut self) {
+        self.paused_until = None;
+        self.pause.1 = Instant::now();
+        self.window = (Instant::now(), 0);
+        self.again = FIRST_AGAIN;
+        self.next_look = Instant::now() + FIRST_AGAIN;
+        if let Some(w) = self.watcher.as_mut() {
+            if let Err(e) = w.watch(&self.dir, RecursiveMode::NonRecursive) {
+                warn!(every = ?self.poll, "noticing local commits by polling: cannot watch the database's directory again: {e}");
+                self.watcher = None;
+            }
+        }
+    }
 }
 
-/// Sends [`Signal::Written`] for each write to a file a commit writes.
-fn watch_dir(db: &Path, tx: Sender<Signal>) -> notify::Result<RecommendedWatcher> {
-    let (dir, names) = commit_files(db);
+/// Sends [`Signal::Written`] for each write to a file a commit writes, and
+/// [`Signal::Other`] for any other event.
+fn watch_dir(
+    dir: &Path,
+    names: [String; 3],
+    tx: Sender<Signal>,
+) -> notify::Result<RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
         // An error (say an overflowed queue) may hide a commit: look.
         let commit = e.map_or(true, |e| {
             !matches!(e.kind, EventKind::Access(_))
                 && e.paths.iter().any(|p| names.iter().any(|n| p.ends_with(n)))
         });
-        if commit {
-            let _ = tx.send(Signal::Written);
-        }
+        let _ = tx.send(if commit {
+            Signal::Written
+        } else {
+            Signal::Other
+        });
     })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
 }
 
@@ -214,6 +317,7 @@ mod tests {
         std::fs::write(dir.join("x.db-wal"), b"frame").unwrap();
         let (mut wakes, looked) = looks_within(wakes, Duration::from_millis(300));
         assert!(looked, "not woken by the WAL");
+        assert!(!wakes.is_paused(), "one write taken for a bulk write");
         // The looks again, 0.25 ms and doubling: back to one a second.
         let started = Instant::now();
         let slept = (0..25).any(|_| {
@@ -224,6 +328,85 @@ mod tests {
         assert!(slept, "still looking often after {:?}", started.elapsed());
         assert!(started.elapsed() < Duration::from_secs(4));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Calls `next` until a call sleeps about [`SAFETY_POLL`]: the looks
+    /// after a write are over. Panics after `limit`.
+    fn until_asleep(wakes: &mut Wakes, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let t = Instant::now();
+            assert!(wakes.next());
+            if t.elapsed() >= SAFETY_POLL - Duration::from_millis(100) {
+                return;
+            }
+            assert!(started.elapsed() < limit, "still looking often");
+        }
+    }
+
+    /// Writes at a bulk rate to `file` beside the database drop the watch
+    /// (so they raise no events), and it is set up again [`BULK_PAUSE`]
+    /// later: a single write to the WAL wakes again.
+    fn bulk_writes_drop_the_watch(file: &str) {
+        let dir = std::env::temp_dir().join(format!("lsync-bulk-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("x.db");
+        std::fs::write(&db, b"").unwrap();
+        let (mut wakes, err) = Wakes::new(&db, Duration::from_millis(5), true);
+        assert!(err.is_none() && wakes.is_watching(), "{err:?}");
+        assert!(wakes.next());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (stop, path) = (stop.clone(), dir.join(file));
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::File::create(path).unwrap();
+                let mut writes = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && writes < 5_000_000 {
+                    f.write_all(b"page").unwrap();
+                    writes += 1;
+                }
+            })
+        };
+        let started = Instant::now();
+        while !wakes.is_paused() && started.elapsed() < Duration::from_secs(10) {
+            assert!(wakes.next());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(
+            wakes.is_paused(),
+            "a bulk write to {file} did not drop the watch"
+        );
+        // Paused: looks every poll interval, then the watch comes back.
+        let t = Instant::now();
+        while wakes.is_paused() {
+            assert!(wakes.next());
+            assert!(t.elapsed() < BULK_PAUSE * 10, "still paused");
+        }
+        assert!(
+            t.elapsed() >= BULK_PAUSE / 2,
+            "resumed after {:?}",
+            t.elapsed()
+        );
+        until_asleep(&mut wakes, Duration::from_secs(5));
+        std::fs::write(dir.join("x.db-wal"), b"frame").unwrap();
+        let (wakes, looked) = looks_within(wakes, Duration::from_millis(300));
+        assert!(looked, "not woken by the WAL after the pause");
+        assert!(!wakes.is_paused());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_bulk_write_to_the_wal_drops_the_watch_for_a_while() {
+        bulk_writes_drop_the_watch("x.db-wal");
+    }
+
+    /// Another sidecar's import beside ours (the benchmarks' two databases
+    /// share a directory).
+    #[test]
+    fn a_bulk_write_to_another_file_drops_the_watch_too() {
+        bulk_writes_drop_the_watch("y.db-wal");
     }
 
     #[test]
