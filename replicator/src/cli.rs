@@ -76,7 +76,7 @@ pub struct RunArgs {
     /// has applied nothing yet (how a fresh device joins a library).
     #[arg(long)]
     pub join: bool,
-    /// Changes per changeset when catching up (default 1000).
+    /// Changes per changeset when catching up (default 4096).
     #[arg(long, value_name = "N")]
     pub batch: Option<u32>,
     /// Heartbeat interval; a peer silent for 4 intervals is dropped (default 2000).
@@ -266,7 +266,7 @@ pub struct InitialSyncArgs {
     #[arg(long, value_enum, default_value_t = Strategy::Auto)]
     pub strategy: Strategy,
     /// The peer's --batch (changes per changeset in a batched stream).
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, default_value_t = crate::config::DEFAULT_BATCH, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch: u32,
     /// Also print the results as one JSON object, on the last line of stdout.
     #[arg(long)]
