@@ -289,6 +289,9 @@ fn a_bulk_write_is_notified_and_pulled_in_batches() {
         count(&b, "entries") == 11
     });
     assert!(!node_a.log().contains("bulk write"));
+    // A logs its choice of how to serve a pull at info at most once a
+    // second (the join's was the last): past that, the next one is logged.
+    std::thread::sleep(Duration::from_millis(1100));
     // A bulk write of 30,000 entries: a notification, then pulls.
     index_tree(&a, "bulk", 30_000);
     wait_for_within("B has the bulk write", &nodes, LONG, || {
