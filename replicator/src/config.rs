@@ -7,14 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::cli::{RunArgs, Strategy};
-
-/// Changes per changeset of a catch-up stream. At 4,096 an applied batch
-/// holds the write lock for about 20 ms, and a 1M-entry stream is about a
-/// quarter faster than at 1,000 (`lsync bench initial-sync --strategy
-/// batch`: each batch pays a fixed cost, and the apply thread waits on the
-/// network less often).
-pub const DEFAULT_BATCH: u32 = 4096;
+use crate::cli::{RunArgs, Strategy, DEFAULT_BATCH};
 
 /// The resolved settings.
 #[derive(Debug, Clone)]
