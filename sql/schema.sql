@@ -147,7 +147,13 @@ CREATE TABLE IF NOT EXISTS lsync_peers(
   -- A device gone for good (lsync_forget_peer, schema version 12): unix ms
   -- of the forget. Its ACKs no longer gate pruning, and a session with it
   -- is refused; its watermarks stay, so that every fence stays true.
-  forgotten_ms INTEGER
+  forgotten_ms INTEGER,
+  -- The highest recv_cursor ever (schema version 14): what this database
+  -- has applied of the peer's changes, whose effects stay when a full
+  -- resync (lsync_peer_reset) pulls them again from 0. The fence of our
+  -- changesets for the peer certifies it, so a resync never makes them
+  -- stale at a peer that pruned on our earlier ACK. NULL: recv_cursor.
+  applied_cursor INTEGER
 );
 
 -- Column edits of shared rows that arrived before the row itself (changesets

@@ -91,11 +91,12 @@ impl changes::Sink for Encode {
 }
 
 /// What this device had applied of `receiver`'s changes, read in the same
-/// transaction as the changes themselves (see [`Fence`]).
+/// transaction as the changes themselves (see [`Fence`]): the highest
+/// cursor ever applied, which a full resync does not lower.
 fn fence(db: Db, receiver: &str) -> Result<Fence> {
     let acked = db
         .query_i64(
-            "SELECT recv_cursor FROM lsync_peers WHERE device_id = ?1",
+            "SELECT max(recv_cursor, coalesce(applied_cursor, 0)) FROM lsync_peers WHERE device_id = ?1",
             &[receiver.into()],
         )?
         .unwrap_or(0);

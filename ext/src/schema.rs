@@ -12,7 +12,7 @@ const MEMBERS_SQL: &str = include_str!("../../sql/members.sql");
 /// idempotent, so older databases are upgraded by running it again. A
 /// column added to an existing table also needs its `ALTER TABLE` in
 /// [`migrate`] (`CREATE TABLE IF NOT EXISTS` leaves an old table as it is).
-const SCHEMA_VERSION: i64 = 13;
+const SCHEMA_VERSION: i64 = 14;
 
 /// Default maximum clock drift accepted from a peer, in milliseconds.
 pub const DEFAULT_MAX_DRIFT_MS: i64 = 60_000;
@@ -78,6 +78,9 @@ fn migrate(db: Db) -> Result<()> {
     // their own (lsync_clock_row, lsync_clock_col); the indexes of all
     // entries go. Their rows doubled a split range's metadata.
     db.exec("DROP INDEX IF EXISTS lsync_clock_cover; DROP INDEX IF EXISTS lsync_clock_rid")?;
+    // Version 14: a full resync lowers recv_cursor, not what our fences
+    // certify (lsync_peers.applied_cursor).
+    add_column(db, "lsync_peers", "applied_cursor", "INTEGER")?;
     Ok(())
 }
 

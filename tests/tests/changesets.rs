@@ -1955,6 +1955,57 @@ fn a_changeset_read_before_a_pruned_delete_is_refused() {
     assert_eq!(count(&a, "tags"), 0);
 }
 
+/// A full resync from a peer (`lsync_peer_reset`) pulls its changes again
+/// from 0, but what was applied stays applied: the fence of our changesets
+/// must not fall with the cursor. It did (the fence was `recv_cursor`): a
+/// peer that had pruned on our earlier ACK then refused every changeset of
+/// ours as stale, and with both sides reset neither could move; the
+/// partition test once ended with 257 deleted rows live again that way.
+#[test]
+fn a_full_resync_does_not_make_our_changesets_stale() {
+    let (_dir, [a, b]) = peers();
+    let (da, db) = (device_id(&a), device_id(&b));
+    for (c, other) in [(&a, &db), (&b, &da)] {
+        c.execute("INSERT INTO lsync_peers(device_id) VALUES (?1)", [other])
+            .unwrap();
+    }
+    a.execute("INSERT INTO tags(uuid, name) VALUES ('T1', 'one')", [])
+        .unwrap();
+    a.execute("DELETE FROM tags WHERE uuid = 'T1'", []).unwrap();
+    // b applies a's changes, delete included, and says so.
+    let (del, to) = changeset(&a, 0);
+    apply(&b, &del);
+    let received = |c: &Connection, peer: &str, cursor: i64| -> i64 {
+        c.query_row(
+            "SELECT lsync_peer_received(?1, ?2, 1)",
+            rusqlite::params![peer, cursor],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(received(&b, &da, to), to);
+    let export_for_a = |b: &Connection| -> Vec<u8> {
+        b.query_row("SELECT lsync_changeset(0, NULL, ?1)", [&da], |r| r.get(0))
+            .unwrap()
+    };
+    apply(&a, &export_for_a(&b));
+    assert_eq!(scalar::<i64>(&a, "SELECT lsync_prune()"), 1);
+    // b starts a over; its next changeset still holds a's delete applied.
+    let cursor: i64 = b
+        .query_row("SELECT lsync_peer_reset(?1)", [&da], |r| r.get(0))
+        .unwrap();
+    assert_eq!(cursor, 0);
+    b.execute("INSERT INTO tags(uuid, name) VALUES ('T2', 'two')", [])
+        .unwrap();
+    let report = apply(&a, &export_for_a(&b));
+    assert_eq!(n(&report, "applied"), 1, "{report}");
+    assert_eq!(count(&a, "tags"), 1);
+    // The resync itself: a's changes from 0 again, then b moves on.
+    apply(&b, &changeset(&a, 0).0);
+    assert_eq!(received(&b, &da, to), to);
+    assert_eq!(count(&b, "tags"), 1, "T1 stays deleted at b");
+}
+
 /// Issue 9.2: where SQLite enforces no FK (`foreign_keys` is OFF, as in the
 /// `sqlite3` shell and Python), a local delete leaves rows pointing at the
 /// deleted row's rowid. The next row that takes that rowid must not become

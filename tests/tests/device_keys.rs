@@ -449,5 +449,5 @@ fn a_version_9_database_is_upgraded_with_members() {
         &c,
         "SELECT value FROM lsync_config WHERE key = 'schema_version'",
     );
-    assert_eq!(version, 13);
+    assert_eq!(version, 14);
 }
