@@ -1873,18 +1873,33 @@ fn a_table_described_twice_or_a_column_named_twice_is_refused() {
 
 // ------------------------------------------------- fences and pruned deletes
 
+/// Two peers, each with a row for the other in `lsync_peers`, and their
+/// device ids.
+fn known_pair() -> (TempDir, [Connection; 2], String, String) {
+    let (dir, [a, b]) = peers();
+    let (da, db) = (device_id(&a), device_id(&b));
+    for (c, other) in [(&a, &db), (&b, &da)] {
+        c.execute("INSERT INTO lsync_peers(device_id) VALUES (?1)", [other])
+            .unwrap();
+    }
+    (dir, [a, b], da, db)
+}
+
+/// `c`'s changes from the start, exported for `receiver` (with a fence).
+fn exported_for(c: &Connection, receiver: &str) -> Vec<u8> {
+    c.query_row("SELECT lsync_changeset(0, NULL, ?1)", [receiver], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
 /// A changeset exported for one device carries what its sender had applied
 /// of that device's changes; applying it records that as the sender's ack,
 /// capped at the receiver's newest cursor (a peer cannot hold changes that
 /// were never made). Without `except_device` there is no fence.
 #[test]
 fn a_changeset_for_one_device_carries_its_senders_ack() {
-    let (_dir, [a, b]) = peers();
-    let (da, db) = (device_id(&a), device_id(&b));
-    for (c, other) in [(&a, &db), (&b, &da)] {
-        c.execute("INSERT INTO lsync_peers(device_id) VALUES (?1)", [other])
-            .unwrap();
-    }
+    let (_dir, [a, b], da, db) = known_pair();
     a.execute("INSERT INTO tags(name) VALUES ('x'), ('y'), ('z')", [])
         .unwrap();
     b.execute(
@@ -1923,19 +1938,10 @@ fn a_changeset_for_one_device_carries_its_senders_ack() {
 /// after is applied.
 #[test]
 fn a_changeset_read_before_a_pruned_delete_is_refused() {
-    let (_dir, [a, b]) = peers();
-    let (da, db) = (device_id(&a), device_id(&b));
-    for (c, other) in [(&a, &db), (&b, &da)] {
-        c.execute("INSERT INTO lsync_peers(device_id) VALUES (?1)", [other])
-            .unwrap();
-    }
+    let (_dir, [a, b], da, _) = known_pair();
     b.execute("INSERT INTO tags(uuid, name) VALUES ('T1', 'one')", [])
         .unwrap();
-    let export_for_a = |b: &Connection| -> Vec<u8> {
-        b.query_row("SELECT lsync_changeset(0, NULL, ?1)", [&da], |r| r.get(0))
-            .unwrap()
-    };
-    let stale = export_for_a(&b);
+    let stale = exported_for(&b, &da);
     apply(&a, &stale);
     a.execute("DELETE FROM tags WHERE uuid = 'T1'", []).unwrap();
     // b applies a's delete and says so in its next changeset.
@@ -1946,12 +1952,12 @@ fn a_changeset_read_before_a_pruned_delete_is_refused() {
         rusqlite::params![da, to],
     )
     .unwrap();
-    apply(&a, &export_for_a(&b));
+    apply(&a, &exported_for(&b, &da));
     assert_eq!(scalar::<i64>(&a, "SELECT lsync_prune()"), 1);
     let err = refused(&a, &stale, "is stale");
     assert!(err.contains("nothing was applied"), "{err}");
     assert_eq!(count(&a, "tags"), 0);
-    apply(&a, &export_for_a(&b));
+    apply(&a, &exported_for(&b, &da));
     assert_eq!(count(&a, "tags"), 0);
 }
 
@@ -1963,12 +1969,7 @@ fn a_changeset_read_before_a_pruned_delete_is_refused() {
 /// partition test once ended with 257 deleted rows live again that way.
 #[test]
 fn a_full_resync_does_not_make_our_changesets_stale() {
-    let (_dir, [a, b]) = peers();
-    let (da, db) = (device_id(&a), device_id(&b));
-    for (c, other) in [(&a, &db), (&b, &da)] {
-        c.execute("INSERT INTO lsync_peers(device_id) VALUES (?1)", [other])
-            .unwrap();
-    }
+    let (_dir, [a, b], da, _) = known_pair();
     a.execute("INSERT INTO tags(uuid, name) VALUES ('T1', 'one')", [])
         .unwrap();
     a.execute("DELETE FROM tags WHERE uuid = 'T1'", []).unwrap();
@@ -1984,11 +1985,7 @@ fn a_full_resync_does_not_make_our_changesets_stale() {
         .unwrap()
     };
     assert_eq!(received(&b, &da, to), to);
-    let export_for_a = |b: &Connection| -> Vec<u8> {
-        b.query_row("SELECT lsync_changeset(0, NULL, ?1)", [&da], |r| r.get(0))
-            .unwrap()
-    };
-    apply(&a, &export_for_a(&b));
+    apply(&a, &exported_for(&b, &da));
     assert_eq!(scalar::<i64>(&a, "SELECT lsync_prune()"), 1);
     // b starts a over; its next changeset still holds a's delete applied.
     let cursor: i64 = b
@@ -1997,7 +1994,7 @@ fn a_full_resync_does_not_make_our_changesets_stale() {
     assert_eq!(cursor, 0);
     b.execute("INSERT INTO tags(uuid, name) VALUES ('T2', 'two')", [])
         .unwrap();
-    let report = apply(&a, &export_for_a(&b));
+    let report = apply(&a, &exported_for(&b, &da));
     assert_eq!(n(&report, "applied"), 1, "{report}");
     assert_eq!(count(&a, "tags"), 1);
     // The resync itself: a's changes from 0 again, then b moves on.
