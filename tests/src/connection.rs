@@ -60,3 +60,19 @@ thread_local! {
 pub fn testing_mode() {
     TESTING.with(|t| t.set(true));
 }
+
+/// The lsync metadata version this build creates, read from a new
+/// database: what an upgrade of an older one must arrive at, without each
+/// upgrade test naming the number.
+pub fn current_schema_version() -> i64 {
+    let conn = Connection::open_in_memory().expect("open in-memory database");
+    load(&conn);
+    conn.query_row("SELECT lsync_library_id()", [], |_| Ok(()))
+        .expect("create the metadata");
+    conn.query_row(
+        "SELECT value FROM lsync_config WHERE key = 'schema_version'",
+        [],
+        |r| r.get(0),
+    )
+    .expect("schema_version")
+}

@@ -19,7 +19,7 @@ mod tempdir;
 
 pub use artifacts::{ext_path, lsync_bin};
 pub use by_gid::{dump_by_gid, wait_same_by_gid};
-pub use connection::{load, open, open_plain, testing_mode};
+pub use connection::{current_schema_version, load, open, open_plain, testing_mode};
 pub use hostile::{all_tables, Hostile, HOSTILE_SCHEMA};
 pub use library::*;
 pub use lsync::*;

@@ -148,7 +148,7 @@ fn a_version_12_clock_gets_its_indexes_replaced() {
             &c,
             "SELECT value FROM lsync_config WHERE key = 'schema_version'"
         ),
-        13
+        current_schema_version()
     );
     assert_eq!(row_entries(&c), 3);
     assert_eq!(changes(&c, 0).len(), 100);

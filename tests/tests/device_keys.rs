@@ -449,5 +449,5 @@ fn a_version_9_database_is_upgraded_with_members() {
         &c,
         "SELECT value FROM lsync_config WHERE key = 'schema_version'",
     );
-    assert_eq!(version, 14);
+    assert_eq!(version, current_schema_version());
 }

@@ -165,7 +165,7 @@ fn an_older_peers_table_is_upgraded() {
         &c,
         "SELECT value FROM lsync_config WHERE key = 'schema_version'",
     );
-    assert_eq!(version, 14);
+    assert_eq!(version, current_schema_version());
     // Version 12's forgotten peers.
     assert_eq!(
         call(&c, "SELECT lsync_forget_peer(?1)", [PEER]),
