@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// lsync: leaderless replication for SQLite.
 /// Changes per changeset of a catch-up stream. At 4,096 an applied batch
 /// holds the write lock for about 20 ms, and a 1M-entry stream is about a
 /// quarter faster than at 1,000 (`lsync bench initial-sync --strategy
@@ -13,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// network less often).
 pub const DEFAULT_BATCH: u32 = 4096;
 
+/// lsync: leaderless replication for SQLite.
 #[derive(Debug, Parser)]
 #[command(name = "lsync", version, about, long_about = None)]
 pub struct Cli {
