@@ -148,11 +148,11 @@ CREATE TABLE IF NOT EXISTS lsync_peers(
   -- of the forget. Its ACKs no longer gate pruning, and a session with it
   -- is refused; its watermarks stay, so that every fence stays true.
   forgotten_ms INTEGER,
-  -- The highest recv_cursor ever (schema version 14): what this database
-  -- has applied of the peer's changes, whose effects stay when a full
-  -- resync (lsync_peer_reset) pulls them again from 0. The fence of our
-  -- changesets for the peer certifies it, so a resync never makes them
-  -- stale at a peer that pruned on our earlier ACK. NULL: recv_cursor.
+  -- The highest recv_cursor a full resync (lsync_peer_reset) set back to 0
+  -- (schema version 14): what was applied stays applied, so the fence of
+  -- our changesets for the peer certifies max(recv_cursor, applied_cursor),
+  -- the highest cursor ever, and a resync never makes them stale at a peer
+  -- that pruned on our earlier ACK. NULL: no reset yet.
   applied_cursor INTEGER
 );
 

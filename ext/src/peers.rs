@@ -124,8 +124,7 @@ fn update(db: Db, sql: &str, params: &[Value]) -> Result<()> {
 fn received(db: Db, peer: &str, cursor: i64, caught_up: bool) -> Result<Value> {
     update(
         db,
-        "UPDATE lsync_peers SET recv_cursor = max(recv_cursor, ?2),
-           applied_cursor = max(coalesce(applied_cursor, recv_cursor), ?2), last_contact = ?3,
+        "UPDATE lsync_peers SET recv_cursor = max(recv_cursor, ?2), last_contact = ?3,
            failures = CASE WHEN ?4 THEN 0 ELSE failures END,
            last_error = CASE WHEN ?4 THEN NULL ELSE last_error END,
            resync_error = CASE WHEN ?4 THEN NULL ELSE resync_error END,
@@ -179,8 +178,10 @@ fn failed(db: Db, peer: &str, error: &str, failed_catch_up: bool) -> Result<Valu
 /// Starts the peer over: its changes are pulled again from cursor 0. The
 /// error the resync is for (the last one) is kept until a catch-up
 /// completes, so that a resync ending the same way is not started again.
-/// What was applied stays applied: `applied_cursor` keeps the old cursor,
-/// and our fences keep certifying it (a fence of 0 would make every
+/// What was applied stays applied: `applied_cursor` keeps the highest
+/// cursor a reset took back (recv_cursor only grows between resets, so
+/// the larger of the two is the highest ever), and our fences keep
+/// certifying it (a fence of 0 would make every
 /// changeset of ours stale at a peer that pruned on our earlier ACK, while
 /// it may refuse ours the same way: neither side could move).
 fn reset(db: Db, peer: &str) -> Result<Value> {
