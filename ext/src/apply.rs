@@ -164,7 +164,7 @@ fn merge_all(
             let mut cs = cs?;
             let own = drop_own(db, &mut cs)?;
             let revoked = crate::members::drop_revoked(db, &mut cs)?;
-            let mut report = merge::merge(db, tables.clone(), &cs, &fresh)?;
+            let mut report = merge::merge(db, tables.clone(), &cs, &fresh, triggers.off())?;
             report.changes += own + revoked;
             report.own = own;
             report.revoked = revoked;

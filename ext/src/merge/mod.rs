@@ -7,6 +7,7 @@
 //! merged parents first, so FK targets are usually here before their
 //! referrers.
 
+mod batch;
 mod cascade;
 mod delete;
 mod fresh;
@@ -52,19 +53,28 @@ pub use quarantine::{count as conflicts, drop as drop_conflict, retry as retry_c
 /// applies. Nothing conflicts on the fast path, which costs one savepoint;
 /// each refused change costs one more pass. Inside a running statement no
 /// savepoint can be taken, and a refusal fails the whole merge instead.
+///
+/// `quiet`: no trigger fires on the connection, so new rows may be
+/// inserted many to a statement (`batch`).
 pub fn merge(
     db: Db,
     tables: HashMap<Arc<str>, Table>,
     cs: &Changeset,
     fresh: &Fresh,
+    quiet: bool,
 ) -> Result<ApplyReport> {
     let mut refused: Vec<(usize, Error)> = Vec::new();
     let mut facts: Vec<Fact> = Vec::new();
+    let mut batching = quiet;
     let a = loop {
         let skip = refused.iter().map(|(i, _)| *i).collect();
         let mut a = Applier::new(db, tables.clone(), skip, facts.clone(), fresh.clone())?;
+        a.batching = batching;
         match attempt(db, &mut a, cs) {
             Ok(()) => break a,
+            // A batch failed: one row at a time, the pass finds the row.
+            Err(Attempt::Unbatch(_)) if batching => batching = false,
+            Err(Attempt::Unbatch(e)) => return Err(e),
             Err(Attempt::Refused(i, e)) => {
                 // A merge found while merging change `i` goes with it.
                 facts.retain(|f| f.at != Some(i));
@@ -105,12 +115,16 @@ enum Attempt {
     /// merges them first.
     Clash(Box<Fact>, Error),
     Failed(Error),
+    /// A batch of new rows failed; the pass left nothing.
+    Unbatch(Error),
 }
 
 /// One pass of a merge in its own savepoint.
 fn attempt(db: Db, a: &mut Applier, cs: &Changeset) -> std::result::Result<(), Attempt> {
     if db.exec("SAVEPOINT lsync_merge").is_err() {
-        // Inside a running statement: no savepoint, so nothing to quarantine with.
+        // Inside a running statement: no savepoint, so nothing to quarantine
+        // with, and no pass to run again without batches.
+        a.batching = false;
         return a.run(cs).map_err(Attempt::Failed);
     }
     match a.run(cs) {
@@ -118,6 +132,9 @@ fn attempt(db: Db, a: &mut Applier, cs: &Changeset) -> std::result::Result<(), A
         Err(e) => {
             db.exec("ROLLBACK TO lsync_merge; RELEASE lsync_merge")
                 .map_err(Attempt::Failed)?;
+            if a.unbatch {
+                return Err(Attempt::Unbatch(e));
+            }
             let a_current = a.current;
             match (&e, a.current) {
                 (Error::Clash { tbl, a, b, .. }, _) => {
@@ -193,6 +210,16 @@ struct Applier {
     /// Whether `lsync_deferred` may hold links: while it holds none, a
     /// write has no pending link to forget. Set by whatever defers one.
     links_may_exist: bool,
+    /// Whether new rows may be batched in this pass, the tables whose new
+    /// rows are, the rows queued, and the statements that insert them.
+    batching: bool,
+    bulk: HashSet<i64>,
+    batch: Option<batch::Batch>,
+    batches: HashMap<(i64, u64, usize), Stmt>,
+    /// A batch failed: the pass must run again without.
+    unbatch: bool,
+    /// Whether the database has `sqlite_sequence` (AUTOINCREMENT).
+    has_sequence: Option<bool>,
 }
 
 impl Applier {
@@ -238,6 +265,12 @@ impl Applier {
             clashed,
             fresh,
             links_may_exist,
+            batching: false,
+            bulk: HashSet::default(),
+            batch: None,
+            batches: HashMap::default(),
+            unbatch: false,
+            has_sequence: None,
         })
     }
 
@@ -316,10 +349,15 @@ impl Applier {
                 self.current = index_of(cs, c);
                 match c.op {
                     Op::Delete => {}
-                    Op::Merge => self.merge_change(&t, c)?,
+                    Op::Merge => {
+                        self.flush_batch()?;
+                        self.merge_change(&t, c)?
+                    }
                     Op::Insert | Op::Update => self.upsert(&t, c)?,
                 }
             }
+            self.current = None;
+            self.flush_batch()?;
         }
         // Children before parents, so FK checks see a consistent state.
         for name in order.iter().rev() {
@@ -394,6 +432,9 @@ impl Applier {
             }
         }
         self.touched.insert(t.name.clone());
+        if self.batching && !t.without_rowid && list.len() >= batch::MIN_CHANGES {
+            self.bulk.insert(t.id);
+        }
         if self.db.query_i64(
             "SELECT EXISTS (SELECT 1 FROM lsync_parked WHERE tbl = ?1)",
             &[t.id.into()],
@@ -428,6 +469,11 @@ impl Applier {
         let (mut vals, mut deferred) = self.local_values(t, c);
         let existing = self.rids.get(&t.name).and_then(|m| m.get(&c.pk)).copied();
         let origin = self.idx(&c.origin)?;
+        if self.batchable(t, c, existing, &deferred) && self.queue(t, c, origin, &vals)? {
+            return Ok(());
+        }
+        // Whatever else happens reads the table: queued rows go in first.
+        self.flush_batch()?;
         if !deferred.is_empty() {
             let dead = self.dead_links(t, c, &mut vals, &mut deferred)?;
             if !dead.is_empty()

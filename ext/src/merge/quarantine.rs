@@ -210,7 +210,9 @@ fn apply_one(db: Db, tables: &HashMap<Arc<str>, Table>, id: i64) -> Result<()> {
                 }
                 facts.push(*f);
             }
-            Err(Attempt::Refused(_, e) | Attempt::Failed(e)) => return Err(e),
+            Err(Attempt::Refused(_, e) | Attempt::Failed(e) | Attempt::Unbatch(e)) => {
+                return Err(e)
+            }
         }
     }
 }

@@ -32,7 +32,7 @@ impl Applier {
             .map_or(0, |i| 1 << i)
     }
 
-    fn mask(t: &Table, vals: &[(&Arc<str>, Cow<Value>)]) -> u64 {
+    pub(super) fn mask(t: &Table, vals: &[(&Arc<str>, Cow<Value>)]) -> u64 {
         vals.iter().fold(0, |m, (c, _)| m | Self::bit(t, c))
     }
 
@@ -47,25 +47,12 @@ impl Applier {
         // A table whose ids lsync keeps gets the row, then its id.
         let id_col = t.uuid_col();
         let stmt = cached(&mut self.inserts, (t.id, mask), || {
-            let cols: Vec<String> = id_col
+            let cols: Vec<Arc<str>> = id_col
+                .map(Arc::from)
                 .into_iter()
-                .chain(vals.iter().map(|(c, _)| &***c))
-                .map(q)
+                .chain(vals.iter().map(|(c, _)| Arc::clone(c)))
                 .collect();
-            let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-            // OR FAIL: no statement journal per row; the savepoint around the
-            // apply still makes it all-or-nothing.
-            let sql = if cols.is_empty() {
-                format!("INSERT OR FAIL INTO {} DEFAULT VALUES", qm(&t.name))
-            } else {
-                format!(
-                    "INSERT OR FAIL INTO {}({}) VALUES ({})",
-                    qm(&t.name),
-                    cols.join(", "),
-                    marks.join(", ")
-                )
-            };
-            db.prepare(&sql)
+            db.prepare(&super::batch::insert_sql(t, &cols, 1))
         })?;
         let own_id = id_col.map(|_| pk);
         let r = stmt.run_borrowed(
@@ -228,9 +215,9 @@ fn same(cur: &ValueRef, v: &Value) -> bool {
 /// Statements bind by position: within one apply every change of a table
 /// lists its columns in the changeset's order, so a column set fixes it
 /// (`check_schema` refuses a table described twice, or a column named twice).
-fn cached(
-    cache: &mut HashMap<(i64, u64), Stmt>,
-    key: (i64, u64),
+pub(super) fn cached<K: std::hash::Hash + Eq>(
+    cache: &mut HashMap<K, Stmt>,
+    key: K,
     prepare: impl FnOnce() -> Result<Stmt>,
 ) -> Result<&mut Stmt> {
     match cache.entry(key) {

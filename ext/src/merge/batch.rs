@@ -1,0 +1,218 @@
+//! New rows inserted many to a statement. A one-row INSERT pays for its
+//! statement on every row: opening and closing the cursors of the table,
+//! its indexes and its FK targets, and halting the VM. A statement of 64
+//! rows pays once for all of them: about 5k instructions fewer per row,
+//! a third of the insert (callgrind, 200k rows of a two-index table).
+//!
+//! A queued row's rowid is predicted, so that what follows it in the
+//! changeset (a child's FK, the clock's run) can use it before the
+//! statement runs: SQLite numbers new rows from the largest rowid (or the
+//! AUTOINCREMENT sequence) up, one by one. The flush checks that it did.
+//! Any failure of a batch, a refused row or a rowid not as predicted,
+//! fails the pass, and the merge runs it again one row at a time, which
+//! finds the row to refuse.
+//!
+//! Only while no trigger fires (an app trigger could insert rows of its
+//! own), only into rowid tables, and only for a table with enough changes
+//! in the changeset for the rowid lookup to pay.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use lsync_wire::changeset::{Change, Op};
+
+use super::links::Link;
+use super::Applier;
+use crate::catalog::{Mode, Table};
+use crate::clock::code_of;
+use crate::error::{Error, Result};
+use crate::ident::{q, qm};
+use crate::sql::Value;
+
+/// Rows per statement, at most.
+const ROWS: usize = 64;
+/// Parameters per statement, at most: SQLite's smallest default limit.
+const PARAMS: usize = 999;
+/// Changes of a table in one changeset from which its new rows are batched.
+pub(super) const MIN_CHANGES: usize = 8;
+/// Above this rowid nothing is predicted: SQLite may number at random.
+const ROWID_CEILING: i64 = i64::MAX - (1 << 32);
+
+/// Rows queued for one statement: one table, one column list.
+pub(super) struct Batch {
+    tbl: i64,
+    mask: u64,
+    /// The columns bound per row, in order (the uuid column first).
+    cols: Vec<Arc<str>>,
+    /// The rowid predicted for the first row.
+    first: i64,
+    rows: usize,
+    values: Vec<Value>,
+}
+
+impl Applier {
+    /// Whether a change is a new row that a batch can take.
+    pub(super) fn batchable(
+        &self,
+        t: &Table,
+        c: &Change,
+        existing: Option<i64>,
+        deferred: &[Link],
+    ) -> bool {
+        self.bulk.contains(&t.id)
+            && existing.is_none()
+            && deferred.is_empty()
+            && (c.op == Op::Insert || (c.op == Op::Update && t.mode == Mode::DeviceOwned))
+            && !self.parked.contains(&t.id)
+            && !self.clashed.contains(&t.id)
+            && !self.tombs.get(&t.name).is_some_and(|m| m.contains(&c.pk))
+    }
+
+    /// Queues a new row (`batchable` said so) and does what inserting it
+    /// entails; false when its rowid cannot be predicted.
+    pub(super) fn queue(
+        &mut self,
+        t: &Table,
+        c: &Change,
+        origin: i64,
+        vals: &[(&Arc<str>, Cow<Value>)],
+    ) -> Result<bool> {
+        let mask = Self::mask(t, vals);
+        if self
+            .batch
+            .as_ref()
+            .is_some_and(|b| b.tbl != t.id || b.mask != mask)
+        {
+            self.flush_batch()?;
+        }
+        if self.batch.is_none() {
+            if vals.is_empty() && t.uuid_col().is_none() {
+                // DEFAULT VALUES takes one row only.
+                return Ok(false);
+            }
+            let Some(first) = self.next_rowid(t)? else {
+                return Ok(false);
+            };
+            let cols: Vec<Arc<str>> = t
+                .uuid_col()
+                .map(Arc::from)
+                .into_iter()
+                .chain(vals.iter().map(|(c, _)| Arc::clone(c)))
+                .collect();
+            self.batch = Some(Batch {
+                tbl: t.id,
+                mask,
+                values: Vec::with_capacity(cols.len() * ROWS),
+                cols,
+                first,
+                rows: 0,
+            });
+        }
+        let Some(b) = self.batch.as_mut() else {
+            return Ok(false);
+        };
+        let rid = b.first + b.rows as i64;
+        if t.uuid_col().is_some() {
+            b.values.push(c.pk.clone());
+        }
+        b.values
+            .extend(vals.iter().map(|(_, v)| v.clone().into_owned()));
+        b.rows += 1;
+        let full = b.rows >= ROWS.min(PARAMS / b.cols.len().max(1));
+        self.fresh.inserted(t.id, &c.pk);
+        if t.uuid_col().is_none() {
+            crate::gids::keep(self.db, t, rid, &c.pk)?;
+        }
+        self.extend_run(t.id, rid, c.hlc, origin, code_of(c.op), false)?;
+        self.rids
+            .entry(t.name.clone())
+            .or_default()
+            .insert(&c.pk, rid);
+        self.report.applied += 1;
+        if full {
+            self.flush_batch()?;
+        }
+        Ok(true)
+    }
+
+    /// Inserts the queued rows, and checks that SQLite numbered them as
+    /// predicted.
+    pub(super) fn flush_batch(&mut self) -> Result<()> {
+        let Some(b) = self.batch.take() else {
+            return Ok(());
+        };
+        let Some(t) = self.tables.values().find(|t| t.id == b.tbl).cloned() else {
+            return Err(Error::msg("lsync_apply: a batch lost its table"));
+        };
+        let db = self.db;
+        let stmt = super::write::cached(&mut self.batches, (b.tbl, b.mask, b.rows), || {
+            db.prepare(&insert_sql(&t, &b.cols, b.rows))
+        })?;
+        let ran = stmt.run_borrowed(b.values.iter());
+        let last = b.first + b.rows as i64 - 1;
+        let r = match ran {
+            Err(e) => Err(e.in_apply(&format!("inserting into '{}'", t.name))),
+            Ok(()) if db.last_insert_rowid() != last || db.changes() != b.rows as i64 => {
+                Err(Error::msg(format!(
+                    "lsync_apply: the rows inserted into '{}' were not numbered as predicted",
+                    t.name
+                )))
+            }
+            Ok(()) => Ok(()),
+        };
+        // The pass is run again one row at a time.
+        self.unbatch |= r.is_err();
+        r
+    }
+
+    /// The rowid SQLite gives the next new row of `t`, if it is predictable.
+    fn next_rowid(&mut self, t: &Table) -> Result<Option<i64>> {
+        let seq = match self.has_sequence {
+            Some(s) => s,
+            None => {
+                let s = self.db.query_i64(
+                    "SELECT count(*) FROM main.sqlite_schema WHERE name = 'sqlite_sequence'",
+                    &[],
+                )? == Some(1);
+                self.has_sequence = Some(s);
+                s
+            }
+        };
+        let top = self
+            .db
+            .query_i64(&format!("SELECT max(rowid) FROM {}", qm(&t.name)), &[])?
+            .unwrap_or(0);
+        let top = if seq {
+            let s = self.db.query_i64(
+                "SELECT seq FROM main.sqlite_sequence WHERE name = ?1 COLLATE NOCASE",
+                &[(*t.name).into()],
+            )?;
+            top.max(s.unwrap_or(0))
+        } else {
+            top
+        };
+        Ok((top < ROWID_CEILING).then_some(top + 1))
+    }
+}
+
+/// `INSERT OR FAIL` (no statement journal: the apply's savepoint makes it
+/// all-or-nothing) of `rows` rows of `cols`; one row is the one-row insert.
+pub(super) fn insert_sql(t: &Table, cols: &[Arc<str>], rows: usize) -> String {
+    if cols.is_empty() {
+        return format!("INSERT OR FAIL INTO {} DEFAULT VALUES", qm(&t.name));
+    }
+    let names: Vec<String> = cols.iter().map(|c| q(c)).collect();
+    let row = |r: usize| {
+        let marks: Vec<String> = (1..=cols.len())
+            .map(|i| format!("?{}", r * cols.len() + i))
+            .collect();
+        format!("({})", marks.join(", "))
+    };
+    let all: Vec<String> = (0..rows).map(row).collect();
+    format!(
+        "INSERT OR FAIL INTO {}({}) VALUES {}",
+        qm(&t.name),
+        names.join(", "),
+        all.join(", ")
+    )
+}
