@@ -135,6 +135,15 @@ impl Applier {
         Ok(true)
     }
 
+    /// Before a change that does not go into a batch: it reads the table,
+    /// so queued rows go in first, and it may write rows, so the next
+    /// batch's rowids are looked up again.
+    pub(super) fn unbatched(&mut self) -> Result<()> {
+        self.flush_batch()?;
+        self.next_rid = None;
+        Ok(())
+    }
+
     /// Inserts the queued rows, and checks that SQLite numbered them as
     /// predicted.
     pub(super) fn flush_batch(&mut self) -> Result<()> {
@@ -158,7 +167,10 @@ impl Applier {
                     t.name
                 )))
             }
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.next_rid = Some((b.tbl, last + 1));
+                Ok(())
+            }
         };
         // The pass is run again one row at a time.
         self.unbatch |= r.is_err();
@@ -167,6 +179,12 @@ impl Applier {
 
     /// The rowid SQLite gives the next new row of `t`, if it is predictable.
     fn next_rowid(&mut self, t: &Table) -> Result<Option<i64>> {
+        // After a batch, unless a row went in another way since.
+        if let Some((tbl, next)) = self.next_rid {
+            if tbl == t.id {
+                return Ok(Some(next));
+            }
+        }
         let seq = match self.has_sequence {
             Some(s) => s,
             None => {

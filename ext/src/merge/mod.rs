@@ -220,6 +220,8 @@ struct Applier {
     unbatch: bool,
     /// Whether the database has `sqlite_sequence` (AUTOINCREMENT).
     has_sequence: Option<bool>,
+    /// The rowid the next new row of a table gets, known since its batch.
+    next_rid: Option<(i64, i64)>,
 }
 
 impl Applier {
@@ -271,6 +273,7 @@ impl Applier {
             batches: HashMap::default(),
             unbatch: false,
             has_sequence: None,
+            next_rid: None,
         })
     }
 
@@ -350,14 +353,14 @@ impl Applier {
                 match c.op {
                     Op::Delete => {}
                     Op::Merge => {
-                        self.flush_batch()?;
+                        self.unbatched()?;
                         self.merge_change(&t, c)?
                     }
                     Op::Insert | Op::Update => self.upsert(&t, c)?,
                 }
             }
             self.current = None;
-            self.flush_batch()?;
+            self.unbatched()?;
         }
         // Children before parents, so FK checks see a consistent state.
         for name in order.iter().rev() {
@@ -472,8 +475,7 @@ impl Applier {
         if self.batchable(t, c, existing, &deferred) && self.queue(t, c, origin, &vals)? {
             return Ok(());
         }
-        // Whatever else happens reads the table: queued rows go in first.
-        self.flush_batch()?;
+        self.unbatched()?;
         if !deferred.is_empty() {
             let dead = self.dead_links(t, c, &mut vals, &mut deferred)?;
             if !dead.is_empty()
