@@ -11,7 +11,7 @@ use rusqlite::Connection;
 /// table.
 const ROWS: i64 = 150;
 
-fn schema(places: &str, mode: &str) -> String {
+fn places_schema(places: &str, mode: &str) -> String {
     format!(
         "CREATE TABLE places({places}, uuid TEXT UNIQUE, path TEXT UNIQUE);
          CREATE TABLE items(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE,
@@ -44,7 +44,7 @@ fn links(c: &Connection) -> Vec<Vec<String>> {
 /// `sql` at `b`, then A's rows applied there: B must hold them all, each
 /// item linked to its place, and its own rows untouched.
 fn rows_arrive_after(places: &str, mode: &str, sql: &str) {
-    let (_dir, a, b) = two_libraries(&schema(places, mode));
+    let (_dir, a, b) = two_libraries(&places_schema(places, mode));
     b.execute_batch(sql).unwrap();
     let own = query_rows(&b, "SELECT rowid, uuid, path FROM places ORDER BY rowid");
     write_rows(&a);
@@ -103,7 +103,7 @@ fn rows_of_a_table_numbered_at_the_ceiling_still_arrive() {
 /// alone is quarantined, and the rows around it land with their links.
 #[test]
 fn a_refused_row_among_new_rows_is_quarantined_alone() {
-    let (_dir, a, b) = two_libraries(&schema("id INTEGER PRIMARY KEY", "device_owned"));
+    let (_dir, a, b) = two_libraries(&places_schema("id INTEGER PRIMARY KEY", "device_owned"));
     b.execute_batch("INSERT INTO places(uuid, path) VALUES ('B1', '/p/70')")
         .unwrap();
     write_rows(&a);
