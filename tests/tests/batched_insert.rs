@@ -2,6 +2,7 @@
 //! rowids predicted so that links to them resolve before the statement
 //! runs. Whatever the numbering or the constraints here, every row must
 //! land, linked to the right row, or be quarantined alone.
+//! Bulk updates of columns nothing else reads skip reading the row.
 //! Real `liblsync.so`, separate database files in one library.
 
 use lsync_tests::*;
@@ -129,4 +130,30 @@ fn a_refused_row_among_new_rows_is_quarantined_alone() {
         scalar::<i64>(&b, "SELECT count(*) FROM places WHERE uuid LIKE 'P%'"),
         ROWS - 1
     );
+}
+
+/// A bulk update writes columns that no index, FK or referrer reads
+/// without reading the row first (`merge::costly`), and the others only
+/// where they change: both land, and the indexes agree with the rows.
+#[test]
+fn bulk_updates_land_whether_or_not_the_row_is_read_first() {
+    for mode in ["device_owned", "shared"] {
+        let (_dir, a, b) = two_libraries(&places_schema("id INTEGER PRIMARY KEY", mode));
+        write_rows(&a);
+        send(&a, &b, 0);
+        let since = cursor(&a);
+        a.execute_batch(
+            "UPDATE items SET name = name || ' renamed';
+             UPDATE places SET path = path || '/moved' WHERE id % 3 = 0;",
+        )
+        .unwrap();
+        let report = send(&a, &b, since);
+        assert_eq!(n(&report, "quarantined"), 0, "{report}");
+        assert_eq!(links(&b), links(&a), "{mode}");
+        assert_eq!(
+            scalar::<String>(&b, "PRAGMA integrity_check"),
+            "ok",
+            "{mode}"
+        );
+    }
 }

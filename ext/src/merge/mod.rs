@@ -9,6 +9,7 @@
 
 mod batch;
 mod cascade;
+mod costly;
 mod delete;
 mod fresh;
 mod join;
@@ -222,6 +223,8 @@ struct Applier {
     has_sequence: Option<bool>,
     /// The rowid the next new row of a table gets, known since its batch.
     next_rid: Option<(i64, i64)>,
+    /// Whether an update of a column set of a table skips reading the row.
+    blind: HashMap<(i64, u64), bool>,
 }
 
 impl Applier {
@@ -274,6 +277,7 @@ impl Applier {
             unbatch: false,
             has_sequence: None,
             next_rid: None,
+            blind: HashMap::default(),
         })
     }
 

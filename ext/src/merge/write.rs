@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::Applier;
+use super::{costly, Applier};
 use crate::catalog::Table;
 use crate::error::Result;
 use crate::ident::{q, qm};
@@ -81,10 +81,14 @@ impl Applier {
         if vals.is_empty() {
             return Ok(());
         }
+        let db = self.db;
+        let mask = Self::mask(t, vals);
+        if self.blind(t, mask, vals)? {
+            return self.update(t, rid, vals.iter().collect(), vals);
+        }
         // Write only the columns whose value changes: an unchanged indexed
         // or FK column then costs no index update and no FK check.
-        let db = self.db;
-        let read = cached(&mut self.reads, (t.id, Self::mask(t, vals)), || {
+        let read = cached(&mut self.reads, (t.id, mask), || {
             let cols: Vec<String> = vals.iter().map(|(c, _)| q(c)).collect();
             db.prepare(&format!(
                 "SELECT {} FROM {} WHERE rowid = ?1",
@@ -106,6 +110,35 @@ impl Applier {
         if changed.is_empty() {
             return Ok(());
         }
+        self.update(t, rid, changed, vals)
+    }
+
+    /// Whether the columns of `mask` are written without reading the row
+    /// first: in a bulk apply while no trigger fires (an `UPDATE OF` trigger
+    /// would see a column written that did not change), when none of them
+    /// is costly (`costly`).
+    fn blind(&mut self, t: &Table, mask: u64, vals: &[(&Arc<str>, Cow<Value>)]) -> Result<bool> {
+        if !self.bulk.contains(&t.id) {
+            return Ok(false);
+        }
+        if let Some(b) = self.blind.get(&(t.id, mask)) {
+            return Ok(*b);
+        }
+        let c = costly::costly(self.db, t)?;
+        let b = !costly::any_costly(&c, vals.iter().map(|(c, _)| &***c));
+        self.blind.insert((t.id, mask), b);
+        Ok(b)
+    }
+
+    /// `UPDATE OR FAIL` of the `changed` columns of row `rid`.
+    fn update(
+        &mut self,
+        t: &Table,
+        rid: i64,
+        changed: Vec<&(&Arc<str>, Cow<Value>)>,
+        vals: &[(&Arc<str>, Cow<Value>)],
+    ) -> Result<()> {
+        let db = self.db;
         let mask = changed.iter().fold(0, |m, (c, _)| m | Self::bit(t, c));
         let stmt = cached(&mut self.updates, (t.id, mask), || {
             let sets: Vec<String> = changed
