@@ -157,3 +157,30 @@ fn bulk_updates_land_whether_or_not_the_row_is_read_first() {
         );
     }
 }
+
+/// A bulk apply does not look up keys above the largest one the table
+/// holds (`merge::prepare`). A changeset that arrives again, whole, after
+/// part of it was applied holds keys on both sides of that line: the rows
+/// already here must be found, not inserted twice, and the rest land.
+#[test]
+fn a_changeset_that_arrives_again_after_part_of_it_applies_the_rest() {
+    let (_dir, a, b) = two_libraries(&places_schema("id INTEGER PRIMARY KEY", "shared"));
+    write_rows(&a);
+    let part: Vec<u8> = a
+        .query_row("SELECT lsync_changeset(0, ?1)", [ROWS], |r| r.get(0))
+        .unwrap();
+    let first: String = b
+        .query_row("SELECT lsync_apply(?1)", [&part], |r| r.get(0))
+        .unwrap();
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let done = n(&first, "applied");
+    assert!(done > 0 && done < 2 * ROWS, "{first}");
+    let report = send(&a, &b, 0);
+    assert_eq!(n(&report, "applied"), 2 * ROWS - done, "{report}");
+    assert_eq!(n(&report, "stale"), done, "{report}");
+    assert_eq!(n(&report, "quarantined"), 0, "{report}");
+    assert_eq!(links(&b), links(&a));
+    let again = send(&a, &b, 0);
+    assert_eq!(n(&again, "applied"), 0, "{again}");
+    assert_eq!(scalar::<String>(&b, "PRAGMA integrity_check"), "ok");
+}

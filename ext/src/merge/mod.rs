@@ -17,6 +17,7 @@ mod keys;
 mod links;
 mod owned;
 mod park;
+mod prepare;
 mod quarantine;
 mod shared;
 mod unite;
@@ -31,9 +32,8 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use crate::catalog::{Mode, Table};
 use crate::clock::{code_of, Clock};
 use crate::error::{Error, Result};
-use crate::ident::qm;
 use crate::ids::{self, IdMap};
-use crate::sql::{Db, Stmt, Value};
+use crate::sql::{Db, Stmt};
 use crate::{bail, fk, schema};
 
 use links::parents_first;
@@ -412,59 +412,6 @@ impl Applier {
             schema::set(self.db, "library_locked", 1.into())?;
         }
         Ok(())
-    }
-
-    /// Set-based lookups for one table's changes: existing rows by uuid,
-    /// tombstones, and the FK targets of every FK column.
-    fn prepare_table(
-        &mut self,
-        t: &Table,
-        list: &[&Change],
-        groups: &HashMap<&str, Vec<&Change>>,
-    ) -> Result<()> {
-        let has_rows = self.db.query_i64(
-            &format!("SELECT EXISTS (SELECT 1 FROM {})", qm(&t.name)),
-            &[],
-        )? == Some(1);
-        let rids = self.rids.entry(t.name.clone()).or_default();
-        rids.reserve(list.len());
-        if has_rows {
-            let keys: Vec<&Value> = list
-                .iter()
-                .map(|c| &c.pk)
-                .filter(|k| self.fresh.may_hold(t.id, k))
-                .collect();
-            if !keys.is_empty() {
-                rids.extend(fk::rids_of(self.db, t, &keys)?);
-            }
-        }
-        self.touched.insert(t.name.clone());
-        if self.batching && !t.without_rowid && list.len() >= batch::MIN_CHANGES {
-            self.bulk.insert(t.id);
-        }
-        if self.db.query_i64(
-            "SELECT EXISTS (SELECT 1 FROM lsync_parked WHERE tbl = ?1)",
-            &[t.id.into()],
-        )? == Some(1)
-        {
-            self.parked.insert(t.id);
-        }
-        let mut tombs = IdMap::default();
-        let mut s = self.db.prepare(
-            "SELECT uuid, hlc, origin FROM lsync_clock WHERE tbl = ?1 AND uuid IS NOT NULL AND op = 2",
-        )?;
-        s.bind(1, &t.id.into())?;
-        let mut raw = Vec::new();
-        while s.step()? {
-            raw.push((s.value(0), s.i64(1), s.i64(2)));
-        }
-        drop(s);
-        for (k, hlc, origin) in raw {
-            let clk = self.clk((hlc, origin))?;
-            tombs.insert(&k, clk);
-        }
-        self.tombs.insert(t.name.clone(), tombs);
-        self.find_targets(t, list, groups)
     }
 
     fn upsert(&mut self, t: &Table, c: &Change) -> Result<()> {
