@@ -60,7 +60,7 @@ pub fn install_triggers(db: Db, t: &Table) -> Result<()> {
 }
 
 pub fn drop_triggers_sql(table: &str) -> String {
-    ["ins", "ids", "upd", "del", "rekey"]
+    ["ins", "ids", "upd", "lnk", "del", "rekey"]
         .iter()
         .map(|k| format!("DROP TRIGGER IF EXISTS {};", trigger_name(k, table)))
         .collect()
@@ -162,7 +162,10 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
         (None, _) => "NEW.rowid IS NOT OLD.rowid".to_owned(),
     };
     // Only UPDATEs of tracked columns compile this trigger (UPDATE OF): the
-    // uuid fill in lsync_on_insert then prepares quickly.
+    // uuid fill in lsync_on_insert then prepares quickly. A row above the
+    // high-water mark is an insert not folded yet, which the fold records
+    // whole, as it is then (`flush` skips its marks): nothing to capture.
+    // The HLC is one per transaction (`lsync_capture_hlc`).
     let update_trigger = if t.columns.is_empty() {
         String::new()
     } else {
@@ -170,15 +173,30 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
         format!(
             "CREATE TRIGGER {upd} AFTER UPDATE OF {of} ON {tbl}
              WHEN {has_id} lsync_capturing() AND ({mask}) <> 0
+               AND {new_rid} <= (SELECT hwm FROM lsync_tables WHERE id = {id})
              BEGIN
                {owner_old}
-               {hlc_bump}
                INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
-                 VALUES ({id}, {new_rid}, {OP_UPDATE}, {HLC_VALUE}, {mask})
+                 VALUES ({id}, {new_rid}, {OP_UPDATE}, lsync_capture_hlc({HLC_VALUE}), {mask})
                  ON CONFLICT(tbl, rid) DO UPDATE SET hlc = excluded.hlc, cols = cols | excluded.cols;
-               {forget_links}
              END;",
             upd = trigger_name("upd", &t.name),
+            of = of.join(", "),
+        )
+    };
+    // Its own trigger, which UPDATEs that leave the FK columns alone do not
+    // compile at all.
+    let links_trigger = if t.fks.is_empty() {
+        String::new()
+    } else {
+        let of: Vec<String> = t.fks.keys().map(|c| q(c)).collect();
+        format!(
+            "CREATE TRIGGER {lnk} AFTER UPDATE OF {of} ON {tbl}
+             WHEN lsync_capturing()
+             BEGIN
+               {forget_links}
+             END;",
+            lnk = trigger_name("lnk", &t.name),
             of = of.join(", "),
         )
     };
@@ -191,6 +209,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
          END;
          {rekey}
          {update_trigger}
+         {links_trigger}
          CREATE TRIGGER {del} AFTER DELETE ON {tbl}
          WHEN {has_id} lsync_capturing()
          BEGIN
