@@ -181,6 +181,10 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
     db.create_function("lsync_hlc_wall", 0, INNOCUOUS, |_, _| {
         Ok(lsync_wire::hlc::wall().into())
     })?;
+    let c = conn.clone();
+    db.create_function("lsync_capture_hlc", 1, INNOCUOUS, move |db, args| {
+        capture::capture_hlc(db, &c, &args[0])
+    })?;
     db.create_function("lsync_deny_owned", 3, INNOCUOUS, |db, args| {
         let id = int_arg("lsync_deny_owned", "table id", &args[0])?;
         let rowid = int_arg("lsync_deny_owned", "rowid", &args[1])?;

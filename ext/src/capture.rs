@@ -1,5 +1,5 @@
 //! The functions the capture triggers call (`lsync_on_insert`,
-//! `lsync_deny_owned`, `lsync_on_delete_target`); `track` generates the
+//! `lsync_capture_hlc`, `lsync_deny_owned`, `lsync_on_delete_target`); `track` generates the
 //! triggers, `flush` folds what they leave.
 
 use crate::bail;
@@ -111,6 +111,35 @@ pub fn quietly<T>(db: Db, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let cleared = db.run("DELETE FROM lsync_config WHERE key = 'capture_off'", &[]);
     let v = out?;
     cleared.map(|()| v)
+}
+
+/// `lsync_capture_hlc(persisted)`, the HLC of an UPDATE captured by a
+/// trigger, which passes the persisted HLC as `persisted`: the HLC this
+/// function issued earlier in the same transaction, as long as nothing has
+/// advanced the clock since, and otherwise a new one (`schema::next_hlc`).
+/// One write of `lsync_config` per transaction instead of one per updated
+/// row: updates of one transaction share an HLC, which still orders them
+/// after every change committed before, and a delete or a re-insert in
+/// between advances the clock, so that the next update gets a newer one.
+///
+/// The transaction is told by the pager's data version, which every commit
+/// changes; a rollback may not, but it also rolls the persisted HLC back,
+/// below the one remembered, so the two differ again. Equal, they prove
+/// that no HLC was issued since by anything (every issue makes the clock
+/// larger), nor in another connection (this one holds the write lock).
+/// The argument is only compared, never stored, so a view calling this
+/// can only advance the clock, as `lsync_hlc_now()` does.
+pub fn capture_hlc(db: Db, conn: &Conn, persisted: &Value) -> Result<Value> {
+    let version = db.data_version()?;
+    let last = *conn.tx_hlc.lock().unwrap_or_else(|e| e.into_inner());
+    if let (Some((v, h)), Value::Integer(p)) = (last, persisted) {
+        if v == version && h == *p {
+            return Ok(Value::Integer(h));
+        }
+    }
+    let hlc = schema::next_hlc(db)?;
+    *conn.tx_hlc.lock().unwrap_or_else(|e| e.into_inner()) = Some((version, hlc));
+    Ok(Value::Integer(hlc))
 }
 
 /// Formats the `owned by` refusal for `lsync_deny_owned`.

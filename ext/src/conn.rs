@@ -2,6 +2,7 @@
 //! connection.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 pub struct Conn {
     /// False while this connection applies remote changes, so that the
@@ -11,6 +12,9 @@ pub struct Conn {
     /// work here. Not a setting or an environment variable, so that an app
     /// cannot turn them on by accident.
     pub testing: bool,
+    /// The HLC `lsync_capture_hlc` last issued, with the pager's data
+    /// version of the transaction it was issued in (`capture::capture_hlc`).
+    pub tx_hlc: Mutex<Option<(u32, i64)>>,
 }
 
 impl Conn {
@@ -18,6 +22,7 @@ impl Conn {
         Conn {
             capturing: AtomicBool::new(true),
             testing,
+            tx_hlc: Mutex::new(None),
         }
     }
 

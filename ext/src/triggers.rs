@@ -60,7 +60,7 @@ pub fn install_triggers(db: Db, t: &Table) -> Result<()> {
 }
 
 pub fn drop_triggers_sql(table: &str) -> String {
-    ["ins", "ids", "upd", "del", "rekey"]
+    ["ins", "ids", "upd", "lnk", "del", "rekey"]
         .iter()
         .map(|k| format!("DROP TRIGGER IF EXISTS {};", trigger_name(k, table)))
         .collect()
@@ -162,26 +162,29 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
         (None, _) => "NEW.rowid IS NOT OLD.rowid".to_owned(),
     };
     // Only UPDATEs of tracked columns compile this trigger (UPDATE OF): the
-    // uuid fill in lsync_on_insert then prepares quickly.
-    let update_trigger = if t.columns.is_empty() {
-        String::new()
-    } else {
-        let of: Vec<String> = t.columns.iter().map(|c| q(c)).collect();
-        format!(
-            "CREATE TRIGGER {upd} AFTER UPDATE OF {of} ON {tbl}
-             WHEN {has_id} lsync_capturing() AND ({mask}) <> 0
-             BEGIN
-               {owner_old}
-               {hlc_bump}
-               INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
-                 VALUES ({id}, {new_rid}, {OP_UPDATE}, {HLC_VALUE}, {mask})
-                 ON CONFLICT(tbl, rid) DO UPDATE SET hlc = excluded.hlc, cols = cols | excluded.cols;
-               {forget_links}
-             END;",
-            upd = trigger_name("upd", &t.name),
-            of = of.join(", "),
-        )
-    };
+    // uuid fill in lsync_on_insert then prepares quickly. A row above the
+    // high-water mark is an insert not folded yet, which the fold records
+    // whole, as it is then (`flush` skips its marks): nothing to capture.
+    // The HLC is one per transaction (`lsync_capture_hlc`).
+    let update_trigger = update_of_trigger(
+        "upd",
+        t,
+        &t.columns,
+        &format!(
+            "{has_id} lsync_capturing() AND ({mask}) <> 0
+               AND {new_rid} <= (SELECT hwm FROM lsync_tables WHERE id = {id})"
+        ),
+        &format!(
+            "{owner_old}
+             INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
+               VALUES ({id}, {new_rid}, {OP_UPDATE}, lsync_capture_hlc({HLC_VALUE}), {mask})
+               ON CONFLICT(tbl, rid) DO UPDATE SET hlc = excluded.hlc, cols = cols | excluded.cols;"
+        ),
+    );
+    // Its own trigger, which UPDATEs that leave the FK columns alone do not
+    // compile at all.
+    let fk_cols: Vec<&str> = t.fks.keys().map(String::as_str).collect();
+    let links_trigger = update_of_trigger("lnk", t, &fk_cols, "lsync_capturing()", &forget_links);
     format!(
         "{insert_trigger}
          CREATE TRIGGER {ids} AFTER UPDATE ON {tbl}
@@ -191,6 +194,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
          END;
          {rekey}
          {update_trigger}
+         {links_trigger}
          CREATE TRIGGER {del} AFTER DELETE ON {tbl}
          WHEN {has_id} lsync_capturing()
          BEGIN
@@ -205,6 +209,32 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
         del = trigger_name("del", &t.name),
         ids = trigger_name("ids", &t.name),
         rekey = rekey_trigger(t, &record_delete),
+    )
+}
+
+/// `CREATE TRIGGER lsync_<kind>_<table> AFTER UPDATE OF <cols>`, or nothing
+/// without columns: SQLite compiles such a trigger only into the UPDATEs
+/// that set one of them, so the others pay nothing for it.
+fn update_of_trigger<S: AsRef<str>>(
+    kind: &str,
+    t: &Table,
+    cols: &[S],
+    when: &str,
+    body: &str,
+) -> String {
+    if cols.is_empty() {
+        return String::new();
+    }
+    let of: Vec<String> = cols.iter().map(|c| q(c.as_ref())).collect();
+    format!(
+        "CREATE TRIGGER {name} AFTER UPDATE OF {of} ON {tbl}
+         WHEN {when}
+         BEGIN
+           {body}
+         END;",
+        name = trigger_name(kind, &t.name),
+        of = of.join(", "),
+        tbl = q(&t.name),
     )
 }
 

@@ -13,6 +13,7 @@ from util import REPO, connect
 EXPECTED_FUNCTIONS = sorted(
     [
         "lsync_apply",
+        "lsync_capture_hlc",
         "lsync_capturing",
         "lsync_changeset",
         "lsync_changeset_info",

@@ -7,6 +7,7 @@ use rusqlite::Connection;
 
 const FUNCTIONS: &[&str] = &[
     "lsync_apply",
+    "lsync_capture_hlc",
     "lsync_capturing",
     "lsync_changeset",
     "lsync_changeset_info",
@@ -118,6 +119,7 @@ fn function_signatures_and_flags() {
     // every write under trusted_schema=OFF.
     for f in [
         "lsync_capturing",
+        "lsync_capture_hlc",
         "lsync_hlc_wall",
         "lsync_on_insert",
         "lsync_deny_owned",

@@ -857,3 +857,33 @@ fn the_delete_callback_detaches_only_what_a_delete_left() {
     let waiting: String = scalar(&c, "SELECT target_uuid FROM lsync_deferred");
     assert_eq!(waiting, "T2");
 }
+
+/// A row inserted and not folded yet is above the high-water mark: the
+/// fold records it whole, as it is then, so its updates leave no mark.
+#[test]
+fn an_update_before_the_fold_is_folded_into_the_insert() {
+    let (_dir, conn) = setup();
+    conn.execute_batch(
+        "INSERT INTO files(uuid, name) VALUES ('f', 'a');
+         INSERT INTO tags(uuid, name) VALUES ('t', 'a');
+         UPDATE files SET name = 'b', n = 1;
+         UPDATE tags SET name = 'b', n = 1;",
+    )
+    .unwrap();
+    assert_eq!(count(&conn, "lsync_dirty"), 0);
+    let got = changes(&conn, 0);
+    assert_eq!(got.len(), 2, "{got:?}");
+    for c in &got {
+        assert_eq!(c.op, "insert", "{c:?}");
+        assert_eq!(c.data["name"], "b", "{c:?}");
+        assert_eq!(c.data["n"], 1, "{c:?}");
+    }
+    // Folded, the rows are below the mark: an update is captured.
+    let since = cursor(&conn);
+    conn.execute_batch("UPDATE files SET n = 2; UPDATE tags SET n = 2;")
+        .unwrap();
+    assert_eq!(count(&conn, "lsync_dirty"), 2);
+    let got = changes(&conn, since);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|c| c.op == "update"), "{got:?}");
+}

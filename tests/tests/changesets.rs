@@ -919,6 +919,38 @@ fn a_child_before_its_parents_is_deferred_then_completed() {
     assert_eq!(canon(&b), canon(&a));
 }
 
+/// A local write to an FK column replaces the link still waiting for its
+/// target (the `lsync_lnk_*` trigger); a write to other columns keeps it.
+#[test]
+fn a_local_write_to_an_fk_column_replaces_its_pending_link_only() {
+    let (_dir, [a, b]) = peers();
+    a.execute_batch(
+        "INSERT INTO locations(uuid, path) VALUES ('L1', '/disk');
+         INSERT INTO entries(uuid, location_id, name) VALUES ('E', 1, 'e');
+         INSERT INTO tags(uuid, name) VALUES ('T', 't');",
+    )
+    .unwrap();
+    let (_, cur) = changeset(&a, 0);
+    a.execute_batch("INSERT INTO tag_assignments(uuid, tag_id, entry_id) VALUES ('TA', 1, 1);")
+        .unwrap();
+    let (assignment, _) = changeset(&a, cur);
+    assert_eq!(n(&apply(&b, &assignment), "deferred"), 2);
+    let cols = |c: &Connection| -> Vec<String> {
+        pending_links(c).into_iter().map(|r| r[2].clone()).collect()
+    };
+    assert_eq!(cols(&b), ["entry_id", "tag_id"]);
+    b.execute_batch("UPDATE tag_assignments SET created_at = 5 WHERE uuid = 'TA';")
+        .unwrap();
+    assert_eq!(cols(&b), ["entry_id", "tag_id"]);
+    b.execute_batch(
+        "INSERT INTO tags(uuid, name) VALUES ('LOCAL', 'local');
+         UPDATE tag_assignments SET tag_id = (SELECT id FROM tags WHERE uuid = 'LOCAL')
+          WHERE uuid = 'TA';",
+    )
+    .unwrap();
+    assert_eq!(cols(&b), ["entry_id"]);
+}
+
 #[test]
 fn a_deferred_link_survives_a_restart() {
     let (dir, [a, b]) = peers();

@@ -98,6 +98,113 @@ fn changes_recorded_later_have_larger_hlcs() {
     assert!(hlc_now(&conn) > *hlcs.last().unwrap());
 }
 
+/// (pk, op, hlc) of the changes after `since`, in cursor order.
+fn hlcs_since(conn: &rusqlite::Connection, since: i64) -> Vec<(String, String, i64)> {
+    changes(conn, since)
+        .iter()
+        .map(|c| (c.pk_text(), c.op.clone(), c.hlc))
+        .collect()
+}
+
+fn persisted_hlc(conn: &rusqlite::Connection) -> i64 {
+    scalar(conn, "SELECT value FROM lsync_config WHERE key = 'hlc'")
+}
+
+/// Updates take one HLC per transaction (`lsync_capture_hlc`): the clock is
+/// written once, not once per row. Anything that issues an HLC in between
+/// gives the next update a newer one, and the next transaction a newer one
+/// still.
+#[test]
+fn updates_of_one_transaction_share_an_hlc_and_nothing_goes_back() {
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    two_tables(&conn);
+    // Shared rows, whose changes keep each its own HLC (device-owned ones
+    // with consecutive rowids fold into one entry under the newest).
+    conn.execute_batch(
+        "INSERT INTO tags(uuid, name) VALUES ('a', 'a'), ('b', 'b'), ('x', 'x');
+         INSERT INTO files(uuid, name) VALUES ('c', 'c');",
+    )
+    .unwrap();
+    flush(&conn);
+    let since = cursor(&conn);
+    let before = hlc_now(&conn);
+    conn.execute_batch(
+        "BEGIN;
+         UPDATE tags SET n = 1 WHERE name = 'a';
+         UPDATE tags SET n = 1 WHERE name = 'b';
+         DELETE FROM files WHERE name = 'c';
+         UPDATE tags SET n = 1 WHERE name = 'x';
+         UPDATE tags SET n = 2 WHERE name = 'a';
+         COMMIT;",
+    )
+    .unwrap();
+    let got = hlcs_since(&conn, since);
+    let hlc = |pk: &str| got.iter().find(|c| c.0 == pk).unwrap().2;
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(hlc("b") > before && hlc("b") < hlc("c"), "{got:?}");
+    // The delete advanced the clock: the updates after it are newer.
+    assert!(hlc("x") > hlc("c") && hlc("a") == hlc("x"), "{got:?}");
+    assert!(persisted_hlc(&conn) >= hlc("x"));
+    // Autocommit updates are one transaction each.
+    let since = cursor(&conn);
+    conn.execute("UPDATE tags SET n = 3 WHERE name = 'a'", [])
+        .unwrap();
+    conn.execute("UPDATE tags SET n = 3 WHERE name = 'b'", [])
+        .unwrap();
+    let next = hlcs_since(&conn, since);
+    assert_eq!(next.len(), 2, "{next:?}");
+    assert!(next[0].2 > hlc("x") && next[1].2 > next[0].2, "{next:?}");
+}
+
+/// A rollback undoes the HLC a capture wrote; the HLC remembered for the
+/// transaction is not reused then, and every HLC that was recorded stays
+/// at or below the persisted clock.
+#[test]
+fn a_rolled_back_capture_hlc_is_not_reused() {
+    let dir = TempDir::new();
+    let conn = open(&dir.db());
+    two_tables(&conn);
+    conn.execute_batch("INSERT INTO files(uuid, name) VALUES ('a', 'a'), ('b', 'b');")
+        .unwrap();
+    flush(&conn);
+    let since = cursor(&conn);
+    // The clock far ahead of the wall clock, so that the bumps are +1 and
+    // a reused HLC would show.
+    let ahead = hlc_now(&conn) + (3_600_000 << 16);
+    conn.execute(
+        "UPDATE lsync_config SET value = ?1 WHERE key = 'hlc'",
+        [ahead],
+    )
+    .unwrap();
+    conn.execute_batch(
+        "BEGIN;
+         SAVEPOINT s;
+         UPDATE files SET n = 1 WHERE name = 'a';
+         ROLLBACK TO s;
+         RELEASE s;
+         UPDATE files SET n = 1 WHERE name = 'b';
+         COMMIT;",
+    )
+    .unwrap();
+    let got = hlcs_since(&conn, since);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].2, ahead + 1, "{got:?}");
+    assert_eq!(persisted_hlc(&conn), ahead + 1);
+    // A whole transaction rolled back: its HLC is not carried over either.
+    conn.execute_batch(
+        "BEGIN;
+         UPDATE files SET n = 2 WHERE name = 'a';
+         ROLLBACK;
+         UPDATE files SET n = 2 WHERE name = 'b';",
+    )
+    .unwrap();
+    let got = hlcs_since(&conn, since);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].2, ahead + 2, "{got:?}");
+    assert!(hlc_now(&conn) > ahead + 2);
+}
+
 #[test]
 fn hlc_text_is_iso_time_and_counter() {
     let dir = TempDir::new();

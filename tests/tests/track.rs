@@ -249,6 +249,7 @@ fn a_temp_table_of_the_same_name_never_stands_in_for_the_tracked_table() {
             ["trigger", "lsync_del_t"],
             ["trigger", "lsync_ids_t"],
             ["trigger", "lsync_ins_t"],
+            ["trigger", "lsync_lnk_t"],
             ["trigger", "lsync_upd_t"],
             ["index", "lsync_uuid_t"],
         ]

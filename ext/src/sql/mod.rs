@@ -75,6 +75,7 @@ macro_rules! call {
 // After `call!`, which they use.
 mod conn;
 mod func;
+mod txn;
 mod vtab;
 
 pub use conn::{Connection, OPEN_CREATE, OPEN_NOFOLLOW, OPEN_READONLY, OPEN_READWRITE, OPEN_URI};
@@ -277,18 +278,6 @@ impl Db {
         // SAFETY: NULL or a NUL-terminated string.
         let s = unsafe { cstr_lossy(p) };
         (!s.is_empty()).then(|| std::path::PathBuf::from(s))
-    }
-
-    /// False inside an explicit transaction (BEGIN ... COMMIT).
-    pub fn autocommit(&self) -> bool {
-        // SAFETY: plain accessor on a live handle.
-        unsafe { call!(get_autocommit(self.0)) != 0 }
-    }
-
-    /// Whether this connection holds a read or write transaction on `main`.
-    pub fn in_transaction(&self) -> bool {
-        // SAFETY: plain accessor on a live handle (SQLite >= 3.34).
-        unsafe { call!(txn_state(self.0, c"main".as_ptr())) != 0 }
     }
 
     pub fn busy_timeout(&self, ms: i32) -> Result<()> {
