@@ -57,6 +57,11 @@ impl TriggersOff {
         Ok(TriggersOff { db, restore })
     }
 
+    /// Triggers left as they are.
+    fn kept(db: Db) -> TriggersOff {
+        TriggersOff { db, restore: None }
+    }
+
     /// Whether no trigger fires on this connection now.
     fn off(&self) -> bool {
         self.restore.is_some()
@@ -96,8 +101,9 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
         check_head(db, &head, F)?;
         stability::check_fresh(db, head.fence.as_ref(), F, "changeset")?;
         let names: Vec<&str> = head.tables.iter().map(|t| t.name.as_str()).collect();
+        let changes = stream.left();
         // Only a changeset of more than one chunk meets rows of its own.
-        let chunks_after_first = stream.left() > CHUNK_CHANGES as u64;
+        let chunks_after_first = changes > CHUNK_CHANGES as u64;
         let limits = (CHUNK_CHANGES, CHUNK_BYTES);
         ahead::chunks(&mut stream, limits, chunks_after_first, |next, spent| {
             let chunks = std::iter::from_fn(|| {
@@ -115,7 +121,8 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
             });
             db.savepoint("lsync_apply", || {
                 let spent = &mut |cs: Changeset| spent(cs.changes);
-                let report = merge_all(db, conn, &names, chunks, spent, chunks_after_first)?;
+                let size = (changes, chunks_after_first);
+                let report = merge_all(db, conn, &names, chunks, spent, size)?;
                 stability::record_ack(db, head.fence.as_ref())?;
                 Ok(report)
             })
@@ -128,21 +135,33 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
     })
 }
 
+/// From this many changes on, an apply turns triggers off (when they are
+/// all lsync's). Switching them off and on again expires every statement
+/// the connection keeps prepared (`sql::cache`), and re-preparing those
+/// (about 1.7M instructions after a one-row apply, callgrind) costs more
+/// than a few rows' trigger programs, which find capture off and return.
+const TRIGGERS_OFF_FROM: u64 = 64;
+
 /// Merges batch after batch of changes, with capture and (when they are
-/// all lsync's) triggers off, within the caller's savepoint. The caller has
-/// checked library and schema. Each batch merged goes to `spent`. `many`:
-/// there may be more than one batch, so the tables empty at the start are
-/// worth finding (`merge::Fresh`).
+/// all lsync's, and the changes many) triggers off, within the caller's
+/// savepoint. The caller has checked library and schema. Each batch merged
+/// goes to `spent`. `size`: how many changes (`u64::MAX` when not known),
+/// and whether there may be more than one batch, so the tables empty at
+/// the start are worth finding (`merge::Fresh`).
 fn merge_all(
     db: Db,
     conn: &Conn,
     names: &[&str],
     batches: impl Iterator<Item = Result<Changeset>>,
     spent: &mut dyn FnMut(Changeset),
-    many: bool,
+    (changes, many): (u64, bool),
 ) -> Result<ApplyReport> {
     let _off = CaptureOff::new(conn);
-    let triggers = TriggersOff::new(db, names)?;
+    let triggers = if changes >= TRIGGERS_OFF_FROM {
+        TriggersOff::new(db, names)?
+    } else {
+        TriggersOff::kept(db)
+    };
     let tables = by_name(db)?;
     let merged = || {
         // Fold local captures first: rows above the high-water mark must be
@@ -304,7 +323,7 @@ pub fn apply_stream(
         &names,
         std::iter::from_fn(|| next().transpose()),
         &mut drop,
-        true,
+        (u64::MAX, true),
     )
 }
 

@@ -34,6 +34,7 @@ pub mod snapfile;
 pub mod snapshot;
 pub mod sql;
 pub mod stability;
+pub mod statements;
 pub mod status;
 pub mod track;
 pub mod triggers;
