@@ -19,6 +19,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::catalog::{self, Table};
 use crate::conn::{CaptureOff, Conn};
+use crate::defer::FkDefer;
 use crate::error::{Error, Result};
 use crate::sql::{Db, Value};
 use crate::{ahead, bail, capture, flush, merge, peers, schema, stability};
@@ -167,7 +168,7 @@ fn merge_all(
         // Fold local captures first: rows above the high-water mark must be
         // recorded as local before remote rows are inserted above them.
         flush::flush(db)?;
-        db.exec("PRAGMA defer_foreign_keys = ON")?;
+        let mut fk = FkDefer::new(db)?;
         // With app triggers firing, rows may come by a way the merge does
         // not see: no table counts as fresh.
         let fresh = if many && triggers.off() {
@@ -183,6 +184,7 @@ fn merge_all(
             let mut cs = cs?;
             let own = drop_own(db, &mut cs)?;
             let revoked = crate::members::drop_revoked(db, &mut cs)?;
+            fk.before(&tables, &cs)?;
             let mut report = merge::merge(db, tables.clone(), &cs, &fresh)?;
             report.changes += own + revoked;
             report.own = own;

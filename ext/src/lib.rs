@@ -14,6 +14,7 @@ pub mod clock;
 pub mod compact;
 pub mod conn;
 pub mod dbcopy;
+pub mod defer;
 pub mod error;
 pub mod export;
 pub mod fk;
