@@ -168,7 +168,7 @@ fn merge_all(
         // Fold local captures first: rows above the high-water mark must be
         // recorded as local before remote rows are inserted above them.
         flush::flush(db)?;
-        let mut fk = FkDefer::new(db)?;
+        let mut fk = FkDefer::new(db, &conn.fk_verdicts)?;
         // With app triggers firing, rows may come by a way the merge does
         // not see: no table counts as fresh.
         let fresh = if many && triggers.off() {

@@ -2,6 +2,9 @@
 //! connection.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use crate::defer::Verdicts;
 
 pub struct Conn {
     /// False while this connection applies remote changes, so that the
@@ -11,6 +14,9 @@ pub struct Conn {
     /// work here. Not a setting or an environment variable, so that an app
     /// cannot turn them on by accident.
     pub testing: bool,
+    /// Which tracked tables take part in an FK check that could fail
+    /// mid-apply, as of one schema version (`defer`).
+    pub fk_verdicts: Mutex<Verdicts>,
 }
 
 impl Conn {
@@ -18,6 +24,7 @@ impl Conn {
         Conn {
             capturing: AtomicBool::new(true),
             testing,
+            fk_verdicts: Mutex::default(),
         }
     }
 

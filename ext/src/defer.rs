@@ -14,7 +14,7 @@
 //! When nothing could be checked mid-apply, deferring changes nothing: a
 //! deferred check is the same check, made later.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use lsync_wire::changeset::{Changeset, Op};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -23,19 +23,33 @@ use crate::catalog::{Ident, Mode, Table};
 use crate::error::Result;
 use crate::sql::Db;
 
+/// What the schema says of tracked tables (see [`schema_says`]), kept per
+/// connection while `PRAGMA schema_version` stays the same: reading every
+/// table's FKs for each one-row apply cost more than the apply's merge.
+/// Another connection's schema change moves the version, and so empties it.
+#[derive(Default)]
+pub struct Verdicts {
+    schema_version: i64,
+    /// By table name, columns, global id and mode (a table tracked again
+    /// differently is another key).
+    by_table: HashMap<String, bool>,
+}
+
 /// Sets `PRAGMA defer_foreign_keys` before the first batch that needs it.
-pub struct FkDefer {
+pub struct FkDefer<'a> {
     db: Db,
     /// Deferred already, or SQLite checks no FK here: nothing more to do.
     settled: bool,
+    verdicts: &'a Mutex<Verdicts>,
 }
 
-impl FkDefer {
-    pub fn new(db: Db) -> Result<FkDefer> {
+impl<'a> FkDefer<'a> {
+    pub fn new(db: Db, verdicts: &'a Mutex<Verdicts>) -> Result<FkDefer<'a>> {
         let enforced = db.query_i64("SELECT foreign_keys FROM pragma_foreign_keys", &[])?;
         Ok(FkDefer {
             db,
             settled: enforced != Some(1),
+            verdicts,
         })
     }
 
@@ -51,7 +65,7 @@ impl FkDefer {
     /// Defers FK checks before `cs` is merged, unless none can fail while
     /// it is.
     pub fn before(&mut self, tables: &HashMap<Arc<str>, Table>, cs: &Changeset) -> Result<()> {
-        if !self.settled && needed(self.db, tables, cs)? {
+        if !self.settled && needed(self.db, tables, cs, self.verdicts)? {
             self.always()?;
         }
         Ok(())
@@ -77,7 +91,12 @@ impl FkDefer {
 /// - no link waits for a target (`lsync_deferred`) and nothing is
 ///   quarantined: completing links and retrying quarantined changes write
 ///   other tables.
-fn needed(db: Db, tables: &HashMap<Arc<str>, Table>, cs: &Changeset) -> Result<bool> {
+fn needed(
+    db: Db,
+    tables: &HashMap<Arc<str>, Table>,
+    cs: &Changeset,
+    verdicts: &Mutex<Verdicts>,
+) -> Result<bool> {
     if cs.changes.is_empty() {
         return Ok(false);
     }
@@ -91,25 +110,60 @@ fn needed(db: Db, tables: &HashMap<Arc<str>, Table>, cs: &Changeset) -> Result<b
     if pending != Some(0) {
         return Ok(true);
     }
+    let version = db.query_i64("PRAGMA schema_version", &[])?.unwrap_or(0);
+    let mut verdicts = verdicts.lock().unwrap_or_else(|e| e.into_inner());
+    if verdicts.schema_version != version {
+        *verdicts = Verdicts {
+            schema_version: version,
+            by_table: HashMap::default(),
+        };
+    }
     let mut seen: HashSet<&str> = HashSet::default();
     for c in &cs.changes {
         if !seen.insert(&c.tbl) {
             continue;
         }
-        let found = tables
+        let Some(t) = tables
             .values()
-            .find(|t| t.name.eq_ignore_ascii_case(&c.tbl));
-        match found {
-            Some(t) if !in_checked_fk(db, t)? => {}
-            _ => return Ok(true),
+            .find(|t| t.name.eq_ignore_ascii_case(&c.tbl))
+        else {
+            return Ok(true);
+        };
+        let key = format!(
+            "{}\0{}\0{:?}\0{}",
+            t.name,
+            t.columns.join("\0"),
+            t.ident,
+            t.mode.as_str()
+        );
+        let checked = match verdicts.by_table.get(&key) {
+            Some(v) => *v,
+            None => {
+                let v = schema_says(db, t)?;
+                verdicts.by_table.insert(key, v);
+                v
+            }
+        };
+        if checked || merged_away(db, t)? {
+            return Ok(true);
         }
     }
     Ok(false)
 }
 
-/// Whether writing rows of `t` as a merge does may make SQLite check an
-/// FK that could fail (see [`needed`]).
-fn in_checked_fk(db: Db, t: &Table) -> Result<bool> {
+/// Whether `t` has rows merged away (`lsync_alias`): a merged class
+/// loses a row when one of its members is deleted.
+fn merged_away(db: Db, t: &Table) -> Result<bool> {
+    let any = db.query_i64(
+        "SELECT EXISTS (SELECT 1 FROM lsync_alias WHERE tbl = ?1)",
+        &[t.id.into()],
+    )?;
+    Ok(any != Some(0))
+}
+
+/// Whether the schema lets writing rows of `t` as a merge does make SQLite
+/// check an FK that could fail (see [`needed`]).
+fn schema_says(db: Db, t: &Table) -> Result<bool> {
     let name = || (*t.name).into();
     let child = db.query_i64(
         "SELECT EXISTS (SELECT 1 FROM pragma_foreign_key_list(?1))",
@@ -150,9 +204,8 @@ fn in_checked_fk(db: Db, t: &Table) -> Result<bool> {
             "SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1) il
                WHERE il.\"unique\" = 1
                  AND (SELECT count(*) <> 1 OR max(ii.name) IS NOT ?2 COLLATE NOCASE
-                      FROM pragma_index_info(il.name) ii))
-             OR EXISTS (SELECT 1 FROM lsync_alias WHERE tbl = ?3)",
-            &[name(), gid.map_or(crate::sql::Value::Null, Into::into), t.id.into()],
+                      FROM pragma_index_info(il.name) ii))",
+            &[name(), gid.map_or(crate::sql::Value::Null, Into::into)],
         )?;
         if clash != Some(0) {
             return Ok(true);

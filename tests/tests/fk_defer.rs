@@ -117,3 +117,24 @@ fn without_fk_enforcement_nothing_is_deferred() {
     assert_eq!(n(&report, "applied"), 1, "{report}");
     assert!(!deferred, "{report}");
 }
+
+#[test]
+fn an_fk_added_by_another_connection_is_seen_by_the_next_apply() {
+    let (dir, a, b) = defer_pair();
+    a.execute_batch("INSERT INTO tags(uuid, name) VALUES ('T1', 'red')")
+        .unwrap();
+    let (_, deferred) = apply_and_deferred(&a, &b, 0);
+    assert!(!deferred);
+    // Another connection makes tags a target through their global id,
+    // which a merge writes: b's next apply must defer.
+    let other = open(&dir.path().join("b.db"));
+    other
+        .execute_batch("CREATE TABLE pins(id INTEGER PRIMARY KEY, tag TEXT REFERENCES tags(uuid))")
+        .unwrap();
+    let since = cursor(&a);
+    a.execute_batch("INSERT INTO tags(uuid, name) VALUES ('T2', 'blue')")
+        .unwrap();
+    let (report, deferred) = apply_and_deferred(&a, &b, since);
+    assert_eq!(n(&report, "applied"), 1, "{report}");
+    assert!(deferred, "{report}");
+}
