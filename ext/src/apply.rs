@@ -86,11 +86,10 @@ const CHUNK_BYTES: usize = 4 << 20;
 pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
     const F: &str = "lsync_apply";
     schema::ensure(db)?;
-    let me = schema::get_text(db, "device_id")?;
-    let revoked = crate::members::revoked(db)?;
+    let speaks = Speaks::read(db)?;
     // Changes a peer cannot speak for are dropped, and their HLCs do not
     // count for the drift guard.
-    let counts = |origin: &str| *origin != *me && !revoked.contains(&origin.to_ascii_lowercase());
+    let counts = |origin: &str| speaks.counts(origin);
     // One pass: each chunk is checked before it is merged, and the
     // savepoint takes back what earlier chunks did when a later one is
     // refused, so nothing is applied. A refusal is reported as a check of
@@ -123,7 +122,7 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
             db.savepoint("lsync_apply", || {
                 let spent = &mut |cs: Changeset| spent(cs.changes);
                 let size = (changes, chunks_after_first);
-                let report = merge_all(db, conn, &names, chunks, spent, size)?;
+                let report = merge_all(db, conn, &names, chunks, spent, size, &speaks)?;
                 stability::record_ack(db, head.fence.as_ref())?;
                 Ok(report)
             })
@@ -156,6 +155,7 @@ fn merge_all(
     batches: impl Iterator<Item = Result<Changeset>>,
     spent: &mut dyn FnMut(Changeset),
     (changes, many): (u64, bool),
+    speaks: &Speaks,
 ) -> Result<ApplyReport> {
     let _off = CaptureOff::new(conn);
     let triggers = if changes >= TRIGGERS_OFF_FROM {
@@ -182,8 +182,7 @@ fn merge_all(
         let mut total = ApplyReport::default();
         for cs in batches {
             let mut cs = cs?;
-            let own = drop_own(db, &mut cs)?;
-            let revoked = crate::members::drop_revoked(db, &mut cs)?;
+            let (own, revoked) = speaks.drop_others(&mut cs);
             fk.before(&tables, &cs)?;
             let mut report = merge::merge(db, tables.clone(), &cs, &fresh)?;
             report.changes += own + revoked;
@@ -203,13 +202,40 @@ fn merge_all(
     }
 }
 
-/// Takes out the changes that name this device as their origin, and
-/// returns how many: a peer never speaks for this device (issue 13).
-fn drop_own(db: Db, cs: &mut Changeset) -> Result<i64> {
-    let me = schema::get_text(db, "device_id")?;
-    let before = cs.changes.len();
-    cs.changes.retain(|c| *c.origin != *me);
-    Ok((before - cs.changes.len()) as i64)
+/// The origins a peer cannot speak for, read once per call: this device
+/// (issue 13), and the devices known here as revoked (`members`).
+struct Speaks {
+    me: String,
+    revoked: std::collections::HashSet<String>,
+}
+
+impl Speaks {
+    fn read(db: Db) -> Result<Speaks> {
+        Ok(Speaks {
+            me: schema::get_text(db, "device_id")?,
+            revoked: crate::members::revoked(db)?,
+        })
+    }
+
+    /// Whether a change from `origin` is applied.
+    fn counts(&self, origin: &str) -> bool {
+        *origin != *self.me && !self.revoked.contains(&origin.to_ascii_lowercase())
+    }
+
+    /// Takes out the changes that name this device as their origin, then
+    /// those made by revoked devices (nothing they made is applied here, so
+    /// nothing is relayed from here either); returns how many of each.
+    fn drop_others(&self, cs: &mut Changeset) -> (i64, i64) {
+        let before = cs.changes.len();
+        cs.changes.retain(|c| *c.origin != *self.me);
+        let own = before - cs.changes.len();
+        let before = cs.changes.len();
+        if !self.revoked.is_empty() {
+            cs.changes
+                .retain(|c| !self.revoked.contains(&c.origin.to_ascii_lowercase()));
+        }
+        (own as i64, (before - cs.changes.len()) as i64)
+    }
 }
 
 fn corrupt(func: &str, e: DecodeError) -> Error {
@@ -326,6 +352,7 @@ pub fn apply_stream(
         std::iter::from_fn(|| next().transpose()),
         &mut drop,
         (u64::MAX, true),
+        &Speaks::read(db)?,
     )
 }
 

@@ -50,7 +50,10 @@ fn a_child_before_its_parent_by_global_id_applies_with_fk_checks_on() {
     let (report, deferred) = apply_and_deferred(&a, &b, 0);
     assert_eq!(n(&report, "applied"), 2, "{report}");
     assert_eq!(n(&report, "quarantined"), 0, "{report}");
-    assert!(deferred, "a table with an FK of its own needs deferred checks");
+    assert!(
+        deferred,
+        "a table with an FK of its own needs deferred checks"
+    );
     assert_eq!(
         query_rows(&b, "SELECT uuid, parent FROM folders ORDER BY uuid"),
         [["C", "P"], ["P", "NULL"]]
