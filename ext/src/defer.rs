@@ -90,7 +90,9 @@ impl<'a> FkDefer<'a> {
 ///   clash deletes one;
 /// - no link waits for a target (`lsync_deferred`) and nothing is
 ///   quarantined: completing links and retrying quarantined changes write
-///   other tables.
+///   other tables;
+/// - no trigger but lsync's is on them, and no temp trigger at all: an
+///   app's trigger may write any table.
 fn needed(
     db: Db,
     tables: &HashMap<Arc<str>, Table>,
@@ -104,7 +106,8 @@ fn needed(
         return Ok(true);
     }
     let pending = db.query_i64(
-        "SELECT EXISTS (SELECT 1 FROM lsync_deferred) OR EXISTS (SELECT 1 FROM lsync_quarantine)",
+        "SELECT EXISTS (SELECT 1 FROM lsync_deferred) OR EXISTS (SELECT 1 FROM lsync_quarantine)
+           OR EXISTS (SELECT 1 FROM temp.sqlite_schema WHERE type = 'trigger')",
         &[],
     )?;
     if pending != Some(0) {
@@ -165,8 +168,12 @@ fn merged_away(db: Db, t: &Table) -> Result<bool> {
 /// check an FK that could fail (see [`needed`]).
 fn schema_says(db: Db, t: &Table) -> Result<bool> {
     let name = || (*t.name).into();
+    // A child, or a table with an app's trigger (lsync's are named so).
     let child = db.query_i64(
-        "SELECT EXISTS (SELECT 1 FROM pragma_foreign_key_list(?1))",
+        "SELECT EXISTS (SELECT 1 FROM pragma_foreign_key_list(?1))
+           OR EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'trigger'
+                        AND tbl_name = ?1 COLLATE NOCASE
+                        AND name NOT LIKE 'lsync\\_%' ESCAPE '\\')",
         &[name()],
     )?;
     if child != Some(0) {

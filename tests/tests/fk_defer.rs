@@ -141,3 +141,23 @@ fn an_fk_added_by_another_connection_is_seen_by_the_next_apply() {
     assert_eq!(n(&report, "applied"), 1, "{report}");
     assert!(deferred, "{report}");
 }
+
+#[test]
+fn an_app_trigger_on_the_table_defers_fk_checks() {
+    // The trigger writes a child row: its FK is checked mid-apply.
+    for trigger in [
+        "CREATE TRIGGER tag_noted AFTER INSERT ON tags BEGIN
+           INSERT INTO notes(tag_id) VALUES (NEW.id); END",
+        "CREATE TEMP TRIGGER tag_noted AFTER INSERT ON main.tags BEGIN
+           INSERT INTO notes(tag_id) VALUES (NEW.id); END",
+    ] {
+        let (_dir, a, b) = defer_pair();
+        b.execute_batch(trigger).unwrap();
+        a.execute_batch("INSERT INTO tags(uuid, name) VALUES ('T1', 'red')")
+            .unwrap();
+        let (report, deferred) = apply_and_deferred(&a, &b, 0);
+        assert_eq!(n(&report, "applied"), 1, "{report}");
+        assert!(deferred, "{trigger}: {report}");
+        assert_eq!(count(&b, "notes"), 1);
+    }
+}
