@@ -208,7 +208,7 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
     crate::status::register(db)?;
 
     db.create_table_function::<crate::vtab::ChangesTable>("lsync_changes")?;
-    Ok(())
+    crate::statements::register(db)
 }
 
 fn text_arg(func: &str, what: &str, v: &Value) -> Result<String> {

@@ -19,6 +19,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::catalog::{self, Table};
 use crate::conn::{CaptureOff, Conn};
+use crate::defer::FkDefer;
 use crate::error::{Error, Result};
 use crate::sql::{Db, Value};
 use crate::{ahead, bail, capture, flush, merge, peers, schema, stability};
@@ -57,6 +58,11 @@ impl TriggersOff {
         Ok(TriggersOff { db, restore })
     }
 
+    /// Triggers left as they are.
+    fn kept(db: Db) -> TriggersOff {
+        TriggersOff { db, restore: None }
+    }
+
     /// Whether no trigger fires on this connection now.
     fn off(&self) -> bool {
         self.restore.is_some()
@@ -80,11 +86,10 @@ const CHUNK_BYTES: usize = 4 << 20;
 pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
     const F: &str = "lsync_apply";
     schema::ensure(db)?;
-    let me = schema::get_text(db, "device_id")?;
-    let revoked = crate::members::revoked(db)?;
+    let speaks = Speaks::read(db)?;
     // Changes a peer cannot speak for are dropped, and their HLCs do not
     // count for the drift guard.
-    let counts = |origin: &str| *origin != *me && !revoked.contains(&origin.to_ascii_lowercase());
+    let counts = |origin: &str| speaks.counts(origin);
     // One pass: each chunk is checked before it is merged, and the
     // savepoint takes back what earlier chunks did when a later one is
     // refused, so nothing is applied. A refusal is reported as a check of
@@ -96,8 +101,9 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
         check_head(db, &head, F)?;
         stability::check_fresh(db, head.fence.as_ref(), F, "changeset")?;
         let names: Vec<&str> = head.tables.iter().map(|t| t.name.as_str()).collect();
+        let changes = stream.left();
         // Only a changeset of more than one chunk meets rows of its own.
-        let chunks_after_first = stream.left() > CHUNK_CHANGES as u64;
+        let chunks_after_first = changes > CHUNK_CHANGES as u64;
         let limits = (CHUNK_CHANGES, CHUNK_BYTES);
         ahead::chunks(&mut stream, limits, chunks_after_first, |next, spent| {
             let chunks = std::iter::from_fn(|| {
@@ -115,7 +121,8 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
             });
             db.savepoint("lsync_apply", || {
                 let spent = &mut |cs: Changeset| spent(cs.changes);
-                let report = merge_all(db, conn, &names, chunks, spent, chunks_after_first)?;
+                let size = (changes, chunks_after_first);
+                let report = merge_all(db, conn, &names, chunks, spent, size, &speaks)?;
                 stability::record_ack(db, head.fence.as_ref())?;
                 Ok(report)
             })
@@ -128,27 +135,40 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
     })
 }
 
+/// From this many changes on, an apply turns triggers off (when they are
+/// all lsync's). Switching them off and on again expires every statement
+/// the connection keeps prepared (`sql::cache`), and re-preparing those
+/// (about 1.7M instructions after a one-row apply, callgrind) costs more
+/// than a few rows' trigger programs, which find capture off and return.
+const TRIGGERS_OFF_FROM: u64 = 64;
+
 /// Merges batch after batch of changes, with capture and (when they are
-/// all lsync's) triggers off, within the caller's savepoint. The caller has
-/// checked library and schema. Each batch merged goes to `spent`. `many`:
-/// there may be more than one batch, so the tables empty at the start are
-/// worth finding (`merge::Fresh`).
+/// all lsync's, and the changes many) triggers off, within the caller's
+/// savepoint. The caller has checked library and schema. Each batch merged
+/// goes to `spent`. `size`: how many changes (`u64::MAX` when not known),
+/// and whether there may be more than one batch, so the tables empty at
+/// the start are worth finding (`merge::Fresh`).
 fn merge_all(
     db: Db,
     conn: &Conn,
     names: &[&str],
     batches: impl Iterator<Item = Result<Changeset>>,
     spent: &mut dyn FnMut(Changeset),
-    many: bool,
+    (changes, many): (u64, bool),
+    speaks: &Speaks,
 ) -> Result<ApplyReport> {
     let _off = CaptureOff::new(conn);
-    let triggers = TriggersOff::new(db, names)?;
+    let triggers = if changes >= TRIGGERS_OFF_FROM {
+        TriggersOff::new(db, names)?
+    } else {
+        TriggersOff::kept(db)
+    };
     let tables = by_name(db)?;
     let merged = || {
         // Fold local captures first: rows above the high-water mark must be
         // recorded as local before remote rows are inserted above them.
         flush::flush(db)?;
-        db.exec("PRAGMA defer_foreign_keys = ON")?;
+        let mut fk = FkDefer::new(db, &conn.fk_verdicts)?;
         // With app triggers firing, rows may come by a way the merge does
         // not see: no table counts as fresh.
         let fresh = if many && triggers.off() {
@@ -162,8 +182,8 @@ fn merge_all(
         let mut total = ApplyReport::default();
         for cs in batches {
             let mut cs = cs?;
-            let own = drop_own(db, &mut cs)?;
-            let revoked = crate::members::drop_revoked(db, &mut cs)?;
+            let (own, revoked) = speaks.drop_others(&mut cs);
+            fk.before(&tables, &cs)?;
             let mut report = merge::merge(db, tables.clone(), &cs, &fresh, triggers.off())?;
             report.changes += own + revoked;
             report.own = own;
@@ -182,13 +202,40 @@ fn merge_all(
     }
 }
 
-/// Takes out the changes that name this device as their origin, and
-/// returns how many: a peer never speaks for this device (issue 13).
-fn drop_own(db: Db, cs: &mut Changeset) -> Result<i64> {
-    let me = schema::get_text(db, "device_id")?;
-    let before = cs.changes.len();
-    cs.changes.retain(|c| *c.origin != *me);
-    Ok((before - cs.changes.len()) as i64)
+/// The origins a peer cannot speak for, read once per call: this device
+/// (issue 13), and the devices known here as revoked (`members`).
+struct Speaks {
+    me: String,
+    revoked: std::collections::HashSet<String>,
+}
+
+impl Speaks {
+    fn read(db: Db) -> Result<Speaks> {
+        Ok(Speaks {
+            me: schema::get_text(db, "device_id")?,
+            revoked: crate::members::revoked(db)?,
+        })
+    }
+
+    /// Whether a change from `origin` is applied.
+    fn counts(&self, origin: &str) -> bool {
+        *origin != *self.me && !self.revoked.contains(&origin.to_ascii_lowercase())
+    }
+
+    /// Takes out the changes that name this device as their origin, then
+    /// those made by revoked devices (nothing they made is applied here, so
+    /// nothing is relayed from here either); returns how many of each.
+    fn drop_others(&self, cs: &mut Changeset) -> (i64, i64) {
+        let before = cs.changes.len();
+        cs.changes.retain(|c| *c.origin != *self.me);
+        let own = before - cs.changes.len();
+        let before = cs.changes.len();
+        if !self.revoked.is_empty() {
+            cs.changes
+                .retain(|c| !self.revoked.contains(&c.origin.to_ascii_lowercase()));
+        }
+        (own as i64, (before - cs.changes.len()) as i64)
+    }
 }
 
 fn corrupt(func: &str, e: DecodeError) -> Error {
@@ -304,7 +351,8 @@ pub fn apply_stream(
         &names,
         std::iter::from_fn(|| next().transpose()),
         &mut drop,
-        true,
+        (u64::MAX, true),
+        &Speaks::read(db)?,
     )
 }
 

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use crate::defer::Verdicts;
+
 pub struct Conn {
     /// False while this connection applies remote changes, so that the
     /// triggers do not echo them as local changes.
@@ -15,6 +17,9 @@ pub struct Conn {
     /// The HLC `lsync_capture_hlc` last issued, with the pager's data
     /// version of the transaction it was issued in (`capture::capture_hlc`).
     pub tx_hlc: Mutex<Option<(u32, i64)>>,
+    /// Which tracked tables take part in an FK check that could fail
+    /// mid-apply, as of one schema version (`defer`).
+    pub fk_verdicts: Mutex<Verdicts>,
 }
 
 impl Conn {
@@ -23,6 +28,7 @@ impl Conn {
             capturing: AtomicBool::new(true),
             testing,
             tx_hlc: Mutex::new(None),
+            fk_verdicts: Mutex::default(),
         }
     }
 

@@ -14,7 +14,6 @@
 
 use std::collections::HashSet;
 
-use lsync_wire::changeset::Changeset;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -428,18 +427,4 @@ pub fn revoked_origins(db: Db) -> Result<HashSet<i64>> {
         }
     }
     Ok(out)
-}
-
-/// Takes out the changes made by revoked devices, and returns how many:
-/// once a device is known here as revoked, nothing it made is applied here,
-/// so nothing it made is relayed from here either.
-pub fn drop_revoked(db: Db, cs: &mut Changeset) -> Result<i64> {
-    let revoked = revoked(db)?;
-    if revoked.is_empty() {
-        return Ok(0);
-    }
-    let before = cs.changes.len();
-    cs.changes
-        .retain(|c| !revoked.contains(&c.origin.to_ascii_lowercase()));
-    Ok((before - cs.changes.len()) as i64)
 }

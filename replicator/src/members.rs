@@ -75,7 +75,9 @@ struct StoredSecret {
 
 /// The library secrets, newest first, with their epochs.
 pub fn secrets(c: &Connection) -> R<Vec<(i64, Secret)>> {
-    let json: String = c.query_row("SELECT lsync_library_secret(NULL, NULL)", [], |r| r.get(0))?;
+    let json: String = c
+        .prepare_cached("SELECT lsync_library_secret(NULL, NULL)")?
+        .query_row([], |r| r.get(0))?;
     parse_secrets(&json)
 }
 

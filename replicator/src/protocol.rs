@@ -411,8 +411,11 @@ impl<W: AsyncWrite + Unpin> Sender<W> {
         prefix.extend_from_slice(&(total as u32).to_le_bytes());
         prefix.extend_from_slice(&(header.len() as u32).to_le_bytes());
         prefix.extend_from_slice(&header);
-        let mut out = vec![0u8; MAX_FRAME];
-        let mut chunk = Vec::with_capacity(CHUNK);
+        // Buffers as large as the first frame needs, not a whole frame: a
+        // small message (most are) zeroes a few bytes, not 64 KiB.
+        let first = (prefix.len() + payload.len()).min(CHUNK);
+        let mut out = vec![0u8; first + TAG];
+        let mut chunk = Vec::with_capacity(first);
         let mut rest: [&[u8]; 2] = [&prefix, payload];
         let mut unflushed = 0;
         loop {
@@ -449,11 +452,16 @@ impl<Rd: AsyncRead + Unpin> Receiver<Rd> {
     pub async fn recv(&mut self) -> R<(Msg, Vec<u8>)> {
         let mut plain = Vec::new();
         let mut want: Option<usize> = None;
-        let mut buf = vec![0u8; MAX_FRAME];
+        // Grown to the largest frame read (the plaintext is shorter): a
+        // small message zeroes a few bytes, not 64 KiB.
+        let mut buf = Vec::new();
         loop {
             let frame = next_frame(&mut self.frames).await?;
             self.wire_bytes
                 .fetch_add(frame.len() as u64 + 4, std::sync::atomic::Ordering::Relaxed);
+            if buf.len() < frame.len() {
+                buf.resize(frame.len(), 0);
+            }
             let n = {
                 let mut noise = self.noise.lock().map_err(|_| ProtoError::Closed)?;
                 noise.read_message(&frame, &mut buf).map_err(auth)?

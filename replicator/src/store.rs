@@ -115,7 +115,8 @@ pub fn head(c: &Connection) -> R<i64> {
 
 /// The newest cursor of the changes folded so far.
 fn folded_head(c: &Connection) -> R<i64> {
-    Ok(c.query_row("SELECT lsync_head()", [], |r| r.get(0))?)
+    Ok(c.prepare_cached("SELECT lsync_head()")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// Our head, and how many of our changes after `since` the peer `peer`
@@ -358,16 +359,15 @@ pub fn apply(
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let began = Instant::now();
     let version = data_version(&tx)?;
-    let report: String = tx.query_row("SELECT lsync_apply(?1)", [blob], |r| r.get(0))?;
+    let report: String = tx
+        .prepare_cached("SELECT lsync_apply(?1)")?
+        .query_row([blob], |r| r.get(0))?;
     // Test hook: hold the write lock longer, for a long catch-up.
     if let Some(d) = delay {
         std::thread::sleep(d);
     }
-    tx.query_row(
-        "SELECT lsync_peer_received(?1, ?2, ?3)",
-        params![peer, to, caught_up],
-        |_| Ok(()),
-    )?;
+    tx.prepare_cached("SELECT lsync_peer_received(?1, ?2, ?3)")?
+        .query_row(params![peer, to, caught_up], |_| Ok(()))?;
     tx.commit()?;
     let turn = Turn {
         version,
@@ -425,12 +425,10 @@ pub fn ack(c: &Connection, peer: &str, cursor: i64) -> R<i64> {
     immediate(c, |c| {
         // A peer cannot hold changes that were never made: the extension
         // caps the claim at our newest cursor.
-        c.query_row(
-            "SELECT lsync_peer_acked(?1, ?2)",
-            params![peer, cursor],
-            |_| Ok(()),
-        )?;
-        Ok(c.query_row("SELECT lsync_prune()", [], |r| r.get(0))?)
+        c.prepare_cached("SELECT lsync_peer_acked(?1, ?2)")?
+            .query_row(params![peer, cursor], |_| Ok(()))?;
+        Ok(c.prepare_cached("SELECT lsync_prune()")?
+            .query_row([], |r| r.get(0))?)
     })
 }
 
@@ -445,7 +443,8 @@ pub fn record_error(c: &Connection, peer: &str, error: &str, failed_catch_up: bo
 
 /// `PRAGMA data_version`: changes whenever another connection commits.
 pub fn data_version(c: &Connection) -> R<i64> {
-    Ok(c.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    Ok(c.prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// The per-peer rows for `lsync status` (`lsync_peer`, `lsync_status`).

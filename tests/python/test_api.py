@@ -78,7 +78,7 @@ def test_api_surface_is_locked(db_path, ext_path):
     assert plain.execute(MODULES).fetchall() == []
     loaded = connect(db_path)
     assert [r[0] for r in loaded.execute(FUNCS)] == EXPECTED_FUNCTIONS
-    assert [r[0] for r in loaded.execute(MODULES)] == ["lsync_changes"]
+    assert [r[0] for r in loaded.execute(MODULES)] == ["lsync_changes", "lsync_statements"]
 
 
 def test_version_and_debug(db):

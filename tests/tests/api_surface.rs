@@ -83,7 +83,7 @@ fn function_list_before_and_after_loading() {
         &conn,
         "SELECT name FROM pragma_module_list WHERE name LIKE 'lsync%' ORDER BY 1",
     );
-    assert_eq!(modules, [["lsync_changes"]]);
+    assert_eq!(modules, [["lsync_changes"], ["lsync_statements"]]);
 }
 
 /// Names, arities and flags: `DIRECTONLY` for functions that change state,

@@ -73,10 +73,14 @@ macro_rules! call {
 }
 
 // After `call!`, which they use.
+mod cache;
 mod conn;
 mod func;
 mod txn;
 mod vtab;
+
+pub use cache::Cache;
+pub(crate) use cache::{arm as keep_statements, disarm as stop_keeping, texts as kept_texts};
 
 pub use conn::{Connection, OPEN_CREATE, OPEN_NOFOLLOW, OPEN_READONLY, OPEN_READWRITE, OPEN_URI};
 
@@ -117,7 +121,20 @@ impl Db {
         }
     }
 
+    /// Prepares `sql`, or takes it from the statements this connection
+    /// keeps (see `cache`); either way the statement is fresh: reset, with
+    /// no bindings.
     pub fn prepare(&self, sql: &str) -> Result<Stmt> {
+        let keep = match cache::take(*self, sql) {
+            cache::Taken::Hit(ptr, key) => {
+                return Ok(Stmt {
+                    db: *self,
+                    ptr,
+                    keep: Some(key),
+                })
+            }
+            cache::Taken::Miss { keep } => keep.then(|| sql.into()),
+        };
         let mut stmt = ptr::null_mut();
         let len = c_int::try_from(sql.len()).map_err(|_| Error::msg("SQL text too long"))?;
         // SAFETY: `sql` outlives the call and its length is passed explicitly.
@@ -134,6 +151,7 @@ impl Db {
         Ok(Stmt {
             db: *self,
             ptr: stmt,
+            keep,
         })
     }
 
@@ -351,65 +369,13 @@ pub unsafe fn blob_of_raw<'a>(v: *mut sqlite3_value) -> &'a [u8] {
     }
 }
 
-/// Prepared statements kept for the length of one operation (a flush, an
-/// export, an apply), so per-row work does not re-prepare SQL. Dropped, and
-/// so finalized, before the SQL function returns.
-pub struct Cache {
-    db: Db,
-    stmts: std::cell::RefCell<std::collections::HashMap<String, Option<Stmt>>>,
-}
-
-impl Cache {
-    pub fn new(db: Db) -> Cache {
-        Cache {
-            db,
-            stmts: Default::default(),
-        }
-    }
-
-    pub fn db(&self) -> Db {
-        self.db
-    }
-
-    /// Binds `params` to the cached statement for `sql` and hands it to `f`
-    /// for stepping; the statement is reset afterwards.
-    pub fn with<T>(
-        &self,
-        sql: &str,
-        params: &[Value],
-        f: impl FnOnce(&mut Stmt) -> Result<T>,
-    ) -> Result<T> {
-        let cached = self.stmts.borrow_mut().get_mut(sql).and_then(Option::take);
-        let mut stmt = match cached {
-            Some(s) => s,
-            None => self.db.prepare(sql)?,
-        };
-        let out = stmt.bind_all(params).and_then(|()| f(&mut stmt));
-        stmt.reset();
-        let mut map = self.stmts.borrow_mut();
-        match map.get_mut(sql) {
-            Some(slot) if slot.is_none() => *slot = Some(stmt),
-            Some(_) => {}
-            None => {
-                map.insert(sql.to_owned(), Some(stmt));
-            }
-        }
-        out
-    }
-
-    /// Runs a statement to completion.
-    pub fn run(&self, sql: &str, params: &[Value]) -> Result<()> {
-        self.with(sql, params, |s| {
-            while s.step()? {}
-            Ok(())
-        })
-    }
-}
-
-/// A prepared statement, finalized on drop.
+/// A prepared statement, finalized on drop (or reset and kept, see
+/// `cache`).
 pub struct Stmt {
     db: Db,
     ptr: *mut sqlite3_stmt,
+    /// The text it is kept under once dropped.
+    keep: Option<Box<str>>,
 }
 
 impl Stmt {
@@ -563,8 +529,16 @@ impl Stmt {
 
 impl Drop for Stmt {
     fn drop(&mut self) {
-        // SAFETY: finalized exactly once.
-        unsafe { call!(finalize(self.ptr)) };
+        match self.keep.take() {
+            Some(key) if !self.ptr.is_null() => {
+                self.reset();
+                cache::give_back(self.db, key, self.ptr);
+            }
+            _ => {
+                // SAFETY: finalized exactly once.
+                unsafe { call!(finalize(self.ptr)) };
+            }
+        }
     }
 }
 
