@@ -8,9 +8,9 @@
 use lsync_tests::*;
 use rusqlite::Connection;
 
-/// More new rows than one statement takes (64), in a parent and a child
+/// More new rows than one statement takes (256), in a parent and a child
 /// table.
-const ROWS: i64 = 150;
+const ROWS: i64 = 600;
 
 fn places_schema(places: &str, mode: &str) -> String {
     format!(
@@ -105,7 +105,7 @@ fn rows_of_a_table_numbered_at_the_ceiling_still_arrive() {
 #[test]
 fn a_refused_row_among_new_rows_is_quarantined_alone() {
     let (_dir, a, b) = two_libraries(&places_schema("id INTEGER PRIMARY KEY", "device_owned"));
-    b.execute_batch("INSERT INTO places(uuid, path) VALUES ('B1', '/p/70')")
+    b.execute_batch("INSERT INTO places(uuid, path) VALUES ('B1', '/p/300')")
         .unwrap();
     write_rows(&a);
     let report = send(&a, &b, 0);
@@ -113,13 +113,13 @@ fn a_refused_row_among_new_rows_is_quarantined_alone() {
     assert_eq!(n(&report, "applied"), 2 * ROWS - 1, "{report}");
     assert_eq!(
         query_rows(&b, "SELECT tbl, uuid FROM lsync_conflicts"),
-        [["places", "P70"]]
+        [["places", "P300"]]
     );
     // Every item arrived; the refused place's item waits for its link.
     let expected: Vec<Vec<String>> = links(&a)
         .into_iter()
         .map(|mut r| {
-            if r[1] == "P70" {
+            if r[1] == "P300" {
                 r[1..3].fill("NULL".into());
             }
             r

@@ -223,6 +223,8 @@ struct Applier {
     has_sequence: Option<bool>,
     /// The rowid the next new row of a table gets, known since its batch.
     next_rid: Option<(i64, i64)>,
+    /// Parameters per statement, at most (rows per batch follow from it).
+    max_params: usize,
     /// Whether an update of a column set of a table skips reading the row.
     blind: HashMap<(i64, u64), bool>,
 }
@@ -277,6 +279,7 @@ impl Applier {
             unbatch: false,
             has_sequence: None,
             next_rid: None,
+            max_params: db.max_params(),
             blind: HashMap::default(),
         })
     }

@@ -202,6 +202,15 @@ impl Db {
             .and_then(|v| v.as_str().map(str::to_owned)))
     }
 
+    /// How many parameters one statement may have
+    /// (`SQLITE_LIMIT_VARIABLE_NUMBER`).
+    pub fn max_params(&self) -> usize {
+        const SQLITE_LIMIT_VARIABLE_NUMBER: c_int = 9;
+        // SAFETY: plain accessor on a live handle; -1 only reads the limit.
+        let n = unsafe { call!(limit(self.0, SQLITE_LIMIT_VARIABLE_NUMBER, -1)) };
+        usize::try_from(n).unwrap_or(0)
+    }
+
     pub fn last_insert_rowid(&self) -> i64 {
         // SAFETY: plain accessor on a live handle.
         unsafe { call!(last_insert_rowid(self.0)) }
