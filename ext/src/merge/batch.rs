@@ -42,6 +42,7 @@ const ROWID_CEILING: i64 = i64::MAX - (1 << 32);
 /// Rows queued for one statement: one table, one column list.
 pub(super) struct Batch {
     tbl: i64,
+    name: Arc<str>,
     mask: u64,
     /// The columns bound per row, in order (the uuid column first).
     cols: Vec<Arc<str>>,
@@ -102,6 +103,7 @@ impl Applier {
                 .collect();
             self.batch = Some(Batch {
                 tbl: t.id,
+                name: t.name.clone(),
                 mask,
                 values: Vec::with_capacity(cols.len() * ROWS),
                 cols,
@@ -151,21 +153,18 @@ impl Applier {
         let Some(b) = self.batch.take() else {
             return Ok(());
         };
-        let Some(t) = self.tables.values().find(|t| t.id == b.tbl).cloned() else {
-            return Err(Error::msg("lsync_apply: a batch lost its table"));
-        };
         let db = self.db;
         let stmt = super::write::cached(&mut self.batches, (b.tbl, b.mask, b.rows), || {
-            db.prepare(&insert_sql(&t, &b.cols, b.rows))
+            db.prepare(&insert_sql(&b.name, &b.cols, b.rows))
         })?;
         let ran = stmt.run_borrowed(b.values.iter());
         let last = b.first + b.rows as i64 - 1;
         let r = match ran {
-            Err(e) => Err(e.in_apply(&format!("inserting into '{}'", t.name))),
+            Err(e) => Err(e.in_apply(&format!("inserting into '{}'", b.name))),
             Ok(()) if db.last_insert_rowid() != last || db.changes() != b.rows as i64 => {
                 Err(Error::msg(format!(
                     "lsync_apply: the rows inserted into '{}' were not numbered as predicted",
-                    t.name
+                    b.name
                 )))
             }
             Ok(()) => {
@@ -214,11 +213,13 @@ impl Applier {
     }
 }
 
-/// `INSERT OR FAIL` (no statement journal: the apply's savepoint makes it
-/// all-or-nothing) of `rows` rows of `cols`; one row is the one-row insert.
-pub(super) fn insert_sql(t: &Table, cols: &[Arc<str>], rows: usize) -> String {
+/// `INSERT OR FAIL` of `rows` rows of `cols` into table `name`; one row is
+/// the one-row insert. OR FAIL: a one-row insert needs no statement journal
+/// (the apply's savepoint makes it all-or-nothing); a multi-row one into a
+/// table with an FK gets one all the same (see `ROWS`).
+pub(super) fn insert_sql(name: &str, cols: &[Arc<str>], rows: usize) -> String {
     if cols.is_empty() {
-        return format!("INSERT OR FAIL INTO {} DEFAULT VALUES", qm(&t.name));
+        return format!("INSERT OR FAIL INTO {} DEFAULT VALUES", qm(name));
     }
     let names: Vec<String> = cols.iter().map(|c| q(c)).collect();
     let row = |r: usize| {
@@ -230,7 +231,7 @@ pub(super) fn insert_sql(t: &Table, cols: &[Arc<str>], rows: usize) -> String {
     let all: Vec<String> = (0..rows).map(row).collect();
     format!(
         "INSERT OR FAIL INTO {}({}) VALUES {}",
-        qm(&t.name),
+        qm(name),
         names.join(", "),
         all.join(", ")
     )

@@ -5,15 +5,13 @@
 //! bulk update of other columns writes them without that read. Either way
 //! the row ends the same: this only chooses the cheaper way there.
 
-use std::rc::Rc;
-
 use crate::catalog::Table;
 use crate::error::Result;
 use crate::sql::Db;
 
 /// The costly columns of a table; `None`: every column is (an index on an
 /// expression may read any of them).
-pub(super) type Costly = Option<Rc<Vec<String>>>;
+pub(super) type Costly = Option<Vec<String>>;
 
 pub(super) fn costly(db: Db, t: &Table) -> Result<Costly> {
     let mut s = db.prepare(
@@ -36,7 +34,7 @@ pub(super) fn costly(db: Db, t: &Table) -> Result<Costly> {
             None => {}
         }
     }
-    Ok(Some(Rc::new(cols)))
+    Ok(Some(cols))
 }
 
 /// Whether writing `cols` may cost more than writing the row.

@@ -52,7 +52,7 @@ impl Applier {
                 .into_iter()
                 .chain(vals.iter().map(|(c, _)| Arc::clone(c)))
                 .collect();
-            db.prepare(&super::batch::insert_sql(t, &cols, 1))
+            db.prepare(&super::batch::insert_sql(&t.name, &cols, 1))
         })?;
         let own_id = id_col.map(|_| pk);
         let r = stmt.run_borrowed(
