@@ -22,7 +22,7 @@ use crate::conn::{CaptureOff, Conn};
 use crate::defer::FkDefer;
 use crate::error::{Error, Result};
 use crate::sql::{Db, Value};
-use crate::{ahead, bail, capture, flush, merge, peers, schema, stability};
+use crate::{ahead, bail, capture, flush, merge, pagecache, peers, schema, stability};
 
 /// Turns triggers off for the apply when every trigger on the tables it
 /// touches is lsync's own (capture is off anyway): a trigger program per
@@ -104,6 +104,10 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
         let changes = stream.left();
         // Only a changeset of more than one chunk meets rows of its own.
         let chunks_after_first = changes > CHUNK_CHANGES as u64;
+        let _cache = match chunks_after_first {
+            true => Some(pagecache::Raised::new(db, pagecache::BULK_KIB)?),
+            false => None,
+        };
         let limits = (CHUNK_CHANGES, CHUNK_BYTES);
         ahead::chunks(&mut stream, limits, chunks_after_first, |next, spent| {
             let chunks = std::iter::from_fn(|| {
@@ -219,7 +223,8 @@ impl Speaks {
 
     /// Whether a change from `origin` is applied.
     fn counts(&self, origin: &str) -> bool {
-        *origin != *self.me && !self.revoked.contains(&origin.to_ascii_lowercase())
+        *origin != *self.me
+            && (self.revoked.is_empty() || !self.revoked.contains(&origin.to_ascii_lowercase()))
     }
 
     /// Takes out the changes that name this device as their origin, then

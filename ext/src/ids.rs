@@ -1,6 +1,8 @@
 //! Maps keyed by a row's global id (TEXT or BLOB uuid), looked up by
 //! `&Value` without allocating: the apply path does several lookups per row.
 
+use std::sync::Arc;
+
 use rustc_hash::FxHashMap;
 
 use lsync_wire::changeset::Change;
@@ -118,8 +120,9 @@ pub fn id_problem(v: &Value) -> Option<String> {
 }
 
 /// A change's row id, and its FK values, are global ids (issue 13): a
-/// number in an FK column would be written as a local id here.
-pub fn check_change(t: &Table, c: &Change) -> Result<()> {
+/// number in an FK column would be written as a local id here. `is_fk`:
+/// whether a column of the change is one of `t`'s FK columns.
+pub fn check_change(t: &Table, c: &Change, is_fk: impl Fn(&Arc<str>) -> bool) -> Result<()> {
     if let Some(why) = id_problem(&c.pk) {
         bail!(
             "lsync_apply: a change to '{}' has a row id that is {why}, not a global id; nothing was applied",
@@ -130,7 +133,7 @@ pub fn check_change(t: &Table, c: &Change) -> Result<()> {
         return Ok(());
     }
     for (col, v) in &c.data {
-        if *v == Value::Null || !t.fks.contains_key(&**col) {
+        if *v == Value::Null || !is_fk(col) {
             continue;
         }
         if let Some(why) = id_problem(v) {

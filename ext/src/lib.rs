@@ -25,6 +25,7 @@ pub mod ident;
 pub mod ids;
 pub mod members;
 pub mod merge;
+pub mod pagecache;
 pub mod peers;
 pub mod refs;
 pub mod restore;

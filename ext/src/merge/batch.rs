@@ -79,7 +79,7 @@ impl Applier {
         origin: i64,
         vals: &[(&Arc<str>, Cow<Value>)],
     ) -> Result<bool> {
-        let mask = Self::mask(t, vals);
+        let mask = self.mask(t, vals);
         if self
             .batch
             .as_ref()
@@ -122,15 +122,15 @@ impl Applier {
             .extend(vals.iter().map(|(_, v)| v.clone().into_owned()));
         b.rows += 1;
         let full = b.rows >= ROWS.min(self.max_params / b.cols.len().max(1)).max(1);
-        self.fresh.inserted(t.id, &c.pk);
+        if self.fresh.inserted(t.id, &c.pk) {
+            self.flush_batch()?;
+            self.fresh.read_back(self.db, t)?;
+        }
         if t.uuid_col().is_none() {
             crate::gids::keep(self.db, t, rid, &c.pk)?;
         }
         self.extend_run(t.id, rid, c.hlc, origin, code_of(c.op), false)?;
-        self.rids
-            .entry(t.name.clone())
-            .or_default()
-            .insert(&c.pk, rid);
+        self.note_rid(t, &c.pk, rid);
         self.report.applied += 1;
         if full {
             self.flush_batch()?;

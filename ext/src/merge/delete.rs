@@ -9,11 +9,11 @@ use crate::catalog::{Mode, Table};
 use crate::error::Result;
 use crate::ident::qm;
 use crate::sql::Value;
-use crate::{fk, ids};
+use crate::fk;
 
 impl Applier {
     pub(super) fn delete(&mut self, t: &Table, c: &Change) -> Result<()> {
-        ids::check_change(t, c)?;
+        self.check(t, c)?;
         let key = &c.pk;
         let origin = self.idx(&c.origin)?;
         let theirs: Clk = (c.hlc, c.origin.clone());

@@ -89,20 +89,17 @@ impl Applier {
         let mut vals = Vec::with_capacity(c.data.len());
         let mut deferred = Vec::new();
         for (col, v) in &c.data {
-            let target = if t.fks.is_empty() {
-                None
-            } else {
-                t.fks
-                    .get(&**col)
-                    .filter(|n| self.tables.contains_key(n.as_str()))
+            let target = match t.fks.is_empty() {
+                true => None,
+                false => self.col(t, col).target.clone(),
             };
             let local = match target {
                 Some(target) if ids::is_id(v) => {
-                    let v = self.root_in(target, v);
-                    match self.rids.get(target.as_str()).and_then(|m| m.get(v)) {
+                    let v = self.root_in(&target, v);
+                    match self.rids.get(&target).and_then(|m| m.get(v)) {
                         Some(rid) => Cow::Owned(Value::Integer(*rid)),
                         None => {
-                            deferred.push((col.clone(), target.clone(), v.clone()));
+                            deferred.push((col.clone(), target.to_string(), v.clone()));
                             Cow::Owned(Value::Null)
                         }
                     }

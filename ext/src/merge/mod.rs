@@ -9,6 +9,7 @@
 
 mod batch;
 mod cascade;
+mod cols;
 mod costly;
 mod delete;
 mod fresh;
@@ -33,7 +34,7 @@ use crate::catalog::{Mode, Table};
 use crate::clock::{code_of, Clock};
 use crate::error::{Error, Result};
 use crate::ids::{self, IdMap};
-use crate::sql::{Db, Stmt};
+use crate::sql::{Db, Stmt, Value};
 use crate::{bail, fk, schema};
 
 use links::parents_first;
@@ -227,6 +228,8 @@ struct Applier {
     max_params: usize,
     /// Whether an update of a column set of a table skips reading the row.
     blind: HashMap<(i64, u64), bool>,
+    /// The changeset's columns, by the address of their names.
+    cols: cols::Cols,
 }
 
 impl Applier {
@@ -281,6 +284,7 @@ impl Applier {
             next_rid: None,
             max_params: db.max_params(),
             blind: HashMap::default(),
+            cols: cols::Cols::default(),
         })
     }
 
@@ -418,7 +422,7 @@ impl Applier {
     }
 
     fn upsert(&mut self, t: &Table, c: &Change) -> Result<()> {
-        ids::check_change(t, c)?;
+        self.check(t, c)?;
         if let Some(root) = self.redirect(t, &c.pk)? {
             let c = self.redirected(t, c, root)?;
             return self.upsert(t, &c);
@@ -472,6 +476,16 @@ impl Applier {
         Ok(())
     }
 
+    /// The change's row id and FK values are global ids (`ids`).
+    fn check(&self, t: &Table, c: &Change) -> Result<()> {
+        ids::check_change(t, c, |col| self.col(t, col).fk)
+    }
+
+    /// What the merge needs to know of column `name` of `t`.
+    fn col(&self, t: &Table, name: &Arc<str>) -> std::rc::Rc<cols::Col> {
+        self.cols.of(t, &self.tables, name)
+    }
+
     /// The (hlc, origin) of the row entry covering `rid`; a row with none
     /// counts as this device's, from the beginning of time.
     fn row_clock(&self, tbl: i64, rid: i64) -> Result<(i64, i64)> {
@@ -516,11 +530,16 @@ impl Applier {
         }
         let rid = self.insert(t, key, vals)?;
         self.extend_run(t.id, rid, c.hlc, origin, code_of(c.op), false)?;
-        self.rids
-            .entry(t.name.clone())
-            .or_default()
-            .insert(key, rid);
+        self.note_rid(t, key, rid);
         Ok(Some(rid))
+    }
+
+    /// Row `key` of `t` is `rid` here (`prepare_table` made its map).
+    fn note_rid(&mut self, t: &Table, key: &Value, rid: i64) {
+        match self.rids.get_mut(&t.name) {
+            Some(m) => m.insert(key, rid),
+            None => self.rids.entry(t.name.clone()).or_default().insert(key, rid),
+        }
     }
 }
 

@@ -103,7 +103,7 @@ fn top_key(db: Db, t: &Table) -> Result<Option<Value>> {
 
 /// Whether `k` sorts after `top` in SQLite's order under `BINARY`: numbers,
 /// then text, then blobs; text and blobs bytewise.
-fn above(k: &Value, top: &Value) -> bool {
+pub(super) fn above(k: &Value, top: &Value) -> bool {
     fn class(v: &Value) -> u8 {
         match v {
             Value::Null => 0,

@@ -148,7 +148,7 @@ impl Applier {
 
     /// Applies a merge from a peer.
     pub(super) fn merge_change(&mut self, t: &Table, c: &Change) -> Result<()> {
-        crate::ids::check_change(t, c)?;
+        self.check(t, c)?;
         let Some(into) = c
             .merged_into()
             .filter(|v| crate::ids::id_problem(v).is_none())

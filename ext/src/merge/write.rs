@@ -25,15 +25,9 @@ pub(super) struct Run {
 }
 
 impl Applier {
-    fn bit(t: &Table, col: &Arc<str>) -> u64 {
-        t.columns
-            .iter()
-            .position(|x| x == col)
-            .map_or(0, |i| 1 << i)
-    }
-
-    pub(super) fn mask(t: &Table, vals: &[(&Arc<str>, Cow<Value>)]) -> u64 {
-        vals.iter().fold(0, |m, (c, _)| m | Self::bit(t, c))
+    /// The bits of `vals`' columns among `t`'s.
+    pub(super) fn mask(&self, t: &Table, vals: &[(&Arc<str>, Cow<Value>)]) -> u64 {
+        vals.iter().fold(0, |m, (c, _)| m | self.col(t, c).bit)
     }
 
     pub(super) fn insert(
@@ -42,7 +36,7 @@ impl Applier {
         pk: &Value,
         vals: &[(&Arc<str>, Cow<Value>)],
     ) -> Result<i64> {
-        let mask = Self::mask(t, vals);
+        let mask = self.mask(t, vals);
         let db = self.db;
         // A table whose ids lsync keeps gets the row, then its id.
         let id_col = t.uuid_col();
@@ -64,7 +58,9 @@ impl Applier {
             let e = e.in_apply(&format!("inserting into '{}'", t.name));
             return Err(self.clash_or(t, None, Some(pk), vals, e));
         }
-        self.fresh.inserted(t.id, pk);
+        if self.fresh.inserted(t.id, pk) {
+            self.fresh.read_back(db, t)?;
+        }
         let rid = crate::rids::inserted(db, t, pk)?;
         if own_id.is_none() {
             crate::gids::keep(db, t, rid, pk)?;
@@ -82,7 +78,7 @@ impl Applier {
             return Ok(());
         }
         let db = self.db;
-        let mask = Self::mask(t, vals);
+        let mask = self.mask(t, vals);
         if self.blind(t, mask, vals)? {
             return self.update(t, rid, vals.iter().collect(), vals);
         }
@@ -139,7 +135,7 @@ impl Applier {
         vals: &[(&Arc<str>, Cow<Value>)],
     ) -> Result<()> {
         let db = self.db;
-        let mask = changed.iter().fold(0, |m, (c, _)| m | Self::bit(t, c));
+        let mask = changed.iter().fold(0, |m, (c, _)| m | self.col(t, c).bit);
         let stmt = cached(&mut self.updates, (t.id, mask), || {
             let sets: Vec<String> = changed
                 .iter()
