@@ -95,7 +95,7 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
     // refused, so nothing is applied. A refusal is reported as a check of
     // the whole blob first would report it: a corrupt body as corrupt,
     // whatever else is wrong with it.
-    let one_pass = || {
+    let one_pass = |careful: bool| {
         let mut stream = Stream::open(blob, schema::max_body(db)).map_err(|e| corrupt(F, e))?;
         let head = stream.head().clone();
         check_head(db, &head, F)?;
@@ -123,16 +123,27 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
                 });
                 Some(checks.map(|()| Changeset::from_head(head.clone(), changes)))
             });
-            db.savepoint("lsync_apply", || {
+            db.savepoint_if("lsync_apply", |saved| {
                 let spent = &mut |cs: Changeset| spent(cs.changes);
-                let size = (changes, chunks_after_first);
-                let report = merge_all(db, conn, &names, chunks, spent, size, &speaks)?;
+                let plan = Plan {
+                    changes,
+                    many: chunks_after_first,
+                    unsaved: chunks_after_first && saved && !careful,
+                };
+                let report = merge_all(db, conn, &names, chunks, spent, plan, &speaks)?;
                 stability::record_ack(db, head.fence.as_ref())?;
                 Ok(report)
             })
         })
     };
-    one_pass().map_err(|e| {
+    // A bulk apply merges its chunks without a savepoint each; if one is
+    // refused, all is taken back and merged again with them, so that the
+    // refused changes are found and quarantined (`merge::merge`).
+    let result = match one_pass(false) {
+        Err(Error::Unsaved(_)) => one_pass(true),
+        other => other,
+    };
+    result.map_err(|e| {
         let whole = checked(db, blob, F, counts)
             .and_then(|(_, skim)| check_drift(db, skim.max_hlc, F, "changeset"));
         whole.err().unwrap_or(e)
@@ -146,19 +157,33 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
 /// than a few rows' trigger programs, which find capture off and return.
 const TRIGGERS_OFF_FROM: u64 = 64;
 
+/// What `merge_all` is given to merge.
+struct Plan {
+    /// How many changes (`u64::MAX` when not known).
+    changes: u64,
+    /// Whether there may be more than one batch, so the tables empty at
+    /// the start are worth finding (`merge::Fresh`).
+    many: bool,
+    /// Batches are merged without a savepoint each: the caller takes all
+    /// back and runs again with them on `Error::Unsaved`.
+    unsaved: bool,
+}
+
 /// Merges batch after batch of changes, with capture and (when they are
 /// all lsync's, and the changes many) triggers off, within the caller's
 /// savepoint. The caller has checked library and schema. Each batch merged
-/// goes to `spent`. `size`: how many changes (`u64::MAX` when not known),
-/// and whether there may be more than one batch, so the tables empty at
-/// the start are worth finding (`merge::Fresh`).
+/// goes to `spent`.
 fn merge_all(
     db: Db,
     conn: &Conn,
     names: &[&str],
     batches: impl Iterator<Item = Result<Changeset>>,
     spent: &mut dyn FnMut(Changeset),
-    (changes, many): (u64, bool),
+    Plan {
+        changes,
+        many,
+        unsaved,
+    }: Plan,
     speaks: &Speaks,
 ) -> Result<ApplyReport> {
     let _off = CaptureOff::new(conn);
@@ -188,7 +213,8 @@ fn merge_all(
             let mut cs = cs?;
             let (own, revoked) = speaks.drop_others(&mut cs);
             fk.before(&tables, &cs)?;
-            let mut report = merge::merge(db, tables.clone(), &cs, &fresh, triggers.off())?;
+            let how = (triggers.off(), unsaved);
+            let mut report = merge::merge(db, tables.clone(), &cs, &fresh, how)?;
             report.changes += own + revoked;
             report.own = own;
             report.revoked = revoked;
@@ -356,7 +382,11 @@ pub fn apply_stream(
         &names,
         std::iter::from_fn(|| next().transpose()),
         &mut drop,
-        (u64::MAX, true),
+        Plan {
+            changes: u64::MAX,
+            many: true,
+            unsaved: false,
+        },
         &Speaks::read(db)?,
     )
 }

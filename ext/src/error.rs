@@ -28,6 +28,10 @@ pub enum Error {
         a: lsync_wire::value::Value,
         b: lsync_wire::value::Value,
     },
+    /// A chunk merged without a savepoint of its own failed (`merge`): the
+    /// caller takes the whole apply back and runs it again with them.
+    #[error("{0}")]
+    Unsaved(Box<Error>),
 }
 
 impl Error {
@@ -39,6 +43,7 @@ impl Error {
             Error::Constraint { full, .. } | Error::Clash { full, .. } => {
                 full.strip_prefix("lsync: ").unwrap_or(full)
             }
+            Error::Unsaved(e) => e.detail(),
         }
     }
 

@@ -152,3 +152,113 @@ fn a_second_change_to_a_row_in_one_changeset_meets_the_first() {
     let want: i64 = scalar(&a, "SELECT sum(size) FROM entries");
     assert_eq!(sizes, want);
 }
+
+/// Every entry as (uuid, name, its parent's uuid), by uuid.
+fn tree(c: &Connection) -> Vec<Vec<String>> {
+    query_rows(
+        c,
+        "SELECT e.uuid, e.name, p.uuid FROM entries AS e
+           LEFT JOIN entries AS p ON p.id = e.parent_id ORDER BY e.uuid",
+    )
+}
+
+/// A bulk apply merges its chunks without a savepoint each
+/// (`merge::merge_unsaved`). A change refused in a later chunk takes all of
+/// it back, and the apply runs again chunk by chunk: the change alone is
+/// quarantined, and every other row lands once, linked as at the source.
+#[test]
+fn a_change_refused_in_a_later_chunk_is_quarantined_alone_and_the_rest_lands_once() {
+    let dir = TempDir::new();
+    let (a, b) = bulk_pair(&dir);
+    let cs = decoded_since(&a, 0);
+    let refused = entry_change(&cs, "bulk-19000");
+    let at = cs.changes.iter().position(|x| x.pk == refused.pk).unwrap();
+    assert!(at > CHUNK, "in the second chunk");
+    // A constraint of B's own that A's row breaks.
+    b.execute_batch(
+        "CREATE UNIQUE INDEX entries_name ON entries(name);
+         INSERT INTO locations(path, name) VALUES ('/mnt/b', 'b');
+         INSERT INTO entries(location_id, name) VALUES (1, 'bulk-19000');",
+    )
+    .unwrap();
+
+    let r = apply_cs(&b, &cs);
+    assert_eq!(n(&r, "quarantined"), 1, "{r}");
+    assert_eq!(n(&r, "applied"), n(&r, "changes") - 1, "{r}");
+    assert_eq!(
+        query_rows(&b, "SELECT tbl, uuid FROM lsync_conflicts"),
+        [[
+            "entries".to_string(),
+            refused.pk.as_str().unwrap().to_string()
+        ]]
+    );
+    let theirs: Vec<Vec<String>> = tree(&a)
+        .into_iter()
+        .filter(|r| r[1] != "bulk-19000")
+        .collect();
+    let (own, mine): (Vec<Vec<String>>, Vec<Vec<String>>) =
+        tree(&b).into_iter().partition(|r| r[1] == "bulk-19000");
+    assert_eq!(mine.len(), theirs.len(), "each row once");
+    assert_eq!(mine, theirs);
+    assert_eq!(own.len(), 1, "B's own row stays");
+    assert_ne!(own[0][0], refused.pk.as_str().unwrap());
+    assert_eq!(scalar::<String>(&b, "PRAGMA integrity_check"), "ok");
+    // What was taken back left no clock of its own: applied again, every
+    // change but the refused one finds its row.
+    let again = apply_cs(&b, &cs);
+    assert_eq!(n(&again, "applied"), 0, "{again}");
+}
+
+/// Keys that do not rise turn a fresh table from "the last key inserted"
+/// to the set of its keys, read back from the table (`merge::Fresh`): a
+/// later chunk must still find every row an earlier one inserted, those
+/// of the batch not yet written when the keys stopped rising included.
+#[test]
+fn keys_out_of_order_are_found_in_later_chunks() {
+    let dir = TempDir::new();
+    let (a, b) = bulk_pair(&dir);
+    let mut cs = decoded_since(&a, 0);
+    // Siblings swapped two by two: each first of a pair is below the key
+    // before it, and its parent is there, so it goes into a batch.
+    let parent = |c: &Change| {
+        c.data
+            .iter()
+            .find(|(k, _)| &**k == "parent_id")
+            .map(|(_, v)| v.clone())
+    };
+    let mut i = 0;
+    while i + 1 < cs.changes.len() {
+        let (x, y) = (&cs.changes[i], &cs.changes[i + 1]);
+        if &*x.tbl == "entries"
+            && &*y.tbl == "entries"
+            && parent(x).is_some()
+            && parent(x) == parent(y)
+        {
+            cs.changes.swap(i, i + 1);
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    let first = entry_change(&cs, "bulk-1");
+    let at = cs.changes.iter().position(|x| x.pk == first.pk).unwrap();
+    assert!(at < 4, "the first pair out of order");
+    // An edit of it, last, in the second chunk.
+    let edit = later(first, Op::Update, 1 << 20, "renamed");
+    cs.changes.push(edit.clone());
+    assert!(cs.changes.len() > CHUNK);
+
+    let r = apply_cs(&b, &cs);
+    assert_eq!(n(&r, "quarantined"), 0, "{r}");
+    assert_eq!(n(&r, "applied"), n(&r, "changes"), "{r}");
+    assert_eq!(name_of(&b, &edit.pk).as_deref(), Some("renamed"));
+    let mut theirs = tree(&a);
+    for row in &mut theirs {
+        if row[0] == edit.pk.as_str().unwrap() {
+            row[1] = "renamed".into();
+        }
+    }
+    assert_eq!(tree(&b), theirs, "each row once, linked as at A");
+    let again = apply_cs(&b, &cs);
+    assert_eq!(n(&again, "applied"), 0, "{again}");
+}

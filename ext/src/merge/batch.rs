@@ -33,7 +33,7 @@ use crate::sql::Value;
 /// SQLite open a statement journal for an INSERT of many rows, which
 /// copies the pages the statement finds and changes (the right edge of
 /// each B-tree) once per statement: more rows to a statement, fewer copies.
-const ROWS: usize = 256;
+const ROWS: usize = 1024;
 /// Changes of a table in one changeset from which its new rows are batched.
 pub(super) const MIN_CHANGES: usize = 8;
 /// Above this rowid nothing is predicted: SQLite may number at random.
@@ -222,17 +222,13 @@ pub(super) fn insert_sql(name: &str, cols: &[Arc<str>], rows: usize) -> String {
         return format!("INSERT OR FAIL INTO {} DEFAULT VALUES", qm(name));
     }
     let names: Vec<String> = cols.iter().map(|c| q(c)).collect();
-    let row = |r: usize| {
-        let marks: Vec<String> = (1..=cols.len())
-            .map(|i| format!("?{}", r * cols.len() + i))
-            .collect();
-        format!("({})", marks.join(", "))
-    };
-    let all: Vec<String> = (0..rows).map(row).collect();
+    // Anonymous marks, numbered in order: SQLite looks each `?NNN` up in
+    // a list of those seen, which makes preparing many rows quadratic.
+    let row = format!("({})", vec!["?"; cols.len()].join(","));
     format!(
         "INSERT OR FAIL INTO {}({}) VALUES {}",
         qm(name),
         names.join(", "),
-        all.join(", ")
+        vec![row; rows].join(",")
     )
 }

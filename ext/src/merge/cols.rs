@@ -29,7 +29,12 @@ pub(super) struct Cols(RefCell<Vec<(i64, Arc<str>, Rc<Col>)>>);
 
 impl Cols {
     /// Column `name` of `t`; `tracked`: the tracked tables, by name.
-    pub fn of<S>(&self, t: &Table, tracked: &HashMap<Arc<str>, Table, S>, name: &Arc<str>) -> Rc<Col>
+    pub fn of<S>(
+        &self,
+        t: &Table,
+        tracked: &HashMap<Arc<str>, Table, S>,
+        name: &Arc<str>,
+    ) -> Rc<Col>
     where
         S: std::hash::BuildHasher,
     {

@@ -7,9 +7,9 @@ use lsync_wire::changeset::Change;
 use super::{newer, owned, Applier, Clk};
 use crate::catalog::{Mode, Table};
 use crate::error::Result;
+use crate::fk;
 use crate::ident::qm;
 use crate::sql::Value;
-use crate::fk;
 
 impl Applier {
     pub(super) fn delete(&mut self, t: &Table, c: &Change) -> Result<()> {

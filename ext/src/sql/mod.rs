@@ -251,17 +251,23 @@ impl Db {
     /// so a failed call leaves nothing half-applied. Nests inside the caller's
     /// transaction when there is one.
     pub fn savepoint<T>(&self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.savepoint_if(name, |_| f())
+    }
+
+    /// `savepoint`, telling `f` whether there is one: false inside a
+    /// running write statement.
+    pub fn savepoint_if<T>(&self, name: &str, f: impl FnOnce(bool) -> Result<T>) -> Result<T> {
         if let Err(e) = self.exec(&format!("SAVEPOINT {name}")) {
             // Inside a running write statement (INSERT ... SELECT FROM
             // lsync_changes(...)) SQLite allows no savepoint. The work then
             // runs inside that statement's own transaction, which an error
             // from us aborts and rolls back as a whole.
             if e.to_string().contains("statements in progress") {
-                return f();
+                return f(false);
             }
             return Err(e);
         }
-        match f() {
+        match f(true) {
             Ok(v) => {
                 self.exec(&format!("RELEASE {name}"))?;
                 Ok(v)
