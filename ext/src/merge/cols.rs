@@ -22,10 +22,13 @@ pub(super) struct Col {
     pub target: Option<Arc<str>>,
 }
 
+/// A column met: its table, its name, and what it is.
+type Met = (i64, Arc<str>, Rc<Col>);
+
 /// The columns met so far; each entry keeps its name alive, so that an
 /// address is never taken for another name.
 #[derive(Default)]
-pub(super) struct Cols(RefCell<Vec<(i64, Arc<str>, Rc<Col>)>>);
+pub(super) struct Cols(RefCell<Vec<Met>>);
 
 impl Cols {
     /// Column `name` of `t`; `tracked`: the tracked tables, by name.
