@@ -128,7 +128,7 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
                 let plan = Plan {
                     changes,
                     many: chunks_after_first,
-                    unsaved: chunks_after_first && saved && !careful,
+                    unsaved: saved && !careful,
                 };
                 let report = merge_all(db, conn, &names, chunks, spent, plan, &speaks)?;
                 stability::record_ack(db, head.fence.as_ref())?;
@@ -136,9 +136,10 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
             })
         })
     };
-    // A bulk apply merges its chunks without a savepoint each; if one is
-    // refused, all is taken back and merged again with them, so that the
-    // refused changes are found and quarantined (`merge::merge`).
+    // Chunks are merged without a savepoint each: the apply's own takes
+    // back all if a change is refused, and the chunks are merged again
+    // with one each, which finds the refused changes and quarantines them
+    // (`merge::merge`).
     let result = match one_pass(false) {
         Err(Error::Unsaved(_)) => one_pass(true),
         other => other,
