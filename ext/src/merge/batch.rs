@@ -79,7 +79,8 @@ impl Applier {
         origin: i64,
         vals: &[(&Arc<str>, Cow<Value>)],
     ) -> Result<bool> {
-        let mask = self.mask(t, vals);
+        // `vals` are the change's columns, in its order.
+        let mask = self.shape(t, c).mask;
         if self
             .batch
             .as_ref()

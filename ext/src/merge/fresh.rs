@@ -91,7 +91,12 @@ impl Fresh {
         match all.get_mut(&tbl) {
             Some(Keys::Rising(last)) => {
                 if last.as_ref().is_none_or(|l| above(key, l)) {
-                    *last = Some(key.clone());
+                    // In place: a key per row, and no allocation each.
+                    match (last.as_mut(), key) {
+                        (Some(Value::Text(l)), Value::Text(k)) => l.clone_from(k),
+                        (Some(Value::Blob(l)), Value::Blob(k)) => l.clone_from(k),
+                        _ => *last = Some(key.clone()),
+                    }
                     return false;
                 }
                 true

@@ -88,15 +88,12 @@ impl Applier {
     ) -> (LocalValues<'c>, Vec<Link>) {
         let mut vals = Vec::with_capacity(c.data.len());
         let mut deferred = Vec::new();
-        for (col, v) in &c.data {
-            let target = match t.fks.is_empty() {
-                true => None,
-                false => self.col(t, col).target.clone(),
-            };
+        let shape = self.shape(t, c);
+        for ((col, v), target) in c.data.iter().zip(&shape.targets) {
             let local = match target {
                 Some(target) if ids::is_id(v) => {
-                    let v = self.root_in(&target, v);
-                    match self.rids.get(&target).and_then(|m| m.get(v)) {
+                    let v = self.root_in(target, v);
+                    match self.rids.get(target).and_then(|m| m.get(v)) {
                         Some(rid) => Cow::Owned(Value::Integer(*rid)),
                         None => {
                             deferred.push((col.clone(), target.to_string(), v.clone()));

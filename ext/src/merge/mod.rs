@@ -519,7 +519,13 @@ impl Applier {
 
     /// The change's row id and FK values are global ids (`ids`).
     fn check(&self, t: &Table, c: &Change) -> Result<()> {
-        ids::check_change(t, c, |col| self.col(t, col).fk)
+        let shape = self.shape(t, c);
+        ids::check_change(c, shape.fks.iter().map(|&i| &c.data[i]))
+    }
+
+    /// What the merge needs to know of the columns of change `c` to `t`.
+    fn shape(&self, t: &Table, c: &Change) -> std::rc::Rc<cols::Shape> {
+        self.cols.shape(t, &self.tables, c)
     }
 
     /// What the merge needs to know of column `name` of `t`.
