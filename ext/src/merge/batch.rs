@@ -33,7 +33,7 @@ use crate::sql::Value;
 /// SQLite open a statement journal for an INSERT of many rows, which
 /// copies the pages the statement finds and changes (the right edge of
 /// each B-tree) once per statement: more rows to a statement, fewer copies.
-const ROWS: usize = 1024;
+const ROWS: usize = 256;
 /// Changes of a table in one changeset from which its new rows are batched.
 pub(super) const MIN_CHANGES: usize = 8;
 /// Above this rowid nothing is predicted: SQLite may number at random.
