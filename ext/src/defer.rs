@@ -81,7 +81,8 @@ impl<'a> FkDefer<'a> {
 /// key changed while children point at it. So it is not needed when:
 /// - no change is a delete;
 /// - no table of the changeset has an FK of its own (not even to an
-///   untracked table: SQLite checks those too);
+///   untracked table: SQLite checks those too) but links lsync maps
+///   (see [`raw_fk`]);
 /// - each FK that points at one of them names columns the merge never
 ///   writes: not tracked columns, nor the global id (a rowid alias is
 ///   neither);
@@ -164,19 +165,48 @@ fn merged_away(db: Db, t: &Table) -> Result<bool> {
     Ok(any != Some(0))
 }
 
+/// Whether `t` has an FK whose cells the merge writes as they come: any but
+/// the links lsync maps (`Table::fks`: one column, to a tracked table's
+/// rowid), which the merge sets only to a row that is there (a target not
+/// here yet leaves the cell NULL and the link waiting in `lsync_deferred`),
+/// so their checks cannot fail until a later statement; deletes, merged
+/// rows and waiting links, which can, are seen by [`needed`]. A child by a
+/// global id, a composite key or a local column can.
+fn raw_fk(db: Db, t: &Table) -> Result<bool> {
+    let mapped = crate::refs::declared_fks(db, &t.name)?;
+    let mut s = db.prepare("SELECT \"from\" FROM pragma_foreign_key_list(?1, 'main')")?;
+    s.bind(1, &(*t.name).into())?;
+    let mut cols = Vec::new();
+    while s.step()? {
+        cols.push(s.text(0).unwrap_or_default());
+    }
+    drop(s);
+    for from in cols {
+        let target = mapped.get(&from).filter(|&to| t.fks.get(&from) == Some(to));
+        // Mapped only while the target is tracked here.
+        let lsyncs = match target {
+            Some(to) => crate::catalog::load(db, to)?.is_some(),
+            None => false,
+        };
+        if !lsyncs {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Whether the schema lets writing rows of `t` as a merge does make SQLite
 /// check an FK that could fail (see [`needed`]).
 fn schema_says(db: Db, t: &Table) -> Result<bool> {
     let name = || (*t.name).into();
-    // A child, or a table with an app's trigger (lsync's are named so).
-    let child = db.query_i64(
-        "SELECT EXISTS (SELECT 1 FROM pragma_foreign_key_list(?1))
-           OR EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'trigger'
-                        AND tbl_name = ?1 COLLATE NOCASE
-                        AND name NOT LIKE 'lsync\\_%' ESCAPE '\\')",
+    // A table with an app's trigger (lsync's are named so).
+    let triggered = db.query_i64(
+        "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'trigger'
+                          AND tbl_name = ?1 COLLATE NOCASE
+                          AND name NOT LIKE 'lsync\\_%' ESCAPE '\\')",
         &[name()],
     )?;
-    if child != Some(0) {
+    if triggered != Some(0) || raw_fk(db, t)? {
         return Ok(true);
     }
     // The columns FKs point at: named, or the primary key when not. lsync's

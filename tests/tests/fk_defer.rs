@@ -161,3 +161,48 @@ fn an_app_trigger_on_the_table_defers_fk_checks() {
         assert_eq!(count(&b, "notes"), 1);
     }
 }
+
+/// Links lsync maps (an integer FK to a tracked table's rowid) are set
+/// only to a row that is there, or left NULL while the link waits: their
+/// checks cannot fail mid-apply, so they stay immediate. Children in a
+/// batch, a child that comes before its parent, and a child in another
+/// table all land linked, with no FK violated.
+#[test]
+fn mapped_links_apply_with_fk_checks_immediate() {
+    let (_dir, a, b) = two_libraries(
+        "CREATE TABLE dirs(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE,
+           parent_id INTEGER REFERENCES dirs(id), name TEXT);
+         CREATE TABLE files(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE,
+           dir_id INTEGER REFERENCES dirs(id), name TEXT);
+         SELECT lsync_track('dirs', 'device_owned');
+         SELECT lsync_track('files', 'device_owned');
+         PRAGMA foreign_keys = ON;",
+    );
+    a.execute_batch(
+        "INSERT INTO dirs(uuid, name) VALUES ('D0', 'root');
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
+         INSERT INTO dirs(uuid, parent_id, name) SELECT 'D' || i, (i - 1) / 4 + 1, 'd' || i FROM n;
+         INSERT INTO files(uuid, dir_id, name) SELECT 'F' || substr(uuid, 2), id, 'f' FROM dirs;
+         -- A child made before its parent, linked after.
+         INSERT INTO dirs(uuid, name) VALUES ('LATE-CHILD', 'late child');
+         INSERT INTO dirs(uuid, name) VALUES ('LATE-PARENT', 'late parent');
+         UPDATE dirs SET parent_id = (SELECT id FROM dirs WHERE uuid = 'LATE-PARENT')
+           WHERE uuid = 'LATE-CHILD';",
+    )
+    .unwrap();
+    b.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+    let (report, deferred) = apply_and_deferred(&a, &b, 0);
+    assert_eq!(n(&report, "quarantined"), 0, "{report}");
+    assert!(!deferred, "mapped links need no deferred checks: {report}");
+    let links = |c: &Connection| {
+        query_rows(
+            c,
+            "SELECT d.uuid, p.uuid FROM dirs d LEFT JOIN dirs p ON p.id = d.parent_id
+             UNION ALL
+             SELECT f.uuid, d.uuid FROM files f LEFT JOIN dirs d ON d.id = f.dir_id
+             ORDER BY 1",
+        )
+    };
+    assert_eq!(links(&b), links(&a));
+    assert!(query_rows(&b, "PRAGMA foreign_key_check").is_empty());
+}
