@@ -10,7 +10,8 @@ use std::sync::Arc;
 use lsync_wire::changeset::{Change, Changeset, TableDesc};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use super::{attempt, Applier, Attempt};
+use super::passes::{attempt, Attempt};
+use super::Applier;
 use crate::catalog::Table;
 use crate::clock::code_of;
 use crate::error::{Error, Result};
