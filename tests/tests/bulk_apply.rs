@@ -262,3 +262,30 @@ fn keys_out_of_order_are_found_in_later_chunks() {
     let again = apply_cs(&b, &cs);
     assert_eq!(n(&again, "applied"), 0, "{again}");
 }
+
+/// A changeset of more than one chunk raises the page cache while it
+/// applies (`pagecache`); the connection's own setting comes back after,
+/// whether the apply succeeds or a later chunk is refused.
+#[test]
+fn a_bulk_apply_puts_the_page_cache_back() {
+    let dir = TempDir::new();
+    let (a, b) = bulk_pair(&dir);
+    let cs = decoded_since(&a, 0);
+    assert!(cs.changes.len() > CHUNK);
+    b.execute_batch("PRAGMA cache_size = -3000").unwrap();
+    let r = apply_cs(&b, &cs);
+    assert_eq!(n(&r, "applied"), n(&r, "changes"), "{r}");
+    assert_eq!(scalar::<i64>(&b, "PRAGMA cache_size"), -3000);
+    // Refused in its second chunk (a negative HLC): put back all the same.
+    let (_, c) = library_db(dir.path(), "c");
+    join_library(&c, &library_id(&a));
+    c.execute_batch("PRAGMA cache_size = 500").unwrap();
+    let mut bad = cs.clone();
+    bad.changes[CHUNK + 1].hlc = -1;
+    let refused = c.query_row("SELECT lsync_apply(?1)", [bad.encode().unwrap()], |r| {
+        r.get::<_, String>(0)
+    });
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(scalar::<i64>(&c, "SELECT count(*) FROM entries"), 0);
+    assert_eq!(scalar::<i64>(&c, "PRAGMA cache_size"), 500);
+}
