@@ -354,6 +354,8 @@ fn set_device_id_for_testing(db: Db, conn: &Conn, id: &str) -> Result<String> {
         let idx = schema::device_idx(db, id)?;
         schema::set(db, "device_id", id.into())?;
         schema::set(db, "device_idx", idx.into())?;
+        // The ownership checks of the triggers hold it.
+        crate::triggers::reinstall_all(db)?;
         Ok(id.to_owned())
     })
 }

@@ -12,7 +12,7 @@ const MEMBERS_SQL: &str = include_str!("../../sql/members.sql");
 /// idempotent, so older databases are upgraded by running it again. A
 /// column added to an existing table also needs its `ALTER TABLE` in
 /// [`migrate`] (`CREATE TABLE IF NOT EXISTS` leaves an old table as it is).
-const SCHEMA_VERSION: i64 = 14;
+const SCHEMA_VERSION: i64 = 15;
 
 /// Default maximum clock drift accepted from a peer, in milliseconds.
 pub const DEFAULT_MAX_DRIFT_MS: i64 = 60_000;
@@ -50,6 +50,11 @@ pub fn ensure(db: Db) -> Result<()> {
             "INSERT OR IGNORE INTO lsync_config(key, value) VALUES ('device_idx', ?1)",
             &[idx.into()],
         )?;
+        // Version 15: the capture triggers hold this device's index, and a
+        // device-owned update leaves its HLC to the fold.
+        if version.is_some_and(|v| v < 15) {
+            crate::triggers::reinstall_all(db)?;
+        }
         set(db, "schema_version", SCHEMA_VERSION.into())
     })
 }

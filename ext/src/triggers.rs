@@ -40,23 +40,55 @@ pub fn update_id_trigger(db: Db, t: &Table) -> Result<()> {
 
 /// (Re)creates the capture triggers of a tracked table.
 pub fn install_triggers(db: Db, t: &Table) -> Result<()> {
+    let s = shape(db, &t.name)?;
     // A NOT NULL uuid column is never NULL once the row is in: no fill.
     let fill = match t.uuid_col() {
-        Some(c) => {
-            let s = shape(db, &t.name)?;
-            if s.is_notnull(c) || t.without_rowid {
-                ""
-            } else {
-                s.uuid_fill(c)
-            }
-        }
-        None => "",
+        Some(c) if !s.is_notnull(c) && !t.without_rowid => s.uuid_fill(c),
+        _ => "",
     };
     let referenced = load_all(db)?
         .iter()
         .any(|s| s.fks.values().any(|n| *n == *t.name));
+    let ctx = Context {
+        fill,
+        referenced,
+        me: schema::get_i64(db, "device_idx")?,
+        rowid_alias: s.rowid_alias.as_deref(),
+    };
     db.exec(&drop_triggers_sql(&t.name))?;
-    db.exec(&triggers_sql(t, fill, referenced))
+    db.exec(&triggers_sql(t, &ctx))
+}
+
+/// Recreates the triggers of every tracked table that still exists: after
+/// this device's index changed (the triggers hold it), or on an upgrade
+/// that changed the triggers.
+pub fn reinstall_all(db: Db) -> Result<()> {
+    for t in load_all(db)? {
+        let exists = db
+            .query_i64(
+                "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+                &[t.name.to_string().into()],
+            )?
+            .is_some();
+        if exists {
+            install_triggers(db, &t)?;
+        }
+    }
+    Ok(())
+}
+
+/// What the triggers of a table are generated from besides its catalog row.
+struct Context<'a> {
+    /// The uuid fill of the INSERT trigger, or "" for none.
+    fill: &'a str,
+    /// Rows of tracked tables may point at this table's rows.
+    referenced: bool,
+    /// This device's index in `lsync_devices` (`lsync_config.device_idx`),
+    /// written into the ownership checks: a subquery reading it cost each
+    /// captured update about a tenth of its time.
+    me: i64,
+    /// The INTEGER PRIMARY KEY column, another name of the rowid.
+    rowid_alias: Option<&'a str>,
 }
 
 pub fn drop_triggers_sql(table: &str) -> String {
@@ -85,7 +117,8 @@ const HLC_VALUE: &str = "(SELECT value FROM lsync_config WHERE key = 'hlc')";
 /// A statement that fails with `owned by` when this device does not own the
 /// row (device-owned tables). The owner is the origin of the clock entry that
 /// covers the rowid; rows above the high-water mark are new local rows.
-fn owner_check(t: &Table, rowid: &str, when: &str) -> String {
+/// `me`: this device's index (`Context::me`).
+fn owner_check(t: &Table, rowid: &str, me: i64) -> String {
     match t.mode {
         Mode::Shared => String::new(),
         Mode::DeviceOwned => format!(
@@ -93,8 +126,7 @@ fn owner_check(t: &Table, rowid: &str, when: &str) -> String {
                (SELECT hi, origin FROM lsync_clock
                 WHERE tbl = {id} AND col IS NULL AND lo <= {rowid}
                 ORDER BY lo DESC LIMIT 1) AS c
-             WHERE {when} c.hi >= {rowid}
-               AND c.origin IS NOT (SELECT value FROM lsync_config WHERE key = 'device_idx');",
+             WHERE c.hi >= {rowid} AND c.origin IS NOT {me};",
             id = t.id
         ),
     }
@@ -113,20 +145,41 @@ fn change_mask(t: &Table) -> String {
         .join(" | ")
 }
 
-/// `referenced`: rows of tracked tables may point at this table's rows.
-fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
+/// `(NEW.a, NEW.b) IS NOT (OLD.a, OLD.b)` over the tracked columns: whether
+/// any changed, in a third of the steps of testing [`change_mask`].
+fn any_changed(t: &Table) -> String {
+    let side = |s: &str| -> String {
+        let cols: Vec<String> = t.columns.iter().map(|c| format!("{s}.{}", q(c))).collect();
+        cols.join(", ")
+    };
+    format!("({}) IS NOT ({})", side("NEW"), side("OLD"))
+}
+
+/// The names an UPDATE can change a row's rowid or global id by: SQLite
+/// compiles an `UPDATE OF` trigger only into UPDATEs that set one of them,
+/// by name, so the others skip the check.
+fn id_columns(t: &Table, rowid_alias: Option<&str>) -> Vec<String> {
+    let mut cols: Vec<String> = Vec::new();
+    if !t.without_rowid {
+        cols.extend(["rowid", "oid", "_rowid_"].map(String::from));
+        cols.extend(rowid_alias.map(String::from));
+    }
+    cols.extend(t.uuid_col().map(String::from));
+    cols
+}
+
+fn triggers_sql(t: &Table, ctx: &Context) -> String {
     let (id, tbl) = (t.id, q(&t.name));
     let old_gid = t.gid_of("OLD");
     let (old_rid, new_rid) = (t.rid_of("OLD"), t.rid_of("NEW"));
-    let owner_old = owner_check(t, &old_rid, "");
+    let owner_old = owner_check(t, &old_rid, ctx.me);
     // Where SQLite enforces no FK, a deleted row's referrers are detached
     // as a peer detaches them, before a new row can take its rowid.
-    let detach = if referenced {
+    let detach = if ctx.referenced {
         format!("SELECT lsync_on_delete_target({id}, {old_rid}, {old_gid});")
     } else {
         String::new()
     };
-    let mask = change_mask(t);
     let hlc_bump = hlc_bump();
     // A row whose id lsync keeps has one once its insert is folded: rows
     // without one are not known yet (see `gids`).
@@ -165,21 +218,23 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
     // uuid fill in lsync_on_insert then prepares quickly. A row above the
     // high-water mark is an insert not folded yet, which the fold records
     // whole, as it is then (`flush` skips its marks): nothing to capture.
-    // The HLC is one per transaction (`lsync_capture_hlc`).
     let update_trigger = update_of_trigger(
         "upd",
         t,
         &t.columns,
         &format!(
-            "{has_id} lsync_capturing() AND ({mask}) <> 0
-               AND {new_rid} <= (SELECT hwm FROM lsync_tables WHERE id = {id})"
+            "{has_id} lsync_capturing() AND {changed}
+               AND {new_rid} <= (SELECT hwm FROM lsync_tables WHERE id = {id})",
+            changed = any_changed(t)
         ),
-        &format!(
-            "{owner_old}
-             INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
-               VALUES ({id}, {new_rid}, {OP_UPDATE}, lsync_capture_hlc({HLC_VALUE}), {mask})
-               ON CONFLICT(tbl, rid) DO UPDATE SET hlc = excluded.hlc, cols = cols | excluded.cols;"
-        ),
+        &format!("{owner_old} {}", mark_update(t, &new_rid)),
+    );
+    let ids_trigger = update_of_trigger(
+        "ids",
+        t,
+        &id_columns(t, ctx.rowid_alias),
+        &format!("{has_id} ({id_changed}) AND lsync_capturing()"),
+        &format!("SELECT RAISE(ABORT, {immutable});"),
     );
     // Its own trigger, which UPDATEs that leave the FK columns alone do not
     // compile at all.
@@ -187,11 +242,7 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
     let links_trigger = update_of_trigger("lnk", t, &fk_cols, "lsync_capturing()", &forget_links);
     format!(
         "{insert_trigger}
-         CREATE TRIGGER {ids} AFTER UPDATE ON {tbl}
-         WHEN {has_id} ({id_changed}) AND lsync_capturing()
-         BEGIN
-           SELECT RAISE(ABORT, {immutable});
-         END;
+         {ids_trigger}
          {rekey}
          {update_trigger}
          {links_trigger}
@@ -205,11 +256,41 @@ fn triggers_sql(t: &Table, uuid_fill: &str, referenced: bool) -> String {
            DELETE FROM lsync_deferred WHERE tbl = {id} AND rid = {old_rid};
            {detach}
          END;",
-        insert_trigger = insert_trigger(t, uuid_fill),
+        insert_trigger = insert_trigger(t, ctx.fill),
         del = trigger_name("del", &t.name),
-        ids = trigger_name("ids", &t.name),
-        rekey = rekey_trigger(t, &record_delete),
+        rekey = rekey_trigger(t, &record_delete, ctx.me),
     )
+}
+
+/// The mark an update of tracked columns leaves in `lsync_dirty`.
+///
+/// A shared row's columns merge one by one, each by its HLC: the mark
+/// holds the changed columns and the HLC of the update, one per
+/// transaction (`lsync_capture_hlc`).
+///
+/// A device-owned row's version is the row's, whole, and only its owner
+/// writes it, so the mark holds neither: the fold gives the row an HLC of
+/// its own, later than the update's and than any version folded before,
+/// which keeps the row's versions rising (`flush`). A mark already there
+/// (an update or a re-insert since the last fold) says the same: this
+/// row changed since.
+fn mark_update(t: &Table, rid: &str) -> String {
+    let id = t.id;
+    match t.mode {
+        Mode::Shared => {
+            let mask = change_mask(t);
+            format!(
+                "INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
+                   VALUES ({id}, {rid}, {OP_UPDATE}, lsync_capture_hlc({HLC_VALUE}), {mask})
+                   ON CONFLICT(tbl, rid) DO UPDATE SET hlc = excluded.hlc, cols = cols | excluded.cols;"
+            )
+        }
+        // -1: every column, should the table ever be folded as shared.
+        Mode::DeviceOwned => format!(
+            "INSERT OR IGNORE INTO lsync_dirty(tbl, rid, op, hlc, cols)
+               VALUES ({id}, {rid}, {OP_UPDATE}, 0, -1);"
+        ),
+    }
 }
 
 /// `CREATE TRIGGER lsync_<kind>_<table> AFTER UPDATE OF <cols>`, or nothing
@@ -295,7 +376,7 @@ fn insert_trigger(t: &Table, uuid_fill: &str) -> String {
 /// A row identified by its key whose key changes is another row: the
 /// update is captured as the old row's delete and the new row's insert
 /// (the fold gives it its new global id).
-fn rekey_trigger(t: &Table, record_delete: &str) -> String {
+fn rekey_trigger(t: &Table, record_delete: &str, me: i64) -> String {
     let Ident::Key(parts) = &t.ident else {
         return String::new();
     };
@@ -319,7 +400,7 @@ fn rekey_trigger(t: &Table, record_delete: &str) -> String {
         of = of.join(", "),
         tbl = q(&t.name),
         changed = changed.join(" OR "),
-        owner_old = owner_check(t, "OLD.rowid", ""),
+        owner_old = owner_check(t, "OLD.rowid", me),
         hlc_bump = hlc_bump(),
         id = t.id,
     )

@@ -115,6 +115,41 @@ fn ownership_survives_reopening() {
     assert!(err.contains("owned by"), "{err}");
 }
 
+/// Version 15's triggers hold this device's index; a database of an older
+/// version gets them on opening, and they still tell its rows from others'.
+#[test]
+fn an_older_database_gets_the_triggers_of_this_version() {
+    let (dir, conn, _old, _new) = switched();
+    conn.execute_batch(
+        "DROP TRIGGER lsync_upd_files;
+         UPDATE lsync_config SET value = 14 WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    conn.execute("INSERT INTO files(uuid, name) VALUES ('mine', 'm')", [])
+        .unwrap();
+    flush(&conn);
+    drop(conn);
+    let conn = open(&dir.db());
+    let err = error_of(&conn, "UPDATE files SET n = 0 WHERE id = 1");
+    assert!(err.contains("owned by"), "{err}");
+    conn.execute("UPDATE files SET n = 7 WHERE uuid = 'mine'", [])
+        .unwrap();
+    flush(&conn);
+    let mine: Vec<(String, String)> = changes(&conn, 0)
+        .into_iter()
+        .filter(|c| c.pk_text() == "mine")
+        .map(|c| (c.op.clone(), c.data["n"].to_string()))
+        .collect();
+    assert_eq!(mine, [("update".to_owned(), "7".to_owned())]);
+    assert_eq!(
+        scalar::<i64>(
+            &conn,
+            "SELECT value FROM lsync_config WHERE key = 'schema_version'"
+        ),
+        current_schema_version()
+    );
+}
+
 #[test]
 fn set_device_id_needs_testing_mode_flag_and_a_uuid() {
     testing_mode();
@@ -150,6 +185,16 @@ fn uuid_and_rowid_of_a_tracked_row_cannot_change() {
         "UPDATE files SET uuid = 'renamed' WHERE id = 50",
         "UPDATE files SET id = 60 WHERE id = 50",
         "UPDATE tags SET uuid = 'renamed' WHERE id = 1",
+        // The check runs only in UPDATEs that name the rowid or the uuid
+        // (UPDATE OF), so every name SQLite takes for them is tried.
+        "UPDATE files SET rowid = 61 WHERE id = 50",
+        "UPDATE files SET OID = 62 WHERE id = 50",
+        "UPDATE files SET _rowid_ = 63 WHERE id = 50",
+        "UPDATE files SET \"ID\" = 64 WHERE id = 50",
+        "UPDATE files SET (name, id) = ('m2', 65) WHERE id = 50",
+        "UPDATE files SET n = 1, UUID = 'renamed' WHERE id = 50",
+        "INSERT INTO files(id, uuid, name) VALUES (50, 'x', 'm')
+           ON CONFLICT(id) DO UPDATE SET id = 66",
     ] {
         let outcome = conn.execute(sql, []);
         let err = outcome.map_err(|e| e.to_string()).err().unwrap_or_default();
