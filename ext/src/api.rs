@@ -34,11 +34,11 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
         debug_info(db).map(Value::from)
     })?;
     db.create_function("lsync_device_id", 0, INNOCUOUS, |db, _| {
-        schema::ensure(db)?;
+        crate::setup::ensure(db)?;
         schema::get(db, "device_id")
     })?;
     db.create_function("lsync_library_id", 0, INNOCUOUS, |db, _| {
-        schema::ensure(db)?;
+        crate::setup::ensure(db)?;
         schema::get(db, "library_id")
     })?;
     db.create_function("lsync_library_id", 1, DIRECTONLY, |db, args| {
@@ -46,7 +46,7 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
         join_library(db, &id).map(Value::from)
     })?;
     db.create_function("lsync_hlc_now", 0, DIRECTONLY, |db, _| {
-        schema::ensure(db)?;
+        crate::setup::ensure(db)?;
         schema::next_hlc(db).map(Value::from)
     })?;
     db.create_function("lsync_hlc_text", 1, pure, |_, args| {
@@ -127,7 +127,7 @@ fn register_on(db: Db, conn: Conn) -> Result<()> {
     })?;
     db.create_function("lsync_conflict_drop", 1, DIRECTONLY, |db, args| {
         let id = int_arg("lsync_conflict_drop", "id", &args[0])?;
-        schema::ensure(db)?;
+        crate::setup::ensure(db)?;
         merge::drop_conflict(db, id).map(|()| Value::from(1))
     })?;
 
@@ -327,7 +327,7 @@ fn debug_info(db: Db) -> Result<String> {
 /// Joins another library: allowed until changes from a library have been
 /// applied here.
 fn join_library(db: Db, id: &str) -> Result<String> {
-    schema::ensure(db)?;
+    crate::setup::ensure(db)?;
     let current = schema::get_text(db, "library_id")?;
     if current != id && schema::get_i64(db, "library_locked")? != 0 {
         bail!(

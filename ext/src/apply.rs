@@ -85,7 +85,7 @@ const CHUNK_BYTES: usize = 4 << 20;
 
 pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
     const F: &str = "lsync_apply";
-    schema::ensure(db)?;
+    crate::setup::ensure(db)?;
     let speaks = Speaks::read(db)?;
     // Changes a peer cannot speak for are dropped, and their HLCs do not
     // count for the drift guard.
@@ -396,7 +396,7 @@ pub fn apply_stream(
 /// an apply would; returns JSON `{"id", "applied", "error"}`. Refused
 /// again, it stays quarantined with the new error.
 pub fn retry_conflict(db: Db, conn: &Conn, id: i64) -> Result<String> {
-    schema::ensure(db)?;
+    crate::setup::ensure(db)?;
     let _off = CaptureOff::new(conn);
     let tables = by_name(db)?;
     let error = db.savepoint("lsync_conflict_retry", || {

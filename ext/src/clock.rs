@@ -11,12 +11,7 @@ use crate::error::{Error, Result};
 use crate::schema;
 use crate::sql::{Cache, Db, Value};
 
-/// The op codes of `lsync_clock.op` and `lsync_dirty.op`: the wire's, so the
-/// triggers, the clock and the changeset spell them one way.
-pub const OP_INSERT: i64 = Op::Insert.code() as i64;
-pub const OP_UPDATE: i64 = Op::Update.code() as i64;
-pub const OP_DELETE: i64 = Op::Delete.code() as i64;
-pub const OP_MERGE: i64 = Op::Merge.code() as i64;
+pub use crate::opcodes::{OP_DELETE, OP_INSERT, OP_MERGE, OP_UPDATE};
 
 /// The op of a clock code; an unknown code reads as an update.
 pub fn op_of(code: i64) -> Op {

@@ -12,13 +12,13 @@ use crate::compact::{self, Run};
 use crate::error::Result;
 use crate::gids;
 use crate::ident::qm;
-use crate::schema;
+use crate::setup;
 use crate::sql::{Db, Value};
 
 /// Folds all pending captures of all tracked tables. Returns the number of
 /// pending marks and new rows folded.
 pub fn flush(db: Db) -> Result<i64> {
-    schema::ensure(db)?;
+    setup::ensure(db)?;
     let tables = catalog::load_all(db)?;
     if seen(db, &tables).is_some_and(|s| !(0..tables.len()).any(|i| s.due(&tables[i], i))) {
         // Most calls (every apply, every export after the fold of a push)

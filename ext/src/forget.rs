@@ -23,7 +23,7 @@ pub fn register(db: Db) -> Result<()> {
 /// Marks `peer` forgotten. Returns how many tombstones no longer wait for
 /// an ACK (they go at the next `lsync_prune`).
 fn forget(db: Db, peer: &str) -> Result<i64> {
-    schema::ensure(db)?;
+    crate::setup::ensure(db)?;
     if peer == schema::get_text(db, "device_id")? {
         bail!(
             "lsync_forget_peer: {peer} is this database's own device; forget it from another \

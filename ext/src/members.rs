@@ -30,12 +30,12 @@ pub use lsync_wire::members::Member;
 
 pub fn register(db: Db) -> Result<()> {
     db.create_function("lsync_members", 0, INNOCUOUS, |db, _| {
-        schema::ensure(db)?;
+        crate::setup::ensure(db)?;
         json(&list(db)?)
     })?;
     db.create_function("lsync_revoke", 1, DIRECTONLY, |db, args| {
         let device = device_arg("lsync_revoke", &args[0])?;
-        schema::ensure(db)?;
+        crate::setup::ensure(db)?;
         revoke(db, &device)?;
         let m = list(db)?.into_iter().find(|m| m.device == device);
         json(&m)
@@ -45,7 +45,7 @@ pub fn register(db: Db) -> Result<()> {
         let device = device_arg(f, &args[0])?;
         let key = key_arg(f, &args[1])?;
         let may_join = matches!(args[2], Value::Integer(i) if i != 0);
-        schema::ensure(db)?;
+        crate::setup::ensure(db)?;
         admit(db, &device, &key, may_join).map(Value::from)
     })?;
     db.create_function("lsync_members_merge", 1, DIRECTONLY, |db, args| {
@@ -58,12 +58,12 @@ pub fn register(db: Db) -> Result<()> {
         if list.len() > MAX_MERGE {
             bail!("lsync_members_merge: more than {MAX_MERGE} members");
         }
-        schema::ensure(db)?;
+        crate::setup::ensure(db)?;
         db.savepoint("lsync_members_merge", || merge(db, &list))
             .and_then(|r| json(&r))
     })?;
     db.create_function("lsync_device_key", 2, DIRECTONLY, |db, args| {
-        schema::ensure(db)?;
+        crate::setup::ensure(db)?;
         let given = match (&args[0], &args[1]) {
             (Value::Null, Value::Null) => None,
             (p, k) => Some((
@@ -74,7 +74,7 @@ pub fn register(db: Db) -> Result<()> {
         db.savepoint("lsync_device_key", || device_key(db, given))
     })?;
     db.create_function("lsync_library_secret", 2, DIRECTONLY, |db, args| {
-        schema::ensure(db)?;
+        crate::setup::ensure(db)?;
         let given = match (&args[0], &args[1]) {
             (Value::Null, Value::Null) => None,
             (Value::Integer(e), s) if *e >= 0 => Some((*e, key_arg("lsync_library_secret", s)?)),

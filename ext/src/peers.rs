@@ -82,7 +82,7 @@ pub(crate) fn now_ms() -> i64 {
 /// Notes contact with a peer at `addr`, creating its row on first contact.
 /// A forgotten peer is refused.
 fn contact(db: Db, peer: &str, addr: Option<String>) -> Result<()> {
-    schema::ensure(db)?;
+    crate::setup::ensure(db)?;
     refuse_forgotten(db, peer)?;
     db.run(
         "INSERT INTO lsync_peers(device_id, addr, last_contact) VALUES (?1, ?2, ?3)
@@ -113,7 +113,7 @@ fn refuse_forgotten(db: Db, peer: &str) -> Result<()> {
 /// Runs `sql` on the peer's row. An unknown peer is left alone (its row is
 /// made by `lsync_peer_contact`), and the caller's result is then NULL.
 fn update(db: Db, sql: &str, params: &[Value]) -> Result<()> {
-    schema::ensure(db)?;
+    crate::setup::ensure(db)?;
     db.run(sql, params)
 }
 

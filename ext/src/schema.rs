@@ -19,8 +19,10 @@ pub const DEFAULT_MAX_DRIFT_MS: i64 = 60_000;
 
 /// Creates the metadata tables and this database's identity on first use.
 /// Idempotent, and safe when two connections race: both run in a write
-/// transaction and `INSERT OR IGNORE` keeps the first identity.
-pub fn ensure(db: Db) -> Result<()> {
+/// transaction and `INSERT OR IGNORE` keeps the first identity. `upgrade`
+/// runs in the same transaction on a database of an older version, with
+/// that version (`setup::ensure` passes what lies beyond this module).
+pub fn ensure_with(db: Db, upgrade: fn(Db, i64) -> Result<()>) -> Result<()> {
     let version = db
         .query_i64(
             "SELECT value FROM lsync_config WHERE key = 'schema_version'",
@@ -50,10 +52,8 @@ pub fn ensure(db: Db) -> Result<()> {
             "INSERT OR IGNORE INTO lsync_config(key, value) VALUES ('device_idx', ?1)",
             &[idx.into()],
         )?;
-        // Version 15: the capture triggers hold this device's index, and a
-        // device-owned update leaves its HLC to the fold.
-        if version.is_some_and(|v| v < 15) {
-            crate::triggers::reinstall_all(db)?;
+        if let Some(v) = version {
+            upgrade(db, v)?;
         }
         set(db, "schema_version", SCHEMA_VERSION.into())
     })

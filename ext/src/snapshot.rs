@@ -47,7 +47,7 @@ pub fn snapshot(
     owner: Option<&str>,
     opts: &Options,
 ) -> Result<i64> {
-    schema::ensure(db)?;
+    crate::setup::ensure(db)?;
     if !db.autocommit() {
         bail!(
             "lsync_snapshot: call it outside a transaction: a snapshot holds committed data only"

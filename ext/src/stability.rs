@@ -37,7 +37,7 @@ pub const GATING: &str = "forgotten_ms IS NULL";
 /// forgotten one has certified; with no such peer nothing is pruned.
 /// Returns how many.
 pub fn prune(db: Db) -> Result<i64> {
-    schema::ensure(db)?;
+    crate::setup::ensure(db)?;
     let Some(acked) = db.query_i64(
         &format!("SELECT min(acked_cursor) FROM lsync_peers WHERE {GATING} HAVING count(*) > 0"),
         &[],

@@ -13,7 +13,7 @@ use crate::refs::{check_composite_fks, declared_fks, declared_name, has_unique_i
 use crate::shape::{check_identity, choose, id_warning, shape, Wanted};
 use crate::sql::Db;
 use crate::triggers::{drop_triggers_sql, install_triggers};
-use crate::{bail, flush, rids, schema, warnings};
+use crate::{bail, flush, rids, setup, warnings};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,7 +75,7 @@ pub fn track(db: Db, table: &str, mode: Mode, options: Option<&str>) -> Result<S
         })?,
         None => Options::default(),
     };
-    schema::ensure(db)?;
+    setup::ensure(db)?;
     check_trackable(db, table)?;
     if let Some(existing) = load(db, table)? {
         if existing.mode != mode {
@@ -280,7 +280,7 @@ fn own_id_column(db: Db, table: &str, uuid_col: &str, shape: &crate::shape::Shap
 /// `lsync_untrack(table)`: removes the triggers and the table's metadata.
 /// Untracking a table that is not tracked is an error.
 pub fn untrack(db: Db, table: &str) -> Result<bool> {
-    schema::ensure(db)?;
+    setup::ensure(db)?;
     let Some(t) = load(db, table)? else {
         bail!("lsync_untrack: '{table}' is not tracked");
     };

@@ -9,9 +9,9 @@
 //! `lsync_deleted`, which `flush` folds into `lsync_clock`.
 
 use crate::catalog::{load_all, Ident, Mode, Table};
-use crate::clock::{OP_INSERT, OP_UPDATE};
 use crate::error::Result;
 use crate::ident::{lit, q};
+use crate::opcodes::{OP_INSERT, OP_UPDATE};
 use crate::schema;
 use crate::shape::shape;
 use crate::sql::Db;

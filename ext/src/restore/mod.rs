@@ -67,7 +67,7 @@ fn open_snapshot(file: &Path) -> Result<Connection> {
 }
 
 pub fn restore(db: Db, conn: &Conn, path: &str, opts: &Options) -> Result<String> {
-    schema::ensure(db)?;
+    crate::setup::ensure(db)?;
     let file = Path::new(path);
     if !file.is_file() {
         bail!("lsync_restore: no such file: '{path}'; nothing was restored");

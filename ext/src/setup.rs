@@ -1,0 +1,21 @@
+//! Making a database ready for lsync: its metadata ([`schema`]) and what an
+//! upgrade from an older version regenerates beyond it.
+
+use crate::error::Result;
+use crate::sql::Db;
+use crate::{schema, triggers};
+
+/// The metadata tables, this device's identity, and the upgrades of an
+/// older database, in one transaction (`schema::ensure_with`).
+pub fn ensure(db: Db) -> Result<()> {
+    schema::ensure_with(db, upgrade)
+}
+
+fn upgrade(db: Db, from: i64) -> Result<()> {
+    // Version 15: the capture triggers hold this device's index, and a
+    // device-owned update leaves its HLC to the fold.
+    if from < 15 {
+        triggers::reinstall_all(db)?;
+    }
+    Ok(())
+}
