@@ -72,6 +72,16 @@ fn shared(conn: Connection) -> R<Connection> {
     Ok(conn)
 }
 
+/// `PRAGMA wal_checkpoint(PASSIVE)` of `path` on a connection of its own:
+/// (busy, frames in the WAL, frames copied). PASSIVE never waits for a
+/// reader or a writer; it copies what they leave it.
+pub fn checkpoint(path: &Path) -> R<(i64, i64, i64)> {
+    let c = open_existing(path)?;
+    Ok(c.query_row("PRAGMA main.wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?)
+}
+
 pub fn identity(c: &Connection) -> R<Identity> {
     let (library_id, device_id): (String, String) =
         c.query_row("SELECT lsync_library_id(), lsync_device_id()", [], |r| {

@@ -131,6 +131,10 @@ fn a_fresh_peer_joins_by_snapshot_and_writes_made_meanwhile_arrive() {
     assert!(chose.contains("a snapshot"), "{chose}");
     let imported = line_with(&lb, "snapshot imported").unwrap();
     assert!(imported.contains("mode=empty"), "{imported}");
+    // The restore left copying the import into the file to a checkpoint,
+    // which B runs after it, on a connection of its own.
+    let checkpoint = line_with(&lb, "checkpointed the import").expect("B checkpointed the import");
+    assert!(field(checkpoint, "frames").unwrap() > 0, "{checkpoint}");
     // Progress: lines with a rate and an ETA during the download.
     let progress: Vec<&str> = lb
         .lines()

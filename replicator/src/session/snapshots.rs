@@ -2,8 +2,10 @@
 //! behind, and driving an [`Upload`] or a [`Download`] with the messages
 //! that concern them.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
+use lsync_wire::report::RestoreMode;
 use tokio::io::AsyncWrite;
 use tracing::{info, warn};
 
@@ -166,6 +168,9 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             seconds = began.elapsed().as_secs_f64(),
             "snapshot imported"
         );
+        if r.mode == RestoreMode::Empty {
+            checkpoint_soon(self.node.cfg.db.clone());
+        }
         self.recv_cursor = self.recv_cursor.max(r.cursor);
         self.applied_total += r.rows;
         self.tx.send(&Msg::Ack { cursor: r.cursor }, &[]).await?;
@@ -187,4 +192,27 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         }
         Ok(())
     }
+}
+
+/// Copies an import into an empty library from the WAL into the database
+/// file, in the background: `lsync_restore` made it durable in the WAL and
+/// left this to a later checkpoint, which would otherwise fall on the next
+/// commit past `wal_autocheckpoint` (the catch-up's, most likely) and hold
+/// it up.
+fn checkpoint_soon(db: PathBuf) {
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        match crate::store::checkpoint(&db) {
+            Ok((busy, frames, copied)) => info!(
+                busy,
+                frames,
+                copied,
+                seconds = started.elapsed().as_secs_f64(),
+                "checkpointed the import"
+            ),
+            Err(error) => {
+                warn!(%error, "checkpointing the import failed; a later checkpoint copies it")
+            }
+        }
+    });
 }
