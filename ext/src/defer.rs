@@ -123,7 +123,13 @@ fn needed(
         };
     }
     let mut seen: HashSet<&str> = HashSet::default();
+    let mut last: Option<&Arc<str>> = None;
     for c in &cs.changes {
+        // Runs of one table share its name: no hashing per change.
+        if last.is_some_and(|l| Arc::ptr_eq(l, &c.tbl)) {
+            continue;
+        }
+        last = Some(&c.tbl);
         if !seen.insert(&c.tbl) {
             continue;
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use lsync_wire::changeset::Change;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use super::Applier;
+use super::{cols, Applier};
 use crate::catalog::{Mode, Table};
 use crate::error::Result;
 use crate::fk;
@@ -83,12 +83,11 @@ impl Applier {
     /// returned separately and stored as NULL until their target arrives.
     pub(super) fn local_values<'c>(
         &self,
-        t: &Table,
         c: &'c Change,
+        shape: &cols::Shape,
     ) -> (LocalValues<'c>, Vec<Link>) {
         let mut vals = Vec::with_capacity(c.data.len());
         let mut deferred = Vec::new();
-        let shape = self.shape(t, c);
         for ((col, v), target) in c.data.iter().zip(&shape.targets) {
             let local = match target {
                 Some(target) if ids::is_id(v) => {

@@ -146,6 +146,9 @@ struct Applier {
     batching: bool,
     bulk: HashSet<i64>,
     batch: Option<batch::Batch>,
+    /// The value slots of the last batch: the next one overwrites them in
+    /// place, reusing their text buffers (`batch::Slots`).
+    spare: batch::Slots,
     batches: HashMap<(i64, u64, usize), Stmt>,
     /// A batch failed: the pass must run again without.
     unbatch: bool,
@@ -207,6 +210,7 @@ impl Applier {
             batching: false,
             bulk: HashSet::default(),
             batch: None,
+            spare: batch::Slots::default(),
             batches: HashMap::default(),
             unbatch: false,
             has_sequence: None,
@@ -262,9 +266,20 @@ impl Applier {
         let names: Vec<Arc<str>> = self.tables.keys().cloned().collect();
         let mut spelled: HashMap<&str, &str> = HashMap::default();
         let mut groups: HashMap<&str, Vec<&Change>> = HashMap::default();
+        // A run of changes to one table shares its name (`Arc`): it is
+        // looked up once per run, not hashed twice per change.
+        let mut run: Option<(&Arc<str>, &str)> = None;
+        let mut list: Vec<&Change> = Vec::new();
         for (i, c) in cs.changes.iter().enumerate() {
-            if self.skip.contains(&i) {
+            if !self.skip.is_empty() && self.skip.contains(&i) {
                 continue;
+            }
+            if run.is_some_and(|(tbl, _)| Arc::ptr_eq(tbl, &c.tbl)) {
+                list.push(c);
+                continue;
+            }
+            if let Some((_, name)) = run {
+                groups.entry(name).or_default().append(&mut list);
             }
             let name = match spelled.get(&*c.tbl) {
                 Some(name) => *name,
@@ -279,7 +294,11 @@ impl Applier {
                     name
                 }
             };
-            groups.entry(name).or_default().push(c);
+            run = Some((&c.tbl, name));
+            list.push(c);
+        }
+        if let Some((_, name)) = run {
+            groups.entry(name).or_default().append(&mut list);
         }
         let order = parents_first(&self.tables);
         for name in &order {
@@ -351,15 +370,19 @@ impl Applier {
     }
 
     fn upsert(&mut self, t: &Table, c: &Change) -> Result<()> {
-        self.check(t, c)?;
+        // Looked up once: each row asks it three times.
+        let shape = self.shape(t, c);
+        check_ids(c, &shape)?;
         if let Some(root) = self.redirect(t, &c.pk)? {
             let c = self.redirected(t, c, root)?;
             return self.upsert(t, &c);
         }
-        let (mut vals, mut deferred) = self.local_values(t, c);
+        let (mut vals, mut deferred) = self.local_values(c, &shape);
         let existing = self.rids.get(&t.name).and_then(|m| m.get(&c.pk)).copied();
         let origin = self.idx(&c.origin)?;
-        if self.batchable(t, c, existing, &deferred) && self.queue(t, c, origin, &vals)? {
+        if self.batchable(t, c, existing, &deferred)
+            && self.queue(t, c, origin, &vals, shape.mask)?
+        {
             return Ok(());
         }
         self.unbatched()?;
@@ -407,8 +430,7 @@ impl Applier {
 
     /// The change's row id and FK values are global ids (`ids`).
     fn check(&self, t: &Table, c: &Change) -> Result<()> {
-        let shape = self.shape(t, c);
-        ids::check_change(c, shape.fks.iter().map(|&i| &c.data[i]))
+        check_ids(c, &self.shape(t, c))
     }
 
     /// What the merge needs to know of the columns of change `c` to `t`.
@@ -498,4 +520,9 @@ fn newer(mode: Mode, theirs: &Clk, mine: &Clk) -> bool {
         Mode::DeviceOwned => theirs.0 > mine.0,
         Mode::Shared => theirs > mine,
     }
+}
+
+/// [`Applier::check`] with the change's shape at hand.
+fn check_ids(c: &Change, shape: &cols::Shape) -> Result<()> {
+    ids::check_change(c, shape.fks.iter().map(|&i| &c.data[i]))
 }
