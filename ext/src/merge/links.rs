@@ -41,12 +41,11 @@ impl Applier {
                 None
             };
             // Targets that arrive in this same changeset are mapped in memory.
-            let incoming: HashSet<(bool, &[u8])> = groups
-                .get(target.as_str())
-                .into_iter()
-                .flatten()
-                .filter_map(|c| id_key(&c.pk))
-                .collect();
+            let theirs = groups.get(target.as_str()).map_or(&[][..], |l| &l[..]);
+            // Sized at once: grown step by step, it rehashed every key.
+            let mut incoming: HashSet<(bool, &[u8])> =
+                HashSet::with_capacity_and_hasher(theirs.len(), Default::default());
+            incoming.extend(theirs.iter().filter_map(|c| id_key(&c.pk)));
             let known = self.rids.get(target.as_str());
             let mut seen: IdMap<()> = IdMap::default();
             let mut missing: Vec<&Value> = Vec::new();
