@@ -286,9 +286,13 @@ fn mark_update(t: &Table, rid: &str) -> String {
             )
         }
         // -1: every column, should the table ever be folded as shared.
+        // DO NOTHING, not OR IGNORE: an `UPDATE OR FAIL` (or any OR) of the
+        // app's would override the trigger's OR, and fail on a mark already
+        // there; an upsert's clause holds.
         Mode::DeviceOwned => format!(
-            "INSERT OR IGNORE INTO lsync_dirty(tbl, rid, op, hlc, cols)
-               VALUES ({id}, {rid}, {OP_UPDATE}, 0, -1);"
+            "INSERT INTO lsync_dirty(tbl, rid, op, hlc, cols)
+               VALUES ({id}, {rid}, {OP_UPDATE}, 0, -1)
+               ON CONFLICT(tbl, rid) DO NOTHING;"
         ),
     }
 }

@@ -887,3 +887,65 @@ fn an_update_before_the_fold_is_folded_into_the_insert() {
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(got.iter().all(|c| c.op == "update"), "{got:?}");
 }
+
+/// An UPDATE with a conflict clause of its own (`UPDATE OR FAIL`, ...)
+/// lends it to the statements of the triggers it fires, which SQLite lets
+/// it override: an update of a row already marked since the last fold must
+/// still be captured, not refused, and a re-insert's mark must stay one.
+#[test]
+fn updates_with_their_own_conflict_clause_are_captured() {
+    let (_dir, conn) = setup();
+    for table in ["files", "tags"] {
+        conn.execute(
+            &format!("INSERT INTO {table}(uuid, name, n) VALUES ('u-{table}', 'a', 1)"),
+            [],
+        )
+        .unwrap();
+        flush(&conn);
+        let since = cursor(&conn);
+        for (i, or) in [
+            "",
+            "OR FAIL",
+            "OR ABORT",
+            "OR ROLLBACK",
+            "OR REPLACE",
+            "OR IGNORE",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let sql = format!(
+                "UPDATE {or} {table} SET n = {} WHERE uuid = 'u-{table}'",
+                10 + i
+            );
+            conn.execute(&sql, [])
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        let [c] = changes(&conn, since).try_into().unwrap();
+        assert_eq!(
+            (c.op.as_str(), &c.data["n"]),
+            ("update", &serde_json::json!(15)),
+            "{table}"
+        );
+
+        // Deleted and inserted again: then updated with OR REPLACE, the row
+        // is still a live insert, its tombstone gone.
+        conn.execute(&format!("DELETE FROM {table}"), []).unwrap();
+        flush(&conn);
+        conn.execute_batch(&format!(
+            "INSERT INTO {table}(id, uuid, name, n) VALUES (1, 'u-{table}', 'b', 2);
+             UPDATE OR REPLACE {table} SET n = 3 WHERE uuid = 'u-{table}';"
+        ))
+        .unwrap();
+        let all: Vec<(String, serde_json::Value)> = changes(&conn, 0)
+            .into_iter()
+            .filter(|c| c.pk_text() == format!("u-{table}"))
+            .map(|c| (c.op, c.data["n"].clone()))
+            .collect();
+        assert_eq!(
+            all,
+            [("insert".to_owned(), serde_json::json!(3))],
+            "{table}"
+        );
+    }
+}
