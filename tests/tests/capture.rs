@@ -23,6 +23,17 @@ fn uuid_of(conn: &Connection, table: &str, id: i64) -> String {
     .unwrap()
 }
 
+/// Inserts row `u-<table>` and folds it; returns the cursor after it.
+fn folded_row(conn: &Connection, table: &str) -> i64 {
+    conn.execute(
+        &format!("INSERT INTO {table}(uuid, name, n) VALUES ('u-{table}', 'a', 1)"),
+        [],
+    )
+    .unwrap();
+    flush(conn);
+    cursor(conn)
+}
+
 /// The metadata a rollback must leave untouched.
 fn dirty_and_deleted(conn: &Connection) -> (i64, i64) {
     (count(conn, "lsync_dirty"), count(conn, "lsync_deleted"))
@@ -194,13 +205,7 @@ fn shared_edits_to_different_columns_merge() {
 fn delete_is_a_tombstone_and_reinsert_replaces_it() {
     let (_dir, conn) = setup();
     for table in ["files", "tags"] {
-        conn.execute(
-            &format!("INSERT INTO {table}(uuid, name, n) VALUES ('u-{table}', 'a', 1)"),
-            [],
-        )
-        .unwrap();
-        flush(&conn);
-        let since = cursor(&conn);
+        let since = folded_row(&conn, table);
         conn.execute(&format!("DELETE FROM {table}"), []).unwrap();
         let [c] = changes(&conn, since).try_into().unwrap();
         assert_eq!(c.op, "delete", "{table}");
@@ -896,13 +901,7 @@ fn an_update_before_the_fold_is_folded_into_the_insert() {
 fn updates_with_their_own_conflict_clause_are_captured() {
     let (_dir, conn) = setup();
     for table in ["files", "tags"] {
-        conn.execute(
-            &format!("INSERT INTO {table}(uuid, name, n) VALUES ('u-{table}', 'a', 1)"),
-            [],
-        )
-        .unwrap();
-        flush(&conn);
-        let since = cursor(&conn);
+        let since = folded_row(&conn, table);
         for (i, or) in [
             "",
             "OR FAIL",
