@@ -353,9 +353,7 @@ fn set_device_id_for_testing(db: Db, conn: &Conn, id: &str) -> Result<String> {
     db.savepoint("lsync_device", || {
         let idx = schema::device_idx(db, id)?;
         schema::set(db, "device_id", id.into())?;
-        schema::set(db, "device_idx", idx.into())?;
-        // The ownership checks of the triggers hold it.
-        crate::triggers::reinstall_all(db)?;
+        crate::setup::set_device_idx(db, idx)?;
         Ok(id.to_owned())
     })
 }

@@ -12,6 +12,8 @@ const MEMBERS_SQL: &str = include_str!("../../sql/members.sql");
 /// idempotent, so older databases are upgraded by running it again. A
 /// column added to an existing table also needs its `ALTER TABLE` in
 /// [`migrate`] (`CREATE TABLE IF NOT EXISTS` leaves an old table as it is).
+/// Also bumped when an upgrade must do more than the schema: such steps
+/// are in `setup::upgrade` (version 15 regenerated the capture triggers).
 const SCHEMA_VERSION: i64 = 15;
 
 /// Default maximum clock drift accepted from a peer, in milliseconds.

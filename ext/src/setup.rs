@@ -19,3 +19,10 @@ fn upgrade(db: Db, from: i64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Makes `idx` this device's index in `lsync_devices`, and regenerates the
+/// triggers, whose ownership checks hold it: the one way the index changes.
+pub fn set_device_idx(db: Db, idx: i64) -> Result<()> {
+    schema::set(db, "device_idx", idx.into())?;
+    triggers::reinstall_all(db)
+}

@@ -40,15 +40,18 @@ pub fn update_id_trigger(db: Db, t: &Table) -> Result<()> {
 
 /// (Re)creates the capture triggers of a tracked table.
 pub fn install_triggers(db: Db, t: &Table) -> Result<()> {
+    install_among(db, t, &load_all(db)?)
+}
+
+/// [`install_triggers`], with every tracked table (`all`) at hand.
+fn install_among(db: Db, t: &Table, all: &[Table]) -> Result<()> {
     let s = shape(db, &t.name)?;
     // A NOT NULL uuid column is never NULL once the row is in: no fill.
     let fill = match t.uuid_col() {
         Some(c) if !s.is_notnull(c) && !t.without_rowid => s.uuid_fill(c),
         _ => "",
     };
-    let referenced = load_all(db)?
-        .iter()
-        .any(|s| s.fks.values().any(|n| *n == *t.name));
+    let referenced = all.iter().any(|s| s.fks.values().any(|n| *n == *t.name));
     let ctx = Context {
         fill,
         referenced,
@@ -60,10 +63,11 @@ pub fn install_triggers(db: Db, t: &Table) -> Result<()> {
 }
 
 /// Recreates the triggers of every tracked table that still exists: after
-/// this device's index changed (the triggers hold it), or on an upgrade
-/// that changed the triggers.
+/// this device's index changed (the triggers hold it, `setup::set_device_idx`),
+/// or on an upgrade that changed the triggers.
 pub fn reinstall_all(db: Db) -> Result<()> {
-    for t in load_all(db)? {
+    let all = load_all(db)?;
+    for t in &all {
         let exists = db
             .query_i64(
                 "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
@@ -71,7 +75,7 @@ pub fn reinstall_all(db: Db) -> Result<()> {
             )?
             .is_some();
         if exists {
-            install_triggers(db, &t)?;
+            install_among(db, t, &all)?;
         }
     }
     Ok(())

@@ -338,9 +338,7 @@ fn take_devices(c: Db, me: &str) -> Result<()> {
          INSERT INTO main.lsync_devices(idx, id) SELECT idx, id FROM snap.lsync_devices NOT INDEXED;",
     )?;
     let idx = schema::device_idx(c, me)?;
-    schema::set(c, "device_idx", idx.into())?;
-    // The ownership checks of the triggers hold it.
-    crate::triggers::reinstall_all(c)
+    crate::setup::set_device_idx(c, idx)
 }
 
 /// The settings taken, as `trust::take_settings` checked them: the next
