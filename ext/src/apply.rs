@@ -27,45 +27,43 @@ use crate::{ahead, bail, capture, flush, merge, pagecache, peers, schema, stabil
 /// Turns triggers off for the apply when every trigger on the tables it
 /// touches is lsync's own (capture is off anyway): a trigger program per
 /// inserted row is most of the cost of a bulk apply. Tables with app
-/// triggers keep them firing, so the app's derived data stays right.
+/// triggers have them firing, so the app's derived data stays right, even
+/// on a connection that turned triggers off (the sidecar's does, so that
+/// its applies never switch them: see [`TRIGGERS_OFF_FROM`]).
 struct TriggersOff {
     db: Db,
+    /// The setting to put back at the end, when the apply changed it.
     restore: Option<bool>,
+    /// Whether no trigger fires during the apply.
+    off: bool,
 }
 
 impl TriggersOff {
-    fn new(db: Db, names: &[&str]) -> Result<TriggersOff> {
-        // Temp triggers can be on main's tables too; names match as SQLite
-        // matches them, ASCII case folded (a changeset may spell a table in
-        // another case). Matched here rather than in SQL: every apply runs
-        // this, and the simplest statement is the cheapest to prepare.
-        let mut s = db.prepare(
-            "SELECT name, tbl_name FROM main.sqlite_schema WHERE type = 'trigger'
-             UNION ALL SELECT name, tbl_name FROM temp.sqlite_schema WHERE type = 'trigger'",
-        )?;
-        let mut foreign = false;
-        while !foreign && s.step()? {
-            let (name, on) = (s.text(0).unwrap_or_default(), s.text(1).unwrap_or_default());
-            foreign = !name.to_ascii_lowercase().starts_with("lsync_")
-                && names.iter().any(|n| n.eq_ignore_ascii_case(&on));
+    /// `changes`: how many the apply merges (`u64::MAX` when not known).
+    fn new(db: Db, names: &[&str], changes: u64) -> Result<TriggersOff> {
+        let on = db.triggers_enabled()?;
+        if on && changes < TRIGGERS_OFF_FROM {
+            return Ok(TriggersOff {
+                db,
+                restore: None,
+                off: false,
+            });
         }
-        drop(s);
-        let restore = if !foreign {
-            Some(db.set_triggers(false)?)
-        } else {
-            None
+        let want_on = app_triggers(db, names)?;
+        let restore = match want_on != on {
+            true => Some(db.set_triggers(want_on)?),
+            false => None,
         };
-        Ok(TriggersOff { db, restore })
-    }
-
-    /// Triggers left as they are.
-    fn kept(db: Db) -> TriggersOff {
-        TriggersOff { db, restore: None }
+        Ok(TriggersOff {
+            db,
+            restore,
+            off: !want_on,
+        })
     }
 
     /// Whether no trigger fires on this connection now.
     fn off(&self) -> bool {
-        self.restore.is_some()
+        self.off
     }
 }
 
@@ -75,6 +73,27 @@ impl Drop for TriggersOff {
             let _ = self.db.set_triggers(prev);
         }
     }
+}
+
+/// Whether a trigger that is not lsync's is on one of the tables `names`.
+fn app_triggers(db: Db, names: &[&str]) -> Result<bool> {
+    // Temp triggers can be on main's tables too; names match as SQLite
+    // matches them, ASCII case folded (a changeset may spell a table in
+    // another case). Matched here rather than in SQL: every apply runs
+    // this, and the simplest statement is the cheapest to prepare.
+    let mut s = db.prepare(
+        "SELECT name, tbl_name FROM main.sqlite_schema WHERE type = 'trigger'
+         UNION ALL SELECT name, tbl_name FROM temp.sqlite_schema WHERE type = 'trigger'",
+    )?;
+    while s.step()? {
+        let (name, on) = (s.text(0).unwrap_or_default(), s.text(1).unwrap_or_default());
+        if !name.to_ascii_lowercase().starts_with("lsync_")
+            && names.iter().any(|n| n.eq_ignore_ascii_case(&on))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// How many changes, and about how many bytes of them, are decoded and
@@ -156,6 +175,8 @@ pub fn apply(db: Db, conn: &Conn, blob: &[u8]) -> Result<ApplyReport> {
 /// the connection keeps prepared (`sql::cache`), and re-preparing those
 /// (about 1.7M instructions after a one-row apply, callgrind) costs more
 /// than a few rows' trigger programs, which find capture off and return.
+/// A connection that keeps triggers off (the sidecar's) switches nothing,
+/// whatever the size, unless an app trigger must fire.
 const TRIGGERS_OFF_FROM: u64 = 64;
 
 /// What `merge_all` is given to merge.
@@ -188,11 +209,7 @@ fn merge_all(
     speaks: &Speaks,
 ) -> Result<ApplyReport> {
     let _off = CaptureOff::new(conn);
-    let triggers = if changes >= TRIGGERS_OFF_FROM {
-        TriggersOff::new(db, names)?
-    } else {
-        TriggersOff::kept(db)
-    };
+    let triggers = TriggersOff::new(db, names, changes)?;
     let tables = by_name(db)?;
     let merged = || {
         // Fold local captures first: rows above the high-water mark must be

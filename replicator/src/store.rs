@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lsync_wire::report::{ApplyReport, RestoreReport};
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection};
 
 use crate::courtesy::Turn;
@@ -60,6 +61,18 @@ pub fn open(path: &Path) -> R<Connection> {
 /// and watchers never create one where theirs was removed.
 pub fn open_existing(path: &Path) -> R<Connection> {
     shared(db::open_existing(path, &OPTIONS)?)
+}
+
+/// [`open_existing`] for a session, whose connection only ever writes by
+/// `lsync_apply` and `lsync_restore`: with triggers off, so that an apply
+/// never switches them off and on again. Switching expires every statement
+/// the connection keeps prepared, which then costs more to prepare again
+/// than a changeset of a thousand rows costs to merge. An apply to a table
+/// with an app trigger still turns them on for itself (`lsync_apply`).
+pub fn open_session(path: &Path) -> R<Connection> {
+    let conn = open_existing(path)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+    Ok(conn)
 }
 
 const OPTIONS: DbOptions = DbOptions { foreign_keys: true };

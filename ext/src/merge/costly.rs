@@ -1,8 +1,8 @@
 //! Columns whose write costs more than the row's: indexed ones (an index
 //! entry is deleted and inserted again), FK columns (the target is looked
 //! up) and FK targets (the referrers are). An update writes those only
-//! when their value changes, which it learns by reading the row first; a
-//! bulk update of other columns writes them without that read. Either way
+//! when their value changes, which it learns by reading them first; a
+//! bulk update writes the other columns without reading them. Either way
 //! the row ends the same: this only chooses the cheaper way there.
 
 use crate::catalog::Table;

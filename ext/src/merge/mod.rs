@@ -23,6 +23,7 @@ mod prepare;
 mod quarantine;
 mod shared;
 mod unite;
+mod walk;
 mod write;
 
 use std::sync::Arc;
@@ -158,8 +159,9 @@ struct Applier {
     next_rid: Option<(i64, i64)>,
     /// Parameters per statement, at most (rows per batch follow from it).
     max_params: usize,
-    /// Whether an update of a column set of a table skips reading the row.
-    blind: HashMap<(i64, u64), bool>,
+    /// Which columns of a column set of a table are costly to write
+    /// (`write::costly_at`).
+    costly: HashMap<(i64, u64), std::rc::Rc<[bool]>>,
     /// The changeset's columns, by the address of their names.
     cols: cols::Cols,
 }
@@ -216,7 +218,7 @@ impl Applier {
             has_sequence: None,
             next_rid: None,
             max_params: db.max_params(),
-            blind: HashMap::default(),
+            costly: HashMap::default(),
             cols: cols::Cols::default(),
         })
     }

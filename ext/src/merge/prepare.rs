@@ -11,7 +11,7 @@ use std::cmp::Ordering;
 use lsync_wire::changeset::Change;
 use rustc_hash::FxHashMap as HashMap;
 
-use super::{batch, Applier};
+use super::{batch, walk, Applier};
 use crate::catalog::Table;
 use crate::error::Result;
 use crate::fk;
@@ -35,9 +35,15 @@ impl Applier {
         if self.batching && !t.without_rowid && list.len() >= batch::MIN_CHANGES {
             self.bulk.insert(t.id);
         }
-        let top = match has_rows && self.bulk.contains(&t.id) {
-            true => top_key(self.db, t)?,
+        // In a bulk apply, ids are found by walking the index on them, and
+        // those above the largest there are not looked up at all.
+        let index = match has_rows && self.bulk.contains(&t.id) {
+            true => walk::key_index(self.db, t)?,
             false => None,
+        };
+        let top = match &index {
+            Some(_) => top_key(self.db, t)?,
+            None => None,
         };
         let rids = self.rids.entry(t.name.clone()).or_default();
         rids.reserve(list.len());
@@ -48,8 +54,13 @@ impl Applier {
                 .filter(|k| self.fresh.may_hold(t.id, k))
                 .filter(|k| top.as_ref().is_none_or(|m| !above(k, m)))
                 .collect();
-            if !keys.is_empty() {
-                rids.extend(fk::rids_of(self.db, t, &keys)?);
+            let texts: Option<Vec<&str>> = keys.iter().map(|k| k.as_str()).collect();
+            match (&index, texts) {
+                (_, _) if keys.is_empty() => {}
+                (Some(index), Some(mut texts)) => {
+                    rids.extend(walk::rids(self.db, t, index, &mut texts)?)
+                }
+                _ => rids.extend(fk::rids_of(self.db, t, &keys)?),
             }
         }
         self.touched.insert(t.name.clone());
@@ -79,25 +90,17 @@ impl Applier {
     }
 }
 
-/// The largest value of `t`'s own global id column, when the unique index
-/// on it compares bytewise (`BINARY`), so that a key above it in SQLite's
-/// order is certainly not there. None when that cannot be said.
+/// The largest value of `t`'s own global id column, which has a unique
+/// index that orders text as bytes do (`walk::key_index`), so that a key
+/// above it in SQLite's order is certainly not there.
 fn top_key(db: Db, t: &Table) -> Result<Option<Value>> {
     let Some(col) = t.uuid_col() else {
         return Ok(None);
     };
-    let binary = db.query_i64(
-        "SELECT 1 FROM pragma_index_list(?1, 'main') AS il,
-                pragma_index_xinfo(il.name, 'main') AS ii
-          WHERE il.\"unique\" AND ii.key AND ii.name = ?2 COLLATE NOCASE
-            AND ii.coll = 'BINARY'
-            AND (SELECT count(*) FROM pragma_index_xinfo(il.name, 'main') WHERE key) = 1",
-        &[(*t.name).into(), col.into()],
-    )? == Some(1);
-    if !binary {
-        return Ok(None);
-    }
-    let top = db.query_value(&format!("SELECT max({}) FROM {}", q(col), qm(&t.name)), &[])?;
+    let top = db.query_value(
+        &format!("SELECT max({} COLLATE BINARY) FROM {}", q(col), qm(&t.name)),
+        &[],
+    )?;
     Ok(top.filter(|v| *v != Value::Null))
 }
 

@@ -2,6 +2,7 @@
 //! and runs of consecutive rows that become one range entry.
 
 use std::borrow::Cow;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -77,15 +78,38 @@ impl Applier {
         if vals.is_empty() {
             return Ok(());
         }
-        let db = self.db;
         let mask = self.mask(t, vals);
-        if self.blind(t, mask, vals)? {
-            return self.update(t, rid, vals.iter().collect(), vals);
+        // Write only the costly columns whose value changes: an unchanged
+        // indexed or FK column then costs no index update and no FK check.
+        let costly = self.costly_at(t, mask, vals)?;
+        let changed = match &costly {
+            Some(costly) if !costly.contains(&true) => vals.iter().collect(),
+            _ => self.changed_by_reading(t, rid, mask, vals, costly.as_deref())?,
+        };
+        if changed.is_empty() {
+            return Ok(());
         }
-        // Write only the columns whose value changes: an unchanged indexed
-        // or FK column then costs no index update and no FK check.
+        self.update(t, rid, changed, vals)
+    }
+
+    /// The columns of `vals` whose value differs from the row's, read first;
+    /// with `costly`, only the costly ones are read, and the others count
+    /// as changed (writing them costs no more than reading them).
+    fn changed_by_reading<'v>(
+        &mut self,
+        t: &Table,
+        rid: i64,
+        mask: u64,
+        vals: &'v [(&Arc<str>, Cow<Value>)],
+        costly: Option<&[bool]>,
+    ) -> Result<Vec<&'v (&'v Arc<str>, Cow<'v, Value>)>> {
+        let db = self.db;
+        let read_at = |i: usize| costly.is_none_or(|c| c[i]);
         let read = cached(&mut self.reads, (t.id, mask), || {
-            let cols: Vec<String> = vals.iter().map(|(c, _)| q(c)).collect();
+            let cols: Vec<String> = (vals.iter().enumerate())
+                .filter(|(i, _)| read_at(*i))
+                .map(|(_, (c, _))| q(c))
+                .collect();
             db.prepare(&format!(
                 "SELECT {} FROM {} WHERE rowid = ?1",
                 cols.join(", "),
@@ -94,36 +118,44 @@ impl Applier {
         })?;
         read.bind(1, &rid.into())?;
         // Compared where SQLite holds the row, without copying it.
-        let changed = read.step().map(|row| -> Vec<&(&Arc<str>, Cow<Value>)> {
+        let changed = read.step().map(|row| {
+            let mut at = 0..;
             vals.iter()
                 .enumerate()
-                .filter(|(i, (_, v))| !row || !same(&read.value_ref(*i), v))
+                .filter(|(i, (_, v))| {
+                    !read_at(*i) || !row || !same(&read.value_ref(at.next().unwrap_or(0)), v)
+                })
                 .map(|(_, cv)| cv)
                 .collect()
         });
         read.reset();
-        let changed = changed?;
-        if changed.is_empty() {
-            return Ok(());
-        }
-        self.update(t, rid, changed, vals)
+        changed
     }
 
-    /// Whether the columns of `mask` are written without reading the row
-    /// first: in a bulk apply while no trigger fires (an `UPDATE OF` trigger
-    /// would see a column written that did not change), when none of them
-    /// is costly (`costly`).
-    fn blind(&mut self, t: &Table, mask: u64, vals: &[(&Arc<str>, Cow<Value>)]) -> Result<bool> {
+    /// Which of the columns of `mask` (in `vals`' order) are costly
+    /// (`costly`), in a bulk apply while no trigger fires: only then may a
+    /// column be written without reading the row first (an `UPDATE OF`
+    /// trigger would see a column written that did not change). None
+    /// otherwise.
+    fn costly_at(
+        &mut self,
+        t: &Table,
+        mask: u64,
+        vals: &[(&Arc<str>, Cow<Value>)],
+    ) -> Result<Option<Rc<[bool]>>> {
         if !self.bulk.contains(&t.id) {
-            return Ok(false);
+            return Ok(None);
         }
-        if let Some(b) = self.blind.get(&(t.id, mask)) {
-            return Ok(*b);
+        if let Some(b) = self.costly.get(&(t.id, mask)) {
+            return Ok(Some(b.clone()));
         }
         let c = costly::costly(self.db, t)?;
-        let b = !costly::any_costly(&c, vals.iter().map(|(c, _)| &***c));
-        self.blind.insert((t.id, mask), b);
-        Ok(b)
+        let flags: Rc<[bool]> = vals
+            .iter()
+            .map(|(col, _)| costly::any_costly(&c, std::iter::once(&***col)))
+            .collect();
+        self.costly.insert((t.id, mask), flags.clone());
+        Ok(Some(flags))
     }
 
     /// `UPDATE OR FAIL` of the `changed` columns of row `rid`.

@@ -219,9 +219,14 @@ impl Db {
     /// Turns trigger firing on or off for this connection
     /// (`SQLITE_DBCONFIG_ENABLE_TRIGGER`); returns the previous setting.
     pub fn set_triggers(&self, on: bool) -> Result<bool> {
-        let before = self.trigger_config(-1)?;
+        let before = self.triggers_enabled()?;
         self.trigger_config(c_int::from(on))?;
         Ok(before)
+    }
+
+    /// Whether triggers fire on this connection.
+    pub fn triggers_enabled(&self) -> Result<bool> {
+        self.trigger_config(-1)
     }
 
     /// `mode` 0 or 1 sets the flag, -1 only reads it; returns the flag after.
@@ -529,6 +534,25 @@ impl Stmt {
                 SQLITE_BLOB => ValueRef::Blob(bytes(call!(column_blob(self.ptr, i)).cast()).into()),
                 _ => ValueRef::Null,
             }
+        }
+    }
+
+    /// Column `i` of the current row as SQLite holds its bytes, when it is
+    /// text; uncopied and unchecked (not necessarily UTF-8).
+    pub fn text_bytes(&self, i: usize) -> Option<&[u8]> {
+        let i = i as c_int;
+        // SAFETY: as for `value_ref`: the pointer stays valid while `self`
+        // is borrowed, and the column is read as the type it has.
+        unsafe {
+            if call!(column_type(self.ptr, i)) != SQLITE_TEXT {
+                return None;
+            }
+            let p = call!(column_text(self.ptr, i));
+            let n = call!(column_bytes(self.ptr, i)).max(0) as usize;
+            Some(match p.is_null() || n == 0 {
+                true => &[][..],
+                false => std::slice::from_raw_parts(p, n),
+            })
         }
     }
 

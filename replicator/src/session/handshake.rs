@@ -66,7 +66,7 @@ where
     let db = &node.cfg.db;
     // Never a session on a file other than the one this sidecar serves.
     node.db_file.check(db)?;
-    let conn = Arc::new(Mutex::new(store::open_existing(db)?));
+    let conn = Arc::new(Mutex::new(store::open_session(db)?));
     let me = blocking(&conn, |c| {
         let id = store::identity(c)?;
         let head = store::head(c)?;
