@@ -6,6 +6,9 @@
 //! cargo build --release -p lsync-tests --example apply_files
 //! valgrind --tool=callgrind target/release/examples/apply_files DB EXT FILE...
 //! ```
+//!
+//! With `LSYNC_TRIGGERS_ON=1` the connection keeps triggers on, as an app's
+//! does (and as the sidecar's did before it kept them off).
 
 use rusqlite::config::DbConfig;
 use rusqlite::Connection;
@@ -23,7 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         c.load_extension_disable()?;
     }
     c.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
-    c.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+    let on = std::env::var_os("LSYNC_TRIGGERS_ON").is_some();
+    c.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, on)?;
     for f in files {
         let blob = std::fs::read(f)?;
         let _: String = c.query_row("SELECT lsync_apply(?1)", [blob], |r| r.get(0))?;
