@@ -54,13 +54,13 @@ impl Applier {
                 .filter(|k| self.fresh.may_hold(t.id, k))
                 .filter(|k| top.as_ref().is_none_or(|m| !above(k, m)))
                 .collect();
-            let texts: Option<Vec<&str>> = keys.iter().map(|k| k.as_str()).collect();
-            match (&index, texts) {
-                (_, _) if keys.is_empty() => {}
-                (Some(index), Some(mut texts)) => {
-                    rids.extend(walk::rids(self.db, t, index, &mut texts)?)
-                }
-                _ => rids.extend(fk::rids_of(self.db, t, &keys)?),
+            // The walk takes text ids only; any other kind goes by probes.
+            let texts = |_: &String| keys.iter().map(|k| k.as_str()).collect::<Option<Vec<_>>>();
+            if !keys.is_empty() {
+                rids.extend(match (&index, index.as_ref().and_then(texts)) {
+                    (Some(index), Some(mut texts)) => walk::rids(self.db, t, index, &mut texts)?,
+                    _ => fk::rids_of(self.db, t, &keys)?,
+                });
             }
         }
         self.touched.insert(t.name.clone());
