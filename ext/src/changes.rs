@@ -384,6 +384,10 @@ struct Fks {
     known: Vec<Option<ByRid>>,
     /// For each table, the SELECT of one row's uuid by rid.
     lookups: Vec<String>,
+    /// For each table, whether `lsync_deferred` holds links of its rows:
+    /// asked once per export (nothing writes it meanwhile), so that a NULL
+    /// FK of a table without any costs no lookup.
+    deferred: FxHashMap<i64, bool>,
 }
 
 impl Fks {
@@ -400,7 +404,11 @@ impl Fks {
             .iter()
             .map(|t| format!("SELECT gid FROM {} WHERE rid = ?1", t.gids()))
             .collect();
-        Fks { known, lookups }
+        Fks {
+            known,
+            lookups,
+            deferred: FxHashMap::default(),
+        }
     }
 
     /// Row `rid` of table `ti`, whose uuid is `pk`, was read.
@@ -432,6 +440,7 @@ impl Fks {
                 known.insert(id, uuid.clone());
                 Ok(uuid)
             }
+            ValueRef::Null if !self.any_deferred(cache, source.id)? => Ok(ValueRef::Null),
             ValueRef::Null => one(
                 cache,
                 "SELECT target_uuid FROM lsync_deferred WHERE tbl = ?1 AND rid = ?2 AND col = ?3",
@@ -439,6 +448,23 @@ impl Fks {
             ),
             other => Ok(other),
         }
+    }
+
+    /// Whether `lsync_deferred` holds any link of table `tbl`'s rows.
+    fn any_deferred(&mut self, cache: &Cache, tbl: i64) -> Result<bool> {
+        if let Some(&any) = self.deferred.get(&tbl) {
+            return Ok(any);
+        }
+        let any = !matches!(
+            one(
+                cache,
+                "SELECT 1 FROM lsync_deferred WHERE tbl = ?1 LIMIT 1",
+                &[tbl.into()],
+            )?,
+            ValueRef::Null
+        );
+        self.deferred.insert(tbl, any);
+        Ok(any)
     }
 }
 

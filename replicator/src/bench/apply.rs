@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use super::baseline;
 use super::data;
 use super::ops;
 use super::session;
@@ -66,14 +67,12 @@ pub fn run(args: &ApplyArgs) -> Result<(), BenchError> {
     let mut session_changeset_bytes = 0;
     let (mut fk_queries, mut deferred) = (0, 0);
     for round in 0..args.repeat {
-        let plain_path = dir.path().join(format!("plain-{round}.db"));
-        let plain = db::open(&plain_path, &opts)?;
-        ops::setup(&plain, None, &data.locations, &plain_path)?;
-        dir.settle()?;
         eprintln!("round {}: plain insert ...", round + 1);
-        plain_s = plain_s.min(ops::insert_entries(&plain, &data.entries, &plain_path)?);
-        ops::check_count(&plain, rows, &plain_path)?;
-        drop(plain);
+        plain_s = plain_s.min(baseline::plain_insert_once(
+            &dir,
+            &data,
+            &format!("plain-{round}"),
+        )?);
 
         let peer_path = dir.path().join(format!("peer-{round}.db"));
         let peer = db::open(&peer_path, &opts)?;
@@ -111,7 +110,6 @@ pub fn run(args: &ApplyArgs) -> Result<(), BenchError> {
         session_apply_s = session_apply_s.min(s.apply_s);
         session_record_s = session_record_s.min(s.record_s);
         session_changeset_bytes = s.changeset_bytes;
-        dir.remove_prefixed(&format!("plain-{round}"))?;
         dir.remove_prefixed(&format!("peer-{round}"))?;
     }
 

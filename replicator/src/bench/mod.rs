@@ -1,6 +1,7 @@
 //! Benchmarks (`lsync bench ...`).
 
 pub mod apply;
+mod baseline;
 pub mod capture;
 mod clock;
 mod data;
