@@ -225,14 +225,20 @@ fn flush_table(
         }
     }
     if reinserted {
-        // A uuid that was deleted and inserted again is live: drop its tombstone.
+        // A uuid that was deleted and inserted again is live: drop its
+        // tombstone. Only the rows this fold records as inserted can be one:
+        // those above the mark and those re-inserted below it. (Asking of
+        // every row of the table made each fold cost a scan of its ids.)
         db.run(
             &format!(
                 "DELETE FROM lsync_clock WHERE tbl = ?1 AND uuid IS NOT NULL AND op = 2
-                   AND uuid IN (SELECT gid FROM {})",
-                t.gids()
+                   AND uuid IN (SELECT gid FROM {g} WHERE rid > ?2
+                                UNION ALL
+                                SELECT gid FROM {g} WHERE rid IN
+                                  (SELECT rid FROM lsync_dirty WHERE tbl = ?1 AND op = {OP_INSERT}))",
+                g = t.gids()
             ),
-            &[t.id.into()],
+            &[t.id.into(), t.hwm.into()],
         )?;
     }
     db.run(
