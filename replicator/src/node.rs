@@ -130,6 +130,8 @@ async fn watch_commits(node: Arc<Node>, conn: rusqlite::Connection) {
 
 fn look_for_commits(node: &Node, conn: &rusqlite::Connection, mut wakes: Wakes) {
     let mut last = store::data_version(conn).unwrap_or(0);
+    // The stored secrets when last read; None: read them at the next commit.
+    let mut stamp = None;
     while wakes.next() {
         match store::data_version(conn) {
             Ok(v) if v != last => {
@@ -137,8 +139,12 @@ fn look_for_commits(node: &Node, conn: &rusqlite::Connection, mut wakes: Wakes) 
                 // A rotation (`lsync secret rotate`) by another process:
                 // read before the sessions wake, since a session that wakes
                 // first finds no new secret to send, and no later wake comes.
-                if let Ok(s) = members::secrets(conn) {
-                    node.set_secrets(s);
+                let now = members::secrets_stamp(conn).ok().flatten();
+                if now.is_none() || now != stamp {
+                    if let Ok(s) = members::secrets(conn) {
+                        node.set_secrets(s);
+                        stamp = now;
+                    }
                 }
                 node.changed.send_modify(|n| *n += 1);
             }
