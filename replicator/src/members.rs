@@ -4,7 +4,7 @@
 //! `lsync_members_merge`, `lsync_revoke`). The keys are made here (snow);
 //! the database only keeps them (docs/security.md).
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use crate::protocol::{self, MemberEntry, Secret};
 use crate::store::{immediate, StoreError, R};
@@ -79,19 +79,6 @@ pub fn secrets(c: &Connection) -> R<Vec<(i64, Secret)>> {
         .prepare_cached("SELECT lsync_library_secret(NULL, NULL)")?
         .query_row([], |r| r.get(0))?;
     parse_secrets(&json)
-}
-
-/// The library secrets as the extension stores them (`lsync_config`),
-/// unparsed. The sidecar compares them at every commit it notices, and
-/// reads and parses them (`secrets`) only after they changed: that took
-/// about a twentieth of a sidecar's CPU per small commit.
-pub fn secrets_stamp(c: &Connection) -> R<Option<String>> {
-    Ok(
-        c.prepare_cached("SELECT value FROM lsync_config WHERE key = 'library_secrets'")?
-            .query_row([], |r| r.get::<_, Option<String>>(0))
-            .optional()?
-            .flatten(),
-    )
 }
 
 fn parse_secrets(json: &str) -> R<Vec<(i64, Secret)>> {

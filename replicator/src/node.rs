@@ -130,8 +130,6 @@ async fn watch_commits(node: Arc<Node>, conn: rusqlite::Connection) {
 
 fn look_for_commits(node: &Node, conn: &rusqlite::Connection, mut wakes: Wakes) {
     let mut last = store::data_version(conn).unwrap_or(0);
-    // The stored secrets when last read; None: read them at the next commit.
-    let mut stamp = None;
     while wakes.next() {
         match store::data_version(conn) {
             Ok(v) if v != last => {
@@ -139,12 +137,8 @@ fn look_for_commits(node: &Node, conn: &rusqlite::Connection, mut wakes: Wakes) 
                 // A rotation (`lsync secret rotate`) by another process:
                 // read before the sessions wake, since a session that wakes
                 // first finds no new secret to send, and no later wake comes.
-                let now = members::secrets_stamp(conn).ok().flatten();
-                if now.is_none() || now != stamp {
-                    if let Ok(s) = members::secrets(conn) {
-                        node.set_secrets(s);
-                        stamp = now;
-                    }
+                if let Ok(s) = members::secrets(conn) {
+                    node.set_secrets(s);
                 }
                 node.changed.send_modify(|n| *n += 1);
             }
