@@ -134,13 +134,15 @@ fn look_for_commits(node: &Node, conn: &rusqlite::Connection, mut wakes: Wakes) 
         match store::data_version(conn) {
             Ok(v) if v != last => {
                 last = v;
-                // A rotation (`lsync secret rotate`) by another process:
-                // read before the sessions wake, since a session that wakes
-                // first finds no new secret to send, and no later wake comes.
-                if let Ok(s) = members::secrets(conn) {
-                    node.set_secrets(s);
-                }
                 node.changed.send_modify(|n| *n += 1);
+                // A rotation (`lsync secret rotate`) by another process. Read
+                // after the sessions wake, so that a commit's way to the peers
+                // does not wait for it (a twentieth of a sidecar's CPU per
+                // small commit); when it changed, they wake again, since one
+                // that woke first found no new secret to send.
+                if members::secrets(conn).is_ok_and(|s| node.set_secrets(s)) {
+                    node.changed.send_modify(|n| *n += 1);
+                }
             }
             Ok(_) => {}
             Err(e) => warn!("data_version: {e}"),

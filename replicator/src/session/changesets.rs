@@ -304,7 +304,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         .await?;
         self.seen_version = Some(version);
         let Some((members, found)) = found else {
-            return Ok(());
+            return self.send_newest_secret().await;
         };
         self.members_found(members).await?;
         match found {

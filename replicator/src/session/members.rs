@@ -66,15 +66,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 self.peer
             )));
         }
-        // A rotation here (`lsync secret rotate`): the peer gets the new one.
-        let newest = self.node.newest();
-        if newest != self.secret_sent {
-            if let Some((epoch, secret)) = newest {
-                let secret = members::hex(&secret);
-                self.tx.send(&Msg::Secret { epoch, secret }, &[]).await?;
-            }
-            self.secret_sent = newest;
-        }
+        self.send_newest_secret().await?;
         if list != self.members {
             self.tx
                 .send(
@@ -85,6 +77,22 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 )
                 .await?;
             self.members = list;
+        }
+        Ok(())
+    }
+
+    /// After a rotation here (`lsync secret rotate`): the peer gets the new
+    /// secret. The sidecar reads the secrets after it wakes the sessions,
+    /// and wakes them again when they changed, with no new commit: so this
+    /// is asked at every wake, not only after a commit.
+    pub(super) async fn send_newest_secret(&mut self) -> R<()> {
+        let newest = self.node.newest();
+        if newest != self.secret_sent {
+            if let Some((epoch, secret)) = newest {
+                let secret = members::hex(&secret);
+                self.tx.send(&Msg::Secret { epoch, secret }, &[]).await?;
+            }
+            self.secret_sent = newest;
         }
         Ok(())
     }

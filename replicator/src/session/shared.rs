@@ -56,9 +56,14 @@ impl Node {
         self.secrets.read().ok().and_then(|s| s.first().copied())
     }
 
-    pub fn set_secrets(&self, all: Vec<(i64, Secret)>) {
-        if let Ok(mut s) = self.secrets.write() {
-            *s = all;
+    /// Replaces the secrets; whether they differ from those it replaced.
+    pub fn set_secrets(&self, all: Vec<(i64, Secret)>) -> bool {
+        match self.secrets.write() {
+            Ok(mut s) if *s != all => {
+                *s = all;
+                true
+            }
+            _ => false,
         }
     }
 }
