@@ -17,7 +17,7 @@ pub struct StatementsTable {
 impl TableFunction for StatementsTable {
     type Cursor = StatementsCursor;
 
-    const SCHEMA: &'static str = "CREATE TABLE x(sql TEXT)";
+    const SCHEMA: &'static str = "CREATE TABLE x(sql TEXT, reprepared INTEGER)";
 
     fn connect(db: Db) -> Result<StatementsTable> {
         Ok(StatementsTable {
@@ -48,7 +48,7 @@ impl Drop for StatementsTable {
 
 pub struct StatementsCursor {
     db: Db,
-    texts: Vec<String>,
+    texts: Vec<(String, i64)>,
     pos: usize,
 }
 
@@ -69,8 +69,12 @@ impl TableCursor for StatementsCursor {
         self.pos >= self.texts.len()
     }
 
-    fn column(&self, _i: c_int) -> Result<Value> {
-        Ok(Value::Text(self.texts[self.pos].clone()))
+    fn column(&self, i: c_int) -> Result<Value> {
+        let (sql, reprepared) = &self.texts[self.pos];
+        Ok(match i {
+            0 => Value::Text(sql.clone()),
+            _ => Value::Integer(*reprepared),
+        })
     }
 
     fn rowid(&self) -> Result<i64> {

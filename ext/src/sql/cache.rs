@@ -135,11 +135,25 @@ pub(crate) fn disarm(db: Db, generation: u64) {
     finalize(gone.into_iter().flat_map(|c| c.stmts.into_values()));
 }
 
-/// The texts of the statements `db` keeps.
-pub(crate) fn texts(db: Db) -> Vec<String> {
+/// `SQLITE_STMTSTATUS_REPREPARE`.
+const STMTSTATUS_REPREPARE: std::ffi::c_int = 5;
+
+/// The texts of the statements `db` keeps, each with the number of times
+/// SQLite prepared it again since it was first prepared.
+pub(crate) fn texts(db: Db) -> Vec<(String, i64)> {
     with_kept(|all| {
         all.get(&(db.0 as usize))
-            .map(|c| c.stmts.keys().map(|k| k.to_string()).collect())
+            .map(|c| {
+                c.stmts
+                    .iter()
+                    .map(|(k, s)| {
+                        // SAFETY: a kept statement is live until finalized,
+                        // which takes it out of the map first.
+                        let n = unsafe { call!(stmt_status(s.0, STMTSTATUS_REPREPARE, 0)) };
+                        (k.to_string(), i64::from(n))
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     })
 }

@@ -76,8 +76,11 @@ macro_rules! call {
 mod cache;
 mod conn;
 mod func;
+mod stmt;
 mod txn;
 mod vtab;
+
+pub use stmt::Stmt;
 
 pub use cache::Cache;
 pub(crate) use cache::{arm as keep_statements, disarm as stop_keeping, texts as kept_texts};
@@ -127,11 +130,7 @@ impl Db {
     pub fn prepare(&self, sql: &str) -> Result<Stmt> {
         let keep = match cache::take(*self, sql) {
             cache::Taken::Hit(ptr, key) => {
-                return Ok(Stmt {
-                    db: *self,
-                    ptr,
-                    keep: Some(key),
-                })
+                return Ok(Stmt::new(*self, ptr, Some(key)));
             }
             cache::Taken::Miss { keep } => keep.then(|| sql.into()),
         };
@@ -148,11 +147,7 @@ impl Db {
             ))
         };
         self.check(rc, "prepare")?;
-        Ok(Stmt {
-            db: *self,
-            ptr: stmt,
-            keep,
-        })
+        Ok(Stmt::new(*self, stmt, keep))
     }
 
     /// Runs one or more statements that return no rows.
@@ -385,198 +380,6 @@ pub unsafe fn blob_of_raw<'a>(v: *mut sqlite3_value) -> &'a [u8] {
             &[]
         } else {
             std::slice::from_raw_parts(p, n)
-        }
-    }
-}
-
-/// A prepared statement, finalized on drop (or reset and kept, see
-/// `cache`).
-pub struct Stmt {
-    db: Db,
-    ptr: *mut sqlite3_stmt,
-    /// The text it is kept under once dropped.
-    keep: Option<Box<str>>,
-}
-
-impl Stmt {
-    pub fn bind(&mut self, i: usize, v: &Value) -> Result<()> {
-        self.bind_with(i, v, transient())
-    }
-
-    /// Binds `params` without copying them, runs the statement to completion,
-    /// then resets it and clears the bindings, all while `params` is borrowed,
-    /// so SQLite never sees a freed buffer.
-    pub fn run_borrowed<'v>(&mut self, params: impl IntoIterator<Item = &'v Value>) -> Result<()> {
-        let r = (|| {
-            for (i, p) in params.into_iter().enumerate() {
-                // SQLITE_STATIC: valid until the clear_bindings below.
-                self.bind_with(i + 1, p, None)?;
-            }
-            while self.step()? {}
-            Ok(())
-        })();
-        self.reset();
-        r
-    }
-
-    fn bind_with(
-        &mut self,
-        i: usize,
-        v: &Value,
-        destructor: Option<unsafe extern "C" fn(*mut c_void)>,
-    ) -> Result<()> {
-        let i = i as c_int;
-        // SAFETY: the statement is live; text/blob are either copied
-        // (TRANSIENT) or outlive the binding (run_borrowed clears it).
-        let rc = unsafe {
-            match v {
-                Value::Null => call!(bind_null(self.ptr, i)),
-                Value::Integer(x) => call!(bind_int64(self.ptr, i, *x)),
-                Value::Real(x) => call!(bind_double(self.ptr, i, *x)),
-                Value::Text(s) => call!(bind_text64(
-                    self.ptr,
-                    i,
-                    s.as_ptr().cast::<c_char>(),
-                    s.len() as u64,
-                    destructor,
-                    SQLITE_UTF8 as u8
-                )),
-                Value::Blob(b) => call!(bind_blob64(
-                    self.ptr,
-                    i,
-                    b.as_ptr().cast::<c_void>(),
-                    b.len() as u64,
-                    destructor
-                )),
-            }
-        };
-        self.db.check(rc, "bind")
-    }
-
-    pub fn bind_all(&mut self, params: &[Value]) -> Result<()> {
-        for (i, p) in params.iter().enumerate() {
-            self.bind(i + 1, p)?;
-        }
-        Ok(())
-    }
-
-    /// Steps once: `true` when a row is available.
-    pub fn step(&mut self) -> Result<bool> {
-        // SAFETY: the statement is live.
-        match unsafe { call!(step(self.ptr)) } {
-            SQLITE_ROW => Ok(true),
-            SQLITE_DONE => Ok(false),
-            rc => Err(step_error(rc, self.db.errmsg())),
-        }
-    }
-
-    /// Resets the statement so it can be stepped again with new bindings.
-    pub fn reset(&mut self) {
-        // SAFETY: the statement is live. Errors were already reported by step.
-        unsafe {
-            call!(reset(self.ptr));
-            call!(clear_bindings(self.ptr));
-        }
-    }
-
-    /// Binds, runs to completion and resets: for repeated writes.
-    pub fn execute(&mut self, params: &[Value]) -> Result<()> {
-        self.bind_all(params)?;
-        let r = (|| {
-            while self.step()? {}
-            Ok(())
-        })();
-        self.reset();
-        r
-    }
-
-    pub fn column_count(&self) -> usize {
-        // SAFETY: the statement is live.
-        unsafe { call!(column_count(self.ptr)).max(0) as usize }
-    }
-
-    pub fn value(&self, i: usize) -> Value {
-        // SAFETY: called after step() returned a row; column_value returns a
-        // value that stays valid until the next step, and we copy it now.
-        unsafe { value_from_raw(call!(column_value(self.ptr, i as c_int))) }
-    }
-
-    /// Column `i` of the current row where SQLite holds it, uncopied.
-    pub fn value_ref(&self, i: usize) -> ValueRef<'_> {
-        let i = i as c_int;
-        // SAFETY: called after step() returned a row. A text or blob pointer
-        // stays valid until the next step, reset or finalize, which take
-        // `&mut self` or `self`, so not while the borrow lives, or until the
-        // column is converted (to UTF-16, or a blob to text), which no
-        // accessor here does: each reads a column as its own type.
-        unsafe {
-            let bytes = |p: *const u8| {
-                let n = call!(column_bytes(self.ptr, i)).max(0) as usize;
-                if p.is_null() || n == 0 {
-                    &[][..]
-                } else {
-                    std::slice::from_raw_parts(p, n)
-                }
-            };
-            match call!(column_type(self.ptr, i)) {
-                SQLITE_INTEGER => ValueRef::Integer(call!(column_int64(self.ptr, i))),
-                SQLITE_FLOAT => ValueRef::Real(call!(column_double(self.ptr, i))),
-                SQLITE_TEXT => {
-                    let p = call!(column_text(self.ptr, i));
-                    let b = bytes(p);
-                    // Checked first: faster than the lossy copy, which
-                    // valid text (nearly all) never needs.
-                    ValueRef::Text(match std::str::from_utf8(b) {
-                        Ok(s) => s.into(),
-                        Err(_) => String::from_utf8_lossy(b),
-                    })
-                }
-                SQLITE_BLOB => ValueRef::Blob(bytes(call!(column_blob(self.ptr, i)).cast()).into()),
-                _ => ValueRef::Null,
-            }
-        }
-    }
-
-    /// Column `i` of the current row as SQLite holds its bytes, when it is
-    /// text; uncopied and unchecked (not necessarily UTF-8).
-    pub fn text_bytes(&self, i: usize) -> Option<&[u8]> {
-        let i = i as c_int;
-        // SAFETY: as for `value_ref`: the pointer stays valid while `self`
-        // is borrowed, and the column is read as the type it has.
-        unsafe {
-            if call!(column_type(self.ptr, i)) != SQLITE_TEXT {
-                return None;
-            }
-            let p = call!(column_text(self.ptr, i));
-            let n = call!(column_bytes(self.ptr, i)).max(0) as usize;
-            Some(match p.is_null() || n == 0 {
-                true => &[][..],
-                false => std::slice::from_raw_parts(p, n),
-            })
-        }
-    }
-
-    pub fn i64(&self, i: usize) -> i64 {
-        // SAFETY: as for `value`.
-        unsafe { call!(column_int64(self.ptr, i as c_int)) }
-    }
-
-    pub fn text(&self, i: usize) -> Option<String> {
-        self.value(i).as_str().map(str::to_owned)
-    }
-}
-
-impl Drop for Stmt {
-    fn drop(&mut self) {
-        match self.keep.take() {
-            Some(key) if !self.ptr.is_null() => {
-                self.reset();
-                cache::give_back(self.db, key, self.ptr);
-            }
-            _ => {
-                // SAFETY: finalized exactly once.
-                unsafe { call!(finalize(self.ptr)) };
-            }
         }
     }
 }
