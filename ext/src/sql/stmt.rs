@@ -129,13 +129,15 @@ impl Stmt {
     /// Resets the statement so it can be stepped again with new bindings.
     ///
     /// Its numbers stay bound, and a parameter left unbound at the next run
-    /// is bound NULL then (`unbind_unset`): SQLite 3.54 marks a statement
-    /// to be prepared again at every `sqlite3_clear_bindings` once its plan
-    /// looked at a bound value, which an equality on a parameter makes it
-    /// do (`tbl = ?1` with ?1 bound to 0 or 1). Clearing the bindings after
-    /// each run had each such statement parsed and planned again at every
-    /// run: for the first tracked table (id 1), nearly all of them. Text
-    /// and blobs are unbound here: a borrowed one (`run_borrowed`) must not
+    /// is bound NULL then (`unbind_unset`). SQLite 3.54 marks a statement to
+    /// be prepared again at every `sqlite3_clear_bindings` once its plan
+    /// looked at a bound value, whatever the values; its planner looks at
+    /// one for an equality on a parameter (is it 0 or 1?) and for a
+    /// `LIMIT ?n`. Clearing the bindings after each run had such statements
+    /// parsed and planned at every run: the fold's clock lookup, for one,
+    /// three quarters of a fold of scattered updates. Rebinding a number
+    /// expires a statement only when that could change its plan. Text and
+    /// blobs are unbound here: a borrowed one (`run_borrowed`) must not
     /// outlive the call, and a copy must not hold memory in the cache.
     pub fn reset(&mut self) {
         // SAFETY: the statement is live. Errors were already reported by step.
