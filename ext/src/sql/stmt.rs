@@ -24,6 +24,17 @@ pub struct Stmt {
     fresh: bool,
 }
 
+/// The parameters whose bits are set in `mask`, in order.
+fn params_in(mut mask: u64) -> impl Iterator<Item = c_int> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let i = mask.trailing_zeros() as c_int + 1;
+            mask &= mask - 1;
+            i
+        })
+    })
+}
+
 /// The bit of parameter `i` (1-based) in `Stmt::bound` and `Stmt::held`;
 /// parameters past the 64th have none.
 fn param_bit(i: c_int) -> u64 {
@@ -146,7 +157,7 @@ impl Stmt {
             if call!(bind_parameter_count(self.ptr)) > 64 {
                 call!(clear_bindings(self.ptr));
             } else {
-                for i in (1..=64).filter(|i| self.held & param_bit(*i) != 0) {
+                for i in params_in(self.held) {
                     call!(bind_null(self.ptr, i));
                 }
             }
@@ -159,8 +170,9 @@ impl Stmt {
     /// bindings had been cleared.
     fn unbind_unset(&mut self) -> Result<()> {
         // SAFETY: the statement is live.
-        let count = unsafe { call!(bind_parameter_count(self.ptr)) }.min(64);
-        for i in (1..=count).filter(|i| self.bound & param_bit(*i) == 0) {
+        let count = unsafe { call!(bind_parameter_count(self.ptr)) }.clamp(0, 64);
+        let all = u64::MAX.checked_shr(64 - count as u32).unwrap_or(0);
+        for i in params_in(all & !self.bound) {
             // SAFETY: as above; `i` is a parameter of the statement.
             let rc = unsafe { call!(bind_null(self.ptr, i)) };
             self.db.check(rc, "bind")?;
