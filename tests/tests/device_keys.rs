@@ -268,6 +268,30 @@ fn after_a_rotation_the_old_secret_cannot_join() {
     });
 }
 
+/// A rotation at A reaches C, which only B dials: B learns the secret in
+/// its session with A and sends it on in its session with C, with no
+/// commit of an app at B to wake that session.
+#[test]
+fn a_rotation_is_relayed_to_a_member_that_never_met_its_origin() {
+    let dir = TempDir::new();
+    let old = new_secret(dir.path(), "old");
+    let (a_db, a) = library_db(dir.path(), "a");
+    let (b_db, _b) = library_db(dir.path(), "b");
+    let (c_db, c) = library_db(dir.path(), "c");
+    index_tree(&a, "from-a", 2);
+    let node_a = Sidecar::start(dir.path(), "A", &a_db, &old, &[], &[]);
+    let node_b = joiner(dir.path(), "B", &b_db, &old, node_a.addr(), &[]);
+    let node_c = joiner(dir.path(), "C", &c_db, &old, node_b.addr(), &[]);
+    let nodes = [&node_a, &node_b, &node_c];
+    wait_for("C has A's rows through B", &nodes, || {
+        entries_named(&c, "from-a") == 2
+    });
+    let new = lsync_cli(&["secret", "rotate", "--db", a_db.to_str().unwrap()]);
+    wait_for("C learns the new secret", &nodes, || {
+        lsync_cli(&["secret", "show", "--db", c_db.to_str().unwrap()]) == new
+    });
+}
+
 const NOTES: &str = "CREATE TABLE notes(id INTEGER PRIMARY KEY, uuid TEXT UNIQUE, body TEXT);
     SELECT lsync_track('notes', 'shared');";
 

@@ -141,7 +141,11 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         if all.first().copied() != before {
             info!(epoch, "learned the library's newest secret from the peer");
         }
-        self.node.set_secrets(all);
+        // The other sessions send it on: the watcher's own read of the
+        // secrets, after this commit, may now find nothing new to wake them for.
+        if self.node.set_secrets(all) {
+            self.node.changed.send_modify(|n| *n += 1);
+        }
         Ok(())
     }
 }
