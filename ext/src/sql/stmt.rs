@@ -61,12 +61,12 @@ impl Stmt {
     }
 
     /// Binds `params` without copying them, runs the statement to completion,
-    /// then resets it and clears the bindings, all while `params` is borrowed,
-    /// so SQLite never sees a freed buffer.
+    /// then resets it, which unbinds their text and blobs, all while `params`
+    /// is borrowed, so SQLite never sees a freed buffer.
     pub fn run_borrowed<'v>(&mut self, params: impl IntoIterator<Item = &'v Value>) -> Result<()> {
         let r = (|| {
             for (i, p) in params.into_iter().enumerate() {
-                // SQLITE_STATIC: valid until the clear_bindings below.
+                // SQLITE_STATIC: valid until the reset below unbinds it.
                 self.bind_with(i + 1, p, None)?;
             }
             while self.step()? {}
@@ -90,7 +90,8 @@ impl Stmt {
             _ => self.held &= !bit,
         }
         // SAFETY: the statement is live; text/blob are either copied
-        // (TRANSIENT) or outlive the binding (run_borrowed clears it).
+        // (TRANSIENT) or outlive the binding (the reset in run_borrowed
+        // unbinds them).
         let rc = unsafe {
             match v {
                 Value::Null => call!(bind_null(self.ptr, i)),
