@@ -78,12 +78,10 @@ fn folding_a_small_commit_costs_the_same_in_a_large_table() {
 
 /// Times SQLite prepared the statements this connection keeps again.
 fn reprepared(conn: &Connection) -> i64 {
-    conn.query_row(
+    scalar(
+        conn,
         "SELECT coalesce(sum(reprepared), 0) FROM lsync_statements",
-        [],
-        |r| r.get(0),
     )
-    .unwrap()
 }
 
 /// The fold looks up clock entries with `tbl = ?1`. SQLite 3.54 plans
@@ -102,13 +100,7 @@ fn a_fold_of_scattered_updates_prepares_nothing_again() {
     )
     .unwrap();
     flush(&conn);
-    let id: i64 = conn
-        .query_row(
-            "SELECT id FROM lsync_tables WHERE name = 'files'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let id: i64 = scalar(&conn, "SELECT id FROM lsync_tables WHERE name = 'files'");
     assert_eq!(id, 1);
     conn.execute_batch("UPDATE files SET n = n + 1 WHERE id % 10 = 3")
         .unwrap();
@@ -120,12 +112,9 @@ fn a_fold_of_scattered_updates_prepares_nothing_again() {
         "folding 2,000 updates prepared kept statements again {again} times"
     );
     // The fold did its work: each updated row is listed as updated.
-    let updated: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM lsync_changes(0) WHERE tbl = 'files' AND op = 'update'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap_or(-1);
+    let updated: i64 = scalar(
+        &conn,
+        "SELECT count(*) FROM lsync_changes(0) WHERE tbl = 'files' AND op = 'update'",
+    );
     assert!(updated >= 2000, "{updated}");
 }
