@@ -4,7 +4,7 @@
 //! [`crate::wake`]), and shuts down cleanly on SIGINT or SIGTERM.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -128,24 +128,36 @@ async fn watch_commits(node: Arc<Node>, conn: rusqlite::Connection) {
     let _ = looker.await;
 }
 
+/// How long after a commit the watcher reads the library secrets. A
+/// rotation (`lsync secret rotate`, by another process) is a commit like any
+/// other, and the only way to see one is to read them; reading them at every
+/// commit cost each sidecar a twentieth of its CPU per small commit, on the
+/// cores a commit's way to the peers needs.
+const SECRETS_AFTER: Duration = Duration::from_millis(10);
+
 fn look_for_commits(node: &Node, conn: &rusqlite::Connection, mut wakes: Wakes) {
     let mut last = store::data_version(conn).unwrap_or(0);
+    // Set by a commit whose secrets are not read yet: when to read them.
+    let mut secrets_due: Option<Instant> = None;
     while wakes.next() {
         match store::data_version(conn) {
             Ok(v) if v != last => {
                 last = v;
                 node.changed.send_modify(|n| *n += 1);
-                // A rotation (`lsync secret rotate`) by another process. Read
-                // after the sessions wake, so that a commit's way to the peers
-                // does not wait for it (a twentieth of a sidecar's CPU per
-                // small commit); when it changed, they wake again, since one
-                // that woke first found no new secret to send.
-                if members::secrets(conn).is_ok_and(|s| node.set_secrets(s)) {
-                    node.changed.send_modify(|n| *n += 1);
-                }
+                secrets_due.get_or_insert_with(|| Instant::now() + SECRETS_AFTER);
             }
             Ok(_) => {}
             Err(e) => warn!("data_version: {e}"),
+        }
+        // After a commit the watch looks again at 0.25 ms, 0.5 ms, 1 ms...
+        // (see `wake`): one of those looks is past the due time. When the
+        // secrets changed the sessions wake again: one that woke for the
+        // commit found no new secret to send.
+        if secrets_due.is_some_and(|t| Instant::now() >= t) {
+            secrets_due = None;
+            if members::secrets(conn).is_ok_and(|s| node.set_secrets(s)) {
+                node.changed.send_modify(|n| *n += 1);
+            }
         }
     }
 }

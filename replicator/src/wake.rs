@@ -22,6 +22,12 @@
 //! one (it could not be set up, or `--no-watch`) it polls every
 //! `--poll-ms`, as it always did.
 //!
+//! The watch's own thread sees every event; this one wakes only for the
+//! first write after a look, then counts the writes to see them pause. Each
+//! wake is a hand-off between threads: one per event made a sidecar wake
+//! about thirty times per small commit (its own, its peer's apply in the
+//! same directory, the fold of a push), a fifth of its CPU on two cores.
+//!
 //! A bulk write (a snapshot's import, a large apply, a checkpoint) writes
 //! thousands of pages, and each write raised an event that a thread of the
 //! watch, then this one, woke for: on two cores that took about a third of
@@ -31,13 +37,16 @@
 //! up again, and looked through at once. A bulk write still going on then
 //! drops it for twice as long, up to [`SAFETY_POLL`]. Writes to other files of the
 //! directory count too: each raises an event all the same, which the watch
-//! then filters out.
+//! then filters out. The watch's thread counts them, and says when the
+//! rate is a bulk one.
 //!
 //! The waiting blocks: it runs on a thread of its own, which sub-millisecond
 //! pauses need (tokio's timers count whole milliseconds).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -61,11 +70,45 @@ const BULK_WINDOW: Duration = Duration::from_millis(10);
 pub const BULK_PAUSE: Duration = Duration::from_millis(100);
 
 enum Signal {
-    /// A file a commit writes was written.
+    /// A file a commit writes was written: the first such write since
+    /// [`Writes::signalled`] was cleared.
     Written,
-    /// Another event in the directory: counted for the bulk rate only.
-    Other,
+    /// Events at a bulk rate: drop the watch for a while.
+    Bulk,
     Stop,
+}
+
+/// What the watch's thread tells this one without waking it.
+struct Writes {
+    base: Instant,
+    /// When the last write to a file a commit writes was seen, in
+    /// nanoseconds after `base`.
+    last: AtomicU64,
+    /// Set when [`Signal::Written`] was sent; cleared by the waiting thread
+    /// once the writes paused, so that the next write wakes it again.
+    signalled: AtomicBool,
+}
+
+impl Writes {
+    fn new() -> Writes {
+        Writes {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+            signalled: AtomicBool::new(false),
+        }
+    }
+
+    /// Notes a write; whether the waiting thread is to be woken for it.
+    fn note(&self) -> bool {
+        let nanos = self.base.elapsed().as_nanos();
+        self.last
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX), SeqCst);
+        !self.signalled.swap(true, SeqCst)
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last.load(SeqCst))
+    }
 }
 
 /// Asks a thread blocked in [`Wakes::next`] to return.
@@ -81,6 +124,7 @@ impl Stopper {
 /// How local commits are noticed.
 pub struct Wakes {
     signals: Receiver<Signal>,
+    writes: Arc<Writes>,
     stopper: Stopper,
     /// Kept alive while watching: dropping it ends the watch.
     watcher: Option<RecommendedWatcher>,
@@ -91,8 +135,6 @@ pub struct Wakes {
     /// The next pause, and when the last one ended: a pause soon after it
     /// is the same bulk write, and is twice as long.
     pause: (Duration, Instant),
-    /// The writes seen since the start of the current bulk window.
-    window: (Instant, u32),
     poll: Duration,
     /// The next look without an event.
     next_look: Instant,
@@ -105,20 +147,22 @@ impl Wakes {
     /// cannot be set up (then it polls, and the error says why).
     pub fn new(db: &Path, poll: Duration, watch: bool) -> (Wakes, Option<notify::Error>) {
         let (tx, signals) = mpsc::channel();
+        let writes = Arc::new(Writes::new());
         let (dir, names) = commit_files(db);
-        let (watcher, failed) = match watch.then(|| watch_dir(&dir, names, tx.clone())) {
+        let watching = watch.then(|| watch_dir(&dir, names, tx.clone(), writes.clone()));
+        let (watcher, failed) = match watching {
             None => (None, None),
             Some(Ok(w)) => (Some(w), None),
             Some(Err(e)) => (None, Some(e)),
         };
         let wakes = Wakes {
             signals,
+            writes,
             stopper: Stopper(tx),
             watcher,
             dir,
             paused_until: None,
             pause: (BULK_PAUSE, Instant::now()),
-            window: (Instant::now(), 0),
             poll,
             next_look: Instant::now(),
             again: SAFETY_POLL,
@@ -152,7 +196,7 @@ impl Wakes {
             match self.signals.recv_timeout(wait) {
                 Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
                 Ok(Signal::Written) => break true,
-                Ok(Signal::Other) => self.count_write(),
+                Ok(Signal::Bulk) => self.drop_watch(),
                 Err(RecvTimeoutError::Timeout) => break false,
             }
         };
@@ -174,34 +218,40 @@ impl Wakes {
     }
 
     /// Waits for a pause of [`QUIET`] in the writes (at most
-    /// [`MAX_SETTLE`]); false if asked to stop meanwhile. Writes at a bulk
-    /// rate drop the watch.
+    /// [`MAX_SETTLE`]); false if asked to stop meanwhile. The watch's thread
+    /// notes the time of each write, and does not wake this one for them
+    /// until [`Writes::signalled`] is cleared here.
     fn settle(&mut self) -> bool {
-        self.count_write();
         let until = Instant::now() + MAX_SETTLE;
-        while Instant::now() < until {
-            match self.signals.recv_timeout(QUIET) {
-                Ok(Signal::Written | Signal::Other) => self.count_write(),
+        loop {
+            let last = self.writes.last();
+            let now = Instant::now();
+            let quiet_at = last + QUIET;
+            if now >= quiet_at || now >= until {
+                self.writes.signalled.store(false, SeqCst);
+                // A write between the look at the time and the flag sent no
+                // signal: wait for the pause after it too.
+                if self.writes.last() == last || now >= until {
+                    return true;
+                }
+                continue;
+            }
+            match self.signals.recv_timeout(quiet_at - now) {
                 Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
-                Err(RecvTimeoutError::Timeout) => break,
+                Ok(Signal::Bulk) => self.drop_watch(),
+                // Sent after the flag was cleared: the wait goes on.
+                Ok(Signal::Written) | Err(RecvTimeoutError::Timeout) => {}
             }
         }
-        true
     }
 
-    /// Counts an event in the current window of [`BULK_WINDOW`]; at
-    /// [`BULK_EVENTS`] the watch is dropped. Events of other files count:
-    /// another process's bulk write in the directory (a second sidecar's
-    /// import) costs each of its writes an event for this watch too.
-    fn count_write(&mut self) {
-        let now = Instant::now();
-        if now.duration_since(self.window.0) > BULK_WINDOW {
-            self.window = (now, 0);
-        }
-        self.window.1 += 1;
-        if self.window.1 < BULK_EVENTS || self.is_paused() {
+    /// Drops the watch for a while: the watch's thread counted writes at a
+    /// bulk rate (see [`BULK_EVENTS`]).
+    fn drop_watch(&mut self) {
+        if self.is_paused() {
             return;
         }
+        let now = Instant::now();
         if let Some(w) = self.watcher.as_mut() {
             if w.unwatch(&self.dir).is_ok() {
                 // Polling from now on: no event will come.
@@ -224,7 +274,7 @@ impl Wakes {
     fn resume(&mut self) {
         self.paused_until = None;
         self.pause.1 = Instant::now();
-        self.window = (Instant::now(), 0);
+        self.writes.signalled.store(false, SeqCst);
         self.again = FIRST_AGAIN;
         self.next_look = Instant::now() + FIRST_AGAIN;
         if let Some(w) = self.watcher.as_mut() {
@@ -236,24 +286,34 @@ impl Wakes {
     }
 }
 
-/// Sends [`Signal::Written`] for each write to a file a commit writes, and
-/// [`Signal::Other`] for any other event.
+/// Notes each write to a file a commit writes, and sends
+/// [`Signal::Written`] for the first since the waiting thread last looked;
+/// counts every event of the directory, and sends [`Signal::Bulk`] at
+/// [`BULK_EVENTS`] within [`BULK_WINDOW`].
 fn watch_dir(
     dir: &Path,
     names: [String; 3],
     tx: Sender<Signal>,
+    writes: Arc<Writes>,
 ) -> notify::Result<RecommendedWatcher> {
+    let mut window = (Instant::now(), 0u32);
     let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        let now = Instant::now();
+        if now.duration_since(window.0) > BULK_WINDOW {
+            window = (now, 0);
+        }
+        window.1 += 1;
+        if window.1 == BULK_EVENTS {
+            let _ = tx.send(Signal::Bulk);
+        }
         // An error (say an overflowed queue) may hide a commit: look.
         let commit = e.map_or(true, |e| {
             !matches!(e.kind, EventKind::Access(_))
                 && e.paths.iter().any(|p| names.iter().any(|n| p.ends_with(n)))
         });
-        let _ = tx.send(if commit {
-            Signal::Written
-        } else {
-            Signal::Other
-        });
+        if commit && writes.note() {
+            let _ = tx.send(Signal::Written);
+        }
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
@@ -327,6 +387,34 @@ mod tests {
         });
         assert!(slept, "still looking often after {:?}", started.elapsed());
         assert!(started.elapsed() < Duration::from_secs(4));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The watch's thread wakes this one only for the first write after a
+    /// look: a look that left the flag set would sleep through every commit
+    /// after it, until the safety poll.
+    #[test]
+    fn each_look_lets_the_next_write_wake_it() {
+        let dir = std::env::temp_dir().join(format!("lsync-flag-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("x.db");
+        std::fs::write(&db, b"").unwrap();
+        let (mut wakes, err) = Wakes::new(&db, Duration::from_millis(5), true);
+        assert!(err.is_none() && wakes.is_watching(), "{err:?}");
+        assert!(wakes.next());
+        for i in 0..5 {
+            // A burst of writes, as a commit makes.
+            for _ in 0..4 {
+                std::fs::write(dir.join("x.db-wal"), b"frame").unwrap();
+            }
+            let t = Instant::now();
+            assert!(wakes.next());
+            assert!(t.elapsed() < Duration::from_millis(300), "round {i}");
+            assert!(
+                !wakes.writes.signalled.load(SeqCst),
+                "round {i}: the flag is still set after the look"
+            );
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 
