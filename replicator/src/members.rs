@@ -141,7 +141,10 @@ pub fn admit(c: &Connection, device: &str, key: &[u8; 32], may_join: bool) -> R<
 pub use lsync_wire::members::Member;
 
 pub fn list(c: &Connection) -> R<Vec<Member>> {
-    let json: String = c.query_row("SELECT lsync_members()", [], |r| r.get(0))?;
+    // Kept prepared: a session reads the members after every commit.
+    let json: String = c
+        .prepare_cached("SELECT lsync_members()")?
+        .query_row([], |r| r.get(0))?;
     Ok(serde_json::from_str(&json)?)
 }
 
