@@ -16,7 +16,7 @@ use crate::store;
 
 use rusqlite::Connection;
 
-use super::error::{blocking, SessionError, R};
+use super::error::{blocking, inline, SessionError, R};
 use super::members::read_members;
 use super::owed::LATER;
 use super::plan::Plan;
@@ -293,7 +293,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         }
         let look = (!pulling && self.sending.is_subscribed()).then(|| self.push_look(false));
         let (peer, seen) = (self.peer.clone(), self.seen_version);
-        let (version, found) = blocking(&self.conn, move |c| {
+        let (version, found) = inline(&self.conn, move |c| {
             let version = store::data_version(c)?;
             if seen == Some(version) {
                 return Ok((version, None));
@@ -358,7 +358,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             tokio::time::sleep(pause).await;
         }
         let (peer, delay) = (self.peer.clone(), self.node.cfg.test.apply_delay);
-        let applied = blocking(&self.conn, move |c| {
+        let applied = inline(&self.conn, move |c| {
             match store::apply(c, &peer, &blob, to, caught_up, delay) {
                 Ok(r) => Ok(Ok(r)),
                 // A changeset that is not what the peer said it is was
