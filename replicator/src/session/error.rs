@@ -92,12 +92,16 @@ pub(crate) async fn inline<T: Send + 'static>(
     if Handle::current().runtime_flavor() != RuntimeFlavor::MultiThread {
         return blocking(conn, f).await;
     }
-    tokio::task::block_in_place(|| {
+    // A panic ends the session with an error, as one on a pool thread does,
+    // rather than the task that runs it (a dialer's retry loop).
+    let run = std::panic::AssertUnwindSafe(|| {
         let mut c = conn
             .lock()
             .map_err(|_| SessionError::Internal("database lock poisoned".into()))?;
         f(&mut c).map_err(SessionError::from)
-    })
+    });
+    tokio::task::block_in_place(|| std::panic::catch_unwind(run))
+        .unwrap_or_else(|_| Err(SessionError::Internal("database work panicked".into())))
 }
 
 /// Runs blocking work that needs no connection off the async threads.
