@@ -65,21 +65,17 @@ pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce(&mut Connection) -> store::R<T> + Send + 'static,
 ) -> R<T> {
     let conn = conn.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut c = conn
-            .lock()
-            .map_err(|_| SessionError::Internal("database lock poisoned".into()))?;
-        f(&mut c).map_err(SessionError::from)
-    })
-    .await
-    .map_err(|e| SessionError::Internal(e.to_string()))?
+    tokio::task::spawn_blocking(move || locked(&conn, f))
+        .await
+        .map_err(|e| SessionError::Internal(e.to_string()))?
 }
 
 /// [`blocking`] on this thread rather than the blocking pool's: for the
 /// database work on a small commit's way to the peer (a push's look, an
 /// apply), where the hand-off to a pool thread and back was two of the
-/// thread wake-ups each side pays per commit (alternated `lsync bench
-/// latency` runs: p50 2.01 to 1.85 ms). `block_in_place` hands this worker's
+/// thread wake-ups each side pays per commit (`lsync bench latency`, two
+/// sets of alternated runs: median p50 2.01 to 1.85 ms, 2.30 to 2.02 ms).
+/// `block_in_place` hands this worker's
 /// other tasks (the frame reader among them) to another thread meanwhile;
 /// the caller's own task waits, as it did for the pool. So not for work a
 /// caller overlaps with something else (`keep_alive`). Without a
@@ -94,14 +90,17 @@ pub(crate) async fn inline<T: Send + 'static>(
     }
     // A panic ends the session with an error, as one on a pool thread does,
     // rather than the task that runs it (a dialer's retry loop).
-    let run = std::panic::AssertUnwindSafe(|| {
-        let mut c = conn
-            .lock()
-            .map_err(|_| SessionError::Internal("database lock poisoned".into()))?;
-        f(&mut c).map_err(SessionError::from)
-    });
+    let run = std::panic::AssertUnwindSafe(|| locked(conn, f));
     tokio::task::block_in_place(|| std::panic::catch_unwind(run))
         .unwrap_or_else(|_| Err(SessionError::Internal("database work panicked".into())))
+}
+
+/// Runs `f` on the session's connection, on the calling thread.
+fn locked<T>(conn: &Mutex<Connection>, f: impl FnOnce(&mut Connection) -> store::R<T>) -> R<T> {
+    let mut c = conn
+        .lock()
+        .map_err(|_| SessionError::Internal("database lock poisoned".into()))?;
+    f(&mut c).map_err(SessionError::from)
 }
 
 /// Runs blocking work that needs no connection off the async threads.
