@@ -340,6 +340,16 @@ fn commit_files(db: &Path) -> (PathBuf, [String; 3]) {
 mod tests {
     use super::*;
 
+    /// A new directory holding an empty `x.db`, and a watch on it.
+    fn watched_dir(tag: &str) -> (PathBuf, Wakes) {
+        let dir = std::env::temp_dir().join(format!("lsync-{tag}-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("x.db"), b"").unwrap();
+        let (wakes, err) = Wakes::new(&dir.join("x.db"), Duration::from_millis(5), true);
+        assert!(err.is_none() && wakes.is_watching(), "{err:?}");
+        (dir, wakes)
+    }
+
     /// Runs `next` on a thread; whether it returned within `limit`.
     fn looks_within(wakes: Wakes, limit: Duration) -> (Wakes, bool) {
         let (tx, rx) = mpsc::channel();
@@ -362,12 +372,7 @@ mod tests {
     /// in the directory does not; with nothing written it sleeps.
     #[test]
     fn a_write_to_the_wal_wakes_and_other_files_do_not() {
-        let dir = std::env::temp_dir().join(format!("lsync-wake-{}", uuid::Uuid::now_v7()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = dir.join("x.db");
-        std::fs::write(&db, b"").unwrap();
-        let (wakes, err) = Wakes::new(&db, Duration::from_millis(5), true);
-        assert!(err.is_none() && wakes.is_watching(), "{err:?}");
+        let (dir, wakes) = watched_dir("wake");
         // The first look is at once (as a poll's first tick).
         let (wakes, looked) = looks_within(wakes, Duration::from_millis(300));
         assert!(looked);
@@ -395,12 +400,7 @@ mod tests {
     /// after it, until the safety poll.
     #[test]
     fn each_look_lets_the_next_write_wake_it() {
-        let dir = std::env::temp_dir().join(format!("lsync-flag-{}", uuid::Uuid::now_v7()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = dir.join("x.db");
-        std::fs::write(&db, b"").unwrap();
-        let (mut wakes, err) = Wakes::new(&db, Duration::from_millis(5), true);
-        assert!(err.is_none() && wakes.is_watching(), "{err:?}");
+        let (dir, mut wakes) = watched_dir("flag");
         assert!(wakes.next());
         for i in 0..5 {
             // A burst of writes, as a commit makes.
@@ -436,12 +436,7 @@ mod tests {
     /// (so they raise no events), and it is set up again [`BULK_PAUSE`]
     /// later: a single write to the WAL wakes again.
     fn bulk_writes_drop_the_watch(file: &str) {
-        let dir = std::env::temp_dir().join(format!("lsync-bulk-{}", uuid::Uuid::now_v7()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = dir.join("x.db");
-        std::fs::write(&db, b"").unwrap();
-        let (mut wakes, err) = Wakes::new(&db, Duration::from_millis(5), true);
-        assert!(err.is_none() && wakes.is_watching(), "{err:?}");
+        let (dir, mut wakes) = watched_dir("bulk");
         assert!(wakes.next());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
