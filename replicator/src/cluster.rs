@@ -32,7 +32,8 @@ fn free_port() -> Result<u16> {
 }
 
 impl Cluster {
-    /// `n` databases in `dir` with `schema` applied, all in one library.
+    /// `n` databases under `dir` (`device-a/device-a.db`...), with `schema`
+    /// applied, all in one library; their logs are in `dir`.
     pub fn create(dir: &Path, n: usize, schema: &str) -> Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         let secret = dir.join("library.secret");
@@ -40,7 +41,13 @@ impl Cluster {
         let mut members = Vec::new();
         let mut library: Option<String> = None;
         for i in 0..n {
-            let db = dir.join(format!("device-{}.db", (b'a' + i as u8) as char));
+            // A directory per device, as on separate machines: each sidecar
+            // watches its database's directory, and would otherwise be woken
+            // by every write of the others.
+            let name = format!("device-{}", (b'a' + i as u8) as char);
+            let home = dir.join(&name);
+            std::fs::create_dir_all(&home)?;
+            let db = home.join(format!("{name}.db"));
             let c = store::open(&db)?;
             c.execute_batch(schema).context("creating the schema")?;
             match &library {
@@ -54,15 +61,16 @@ impl Cluster {
             members.push(Member {
                 db,
                 port: free_port()?,
-                log: dir.join(format!("device-{}.log", (b'a' + i as u8) as char)),
+                log: dir.join(format!("{name}.log")),
                 child: None,
             });
         }
         Ok(Cluster { members, secret })
     }
 
-    /// A cluster over existing databases in `dir`, which must already be in
-    /// one library or be started with --join.
+    /// A cluster over existing databases, which must already be in one
+    /// library or be started with --join; the secret and the logs go in
+    /// `dir`. Give each database a directory of its own, as `create` does.
     pub fn adopt(dir: &Path, dbs: &[PathBuf]) -> Result<Cluster> {
         let secret = dir.join("library.secret");
         std::fs::write(&secret, crate::secret::new()?)?;
@@ -72,7 +80,9 @@ impl Cluster {
                 Ok(Member {
                     db: db.clone(),
                     port: free_port()?,
-                    log: db.with_extension("log"),
+                    // Beside the database's directory, not in it: the
+                    // sidecar watches that one.
+                    log: dir.join(db.with_extension("log").file_name().unwrap_or_default()),
                     child: None,
                 })
             })

@@ -42,8 +42,10 @@ pub fn run(args: &InitialSyncArgs) -> Result<()> {
     let opts = DbOptions { foreign_keys: true };
     let rows = args.rows as usize;
     let dir = TempDir::new(args.dir.as_deref(), args.keep)?;
-    let src_path = dir.path().join("source.db");
-    let peer_path = dir.path().join("peer.db");
+    // A directory each, as on two machines: a sidecar watches its
+    // database's directory, and would be woken by the other's writes.
+    let src_path = dir.subdir("source")?.join("source.db");
+    let peer_path = dir.subdir("peer")?.join("peer.db");
     eprintln!("generating {rows} entries at the source ...");
     let data = data::generate(rows, UuidKind::V7, data::DEFAULT_UPDATE_SHARE);
     {

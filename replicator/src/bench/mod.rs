@@ -76,6 +76,16 @@ impl TempDir {
         &self.path
     }
 
+    /// A directory `name` inside this one, created if need be.
+    pub fn subdir(&self, name: &str) -> Result<PathBuf, BenchError> {
+        let path = self.path.join(name);
+        std::fs::create_dir_all(&path).map_err(|source| BenchError::Io {
+            what: format!("creating {}", path.display()),
+            source,
+        })?;
+        Ok(path)
+    }
+
     /// Writes every file in the directory back to disk, so that a timed run
     /// does not pay for the write-back of the runs before it.
     pub fn settle(&self) -> Result<(), BenchError> {
@@ -112,11 +122,16 @@ impl TempDir {
 
     fn files(&self) -> Result<Vec<PathBuf>, BenchError> {
         let list = || -> std::io::Result<Vec<PathBuf>> {
-            let mut out = Vec::new();
-            for entry in std::fs::read_dir(&self.path)? {
-                let entry = entry?;
-                if entry.file_type()?.is_file() {
-                    out.push(entry.path());
+            let (mut out, mut dirs) = (Vec::new(), vec![self.path.clone()]);
+            while let Some(dir) = dirs.pop() {
+                for entry in std::fs::read_dir(dir)? {
+                    let entry = entry?;
+                    let kind = entry.file_type()?;
+                    if kind.is_file() {
+                        out.push(entry.path());
+                    } else if kind.is_dir() {
+                        dirs.push(entry.path());
+                    }
                 }
             }
             Ok(out)
