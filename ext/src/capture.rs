@@ -92,10 +92,14 @@ fn fill_uuid(db: Db, tbl: i64, rowid: i64, blob: bool) -> Result<()> {
     )
 }
 
-/// Runs `f` with capture off for the function-free INSERT triggers too
-/// (`triggers::insert_trigger`), which read `capture_off` in
-/// `lsync_config` where the others ask `lsync_capturing()`. Called inside
-/// the caller's savepoint, so a failure rolls the setting back with the rest.
+/// Runs `f` with capture off for the triggers that call no function too
+/// (the INSERT triggers of `triggers::insert_trigger`, and the UPDATE
+/// triggers of device-owned tables), which read `capture_off` in
+/// `lsync_config` where the others ask `lsync_capturing()`: so wherever
+/// a [`CaptureOff`] is in force while triggers fire. Called inside the
+/// caller's savepoint (or the statement of the trigger that called it), so
+/// a failure rolls the setting back with the rest, and no other connection
+/// ever sees it: only a writer could, and this one holds the write lock.
 pub fn quietly<T>(db: Db, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let outer = db
         .query_i64("SELECT 1 FROM lsync_config WHERE key = 'capture_off'", &[])?
@@ -188,5 +192,5 @@ pub fn on_delete_target(db: Db, conn: &Conn, tbl: i64, rowid: i64, uuid: &Value)
         return Ok(Value::Null);
     }
     let _off = CaptureOff::new(conn);
-    fk::detach_local(db, tbl, rowid, uuid).map(|()| Value::Null)
+    quietly(db, || fk::detach_local(db, tbl, rowid, uuid)).map(|()| Value::Null)
 }

@@ -14,7 +14,7 @@ const MEMBERS_SQL: &str = include_str!("../../sql/members.sql");
 /// [`migrate`] (`CREATE TABLE IF NOT EXISTS` leaves an old table as it is).
 /// Also bumped when an upgrade must do more than the schema: such steps
 /// are in `setup::upgrade` (version 15 regenerated the capture triggers).
-const SCHEMA_VERSION: i64 = 15;
+const SCHEMA_VERSION: i64 = 16;
 
 /// Default maximum clock drift accepted from a peer, in milliseconds.
 pub const DEFAULT_MAX_DRIFT_MS: i64 = 60_000;

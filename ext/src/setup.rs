@@ -13,8 +13,10 @@ pub fn ensure(db: Db) -> Result<()> {
 
 fn upgrade(db: Db, from: i64) -> Result<()> {
     // Version 15: the capture triggers hold this device's index, and a
-    // device-owned update leaves its HLC to the fold.
-    if from < 15 {
+    // device-owned update leaves its HLC to the fold. Version 16: a
+    // device-owned update's trigger calls no function and cannot abort,
+    // and a write of another device's row rolls the transaction back.
+    if from < 16 {
         triggers::reinstall_all(db)?;
     }
     Ok(())

@@ -28,23 +28,53 @@ fn switched() -> (TempDir, Connection, String, String) {
     (dir, conn, old, new)
 }
 
+const OTHERS_ROWS: [&str; 4] = [
+    "UPDATE files SET n = 10 WHERE id = 1",
+    "UPDATE files SET name = 'x'",
+    "DELETE FROM files WHERE id = 2",
+    "DELETE FROM files",
+];
+
 #[test]
 fn other_devices_rows_cannot_be_updated_or_deleted() {
-    let (_dir, conn, old, _new) = switched();
+    let (_dir, conn, _old, _new) = switched();
     let before = query_rows(&conn, "SELECT * FROM files ORDER BY id");
     let changes_before = changes(&conn, 0);
-    for sql in [
-        "UPDATE files SET n = 10 WHERE id = 1",
-        "UPDATE files SET name = 'x'",
-        "DELETE FROM files WHERE id = 2",
-        "DELETE FROM files",
-    ] {
+    for sql in OTHERS_ROWS {
         let err = error_of(&conn, sql);
-        assert!(err.contains("owned by"), "{sql}: {err}");
-        assert!(err.contains(&old), "the message names the owner: {err}");
+        assert!(err.contains("owned by another device"), "{sql}: {err}");
+        assert!(
+            err.contains("'files'"),
+            "the message names the table: {err}"
+        );
     }
     assert_eq!(query_rows(&conn, "SELECT * FROM files ORDER BY id"), before);
     assert_eq!(changes(&conn, 0), changes_before);
+}
+
+/// The refusal rolls the whole transaction back (`RAISE(ROLLBACK)`: a
+/// statement that could be undone alone would need a statement journal on
+/// every captured update), so nothing of it is half-applied.
+#[test]
+fn a_write_of_another_devices_row_rolls_the_transaction_back() {
+    let (_dir, conn, _old, _new) = switched();
+    let files = "SELECT * FROM files ORDER BY id";
+    let before = (query_rows(&conn, files), changes(&conn, 0));
+    for sql in OTHERS_ROWS {
+        conn.execute_batch("BEGIN; INSERT INTO files(uuid, name) VALUES ('mine', 'm');")
+            .unwrap();
+        let err = conn.execute(sql, []).unwrap_err().to_string();
+        assert!(
+            err.contains("the transaction was rolled back"),
+            "{sql}: {err}"
+        );
+        assert!(conn.is_autocommit(), "{sql}: the transaction is still open");
+        assert_eq!(
+            (query_rows(&conn, files), changes(&conn, 0)),
+            before,
+            "{sql}"
+        );
+    }
 }
 
 #[test]
