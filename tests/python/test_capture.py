@@ -108,7 +108,6 @@ def test_trusted_schema_off_still_captures(db):
     "sql",
     [
         "INSERT INTO files(name) VALUES ('b')",
-        "UPDATE files SET size = 2",
         "DELETE FROM files",
         "INSERT INTO tags(name) VALUES ('b')",
         "UPDATE tags SET color = 'x'",
@@ -121,6 +120,16 @@ def test_plain_connection_write_is_refused(db, db_path, sql):
     plain = connect(db_path, load=False)
     with pytest.raises(sqlite3.OperationalError, match="no such function: lsync"):
         plain.execute(sql)
+
+
+def test_plain_connection_update_of_a_device_owned_row_is_captured(db, db_path):
+    """Its trigger is plain SQL (no statement journal): no extension needed."""
+    db.execute("INSERT INTO files(uuid, name) VALUES (?, 'a')", (FIXED,))
+    db.execute("SELECT lsync_flush()")
+    plain = connect(db_path, load=False)
+    plain.execute("UPDATE files SET size = 2 WHERE uuid = ?", (FIXED,))
+    plain.commit()
+    assert [c["op"] for c in changes(db) if c["pk"] == FIXED] == ["update"]
 
 
 def test_plain_connection_insert_with_uuid_is_refused_or_captured(db, db_path):

@@ -117,12 +117,19 @@ expect "delete recorded as tombstone" "delete|0190a0a0-0000-7000-8000-0000000000
   "$(sql "$db" "INSERT INTO files(uuid, name) VALUES ('0190a0a0-0000-7000-8000-00000000000a', 'a');" \
     "DELETE FROM files;" "SELECT op, pk FROM lsync_changes(0);")"
 
-# 10. a shell without .load cannot write to a tracked table
-for stmt in "INSERT INTO files(name) VALUES ('b');" "UPDATE files SET size = 3;" "DELETE FROM tags;"; do
+# 10. a shell without .load cannot write to a tracked table, but for an
+# UPDATE of a device-owned table, whose trigger is plain SQL: that is captured
+for stmt in "INSERT INTO files(name) VALUES ('b');" "UPDATE tags SET color = 'x';" "DELETE FROM tags;"; do
   out=$(plain "$db" "$stmt"); rc=$?
   if [ $rc -ne 0 ] && [[ $out == *"no such function: lsync"* ]]; then ok "no .load: '$stmt' refused"
   else not_ok "no .load: '$stmt' refused" "rc=$rc" "$out"; fi
 done
+db=$(fresh noload)
+sql "$db" "INSERT INTO files(name) VALUES ('a');" "SELECT lsync_flush();" >/dev/null
+since=$(cursor "$db")
+plain "$db" "UPDATE files SET size = 3;" >/dev/null
+expect "no .load: a device-owned update is captured" "files|update" \
+  "$(sql "$db" "SELECT tbl, op FROM lsync_changes($since);")"
 
 # 11. bad lsync_track calls are errors, and the shell survives them
 db=$(fresh errors)
