@@ -127,7 +127,7 @@ const HLC_VALUE: &str = "(SELECT value FROM lsync_config WHERE key = 'hlc')";
 /// `RAISE(ROLLBACK)`, as the INSERT path's check in `sql/schema.sql`: a
 /// function call or a `RAISE(ABORT)` would make every UPDATE of the table
 /// keep a statement journal, to undo the one statement (see
-/// [`capture_off`]). So the message is a literal (SQLite before 3.47 takes
+/// [`CAPTURING`]). So the message is a literal (SQLite before 3.47 takes
 /// no expression there), naming the table but neither the row nor its owner.
 fn owner_check(t: &Table, rowid: &str, me: i64) -> String {
     match t.mode {
@@ -147,9 +147,10 @@ fn owner_check(t: &Table, rowid: &str, me: i64) -> String {
     }
 }
 
-/// Whether lsync's own writes have capture off, read from the
-/// `capture_off` row `capture::quietly` writes, for the triggers that call
-/// no function (where the others ask `lsync_capturing()`).
+/// Whether this connection captures, in plain SQL: not while lsync's own
+/// writes have capture off (the `capture_off` row `capture::quietly`
+/// writes). For the triggers that call no function; the others ask
+/// `lsync_capturing()`.
 ///
 /// SQLite keeps a statement journal for a statement that writes more than
 /// one table and "may abort": one whose program calls any function, or
@@ -159,9 +160,7 @@ fn owner_check(t: &Table, rowid: &str, me: i64) -> String {
 /// update's trigger calls nothing and aborts nothing: this check, an
 /// ownership check that rolls back (`owner_check`), and an `OR IGNORE`
 /// mark (`mark_update`).
-fn capture_off() -> &'static str {
-    "NOT EXISTS (SELECT 1 FROM lsync_config WHERE key = 'capture_off')"
-}
+const CAPTURING: &str = "NOT EXISTS (SELECT 1 FROM lsync_config WHERE key = 'capture_off')";
 
 /// `NEW.c IS NOT OLD.c` for each tracked column, as a bit mask.
 fn change_mask(t: &Table) -> String {
@@ -249,23 +248,22 @@ fn triggers_sql(t: &Table, ctx: &Context) -> String {
     // uuid fill in lsync_on_insert then prepares quickly. A row above the
     // high-water mark is an insert not folded yet, which the fold records
     // whole, as it is then (`flush` skips its marks): nothing to capture.
+    let (changed, below_hwm) = (
+        any_changed(t),
+        format!("{new_rid} <= (SELECT hwm FROM lsync_tables WHERE id = {id})"),
+    );
     // A shared row's mark holds the HLC of the update, which only a
     // function gives (`lsync_capture_hlc`): its statement journal is kept
     // whatever the WHEN asks, and the function is the cheaper question.
-    let capturing = match t.mode {
-        Mode::Shared => "lsync_capturing()",
-        Mode::DeviceOwned => capture_off(),
+    let update_when = match t.mode {
+        Mode::Shared => format!("{has_id} lsync_capturing() AND {changed} AND {below_hwm}"),
+        Mode::DeviceOwned => format!("{has_id} {changed} AND {below_hwm} AND {CAPTURING}"),
     };
     let update_trigger = update_of_trigger(
         "upd",
         t,
         &t.columns,
-        &format!(
-            "{has_id} {changed}
-               AND {new_rid} <= (SELECT hwm FROM lsync_tables WHERE id = {id})
-               AND {capturing}",
-            changed = any_changed(t)
-        ),
+        &update_when,
         &format!("{owner_old} {}", mark_update(t, &new_rid)),
     );
     let ids_trigger = update_of_trigger(
@@ -329,7 +327,7 @@ fn mark_update(t: &Table, rid: &str) -> String {
         // OR) of the app's overrides the trigger's OR, but not an upsert's
         // clause. OR IGNORE as well, for the NOT NULL columns (never NULL
         // here), whose default ABORT would keep a statement journal (see
-        // `capture_off`).
+        // `CAPTURING`).
         Mode::DeviceOwned => format!(
             "INSERT OR IGNORE INTO lsync_dirty(tbl, rid, op, hlc, cols)
                VALUES ({id}, {rid}, {OP_UPDATE}, 0, -1)

@@ -376,6 +376,7 @@ fn writers_without_the_extension_are_refused() {
             format!("UPDATE {table} SET name = 'c'"),
             format!("DELETE FROM {table}"),
         ] {
+            // Captured instead (plain SQL): see the test below.
             if sql == "UPDATE files SET name = 'c'" {
                 continue;
             }
